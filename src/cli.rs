@@ -1,0 +1,330 @@
+//! The command line: clap types for every subcommand and the code that runs them.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, ClientError, ClientOptions, HttpVersion, Target};
+use crate::config::{self, parse_duration, parse_size, Congestion, ServerConfig};
+use crate::server::{Server, ServerError};
+use crate::tls::{CertStore, TlsError, Trust};
+
+/// quiclab: a QUIC / HTTP/3 experimentation server, with HTTP/2 over TLS/TCP beside it.
+#[derive(Debug, Parser)]
+#[command(name = "quiclab", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
+                        SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the test site over HTTP/3 (UDP) and HTTP/2 + HTTP/1.1 over TLS (TCP).
+    Serve(ServeArgs),
+    /// Fetch a URL over HTTP/3 (default) or HTTP/2, and time it.
+    Get(GetArgs),
+    /// Create (if missing) and show the development certificates, with ready-to-paste client
+    /// command lines.
+    Certs(CertsArgs),
+}
+
+/// Where certificates come from (shared by `serve` and `certs`).
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory of the development certificates (created on first start: ca.pem, cert.pem,
+    /// key.pem, ca-key.pem).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub certs: PathBuf,
+    /// Serve this PEM certificate chain instead of the development leaf (needs --key).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// `quiclab serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for both listeners: UDP (HTTP/3) and TCP (HTTP/2, HTTP/1.1). `[::]` is
+    /// dual-stack, so clients reach it over 127.0.0.1 and ::1 alike.
+    #[arg(long, value_name = "ADDR", default_value_t = config::default_listen())]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub certs: CertArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// Limits on what a client may ask for.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest /bytes/N (k, M, G suffixes); larger requests get 400.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub max_bytes: u64,
+    /// Largest request body read; larger bodies get 413.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+    pub max_body: u64,
+    /// Largest /delay/MS; longer delays get 400.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub max_delay: Duration,
+    /// Largest request header section (HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE, HTTP/2 max header list size).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64k")]
+    pub max_header_bytes: u64,
+    /// Time a TLS/TCP client has to complete its handshake.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+}
+
+/// QUIC transport parameters (HTTP/2 windows and stream limit follow them for a fair comparison).
+#[derive(Debug, Args)]
+pub struct TransportArgs {
+    /// Congestion controller for QUIC: cubic, newreno or bbr.
+    #[arg(long, value_name = "CC", default_value = "cubic")]
+    pub congestion: Congestion,
+    /// Per-stream receive window (also HTTP/2's initial stream window).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1250000")]
+    pub stream_window: u64,
+    /// Connection receive window (also HTTP/2's connection window).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+    pub conn_window: u64,
+    /// Concurrent bidirectional streams a client may open (also HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_streams: u32,
+    /// QUIC idle timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub idle_timeout: Duration,
+    /// RTT assumed before the first measurement (RFC 9002 §6.2.2).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "333ms")]
+    pub initial_rtt: Duration,
+}
+
+impl TransportArgs {
+    fn to_config(&self) -> config::TransportConfig {
+        config::TransportConfig {
+            congestion: self.congestion,
+            stream_window: self.stream_window,
+            conn_window: self.conn_window,
+            max_streams: self.max_streams,
+            idle_timeout: self.idle_timeout,
+            initial_rtt: self.initial_rtt,
+        }
+    }
+}
+
+/// `quiclab get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The https:// URL to fetch.
+    pub url: String,
+    /// Use HTTP/2 over TLS/TCP (the baseline) instead of HTTP/3.
+    #[arg(long)]
+    pub http2: bool,
+    /// Write the body to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the response status line and headers before the body.
+    #[arg(short = 'i', long)]
+    pub include: bool,
+    /// Print a timing line to standard error: handshake, time to first byte, total (all from the
+    /// start of the connection attempt), bytes, negotiated protocol.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Trust the CA certificate(s) in FILE (default: certs/ca.pem if it exists, plus the
+    /// Mozilla roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify the server's certificate chain or name.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// Request method.
+    #[arg(short = 'X', long, value_name = "METHOD", default_value = "GET")]
+    pub method: http::Method,
+    /// Request body (e.g. for /echo); `@FILE` reads it from a file.
+    #[arg(short = 'd', long, value_name = "DATA")]
+    pub data: Option<String>,
+}
+
+/// `quiclab certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(flatten)]
+    pub certs: CertArgs,
+    /// Port the command lines should use.
+    #[arg(long, default_value_t = config::DEFAULT_PORT)]
+    pub port: u16,
+}
+
+/// What can make a command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32, CommandError> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Get(args) => get(args).await,
+        Command::Certs(args) => certs(args),
+    }
+}
+
+/// The server configuration `quiclab serve` runs with for these arguments.
+pub fn serve_config(args: &ServeArgs) -> ServerConfig {
+    let mut cfg = ServerConfig::new();
+    cfg.quic_listen = args.listen;
+    cfg.tcp_listen = args.listen;
+    cfg.certs_dir = args.certs.certs.clone();
+    cfg.cert = args.certs.cert.clone();
+    cfg.key = args.certs.key.clone();
+    cfg.limits = config::Limits {
+        max_bytes: args.limits.max_bytes,
+        max_body: args.limits.max_body,
+        max_delay: args.limits.max_delay,
+        max_header_bytes: args.limits.max_header_bytes.min(u32::MAX as u64) as u32,
+        handshake_timeout: args.limits.handshake_timeout,
+    };
+    cfg.transport = args.transport.to_config();
+    cfg
+}
+
+async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
+    let server = Server::start(serve_config(&args)).await?;
+    let c = server.certs();
+    let port = server.quic_addr().port();
+    println!("quiclab {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  HTTP/3           https://localhost:{port}/  (UDP {})", server.quic_addr());
+    println!("  HTTP/2, 1.1      https://localhost:{}/  (TCP {})", server.tcp_addr().port(), server.tcp_addr());
+    match &c.ca_path {
+        Some(ca) => println!(
+            "  CA               {}{}  (curl --cacert {})",
+            ca.display(),
+            if c.created { " (created)" } else { "" },
+            ca.display()
+        ),
+        None => println!("  certificate      {}", c.cert_path.display()),
+    }
+    println!("  SPKI sha256      {}", c.spki_sha256);
+    println!("effective configuration:\n{}", server.config().summary());
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    tracing::info!("shutting down (graceful, up to {:?})", server.config().shutdown_grace);
+    server.shutdown().await;
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
+}
+
+async fn get(args: GetArgs) -> Result<i32, CommandError> {
+    let trust = if args.insecure {
+        Trust::Insecure
+    } else if let Some(ca) = &args.cacert {
+        Trust::CaFile(ca.clone())
+    } else if std::path::Path::new("certs/ca.pem").exists() {
+        Trust::CaFile(PathBuf::from("certs/ca.pem"))
+    } else {
+        Trust::WebPki
+    };
+    let version = if args.http2 { HttpVersion::H2 } else { HttpVersion::H3 };
+    let opts = ClientOptions { trust, ..Default::default() };
+    let target = Target::parse(&args.url)?;
+    let body = match &args.data {
+        None => Bytes::new(),
+        Some(d) => match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path)
+                .map_err(|source| CommandError::File { path: path.into(), source })?
+                .into(),
+            None => Bytes::from(d.clone()),
+        },
+    };
+    let client = client::Client::new(version, &opts)?;
+    let req = client::request(&target, args.method.clone(), body)?;
+    let fetched = client::fetch(&client, &target, req).await?;
+    let mut out = std::io::stdout().lock();
+    if args.include {
+        let r = &fetched.response;
+        writeln!(out, "{} {}", fetched.protocol, r.status())?;
+        for (k, v) in r.headers() {
+            writeln!(out, "{}: {}", k, String::from_utf8_lossy(v.as_bytes()))?;
+        }
+        writeln!(out)?;
+    }
+    match &args.output {
+        Some(path) => std::fs::write(path, &fetched.body).map_err(|source| CommandError::File { path: path.clone(), source })?,
+        None => out.write_all(&fetched.body)?,
+    }
+    out.flush()?;
+    if args.verbose {
+        eprintln!("{}", fetched.timing_line());
+    }
+    Ok(0)
+}
+
+fn certs(args: CertsArgs) -> Result<i32, CommandError> {
+    let store = match (&args.certs.cert, &args.certs.key) {
+        (Some(c), Some(k)) => CertStore::load(c, k)?,
+        _ => CertStore::load_or_create(&args.certs.certs)?,
+    };
+    let spki = store.spki_sha256()?;
+    let port = args.port;
+    if store.created {
+        println!("created development certificates in {}", args.certs.certs.display());
+    }
+    if let Some(ca) = &store.ca_path {
+        println!("CA certificate:    {}", ca.display());
+    }
+    println!("leaf certificate:  {}", store.cert_path.display());
+    println!("leaf SPKI sha256:  {spki}");
+    let ca = store.ca_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "CA.pem".into());
+    println!();
+    println!("curl (a build with HTTP/3), trusting the local CA:");
+    println!("  curl --http3-only --cacert {ca} https://localhost:{port}/");
+    println!("curl, pinning the key instead of trusting the CA:");
+    println!("  curl --http3-only -k --pinnedpubkey 'sha256//{spki}' https://localhost:{port}/");
+    println!("curl over HTTP/2 (any curl):");
+    println!("  curl --http2 --cacert {ca} https://localhost:{port}/");
+    println!("Chromium over HTTP/3 (QUIC forced for the origin, the key pinned):");
+    println!(
+        "  chromium --enable-quic --origin-to-force-quic-on=localhost:{port} \
+         --ignore-certificate-errors-spki-list={spki} https://localhost:{port}/"
+    );
+    Ok(0)
+}

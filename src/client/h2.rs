@@ -1,0 +1,124 @@
+//! HTTP/2 (and HTTP/1.1 fallback) client: hyper over tokio-rustls, TCP_NODELAY on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::{alpn_list, ClientError, ClientOptions, HttpVersion};
+use crate::stats::Protocol;
+use crate::web::{Body, BodyError};
+
+/// Holds the TLS configuration (and its session cache) and the HTTP/2 windows.
+pub struct H2Client {
+    tls: tokio_rustls::TlsConnector,
+    transport: crate::config::TransportConfig,
+}
+
+impl H2Client {
+    /// A client with `opts`' trust and windows.
+    pub fn new(opts: &ClientOptions) -> Result<H2Client, ClientError> {
+        let tls = crate::tls::client_config(&opts.trust, &alpn_list(HttpVersion::H2), false)?;
+        Ok(H2Client { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), transport: opts.transport.clone() })
+    }
+
+    /// Connect over TCP + TLS and start HTTP/2 (or HTTP/1.1 if the server picks it).
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H2Connection, ClientError> {
+        let start = Instant::now();
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Other(format!("bad server name {server_name:?}: {e}")))?;
+        let tls = tokio::time::timeout(Duration::from_secs(30), self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| ClientError::Timeout(addr))??;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::config::ALPN_H2);
+        let io = TokioIo::new(tls);
+        let sender = if h2 {
+            let t = &self.transport;
+            let win = |v: u64| v.min((1u64 << 31) - 1) as u32;
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(win(t.stream_window))
+                .initial_connection_window_size(win(t.conn_window))
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended");
+                }
+            });
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/1.1 connection ended");
+                }
+            });
+            Sender::H1(tokio::sync::Mutex::new(sender))
+        };
+        Ok(H2Connection { sender, handshake: start.elapsed() })
+    }
+}
+
+enum Sender {
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>),
+}
+
+/// An HTTP/2 (or HTTP/1.1) connection.
+pub struct H2Connection {
+    sender: Sender,
+    handshake: Duration,
+}
+
+impl H2Connection {
+    /// Time TCP + TLS (+ the HTTP/2 preface) took.
+    pub fn handshake_time(&self) -> Duration {
+        self.handshake
+    }
+
+    /// The protocol the server chose.
+    pub fn protocol(&self) -> Protocol {
+        match self.sender {
+            Sender::H2(_) => Protocol::H2,
+            Sender::H1(_) => Protocol::Http11,
+        }
+    }
+
+    /// Send a request; the response body streams. HTTP/1.1 requests are sent one at a time.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, ClientError> {
+        let req = req.map(Full::new);
+        let resp = match &self.sender {
+            Sender::H2(s) => {
+                // HTTP/2 requests carry :authority, not Host (RFC 9113 §8.3.1).
+                let mut s = s.clone();
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H1(s) => {
+                let mut s = s.lock().await;
+                s.ready().await?;
+                let mut req = req;
+                if let Some(host) = req.uri().authority().map(|a| a.to_string()) {
+                    if let Ok(v) = http::HeaderValue::from_str(&host) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
+                }
+                // Send with the path only in the request line (RFC 9112 §3.2.1).
+                let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+                if let Ok(uri) = pq.parse() {
+                    *req.uri_mut() = uri;
+                }
+                s.send_request(req).await?
+            }
+        };
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync()))
+    }
+}

@@ -1,0 +1,262 @@
+//! HTTP/3 and HTTP/2 clients for `quiclab get`, the tests, the lab and the benchmarks.
+//!
+//! [`Client`] holds what outlives one connection (the QUIC endpoint, TLS configuration and its
+//! session cache, so later connections from the same client can resume). [`Client::connect`]
+//! opens an [`HttpConnection`]; [`HttpConnection::send`] sends one request and returns the
+//! response with a streaming body. [`fetch`] does the whole `quiclab get` dance and measures it.
+//!
+//! Timings follow curl's `-w time_*` convention: every figure counts from the moment the
+//! connection attempt started, so `ttfb` includes the handshake.
+
+pub mod h2;
+pub mod h3;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+
+use crate::stats::Protocol;
+use crate::tls::{Trust, TlsError};
+use crate::web::Body;
+
+/// Errors from the clients.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("QUIC connect: {0}")]
+    QuicConnect(#[from] quinn::ConnectError),
+    #[error("QUIC connection: {0}")]
+    QuicConnection(#[from] quinn::ConnectionError),
+    #[error("HTTP/3: {0}")]
+    H3Connection(#[from] ::h3::error::ConnectionError),
+    #[error("HTTP/3 stream: {0}")]
+    H3Stream(#[from] ::h3::error::StreamError),
+    #[error("HTTP/2: {0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("response body: {0}")]
+    Body(crate::web::BodyError),
+    #[error("TLS handshake with {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Which HTTP version to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/3 over QUIC.
+    #[default]
+    H3,
+    /// HTTP/2 over TLS/TCP (HTTP/1.1 if the server does not offer h2).
+    H2,
+}
+
+/// Options shared by every connection a [`Client`] opens.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Which certificates to trust.
+    pub trust: Trust,
+    /// QUIC transport parameters (windows, congestion controller); HTTP/2 windows follow them.
+    pub transport: crate::config::TransportConfig,
+}
+
+/// A parsed `https://host:port/path` target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Host as written in the URL (a name or an IP literal, without brackets).
+    pub host: String,
+    /// Port (443 if the URL gives none).
+    pub port: u16,
+    /// The full URI, for the request line / pseudo-headers.
+    pub uri: http::Uri,
+}
+
+impl Target {
+    /// Parse an `https://` URL.
+    pub fn parse(url: &str) -> Result<Target, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if parsed.scheme() != "https" {
+            return Err(bad("only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)"));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(bad("no host")),
+        };
+        let port = parsed.port().unwrap_or(443);
+        let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        Ok(Target { host, port, uri })
+    }
+
+    /// Resolve the host; IPv4 first when both exist (the dual-stack server answers on both).
+    pub async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| ClientError::Resolve { host: self.host.clone(), source })?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| ClientError::Resolve {
+                host: self.host.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+            })
+    }
+}
+
+/// A client: reuses its TLS configuration (and so its session cache) across connections.
+pub struct Client {
+    version: HttpVersion,
+    h3: Option<h3::H3Client>,
+    h2: Option<h2::H2Client>,
+}
+
+impl Client {
+    /// A client speaking `version`.
+    pub fn new(version: HttpVersion, opts: &ClientOptions) -> Result<Client, ClientError> {
+        Ok(match version {
+            HttpVersion::H3 => Client { version, h3: Some(h3::H3Client::new(opts)?), h2: None },
+            HttpVersion::H2 => Client { version, h3: None, h2: Some(h2::H2Client::new(opts)?) },
+        })
+    }
+
+    /// Open a connection to `target`.
+    pub async fn connect(&self, target: &Target) -> Result<HttpConnection, ClientError> {
+        let addr = target.resolve().await?;
+        match (&self.h3, &self.h2) {
+            (Some(c), _) => Ok(HttpConnection::H3(c.connect(addr, &target.host).await?)),
+            (_, Some(c)) => Ok(HttpConnection::H2(c.connect(addr, &target.host).await?)),
+            _ => Err(ClientError::Other(format!("client for {:?} not configured", self.version))),
+        }
+    }
+}
+
+/// An open HTTP connection of either kind.
+pub enum HttpConnection {
+    H3(h3::H3Connection),
+    H2(h2::H2Connection),
+}
+
+impl HttpConnection {
+    /// Send a request; the response body streams.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, ClientError> {
+        match self {
+            HttpConnection::H3(c) => c.send(req).await,
+            HttpConnection::H2(c) => c.send(req).await,
+        }
+    }
+
+    /// The protocol the connection settled on.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            HttpConnection::H3(_) => Protocol::H3,
+            HttpConnection::H2(c) => c.protocol(),
+        }
+    }
+
+    /// How long the connection took to set up (TCP + TLS, or the QUIC handshake).
+    pub fn handshake_time(&self) -> Duration {
+        match self {
+            HttpConnection::H3(c) => c.handshake_time(),
+            HttpConnection::H2(c) => c.handshake_time(),
+        }
+    }
+
+    /// Close the connection cleanly and wait briefly for the close to go out.
+    pub async fn close(self) {
+        match self {
+            HttpConnection::H3(c) => c.close().await,
+            HttpConnection::H2(c) => drop(c),
+        }
+    }
+}
+
+/// Timings of one fetch, all from the start of the connection attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Connection set-up (TCP + TLS, or QUIC handshake).
+    pub handshake: Duration,
+    /// Until the response headers arrived.
+    pub ttfb: Duration,
+    /// Until the last body byte arrived.
+    pub total: Duration,
+}
+
+/// A whole response and how it was fetched.
+#[derive(Debug)]
+pub struct Fetched {
+    pub response: Response<()>,
+    pub body: Bytes,
+    pub protocol: Protocol,
+    pub timings: Timings,
+}
+
+impl Fetched {
+    /// The `-v` timing line.
+    pub fn timing_line(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "handshake={:.2}ms ttfb={:.2}ms total={:.2}ms bytes={} protocol={}",
+            ms(self.timings.handshake),
+            ms(self.timings.ttfb),
+            ms(self.timings.total),
+            self.body.len(),
+            self.protocol
+        )
+    }
+}
+
+/// Build a request for `target` with the given method and body.
+pub fn request(target: &Target, method: http::Method, body: Bytes) -> Result<Request<Bytes>, ClientError> {
+    Request::builder()
+        .method(method)
+        .uri(target.uri.clone())
+        .header(http::header::USER_AGENT, concat!("quiclab/", env!("CARGO_PKG_VERSION")))
+        .body(body)
+        .map_err(|e| ClientError::Other(e.to_string()))
+}
+
+/// Connect, send one request, read the whole response, close: what `quiclab get` does.
+pub async fn fetch(client: &Client, target: &Target, req: Request<Bytes>) -> Result<Fetched, ClientError> {
+    let start = Instant::now();
+    let conn = client.connect(target).await?;
+    let handshake = start.elapsed();
+    let resp = conn.send(req).await?;
+    let ttfb = start.elapsed();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(ClientError::Body)?.to_bytes();
+    let total = start.elapsed();
+    let protocol = conn.protocol();
+    conn.close().await;
+    Ok(Fetched {
+        response: Response::from_parts(parts, ()),
+        body,
+        protocol,
+        timings: Timings { handshake, ttfb, total },
+    })
+}
+
+pub(crate) fn alpn_list(version: HttpVersion) -> Vec<&'static [u8]> {
+    match version {
+        HttpVersion::H3 => vec![crate::config::ALPN_H3],
+        HttpVersion::H2 => vec![crate::config::ALPN_H2, crate::config::ALPN_HTTP11],
+    }
+}

@@ -1,0 +1,274 @@
+//! Every tunable knob of the server, with its default and the reason for that default.
+//!
+//! The CLI (`cli.rs`), the examples, the tests and the lab all build their servers from
+//! [`ServerConfig`], so a default lives in exactly one place. [`ServerConfig::summary`]
+//! prints the effective configuration at startup, so every run says what it ran with.
+
+use std::fmt;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default port for HTTP/3 (UDP) and HTTP/2 + HTTP/1.1 over TLS (TCP). 4433 is the customary
+/// unprivileged HTTPS test port; both transports share it so `Alt-Svc: h3=":4433"` is true.
+pub const DEFAULT_PORT: u16 = 4433;
+
+/// `[::]:4433`: the unspecified IPv6 address, bound dual-stack (`IPV6_V6ONLY` off), so clients
+/// reach the server on both `127.0.0.1` and `::1` and `localhost` works whichever one they pick.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT))
+}
+
+/// ALPN for HTTP/3 (RFC 9114 §3.1).
+pub const ALPN_H3: &[u8] = b"h3";
+/// ALPN for HTTP/2 over TLS (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1 over TLS (RFC 7301 §6).
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Everything `quiclab serve` needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UDP address of the QUIC endpoint (HTTP/3).
+    pub quic_listen: SocketAddr,
+    /// TCP address of the TLS listener (HTTP/2 and HTTP/1.1). The CLI's `--listen` sets both to the
+    /// same address; tests may use port 0 for each.
+    pub tcp_listen: SocketAddr,
+    /// Where the development certificates live (created on first start).
+    pub certs_dir: PathBuf,
+    /// A user's own certificate chain (PEM) instead of the development leaf.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) for `cert`.
+    pub key: Option<PathBuf>,
+    /// Limits on what a peer may ask of the site.
+    pub limits: Limits,
+    /// QUIC transport parameters.
+    pub transport: TransportConfig,
+    /// How long a graceful shutdown may take before open connections are closed hard.
+    /// 5 s: long enough for an in-flight small request, short enough for Ctrl-C to feel prompt.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The built-in defaults (what `quiclab serve` runs with no flags).
+    pub fn new() -> Self {
+        ServerConfig {
+            quic_listen: default_listen(),
+            tcp_listen: default_listen(),
+            certs_dir: PathBuf::from("certs"),
+            cert: None,
+            key: None,
+            limits: Limits::default(),
+            transport: TransportConfig::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// A configuration for tests and examples: loopback, ephemeral ports, certificates in `dir`.
+    pub fn ephemeral(certs_dir: impl Into<PathBuf>) -> Self {
+        let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        ServerConfig {
+            quic_listen: lo,
+            tcp_listen: lo,
+            certs_dir: certs_dir.into(),
+            ..ServerConfig::new()
+        }
+    }
+
+    /// The effective configuration as `key = value` lines, printed at startup.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: &dyn fmt::Display| s.push_str(&format!("  {k:<24} {v}\n"));
+        line("quic_listen (udp)", &self.quic_listen);
+        line("tcp_listen (tls)", &self.tcp_listen);
+        line("certs_dir", &self.certs_dir.display());
+        if let (Some(c), Some(k)) = (&self.cert, &self.key) {
+            line("cert", &c.display());
+            line("key", &k.display());
+        }
+        line("max_bytes", &self.limits.max_bytes);
+        line("max_body", &self.limits.max_body);
+        line("max_delay_ms", &self.limits.max_delay.as_millis());
+        line("max_header_bytes", &self.limits.max_header_bytes);
+        let t = &self.transport;
+        line("congestion", &t.congestion);
+        line("stream_window", &t.stream_window);
+        line("conn_window", &t.conn_window);
+        line("max_streams", &t.max_streams);
+        line("idle_timeout_ms", &t.idle_timeout.as_millis());
+        line("initial_rtt_ms", &t.initial_rtt.as_millis());
+        line("shutdown_grace_ms", &self.shutdown_grace.as_millis());
+        s
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Limits on what a peer may ask of the test site.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `/bytes/N`. 1 GiB: enough for any throughput experiment on a lab link, small
+    /// enough that a typo cannot keep a connection busy for hours on loopback.
+    pub max_bytes: u64,
+    /// Largest request body read (`/echo`, and bodies drained on other routes). 16 MiB: room for
+    /// upload experiments; a larger body gets `413 Content Too Large` (RFC 9110 §15.5.14).
+    pub max_body: u64,
+    /// Largest `/delay/MS`. 60 s: beyond it requests would outlive common client timeouts.
+    pub max_delay: Duration,
+    /// Largest request header section, in bytes, on both transports (HTTP/3
+    /// `SETTINGS_MAX_FIELD_SECTION_SIZE`, RFC 9114 §7.2.4.1; hyper's max header list size for
+    /// HTTP/2). 64 KiB: ten times what browsers send with many cookies.
+    pub max_header_bytes: u32,
+    /// Time a TLS/TCP client has to finish its handshake. 10 s: a hundred RTTs on the slowest lab
+    /// link, while a connection that never finishes cannot hold a socket for long.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1 << 30,
+            max_body: 16 << 20,
+            max_delay: Duration::from_secs(60),
+            max_header_bytes: 64 << 10,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Congestion controller for QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// Cubic (RFC 9438): quinn's default and the usual Linux TCP choice, so comparisons with
+    /// TCP start from the same algorithm.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002 §7).
+    NewReno,
+    /// BBR (quinn marks its implementation experimental).
+    Bbr,
+}
+
+impl fmt::Display for Congestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+            Congestion::Bbr => "bbr",
+        })
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" | "reno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!("unknown congestion controller {other:?} (cubic, newreno, bbr)")),
+        }
+    }
+}
+
+/// QUIC transport parameters applied to every connection the endpoint accepts.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// See [`Congestion`].
+    pub congestion: Congestion,
+    /// Per-stream receive window, bytes. 1,250,000: quinn's default (100 Mbit/s × 100 ms),
+    /// kept so results compare with other quinn deployments.
+    pub stream_window: u64,
+    /// Connection receive window, bytes. 16 MiB: large enough that 100 concurrent streams are
+    /// not throttled by the connection window on loopback, finite so one client cannot make the
+    /// server buffer without bound.
+    pub conn_window: u64,
+    /// Concurrent client-initiated bidirectional streams. 100: the HTTP/2 default that most
+    /// servers advertise (RFC 9113 §6.5.2 recommends at least 100), so H2 and H3 compare fairly.
+    pub max_streams: u32,
+    /// Idle timeout. 30 s: quinn's default.
+    pub idle_timeout: Duration,
+    /// RTT assumed before the first sample. 333 ms: RFC 9002 §6.2.2's recommended value and
+    /// quinn's default.
+    pub initial_rtt: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            congestion: Congestion::Cubic,
+            stream_window: 1_250_000,
+            conn_window: 16 << 20,
+            max_streams: 100,
+            idle_timeout: Duration::from_secs(30),
+            initial_rtt: Duration::from_millis(333),
+        }
+    }
+}
+
+/// Parse a byte count with an optional `k`, `M` or `G` suffix (powers of 1024): `1k` = 1024.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// Parse a duration: `250ms`, `2s`, `1.5s`, or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("not a duration: {s:?} (use e.g. 250ms, 2s)");
+    if let Some(ms) = s.strip_suffix("ms") {
+        let v: f64 = ms.trim().parse().map_err(|_| bad())?;
+        return Duration::try_from_secs_f64(v / 1000.0).map_err(|_| bad());
+    }
+    if let Some(sec) = s.strip_suffix('s') {
+        let v: f64 = sec.trim().parse().map_err(|_| bad())?;
+        return Duration::try_from_secs_f64(v).map_err(|_| bad());
+    }
+    let v: u64 = s.parse().map_err(|_| bad())?;
+    Ok(Duration::from_millis(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("10k"), Ok(10 * 1024));
+        assert_eq!(parse_size("50M"), Ok(50 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(parse_size("18446744073709551615G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn congestion_names() {
+        assert_eq!("CUBIC".parse::<Congestion>(), Ok(Congestion::Cubic));
+        assert_eq!("bbr".parse::<Congestion>(), Ok(Congestion::Bbr));
+        assert!("vegas".parse::<Congestion>().is_err());
+    }
+}

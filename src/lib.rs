@@ -1,0 +1,35 @@
+//! quiclab: a QUIC / HTTP/3 experimentation server.
+//!
+//! One quinn endpoint serves the test site over HTTP/3; beside it the same site is served over
+//! HTTP/2 and HTTP/1.1 on TLS/TCP, the baseline every experiment compares against.
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | `main.rs` | the binary: parse the command line, set up `tracing`, call [`cli::run`] |
+//! | [`cli`] | clap types for every subcommand and the code that runs them |
+//! | [`config`] | every tunable knob, its default and the reason for it |
+//! | [`tls`] | development certificates (rcgen), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
+//! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN |
+//! | [`tcp`] | the TLS/TCP listener dispatching by ALPN (`h2`, `http/1.1`) |
+//! | [`server`] | starts both listeners from one [`config::ServerConfig`]; graceful shutdown |
+//! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
+//! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
+//! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
+//!
+//! # Rules
+//!
+//! * One [`web::Site`] serves HTTP/3 and HTTP/2 alike: a comparison is only fair when everything
+//!   but the transport is the same code.
+//! * A peer's bad input becomes the protocol's own error and a log line, never a panic.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod quic;
+pub mod server;
+pub mod stats;
+pub mod tcp;
+pub mod tls;
+pub mod web;

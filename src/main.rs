@@ -1,0 +1,29 @@
+//! The `quiclab` binary: parse the command line, set up logging, run the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = quiclab::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quiclab: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<i32> = runtime.block_on(quiclab::cli::run(cli)).map_err(anyhow::Error::from);
+    match result {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("quiclab: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A running quiclab server: the QUIC endpoint and the TLS/TCP listener, started together from
+//! one [`ServerConfig`], stopped together with a bounded graceful shutdown.
+//!
+//! `quiclab serve`, the tests, the examples and the lab all start servers through
+//! [`Server::start`], so they run the very same code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, ServerConfig};
+use crate::tls::{self, CertStore, TlsError};
+use crate::web::h2::H2Options;
+use crate::web::Site;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid transport configuration: {0}")]
+    Transport(String),
+}
+
+/// What the server presents, for the startup banner and `quiclab certs`.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    /// The local CA file, when the development certificates are in use.
+    pub ca_path: Option<std::path::PathBuf>,
+    /// The leaf certificate file.
+    pub cert_path: std::path::PathBuf,
+    /// Base64 SHA-256 of the leaf's SubjectPublicKeyInfo.
+    pub spki_sha256: String,
+    /// Whether this start created the development certificates.
+    pub created: bool,
+}
+
+/// A running server.
+pub struct Server {
+    quic_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    config: ServerConfig,
+    certs: CertSummary,
+}
+
+impl Server {
+    /// Load or create certificates, bind both listeners and start serving.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let store = match (&cfg.cert, &cfg.key) {
+            (Some(c), Some(k)) => CertStore::load(c, k)?,
+            _ => CertStore::load_or_create(&cfg.certs_dir)?,
+        };
+        let certs = CertSummary {
+            ca_path: store.ca_path.clone(),
+            cert_path: store.cert_path.clone(),
+            spki_sha256: store.spki_sha256()?,
+            created: store.created,
+        };
+        let site = Site::new(cfg.limits.clone());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        // QUIC
+        let quic_tls = tls::quic_server_config(&store, &[config::ALPN_H3])?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        server_config.transport_config(Arc::new(
+            crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?,
+        ));
+        let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
+        let udp = crate::quic::bind_udp(cfg.quic_listen).map_err(bind_err("UDP", cfg.quic_listen))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            udp,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err("UDP", cfg.quic_listen))?;
+        let quic_addr = endpoint.local_addr().map_err(bind_err("UDP", cfg.quic_listen))?;
+
+        // TLS/TCP
+        let tcp_tls = tls::tcp_server_config(&store, &[config::ALPN_H2, config::ALPN_HTTP11])?;
+        let listener = crate::tcp::bind_tcp(cfg.tcp_listen).map_err(bind_err("TCP", cfg.tcp_listen))?;
+        let tcp_addr = listener.local_addr().map_err(bind_err("TCP", cfg.tcp_listen))?;
+        let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=3600", quic_addr.port())).ok();
+
+        let quic_ctx = Arc::new(crate::quic::QuicContext {
+            site: site.clone(),
+            local: quic_addr,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let tcp_ctx = Arc::new(crate::tcp::TcpContext {
+            site,
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls)),
+            h2: Arc::new(H2Options {
+                alt_svc,
+                transport: cfg.transport.clone(),
+                max_header_bytes: cfg.limits.max_header_bytes,
+            }),
+            handshake_timeout: cfg.limits.handshake_timeout,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
+        tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
+
+        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs })
+    }
+
+    /// The UDP address HTTP/3 is served on.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The TCP address HTTP/2 and HTTP/1.1 are served on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The certificate the server presents.
+    pub fn certs(&self) -> &CertSummary {
+        &self.certs
+    }
+
+    /// Graceful shutdown: stop accepting, send HTTP/3 GOAWAY and HTTP/2 GOAWAY, let requests
+    /// in flight finish for up to the configured grace period, then close what is left.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?self.config.shutdown_grace, "connections still open after the grace period; closing them");
+        }
+        // RFC 9000 §10.2: an immediate close for whatever is left; H3_NO_ERROR (RFC 9114 §8.1).
+        self.endpoint.close(0x100u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

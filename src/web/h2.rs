@@ -1,0 +1,103 @@
+//! HTTP/2 and HTTP/1.1 over TLS/TCP: hyper serving the same [`Site`] as HTTP/3.
+//!
+//! The protocol is chosen by the ALPN the TLS handshake settled on (`h2`, else HTTP/1.1).
+//! Every response carries `Alt-Svc: h3=":PORT"` (RFC 7838 §3) advertising the QUIC endpoint.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, ALT_SVC};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::{BodyError, Site};
+use crate::config::TransportConfig;
+use crate::stats::{ConnInfo, Protocol, RequestInfo};
+
+/// How the TLS/TCP listener serves HTTP on a connection.
+#[derive(Debug, Clone)]
+pub struct H2Options {
+    /// Value of the `Alt-Svc` header, e.g. `h3=":4433"`.
+    pub alt_svc: Option<HeaderValue>,
+    /// Windows and stream limit, kept equal to the QUIC ones so the comparison is fair.
+    pub transport: TransportConfig,
+    /// Largest request header section accepted.
+    pub max_header_bytes: u32,
+}
+
+/// Serve HTTP/2 (or HTTP/1.1) on a TLS stream until the client is done, or `shutdown`
+/// fires: then HTTP/2 GOAWAY (RFC 9113 §6.8) or `Connection: close`, and in-flight requests finish.
+pub async fn serve_connection<IO>(
+    site: Arc<Site>,
+    conn: Arc<ConnInfo>,
+    io: IO,
+    opts: Arc<H2Options>,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = conn.remote();
+    let protocol = conn.protocol;
+    let svc_opts = opts.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let site = site.clone();
+        let info = RequestInfo::new(conn.clone());
+        let alt_svc = svc_opts.alt_svc.clone();
+        async move {
+            let req = req.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync());
+            let mut resp = site.handle(req, info).await;
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::H2 => {
+            let t = &opts.transport;
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(t.max_streams)
+                .initial_stream_window_size(window(t.stream_window))
+                .initial_connection_window_size(window(t.conn_window))
+                .max_header_list_size(opts.max_header_bytes);
+            let conn = b.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        _ => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .max_buf_size((opts.max_header_bytes as usize).max(8192))
+                .header_read_timeout(std::time::Duration::from_secs(30));
+            let conn = b.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, %protocol, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2 windows are 31-bit (RFC 9113 §6.9.1).
+fn window(bytes: u64) -> u32 {
+    bytes.min((1u64 << 31) - 1) as u32
+}

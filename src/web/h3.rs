@@ -1,0 +1,144 @@
+//! The HTTP/3 connection loop: h3 over h3-quinn, each request handed to the [`Site`].
+//!
+//! **Which requests arrived in 0-RTT.** The endpoint accepts connections through
+//! `Connecting::into_0rtt()`; on the server its `ZeroRttAccepted` future resolves exactly when
+//! the handshake completes (quinn handles the `Connected` event before it wakes stream
+//! acceptors for the packets that follow). Each request is accepted eagerly, and at that moment
+//! a shared copy of the future is polled once without waiting: still pending means the stream
+//! was opened by early data (RFC 9001 §4.6.1). The only error is toward "not early", if a
+//! request sat unaccepted past the handshake, which the eager accept loop avoids.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures_util::future::FutureExt;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio_util::sync::CancellationToken;
+
+use super::{Body, BodyError, Site};
+use crate::stats::{ConnInfo, RequestInfo};
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Serve HTTP/3 on an accepted QUIC connection until the peer closes it, the connection fails,
+/// or `shutdown` fires (then GOAWAY, RFC 9114 §5.2, and the requests in flight finish).
+pub async fn serve_connection(
+    site: Arc<Site>,
+    conn: Arc<ConnInfo>,
+    quic: quinn::Connection,
+    handshake_done: crate::quic::HandshakeDone,
+    shutdown: CancellationToken,
+) {
+    let remote = quic.remote_address();
+    let mut h3conn: H3Conn = match h3::server::builder()
+        .max_field_section_size(site.limits().max_header_bytes as u64)
+        .build(h3_quinn::Connection::new(quic))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let mut draining = false;
+    loop {
+        let accepted = tokio::select! {
+            r = h3conn.accept() => r,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                // RFC 9114 §5.2: GOAWAY with the next stream id; requests already accepted finish.
+                if let Err(e) = h3conn.shutdown(0).await {
+                    tracing::debug!(%remote, error = %e, "sending GOAWAY failed");
+                    return;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                // Read the 0-RTT signal now, at accept time (see the module doc).
+                let early_data = handshake_done.clone().now_or_never().is_none();
+                let info = RequestInfo { conn: conn.clone(), early_data };
+                let site = site.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => serve_request(site, req, stream, info).await,
+                        Err(e) => log_stream_error("reading request headers", &e),
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!(%remote, error = %e, "HTTP/3 connection ended");
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn log_stream_error(what: &str, e: &h3::error::StreamError) {
+    tracing::debug!(error = %e, "HTTP/3 stream error while {what}");
+}
+
+async fn serve_request(
+    site: Arc<Site>,
+    req: Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    info: RequestInfo,
+) {
+    let (mut send, recv) = stream.split();
+    let req = req.map(|()| recv_body(recv));
+    let resp = site.handle(req, info).await;
+    if let Err(e) = send_response(&mut send, resp).await {
+        log_stream_error("sending the response", &e);
+    }
+}
+
+async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), h3::error::StreamError> {
+    let (parts, mut body) = resp.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => send.send_data(data).await?,
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.send_trailers(trailers).await?;
+                        return Ok(());
+                    }
+                }
+            },
+            Err(e) => {
+                // The response cannot be completed: reset so the client does not take a
+                // truncated body for a whole one (RFC 9114 §4.1.1).
+                tracing::warn!(error = %e, "response body failed; resetting the stream");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Ok(());
+            }
+        }
+    }
+    send.finish().await
+}
+
+/// The receive half of a request stream as a [`Body`].
+fn recv_body(recv: RecvHalf) -> Body {
+    let stream = futures_util::stream::unfold(Some(recv), |state| async move {
+        let mut recv = state?;
+        match recv.recv_data().await {
+            Ok(Some(mut buf)) => {
+                let data = buf.copy_to_bytes(buf.remaining());
+                Some((Ok(Frame::data(data)), Some(recv)))
+            }
+            Ok(None) => None,
+            Err(e) => Some((Err(Box::new(e) as BodyError), None)),
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}

@@ -1,0 +1,355 @@
+//! The site's endpoints and the body helpers they share.
+//!
+//! | path          | what it returns |
+//! |---------------|-----------------|
+//! | `/`           | an HTML index linking every endpoint; `<span id="protocol">` shows the protocol |
+//! | `/bytes/N`    | N bytes (`k`, `M` suffixes) of a deterministic pattern: byte `i` is `i % 251` |
+//! | `/echo`       | the request body and its content type, for any method |
+//! | `/headers`    | the request headers as a JSON object |
+//! | `/status/N`   | an empty-ish response with status N (200..=599) |
+//! | `/delay/MS`   | a small body after MS milliseconds (capped) |
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+
+use super::{Body, BodyError, Site};
+use crate::config::parse_size;
+use crate::stats::RequestInfo;
+
+/// Period of the `/bytes/N` pattern: a prime, so a chunk delivered at the wrong offset (chunk
+/// sizes are powers of two) never matches by accident.
+pub const PATTERN_PERIOD: u64 = 251;
+
+/// Byte `i` of the `/bytes/N` pattern.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % PATTERN_PERIOD) as u8
+}
+
+/// Route a request. Unknown paths get 404; known paths with a method they do not support get
+/// 405 with `Allow` (RFC 9110 §15.5.6).
+pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let first = segments.next().unwrap_or("");
+    let arg = segments.next();
+
+    if first == "echo" && arg.is_none() {
+        return echo(site, req).await;
+    }
+
+    // Every other route ignores the request body; it is still read to its end in the
+    // background, because an HTTP/3 stream dropped unread makes quinn send STOP_SENDING and
+    // some clients then fail the request (RFC 9114 §4.1.1 allows it, curl does not like it).
+    let (parts, body) = req.into_parts();
+    spawn_drain(body, site.limits().max_body, path.clone());
+
+    let known = matches!(
+        (first, arg),
+        ("", None) | ("index.html", None) | ("bytes", Some(_)) | ("headers", None) | ("status", Some(_)) | ("delay", Some(_))
+    );
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let resp = match (first, arg) {
+        ("" | "index.html", None) => index(info),
+        ("bytes", Some(n)) => bytes(site, n),
+        ("headers", None) => headers(&parts.headers),
+        ("status", Some(n)) => status(n),
+        ("delay", Some(ms)) => delay(site, ms).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if method == Method::HEAD {
+        // RFC 9110 §9.3.2: the same header fields as GET, no content.
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    resp
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+/// A body holding `data`.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// A request body was larger than the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Read a body to its end, refusing more than `limit` bytes.
+pub async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() as u64 + data.len() as u64 > limit {
+                return Err(Box::new(BodyTooLarge(limit)));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Read and discard a request body in the background, up to `limit` bytes.
+fn spawn_drain(mut body: Body, limit: u64, path: String) {
+    if http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        seen += data.len() as u64;
+                        if seen > limit {
+                            tracing::warn!(%path, limit, "request body over the limit on a route that ignores it; stopped reading");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%path, error = %e, "request body ended with an error");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+async fn echo(site: &Site, req: Request<Body>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let limit = site.limits().max_body;
+    let data = match read_body(body, limit).await {
+        Ok(d) => d,
+        Err(e) if e.is::<BodyTooLarge>() => {
+            tracing::warn!(path = "/echo", limit, "request body too large");
+            // RFC 9110 §15.5.14
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "reading /echo body failed");
+            return text(StatusCode::BAD_REQUEST, "request body could not be read\n");
+        }
+    };
+    let ct = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let len = data.len();
+    let mut resp = Response::new(if parts.method == Method::HEAD { empty() } else { full(data) });
+    resp.headers_mut().insert(CONTENT_TYPE, ct);
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+fn index(info: &RequestInfo) -> Response<Body> {
+    let page = INDEX_HTML.replace("{served_over}", info.conn.protocol.as_str());
+    let mut resp = Response::new(full(page));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+const INDEX_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>quiclab test site</title>
+<style>body{font-family:sans-serif;max-width:44em;margin:2em auto;line-height:1.5}code{background:#eee;padding:0 .2em}</style>
+</head>
+<body>
+<h1>quiclab test site</h1>
+<p>This page arrived over <strong><span id="protocol"></span></strong>
+(the server answered it over <code>{served_over}</code>).</p>
+<ul>
+<li><a href="/bytes/1M">/bytes/N</a>: N bytes (k, M suffixes) of a fixed pattern, byte i = i mod 251</li>
+<li><a href="/echo">/echo</a>: the request body and content type, back (any method)</li>
+<li><a href="/headers">/headers</a>: the request headers as JSON</li>
+<li><a href="/status/418">/status/N</a>: a response with status N</li>
+<li><a href="/delay/500">/delay/MS</a>: a response after MS milliseconds</li>
+</ul>
+<script>
+var nav = performance.getEntriesByType('navigation')[0];
+document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : '';
+</script>
+</body>
+</html>
+"#;
+
+fn bytes(site: &Site, arg: &str) -> Response<Body> {
+    let n = match parse_size(arg) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::info!(arg, error = %e, "bad /bytes size");
+            return text(StatusCode::BAD_REQUEST, "bad size: use /bytes/N with N like 1024, 64k or 50M\n");
+        }
+    };
+    let max = site.limits().max_bytes;
+    if n > max {
+        tracing::info!(n, max, "/bytes request above the cap");
+        let mut resp = Response::new(full(format!("{n} bytes is above the cap of {max}\n")));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    }
+    let mut resp = Response::new(PatternBody::new(0, n).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    resp
+}
+
+fn headers(headers: &http::HeaderMap) -> Response<Body> {
+    let mut obj = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        // RFC 9113 §8.2.3: cookie crumbs are joined with "; ", other fields with ", ".
+        let sep = if name == http::header::COOKIE { "; " } else { ", " };
+        obj.insert(name.as_str().to_string(), serde_json::Value::String(values.join(sep)));
+    }
+    json(&serde_json::Value::Object(obj))
+}
+
+/// A JSON response.
+pub fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn status(arg: &str) -> Response<Body> {
+    let code = arg.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
+    let Some(code) = code else {
+        return text(StatusCode::BAD_REQUEST, "use /status/N with N in 200..=599\n");
+    };
+    // RFC 9110 §6.4.1: 204 and 304 carry no content.
+    if code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = code;
+        return resp;
+    }
+    let line = format!("{} {}\n", code.as_u16(), code.canonical_reason().unwrap_or(""));
+    let mut resp = Response::new(full(line));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+async fn delay(site: &Site, arg: &str) -> Response<Body> {
+    let max = site.limits().max_delay;
+    let Ok(ms) = arg.parse::<u64>() else {
+        return text(StatusCode::BAD_REQUEST, "use /delay/MS with MS a whole number of milliseconds\n");
+    };
+    let wait = std::time::Duration::from_millis(ms);
+    if wait > max {
+        let mut resp = Response::new(full(format!("{ms} ms is above the cap of {} ms\n", max.as_millis())));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    }
+    tokio::time::sleep(wait).await;
+    let mut resp = Response::new(full(format!("delayed {ms} ms\n")));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Chunk size of pattern bodies: 64 KiB, a few QUIC/TLS records, large enough to amortise
+/// per-frame costs.
+const CHUNK: usize = 64 << 10;
+
+/// `PATTERN_PERIOD + CHUNK` bytes of the pattern; any chunk is a zero-copy slice of it.
+fn pattern_source() -> &'static Bytes {
+    static SRC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    SRC.get_or_init(|| (0..PATTERN_PERIOD + CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
+}
+
+/// A body streaming pattern bytes `[start, end)`, one chunk at a time, never buffered whole.
+#[derive(Debug)]
+pub struct PatternBody {
+    pos: u64,
+    end: u64,
+}
+
+impl PatternBody {
+    /// Pattern bytes from offset `start` (inclusive) to `end` (exclusive).
+    pub fn new(start: u64, end: u64) -> Self {
+        PatternBody { pos: start, end: end.max(start) }
+    }
+}
+
+impl http_body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.pos >= self.end {
+            return Poll::Ready(None);
+        }
+        let len = (self.end - self.pos).min(CHUNK as u64) as usize;
+        let off = (self.pos % PATTERN_PERIOD) as usize;
+        self.pos += len as u64;
+        Poll::Ready(Some(Ok(Frame::data(pattern_source().slice(off..off + len)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.end - self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pattern_body_is_the_pattern() {
+        let body = PatternBody::new(0, 200_000).boxed_unsync();
+        let data = read_body(body, u64::MAX).await.unwrap();
+        assert_eq!(data.len(), 200_000);
+        assert!(data.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX).await.unwrap();
+        assert_eq!(&tail[..], &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]);
+    }
+
+    #[tokio::test]
+    async fn read_body_enforces_limit() {
+        let err = read_body(full(vec![0u8; 11]), 10).await.unwrap_err();
+        assert!(err.is::<BodyTooLarge>());
+        assert_eq!(read_body(full(vec![1u8; 10]), 10).await.unwrap().len(), 10);
+    }
+}
