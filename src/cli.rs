@@ -16,8 +16,10 @@ use crate::tls::{CertStore, TlsError, Trust};
 /// quiclab: a QUIC / HTTP/3 experimentation server, with HTTP/2 over TLS/TCP beside it.
 #[derive(Debug, Parser)]
 #[command(name = "quiclab", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
-                        SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark.")]
+#[command(
+    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
+                        SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -149,6 +151,9 @@ pub struct GetArgs {
     /// Request method.
     #[arg(short = 'X', long, value_name = "METHOD", default_value = "GET")]
     pub method: http::Method,
+    /// Give up if no connection is established within this time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
     /// Request body (e.g. for /echo); `@FILE` reads it from a file.
     #[arg(short = 'd', long, value_name = "DATA")]
     pub data: Option<String>,
@@ -216,8 +221,15 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     let c = server.certs();
     let port = server.quic_addr().port();
     println!("quiclab {} serving", env!("CARGO_PKG_VERSION"));
-    println!("  HTTP/3           https://localhost:{port}/  (UDP {})", server.quic_addr());
-    println!("  HTTP/2, 1.1      https://localhost:{}/  (TCP {})", server.tcp_addr().port(), server.tcp_addr());
+    println!(
+        "  HTTP/3           https://localhost:{port}/  (UDP {})",
+        server.quic_addr()
+    );
+    println!(
+        "  HTTP/2, 1.1      https://localhost:{}/  (TCP {})",
+        server.tcp_addr().port(),
+        server.tcp_addr()
+    );
     match &c.ca_path {
         Some(ca) => println!(
             "  CA               {}{}  (curl --cacert {})",
@@ -231,7 +243,10 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     println!("effective configuration:\n{}", server.config().summary());
     let _ = std::io::stdout().flush();
     wait_for_signal().await;
-    tracing::info!("shutting down (graceful, up to {:?})", server.config().shutdown_grace);
+    tracing::info!(
+        "shutting down (graceful, up to {:?})",
+        server.config().shutdown_grace
+    );
     server.shutdown().await;
     Ok(0)
 }
@@ -263,14 +278,25 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
     } else {
         Trust::WebPki
     };
-    let version = if args.http2 { HttpVersion::H2 } else { HttpVersion::H3 };
-    let opts = ClientOptions { trust, ..Default::default() };
+    let version = if args.http2 {
+        HttpVersion::H2
+    } else {
+        HttpVersion::H3
+    };
+    let opts = ClientOptions {
+        trust,
+        connect_timeout: args.connect_timeout,
+        ..Default::default()
+    };
     let target = Target::parse(&args.url)?;
     let body = match &args.data {
         None => Bytes::new(),
         Some(d) => match d.strip_prefix('@') {
             Some(path) => std::fs::read(path)
-                .map_err(|source| CommandError::File { path: path.into(), source })?
+                .map_err(|source| CommandError::File {
+                    path: path.into(),
+                    source,
+                })?
                 .into(),
             None => Bytes::from(d.clone()),
         },
@@ -288,7 +314,10 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         writeln!(out)?;
     }
     match &args.output {
-        Some(path) => std::fs::write(path, &fetched.body).map_err(|source| CommandError::File { path: path.clone(), source })?,
+        Some(path) => std::fs::write(path, &fetched.body).map_err(|source| CommandError::File {
+            path: path.clone(),
+            source,
+        })?,
         None => out.write_all(&fetched.body)?,
     }
     out.flush()?;
@@ -306,14 +335,21 @@ fn certs(args: CertsArgs) -> Result<i32, CommandError> {
     let spki = store.spki_sha256()?;
     let port = args.port;
     if store.created {
-        println!("created development certificates in {}", args.certs.certs.display());
+        println!(
+            "created development certificates in {}",
+            args.certs.certs.display()
+        );
     }
     if let Some(ca) = &store.ca_path {
         println!("CA certificate:    {}", ca.display());
     }
     println!("leaf certificate:  {}", store.cert_path.display());
     println!("leaf SPKI sha256:  {spki}");
-    let ca = store.ca_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "CA.pem".into());
+    let ca = store
+        .ca_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "CA.pem".into());
     println!();
     println!("curl (a build with HTTP/3), trusting the local CA:");
     println!("  curl --http3-only --cacert {ca} https://localhost:{port}/");

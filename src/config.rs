@@ -170,7 +170,9 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Congestion::Cubic),
             "newreno" | "reno" => Ok(Congestion::NewReno),
             "bbr" => Ok(Congestion::Bbr),
-            other => Err(format!("unknown congestion controller {other:?} (cubic, newreno, bbr)")),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (cubic, newreno, bbr)"
+            )),
         }
     }
 }
@@ -219,8 +221,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 /// Parse a duration: `250ms`, `2s`, `1.5s`, or a bare number of milliseconds.

@@ -18,11 +18,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<i32> = runtime.block_on(quiclab::cli::run(cli)).map_err(anyhow::Error::from);
+    let result: anyhow::Result<i32> = runtime
+        .block_on(quiclab::cli::run(cli))
+        .map_err(anyhow::Error::from);
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("quiclab: error: {e:#}");
+            // One line: the error and its causes, skipping causes its message already spells out.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !line.contains(&c) {
+                    line = format!("{line}: {c}");
+                }
+            }
+            eprintln!("quiclab: error: {line}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -23,23 +23,33 @@ pub const CLOSE_UNKNOWN_ALPN: u32 = 0x0101;
 
 /// Resolves when the connection's handshake completes; polled without waiting it tells whether a
 /// request accepted now arrived in 0-RTT (see [`crate::web::h3`]).
-pub type HandshakeDone = futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
+pub type HandshakeDone =
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
 
 /// quinn transport parameters from quiclab's configuration.
 pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, String> {
-    let varint = |v: u64, what: &str| quinn::VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large"));
+    let varint = |v: u64, what: &str| {
+        quinn::VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large"))
+    };
     let mut tc = quinn::TransportConfig::default();
     tc.stream_receive_window(varint(t.stream_window, "stream window")?)
         .receive_window(varint(t.conn_window, "connection window")?)
         .max_concurrent_bidi_streams(t.max_streams.into())
         .initial_rtt(t.initial_rtt)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| "idle timeout too large".to_string())?,
+            quinn::IdleTimeout::try_from(t.idle_timeout)
+                .map_err(|_| "idle timeout too large".to_string())?,
         ));
     match t.congestion {
-        Congestion::Cubic => tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
-        Congestion::NewReno => tc.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
-        Congestion::Bbr => tc.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Cubic => {
+            tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::NewReno => {
+            tc.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            tc.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
     };
     Ok(tc)
 }
@@ -76,7 +86,8 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<QuicContext>) {
         };
         let Some(incoming) = incoming else { break };
         let ctx2 = ctx.clone();
-        ctx.tracker.spawn(async move { handle_incoming(incoming, ctx2).await });
+        ctx.tracker
+            .spawn(async move { handle_incoming(incoming, ctx2).await });
     }
 }
 
@@ -112,13 +123,21 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
         },
     };
     let local = SocketAddr::new(conn.local_ip().unwrap_or(ctx.local.ip()), ctx.local.port());
-    let alpn_str = alpn.as_deref().map(|a| String::from_utf8_lossy(a).into_owned());
+    let alpn_str = alpn
+        .as_deref()
+        .map(|a| String::from_utf8_lossy(a).into_owned());
     match alpn.as_deref() {
         Some(config::ALPN_H3) => {
             tracing::debug!(%remote, "HTTP/3 connection");
             let info = Arc::new(ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3));
-            crate::web::h3::serve_connection(ctx.site.clone(), info, conn, handshake_done, ctx.shutdown.clone())
-                .await;
+            crate::web::h3::serve_connection(
+                ctx.site.clone(),
+                info,
+                conn,
+                handshake_done,
+                ctx.shutdown.clone(),
+            )
+            .await;
         }
         other => {
             tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");

@@ -45,6 +45,36 @@ pub struct CertSummary {
     pub created: bool,
 }
 
+/// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
+/// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
+fn bind_pair(
+    quic: SocketAddr,
+    tcp: SocketAddr,
+) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
+    let bind_err = |proto, addr| {
+        move |source| ServerError::Bind {
+            proto,
+            addr,
+            source,
+        }
+    };
+    let same_ephemeral = quic == tcp && quic.port() == 0;
+    let attempts = if same_ephemeral { 50 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let udp = crate::quic::bind_udp(quic).map_err(bind_err("UDP", quic))?;
+        let mut tcp_addr = tcp;
+        if same_ephemeral {
+            tcp_addr.set_port(udp.local_addr().map_err(bind_err("UDP", quic))?.port());
+        }
+        match crate::tcp::bind_tcp(tcp_addr) {
+            Ok(listener) => return Ok((udp, listener)),
+            Err(e) => last_err = Some(bind_err("TCP", tcp_addr)(e)),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| bind_err("TCP", tcp)(std::io::ErrorKind::AddrInUse.into())))
+}
+
 /// A running server.
 pub struct Server {
     quic_addr: SocketAddr,
@@ -79,8 +109,14 @@ impl Server {
         server_config.transport_config(Arc::new(
             crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?,
         ));
-        let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
-        let udp = crate::quic::bind_udp(cfg.quic_listen).map_err(bind_err("UDP", cfg.quic_listen))?;
+        let bind_err = |proto, addr| {
+            move |source| ServerError::Bind {
+                proto,
+                addr,
+                source,
+            }
+        };
+        let (udp, listener) = bind_pair(cfg.quic_listen, cfg.tcp_listen)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -88,12 +124,15 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err("UDP", cfg.quic_listen))?;
-        let quic_addr = endpoint.local_addr().map_err(bind_err("UDP", cfg.quic_listen))?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(bind_err("UDP", cfg.quic_listen))?;
 
         // TLS/TCP
         let tcp_tls = tls::tcp_server_config(&store, &[config::ALPN_H2, config::ALPN_HTTP11])?;
-        let listener = crate::tcp::bind_tcp(cfg.tcp_listen).map_err(bind_err("TCP", cfg.tcp_listen))?;
-        let tcp_addr = listener.local_addr().map_err(bind_err("TCP", cfg.tcp_listen))?;
+        let tcp_addr = listener
+            .local_addr()
+            .map_err(bind_err("TCP", cfg.tcp_listen))?;
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=3600", quic_addr.port())).ok();
 
         let quic_ctx = Arc::new(crate::quic::QuicContext {
@@ -117,7 +156,15 @@ impl Server {
         tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
         tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
 
-        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs })
+        Ok(Server {
+            quic_addr,
+            tcp_addr,
+            endpoint,
+            shutdown,
+            tracker,
+            config: cfg,
+            certs,
+        })
     }
 
     /// The UDP address HTTP/3 is served on.
@@ -145,11 +192,16 @@ impl Server {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.config.shutdown_grace, "connections still open after the grace period; closing them");
         }
         // RFC 9000 §10.2: an immediate close for whatever is left; H3_NO_ERROR (RFC 9114 §8.1).
-        self.endpoint.close(0x100u32.into(), b"server shutting down");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.endpoint
+            .close(0x100u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 }

@@ -73,7 +73,12 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// Describe a QUIC connection.
-    pub fn quic(conn: quinn::Connection, local: SocketAddr, alpn: Option<String>, protocol: Protocol) -> ConnInfo {
+    pub fn quic(
+        conn: quinn::Connection,
+        local: SocketAddr,
+        alpn: Option<String>,
+        protocol: Protocol,
+    ) -> ConnInfo {
         let remote = conn.remote_address();
         ConnInfo {
             protocol,
@@ -85,7 +90,13 @@ impl ConnInfo {
     }
 
     /// Describe a TLS/TCP connection.
-    pub fn tcp(fd: OwnedFd, local: SocketAddr, remote: SocketAddr, alpn: Option<String>, protocol: Protocol) -> ConnInfo {
+    pub fn tcp(
+        fd: OwnedFd,
+        local: SocketAddr,
+        remote: SocketAddr,
+        alpn: Option<String>,
+        protocol: Protocol,
+    ) -> ConnInfo {
         ConnInfo {
             protocol,
             alpn,
@@ -126,7 +137,10 @@ struct PathTracker {
 
 impl PathTracker {
     fn new(remote: SocketAddr) -> Self {
-        PathTracker { last: Mutex::new(remote), changes: AtomicU64::new(0) }
+        PathTracker {
+            last: Mutex::new(remote),
+            changes: AtomicU64::new(0),
+        }
     }
 
     fn current(&self) -> SocketAddr {
@@ -156,6 +170,9 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// A request on `conn` that is not early data.
     pub fn new(conn: Arc<ConnInfo>) -> Self {
-        RequestInfo { conn, early_data: false }
+        RequestInfo {
+            conn,
+            early_data: false,
+        }
     }
 }

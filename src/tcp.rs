@@ -18,7 +18,11 @@ use crate::web::Site;
 /// Bind a TCP listener; an unspecified IPv6 address is bound dual-stack.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProto::TCP))?;
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
@@ -49,7 +53,8 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
         match accepted {
             Ok((stream, remote)) => {
                 let ctx2 = ctx.clone();
-                ctx.tracker.spawn(async move { handle(stream, remote, ctx2).await });
+                ctx.tracker
+                    .spawn(async move { handle(stream, remote, ctx2).await });
             }
             Err(e) => {
                 // EMFILE and friends: log, pause briefly, keep serving.
@@ -97,5 +102,12 @@ async fn handle(stream: tokio::net::TcpStream, remote: SocketAddr, ctx: Arc<TcpC
     };
     let alpn = alpn.map(|a| String::from_utf8_lossy(&a).into_owned());
     let info = Arc::new(ConnInfo::tcp(fd, local, remote, alpn, protocol));
-    crate::web::h2::serve_connection(ctx.site.clone(), info, tls, ctx.h2.clone(), ctx.shutdown.clone()).await;
+    crate::web::h2::serve_connection(
+        ctx.site.clone(),
+        info,
+        tls,
+        ctx.h2.clone(),
+        ctx.shutdown.clone(),
+    )
+    .await;
 }

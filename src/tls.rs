@@ -41,7 +41,10 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The crypto provider used everywhere (ring; see Cargo.toml for why not aws-lc-rs).
@@ -93,8 +96,10 @@ impl CertStore {
     pub fn load(cert: &Path, key: &Path) -> Result<CertStore, TlsError> {
         let chain = load_certs(cert)?;
         let key_pem = fs::read(key).map_err(io_err(key))?;
-        let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|_| TlsError::Pem { path: key.to_path_buf(), what: "private key" })?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
+            path: key.to_path_buf(),
+            what: "private key",
+        })?;
         Ok(CertStore {
             chain,
             key: key_der,
@@ -107,7 +112,10 @@ impl CertStore {
     /// Base64 of the SHA-256 of the leaf's SubjectPublicKeyInfo: what Chromium's
     /// `--ignore-certificate-errors-spki-list` and curl's `--pinnedpubkey sha256//...` take.
     pub fn spki_sha256(&self) -> Result<String, TlsError> {
-        let leaf = self.chain.first().ok_or(TlsError::BadCertificate("empty chain"))?;
+        let leaf = self
+            .chain
+            .first()
+            .ok_or(TlsError::BadCertificate("empty chain"))?;
         spki_sha256(leaf)
     }
 }
@@ -125,9 +133,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let pem = fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|_| TlsError::Pem { path: path.to_path_buf(), what: "certificate" })?;
+        .map_err(|_| TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_path_buf(), what: "certificate" });
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
@@ -202,8 +216,19 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
 mod der {
     use super::TlsError;
 
-    /// Split one TLV off the front of `input`: (tag, whole TLV, contents, rest).
-    fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), TlsError> {
+    /// One DER tag-length-value, split off the front of an input.
+    struct Tlv<'a> {
+        tag: u8,
+        /// The whole encoding, header included.
+        whole: &'a [u8],
+        /// The value, without the header.
+        contents: &'a [u8],
+        /// What follows it in the input.
+        rest: &'a [u8],
+    }
+
+    /// Split one TLV off the front of `input`.
+    fn tlv(input: &[u8]) -> Result<Tlv<'_>, TlsError> {
         let bad = || TlsError::BadCertificate("truncated DER");
         let tag = *input.first().ok_or_else(bad)?;
         let first = *input.get(1).ok_or_else(bad)?;
@@ -215,31 +240,39 @@ mod der {
                 return Err(TlsError::BadCertificate("unsupported DER length"));
             }
             let bytes = input.get(2..2 + n).ok_or_else(bad)?;
-            (bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), 2 + n)
+            (
+                bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
+                2 + n,
+            )
         };
         let end = hdr.checked_add(len).ok_or_else(bad)?;
         let whole = input.get(..end).ok_or_else(bad)?;
-        Ok((tag, whole, &whole[hdr..], &input[end..]))
+        Ok(Tlv {
+            tag,
+            whole,
+            contents: &whole[hdr..],
+            rest: &input[end..],
+        })
     }
 
     /// The DER of the SubjectPublicKeyInfo inside a certificate.
     pub fn spki(cert: &[u8]) -> Result<&[u8], TlsError> {
-        let (_, _, cert_body, _) = tlv(cert)?; // Certificate ::= SEQUENCE
-        let (_, _, tbs, _) = tlv(cert_body)?; // tbsCertificate ::= SEQUENCE
-        let mut rest = tbs;
+        let cert = tlv(cert)?; // Certificate ::= SEQUENCE
+        let tbs = tlv(cert.contents)?; // tbsCertificate ::= SEQUENCE
+        let mut rest = tbs.contents;
         // [0] version is optional; then serial, signature, issuer, validity, subject, spki.
-        let (tag, _, _, r) = tlv(rest)?;
-        if tag == 0xa0 {
-            rest = r;
+        let first = tlv(rest)?;
+        if first.tag == 0xa0 {
+            rest = first.rest;
         }
         for _ in 0..5 {
-            rest = tlv(rest)?.3;
+            rest = tlv(rest)?.rest;
         }
-        let (tag, whole, _, _) = tlv(rest)?;
-        if tag != 0x30 {
+        let spki = tlv(rest)?;
+        if spki.tag != 0x30 {
             return Err(TlsError::BadCertificate("SubjectPublicKeyInfo not found"));
         }
-        Ok(whole)
+        Ok(spki.whole)
     }
 }
 
@@ -270,11 +303,15 @@ pub fn quic_server_config(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn)?;
     cfg.max_early_data_size = u32::MAX;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// TLS for the TCP listener: TLS 1.3 and 1.2, ALPN in preference order.
-pub fn tcp_server_config(store: &CertStore, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+pub fn tcp_server_config(
+    store: &CertStore,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
     server_config(store, rustls::DEFAULT_VERSIONS, alpn)
 }
 
@@ -294,10 +331,18 @@ pub enum Trust {
 ///
 /// Sessions are cached in memory (rustls' default resumption store) so a client reusing this
 /// configuration within one process resumes, and early data is enabled for 0-RTT.
-pub fn client_config(trust: &Trust, alpn: &[&[u8]], tls13_only: bool) -> Result<rustls::ClientConfig, TlsError> {
-    let versions: &[&'static rustls::SupportedProtocolVersion] =
-        if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+pub fn client_config(
+    trust: &Trust,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let mut cfg = match trust {
         Trust::Insecure => builder
             .dangerous()
@@ -342,7 +387,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -351,7 +401,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -385,8 +440,12 @@ mod tests {
         // The SPKI found by the DER walk is the one rcgen wrote for the key.
         let key_pem = fs::read_to_string(&p.key).unwrap();
         let kp = rcgen::KeyPair::from_pem(&key_pem).unwrap();
-        let want = ring::digest::digest(&ring::digest::SHA256, &kp.public_key_der());
-        assert_eq!(hash, base64::engine::general_purpose::STANDARD.encode(want.as_ref()));
+        use rcgen::PublicKeyData;
+        let want = ring::digest::digest(&ring::digest::SHA256, &kp.subject_public_key_info());
+        assert_eq!(
+            hash,
+            base64::engine::general_purpose::STANDARD.encode(want.as_ref())
+        );
     }
 
     #[test]

@@ -29,7 +29,11 @@ impl H3Client {
         config.transport_config(Arc::new(
             crate::quic::transport_config(&opts.transport).map_err(ClientError::Other)?,
         ));
-        Ok(H3Client { config, v4: Default::default(), v6: Default::default() })
+        Ok(H3Client {
+            config,
+            v4: Default::default(),
+            v6: Default::default(),
+        })
     }
 
     /// The endpoint for `addr`'s family, created on first use (bound to an ephemeral port).
@@ -49,12 +53,28 @@ impl H3Client {
     }
 
     /// Connect to `addr`, presenting `server_name` for SNI and certificate checks.
-    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Connection, ClientError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<H3Connection, ClientError> {
         let start = Instant::now();
         let endpoint = self.endpoint_for(addr)?;
-        let conn = endpoint.connect_with(self.config.clone(), addr, server_name)?.await?;
+        let conn = match endpoint
+            .connect_with(self.config.clone(), addr, server_name)?
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // Let the CONNECTION_CLOSE go out before the caller (maybe the process) ends.
+                flush_close(&endpoint).await;
+                return Err(e.into());
+            }
+        };
         let handshake = start.elapsed();
-        H3Connection::new(conn, handshake).await
+        let mut h3 = H3Connection::new(conn, handshake).await?;
+        h3.endpoint = Some(endpoint);
+        Ok(h3)
     }
 }
 
@@ -64,19 +84,36 @@ pub struct H3Connection {
     send_request: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     handshake: Duration,
     driver: tokio::task::JoinHandle<()>,
+    endpoint: Option<quinn::Endpoint>,
+}
+
+/// Wait (at most 300 ms) until the endpoint has sent the close of its connections, so a
+/// process that exits next does not leave the server waiting for an idle timeout.
+async fn flush_close(endpoint: &quinn::Endpoint) {
+    let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.wait_idle()).await;
 }
 
 impl H3Connection {
     /// Start HTTP/3 on an established QUIC connection.
-    pub async fn new(conn: quinn::Connection, handshake: Duration) -> Result<H3Connection, ClientError> {
-        let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
+    pub async fn new(
+        conn: quinn::Connection,
+        handshake: Duration,
+    ) -> Result<H3Connection, ClientError> {
+        let (mut driver, send_request) =
+            h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
         let driver = tokio::spawn(async move {
             let err = futures_util::future::poll_fn(|cx| driver.poll_close(cx)).await;
             if !err.is_h3_no_error() {
                 tracing::debug!(error = %err, "HTTP/3 connection closed");
             }
         });
-        Ok(H3Connection { conn, send_request, handshake, driver })
+        Ok(H3Connection {
+            conn,
+            send_request,
+            handshake,
+            driver,
+            endpoint: None,
+        })
     }
 
     /// The underlying QUIC connection (stats, path, 0-RTT state).
@@ -103,7 +140,10 @@ impl H3Connection {
         let body = futures_util::stream::unfold(Some(recv), |state| async move {
             let mut recv = state?;
             match recv.recv_data().await {
-                Ok(Some(mut buf)) => Some((Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))), Some(recv))),
+                Ok(Some(mut buf)) => Some((
+                    Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))),
+                    Some(recv),
+                )),
                 Ok(None) => None,
                 Err(e) => Some((Err(Box::new(e) as BodyError), None)),
             }
@@ -111,11 +151,16 @@ impl H3Connection {
         Ok(resp.map(|()| StreamBody::new(body).boxed_unsync()))
     }
 
-    /// Close with H3_NO_ERROR and wait (briefly) until the peer has been told.
+    /// Close with H3_NO_ERROR (RFC 9114 §8.1) and wait (briefly) until the close is sent.
     pub async fn close(self) {
-        // RFC 9114 §8.1: H3_NO_ERROR = 0x100.
         self.conn.close(0x100u32.into(), b"done");
         self.driver.abort();
         drop(self.send_request);
+        if let Some(ep) = &self.endpoint {
+            // Waiting for the endpoint to go idle is only right when this was its last connection.
+            if ep.open_connections() <= 1 {
+                flush_close(ep).await;
+            }
+        }
     }
 }

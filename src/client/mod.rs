@@ -19,7 +19,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 
 use crate::stats::Protocol;
-use crate::tls::{Trust, TlsError};
+use crate::tls::{TlsError, Trust};
 use crate::web::Body;
 
 /// Errors from the clients.
@@ -49,8 +49,8 @@ pub enum ClientError {
     Hyper(#[from] hyper::Error),
     #[error("response body: {0}")]
     Body(crate::web::BodyError),
-    #[error("TLS handshake with {0} timed out")]
-    Timeout(SocketAddr),
+    #[error("no connection to {addr} within {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("{0}")]
     Other(String),
 }
@@ -66,12 +66,25 @@ pub enum HttpVersion {
 }
 
 /// Options shared by every connection a [`Client`] opens.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Which certificates to trust.
     pub trust: Trust,
     /// QUIC transport parameters (windows, congestion controller); HTTP/2 windows follow them.
     pub transport: crate::config::TransportConfig,
+    /// Give up on a connection attempt after this long. 10 s: QUIC gets no ICMP-driven
+    /// failure from a closed port, so without it a wrong port waits for the idle timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            trust: Trust::default(),
+            transport: Default::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A parsed `https://host:port/path` target.
@@ -88,10 +101,15 @@ pub struct Target {
 impl Target {
     /// Parse an `https://` URL.
     pub fn parse(url: &str) -> Result<Target, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
         let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         if parsed.scheme() != "https" {
-            return Err(bad("only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)"));
+            return Err(bad(
+                "only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)",
+            ));
         }
         let host = match parsed.host() {
             Some(url::Host::Domain(d)) => d.to_string(),
@@ -100,7 +118,10 @@ impl Target {
             None => return Err(bad("no host")),
         };
         let port = parsed.port().unwrap_or(443);
-        let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri = parsed
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         Ok(Target { host, port, uri })
     }
 
@@ -108,7 +129,10 @@ impl Target {
     pub async fn resolve(&self) -> Result<SocketAddr, ClientError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|source| ClientError::Resolve { host: self.host.clone(), source })?
+            .map_err(|source| ClientError::Resolve {
+                host: self.host.clone(),
+                source,
+            })?
             .collect();
         addrs
             .iter()
@@ -125,6 +149,7 @@ impl Target {
 /// A client: reuses its TLS configuration (and so its session cache) across connections.
 pub struct Client {
     version: HttpVersion,
+    connect_timeout: Duration,
     h3: Option<h3::H3Client>,
     h2: Option<h2::H2Client>,
 }
@@ -133,19 +158,40 @@ impl Client {
     /// A client speaking `version`.
     pub fn new(version: HttpVersion, opts: &ClientOptions) -> Result<Client, ClientError> {
         Ok(match version {
-            HttpVersion::H3 => Client { version, h3: Some(h3::H3Client::new(opts)?), h2: None },
-            HttpVersion::H2 => Client { version, h3: None, h2: Some(h2::H2Client::new(opts)?) },
+            HttpVersion::H3 => Client {
+                version,
+                connect_timeout: opts.connect_timeout,
+                h3: Some(h3::H3Client::new(opts)?),
+                h2: None,
+            },
+            HttpVersion::H2 => Client {
+                version,
+                connect_timeout: opts.connect_timeout,
+                h3: None,
+                h2: Some(h2::H2Client::new(opts)?),
+            },
         })
     }
 
     /// Open a connection to `target`.
     pub async fn connect(&self, target: &Target) -> Result<HttpConnection, ClientError> {
         let addr = target.resolve().await?;
-        match (&self.h3, &self.h2) {
-            (Some(c), _) => Ok(HttpConnection::H3(c.connect(addr, &target.host).await?)),
-            (_, Some(c)) => Ok(HttpConnection::H2(c.connect(addr, &target.host).await?)),
-            _ => Err(ClientError::Other(format!("client for {:?} not configured", self.version))),
-        }
+        let connect = async {
+            match (&self.h3, &self.h2) {
+                (Some(c), _) => Ok(HttpConnection::H3(c.connect(addr, &target.host).await?)),
+                (_, Some(c)) => Ok(HttpConnection::H2(c.connect(addr, &target.host).await?)),
+                _ => Err(ClientError::Other(format!(
+                    "client for {:?} not configured",
+                    self.version
+                ))),
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr,
+                after: self.connect_timeout,
+            })?
     }
 }
 
@@ -225,17 +271,28 @@ impl Fetched {
 }
 
 /// Build a request for `target` with the given method and body.
-pub fn request(target: &Target, method: http::Method, body: Bytes) -> Result<Request<Bytes>, ClientError> {
+pub fn request(
+    target: &Target,
+    method: http::Method,
+    body: Bytes,
+) -> Result<Request<Bytes>, ClientError> {
     Request::builder()
         .method(method)
         .uri(target.uri.clone())
-        .header(http::header::USER_AGENT, concat!("quiclab/", env!("CARGO_PKG_VERSION")))
+        .header(
+            http::header::USER_AGENT,
+            concat!("quiclab/", env!("CARGO_PKG_VERSION")),
+        )
         .body(body)
         .map_err(|e| ClientError::Other(e.to_string()))
 }
 
 /// Connect, send one request, read the whole response, close: what `quiclab get` does.
-pub async fn fetch(client: &Client, target: &Target, req: Request<Bytes>) -> Result<Fetched, ClientError> {
+pub async fn fetch(
+    client: &Client,
+    target: &Target,
+    req: Request<Bytes>,
+) -> Result<Fetched, ClientError> {
     let start = Instant::now();
     let conn = client.connect(target).await?;
     let handshake = start.elapsed();
@@ -250,7 +307,11 @@ pub async fn fetch(client: &Client, target: &Target, req: Request<Bytes>) -> Res
         response: Response::from_parts(parts, ()),
         body,
         protocol,
-        timings: Timings { handshake, ttfb, total },
+        timings: Timings {
+            handshake,
+            ttfb,
+            total,
+        },
     })
 }
 

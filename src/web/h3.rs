@@ -34,6 +34,7 @@ pub async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let remote = quic.remote_address();
+    let h3conn_quic = quic.clone();
     let mut h3conn: H3Conn = match h3::server::builder()
         .max_field_section_size(site.limits().max_header_bytes as u64)
         .build(h3_quinn::Connection::new(quic))
@@ -45,27 +46,39 @@ pub async fn serve_connection(
             return;
         }
     };
+    // Request tasks of this connection, so a graceful shutdown knows when they are done.
+    let requests = tokio_util::task::TaskTracker::new();
     let mut draining = false;
     loop {
         let accepted = tokio::select! {
             r = h3conn.accept() => r,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
-                // RFC 9114 §5.2: GOAWAY with the next stream id; requests already accepted finish.
+                requests.close();
+                // RFC 9114 §5.2: GOAWAY names the first request id that will not be served;
+                // requests already accepted finish.
                 if let Err(e) = h3conn.shutdown(0).await {
                     tracing::debug!(%remote, error = %e, "sending GOAWAY failed");
                     return;
                 }
                 continue;
             }
+            _ = requests.wait(), if draining => {
+                // RFC 9114 §5.2: once the requests in flight are done, close the connection.
+                quic_close(&h3conn_quic, "server shutting down");
+                break;
+            }
         };
         match accepted {
             Ok(Some(resolver)) => {
                 // Read the 0-RTT signal now, at accept time (see the module doc).
                 let early_data = handshake_done.clone().now_or_never().is_none();
-                let info = RequestInfo { conn: conn.clone(), early_data };
+                let info = RequestInfo {
+                    conn: conn.clone(),
+                    early_data,
+                };
                 let site = site.clone();
-                tokio::spawn(async move {
+                requests.spawn(async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => serve_request(site, req, stream, info).await,
                         Err(e) => log_stream_error("reading request headers", &e),
@@ -81,6 +94,11 @@ pub async fn serve_connection(
             }
         }
     }
+}
+
+/// Close with H3_NO_ERROR (RFC 9114 §8.1).
+fn quic_close(conn: &quinn::Connection, reason: &str) {
+    conn.close(quinn::VarInt::from_u32(0x100), reason.as_bytes());
 }
 
 fn log_stream_error(what: &str, e: &h3::error::StreamError) {
@@ -101,7 +119,10 @@ async fn serve_request(
     }
 }
 
-async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), h3::error::StreamError> {
+async fn send_response(
+    send: &mut SendHalf,
+    resp: Response<Body>,
+) -> Result<(), h3::error::StreamError> {
     let (parts, mut body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;
     while let Some(frame) = body.frame().await {

@@ -53,14 +53,20 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
 
     let known = matches!(
         (first, arg),
-        ("", None) | ("index.html", None) | ("bytes", Some(_)) | ("headers", None) | ("status", Some(_)) | ("delay", Some(_))
+        ("", None)
+            | ("index.html", None)
+            | ("bytes", Some(_))
+            | ("headers", None)
+            | ("status", Some(_))
+            | ("delay", Some(_))
     );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     if method != Method::GET && method != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
     let resp = match (first, arg) {
@@ -81,19 +87,26 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 /// A body holding `data`.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -164,17 +177,26 @@ async fn echo(site: &Site, req: Request<Body>) -> Response<Body> {
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let len = data.len();
-    let mut resp = Response::new(if parts.method == Method::HEAD { empty() } else { full(data) });
+    let mut resp = Response::new(if parts.method == Method::HEAD {
+        empty()
+    } else {
+        full(data)
+    });
     resp.headers_mut().insert(CONTENT_TYPE, ct);
-    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
 
 fn index(info: &RequestInfo) -> Response<Body> {
     let page = INDEX_HTML.replace("{served_over}", info.conn.protocol.as_str());
     let mut resp = Response::new(full(page));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -209,7 +231,10 @@ fn bytes(site: &Site, arg: &str) -> Response<Body> {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(arg, error = %e, "bad /bytes size");
-            return text(StatusCode::BAD_REQUEST, "bad size: use /bytes/N with N like 1024, 64k or 50M\n");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "bad size: use /bytes/N with N like 1024, 64k or 50M\n",
+            );
         }
     };
     let max = site.limits().max_bytes;
@@ -221,7 +246,10 @@ fn bytes(site: &Site, arg: &str) -> Response<Body> {
     }
     let mut resp = Response::new(PatternBody::new(0, n).boxed_unsync());
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(CONTENT_LENGTH, HeaderValue::from(n));
     resp
 }
@@ -235,8 +263,15 @@ fn headers(headers: &http::HeaderMap) -> Response<Body> {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
         // RFC 9113 §8.2.3: cookie crumbs are joined with "; ", other fields with ", ".
-        let sep = if name == http::header::COOKIE { "; " } else { ", " };
-        obj.insert(name.as_str().to_string(), serde_json::Value::String(values.join(sep)));
+        let sep = if name == http::header::COOKIE {
+            "; "
+        } else {
+            ", "
+        };
+        obj.insert(
+            name.as_str().to_string(),
+            serde_json::Value::String(values.join(sep)),
+        );
     }
     json(&serde_json::Value::Object(obj))
 }
@@ -246,14 +281,22 @@ pub fn json(value: &serde_json::Value) -> Response<Body> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn status(arg: &str) -> Response<Body> {
-    let code = arg.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
+    let code = arg
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (200..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok());
     let Some(code) = code else {
-        return text(StatusCode::BAD_REQUEST, "use /status/N with N in 200..=599\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "use /status/N with N in 200..=599\n",
+        );
     };
     // RFC 9110 §6.4.1: 204 and 304 carry no content.
     if code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED {
@@ -261,27 +304,43 @@ fn status(arg: &str) -> Response<Body> {
         *resp.status_mut() = code;
         return resp;
     }
-    let line = format!("{} {}\n", code.as_u16(), code.canonical_reason().unwrap_or(""));
+    let line = format!(
+        "{} {}\n",
+        code.as_u16(),
+        code.canonical_reason().unwrap_or("")
+    );
     let mut resp = Response::new(full(line));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 async fn delay(site: &Site, arg: &str) -> Response<Body> {
     let max = site.limits().max_delay;
     let Ok(ms) = arg.parse::<u64>() else {
-        return text(StatusCode::BAD_REQUEST, "use /delay/MS with MS a whole number of milliseconds\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "use /delay/MS with MS a whole number of milliseconds\n",
+        );
     };
     let wait = std::time::Duration::from_millis(ms);
     if wait > max {
-        let mut resp = Response::new(full(format!("{ms} ms is above the cap of {} ms\n", max.as_millis())));
+        let mut resp = Response::new(full(format!(
+            "{ms} ms is above the cap of {} ms\n",
+            max.as_millis()
+        )));
         *resp.status_mut() = StatusCode::BAD_REQUEST;
         return resp;
     }
     tokio::time::sleep(wait).await;
     let mut resp = Response::new(full(format!("delayed {ms} ms\n")));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -292,7 +351,12 @@ const CHUNK: usize = 64 << 10;
 /// `PATTERN_PERIOD + CHUNK` bytes of the pattern; any chunk is a zero-copy slice of it.
 fn pattern_source() -> &'static Bytes {
     static SRC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    SRC.get_or_init(|| (0..PATTERN_PERIOD + CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
+    SRC.get_or_init(|| {
+        (0..PATTERN_PERIOD + CHUNK as u64)
+            .map(pattern_byte)
+            .collect::<Vec<u8>>()
+            .into()
+    })
 }
 
 /// A body streaming pattern bytes `[start, end)`, one chunk at a time, never buffered whole.
@@ -305,7 +369,10 @@ pub struct PatternBody {
 impl PatternBody {
     /// Pattern bytes from offset `start` (inclusive) to `end` (exclusive).
     pub fn new(start: u64, end: u64) -> Self {
-        PatternBody { pos: start, end: end.max(start) }
+        PatternBody {
+            pos: start,
+            end: end.max(start),
+        }
     }
 }
 
@@ -313,14 +380,19 @@ impl http_body::Body for PatternBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
         let len = (self.end - self.pos).min(CHUNK as u64) as usize;
         let off = (self.pos % PATTERN_PERIOD) as usize;
         self.pos += len as u64;
-        Poll::Ready(Some(Ok(Frame::data(pattern_source().slice(off..off + len)))))
+        Poll::Ready(Some(Ok(Frame::data(
+            pattern_source().slice(off..off + len),
+        ))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -341,9 +413,17 @@ mod tests {
         let body = PatternBody::new(0, 200_000).boxed_unsync();
         let data = read_body(body, u64::MAX).await.unwrap();
         assert_eq!(data.len(), 200_000);
-        assert!(data.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
-        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX).await.unwrap();
-        assert_eq!(&tail[..], &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]);
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i as u64)));
+        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            &tail[..],
+            &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]
+        );
     }
 
     #[tokio::test]

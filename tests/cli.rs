@@ -1,0 +1,214 @@
+//! The `quiclab` binary end to end: `certs`, `serve` on an ephemeral port, `get` over both
+//! protocols, one-line errors with a non-zero exit, and SIGTERM ending the server cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn quiclab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quiclab"))
+}
+
+struct Served {
+    child: Child,
+    port: u16,
+    spki: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(certs: &std::path::Path) -> Served {
+    let mut child = quiclab()
+        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .arg(certs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn quiclab serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut udp, mut tcp, mut spki) = (None, None, None);
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.split("(UDP ").nth(1) {
+            udp = rest
+                .trim_end_matches(')')
+                .rsplit(':')
+                .next()
+                .map(|p| p.parse::<u16>().unwrap());
+        }
+        if let Some(rest) = line.split("(TCP ").nth(1) {
+            tcp = rest
+                .trim_end_matches(')')
+                .rsplit(':')
+                .next()
+                .map(|p| p.parse::<u16>().unwrap());
+        }
+        if let Some(rest) = line.trim().strip_prefix("SPKI sha256") {
+            spki = Some(rest.trim().to_string());
+        }
+        if line.starts_with("effective configuration") {
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let (udp, tcp) = (
+        udp.expect("banner names the UDP address"),
+        tcp.expect("banner names the TCP address"),
+    );
+    assert_eq!(udp, tcp, "port 0 picks one port for both transports");
+    Served {
+        child,
+        port: udp,
+        spki: spki.expect("banner prints the SPKI hash"),
+    }
+}
+
+#[test]
+fn certs_serve_get_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+
+    let out = quiclab()
+        .args(["certs", "--certs"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("created development certificates"), "{text}");
+    let spki_line = text
+        .lines()
+        .find(|l| l.starts_with("leaf SPKI sha256:"))
+        .expect("SPKI line");
+    let spki = spki_line.rsplit(' ').next().unwrap().to_string();
+    assert!(text.contains(&format!("--ignore-certificate-errors-spki-list={spki}")));
+    assert!(text.contains("--cacert"));
+
+    let s = serve(&certs);
+    assert_eq!(
+        s.spki, spki,
+        "serve reuses the certificates `certs` created"
+    );
+    let ca = certs.join("ca.pem");
+    for http2 in [false, true] {
+        let mut cmd = quiclab();
+        cmd.args(["get", "-i", "-v", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://localhost:{}/bytes/3000", s.port));
+        if http2 {
+            cmd.arg("--http2");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let proto = if http2 { "h2" } else { "h3" };
+        assert!(out
+            .stdout
+            .starts_with(format!("{proto} 200 OK\n").as_bytes()));
+        let body_start = out.stdout.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+        assert_eq!(out.stdout.len() - body_start, 3000);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("protocol={proto}"))
+                && err.contains("bytes=3000")
+                && err.contains("ttfb="),
+            "{err}"
+        );
+    }
+
+    // -o writes the body to a file.
+    let file = dir.path().join("body.bin");
+    let ok = quiclab()
+        .args(["get", "--cacert"])
+        .arg(&ca)
+        .arg("-o")
+        .arg(&file)
+        .arg(format!("https://127.0.0.1:{}/bytes/1k", s.port))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(std::fs::read(&file).unwrap().len(), 1024);
+
+    // Without --cacert, `get` trusts ./certs/ca.pem when it exists.
+    let out = quiclab()
+        .args(["get", &format!("https://localhost:{}/status/200", s.port)])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Errors: non-zero exit and one line naming the problem.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for (args, needle) in [
+        (
+            vec!["get".to_string(), "http://localhost/".to_string()],
+            "https",
+        ),
+        (
+            vec!["get".to_string(), format!("https://localhost:{}/", s.port)],
+            "certificate",
+        ),
+    ] {
+        let out = quiclab()
+            .args(&args)
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<_> = err
+            .lines()
+            .filter(|l| l.starts_with("quiclab: error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one error line: {err}");
+        assert!(lines[0].to_lowercase().contains(needle), "{err}");
+    }
+
+    // SIGTERM: graceful shutdown, exit 0, well within the grace period.
+    let mut s = s;
+    let t = Instant::now();
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn serve_reports_a_busy_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let out = quiclab()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on UDP 127.0.0.1:{port}")),
+        "{err}"
+    );
+}

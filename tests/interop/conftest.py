@@ -1,0 +1,240 @@
+"""Shared fixtures for the external-peer interop suite.
+
+One quiclab server is started per pytest session (`serve --listen 127.0.0.1:0` with a fresh
+certificate directory) and every test talks to it with a peer that is not quiclab's own code:
+curl_cffi (libcurl + ngtcp2), aioquic, Debian's ngtcp2 client and headless Chromium.
+
+A missing peer is a FAILED test with the command that installs it, never a skip: a green run
+must mean every peer really spoke to the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INTEROP_DIR = Path(__file__).resolve().parent
+
+# How long the server may take to print its banner (it creates certificates on first start).
+BANNER_TIMEOUT_S = 30
+# How long a graceful shutdown may take after SIGTERM (the server's default grace is 5 s).
+SHUTDOWN_TIMEOUT_S = 15
+# A cold debug build takes about 75 s on 2 cores; leave room for a slow machine.
+BUILD_TIMEOUT_S = 1200
+
+PIP_HINT = "pip install -r tests/interop/requirements.txt (or run: bash tests/interop/run.sh)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """What the banner of a running `quiclab serve` told us."""
+
+    udp_addr: str  # "127.0.0.1:PORT": HTTP/3 (ALPN h3)
+    tcp_addr: str  # "127.0.0.1:PORT": TLS with ALPN h2 and http/1.1
+    udp_port: int
+    tcp_port: int
+    ca: Path  # PEM of the development CA that signed the leaf
+    spki: str  # base64 SHA-256 of the leaf's SubjectPublicKeyInfo (Chromium's pin format)
+    certs_dir: Path
+    log: Path  # the server's stderr
+    banner: str
+
+    @property
+    def h3_origin(self) -> str:
+        """https://localhost:PORT for HTTP/3 (connect to 127.0.0.1, SNI/authority localhost)."""
+        return f"https://localhost:{self.udp_port}"
+
+    @property
+    def tcp_origin(self) -> str:
+        return f"https://localhost:{self.tcp_port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as e:  # pragma: no cover - diagnostic only
+            return f"(cannot read {self.log}: {e})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def pattern(n: int) -> bytes:
+    """The body of /bytes/N: byte i == i % 251."""
+    block = bytes(range(251))
+    reps, rest = divmod(n, 251)
+    return block * reps + block[:rest]
+
+
+def assert_pattern(body: bytes, n: int) -> None:
+    """Assert that body is exactly /bytes/N, naming the first wrong byte if it is not."""
+    assert len(body) == n, f"expected {n} bytes, got {len(body)}"
+    if body != pattern(n):
+        first = next(i for i, b in enumerate(body) if b != i % 251)
+        raise AssertionError(
+            f"byte {first} is {body[first]}, expected {first % 251} (byte i must be i % 251)"
+        )
+
+
+def require_executable(name: str, install_hint: str, env_var: str | None = None) -> str:
+    """Path of an external tool, or a FAILED test that says how to install it."""
+    if env_var and os.environ.get(env_var):
+        path = os.environ[env_var]
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            pytest.fail(f"{env_var}={path} is not an executable file", pytrace=False)
+        return path
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` not found on PATH; install it with: {install_hint}", pytrace=False)
+    return path
+
+
+def _locate_binary() -> Path:
+    override = os.environ.get("QUICLAB_BIN")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            pytest.exit(f"QUICLAB_BIN={override} does not exist", returncode=4)
+        return path
+    path = REPO_ROOT / "target" / "debug" / "quiclab"
+    if not path.is_file():
+        cargo = shutil.which("cargo")
+        if cargo is None:
+            pytest.exit(f"{path} is missing and cargo is not on PATH", returncode=4)
+        print(f"\n{path} is missing: running cargo build", file=sys.stderr)
+        subprocess.run(
+            [cargo, "build", "--bin", "quiclab"],
+            cwd=REPO_ROOT,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            timeout=BUILD_TIMEOUT_S,
+        )
+    if not path.is_file():
+        pytest.exit(f"cargo build did not produce {path}", returncode=4)
+    return path
+
+
+_ADDR_RE = {
+    "udp": re.compile(r"\(UDP (\S+?)\)"),
+    "tcp": re.compile(r"\(TCP (\S+?)\)"),
+    "ca": re.compile(r"^\s*CA\s+(\S+)", re.M),
+    "spki": re.compile(r"SPKI sha256\s+(\S+)"),
+}
+
+
+def _port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def quiclab_bin() -> Path:
+    return _locate_binary()
+
+
+@pytest.fixture(scope="session")
+def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A running `quiclab serve --listen 127.0.0.1:0`, stopped with SIGTERM at the end.
+
+    The teardown fails the session if the server does not exit 0 after SIGTERM (graceful
+    shutdown is part of what the suite checks)."""
+    workdir = tmp_path_factory.mktemp("quiclab")
+    certs = workdir / "certs"
+    log = workdir / "server.log"
+    env = dict(os.environ)
+    env.setdefault("RUST_LOG", "info")
+    env.pop("SSLKEYLOGFILE", None)
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--certs", str(certs)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            cwd=workdir,
+            env=env,
+        )
+
+    # Read stdout on a thread (and keep draining it, so the server never blocks on a full pipe).
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put(raw.decode("utf-8", "replace"))
+        lines.put(None)
+
+    threading.Thread(target=pump, name="quiclab-stdout", daemon=True).start()
+
+    banner: list[str] = []
+    deadline = time.monotonic() + BANNER_TIMEOUT_S
+    try:
+        while not any("SPKI sha256" in line for line in banner):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no complete banner within {BANNER_TIMEOUT_S} s")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"server exited early with status {proc.wait()}")
+            banner.append(line)
+        text = "".join(banner)
+        found = {k: r.search(text) for k, r in _ADDR_RE.items()}
+        missing = [k for k, m in found.items() if m is None]
+        if missing:
+            raise RuntimeError(f"banner lacks {missing}")
+    except RuntimeError as e:
+        proc.kill()
+        proc.wait()
+        log_text = log.read_text(errors="replace")[-4000:]
+        pytest.exit(
+            f"quiclab serve did not start: {e}\nstdout:\n{''.join(banner)}\nstderr:\n{log_text}",
+            returncode=3,
+        )
+
+    udp = found["udp"].group(1)
+    tcp = found["tcp"].group(1)
+    ca = Path(found["ca"].group(1))
+    if not ca.is_file():  # fall back to the documented location
+        ca = certs / "ca.pem"
+    srv = Server(
+        udp_addr=udp,
+        tcp_addr=tcp,
+        udp_port=_port(udp),
+        tcp_port=_port(tcp),
+        ca=ca,
+        spki=found["spki"].group(1),
+        certs_dir=certs,
+        log=log,
+        banner=text,
+    )
+    assert srv.ca.is_file(), f"CA file {srv.ca} missing"
+    yield srv
+
+    # Graceful shutdown: SIGTERM to the PID we started, and only to it.
+    if proc.poll() is not None:
+        pytest.fail(
+            f"quiclab exited during the tests with status {proc.returncode}\n{srv.log_tail()}",
+            pytrace=False,
+        )
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(
+            f"quiclab did not exit within {SHUTDOWN_TIMEOUT_S} s of SIGTERM\n{srv.log_tail()}",
+            pytrace=False,
+        )
+    if rc != 0:
+        pytest.fail(f"quiclab exited with status {rc} after SIGTERM\n{srv.log_tail()}", pytrace=False)
