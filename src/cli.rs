@@ -16,10 +16,8 @@ use crate::tls::{CertStore, TlsError, Trust};
 /// quiclab: a QUIC / HTTP/3 experimentation server, with HTTP/2 over TLS/TCP beside it.
 #[derive(Debug, Parser)]
 #[command(name = "quiclab", version, about, long_about = None, propagate_version = true)]
-#[command(
-    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
-                        SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark."
-)]
+#[command(after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
+                        SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -61,6 +59,22 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub certs: CertArgs,
+    /// Serve static files from DIR (with ETag, Last-Modified, ranges); the built-in pages
+    /// answer where DIR has no file.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Write one qlog file per QUIC connection into DIR (open them in qvis).
+    #[arg(long, value_name = "DIR")]
+    pub qlog_dir: Option<PathBuf>,
+    /// Send a stateless Retry to every new QUIC client (address validation; costs one RTT).
+    #[arg(long)]
+    pub retry: bool,
+    /// Most concurrent connections per listener (QUIC, TLS/TCP); more are refused.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a graceful shutdown (SIGINT/SIGTERM) may take before connections are closed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -82,7 +96,10 @@ pub struct LimitArgs {
     /// Largest request header section (HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE, HTTP/2 max header list size).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64k")]
     pub max_header_bytes: u64,
-    /// Time a TLS/TCP client has to complete its handshake.
+    /// Most ranges in one Range header; more get 416.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_ranges: usize,
+    /// Time a client has to complete its TLS or QUIC handshake.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 }
@@ -210,9 +227,15 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
         max_body: args.limits.max_body,
         max_delay: args.limits.max_delay,
         max_header_bytes: args.limits.max_header_bytes.min(u32::MAX as u64) as u32,
+        max_ranges: args.limits.max_ranges,
         handshake_timeout: args.limits.handshake_timeout,
     };
     cfg.transport = args.transport.to_config();
+    cfg.root = args.root.clone();
+    cfg.qlog_dir = args.qlog_dir.clone();
+    cfg.retry = args.retry;
+    cfg.max_connections = args.max_connections;
+    cfg.shutdown_grace = args.shutdown_grace;
     cfg
 }
 
@@ -221,15 +244,8 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     let c = server.certs();
     let port = server.quic_addr().port();
     println!("quiclab {} serving", env!("CARGO_PKG_VERSION"));
-    println!(
-        "  HTTP/3           https://localhost:{port}/  (UDP {})",
-        server.quic_addr()
-    );
-    println!(
-        "  HTTP/2, 1.1      https://localhost:{}/  (TCP {})",
-        server.tcp_addr().port(),
-        server.tcp_addr()
-    );
+    println!("  HTTP/3           https://localhost:{port}/  (UDP {})", server.quic_addr());
+    println!("  HTTP/2, 1.1      https://localhost:{}/  (TCP {})", server.tcp_addr().port(), server.tcp_addr());
     match &c.ca_path {
         Some(ca) => println!(
             "  CA               {}{}  (curl --cacert {})",
@@ -243,10 +259,7 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     println!("effective configuration:\n{}", server.config().summary());
     let _ = std::io::stdout().flush();
     wait_for_signal().await;
-    tracing::info!(
-        "shutting down (graceful, up to {:?})",
-        server.config().shutdown_grace
-    );
+    tracing::info!("shutting down (graceful, up to {:?})", server.config().shutdown_grace);
     server.shutdown().await;
     Ok(0)
 }
@@ -278,26 +291,15 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
     } else {
         Trust::WebPki
     };
-    let version = if args.http2 {
-        HttpVersion::H2
-    } else {
-        HttpVersion::H3
-    };
-    let opts = ClientOptions {
-        trust,
-        connect_timeout: args.connect_timeout,
-        ..Default::default()
-    };
+    let version = if args.http2 { HttpVersion::H2 } else { HttpVersion::H3 };
+    let opts = ClientOptions { trust, connect_timeout: args.connect_timeout, ..Default::default() };
     let target = Target::parse(&args.url)?;
     let body = match &args.data {
         None => Bytes::new(),
         Some(d) => match d.strip_prefix('@') {
-            Some(path) => std::fs::read(path)
-                .map_err(|source| CommandError::File {
-                    path: path.into(),
-                    source,
-                })?
-                .into(),
+            Some(path) => {
+                std::fs::read(path).map_err(|source| CommandError::File { path: path.into(), source })?.into()
+            }
             None => Bytes::from(d.clone()),
         },
     };
@@ -314,10 +316,9 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         writeln!(out)?;
     }
     match &args.output {
-        Some(path) => std::fs::write(path, &fetched.body).map_err(|source| CommandError::File {
-            path: path.clone(),
-            source,
-        })?,
+        Some(path) => {
+            std::fs::write(path, &fetched.body).map_err(|source| CommandError::File { path: path.clone(), source })?
+        }
         None => out.write_all(&fetched.body)?,
     }
     out.flush()?;
@@ -335,21 +336,14 @@ fn certs(args: CertsArgs) -> Result<i32, CommandError> {
     let spki = store.spki_sha256()?;
     let port = args.port;
     if store.created {
-        println!(
-            "created development certificates in {}",
-            args.certs.certs.display()
-        );
+        println!("created development certificates in {}", args.certs.certs.display());
     }
     if let Some(ca) = &store.ca_path {
         println!("CA certificate:    {}", ca.display());
     }
     println!("leaf certificate:  {}", store.cert_path.display());
     println!("leaf SPKI sha256:  {spki}");
-    let ca = store
-        .ca_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "CA.pem".into());
+    let ca = store.ca_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "CA.pem".into());
     println!();
     println!("curl (a build with HTTP/3), trusting the local CA:");
     println!("  curl --http3-only --cacert {ca} https://localhost:{port}/");

@@ -40,10 +40,22 @@ pub struct ServerConfig {
     pub cert: Option<PathBuf>,
     /// The private key (PEM) for `cert`.
     pub key: Option<PathBuf>,
+    /// Serve static files from this directory (built-in pages answer where it has no file).
+    pub root: Option<PathBuf>,
     /// Limits on what a peer may ask of the site.
     pub limits: Limits,
     /// QUIC transport parameters.
     pub transport: TransportConfig,
+    /// Most concurrent connections per listener (QUIC and TLS/TCP each); more are refused
+    /// (QUIC CONNECTION_REFUSED, RFC 9000 §20.1; TCP closed at once). 10,000: within the
+    /// 20,000 file descriptors a process gets here, with room for the TCP side's two each.
+    pub max_connections: usize,
+    /// Send a stateless Retry to every new QUIC client (RFC 9000 §8.1.2): proves the client's
+    /// address before any state is kept, at the cost of one extra RTT. Off by default, like
+    /// most deployments, so handshake timings show QUIC's usual 1-RTT.
+    pub retry: bool,
+    /// Write one qlog file per QUIC connection into this directory.
+    pub qlog_dir: Option<PathBuf>,
     /// How long a graceful shutdown may take before open connections are closed hard.
     /// 5 s: long enough for an in-flight small request, short enough for Ctrl-C to feel prompt.
     pub shutdown_grace: Duration,
@@ -58,8 +70,12 @@ impl ServerConfig {
             certs_dir: PathBuf::from("certs"),
             cert: None,
             key: None,
+            root: None,
             limits: Limits::default(),
             transport: TransportConfig::default(),
+            max_connections: 10_000,
+            retry: false,
+            qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -67,12 +83,7 @@ impl ServerConfig {
     /// A configuration for tests and examples: loopback, ephemeral ports, certificates in `dir`.
     pub fn ephemeral(certs_dir: impl Into<PathBuf>) -> Self {
         let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        ServerConfig {
-            quic_listen: lo,
-            tcp_listen: lo,
-            certs_dir: certs_dir.into(),
-            ..ServerConfig::new()
-        }
+        ServerConfig { quic_listen: lo, tcp_listen: lo, certs_dir: certs_dir.into(), ..ServerConfig::new() }
     }
 
     /// The effective configuration as `key = value` lines, printed at startup.
@@ -90,6 +101,12 @@ impl ServerConfig {
         line("max_body", &self.limits.max_body);
         line("max_delay_ms", &self.limits.max_delay.as_millis());
         line("max_header_bytes", &self.limits.max_header_bytes);
+        line("max_ranges", &self.limits.max_ranges);
+        line("handshake_timeout_ms", &self.limits.handshake_timeout.as_millis());
+        match &self.root {
+            Some(r) => line("root", &r.display()),
+            None => line("root", &"(built-in pages only)"),
+        }
         let t = &self.transport;
         line("congestion", &t.congestion);
         line("stream_window", &t.stream_window);
@@ -97,6 +114,13 @@ impl ServerConfig {
         line("max_streams", &t.max_streams);
         line("idle_timeout_ms", &t.idle_timeout.as_millis());
         line("initial_rtt_ms", &t.initial_rtt.as_millis());
+        line("max_connections", &self.max_connections);
+        line("retry", &self.retry);
+        match &self.qlog_dir {
+            Some(d) => line("qlog_dir", &d.display()),
+            None => line("qlog_dir", &"(off)"),
+        }
+        line("keylog", &std::env::var("SSLKEYLOGFILE").unwrap_or_else(|_| "(off; set SSLKEYLOGFILE)".into()));
         line("shutdown_grace_ms", &self.shutdown_grace.as_millis());
         s
     }
@@ -123,6 +147,9 @@ pub struct Limits {
     /// `SETTINGS_MAX_FIELD_SECTION_SIZE`, RFC 9114 §7.2.4.1; hyper's max header list size for
     /// HTTP/2). 64 KiB: ten times what browsers send with many cookies.
     pub max_header_bytes: u32,
+    /// Most ranges in one `Range` header; more get 416 (RFC 9110 §14.2 allows refusing many
+    /// small ranges). 16: enough for any real multipart use, too few to amplify a response.
+    pub max_ranges: usize,
     /// Time a TLS/TCP client has to finish its handshake. 10 s: a hundred RTTs on the slowest lab
     /// link, while a connection that never finishes cannot hold a socket for long.
     pub handshake_timeout: Duration,
@@ -135,6 +162,7 @@ impl Default for Limits {
             max_body: 16 << 20,
             max_delay: Duration::from_secs(60),
             max_header_bytes: 64 << 10,
+            max_ranges: 16,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -170,9 +198,7 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Congestion::Cubic),
             "newreno" | "reno" => Ok(Congestion::NewReno),
             "bbr" => Ok(Congestion::Bbr),
-            other => Err(format!(
-                "unknown congestion controller {other:?} (cubic, newreno, bbr)"
-            )),
+            other => Err(format!("unknown congestion controller {other:?} (cubic, newreno, bbr)")),
         }
     }
 }
@@ -221,11 +247,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size too large: {s:?}"))
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 /// Parse a duration: `250ms`, `2s`, `1.5s`, or a bare number of milliseconds.

@@ -18,9 +18,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<i32> = runtime
-        .block_on(quiclab::cli::run(cli))
-        .map_err(anyhow::Error::from);
+    let result: anyhow::Result<i32> = runtime.block_on(quiclab::cli::run(cli)).map_err(anyhow::Error::from);
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

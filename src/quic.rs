@@ -23,33 +23,23 @@ pub const CLOSE_UNKNOWN_ALPN: u32 = 0x0101;
 
 /// Resolves when the connection's handshake completes; polled without waiting it tells whether a
 /// request accepted now arrived in 0-RTT (see [`crate::web::h3`]).
-pub type HandshakeDone =
-    futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
+pub type HandshakeDone = futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
 
 /// quinn transport parameters from quiclab's configuration.
 pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, String> {
-    let varint = |v: u64, what: &str| {
-        quinn::VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large"))
-    };
+    let varint = |v: u64, what: &str| quinn::VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large"));
     let mut tc = quinn::TransportConfig::default();
     tc.stream_receive_window(varint(t.stream_window, "stream window")?)
         .receive_window(varint(t.conn_window, "connection window")?)
         .max_concurrent_bidi_streams(t.max_streams.into())
         .initial_rtt(t.initial_rtt)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(t.idle_timeout)
-                .map_err(|_| "idle timeout too large".to_string())?,
+            quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| "idle timeout too large".to_string())?,
         ));
     match t.congestion {
-        Congestion::Cubic => {
-            tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
-        }
-        Congestion::NewReno => {
-            tc.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
-        }
-        Congestion::Bbr => {
-            tc.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
-        }
+        Congestion::Cubic => tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::NewReno => tc.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+        Congestion::Bbr => tc.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
     };
     Ok(tc)
 }
@@ -71,10 +61,49 @@ pub struct QuicContext {
     pub site: Arc<Site>,
     /// The endpoint's bound address (its port is every connection's local port).
     pub local: SocketAddr,
+    /// The congestion controller configured, for `/conn`.
+    pub congestion: Congestion,
     /// Fires on graceful shutdown.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// One permit per connection (`max_connections`).
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Stateless Retry for every new client.
+    pub retry: bool,
+    /// Per-connection qlog files, with the server configuration to clone for each.
+    pub qlog: Option<QlogSetup>,
+    /// How long the handshake may take.
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// What is needed to give each connection its own qlog (quinn takes the qlog writer in the
+/// TransportConfig, so each connection needs its own config through `Incoming::accept_with`).
+pub struct QlogSetup {
+    pub dir: std::path::PathBuf,
+    pub server_config: quinn::ServerConfig,
+    pub transport: TransportConfig,
+    pub counter: std::sync::atomic::AtomicU64,
+}
+
+impl QlogSetup {
+    fn config_for(&self, remote: SocketAddr) -> Result<Arc<quinn::ServerConfig>, String> {
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let name = format!("{stamp}-{n}-{}.qlog", remote.to_string().replace([':', '[', ']'], "_"));
+        let path = self.dir.join(name);
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut q = quinn::QlogConfig::default();
+        q.writer(Box::new(std::io::BufWriter::new(file)))
+            .title(Some(format!("quiclab server, client {remote}")))
+            .start_time(std::time::Instant::now());
+        let mut tc = transport_config(&self.transport)?;
+        tc.qlog_stream(q.into_stream());
+        let mut sc = self.server_config.clone();
+        sc.transport_config(Arc::new(tc));
+        Ok(Arc::new(sc))
+    }
 }
 
 /// Accept connections until shutdown, each in its own task.
@@ -86,14 +115,35 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<QuicContext>) {
         };
         let Some(incoming) = incoming else { break };
         let ctx2 = ctx.clone();
-        ctx.tracker
-            .spawn(async move { handle_incoming(incoming, ctx2).await });
+        ctx.tracker.spawn(async move { handle_incoming(incoming, ctx2).await });
     }
 }
 
 async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
     let remote = incoming.remote_address();
-    let mut connecting = match incoming.accept() {
+    let Ok(_permit) = ctx.permits.clone().try_acquire_owned() else {
+        tracing::warn!(%remote, limit = ctx.permits.available_permits(), "connection limit reached; refusing");
+        incoming.refuse(); // RFC 9000 §20.1 CONNECTION_REFUSED
+        return;
+    };
+    if ctx.retry && !incoming.remote_address_validated() {
+        // RFC 9000 §8.1.2: the client comes back with the token; nothing is kept meanwhile.
+        if let Err(e) = incoming.retry() {
+            tracing::debug!(%remote, error = %e, "Retry failed");
+        }
+        return;
+    }
+    let accepted = match &ctx.qlog {
+        Some(q) => match q.config_for(remote) {
+            Ok(cfg) => incoming.accept_with(cfg),
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "cannot write qlog; accepting without it");
+                incoming.accept()
+            }
+        },
+        None => incoming.accept(),
+    };
+    let mut connecting = match accepted {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%remote, error = %e, "QUIC connection refused");
@@ -102,10 +152,7 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
     };
     // The ALPN is known once the ClientHello is processed, before the handshake completes.
     let alpn = match connecting.handshake_data().await {
-        Ok(hd) => hd
-            .downcast::<quinn::crypto::rustls::HandshakeData>()
-            .ok()
-            .and_then(|hd| hd.protocol),
+        Ok(hd) => hd.downcast::<quinn::crypto::rustls::HandshakeData>().ok().and_then(|hd| hd.protocol),
         Err(e) => {
             tracing::debug!(%remote, error = %e, "QUIC handshake failed");
             return;
@@ -123,25 +170,41 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
         },
     };
     let local = SocketAddr::new(conn.local_ip().unwrap_or(ctx.local.ip()), ctx.local.port());
-    let alpn_str = alpn
-        .as_deref()
-        .map(|a| String::from_utf8_lossy(a).into_owned());
-    match alpn.as_deref() {
-        Some(config::ALPN_H3) => {
-            tracing::debug!(%remote, "HTTP/3 connection");
-            let info = Arc::new(ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3));
-            crate::web::h3::serve_connection(
-                ctx.site.clone(),
-                info,
-                conn,
-                handshake_done,
-                ctx.shutdown.clone(),
-            )
-            .await;
+    let alpn_str = alpn.as_deref().map(|a| String::from_utf8_lossy(a).into_owned());
+    // A client that never completes its handshake is closed after the deadline.
+    let deadline = {
+        let (conn, done, t) = (conn.clone(), handshake_done.clone(), ctx.handshake_timeout);
+        async move {
+            if tokio::time::timeout(t, done).await.is_err() {
+                tracing::info!(%remote, timeout = ?t, "QUIC handshake did not finish in time; closing");
+                conn.close(quinn::VarInt::from_u32(0x100), b"handshake timeout");
+            }
+            std::future::pending::<()>().await
         }
-        other => {
-            tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");
-            conn.close(CLOSE_UNKNOWN_ALPN.into(), b"unsupported ALPN");
+    };
+    let service = async {
+        match alpn.as_deref() {
+            Some(config::ALPN_H3) => {
+                tracing::debug!(%remote, "HTTP/3 connection");
+                let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3)
+                    .with_congestion(ctx.congestion.to_string());
+                crate::web::h3::serve_connection(
+                    ctx.site.clone(),
+                    Arc::new(info),
+                    conn.clone(),
+                    handshake_done.clone(),
+                    ctx.shutdown.clone(),
+                )
+                .await;
+            }
+            other => {
+                tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");
+                conn.close(CLOSE_UNKNOWN_ALPN.into(), b"unsupported ALPN");
+            }
         }
+    };
+    tokio::select! {
+        _ = service => {}
+        _ = deadline => {}
     }
 }

@@ -28,6 +28,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Setup(std::io::Error),
     #[error("invalid transport configuration: {0}")]
     Transport(String),
 }
@@ -47,17 +49,8 @@ pub struct CertSummary {
 
 /// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
 /// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
-fn bind_pair(
-    quic: SocketAddr,
-    tcp: SocketAddr,
-) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
-    let bind_err = |proto, addr| {
-        move |source| ServerError::Bind {
-            proto,
-            addr,
-            source,
-        }
-    };
+fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
+    let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
     let same_ephemeral = quic == tcp && quic.port() == 0;
     let attempts = if same_ephemeral { 50 } else { 1 };
     let mut last_err = None;
@@ -99,23 +92,17 @@ impl Server {
             spki_sha256: store.spki_sha256()?,
             created: store.created,
         };
-        let site = Site::new(cfg.limits.clone());
+        let site = Site::new(cfg.limits.clone(), cfg.root.as_deref()).map_err(ServerError::Setup)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
         // QUIC
         let quic_tls = tls::quic_server_config(&store, &[config::ALPN_H3])?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        server_config.transport_config(Arc::new(
-            crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?,
-        ));
-        let bind_err = |proto, addr| {
-            move |source| ServerError::Bind {
-                proto,
-                addr,
-                source,
-            }
-        };
+        server_config
+            .transport_config(Arc::new(crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?));
+        let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
+        let server_config_copy = server_config.clone();
         let (udp, listener) = bind_pair(cfg.quic_listen, cfg.tcp_listen)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -124,22 +111,37 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err("UDP", cfg.quic_listen))?;
-        let quic_addr = endpoint
-            .local_addr()
-            .map_err(bind_err("UDP", cfg.quic_listen))?;
+        let quic_addr = endpoint.local_addr().map_err(bind_err("UDP", cfg.quic_listen))?;
 
         // TLS/TCP
         let tcp_tls = tls::tcp_server_config(&store, &[config::ALPN_H2, config::ALPN_HTTP11])?;
-        let tcp_addr = listener
-            .local_addr()
-            .map_err(bind_err("TCP", cfg.tcp_listen))?;
+        let tcp_addr = listener.local_addr().map_err(bind_err("TCP", cfg.tcp_listen))?;
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=3600", quic_addr.port())).ok();
 
+        let qlog = match &cfg.qlog_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ServerError::Setup(std::io::Error::new(e.kind(), format!("--qlog-dir {}: {e}", dir.display())))
+                })?;
+                Some(crate::quic::QlogSetup {
+                    dir: dir.clone(),
+                    server_config: server_config_copy,
+                    transport: cfg.transport.clone(),
+                    counter: Default::default(),
+                })
+            }
+            None => None,
+        };
         let quic_ctx = Arc::new(crate::quic::QuicContext {
             site: site.clone(),
             local: quic_addr,
+            congestion: cfg.transport.congestion,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            retry: cfg.retry,
+            qlog,
+            handshake_timeout: cfg.limits.handshake_timeout,
         });
         let tcp_ctx = Arc::new(crate::tcp::TcpContext {
             site,
@@ -152,19 +154,12 @@ impl Server {
             handshake_timeout: cfg.limits.handshake_timeout,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         });
         tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
         tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
 
-        Ok(Server {
-            quic_addr,
-            tcp_addr,
-            endpoint,
-            shutdown,
-            tracker,
-            config: cfg,
-            certs,
-        })
+        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs })
     }
 
     /// The UDP address HTTP/3 is served on.
@@ -192,16 +187,11 @@ impl Server {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?self.config.shutdown_grace, "connections still open after the grace period; closing them");
         }
         // RFC 9000 §10.2: an immediate close for whatever is left; H3_NO_ERROR (RFC 9114 §8.1).
-        self.endpoint
-            .close(0x100u32.into(), b"server shutting down");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+        self.endpoint.close(0x100u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

@@ -68,23 +68,25 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Handle on the transport.
     pub transport: Transport,
+    /// Whether TLS resumed a session; `None` where the stack does not say (quinn 0.11 keeps
+    /// the server's rustls connection private).
+    pub resumed: Option<bool>,
+    /// The QUIC congestion controller configured (TCP reports its own via `TCP_CONGESTION`).
+    pub congestion: Option<String>,
     paths: PathTracker,
 }
 
 impl ConnInfo {
     /// Describe a QUIC connection.
-    pub fn quic(
-        conn: quinn::Connection,
-        local: SocketAddr,
-        alpn: Option<String>,
-        protocol: Protocol,
-    ) -> ConnInfo {
+    pub fn quic(conn: quinn::Connection, local: SocketAddr, alpn: Option<String>, protocol: Protocol) -> ConnInfo {
         let remote = conn.remote_address();
         ConnInfo {
             protocol,
             alpn,
             local,
             transport: Transport::Quic(conn),
+            resumed: None,
+            congestion: None,
             paths: PathTracker::new(remote),
         }
     }
@@ -96,14 +98,83 @@ impl ConnInfo {
         remote: SocketAddr,
         alpn: Option<String>,
         protocol: Protocol,
+        resumed: bool,
     ) -> ConnInfo {
         ConnInfo {
             protocol,
             alpn,
             local,
             transport: Transport::Tcp(Arc::new(fd)),
+            resumed: Some(resumed),
+            congestion: None,
             paths: PathTracker::new(remote),
         }
+    }
+
+    /// Record the congestion controller name (QUIC connections).
+    pub fn with_congestion(mut self, name: impl Into<String>) -> Self {
+        self.congestion = Some(name.into());
+        self
+    }
+
+    /// What `/conn` returns: the same keys for both transports, `null` where a stack does not
+    /// expose a value, and transport-specific keys named for what they hold (TCP counts
+    /// segments and retransmissions, QUIC bytes and lost packets).
+    pub fn snapshot(&self, early_data: bool) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let remote = self.remote();
+        let mut v = json!({
+            "protocol": self.protocol.as_str(),
+            "alpn": self.alpn,
+            "local": self.local.to_string(),
+            "remote": remote.to_string(),
+            "early_data": early_data,
+            "resumed": self.resumed,
+            "path_changes": self.path_changes(),
+        });
+        let Value::Object(map) = &mut v else { return v };
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;
+        match &self.transport {
+            Transport::Quic(c) => {
+                let st = c.stats();
+                map.insert("transport".into(), json!("quic"));
+                map.insert("congestion".into(), json!(self.congestion));
+                map.insert("rtt_ms".into(), json!(ms(st.path.rtt)));
+                map.insert("min_rtt_ms".into(), json!(ms(st.path.min_rtt)));
+                map.insert("cwnd".into(), json!(st.path.cwnd));
+                map.insert("cwnd_unit".into(), json!("bytes"));
+                map.insert("sent_packets".into(), json!(st.path.sent_packets));
+                map.insert("lost_packets".into(), json!(st.path.lost_packets));
+                map.insert("lost_bytes".into(), json!(st.path.lost_bytes));
+                map.insert("congestion_events".into(), json!(st.path.congestion_events));
+                map.insert("mtu".into(), json!(st.path.current_mtu));
+                map.insert("udp_datagrams_sent".into(), json!(st.udp_tx.datagrams));
+                map.insert("udp_datagrams_received".into(), json!(st.udp_rx.datagrams));
+            }
+            Transport::Tcp(fd) => {
+                use std::os::fd::AsRawFd;
+                let info = TcpInfo::read(fd.as_raw_fd()).ok();
+                let cc = tcp_congestion(fd.as_raw_fd()).ok();
+                map.insert("transport".into(), json!("tcp"));
+                map.insert("congestion".into(), json!(cc));
+                let get = |f: fn(&TcpInfo) -> Option<Value>| info.as_ref().and_then(f).unwrap_or(Value::Null);
+                map.insert("rtt_ms".into(), get(|i| Some(json!(i.rtt_us as f64 / 1000.0))));
+                map.insert("min_rtt_ms".into(), get(|i| i.min_rtt_us.map(|v| json!(v as f64 / 1000.0))));
+                // TCP's cwnd counts segments, not bytes: `cwnd` stays null, the count is named.
+                map.insert("cwnd".into(), Value::Null);
+                map.insert("cwnd_unit".into(), json!("segments"));
+                map.insert("cwnd_segments".into(), get(|i| Some(json!(i.snd_cwnd))));
+                map.insert("mss".into(), get(|i| Some(json!(i.snd_mss))));
+                // TCP counts segments sent and retransmitted; it has no "lost packets" counter.
+                map.insert("sent_packets".into(), Value::Null);
+                map.insert("lost_packets".into(), Value::Null);
+                map.insert("sent_segments".into(), get(|i| i.segs_out.map(|v| json!(v))));
+                map.insert("retransmitted_segments".into(), get(|i| Some(json!(i.total_retrans))));
+                map.insert("bytes_retransmitted".into(), get(|i| i.bytes_retrans.map(|v| json!(v))));
+                map.insert("rto_count".into(), get(|i| i.total_rto.map(|v| json!(v))));
+            }
+        }
+        v
     }
 
     /// The client's current address. For QUIC this follows connection migration; every call
@@ -137,10 +208,7 @@ struct PathTracker {
 
 impl PathTracker {
     fn new(remote: SocketAddr) -> Self {
-        PathTracker {
-            last: Mutex::new(remote),
-            changes: AtomicU64::new(0),
-        }
+        PathTracker { last: Mutex::new(remote), changes: AtomicU64::new(0) }
     }
 
     fn current(&self) -> SocketAddr {
@@ -170,9 +238,140 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// A request on `conn` that is not early data.
     pub fn new(conn: Arc<ConnInfo>) -> Self {
-        RequestInfo {
-            conn,
-            early_data: false,
-        }
+        RequestInfo { conn, early_data: false }
     }
+}
+
+/// The fields of Linux's `struct tcp_info` that quiclab reports. Fields newer kernels added are
+/// `None` when the kernel returned a shorter struct.
+#[derive(Debug, Clone, Default)]
+pub struct TcpInfo {
+    /// Smoothed RTT, microseconds.
+    pub rtt_us: u32,
+    /// Minimum RTT seen, microseconds (Linux 4.6+).
+    pub min_rtt_us: Option<u32>,
+    /// Congestion window, in segments.
+    pub snd_cwnd: u32,
+    /// Sender MSS, bytes.
+    pub snd_mss: u32,
+    /// Slow-start threshold, segments.
+    pub snd_ssthresh: u32,
+    /// Segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// Segments sent (Linux 4.2+).
+    pub segs_out: Option<u32>,
+    /// Bytes retransmitted (Linux 4.19+).
+    pub bytes_retrans: Option<u64>,
+    /// Bytes sent, retransmissions included (Linux 4.19+).
+    pub bytes_sent: Option<u64>,
+    /// Retransmission timeouts (Linux 6.7+).
+    pub total_rto: Option<u16>,
+}
+
+/// The kernel's `struct tcp_info` layout (include/uapi/linux/tcp.h), through `tcpi_total_rto_time`.
+#[repr(C)]
+#[derive(Default)]
+struct RawTcpInfo {
+    u8s: [u8; 8],
+    rto: u32,
+    ato: u32,
+    snd_mss: u32,
+    rcv_mss: u32,
+    unacked: u32,
+    sacked: u32,
+    lost: u32,
+    retrans: u32,
+    fackets: u32,
+    last_data_sent: u32,
+    last_ack_sent: u32,
+    last_data_recv: u32,
+    last_ack_recv: u32,
+    pmtu: u32,
+    rcv_ssthresh: u32,
+    rtt: u32,
+    rttvar: u32,
+    snd_ssthresh: u32,
+    snd_cwnd: u32,
+    advmss: u32,
+    reordering: u32,
+    rcv_rtt: u32,
+    rcv_space: u32,
+    total_retrans: u32,
+    pacing_rate: u64,
+    max_pacing_rate: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    segs_out: u32,
+    segs_in: u32,
+    notsent_bytes: u32,
+    min_rtt: u32,
+    data_segs_in: u32,
+    data_segs_out: u32,
+    delivery_rate: u64,
+    busy_time: u64,
+    rwnd_limited: u64,
+    sndbuf_limited: u64,
+    delivered: u32,
+    delivered_ce: u32,
+    bytes_sent: u64,
+    bytes_retrans: u64,
+    dsack_dups: u32,
+    reord_seen: u32,
+    rcv_ooopack: u32,
+    snd_wnd: u32,
+    rcv_wnd: u32,
+    rehash: u32,
+    total_rto: u16,
+    total_rto_recoveries: u16,
+    total_rto_time: u32,
+}
+
+impl TcpInfo {
+    /// `getsockopt(TCP_INFO)` on a TCP socket.
+    pub fn read(fd: std::os::fd::RawFd) -> std::io::Result<TcpInfo> {
+        let mut raw = RawTcpInfo::default();
+        let mut len = std::mem::size_of::<RawTcpInfo>() as libc::socklen_t;
+        // SAFETY: `raw` is a plain repr(C) struct of integers, `len` its size; the kernel
+        // writes at most `len` bytes and reports how many.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut raw as *mut RawTcpInfo).cast(), &mut len)
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let len = len as usize;
+        let has = |end_offset: usize| len >= end_offset;
+        macro_rules! end_of {
+            ($f:ident) => {
+                std::mem::offset_of!(RawTcpInfo, $f) + std::mem::size_of_val(&raw.$f)
+            };
+        }
+        Ok(TcpInfo {
+            rtt_us: raw.rtt,
+            min_rtt_us: has(end_of!(min_rtt)).then_some(raw.min_rtt),
+            snd_cwnd: raw.snd_cwnd,
+            snd_mss: raw.snd_mss,
+            snd_ssthresh: raw.snd_ssthresh,
+            total_retrans: raw.total_retrans,
+            segs_out: has(end_of!(segs_out)).then_some(raw.segs_out),
+            bytes_retrans: has(end_of!(bytes_retrans)).then_some(raw.bytes_retrans),
+            bytes_sent: has(end_of!(bytes_sent)).then_some(raw.bytes_sent),
+            total_rto: has(end_of!(total_rto)).then_some(raw.total_rto),
+        })
+    }
+}
+
+/// The socket's TCP congestion control algorithm (`TCP_CONGESTION`).
+pub fn tcp_congestion(fd: std::os::fd::RawFd) -> std::io::Result<String> {
+    let mut buf = [0u8; 32];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf`.
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, buf.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let name = &buf[..len as usize];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }

@@ -18,11 +18,7 @@ use crate::web::Site;
 /// Bind a TCP listener; an unspecified IPv6 address is bound dual-stack.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(SockProto::TCP),
-    )?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProto::TCP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
@@ -41,6 +37,8 @@ pub struct TcpContext {
     pub handshake_timeout: Duration,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// One permit per connection (`max_connections`).
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Accept connections until shutdown, each in its own task.
@@ -52,9 +50,16 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
         };
         match accepted {
             Ok((stream, remote)) => {
+                let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%remote, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                };
                 let ctx2 = ctx.clone();
-                ctx.tracker
-                    .spawn(async move { handle(stream, remote, ctx2).await });
+                ctx.tracker.spawn(async move {
+                    handle(stream, remote, ctx2).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: log, pause briefly, keep serving.
@@ -101,13 +106,7 @@ async fn handle(stream: tokio::net::TcpStream, remote: SocketAddr, ctx: Arc<TcpC
         _ => Protocol::Http11,
     };
     let alpn = alpn.map(|a| String::from_utf8_lossy(&a).into_owned());
-    let info = Arc::new(ConnInfo::tcp(fd, local, remote, alpn, protocol));
-    crate::web::h2::serve_connection(
-        ctx.site.clone(),
-        info,
-        tls,
-        ctx.h2.clone(),
-        ctx.shutdown.clone(),
-    )
-    .await;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let info = Arc::new(ConnInfo::tcp(fd, local, remote, alpn, protocol, resumed));
+    crate::web::h2::serve_connection(ctx.site.clone(), info, tls, ctx.h2.clone(), ctx.shutdown.clone()).await;
 }

@@ -41,10 +41,7 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
 }
 
 /// The crypto provider used everywhere (ring; see Cargo.toml for why not aws-lc-rs).
@@ -96,26 +93,15 @@ impl CertStore {
     pub fn load(cert: &Path, key: &Path) -> Result<CertStore, TlsError> {
         let chain = load_certs(cert)?;
         let key_pem = fs::read(key).map_err(io_err(key))?;
-        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
-            path: key.to_path_buf(),
-            what: "private key",
-        })?;
-        Ok(CertStore {
-            chain,
-            key: key_der,
-            ca_path: None,
-            cert_path: cert.to_path_buf(),
-            created: false,
-        })
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|_| TlsError::Pem { path: key.to_path_buf(), what: "private key" })?;
+        Ok(CertStore { chain, key: key_der, ca_path: None, cert_path: cert.to_path_buf(), created: false })
     }
 
     /// Base64 of the SHA-256 of the leaf's SubjectPublicKeyInfo: what Chromium's
     /// `--ignore-certificate-errors-spki-list` and curl's `--pinnedpubkey sha256//...` take.
     pub fn spki_sha256(&self) -> Result<String, TlsError> {
-        let leaf = self
-            .chain
-            .first()
-            .ok_or(TlsError::BadCertificate("empty chain"))?;
+        let leaf = self.chain.first().ok_or(TlsError::BadCertificate("empty chain"))?;
         spki_sha256(leaf)
     }
 }
@@ -133,23 +119,17 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let pem = fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|_| TlsError::Pem {
-            path: path.to_path_buf(),
-            what: "certificate",
-        })?;
+        .map_err(|_| TlsError::Pem { path: path.to_path_buf(), what: "certificate" })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.to_path_buf(),
-            what: "certificate",
-        });
+        return Err(TlsError::Pem { path: path.to_path_buf(), what: "certificate" });
     }
     Ok(certs)
 }
 
 fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
     };
     if let Some(dir) = p.cert.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -171,11 +151,7 @@ fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
     let ca_cert = ca.self_signed(&ca_key)?;
 
     let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
     leaf.distinguished_name = dn;
@@ -195,13 +171,8 @@ fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(io_err(path))?;
     f.write_all(data).map_err(io_err(path))
 }
 
@@ -240,19 +211,11 @@ mod der {
                 return Err(TlsError::BadCertificate("unsupported DER length"));
             }
             let bytes = input.get(2..2 + n).ok_or_else(bad)?;
-            (
-                bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
-                2 + n,
-            )
+            (bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), 2 + n)
         };
         let end = hdr.checked_add(len).ok_or_else(bad)?;
         let whole = input.get(..end).ok_or_else(bad)?;
-        Ok(Tlv {
-            tag,
-            whole,
-            contents: &whole[hdr..],
-            rest: &input[end..],
-        })
+        Ok(Tlv { tag, whole, contents: &whole[hdr..], rest: &input[end..] })
     }
 
     /// The DER of the SubjectPublicKeyInfo inside a certificate.
@@ -303,15 +266,11 @@ pub fn quic_server_config(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn)?;
     cfg.max_early_data_size = u32::MAX;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// TLS for the TCP listener: TLS 1.3 and 1.2, ALPN in preference order.
-pub fn tcp_server_config(
-    store: &CertStore,
-    alpn: &[&[u8]],
-) -> Result<rustls::ServerConfig, TlsError> {
+pub fn tcp_server_config(store: &CertStore, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     server_config(store, rustls::DEFAULT_VERSIONS, alpn)
 }
 
@@ -331,18 +290,10 @@ pub enum Trust {
 ///
 /// Sessions are cached in memory (rustls' default resumption store) so a client reusing this
 /// configuration within one process resumes, and early data is enabled for 0-RTT.
-pub fn client_config(
-    trust: &Trust,
-    alpn: &[&[u8]],
-    tls13_only: bool,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let versions: &[&'static rustls::SupportedProtocolVersion] = if tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        rustls::DEFAULT_VERSIONS
-    };
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+pub fn client_config(trust: &Trust, alpn: &[&[u8]], tls13_only: bool) -> Result<rustls::ClientConfig, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
+    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let mut cfg = match trust {
         Trust::Insecure => builder
             .dangerous()
@@ -387,12 +338,7 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -401,12 +347,7 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -442,10 +383,7 @@ mod tests {
         let kp = rcgen::KeyPair::from_pem(&key_pem).unwrap();
         use rcgen::PublicKeyData;
         let want = ring::digest::digest(&ring::digest::SHA256, &kp.subject_public_key_info());
-        assert_eq!(
-            hash,
-            base64::engine::general_purpose::STANDARD.encode(want.as_ref())
-        );
+        assert_eq!(hash, base64::engine::general_purpose::STANDARD.encode(want.as_ref()));
     }
 
     #[test]

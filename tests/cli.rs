@@ -35,18 +35,10 @@ fn serve(certs: &std::path::Path) -> Served {
     let (mut udp, mut tcp, mut spki) = (None, None, None);
     while let Some(Ok(line)) = lines.next() {
         if let Some(rest) = line.split("(UDP ").nth(1) {
-            udp = rest
-                .trim_end_matches(')')
-                .rsplit(':')
-                .next()
-                .map(|p| p.parse::<u16>().unwrap());
+            udp = rest.trim_end_matches(')').rsplit(':').next().map(|p| p.parse::<u16>().unwrap());
         }
         if let Some(rest) = line.split("(TCP ").nth(1) {
-            tcp = rest
-                .trim_end_matches(')')
-                .rsplit(':')
-                .next()
-                .map(|p| p.parse::<u16>().unwrap());
+            tcp = rest.trim_end_matches(')').rsplit(':').next().map(|p| p.parse::<u16>().unwrap());
         }
         if let Some(rest) = line.trim().strip_prefix("SPKI sha256") {
             spki = Some(rest.trim().to_string());
@@ -57,16 +49,9 @@ fn serve(certs: &std::path::Path) -> Served {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let (udp, tcp) = (
-        udp.expect("banner names the UDP address"),
-        tcp.expect("banner names the TCP address"),
-    );
+    let (udp, tcp) = (udp.expect("banner names the UDP address"), tcp.expect("banner names the TCP address"));
     assert_eq!(udp, tcp, "port 0 picks one port for both transports");
-    Served {
-        child,
-        port: udp,
-        spki: spki.expect("banner prints the SPKI hash"),
-    }
+    Served { child, port: udp, spki: spki.expect("banner prints the SPKI hash") }
 }
 
 #[test]
@@ -74,53 +59,33 @@ fn certs_serve_get_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
 
-    let out = quiclab()
-        .args(["certs", "--certs"])
-        .arg(&certs)
-        .output()
-        .unwrap();
+    let out = quiclab().args(["certs", "--certs"]).arg(&certs).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("created development certificates"), "{text}");
-    let spki_line = text
-        .lines()
-        .find(|l| l.starts_with("leaf SPKI sha256:"))
-        .expect("SPKI line");
+    let spki_line = text.lines().find(|l| l.starts_with("leaf SPKI sha256:")).expect("SPKI line");
     let spki = spki_line.rsplit(' ').next().unwrap().to_string();
     assert!(text.contains(&format!("--ignore-certificate-errors-spki-list={spki}")));
     assert!(text.contains("--cacert"));
 
     let s = serve(&certs);
-    assert_eq!(
-        s.spki, spki,
-        "serve reuses the certificates `certs` created"
-    );
+    assert_eq!(s.spki, spki, "serve reuses the certificates `certs` created");
     let ca = certs.join("ca.pem");
     for http2 in [false, true] {
         let mut cmd = quiclab();
-        cmd.args(["get", "-i", "-v", "--cacert"])
-            .arg(&ca)
-            .arg(format!("https://localhost:{}/bytes/3000", s.port));
+        cmd.args(["get", "-i", "-v", "--cacert"]).arg(&ca).arg(format!("https://localhost:{}/bytes/3000", s.port));
         if http2 {
             cmd.arg("--http2");
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let proto = if http2 { "h2" } else { "h3" };
-        assert!(out
-            .stdout
-            .starts_with(format!("{proto} 200 OK\n").as_bytes()));
+        assert!(out.stdout.starts_with(format!("{proto} 200 OK\n").as_bytes()));
         let body_start = out.stdout.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
         assert_eq!(out.stdout.len() - body_start, 3000);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("protocol={proto}"))
-                && err.contains("bytes=3000")
-                && err.contains("ttfb="),
+            err.contains(&format!("protocol={proto}")) && err.contains("bytes=3000") && err.contains("ttfb="),
             "{err}"
         );
     }
@@ -144,36 +109,19 @@ fn certs_serve_get_and_sigterm() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Errors: non-zero exit and one line naming the problem.
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     for (args, needle) in [
-        (
-            vec!["get".to_string(), "http://localhost/".to_string()],
-            "https",
-        ),
-        (
-            vec!["get".to_string(), format!("https://localhost:{}/", s.port)],
-            "certificate",
-        ),
+        (vec!["get".to_string(), "http://localhost/".to_string()], "https"),
+        (vec!["get".to_string(), format!("https://localhost:{}/", s.port)], "certificate"),
     ] {
-        let out = quiclab()
-            .args(&args)
-            .current_dir(&elsewhere)
-            .output()
-            .unwrap();
+        let out = quiclab().args(&args).current_dir(&elsewhere).output().unwrap();
         assert!(!out.status.success(), "{args:?} must fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<_> = err
-            .lines()
-            .filter(|l| l.starts_with("quiclab: error:"))
-            .collect();
+        let lines: Vec<_> = err.lines().filter(|l| l.starts_with("quiclab: error:")).collect();
         assert_eq!(lines.len(), 1, "one error line: {err}");
         assert!(lines[0].to_lowercase().contains(needle), "{err}");
     }
@@ -186,10 +134,7 @@ fn certs_serve_get_and_sigterm() {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "server did not exit after SIGTERM"
-        );
+        assert!(t.elapsed() < Duration::from_secs(10), "server did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
@@ -207,8 +152,5 @@ fn serve_reports_a_busy_port() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("cannot listen on UDP 127.0.0.1:{port}")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("cannot listen on UDP 127.0.0.1:{port}")), "{err}");
 }

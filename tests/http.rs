@@ -12,31 +12,18 @@ async fn every_endpoint_over_both_protocols() {
     let ts = TestServer::start().await;
     for v in BOTH {
         let (conn, _) = ts.connect(v).await;
-        let want_proto = if v == HttpVersion::H3 {
-            Protocol::H3
-        } else {
-            Protocol::H2
-        };
+        let want_proto = if v == HttpVersion::H3 { Protocol::H3 } else { Protocol::H2 };
         assert_eq!(conn.protocol(), want_proto);
         let url = |p: &str| ts.url(v, p);
 
         let r = send(&conn, "GET", &url("/"), &[], b"").await;
         assert_eq!(r.status, 200);
-        assert!(r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html"));
+        assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
         let page = r.text();
-        assert!(
-            page.contains(r#"<span id="protocol"></span>"#),
-            "index has an empty protocol span"
-        );
+        assert!(page.contains(r#"<span id="protocol"></span>"#), "index has an empty protocol span");
         assert!(page.contains("nextHopProtocol"));
         for link in ["/bytes/", "/echo", "/headers", "/status/", "/delay/"] {
-            assert!(
-                page.contains(&format!("href=\"{link}")),
-                "index links {link}"
-            );
+            assert!(page.contains(&format!("href=\"{link}")), "index links {link}");
         }
 
         let r = send(&conn, "GET", &url("/bytes/100k"), &[], b"").await;
@@ -48,14 +35,7 @@ async fn every_endpoint_over_both_protocols() {
         let r = send(&conn, "GET", &url("/bytes/0"), &[], b"").await;
         assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
 
-        let r = send(
-            &conn,
-            "POST",
-            &url("/echo"),
-            &[("content-type", "text/x-test")],
-            b"hello quiclab",
-        )
-        .await;
+        let r = send(&conn, "POST", &url("/echo"), &[("content-type", "text/x-test")], b"hello quiclab").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["content-type"], "text/x-test");
         assert_eq!(&r.body[..], b"hello quiclab");
@@ -65,14 +45,7 @@ async fn every_endpoint_over_both_protocols() {
         assert_eq!(r.headers["content-type"], "application/octet-stream");
         assert_eq!(r.body.len(), 300_000);
 
-        let r = send(
-            &conn,
-            "GET",
-            &url("/headers"),
-            &[("x-probe", "one"), ("x-probe", "two")],
-            b"",
-        )
-        .await;
+        let r = send(&conn, "GET", &url("/headers"), &[("x-probe", "one"), ("x-probe", "two")], b"").await;
         assert_eq!(r.status, 200);
         let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(json["x-probe"], "one, two");
@@ -83,11 +56,7 @@ async fn every_endpoint_over_both_protocols() {
             assert_eq!(r.status.as_u16(), code);
         }
         for bad in ["/status/99", "/status/600", "/status/abc"] {
-            assert_eq!(
-                send(&conn, "GET", &url(bad), &[], b"").await.status,
-                400,
-                "{bad}"
-            );
+            assert_eq!(send(&conn, "GET", &url(bad), &[], b"").await.status, 400, "{bad}");
         }
 
         let t = std::time::Instant::now();
@@ -95,10 +64,7 @@ async fn every_endpoint_over_both_protocols() {
         assert_eq!(r.status, 200);
         assert!(t.elapsed() >= std::time::Duration::from_millis(50));
 
-        assert_eq!(
-            send(&conn, "GET", &url("/nope"), &[], b"").await.status,
-            404
-        );
+        assert_eq!(send(&conn, "GET", &url("/nope"), &[], b"").await.status, 404);
         let r = send(&conn, "DELETE", &url("/bytes/10"), &[], b"").await;
         assert_eq!(r.status, 405);
         assert_eq!(r.headers["allow"], "GET, HEAD");
@@ -111,10 +77,9 @@ async fn every_endpoint_over_both_protocols() {
         // Alt-Svc advertises the QUIC port on every TCP response, never on HTTP/3.
         let r = send(&conn, "GET", &url("/status/200"), &[], b"").await;
         match v {
-            HttpVersion::H2 => assert_eq!(
-                r.headers["alt-svc"],
-                format!("h3=\":{}\"; ma=3600", ts.server.quic_addr().port()).as_str()
-            ),
+            HttpVersion::H2 => {
+                assert_eq!(r.headers["alt-svc"], format!("h3=\":{}\"; ma=3600", ts.server.quic_addr().port()).as_str())
+            }
             HttpVersion::H3 => assert!(r.headers.get("alt-svc").is_none()),
         }
         conn.close().await;
@@ -133,50 +98,14 @@ async fn limits_answer_with_4xx() {
     for v in BOTH {
         let (conn, _) = ts.connect(v).await;
         let url = |p: &str| ts.url(v, p);
-        assert_eq!(
-            send(&conn, "GET", &url("/bytes/1000"), &[], b"")
-                .await
-                .status,
-            200
-        );
-        assert_eq!(
-            send(&conn, "GET", &url("/bytes/1001"), &[], b"")
-                .await
-                .status,
-            400
-        );
-        assert_eq!(
-            send(&conn, "GET", &url("/bytes/12x"), &[], b"")
-                .await
-                .status,
-            400
-        );
-        assert_eq!(
-            send(&conn, "GET", &url("/bytes/99999999999999999999"), &[], b"")
-                .await
-                .status,
-            400
-        );
-        assert_eq!(
-            send(&conn, "POST", &url("/echo"), &[], &[1u8; 1001])
-                .await
-                .status,
-            413
-        );
-        assert_eq!(
-            send(&conn, "GET", &url("/delay/101"), &[], b"")
-                .await
-                .status,
-            400
-        );
+        assert_eq!(send(&conn, "GET", &url("/bytes/1000"), &[], b"").await.status, 200);
+        assert_eq!(send(&conn, "GET", &url("/bytes/1001"), &[], b"").await.status, 400);
+        assert_eq!(send(&conn, "GET", &url("/bytes/12x"), &[], b"").await.status, 400);
+        assert_eq!(send(&conn, "GET", &url("/bytes/99999999999999999999"), &[], b"").await.status, 400);
+        assert_eq!(send(&conn, "POST", &url("/echo"), &[], &[1u8; 1001]).await.status, 413);
+        assert_eq!(send(&conn, "GET", &url("/delay/101"), &[], b"").await.status, 400);
         // The connection is still usable after every refusal.
-        assert_eq!(
-            send(&conn, "GET", &url("/bytes/10"), &[], b"")
-                .await
-                .body
-                .len(),
-            10
-        );
+        assert_eq!(send(&conn, "GET", &url("/bytes/10"), &[], b"").await.body.len(), 10);
         conn.close().await;
     }
     ts.stop().await;
@@ -206,9 +135,7 @@ async fn hundred_concurrent_requests_on_one_connection() {
         for i in 0..100u64 {
             let conn = conn.clone();
             let url = ts.url(v, &format!("/bytes/{}", 1000 + i));
-            tasks.push(tokio::spawn(async move {
-                (i, send(&conn, "GET", &url, &[], b"").await)
-            }));
+            tasks.push(tokio::spawn(async move { (i, send(&conn, "GET", &url, &[], b"").await) }));
         }
         for t in tasks {
             let (i, r) = t.await.unwrap();
@@ -226,22 +153,14 @@ async fn fetch_reports_timings_and_protocol() {
     for v in BOTH {
         let client = ts.client(v);
         let target = quiclab::client::Target::parse(&ts.url(v, "/bytes/2k")).unwrap();
-        let req =
-            quiclab::client::request(&target, http::Method::GET, bytes::Bytes::new()).unwrap();
+        let req = quiclab::client::request(&target, http::Method::GET, bytes::Bytes::new()).unwrap();
         let f = quiclab::client::fetch(&client, &target, req).await.unwrap();
         assert_eq!(f.body.len(), 2048);
         let t = f.timings;
         assert!(t.handshake <= t.ttfb && t.ttfb <= t.total, "{t:?}");
         let line = f.timing_line();
-        let proto = if v == HttpVersion::H3 {
-            "protocol=h3"
-        } else {
-            "protocol=h2"
-        };
-        assert!(
-            line.contains(proto) && line.contains("bytes=2048") && line.contains("handshake="),
-            "{line}"
-        );
+        let proto = if v == HttpVersion::H3 { "protocol=h3" } else { "protocol=h2" };
+        assert!(line.contains(proto) && line.contains("bytes=2048") && line.contains("handshake="), "{line}");
     }
     ts.stop().await;
 }
@@ -252,25 +171,11 @@ async fn untrusted_certificate_is_refused_and_insecure_accepts() {
     for v in BOTH {
         let target = quiclab::client::Target::parse(&ts.url(v, "/")).unwrap();
         let webpki = quiclab::client::Client::new(v, &Default::default()).unwrap();
-        assert!(
-            webpki.connect(&target).await.is_err(),
-            "{v:?}: a self-made CA must not be trusted by default"
-        );
-        let opts = quiclab::client::ClientOptions {
-            trust: quiclab::tls::Trust::Insecure,
-            ..Default::default()
-        };
+        assert!(webpki.connect(&target).await.is_err(), "{v:?}: a self-made CA must not be trusted by default");
+        let opts = quiclab::client::ClientOptions { trust: quiclab::tls::Trust::Insecure, ..Default::default() };
         let insecure = quiclab::client::Client::new(v, &opts).unwrap();
-        let conn = insecure
-            .connect(&target)
-            .await
-            .expect("--insecure connects");
-        assert_eq!(
-            send(&conn, "GET", &ts.url(v, "/status/200"), &[], b"")
-                .await
-                .status,
-            200
-        );
+        let conn = insecure.connect(&target).await.expect("--insecure connects");
+        assert_eq!(send(&conn, "GET", &ts.url(v, "/status/200"), &[], b"").await.status, 200);
     }
     ts.stop().await;
 }

@@ -24,18 +24,11 @@ impl H2Client {
     /// A client with `opts`' trust and windows.
     pub fn new(opts: &ClientOptions) -> Result<H2Client, ClientError> {
         let tls = crate::tls::client_config(&opts.trust, &alpn_list(HttpVersion::H2), false)?;
-        Ok(H2Client {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            transport: opts.transport.clone(),
-        })
+        Ok(H2Client { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), transport: opts.transport.clone() })
     }
 
     /// Connect over TCP + TLS and start HTTP/2 (or HTTP/1.1 if the server picks it).
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> Result<H2Connection, ClientError> {
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H2Connection, ClientError> {
         let start = Instant::now();
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -68,10 +61,7 @@ impl H2Client {
             });
             Sender::H1(tokio::sync::Mutex::new(sender))
         };
-        Ok(H2Connection {
-            sender,
-            handshake: start.elapsed(),
-        })
+        Ok(H2Connection { sender, handshake: start.elapsed() })
     }
 }
 
@@ -120,11 +110,7 @@ impl H2Connection {
                     }
                 }
                 // Send with the path only in the request line (RFC 9112 §3.2.1).
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into());
+                let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
                 if let Ok(uri) = pq.parse() {
                     *req.uri_mut() = uri;
                 }

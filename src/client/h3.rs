@@ -26,14 +26,8 @@ impl H3Client {
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Other(format!("QUIC TLS configuration: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic_tls));
-        config.transport_config(Arc::new(
-            crate::quic::transport_config(&opts.transport).map_err(ClientError::Other)?,
-        ));
-        Ok(H3Client {
-            config,
-            v4: Default::default(),
-            v6: Default::default(),
-        })
+        config.transport_config(Arc::new(crate::quic::transport_config(&opts.transport).map_err(ClientError::Other)?));
+        Ok(H3Client { config, v4: Default::default(), v6: Default::default() })
     }
 
     /// The endpoint for `addr`'s family, created on first use (bound to an ephemeral port).
@@ -53,17 +47,10 @@ impl H3Client {
     }
 
     /// Connect to `addr`, presenting `server_name` for SNI and certificate checks.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> Result<H3Connection, ClientError> {
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Connection, ClientError> {
         let start = Instant::now();
         let endpoint = self.endpoint_for(addr)?;
-        let conn = match endpoint
-            .connect_with(self.config.clone(), addr, server_name)?
-            .await
-        {
+        let conn = match endpoint.connect_with(self.config.clone(), addr, server_name)?.await {
             Ok(c) => c,
             Err(e) => {
                 // Let the CONNECTION_CLOSE go out before the caller (maybe the process) ends.
@@ -95,25 +82,15 @@ async fn flush_close(endpoint: &quinn::Endpoint) {
 
 impl H3Connection {
     /// Start HTTP/3 on an established QUIC connection.
-    pub async fn new(
-        conn: quinn::Connection,
-        handshake: Duration,
-    ) -> Result<H3Connection, ClientError> {
-        let (mut driver, send_request) =
-            h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
+    pub async fn new(conn: quinn::Connection, handshake: Duration) -> Result<H3Connection, ClientError> {
+        let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
         let driver = tokio::spawn(async move {
             let err = futures_util::future::poll_fn(|cx| driver.poll_close(cx)).await;
             if !err.is_h3_no_error() {
                 tracing::debug!(error = %err, "HTTP/3 connection closed");
             }
         });
-        Ok(H3Connection {
-            conn,
-            send_request,
-            handshake,
-            driver,
-            endpoint: None,
-        })
+        Ok(H3Connection { conn, send_request, handshake, driver, endpoint: None })
     }
 
     /// The underlying QUIC connection (stats, path, 0-RTT state).
@@ -140,10 +117,7 @@ impl H3Connection {
         let body = futures_util::stream::unfold(Some(recv), |state| async move {
             let mut recv = state?;
             match recv.recv_data().await {
-                Ok(Some(mut buf)) => Some((
-                    Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))),
-                    Some(recv),
-                )),
+                Ok(Some(mut buf)) => Some((Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))), Some(recv))),
                 Ok(None) => None,
                 Err(e) => Some((Err(Box::new(e) as BodyError), None)),
             }

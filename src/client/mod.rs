@@ -101,15 +101,10 @@ pub struct Target {
 impl Target {
     /// Parse an `https://` URL.
     pub fn parse(url: &str) -> Result<Target, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
         let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         if parsed.scheme() != "https" {
-            return Err(bad(
-                "only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)",
-            ));
+            return Err(bad("only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)"));
         }
         let host = match parsed.host() {
             Some(url::Host::Domain(d)) => d.to_string(),
@@ -118,10 +113,7 @@ impl Target {
             None => return Err(bad("no host")),
         };
         let port = parsed.port().unwrap_or(443);
-        let uri: http::Uri = parsed
-            .as_str()
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         Ok(Target { host, port, uri })
     }
 
@@ -129,20 +121,12 @@ impl Target {
     pub async fn resolve(&self) -> Result<SocketAddr, ClientError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|source| ClientError::Resolve {
-                host: self.host.clone(),
-                source,
-            })?
+            .map_err(|source| ClientError::Resolve { host: self.host.clone(), source })?
             .collect();
-        addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(addrs.first())
-            .copied()
-            .ok_or_else(|| ClientError::Resolve {
-                host: self.host.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
-            })
+        addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| ClientError::Resolve {
+            host: self.host.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+        })
     }
 }
 
@@ -158,18 +142,12 @@ impl Client {
     /// A client speaking `version`.
     pub fn new(version: HttpVersion, opts: &ClientOptions) -> Result<Client, ClientError> {
         Ok(match version {
-            HttpVersion::H3 => Client {
-                version,
-                connect_timeout: opts.connect_timeout,
-                h3: Some(h3::H3Client::new(opts)?),
-                h2: None,
-            },
-            HttpVersion::H2 => Client {
-                version,
-                connect_timeout: opts.connect_timeout,
-                h3: None,
-                h2: Some(h2::H2Client::new(opts)?),
-            },
+            HttpVersion::H3 => {
+                Client { version, connect_timeout: opts.connect_timeout, h3: Some(h3::H3Client::new(opts)?), h2: None }
+            }
+            HttpVersion::H2 => {
+                Client { version, connect_timeout: opts.connect_timeout, h3: None, h2: Some(h2::H2Client::new(opts)?) }
+            }
         })
     }
 
@@ -180,18 +158,12 @@ impl Client {
             match (&self.h3, &self.h2) {
                 (Some(c), _) => Ok(HttpConnection::H3(c.connect(addr, &target.host).await?)),
                 (_, Some(c)) => Ok(HttpConnection::H2(c.connect(addr, &target.host).await?)),
-                _ => Err(ClientError::Other(format!(
-                    "client for {:?} not configured",
-                    self.version
-                ))),
+                _ => Err(ClientError::Other(format!("client for {:?} not configured", self.version))),
             }
         };
         tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                addr,
-                after: self.connect_timeout,
-            })?
+            .map_err(|_| ClientError::ConnectTimeout { addr, after: self.connect_timeout })?
     }
 }
 
@@ -271,28 +243,17 @@ impl Fetched {
 }
 
 /// Build a request for `target` with the given method and body.
-pub fn request(
-    target: &Target,
-    method: http::Method,
-    body: Bytes,
-) -> Result<Request<Bytes>, ClientError> {
+pub fn request(target: &Target, method: http::Method, body: Bytes) -> Result<Request<Bytes>, ClientError> {
     Request::builder()
         .method(method)
         .uri(target.uri.clone())
-        .header(
-            http::header::USER_AGENT,
-            concat!("quiclab/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(http::header::USER_AGENT, concat!("quiclab/", env!("CARGO_PKG_VERSION")))
         .body(body)
         .map_err(|e| ClientError::Other(e.to_string()))
 }
 
 /// Connect, send one request, read the whole response, close: what `quiclab get` does.
-pub async fn fetch(
-    client: &Client,
-    target: &Target,
-    req: Request<Bytes>,
-) -> Result<Fetched, ClientError> {
+pub async fn fetch(client: &Client, target: &Target, req: Request<Bytes>) -> Result<Fetched, ClientError> {
     let start = Instant::now();
     let conn = client.connect(target).await?;
     let handshake = start.elapsed();
@@ -307,11 +268,7 @@ pub async fn fetch(
         response: Response::from_parts(parts, ()),
         body,
         protocol,
-        timings: Timings {
-            handshake,
-            ttfb,
-            total,
-        },
+        timings: Timings { handshake, ttfb, total },
     })
 }
 

@@ -73,10 +73,7 @@ pub async fn serve_connection(
             Ok(Some(resolver)) => {
                 // Read the 0-RTT signal now, at accept time (see the module doc).
                 let early_data = handshake_done.clone().now_or_never().is_none();
-                let info = RequestInfo {
-                    conn: conn.clone(),
-                    early_data,
-                };
+                let info = RequestInfo { conn: conn.clone(), early_data };
                 let site = site.clone();
                 requests.spawn(async move {
                     match resolver.resolve_request().await {
@@ -119,10 +116,7 @@ async fn serve_request(
     }
 }
 
-async fn send_response(
-    send: &mut SendHalf,
-    resp: Response<Body>,
-) -> Result<(), h3::error::StreamError> {
+async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), h3::error::StreamError> {
     let (parts, mut body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;
     while let Some(frame) = body.frame().await {

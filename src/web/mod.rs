@@ -5,6 +5,7 @@
 //! and these; everything a client can observe about the site is decided here, so a comparison
 //! of the two transports compares transports, not two sites.
 
+pub mod files;
 pub mod h2;
 pub mod h3;
 pub mod routes;
@@ -28,12 +29,32 @@ pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 #[derive(Debug, Clone)]
 pub struct Site {
     limits: Limits,
+    /// Canonical static-file root, if any.
+    root: Option<std::path::PathBuf>,
+    /// When the site started: `Last-Modified` of the built-in pages.
+    started: std::time::SystemTime,
 }
 
 impl Site {
-    /// A site enforcing `limits`.
-    pub fn new(limits: Limits) -> Arc<Site> {
-        Arc::new(Site { limits })
+    /// A site enforcing `limits`, serving files from `root` if given.
+    pub fn new(limits: Limits, root: Option<&std::path::Path>) -> std::io::Result<Arc<Site>> {
+        let root = match root {
+            Some(r) => Some(
+                r.canonicalize().map_err(|e| std::io::Error::new(e.kind(), format!("--root {}: {e}", r.display())))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now() }))
+    }
+
+    /// The canonical static-file root.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self.root.as_deref()
+    }
+
+    /// When the site started.
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
     }
 
     /// The limits this site enforces.

@@ -8,6 +8,10 @@
 //! | `/headers`    | the request headers as a JSON object |
 //! | `/status/N`   | an empty-ish response with status N (200..=599) |
 //! | `/delay/MS`   | a small body after MS milliseconds (capped) |
+//! | `/conn`       | JSON about the connection the request came on ([`crate::stats::ConnInfo::snapshot`]) |
+//!
+//! `/`, `/bytes/N` and static files under `--root` carry validators and honour conditional
+//! and range requests ([`files::serve`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 
-use super::{Body, BodyError, Site};
+use super::{files, Body, BodyError, Site};
 use crate::config::parse_size;
 use crate::stats::RequestInfo;
 
@@ -32,16 +36,23 @@ pub fn pattern_byte(i: u64) -> u8 {
     (i % PATTERN_PERIOD) as u8
 }
 
-/// Route a request. Unknown paths get 404; known paths with a method they do not support get
-/// 405 with `Allow` (RFC 9110 §15.5.6).
+/// Route a request: reject unsafe paths, then static files under the root, then the
+/// built-in endpoints. Unknown paths get 404; known paths with a method they do not support
+/// get 405 with `Allow` (RFC 9110 §15.5.6).
 pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let mut segments = path.trim_start_matches('/').splitn(2, '/');
-    let first = segments.next().unwrap_or("");
-    let arg = segments.next();
+    let segments = match files::check_path(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%path, remote = %info.conn.remote(), problem = %e, "refused request path");
+            drain_in_background(req.into_body(), site.limits().max_body, path);
+            return text(e.status(), "bad request path\n");
+        }
+    };
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
 
-    if first == "echo" && arg.is_none() {
+    if seg == ["echo"] {
         return echo(site, req).await;
     }
 
@@ -49,32 +60,54 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     // background, because an HTTP/3 stream dropped unread makes quinn send STOP_SENDING and
     // some clients then fail the request (RFC 9114 §4.1.1 allows it, curl does not like it).
     let (parts, body) = req.into_parts();
-    spawn_drain(body, site.limits().max_body, path.clone());
+    drain_in_background(body, site.limits().max_body, path.clone());
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+
+    if let Some(root) = site.root() {
+        match files::resolve(root, &segments) {
+            Ok(file) => {
+                if !get_or_head {
+                    return method_not_allowed();
+                }
+                return match files::file_representation(&file) {
+                    Ok(rep) => files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot read file");
+                        text(StatusCode::NOT_FOUND, "not found\n")
+                    }
+                };
+            }
+            Err(files::PathError::EscapesRoot) => {
+                tracing::warn!(%path, remote = %info.conn.remote(), "refused: path leaves the root through a symlink");
+                return text(StatusCode::NOT_FOUND, "not found\n");
+            }
+            Err(_) => {} // not a file: the built-in pages answer
+        }
+    }
 
     let known = matches!(
-        (first, arg),
-        ("", None)
-            | ("index.html", None)
-            | ("bytes", Some(_))
-            | ("headers", None)
-            | ("status", Some(_))
-            | ("delay", Some(_))
+        seg.as_slice(),
+        [] | ["index.html"] | ["bytes", _] | ["headers"] | ["status", _] | ["delay", _] | ["conn"]
     );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    if method != Method::GET && method != Method::HEAD {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
+    if !get_or_head {
+        return method_not_allowed();
     }
-    let resp = match (first, arg) {
-        ("" | "index.html", None) => index(info),
-        ("bytes", Some(n)) => bytes(site, n),
-        ("headers", None) => headers(&parts.headers),
-        ("status", Some(n)) => status(n),
-        ("delay", Some(ms)) => delay(site, ms).await,
+    let resp = match seg.as_slice() {
+        [] | ["index.html"] => {
+            let rep = index(site, info);
+            return files::serve(&rep, &method, &parts.headers, range_limits(site)).await;
+        }
+        ["bytes", n] => match bytes_representation(site, n) {
+            Ok(rep) => return files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
+            Err(resp) => resp,
+        },
+        ["headers"] => headers(&parts.headers),
+        ["status", n] => status(n),
+        ["delay", ms] => delay(site, ms).await,
+        ["conn"] => no_store(json(&info.conn.snapshot(info.early_data))),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if method == Method::HEAD {
@@ -85,28 +118,36 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     resp
 }
 
+fn range_limits(site: &Site) -> files::RangeLimits {
+    files::RangeLimits { max_ranges: site.limits().max_ranges }
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp
+}
+
+fn no_store(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 /// A body holding `data`.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -130,7 +171,7 @@ pub async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
 }
 
 /// Read and discard a request body in the background, up to `limit` bytes.
-fn spawn_drain(mut body: Body, limit: u64, path: String) {
+fn drain_in_background(mut body: Body, limit: u64, path: String) {
     if http_body::Body::is_end_stream(&body) {
         return;
     }
@@ -171,33 +212,18 @@ async fn echo(site: &Site, req: Request<Body>) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, "request body could not be read\n");
         }
     };
-    let ct = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let ct = parts.headers.get(CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let len = data.len();
-    let mut resp = Response::new(if parts.method == Method::HEAD {
-        empty()
-    } else {
-        full(data)
-    });
+    let mut resp = Response::new(if parts.method == Method::HEAD { empty() } else { full(data) });
     resp.headers_mut().insert(CONTENT_TYPE, ct);
-    resp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
 
-fn index(info: &RequestInfo) -> Response<Body> {
+fn index(site: &Site, info: &RequestInfo) -> files::Representation {
     let page = INDEX_HTML.replace("{served_over}", info.conn.protocol.as_str());
-    let mut resp = Response::new(full(page));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    // no-cache: stored, but revalidated (If-None-Match → 304) on every use.
+    files::Representation::memory(page, "text/html; charset=utf-8", "no-cache", site.started())
 }
 
 const INDEX_HTML: &str = r#"<!doctype html>
@@ -217,6 +243,7 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <li><a href="/headers">/headers</a>: the request headers as JSON</li>
 <li><a href="/status/418">/status/N</a>: a response with status N</li>
 <li><a href="/delay/500">/delay/MS</a>: a response after MS milliseconds</li>
+<li><a href="/conn">/conn</a>: JSON about this connection (RTT, congestion window, losses, 0-RTT, path changes)</li>
 </ul>
 <script>
 var nav = performance.getEntriesByType('navigation')[0];
@@ -226,15 +253,13 @@ document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : ''
 </html>
 "#;
 
-fn bytes(site: &Site, arg: &str) -> Response<Body> {
+/// `/bytes/N`: the pattern is a pure function of N, so its ETag is too and it never changes.
+fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, Response<Body>> {
     let n = match parse_size(arg) {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(arg, error = %e, "bad /bytes size");
-            return text(
-                StatusCode::BAD_REQUEST,
-                "bad size: use /bytes/N with N like 1024, 64k or 50M\n",
-            );
+            return Err(text(StatusCode::BAD_REQUEST, "bad size: use /bytes/N with N like 1024, 64k or 50M\n"));
         }
     };
     let max = site.limits().max_bytes;
@@ -242,38 +267,28 @@ fn bytes(site: &Site, arg: &str) -> Response<Body> {
         tracing::info!(n, max, "/bytes request above the cap");
         let mut resp = Response::new(full(format!("{n} bytes is above the cap of {max}\n")));
         *resp.status_mut() = StatusCode::BAD_REQUEST;
-        return resp;
+        return Err(resp);
     }
-    let mut resp = Response::new(PatternBody::new(0, n).boxed_unsync());
-    let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(CONTENT_LENGTH, HeaderValue::from(n));
-    resp
+    Ok(files::Representation {
+        len: n,
+        etag: format!("\"bytes-{n}\""),
+        last_modified: Some(site.started()),
+        content_type: HeaderValue::from_static("application/octet-stream"),
+        cache_control: "public, max-age=3600",
+        source: files::Source::Pattern,
+    })
 }
 
 fn headers(headers: &http::HeaderMap) -> Response<Body> {
     let mut obj = serde_json::Map::new();
     for name in headers.keys() {
-        let values: Vec<String> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
+        let values: Vec<String> =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
         // RFC 9113 §8.2.3: cookie crumbs are joined with "; ", other fields with ", ".
-        let sep = if name == http::header::COOKIE {
-            "; "
-        } else {
-            ", "
-        };
-        obj.insert(
-            name.as_str().to_string(),
-            serde_json::Value::String(values.join(sep)),
-        );
+        let sep = if name == http::header::COOKIE { "; " } else { ", " };
+        obj.insert(name.as_str().to_string(), serde_json::Value::String(values.join(sep)));
     }
-    json(&serde_json::Value::Object(obj))
+    no_store(json(&serde_json::Value::Object(obj)))
 }
 
 /// A JSON response.
@@ -281,22 +296,14 @@ pub fn json(value: &serde_json::Value) -> Response<Body> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(full(body));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn status(arg: &str) -> Response<Body> {
-    let code = arg
-        .parse::<u16>()
-        .ok()
-        .filter(|c| (200..=599).contains(c))
-        .and_then(|c| StatusCode::from_u16(c).ok());
+    let code = arg.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
     let Some(code) = code else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "use /status/N with N in 200..=599\n",
-        );
+        return text(StatusCode::BAD_REQUEST, "use /status/N with N in 200..=599\n");
     };
     // RFC 9110 §6.4.1: 204 and 304 carry no content.
     if code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED {
@@ -304,43 +311,27 @@ fn status(arg: &str) -> Response<Body> {
         *resp.status_mut() = code;
         return resp;
     }
-    let line = format!(
-        "{} {}\n",
-        code.as_u16(),
-        code.canonical_reason().unwrap_or("")
-    );
+    let line = format!("{} {}\n", code.as_u16(), code.canonical_reason().unwrap_or(""));
     let mut resp = Response::new(full(line));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 async fn delay(site: &Site, arg: &str) -> Response<Body> {
     let max = site.limits().max_delay;
     let Ok(ms) = arg.parse::<u64>() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "use /delay/MS with MS a whole number of milliseconds\n",
-        );
+        return text(StatusCode::BAD_REQUEST, "use /delay/MS with MS a whole number of milliseconds\n");
     };
     let wait = std::time::Duration::from_millis(ms);
     if wait > max {
-        let mut resp = Response::new(full(format!(
-            "{ms} ms is above the cap of {} ms\n",
-            max.as_millis()
-        )));
+        let mut resp = Response::new(full(format!("{ms} ms is above the cap of {} ms\n", max.as_millis())));
         *resp.status_mut() = StatusCode::BAD_REQUEST;
         return resp;
     }
     tokio::time::sleep(wait).await;
     let mut resp = Response::new(full(format!("delayed {ms} ms\n")));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -351,12 +342,7 @@ const CHUNK: usize = 64 << 10;
 /// `PATTERN_PERIOD + CHUNK` bytes of the pattern; any chunk is a zero-copy slice of it.
 fn pattern_source() -> &'static Bytes {
     static SRC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    SRC.get_or_init(|| {
-        (0..PATTERN_PERIOD + CHUNK as u64)
-            .map(pattern_byte)
-            .collect::<Vec<u8>>()
-            .into()
-    })
+    SRC.get_or_init(|| (0..PATTERN_PERIOD + CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
 }
 
 /// A body streaming pattern bytes `[start, end)`, one chunk at a time, never buffered whole.
@@ -369,10 +355,7 @@ pub struct PatternBody {
 impl PatternBody {
     /// Pattern bytes from offset `start` (inclusive) to `end` (exclusive).
     pub fn new(start: u64, end: u64) -> Self {
-        PatternBody {
-            pos: start,
-            end: end.max(start),
-        }
+        PatternBody { pos: start, end: end.max(start) }
     }
 }
 
@@ -380,19 +363,14 @@ impl http_body::Body for PatternBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
         let len = (self.end - self.pos).min(CHUNK as u64) as usize;
         let off = (self.pos % PATTERN_PERIOD) as usize;
         self.pos += len as u64;
-        Poll::Ready(Some(Ok(Frame::data(
-            pattern_source().slice(off..off + len),
-        ))))
+        Poll::Ready(Some(Ok(Frame::data(pattern_source().slice(off..off + len)))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -413,17 +391,9 @@ mod tests {
         let body = PatternBody::new(0, 200_000).boxed_unsync();
         let data = read_body(body, u64::MAX).await.unwrap();
         assert_eq!(data.len(), 200_000);
-        assert!(data
-            .iter()
-            .enumerate()
-            .all(|(i, b)| *b == pattern_byte(i as u64)));
-        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX)
-            .await
-            .unwrap();
-        assert_eq!(
-            &tail[..],
-            &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]
-        );
+        assert!(data.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX).await.unwrap();
+        assert_eq!(&tail[..], &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]);
     }
 
     #[tokio::test]

@@ -41,20 +41,13 @@ impl TestServer {
     }
 
     pub fn client(&self, version: HttpVersion) -> Client {
-        let opts = ClientOptions {
-            trust: Trust::CaFile(self.ca()),
-            ..Default::default()
-        };
+        let opts = ClientOptions { trust: Trust::CaFile(self.ca()), ..Default::default() };
         Client::new(version, &opts).expect("client")
     }
 
     pub async fn connect(&self, version: HttpVersion) -> (HttpConnection, Target) {
         let target = Target::parse(&self.url(version, "/")).unwrap();
-        let conn = self
-            .client(version)
-            .connect(&target)
-            .await
-            .expect("connect");
+        let conn = self.client(version).connect(&target).await.expect("connect");
         (conn, target)
     }
 
@@ -77,34 +70,17 @@ impl Resp {
 }
 
 /// Send a request on an open connection and read the whole response.
-pub async fn send(
-    conn: &HttpConnection,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
+pub async fn send(conn: &HttpConnection, method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let target = Target::parse(url).unwrap();
-    let mut req = client::request(
-        &target,
-        method.parse().unwrap(),
-        Bytes::copy_from_slice(body),
-    )
-    .unwrap();
+    let mut req = client::request(&target, method.parse().unwrap(), Bytes::copy_from_slice(body)).unwrap();
     for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
+        req.headers_mut()
+            .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
     }
     let resp = conn.send(req).await.expect("request");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Resp { status: parts.status, headers: parts.headers, body }
 }
 
 /// Both protocols, for tests that must hold for each.
@@ -114,12 +90,6 @@ pub const BOTH: [HttpVersion; 2] = [HttpVersion::H3, HttpVersion::H2];
 pub fn assert_pattern(body: &[u8], start: u64) {
     for (i, b) in body.iter().enumerate() {
         let want = quiclab::web::routes::pattern_byte(start + i as u64);
-        assert_eq!(
-            *b,
-            want,
-            "byte {} (offset {}) is {b}, want {want}",
-            i,
-            start + i as u64
-        );
+        assert_eq!(*b, want, "byte {} (offset {}) is {b}, want {want}", i, start + i as u64);
     }
 }
