@@ -243,21 +243,23 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     let server = Server::start(serve_config(&args)).await?;
     let c = server.certs();
     let port = server.quic_addr().port();
-    println!("quiclab {} serving", env!("CARGO_PKG_VERSION"));
-    println!("  HTTP/3           https://localhost:{port}/  (UDP {})", server.quic_addr());
-    println!("  HTTP/2, 1.1      https://localhost:{}/  (TCP {})", server.tcp_addr().port(), server.tcp_addr());
-    match &c.ca_path {
-        Some(ca) => println!(
-            "  CA               {}{}  (curl --cacert {})",
-            ca.display(),
-            if c.created { " (created)" } else { "" },
-            ca.display()
-        ),
-        None => println!("  certificate      {}", c.cert_path.display()),
-    }
-    println!("  SPKI sha256      {}", c.spki_sha256);
-    println!("effective configuration:\n{}", server.config().summary());
-    let _ = std::io::stdout().flush();
+    let mut banner = format!("quiclab {} serving\n", env!("CARGO_PKG_VERSION"));
+    let (q, t) = (server.quic_addr(), server.tcp_addr());
+    banner += &format!("  HTTP/3           https://localhost:{port}/  (UDP {q})\n");
+    banner += &format!("  HTTP/2, 1.1      https://localhost:{}/  (TCP {t})\n", t.port());
+    banner += &match &c.ca_path {
+        Some(ca) => {
+            let created = if c.created { " (created)" } else { "" };
+            format!("  CA               {0}{created}  (curl --cacert {0})\n", ca.display())
+        }
+        None => format!("  certificate      {}\n", c.cert_path.display()),
+    };
+    banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
+    banner += &format!("effective configuration:\n{}", server.config().summary());
+    // A closed stdout (a reader that went away) must not stop the server: ignore write errors.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    drop(out);
     wait_for_signal().await;
     tracing::info!("shutting down (graceful, up to {:?})", server.config().shutdown_grace);
     server.shutdown().await;

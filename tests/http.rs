@@ -51,6 +51,13 @@ async fn every_endpoint_over_both_protocols() {
         assert_eq!(json["x-probe"], "one, two");
         assert!(json["user-agent"].as_str().unwrap().starts_with("quiclab/"));
 
+        // Both transports send Date and, for bodies of known size, Content-Length.
+        let r = send(&conn, "GET", &url("/status/418"), &[], b"").await;
+        assert!(r.headers.contains_key("date"), "{v:?} lacks Date");
+        assert_eq!(r.headers["content-length"], "17", "{v:?}");
+        let r = send(&conn, "HEAD", &url("/headers"), &[], b"").await;
+        assert!(r.headers["content-length"].to_str().unwrap().parse::<u64>().unwrap() > 2, "{v:?} HEAD length");
+
         for code in [200u16, 204, 301, 404, 418, 503, 599] {
             let r = send(&conn, "GET", &url(&format!("/status/{code}")), &[], b"").await;
             assert_eq!(r.status.as_u16(), code);

@@ -155,7 +155,10 @@ async fn static_files_and_every_traversal_form() {
         let r = send(&conn, "GET", &ts.url(v, "/hello.txt"), &[("range", "bytes=6-9")], b"").await;
         assert_eq!((r.status.as_u16(), r.text().as_str()), (206, "from"));
         assert_eq!(send(&conn, "GET", &ts.url(v, "/docs/"), &[], b"").await.text(), "<h1>docs</h1>");
-        assert_eq!(send(&conn, "GET", &ts.url(v, "/data.json"), &[], b"").await.headers["content-type"], "application/json");
+        assert_eq!(
+            send(&conn, "GET", &ts.url(v, "/data.json"), &[], b"").await.headers["content-type"],
+            "application/json"
+        );
         let r = send(&conn, "POST", &ts.url(v, "/hello.txt"), &[], b"x").await;
         assert_eq!(r.status, 405);
         assert_eq!(r.headers["allow"], "GET, HEAD");

@@ -117,7 +117,19 @@ async fn serve_request(
 }
 
 async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), h3::error::StreamError> {
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    // What hyper adds on HTTP/2 and HTTP/1.1, so both transports answer alike:
+    // Date (RFC 9110 §6.6.1) and, for a body of known size, Content-Length (RFC 9110 §8.6).
+    if !parts.headers.contains_key(http::header::DATE) {
+        if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
+            parts.headers.insert(http::header::DATE, v);
+        }
+    }
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) && !body_must_be_empty(parts.status) {
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
+        }
+    }
     send.send_response(Response::from_parts(parts, ())).await?;
     while let Some(frame) = body.frame().await {
         match frame {
@@ -140,6 +152,11 @@ async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), 
         }
     }
     send.finish().await
+}
+
+/// RFC 9110 §6.4.1: 1xx, 204 and 304 responses carry no content (and no Content-Length for 204).
+fn body_must_be_empty(status: http::StatusCode) -> bool {
+    status.is_informational() || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
 }
 
 /// The receive half of a request stream as a [`Body`].

@@ -102,7 +102,11 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
         }
         ["bytes", n] => match bytes_representation(site, n) {
             Ok(rep) => return files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
-            Err(resp) => resp,
+            Err(msg) => {
+                let mut resp = Response::new(full(msg));
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                resp
+            }
         },
         ["headers"] => headers(&parts.headers),
         ["status", n] => status(n),
@@ -112,7 +116,10 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     };
     if method == Method::HEAD {
         // RFC 9110 §9.3.2: the same header fields as GET, no content.
-        let (parts, _) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts.headers.entry(CONTENT_LENGTH).or_insert(n.into());
+        }
         return Response::from_parts(parts, empty());
     }
     resp
@@ -254,20 +261,19 @@ document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : ''
 "#;
 
 /// `/bytes/N`: the pattern is a pure function of N, so its ETag is too and it never changes.
-fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, Response<Body>> {
+/// Errors are the text of a 400 response.
+fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, String> {
     let n = match parse_size(arg) {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(arg, error = %e, "bad /bytes size");
-            return Err(text(StatusCode::BAD_REQUEST, "bad size: use /bytes/N with N like 1024, 64k or 50M\n"));
+            return Err("bad size: use /bytes/N with N like 1024, 64k or 50M\n".into());
         }
     };
     let max = site.limits().max_bytes;
     if n > max {
         tracing::info!(n, max, "/bytes request above the cap");
-        let mut resp = Response::new(full(format!("{n} bytes is above the cap of {max}\n")));
-        *resp.status_mut() = StatusCode::BAD_REQUEST;
-        return Err(resp);
+        return Err(format!("{n} bytes is above the cap of {max}\n"));
     }
     Ok(files::Representation {
         len: n,

@@ -151,6 +151,7 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     log = workdir / "server.log"
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
+    env["NO_COLOR"] = "1"  # plain server.log (tracing-subscriber honours NO_COLOR)
     env.pop("SSLKEYLOGFILE", None)
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,6 @@ def _cli() -> str:
     beside = Path(sys.executable).with_name("curl-cffi")
     if beside.is_file():
         return str(beside)
-    import shutil
-
     found = shutil.which("curl-cffi")
     if found is None:
         pytest.fail(f"the curl-cffi command is missing; install it with: {PIP_HINT}", pytrace=False)
