@@ -50,6 +50,7 @@ class Server:
     certs_dir: Path
     log: Path  # the server's stderr
     banner: str
+    keylog: Path  # SSLKEYLOGFILE the server writes (QUIC and TLS/TCP secrets)
 
     @property
     def h3_origin(self) -> str:
@@ -152,7 +153,8 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env["NO_COLOR"] = "1"  # plain server.log (tracing-subscriber honours NO_COLOR)
-    env.pop("SSLKEYLOGFILE", None)
+    keylog = workdir / "keys.log"
+    env["SSLKEYLOGFILE"] = str(keylog)  # the tshark test decrypts captures with it
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
             [str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--certs", str(certs)],
@@ -217,6 +219,7 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
         certs_dir=certs,
         log=log,
         banner=text,
+        keylog=keylog,
     )
     assert srv.ca.is_file(), f"CA file {srv.ca} missing"
     yield srv
