@@ -264,19 +264,19 @@ fn main() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let port = {
+    // Keep reading the child's stdout on a thread, so it never writes into a closed pipe.
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let out = child.stdout.take().unwrap();
-        let mut port = 0;
-        for line in std::io::BufReader::new(out).lines() {
-            let line = line.unwrap();
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("(UDP ").nth(1) {
-                port = rest.trim_end_matches(')').rsplit(':').next().unwrap().parse().unwrap();
-                break;
+                let port: u16 = rest.trim_end_matches(')').rsplit(':').next().unwrap().parse().unwrap();
+                let _ = port_tx.send(port);
             }
         }
-        port
-    };
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(30)).expect("quiclab serve prints its port");
     let pid = child.id();
     rt.block_on(async {
         let opts = ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
