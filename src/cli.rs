@@ -171,6 +171,20 @@ pub struct GetArgs {
     /// Give up if no connection is established within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
+    /// Make N connections one after another in this process, one request each; later ones
+    /// resume the TLS session of the one before (rustls keeps tickets in memory only).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: u32,
+    /// Send the request in 0-RTT early data when a session can be resumed (HTTP/3; use with
+    /// --repeat). Prints per connection `0-RTT: accepted`, `rejected` or `not attempted`.
+    #[arg(long = "0rtt")]
+    pub zero_rtt: bool,
+    /// Move to a new local UDP socket during the download (connection migration): after N
+    /// body bytes (`64k`, `5M`) or after a time (`200ms`, `1s`). HTTP/3 only.
+    #[arg(long, value_name = "N|TIME")]
+    pub rebind_after: Option<client::RebindAfter>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Request body (e.g. for /echo); `@FILE` reads it from a file.
     #[arg(short = 'd', long, value_name = "DATA")]
     pub data: Option<String>,
@@ -294,7 +308,10 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         Trust::WebPki
     };
     let version = if args.http2 { HttpVersion::H2 } else { HttpVersion::H3 };
-    let opts = ClientOptions { trust, connect_timeout: args.connect_timeout, ..Default::default() };
+    if args.http2 && (args.zero_rtt || args.rebind_after.is_some()) {
+        return Err(ClientError::Other("--0rtt and --rebind-after need HTTP/3 (QUIC); drop --http2".into()).into());
+    }
+    let opts = ClientOptions { trust, connect_timeout: args.connect_timeout, transport: args.transport.to_config() };
     let target = Target::parse(&args.url)?;
     let body = match &args.data {
         None => Bytes::new(),
@@ -306,8 +323,53 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         },
     };
     let client = client::Client::new(version, &opts)?;
-    let req = client::request(&target, args.method.clone(), body)?;
-    let fetched = client::fetch(&client, &target, req).await?;
+    let fetch_opts = client::FetchOptions { zero_rtt: args.zero_rtt, rebind_after: args.rebind_after };
+    let mut last = None;
+    for i in 1..=args.repeat.max(1) {
+        let req = client::request(&target, args.method.clone(), body.clone())?;
+        let fetched = client::fetch_with(&client, &target, req, &fetch_opts).await?;
+        // A body shorter than its Content-Length was cut off (RFC 9110 §8.6).
+        if let Some(len) = fetched.response.headers().get(http::header::CONTENT_LENGTH) {
+            let want: Option<u64> = len.to_str().ok().and_then(|v| v.parse().ok());
+            if fetched.response.status() != http::StatusCode::NOT_MODIFIED
+                && args.method != http::Method::HEAD
+                && want.is_some_and(|w| w != fetched.body.len() as u64)
+            {
+                return Err(CommandError::Client(ClientError::Other(format!(
+                    "body incomplete: {} of {} bytes",
+                    fetched.body.len(),
+                    want.unwrap_or(0)
+                ))));
+            }
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        if let Some(z) = fetched.zero_rtt {
+            let early = fetched.response.headers().contains_key(crate::web::EARLY_DATA_HEADER);
+            eprintln!(
+                "connection {i}: 0-RTT: {z}  ttfb={:.2}ms  status={}{}",
+                ms(fetched.timings.ttfb),
+                fetched.response.status().as_u16(),
+                if early { "  (server: arrived in early data)" } else { "" }
+            );
+        } else if args.repeat > 1 {
+            eprintln!(
+                "connection {i}: ttfb={:.2}ms  status={}",
+                ms(fetched.timings.ttfb),
+                fetched.response.status().as_u16()
+            );
+        }
+        if fetched.rebound {
+            eprintln!(
+                "connection {i}: moved to a new local socket during the download; body complete ({} bytes)",
+                fetched.body.len()
+            );
+        }
+        if args.verbose {
+            eprintln!("{}", fetched.timing_line());
+        }
+        last = Some(fetched);
+    }
+    let Some(fetched) = last else { return Ok(0) };
     let mut out = std::io::stdout().lock();
     if args.include {
         let r = &fetched.response;
@@ -324,9 +386,6 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         None => out.write_all(&fetched.body)?,
     }
     out.flush()?;
-    if args.verbose {
-        eprintln!("{}", fetched.timing_line());
-    }
     Ok(0)
 }
 

@@ -291,6 +291,15 @@ pub enum Trust {
 /// Sessions are cached in memory (rustls' default resumption store) so a client reusing this
 /// configuration within one process resumes, and early data is enabled for 0-RTT.
 pub fn client_config(trust: &Trust, alpn: &[&[u8]], tls13_only: bool) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with_tickets(trust, alpn, tls13_only).map(|(cfg, _)| cfg)
+}
+
+/// [`client_config`], plus a handle that tells when the server's session tickets arrive.
+pub fn client_config_with_tickets(
+    trust: &Trust,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<(rustls::ClientConfig, Arc<TicketWatch>), TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] =
         if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
     let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
@@ -313,7 +322,63 @@ pub fn client_config(trust: &Trust, alpn: &[&[u8]], tls13_only: bool) -> Result<
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg.enable_early_data = true;
     cfg.key_log = Arc::new(rustls::KeyLogFile::new());
-    Ok(cfg)
+    let tickets = Arc::new(TicketWatch::new());
+    cfg.resumption = rustls::client::Resumption::store(tickets.clone());
+    Ok((cfg, tickets))
+}
+
+/// rustls' in-memory session store, counting the TLS 1.3 tickets the server sends
+/// (NewSessionTicket, RFC 8446 §4.6.1), so a client can wait for one before it closes a
+/// connection it means to resume from.
+#[derive(Debug)]
+pub struct TicketWatch {
+    inner: rustls::client::ClientSessionMemoryCache,
+    received: tokio::sync::watch::Sender<u64>,
+}
+
+impl TicketWatch {
+    fn new() -> Self {
+        TicketWatch {
+            inner: rustls::client::ClientSessionMemoryCache::new(256),
+            received: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Tickets received so far.
+    pub fn received(&self) -> u64 {
+        *self.received.borrow()
+    }
+
+    /// Wait until more than `seen` tickets have arrived, at most `limit`. True if one did.
+    pub async fn wait_beyond(&self, seen: u64, limit: std::time::Duration) -> bool {
+        let mut rx = self.received.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n > seen)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketWatch {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server_name, value)
+    }
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.inner.insert_tls13_ticket(server_name, value);
+        self.received.send_modify(|n| *n += 1);
+    }
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
 }
 
 /// `--insecure`: skip name and chain checks, keep signature checks (so the handshake is real).

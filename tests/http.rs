@@ -74,7 +74,7 @@ async fn every_endpoint_over_both_protocols() {
         assert_eq!(send(&conn, "GET", &url("/nope"), &[], b"").await.status, 404);
         let r = send(&conn, "DELETE", &url("/bytes/10"), &[], b"").await;
         assert_eq!(r.status, 405);
-        assert_eq!(r.headers["allow"], "GET, HEAD");
+        assert_eq!(r.headers["allow"], "GET, HEAD, OPTIONS");
 
         let r = send(&conn, "HEAD", &url("/bytes/5000"), &[], b"").await;
         assert_eq!(r.status, 200);

@@ -161,7 +161,7 @@ async fn static_files_and_every_traversal_form() {
         );
         let r = send(&conn, "POST", &ts.url(v, "/hello.txt"), &[], b"x").await;
         assert_eq!(r.status, 405);
-        assert_eq!(r.headers["allow"], "GET, HEAD");
+        assert_eq!(r.headers["allow"], "GET, HEAD, OPTIONS");
         // Built-in pages still answer where the root has no file.
         assert_eq!(send(&conn, "GET", &ts.url(v, "/bytes/10"), &[], b"").await.body.len(), 10);
         assert_eq!(send(&conn, "GET", &ts.url(v, "/missing.txt"), &[], b"").await.status, 404);

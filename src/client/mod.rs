@@ -225,6 +225,10 @@ pub struct Fetched {
     pub body: Bytes,
     pub protocol: Protocol,
     pub timings: Timings,
+    /// What happened to 0-RTT, when it was asked for.
+    pub zero_rtt: Option<h3::ZeroRtt>,
+    /// Whether the client moved to a new local socket during the download.
+    pub rebound: bool,
 }
 
 impl Fetched {
@@ -254,22 +258,128 @@ pub fn request(target: &Target, method: http::Method, body: Bytes) -> Result<Req
 
 /// Connect, send one request, read the whole response, close: what `quiclab get` does.
 pub async fn fetch(client: &Client, target: &Target, req: Request<Bytes>) -> Result<Fetched, ClientError> {
+    fetch_with(client, target, req, &FetchOptions::default()).await
+}
+
+/// How [`fetch_with`] fetches.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Send the request in 0-RTT early data when the client holds a session ticket (HTTP/3).
+    pub zero_rtt: bool,
+    /// Move the client to a new local UDP socket part-way through the body (HTTP/3).
+    pub rebind_after: Option<RebindAfter>,
+}
+
+/// When to move to a new local socket during a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebindAfter {
+    /// After this many body bytes have arrived.
+    Bytes(u64),
+    /// After this long since the request was sent.
+    Time(Duration),
+}
+
+impl std::str::FromStr for RebindAfter {
+    type Err = String;
+    /// `N` bytes (with `k`/`M` suffixes), or a time ending in `ms` or `s`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.ends_with("ms") || (t.ends_with('s') && t[..t.len() - 1].parse::<f64>().is_ok()) {
+            return crate::config::parse_duration(t).map(RebindAfter::Time);
+        }
+        crate::config::parse_size(t).map(RebindAfter::Bytes)
+    }
+}
+
+/// Connect, send one request, read the whole response, close, with the options' 0-RTT and
+/// migration behaviour.
+pub async fn fetch_with(
+    client: &Client,
+    target: &Target,
+    req: Request<Bytes>,
+    opts: &FetchOptions,
+) -> Result<Fetched, ClientError> {
     let start = Instant::now();
-    let conn = client.connect(target).await?;
-    let handshake = start.elapsed();
-    let resp = conn.send(req).await?;
+    let tickets_before = client.h3.as_ref().map(|h| h.tickets().received());
+    let (conn, resp, zero_rtt) = match (&client.h3, opts.zero_rtt) {
+        (Some(h3), true) => {
+            let addr = target.resolve().await?;
+            let (conn, resp, z) = h3.send_0rtt(addr, &target.host, req).await?;
+            (HttpConnection::H3(conn), resp, Some(z))
+        }
+        (None, true) => return Err(ClientError::Other("0-RTT is only implemented for HTTP/3".into())),
+        _ => {
+            let conn = client.connect(target).await?;
+            let resp = conn.send(req).await?;
+            (conn, resp, None)
+        }
+    };
+    let handshake = conn.handshake_time();
     let ttfb = start.elapsed();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(ClientError::Body)?.to_bytes();
+    let (parts, mut body) = resp.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    let mut rebound = false;
+    let rebind_at = match opts.rebind_after {
+        Some(RebindAfter::Time(d)) => Some(tokio::time::Instant::now() + d),
+        _ => None,
+    };
+    loop {
+        let frame = match rebind_at {
+            Some(at) if !rebound => tokio::select! {
+                f = body.frame() => f,
+                _ = tokio::time::sleep_until(at) => {
+                    rebind(client, &conn)?;
+                    rebound = true;
+                    continue;
+                }
+            },
+            _ => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
+        if let Ok(data) = frame.map_err(ClientError::Body)?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        if let Some(RebindAfter::Bytes(n)) = opts.rebind_after {
+            if !rebound && buf.len() as u64 >= n {
+                rebind(client, &conn)?;
+                rebound = true;
+            }
+        }
+    }
     let total = start.elapsed();
     let protocol = conn.protocol();
+    if let (Some(h3), Some(before), true) = (&client.h3, tickets_before, opts.zero_rtt) {
+        // The server's session tickets follow the handshake; a connection closed before they
+        // arrive leaves the next one nothing to resume from.
+        if !h3.tickets().wait_beyond(before, Duration::from_secs(1)).await {
+            tracing::info!("no session ticket arrived on this connection; the next one cannot resume");
+        }
+    }
     conn.close().await;
     Ok(Fetched {
         response: Response::from_parts(parts, ()),
-        body,
+        body: buf.freeze(),
         protocol,
         timings: Timings { handshake, ttfb, total },
+        zero_rtt,
+        rebound,
     })
+}
+
+/// Move an HTTP/3 connection's endpoint to a fresh local UDP socket (connection migration,
+/// RFC 9000 §9). The server sees a new address and validates it. Every connection of the
+/// client's endpoint for that address family moves with it.
+pub fn rebind(client: &Client, conn: &HttpConnection) -> Result<(), ClientError> {
+    let (Some(h3), HttpConnection::H3(c)) = (&client.h3, conn) else {
+        return Err(ClientError::Other("rebinding is only possible for HTTP/3 (QUIC)".into()));
+    };
+    let addr = c.quic().remote_address();
+    let endpoint = h3.endpoint_for(addr)?;
+    let old = endpoint.local_addr()?;
+    let bind = SocketAddr::new(old.ip(), 0);
+    endpoint.rebind(std::net::UdpSocket::bind(bind)?)?;
+    tracing::info!(old = %old, new = %endpoint.local_addr()?, "client moved to a new local socket");
+    Ok(())
 }
 
 pub(crate) fn alpn_list(version: HttpVersion) -> Vec<&'static [u8]> {

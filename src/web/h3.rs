@@ -110,13 +110,21 @@ async fn serve_request(
 ) {
     let (mut send, recv) = stream.split();
     let req = req.map(|()| recv_body(recv));
+    let conn = info.conn.clone();
+    // Notice a client address change at the request, too (the accept loop sees none on a
+    // connection busy with one long download).
+    conn.remote();
     let resp = site.handle(req, info).await;
-    if let Err(e) = send_response(&mut send, resp).await {
+    if let Err(e) = send_response(&mut send, resp, &conn).await {
         log_stream_error("sending the response", &e);
     }
 }
 
-async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), h3::error::StreamError> {
+async fn send_response(
+    send: &mut SendHalf,
+    resp: Response<Body>,
+    conn: &ConnInfo,
+) -> Result<(), h3::error::StreamError> {
     let (mut parts, mut body) = resp.into_parts();
     // What hyper adds on HTTP/2 and HTTP/1.1, so both transports answer alike:
     // Date (RFC 9110 §6.6.1) and, for a body of known size, Content-Length (RFC 9110 §8.6).
@@ -134,7 +142,11 @@ async fn send_response(send: &mut SendHalf, resp: Response<Body>) -> Result<(), 
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => match frame.into_data() {
-                Ok(data) => send.send_data(data).await?,
+                Ok(data) => {
+                    send.send_data(data).await?;
+                    // quinn raises no event on migration: look at the path once per chunk.
+                    conn.remote();
+                }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         send.send_trailers(trailers).await?;

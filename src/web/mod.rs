@@ -25,6 +25,14 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A streaming body, for requests and responses on both transports.
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
+/// Response header marking answers to requests that arrived in 0-RTT early data.
+pub const EARLY_DATA_HEADER: &str = "quiclab-early-data";
+
+/// Methods served from early data: safe ones, whose replay changes nothing (RFC 9110 §9.2.1).
+pub fn is_replay_safe(m: &http::Method) -> bool {
+    matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
 /// The test site.
 #[derive(Debug, Clone)]
 pub struct Site {
@@ -63,7 +71,25 @@ impl Site {
     }
 
     /// Serve one request.
+    ///
+    /// Requests that arrived in 0-RTT early data may be replays (RFC 9001 §9.2, RFC 8470): only
+    /// safe methods (GET, HEAD, OPTIONS) are served from early data; any other method gets
+    /// `425 Too Early` (RFC 8470 §5.2), which a client retries after the handshake. Every
+    /// answer to an early request carries `quiclab-early-data: 1`.
     pub async fn handle(&self, req: Request<Body>, info: RequestInfo) -> Response<Body> {
-        routes::route(self, req, &info).await
+        let early = info.early_data;
+        let mut resp = if early && !is_replay_safe(req.method()) {
+            tracing::info!(method = %req.method(), path = req.uri().path(), remote = %info.conn.remote(),
+                "425 Too Early: unsafe method in 0-RTT early data");
+            let path = req.uri().path().to_string();
+            routes::drain_in_background(req.into_body(), self.limits.max_body, path);
+            routes::text(http::StatusCode::TOO_EARLY, "too early: retry after the handshake\n")
+        } else {
+            routes::route(self, req, &info).await
+        };
+        if early {
+            resp.headers_mut().insert(EARLY_DATA_HEADER, http::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }

@@ -62,6 +62,13 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     let (parts, body) = req.into_parts();
     drain_in_background(body, site.limits().max_body, path.clone());
     let get_or_head = method == Method::GET || method == Method::HEAD;
+    if method == Method::OPTIONS && (seg.is_empty() || site.root().is_some() || is_builtin(&seg)) {
+        // RFC 9110 §9.3.7: the methods this resource supports.
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
+        return resp;
+    }
 
     if let Some(root) = site.root() {
         match files::resolve(root, &segments) {
@@ -85,11 +92,7 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
         }
     }
 
-    let known = matches!(
-        seg.as_slice(),
-        [] | ["index.html"] | ["bytes", _] | ["headers"] | ["status", _] | ["delay", _] | ["conn"]
-    );
-    if !known {
+    if !is_builtin(&seg) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     if !get_or_head {
@@ -125,13 +128,20 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     resp
 }
 
+/// The methods every resource but `/echo` supports.
+const ALLOWED: &str = "GET, HEAD, OPTIONS";
+
+fn is_builtin(seg: &[&str]) -> bool {
+    matches!(seg, [] | ["index.html"] | ["bytes", _] | ["headers"] | ["status", _] | ["delay", _] | ["conn"])
+}
+
 fn range_limits(site: &Site) -> files::RangeLimits {
     files::RangeLimits { max_ranges: site.limits().max_ranges }
 }
 
 fn method_not_allowed() -> Response<Body> {
     let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
     resp
 }
 
@@ -178,7 +188,7 @@ pub async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
 }
 
 /// Read and discard a request body in the background, up to `limit` bytes.
-fn drain_in_background(mut body: Body, limit: u64, path: String) {
+pub(crate) fn drain_in_background(mut body: Body, limit: u64, path: String) {
     use futures_util::FutureExt;
     if http_body::Body::is_end_stream(&body) {
         return;
