@@ -25,6 +25,10 @@ use quiclab::server::Server;
 use quiclab::tls::{CertStore, Trust};
 
 struct Opts {
+    /// `all`, `bulk`, `rate` or `memory`.
+    only: String,
+    /// Extra arguments for the `quiclab serve` of the memory measurement.
+    serve_args: Vec<String>,
     runs: usize,
     bulk: u64,
     rate_secs: f64,
@@ -32,7 +36,8 @@ struct Opts {
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { runs: 5, bulk: 256 << 20, rate_secs: 3.0, idle_conns: 1000 };
+    let mut o =
+        Opts { only: "all".into(), serve_args: vec![], runs: 5, bulk: 256 << 20, rate_secs: 3.0, idle_conns: 1000 };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -42,6 +47,8 @@ fn parse_opts() -> Opts {
             "--bulk" => o.bulk = quiclab::config::parse_size(&val).expect("--bulk SIZE"),
             "--rate-secs" => o.rate_secs = val.parse().expect("--rate-secs S"),
             "--idle-conns" => o.idle_conns = val.parse().expect("--idle-conns N"),
+            "--only" => o.only = val,
+            "--serve-args" => o.serve_args = val.split_whitespace().map(String::from).collect(),
             _ => {
                 i += 1;
                 continue;
@@ -211,26 +218,38 @@ fn main() {
         let h2c = h2.connect(&Target::parse(&h2_url("/")).unwrap()).await.unwrap();
         let raw = raw_client(raw_addr, &ca).await;
 
-        println!("## Bulk download, one connection, {} MiB, {} runs (Gbit/s)\n", o.bulk >> 20, o.runs);
-        let bulk_path = format!("/bytes/{}", o.bulk);
-        // Warm-up: windows and congestion state open up once per connection.
-        raw_download(&raw, 16 << 20).await;
-        http_download(&h3c, &h3_url("/bytes/16M"), 16 << 20).await;
-        http_download(&h2c, &h2_url("/bytes/16M"), 16 << 20).await;
-        let (mut r_raw, mut r_h3, mut r_h2) = (vec![], vec![], vec![]);
-        let gbps = |secs: f64| o.bulk as f64 * 8.0 / secs / 1e9;
-        for _ in 0..o.runs {
-            r_raw.push(gbps(raw_download(&raw, o.bulk).await));
-            r_h3.push(gbps(http_download(&h3c, &h3_url(&bulk_path), o.bulk).await));
-            r_h2.push(gbps(http_download(&h2c, &h2_url(&bulk_path), o.bulk).await));
+        if o.only != "all" && o.only != "bulk" && o.only != "rate" {
+            return;
         }
-        let (m_raw, m_h3, m_h2) = (median(r_raw.clone()), median(r_h3.clone()), median(r_h2.clone()));
-        println!("| arm | median Gbit/s | runs |\n|---|---|---|");
-        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-        println!("| raw quinn stream | {m_raw:.2} | {} |", fmt(&r_raw));
-        println!("| HTTP/3 | {m_h3:.2} | {} |", fmt(&r_h3));
-        println!("| HTTP/2 | {m_h2:.2} | {} |", fmt(&r_h2));
-        println!("\nHTTP/3 / raw quinn = {:.2} (goal >= 0.90); HTTP/3 / HTTP/2 = {:.2}\n", m_h3 / m_raw, m_h3 / m_h2);
+        if o.only == "all" || o.only == "bulk" {
+            println!("## Bulk download, one connection, {} MiB, {} runs (Gbit/s)\n", o.bulk >> 20, o.runs);
+            let bulk_path = format!("/bytes/{}", o.bulk);
+            // Warm-up: windows and congestion state open up once per connection.
+            raw_download(&raw, 16 << 20).await;
+            http_download(&h3c, &h3_url("/bytes/16M"), 16 << 20).await;
+            http_download(&h2c, &h2_url("/bytes/16M"), 16 << 20).await;
+            let (mut r_raw, mut r_h3, mut r_h2) = (vec![], vec![], vec![]);
+            let gbps = |secs: f64| o.bulk as f64 * 8.0 / secs / 1e9;
+            for _ in 0..o.runs {
+                r_raw.push(gbps(raw_download(&raw, o.bulk).await));
+                r_h3.push(gbps(http_download(&h3c, &h3_url(&bulk_path), o.bulk).await));
+                r_h2.push(gbps(http_download(&h2c, &h2_url(&bulk_path), o.bulk).await));
+            }
+            let (m_raw, m_h3, m_h2) = (median(r_raw.clone()), median(r_h3.clone()), median(r_h2.clone()));
+            println!("| arm | median Gbit/s | runs |\n|---|---|---|");
+            let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+            println!("| raw quinn stream | {m_raw:.2} | {} |", fmt(&r_raw));
+            println!("| HTTP/3 | {m_h3:.2} | {} |", fmt(&r_h3));
+            println!("| HTTP/2 | {m_h2:.2} | {} |", fmt(&r_h2));
+            println!(
+                "\nHTTP/3 / raw quinn = {:.2} (goal >= 0.90); HTTP/3 / HTTP/2 = {:.2}\n",
+                m_h3 / m_raw,
+                m_h3 / m_h2
+            );
+        }
+        if o.only != "all" && o.only != "rate" {
+            return;
+        }
 
         println!(
             "## Request rate, 1 KiB responses, 100 concurrent streams, one connection, {} s x {} runs\n",
@@ -256,10 +275,14 @@ fn main() {
     server_rt.block_on(server.shutdown());
 
     // Memory per idle HTTP/3 connection: a real `quiclab serve` process.
-    println!("## Server memory per idle HTTP/3 connection ({} connections)\n", o.idle_conns);
+    if o.only != "all" && o.only != "memory" {
+        return;
+    }
+    println!("## Server memory per idle HTTP/3 connection ({} connections; serve {:?})\n", o.idle_conns, o.serve_args);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quiclab"))
         .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
         .arg(&certs)
+        .args(&o.serve_args)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -119,6 +119,9 @@ pub struct TransportArgs {
     /// Concurrent bidirectional streams a client may open (also HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_streams: u32,
+    /// Concurrent unidirectional streams a peer may open (HTTP/3 needs 3).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_uni_streams: u32,
     /// QUIC idle timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub idle_timeout: Duration,
@@ -134,6 +137,7 @@ impl TransportArgs {
             stream_window: self.stream_window,
             conn_window: self.conn_window,
             max_streams: self.max_streams,
+            max_uni_streams: self.max_uni_streams,
             idle_timeout: self.idle_timeout,
             initial_rtt: self.initial_rtt,
         }

@@ -112,6 +112,7 @@ impl ServerConfig {
         line("stream_window", &t.stream_window);
         line("conn_window", &t.conn_window);
         line("max_streams", &t.max_streams);
+        line("max_uni_streams", &t.max_uni_streams);
         line("idle_timeout_ms", &t.idle_timeout.as_millis());
         line("initial_rtt_ms", &t.initial_rtt.as_millis());
         line("max_connections", &self.max_connections);
@@ -218,6 +219,10 @@ pub struct TransportConfig {
     /// Concurrent client-initiated bidirectional streams. 100: the HTTP/2 default that most
     /// servers advertise (RFC 9113 §6.5.2 recommends at least 100), so H2 and H3 compare fairly.
     pub max_streams: u32,
+    /// Concurrent client-initiated unidirectional streams. 10: HTTP/3 needs three (control,
+    /// QPACK encoder and decoder, RFC 9114 §6.2) and quiclab offers no push; quinn keeps state
+    /// for every stream it allows, so its default of 100 costs memory on every idle connection.
+    pub max_uni_streams: u32,
     /// Idle timeout. 30 s: quinn's default.
     pub idle_timeout: Duration,
     /// RTT assumed before the first sample. 333 ms: RFC 9002 §6.2.2's recommended value and
@@ -232,6 +237,7 @@ impl Default for TransportConfig {
             stream_window: 1_250_000,
             conn_window: 16 << 20,
             max_streams: 100,
+            max_uni_streams: 10,
             idle_timeout: Duration::from_secs(30),
             initial_rtt: Duration::from_millis(333),
         }

@@ -32,6 +32,7 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, S
     tc.stream_receive_window(varint(t.stream_window, "stream window")?)
         .receive_window(varint(t.conn_window, "connection window")?)
         .max_concurrent_bidi_streams(t.max_streams.into())
+        .max_concurrent_uni_streams(t.max_uni_streams.into())
         .initial_rtt(t.initial_rtt)
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| "idle timeout too large".to_string())?,
@@ -115,7 +116,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<QuicContext>) {
         };
         let Some(incoming) = incoming else { break };
         let ctx2 = ctx.clone();
-        ctx.tracker.spawn(async move { handle_incoming(incoming, ctx2).await });
+        ctx.tracker.spawn(handle_incoming(incoming, ctx2));
     }
 }
 
@@ -188,14 +189,16 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
                 tracing::debug!(%remote, "HTTP/3 connection");
                 let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3)
                     .with_congestion(ctx.congestion.to_string());
-                crate::web::h3::serve_connection(
+                // Boxed: the handshake-stage state above is not carried through the
+                // connection's whole life (memory per idle connection).
+                let f = Box::pin(crate::web::h3::serve_connection(
                     ctx.site.clone(),
                     Arc::new(info),
                     conn.clone(),
                     handshake_done.clone(),
                     ctx.shutdown.clone(),
-                )
-                .await;
+                ));
+                f.await;
             }
             other => {
                 tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");

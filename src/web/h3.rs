@@ -35,11 +35,10 @@ pub async fn serve_connection(
 ) {
     let remote = quic.remote_address();
     let h3conn_quic = quic.clone();
-    let mut h3conn: H3Conn = match h3::server::builder()
-        .max_field_section_size(site.limits().max_header_bytes as u64)
-        .build(h3_quinn::Connection::new(quic))
-        .await
-    {
+    // Set-up and shutdown futures are boxed so the connection's long-lived state stays small.
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(site.limits().max_header_bytes as u64);
+    let mut h3conn: H3Conn = match Box::pin(builder.build(h3_quinn::Connection::new(quic))).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%remote, error = %e, "HTTP/3 connection setup failed");
@@ -57,7 +56,7 @@ pub async fn serve_connection(
                 requests.close();
                 // RFC 9114 §5.2: GOAWAY names the first request id that will not be served;
                 // requests already accepted finish.
-                if let Err(e) = h3conn.shutdown(0).await {
+                if let Err(e) = Box::pin(h3conn.shutdown(0)).await {
                     tracing::debug!(%remote, error = %e, "sending GOAWAY failed");
                     return;
                 }
