@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Write one qlog file per QUIC connection into DIR (open them in qvis).
     #[arg(long, value_name = "DIR")]
     pub qlog_dir: Option<PathBuf>,
+    /// Advertise ADDR as the server's preferred address (RFC 9000 §9.6); it must reach the same
+    /// UDP socket (e.g. --listen [::]:4433 --preferred-address 127.0.0.2:4433). Up to one IPv4
+    /// and one IPv6 address. quinn's own client does not migrate to it; ngtcp2's does.
+    #[arg(long, value_name = "ADDR")]
+    pub preferred_address: Vec<SocketAddr>,
     /// Send a stateless Retry to every new QUIC client (address validation; costs one RTT).
     #[arg(long)]
     pub retry: bool,
@@ -252,6 +257,7 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.root = args.root.clone();
     cfg.qlog_dir = args.qlog_dir.clone();
     cfg.retry = args.retry;
+    cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
     cfg

@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// address before any state is kept, at the cost of one extra RTT. Off by default, like
     /// most deployments, so handshake timings show QUIC's usual 1-RTT.
     pub retry: bool,
+    /// Addresses advertised in the `preferred_address` transport parameter (RFC 9000 §9.6),
+    /// at most one IPv4 and one IPv6. They must reach the same UDP socket (e.g. listen on
+    /// `[::]:4433` and advertise `127.0.0.2:4433`). Empty by default: clients stay where they are.
+    pub preferred_addresses: Vec<SocketAddr>,
     /// Write one qlog file per QUIC connection into this directory.
     pub qlog_dir: Option<PathBuf>,
     /// How long a graceful shutdown may take before open connections are closed hard.
@@ -75,6 +79,7 @@ impl ServerConfig {
             transport: TransportConfig::default(),
             max_connections: 10_000,
             retry: false,
+            preferred_addresses: Vec::new(),
             qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -117,6 +122,10 @@ impl ServerConfig {
         line("initial_rtt_ms", &t.initial_rtt.as_millis());
         line("max_connections", &self.max_connections);
         line("retry", &self.retry);
+        if !self.preferred_addresses.is_empty() {
+            let list: Vec<String> = self.preferred_addresses.iter().map(|a| a.to_string()).collect();
+            line("preferred_address", &list.join(", "));
+        }
         match &self.qlog_dir {
             Some(d) => line("qlog_dir", &d.display()),
             None => line("qlog_dir", &"(off)"),

@@ -211,3 +211,88 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
         _ = deadline => {}
     }
 }
+
+/// The UDP socket under an endpoint that advertises a preferred address (RFC 9000 §9.6).
+///
+/// quinn 0.11 fixes a connection's local IP when the connection is created and answers from
+/// it ever after, so a client that moves to the preferred address (another IP on the same
+/// socket) would get its answers from the old address and drop them. This wrapper remembers,
+/// per client address, which preferred IP the client last sent to, and sends from that IP.
+#[derive(Debug)]
+pub struct FollowDestination {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    preferred: Vec<std::net::IpAddr>,
+    /// Client address → the preferred IP it last sent to. Bounded: cleared when it grows past
+    /// `MAX_ENTRIES` (entries only exist for clients that moved).
+    moved: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::net::IpAddr>>,
+}
+
+impl FollowDestination {
+    const MAX_ENTRIES: usize = 65_536;
+
+    /// Wrap `socket`; `preferred` are the advertised addresses.
+    pub fn new(socket: Arc<dyn quinn::AsyncUdpSocket>, preferred: &[SocketAddr]) -> Self {
+        FollowDestination {
+            inner: socket,
+            preferred: preferred.iter().map(|a| a.ip().to_canonical()).collect(),
+            moved: Default::default(),
+        }
+    }
+}
+
+impl quinn::AsyncUdpSocket for FollowDestination {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> io::Result<()> {
+        let src = self.moved.lock().unwrap_or_else(|e| e.into_inner()).get(&transmit.destination).copied();
+        match src {
+            Some(ip) if transmit.src_ip != Some(ip) => {
+                let t = quinn::udp::Transmit { src_ip: Some(ip), ..*transmit };
+                self.inner.try_send(&t)
+            }
+            _ => self.inner.try_send(transmit),
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let res = self.inner.poll_recv(cx, bufs, meta);
+        if let std::task::Poll::Ready(Ok(n)) = &res {
+            for m in &meta[..*n] {
+                let Some(dst) = m.dst_ip else { continue };
+                let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+                if self.preferred.contains(&dst.to_canonical()) {
+                    if moved.len() >= Self::MAX_ENTRIES {
+                        moved.clear();
+                    }
+                    moved.insert(m.addr, dst);
+                } else if !moved.is_empty() {
+                    moved.remove(&m.addr);
+                }
+            }
+        }
+        res
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}

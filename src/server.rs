@@ -102,13 +102,24 @@ impl Server {
         server_config
             .transport_config(Arc::new(crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?));
         let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
+        for addr in &cfg.preferred_addresses {
+            match addr {
+                SocketAddr::V4(a) => server_config.preferred_address_v4(Some(*a)),
+                SocketAddr::V6(a) => server_config.preferred_address_v6(Some(*a)),
+            };
+        }
         let server_config_copy = server_config.clone();
         let (udp, listener) = bind_pair(cfg.quic_listen, cfg.tcp_listen)?;
-        let endpoint = quinn::Endpoint::new(
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let mut socket = runtime.wrap_udp_socket(udp).map_err(bind_err("UDP", cfg.quic_listen))?;
+        if !cfg.preferred_addresses.is_empty() {
+            socket = Arc::new(crate::quic::FollowDestination::new(socket, &cfg.preferred_addresses));
+        }
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config),
-            udp,
-            Arc::new(quinn::TokioRuntime),
+            socket,
+            runtime,
         )
         .map_err(bind_err("UDP", cfg.quic_listen))?;
         let quic_addr = endpoint.local_addr().map_err(bind_err("UDP", cfg.quic_listen))?;
