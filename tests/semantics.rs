@@ -339,3 +339,25 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         assert_eq!(r.text(), "delayed 300 ms\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_never_finishes_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let ts = TestServer::start_with(|c| c.limits.handshake_timeout = std::time::Duration::from_millis(300)).await;
+    // A TCP client that connects and says nothing.
+    let mut silent = tokio::net::TcpStream::connect(ts.server.tcp_addr()).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(250), "{:?}", t.elapsed());
+    // Meanwhile and afterwards, others are served.
+    for v in BOTH {
+        let (conn, _) = ts.connect(v).await;
+        assert_eq!(send(&conn, "GET", &ts.url(v, "/status/200"), &[], b"").await.status, 200);
+    }
+    ts.stop().await;
+}

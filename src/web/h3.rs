@@ -9,6 +9,7 @@
 //! request sat unaccepted past the handshake, which the eager accept loop avoids.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::future::FutureExt;
@@ -64,6 +65,13 @@ pub async fn serve_connection(
             }
             _ = requests.wait(), if draining => {
                 // RFC 9114 §5.2: once the requests in flight are done, close the connection.
+                // The last responses may still be in flight, unacknowledged, and a close
+                // discards what is unsent: give them a few RTTs, or until the client closes.
+                let linger = (h3conn_quic.rtt() * 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                tokio::select! {
+                    _ = h3conn_quic.closed() => {}
+                    _ = tokio::time::sleep(linger) => {}
+                }
                 quic_close(&h3conn_quic, "server shutting down");
                 break;
             }

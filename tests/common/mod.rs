@@ -20,6 +20,11 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        // RUST_LOG=debug cargo test ... shows the server's log lines with the test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = ServerConfig::ephemeral(dir.path().join("certs"));
         tweak(&mut cfg);
