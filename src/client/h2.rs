@@ -92,18 +92,29 @@ impl H2Connection {
 
     /// Send a request; the response body streams. HTTP/1.1 requests are sent one at a time.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Body>, ClientError> {
-        let req = req.map(Full::new);
         let resp = match &self.sender {
             Sender::H2(s) => {
                 // HTTP/2 requests carry :authority, not Host (RFC 9113 §8.3.1).
-                let mut s = s.clone();
-                s.ready().await?;
-                s.send_request(req).await?
+                let mut attempt = 0;
+                loop {
+                    let mut s = s.clone();
+                    s.ready().await?;
+                    match s.send_request(super::h3::clone_request(&req).map(Full::new)).await {
+                        // RFC 9113 §8.7: a stream refused with REFUSED_STREAM was not processed
+                        // (e.g. sent before the server's SETTINGS lowered the stream limit) and
+                        // is safe to send again.
+                        Err(e) if attempt < 5 && is_refused_stream(&e) => {
+                            attempt += 1;
+                            tokio::task::yield_now().await;
+                        }
+                        other => break other?,
+                    }
+                }
             }
             Sender::H1(s) => {
                 let mut s = s.lock().await;
                 s.ready().await?;
-                let mut req = req;
+                let mut req = req.map(Full::new);
                 if let Some(host) = req.uri().authority().map(|a| a.to_string()) {
                     if let Ok(v) = http::HeaderValue::from_str(&host) {
                         req.headers_mut().insert(http::header::HOST, v);
@@ -119,4 +130,16 @@ impl H2Connection {
         };
         Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync()))
     }
+}
+
+/// Was this request refused with HTTP/2 REFUSED_STREAM?
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
