@@ -177,6 +177,10 @@ pub struct GetArgs {
     /// Request method.
     #[arg(short = 'X', long, value_name = "METHOD", default_value = "GET")]
     pub method: http::Method,
+    /// Connect to ADDR (IP:PORT) instead of resolving the URL's host, which still names the
+    /// server for SNI and certificate checks (e.g. --connect-to $QUICLAB_SERVER:4433 in the lab).
+    #[arg(long, value_name = "ADDR")]
+    pub connect_to: Option<std::net::SocketAddr>,
     /// Give up if no connection is established within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
@@ -322,7 +326,10 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
         return Err(ClientError::Other("--0rtt and --rebind-after need HTTP/3 (QUIC); drop --http2".into()).into());
     }
     let opts = ClientOptions { trust, connect_timeout: args.connect_timeout, transport: args.transport.to_config() };
-    let target = Target::parse(&args.url)?;
+    let mut target = Target::parse(&args.url)?;
+    if let Some(addr) = args.connect_to {
+        target = target.with_addr(addr);
+    }
     let body = match &args.data {
         None => Bytes::new(),
         Some(d) => match d.strip_prefix('@') {

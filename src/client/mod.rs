@@ -96,6 +96,9 @@ pub struct Target {
     pub port: u16,
     /// The full URI, for the request line / pseudo-headers.
     pub uri: http::Uri,
+    /// Connect here instead of resolving `host` (like curl's `--connect-to`): the name is still
+    /// used for SNI and certificate checks.
+    pub addr: Option<SocketAddr>,
 }
 
 impl Target {
@@ -114,11 +117,20 @@ impl Target {
         };
         let port = parsed.port().unwrap_or(443);
         let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        Ok(Target { host, port, uri })
+        Ok(Target { host, port, uri, addr: None })
+    }
+
+    /// The same target, reached at `addr`.
+    pub fn with_addr(mut self, addr: SocketAddr) -> Target {
+        self.addr = Some(addr);
+        self
     }
 
     /// Resolve the host; IPv4 first when both exist (the dual-stack server answers on both).
     pub async fn resolve(&self) -> Result<SocketAddr, ClientError> {
+        if let Some(a) = self.addr {
+            return Ok(a);
+        }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|source| ClientError::Resolve { host: self.host.clone(), source })?
