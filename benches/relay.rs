@@ -14,8 +14,8 @@
 //!
 //! Run: `cargo bench --bench relay` (as root, or unprivileged where user namespaces are enabled:
 //! the bench then re-executes itself in a user + network namespace). Options:
-//! `-- --pings 5000 --bulk-secs 5`. Results go to standard output as a Markdown table (copied into
-//! docs/BENCHMARKS.md).
+//! `-- --pings 5000 --bulk-secs 5 --spin-us 100` (the last sets the delay line's spin for part 3).
+//! Results go to standard output as a Markdown table (copied into docs/BENCHMARKS.md).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -26,15 +26,17 @@ use quiclab::lab::{prepare_process, Impairment, Link, LinkConfig, SERVER_IP};
 struct Opts {
     pings: usize,
     bulk_secs: f64,
+    spin_us: Option<u64>,
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { pings: 5000, bulk_secs: 5.0 };
+    let mut o = Opts { pings: 5000, bulk_secs: 5.0, spin_us: None };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--pings" => o.pings = args.next().and_then(|v| v.parse().ok()).expect("--pings N"),
             "--bulk-secs" => o.bulk_secs = args.next().and_then(|v| v.parse().ok()).expect("--bulk-secs S"),
+            "--spin-us" => o.spin_us = args.next().and_then(|v| v.parse().ok()),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -139,7 +141,11 @@ fn main() {
     drop(link);
 
     // 3. Delay accuracy at 25 ms each way.
-    let link = Link::start(LinkConfig::symmetric(Impairment::delay(Duration::from_millis(25)), 1)).expect("link");
+    let mut cfg = LinkConfig::symmetric(Impairment::delay(Duration::from_millis(25)), 1);
+    if let Some(us) = o.spin_us {
+        cfg.spin = Duration::from_micros(us);
+    }
+    let link = Link::start(cfg).expect("link");
     let (d_p50, d_p99) = across(&link, (o.pings / 25).max(100));
     let dl = link.stats();
     drop(link);

@@ -25,6 +25,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Serve the test site over HTTP/3 (UDP) and HTTP/2 + HTTP/1.1 over TLS (TCP).
     Serve(ServeArgs),
@@ -33,6 +34,10 @@ pub enum Command {
     /// Create (if missing) and show the development certificates, with ready-to-paste client
     /// command lines.
     Certs(CertsArgs),
+    /// Experiments over an emulated lossy, delayed link (network namespaces joined by quiclab's
+    /// relay): link, hol, handshake, migrate, flow.
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
 }
 
 /// Where certificates come from (shared by `serve` and `certs`).
@@ -71,6 +76,10 @@ pub struct ServeArgs {
     /// and one IPv6 address. quinn's own client does not migrate to it; ngtcp2's does.
     #[arg(long, value_name = "ADDR")]
     pub preferred_address: Vec<SocketAddr>,
+    /// TCP congestion control for the TLS/TCP listener (TCP_CONGESTION, e.g. cubic or reno; needs
+    /// root or the lab's namespace for algorithms not in net.ipv4.tcp_allowed_congestion_control).
+    #[arg(long, value_name = "NAME")]
+    pub tcp_congestion: Option<String>,
     /// Send a stateless Retry to every new QUIC client (address validation; costs one RTT).
     #[arg(long)]
     pub retry: bool,
@@ -177,6 +186,9 @@ pub struct GetArgs {
     /// Request method.
     #[arg(short = 'X', long, value_name = "METHOD", default_value = "GET")]
     pub method: http::Method,
+    /// TCP congestion control for --http2 (TCP_CONGESTION, e.g. cubic or reno); default: the kernel's.
+    #[arg(long, value_name = "NAME")]
+    pub tcp_congestion: Option<String>,
     /// Connect to ADDR (IP:PORT) instead of resolving the URL's host, which still names the
     /// server for SNI and certificate checks (e.g. --connect-to $QUICLAB_SERVER:4433 in the lab).
     #[arg(long, value_name = "ADDR")]
@@ -228,6 +240,8 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lab(#[from] crate::lab::LabError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -238,6 +252,7 @@ pub async fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Serve(args) => serve(args).await,
         Command::Get(args) => get(args).await,
         Command::Certs(args) => certs(args),
+        Command::Lab(cmd) => Ok(crate::lab::run(cmd).await?),
     }
 }
 
@@ -261,6 +276,7 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.root = args.root.clone();
     cfg.qlog_dir = args.qlog_dir.clone();
     cfg.retry = args.retry;
+    cfg.tcp_congestion = args.tcp_congestion.clone();
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
@@ -325,7 +341,12 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
     if args.http2 && (args.zero_rtt || args.rebind_after.is_some()) {
         return Err(ClientError::Other("--0rtt and --rebind-after need HTTP/3 (QUIC); drop --http2".into()).into());
     }
-    let opts = ClientOptions { trust, connect_timeout: args.connect_timeout, transport: args.transport.to_config() };
+    let opts = ClientOptions {
+        trust,
+        connect_timeout: args.connect_timeout,
+        transport: args.transport.to_config(),
+        tcp_congestion: args.tcp_congestion.clone(),
+    };
     let mut target = Target::parse(&args.url)?;
     if let Some(addr) = args.connect_to {
         target = target.with_addr(addr);

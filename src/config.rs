@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// at most one IPv4 and one IPv6. They must reach the same UDP socket (e.g. listen on
     /// `[::]:4433` and advertise `127.0.0.2:4433`). Empty by default: clients stay where they are.
     pub preferred_addresses: Vec<SocketAddr>,
+    /// TCP congestion control for the TLS/TCP listener's sockets (`TCP_CONGESTION`, inherited by
+    /// accepted sockets). `None`: the kernel default (BBR on these machines, Cubic on most
+    /// others). Comparisons set it to the QUIC side's controller.
+    pub tcp_congestion: Option<String>,
     /// Write one qlog file per QUIC connection into this directory.
     pub qlog_dir: Option<PathBuf>,
     /// How long a graceful shutdown may take before open connections are closed hard.
@@ -80,6 +84,7 @@ impl ServerConfig {
             max_connections: 10_000,
             retry: false,
             preferred_addresses: Vec::new(),
+            tcp_congestion: None,
             qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -122,6 +127,7 @@ impl ServerConfig {
         line("initial_rtt_ms", &t.initial_rtt.as_millis());
         line("max_connections", &self.max_connections);
         line("retry", &self.retry);
+        line("tcp_congestion", &self.tcp_congestion.as_deref().unwrap_or("(kernel default)"));
         if !self.preferred_addresses.is_empty() {
             let list: Vec<String> = self.preferred_addresses.iter().map(|a| a.to_string()).collect();
             line("preferred_address", &list.join(", "));

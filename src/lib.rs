@@ -17,6 +17,8 @@
 //! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
 //! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
+//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS transport, client, `mqtt pub/sub/bench` |
+//! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
 //!
 //! # Rules
 //!
@@ -27,6 +29,8 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod lab;
+pub mod mqtt;
 pub mod quic;
 pub mod server;
 pub mod stats;

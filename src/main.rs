@@ -4,6 +4,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = quiclab::cli::Cli::parse();
+    // The lab needs network namespaces: when not root, re-run inside a user + network namespace
+    // (before any thread exists).
+    if let Err(e) = quiclab::lab::prepare_process(matches!(cli.command, quiclab::cli::Command::Lab(_))) {
+        eprintln!("quiclab: error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -127,6 +127,10 @@ impl Server {
         // TLS/TCP
         let tcp_tls = tls::tcp_server_config(&store, &[config::ALPN_H2, config::ALPN_HTTP11])?;
         let tcp_addr = listener.local_addr().map_err(bind_err("TCP", cfg.tcp_listen))?;
+        if let Some(cc) = &cfg.tcp_congestion {
+            use std::os::fd::AsRawFd;
+            crate::tcp::set_congestion(listener.as_raw_fd(), cc).map_err(ServerError::Setup)?;
+        }
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=3600", quic_addr.port())).ok();
 
         let qlog = match &cfg.qlog_dir {

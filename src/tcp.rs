@@ -15,6 +15,27 @@ use crate::stats::{ConnInfo, Protocol};
 use crate::web::h2::H2Options;
 use crate::web::Site;
 
+/// Set a TCP socket's congestion control algorithm (`TCP_CONGESTION`, e.g. `cubic`, `reno`).
+/// A listener's setting is inherited by the sockets it accepts.
+pub fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: `name` outlives the call and its length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("TCP_CONGESTION={name}: {e}")))
+    }
+}
+
 /// Bind a TCP listener; an unspecified IPv6 address is bound dual-stack.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use super::{alpn_list, ClientError, ClientOptions, HttpVersion};
 use crate::stats::Protocol;
@@ -18,19 +17,29 @@ use crate::web::{Body, BodyError};
 pub struct H2Client {
     tls: tokio_rustls::TlsConnector,
     transport: crate::config::TransportConfig,
+    tcp_congestion: Option<String>,
 }
 
 impl H2Client {
     /// A client with `opts`' trust and windows.
     pub fn new(opts: &ClientOptions) -> Result<H2Client, ClientError> {
         let tls = crate::tls::client_config(&opts.trust, &alpn_list(HttpVersion::H2), false)?;
-        Ok(H2Client { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), transport: opts.transport.clone() })
+        Ok(H2Client {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            transport: opts.transport.clone(),
+            tcp_congestion: opts.tcp_congestion.clone(),
+        })
     }
 
     /// Connect over TCP + TLS and start HTTP/2 (or HTTP/1.1 if the server picks it).
     pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H2Connection, ClientError> {
         let start = Instant::now();
-        let tcp = TcpStream::connect(addr).await?;
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        if let Some(cc) = &self.tcp_congestion {
+            use std::os::fd::AsRawFd;
+            crate::tcp::set_congestion(socket.as_raw_fd(), cc)?;
+        }
+        let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| ClientError::Other(format!("bad server name {server_name:?}: {e}")))?;

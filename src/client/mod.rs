@@ -72,6 +72,8 @@ pub struct ClientOptions {
     pub trust: Trust,
     /// QUIC transport parameters (windows, congestion controller); HTTP/2 windows follow them.
     pub transport: crate::config::TransportConfig,
+    /// TCP congestion control for HTTP/2 sockets (`TCP_CONGESTION`); `None`: the kernel default.
+    pub tcp_congestion: Option<String>,
     /// Give up on a connection attempt after this long. 10 s: QUIC gets no ICMP-driven
     /// failure from a closed port, so without it a wrong port waits for the idle timeout.
     pub connect_timeout: Duration,
@@ -82,6 +84,7 @@ impl Default for ClientOptions {
         ClientOptions {
             trust: Trust::default(),
             transport: Default::default(),
+            tcp_congestion: None,
             connect_timeout: Duration::from_secs(10),
         }
     }

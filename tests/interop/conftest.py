@@ -16,6 +16,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -242,3 +243,110 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
         )
     if rc != 0:
         pytest.fail(f"quiclab exited with status {rc} after SIGTERM\n{srv.log_tail()}", pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extra servers with their own flags (test_zero_rtt.py, test_migration.py).
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    """A port free for both UDP and TCP on `host` right now (for servers that must know their port
+    before they start, e.g. to advertise it as a preferred address)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
+@pytest.fixture
+def spawn_server(quiclab_bin: Path, server: Server, tmp_path_factory: pytest.TempPathFactory):
+    """Start extra servers: `spawn_server(listen, *flags)` runs
+    `quiclab serve --listen LISTEN --certs <the session server's certs> FLAGS...` (same CA,
+    RUST_LOG=info, SSLKEYLOGFILE) and returns its `Server`. Each is stopped with SIGTERM (to its
+    own PID) when the test ends and must exit 0."""
+    started: list[tuple[subprocess.Popen, Path]] = []  # (process, its stderr log)
+
+    def spawn(listen: str, *flags: str) -> Server:
+        workdir = tmp_path_factory.mktemp("quiclab-extra")
+        log = workdir / "server.log"
+        keylog = workdir / "keys.log"
+        env = dict(os.environ, NO_COLOR="1", SSLKEYLOGFILE=str(keylog))
+        env.setdefault("RUST_LOG", "info")
+        cmd = [str(quiclab_bin), "serve", "--listen", listen, "--certs", str(server.certs_dir), *flags]
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, cwd=workdir, env=env
+            )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                lines.put(raw.decode("utf-8", "replace"))
+            lines.put(None)
+
+        threading.Thread(target=pump, name="quiclab-extra-stdout", daemon=True).start()
+        started.append((proc, log))
+        banner: list[str] = []
+        deadline = time.monotonic() + BANNER_TIMEOUT_S
+        while not any("SPKI sha256" in line for line in banner):
+            remaining = deadline - time.monotonic()
+            try:
+                line = lines.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                line = ""
+            if line is None or remaining <= 0:
+                proc.kill()
+                proc.wait()
+                started.pop()
+                pytest.fail(
+                    f"{' '.join(cmd)} did not start (exit {proc.returncode})\nstdout:\n{''.join(banner)}"
+                    f"\nstderr:\n{log.read_text(errors='replace')[-3000:]}",
+                    pytrace=False,
+                )
+            banner.append(line)
+        text = "".join(banner)
+        found = {k: r.search(text) for k, r in _ADDR_RE.items()}
+        assert all(found.values()), f"banner lacks {[k for k, m in found.items() if m is None]}:\n{text}"
+        udp, tcp = found["udp"].group(1), found["tcp"].group(1)
+        srv = Server(
+            udp_addr=udp,
+            tcp_addr=tcp,
+            udp_port=_port(udp),
+            tcp_port=_port(tcp),
+            ca=server.ca,
+            spki=found["spki"].group(1),
+            certs_dir=server.certs_dir,
+            log=log,
+            banner=text,
+            keylog=keylog,
+        )
+        return srv
+
+    yield spawn
+
+    failures = []
+    for proc, log in started:
+        if proc.poll() is not None:
+            failures.append(f"extra server exited during the test with status {proc.returncode}")
+            continue
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            failures.append(f"extra server did not exit within {SHUTDOWN_TIMEOUT_S} s of SIGTERM")
+            continue
+        if rc != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            failures.append(f"extra server exited with status {rc} after SIGTERM\n{tail}")
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)

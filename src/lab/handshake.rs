@@ -1,0 +1,250 @@
+//! `quiclab lab handshake`: what a fresh connection costs, in round trips.
+//!
+//! Time to first byte of a small GET on a new connection, over the lab's link at a given RTT:
+//!
+//! | case | theory (RTT) | why |
+//! |------|--------------|-----|
+//! | HTTP/2 over TCP + TLS 1.3 | 3 | TCP handshake, TLS handshake, request |
+//! | HTTP/3, 1-RTT | 2 | QUIC+TLS handshake, request |
+//! | HTTP/3, 0-RTT | 1 | the request rides in the first flight (RFC 9001 §4.6) |
+//!
+//! Every run uses a new connection; the HTTP/2 and 1-RTT HTTP/3 runs use a new client too,
+//! so nothing is resumed. The 0-RTT runs share one client, which resumes the session of the
+//! run before (a warm-up connection provides the first ticket). Results are reported in units
+//! of the configured RTT, beside the RTT the link's self-check measured.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::link::{Impairment, Link, LinkConfig};
+use super::report::{self, Series};
+use super::selfcheck::SelfCheckOptions;
+use super::server::LabServer;
+use super::LabError;
+use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
+use crate::config::{parse_duration, ServerConfig};
+use crate::tls::Trust;
+
+/// `quiclab lab handshake` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HandshakeArgs {
+    /// Round-trip time of the link (half each way).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50ms")]
+    pub rtt: Duration,
+    /// Fresh connections per case.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub runs: usize,
+    /// Results folder: results.json, report.md, handshake.svg (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "handshake-results")]
+    pub out: std::path::PathBuf,
+    /// Seed of the link's random streams (no loss here, but recorded).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// One case's samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// What was measured.
+    pub case: &'static str,
+    /// The theory, in RTTs.
+    pub theory_rtt: f64,
+    /// Time to first byte of each run, ms.
+    pub ttfb_ms: Vec<f64>,
+    /// Median TTFB in units of the configured RTT.
+    pub median_rtt: f64,
+    /// Median minus theory, in RTTs.
+    pub excess_rtt: f64,
+    /// How each run's early data fared (0-RTT case only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zero_rtt: Vec<String>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeResults {
+    pub configured_rtt_ms: f64,
+    pub measured_rtt_ms: f64,
+    pub runs: usize,
+    pub seed: u64,
+    pub link: LinkConfig,
+    pub self_check: String,
+    pub cases: Vec<CaseResult>,
+    pub versions: report::Versions,
+}
+
+/// Run the measurement and write its outputs; the exit status.
+pub async fn run_handshake(args: HandshakeArgs) -> Result<i32, LabError> {
+    let results = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
+        .await
+        .map_err(std::io::Error::other)??;
+    let (results, args) = results;
+    write_outputs(&args.out, &results)?;
+    for c in &results.cases {
+        println!(
+            "{:<22} median {:>7.2} ms = {:.2} RTT (theory {:.0}, excess {:+.2})",
+            c.case,
+            report::median(&c.ttfb_ms),
+            c.median_rtt,
+            c.theory_rtt,
+            c.excess_rtt
+        );
+    }
+    println!("results in {}", args.out.display());
+    Ok(0)
+}
+
+/// Build the link, start the server, measure every case. Blocking: it drives its own runtimes.
+pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
+    let link = Link::start(LinkConfig::symmetric(Impairment::delay(args.rtt / 2), args.seed))?;
+    let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
+    if !check.passed {
+        return Err(LabError::SelfCheckFailed(check.summary()));
+    }
+    let measured_rtt_ms = check.last().rtt_measured_ms;
+    let certs = std::env::temp_dir().join(format!("quiclab-handshake-{}", std::process::id()));
+    let mut cfg = ServerConfig::new();
+    let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
+    cfg.quic_listen = addr;
+    cfg.tcp_listen = addr;
+    cfg.certs_dir = certs.clone();
+    let server = LabServer::start(&link, cfg)?;
+    let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
+    let ca = certs.join("ca.pem");
+    let runs = args.runs;
+    let rtt = args.rtt;
+    let thread = link.spawn_in_client_ns("lab-handshake", move || -> Result<Vec<CaseResult>, LabError> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(client_cases(quic, tcp, ca, runs, rtt))
+    })?;
+    let cases = thread.join()?;
+    drop(server);
+    Ok(HandshakeResults {
+        configured_rtt_ms: args.rtt.as_secs_f64() * 1000.0,
+        measured_rtt_ms,
+        runs: args.runs,
+        seed: args.seed,
+        link: link.config(),
+        self_check: check.summary(),
+        cases,
+        versions: report::versions(),
+    })
+}
+
+async fn client_cases(
+    quic: SocketAddr,
+    tcp: SocketAddr,
+    ca: std::path::PathBuf,
+    runs: usize,
+    rtt: Duration,
+) -> Result<Vec<CaseResult>, LabError> {
+    let opts = ClientOptions { trust: Trust::CaFile(ca), ..Default::default() };
+    // The certificate names localhost; connect to the lab address with that name.
+    let target = |addr: SocketAddr| -> Result<Target, LabError> {
+        let uri: http::Uri =
+            format!("https://localhost:{}/status/200", addr.port()).parse().map_err(std::io::Error::other)?;
+        Ok(Target { host: "localhost".into(), port: addr.port(), uri, addr: Some(addr) })
+    };
+    let rtt_ms = rtt.as_secs_f64() * 1000.0;
+    let err = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
+
+    let mut h2 = Vec::new();
+    let mut h3 = Vec::new();
+    let mut h3_0 = Vec::new();
+    let mut zero_rtt = Vec::new();
+    let t2 = target(tcp)?;
+    let t3 = target(quic)?;
+    let resuming = Client::new(HttpVersion::H3, &opts).map_err(err)?;
+    let zero = FetchOptions { zero_rtt: true, rebind_after: None };
+    // Warm-up: a ticket for the first 0-RTT run.
+    let req = client::request(&t3, http::Method::GET, Bytes::new()).map_err(err)?;
+    client::fetch_with(&resuming, &t3, req, &zero).await.map_err(err)?;
+    for _ in 0..runs {
+        // Interleaved, so drift on a shared machine hits every case alike.
+        let fresh = Client::new(HttpVersion::H2, &opts).map_err(err)?;
+        h2.push(ttfb(&fresh, &t2, &FetchOptions::default()).await.map_err(err)?.0);
+        let fresh = Client::new(HttpVersion::H3, &opts).map_err(err)?;
+        h3.push(ttfb(&fresh, &t3, &FetchOptions::default()).await.map_err(err)?.0);
+        let (ms, z) = ttfb(&resuming, &t3, &zero).await.map_err(err)?;
+        h3_0.push(ms);
+        zero_rtt.push(z.map(|z| z.to_string()).unwrap_or_default());
+    }
+    let case = |case, theory, ttfb_ms: Vec<f64>, zero_rtt| {
+        let median_rtt = report::median(&ttfb_ms) / rtt_ms;
+        CaseResult { case, theory_rtt: theory, median_rtt, excess_rtt: median_rtt - theory, ttfb_ms, zero_rtt }
+    };
+    Ok(vec![
+        case("HTTP/2 (TCP + TLS 1.3)", 3.0, h2, vec![]),
+        case("HTTP/3 1-RTT", 2.0, h3, vec![]),
+        case("HTTP/3 0-RTT", 1.0, h3_0, zero_rtt),
+    ])
+}
+
+/// One fetch on a fresh connection: its time to first byte (ms) and what happened to 0-RTT.
+async fn ttfb(
+    client: &Client,
+    target: &Target,
+    opts: &FetchOptions,
+) -> Result<(f64, Option<crate::client::h3::ZeroRtt>), client::ClientError> {
+    let req = client::request(target, http::Method::GET, Bytes::new())?;
+    let f = client::fetch_with(client, target, req, opts).await?;
+    Ok((f.timings.ttfb.as_secs_f64() * 1000.0, f.zero_rtt))
+}
+
+/// Write `results.json`, `report.md` and `handshake.svg`.
+pub fn write_outputs(out: &std::path::Path, r: &HandshakeResults) -> Result<(), LabError> {
+    let dir = report::ResultsDir::create(out)?;
+    dir.write_json(r)?;
+    let mut md = format!(
+        "# Handshake cost in round trips\n\nConfigured RTT {:.1} ms (measured by the link's self-check: {:.3} ms); \
+         {} fresh connections per case, interleaved. TTFB counts from the start of the connection attempt to \
+         the response headers of a small GET.\n\n",
+        r.configured_rtt_ms, r.measured_rtt_ms, r.runs
+    );
+    let rows: Vec<Vec<String>> = r
+        .cases
+        .iter()
+        .map(|c| {
+            let p = report::Percentiles::of(&c.ttfb_ms);
+            vec![
+                c.case.to_string(),
+                format!("{:.0}", c.theory_rtt),
+                format!("{:.2}", report::median(&c.ttfb_ms)),
+                format!("{:.2}", c.median_rtt),
+                format!("{:+.2}", c.excess_rtt),
+                format!("{:.2}", p.p99),
+            ]
+        })
+        .collect();
+    md += &report::md_table(
+        &["case", "theory (RTT)", "median TTFB (ms)", "median (RTT)", "excess (RTT)", "p99 (ms)"],
+        &rows,
+    );
+    if let Some(z) = r.cases.iter().find(|c| !c.zero_rtt.is_empty()) {
+        let accepted = z.zero_rtt.iter().filter(|s| s.starts_with("accepted")).count();
+        md += &format!("\n0-RTT accepted on {accepted} of {} runs.\n", z.zero_rtt.len());
+    }
+    md += &format!("\nLink self-check:\n\n```\n{}```\n", r.self_check);
+    dir.write_markdown(&md)?;
+    let series: Vec<Series> = r
+        .cases
+        .iter()
+        .map(|c| {
+            Series::line(
+                c.case,
+                c.ttfb_ms.iter().enumerate().map(|(i, ms)| (i as f64 + 1.0, ms / r.configured_rtt_ms)).collect(),
+            )
+        })
+        .collect();
+    report::plot(
+        &dir.path("handshake.svg"),
+        "Time to first byte on a fresh connection",
+        "run",
+        "TTFB (RTTs)",
+        &series,
+    )?;
+    Ok(())
+}

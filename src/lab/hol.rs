@@ -1,0 +1,597 @@
+//! `quiclab lab hol`: head-of-line blocking under loss, HTTP/2 over TLS/TCP vs HTTP/3 over QUIC.
+//!
+//! N concurrent requests of S bytes on ONE connection, across a sweep of loss rates at a given
+//! RTT and rate, R runs per point. A lost TCP segment holds back every HTTP/2 stream behind it
+//! until it is retransmitted; a lost QUIC packet holds back only the streams whose data it
+//! carried. Control arms separate that from differences in loss recovery: the same N requests
+//! over N connections, one request each, for both protocols. Per protocol, one-connection minus
+//! N-connection completion time is the cost of sharing a connection; the difference of the two,
+//! (H2₁ − H2ₙ) − (H3₁ − H3ₙ), cancels what N congestion windows do and leaves head-of-line
+//! blocking.
+//!
+//! Fairness: Cubic on both sides (TCP_CONGESTION per socket; NewReno on both if Cubic cannot be
+//! set, and the report says which ran), equal flow-control windows (HTTP/2's follow QUIC's),
+//! one cipher-suite order, the same site code, TCP_NODELAY, `net.ipv4.tcp_no_metrics_save=1`
+//! in both namespaces, and paired seeds: run r of every arm at a loss point replays random
+//! stream r of the link. TCP and QUIC send different packets, so the realized loss of every
+//! run is measured and reported, not assumed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::Serialize;
+
+use super::impair::Direction;
+use super::impair::LossModel;
+use super::link::{Impairment, Link, LinkConfig, LinkStats};
+use super::report::{self, Series};
+use super::selfcheck::SelfCheckOptions;
+use super::server::LabServer;
+use super::LabError;
+use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
+use crate::config::{parse_duration, parse_size, Congestion, ServerConfig};
+use crate::tls::Trust;
+
+/// `quiclab lab hol` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HolArgs {
+    /// Concurrent requests per run (N).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub requests: usize,
+    /// Size of each response (S).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100k")]
+    pub size: u64,
+    /// Loss rates to sweep, per direction, comma-separated (`0,1%,2%`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = super::units::parse_probability,
+          default_value = "0,0.5%,1%,2%,4%")]
+    pub loss: Vec<f64>,
+    /// Round-trip time of the link (half each way).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50ms")]
+    pub rtt: Duration,
+    /// Bottleneck rate each way.
+    #[arg(long, value_name = "RATE", value_parser = super::units::parse_rate, default_value = "10mbit")]
+    pub rate: u64,
+    /// Runs per loss rate (each arm, paired seeds).
+    #[arg(long, value_name = "R", default_value_t = 8)]
+    pub runs: usize,
+    /// Count connection set-up in the timed part.
+    #[arg(long)]
+    pub include_handshake: bool,
+    /// A short preset that finishes in under two minutes: loss 0 and 2%, 3 runs, 8 × 64 KiB,
+    /// 40 ms, 20 Mbit/s.
+    #[arg(long)]
+    pub quick: bool,
+    /// Results folder (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "hol-results")]
+    pub out: std::path::PathBuf,
+    /// Seed of the link's random streams.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl HolArgs {
+    /// The arguments after applying `--quick`.
+    pub fn effective(&self) -> HolArgs {
+        let mut a = self.clone();
+        if a.quick {
+            a.loss = vec![0.0, 0.02];
+            a.runs = 3;
+            a.requests = 8;
+            a.size = 64 << 10;
+            a.rtt = Duration::from_millis(40);
+            a.rate = 20_000_000;
+        }
+        a
+    }
+}
+
+/// The four arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Arm {
+    /// HTTP/2, all requests on one connection.
+    H2One,
+    /// HTTP/2, one connection per request.
+    H2Many,
+    /// HTTP/3, all requests on one connection.
+    H3One,
+    /// HTTP/3, one connection per request.
+    H3Many,
+}
+
+impl Arm {
+    const ALL: [Arm; 4] = [Arm::H2One, Arm::H3One, Arm::H2Many, Arm::H3Many];
+    fn name(self) -> &'static str {
+        match self {
+            Arm::H2One => "HTTP/2, 1 connection",
+            Arm::H2Many => "HTTP/2, N connections",
+            Arm::H3One => "HTTP/3, 1 connection",
+            Arm::H3Many => "HTTP/3, N connections",
+        }
+    }
+    fn version(self) -> HttpVersion {
+        match self {
+            Arm::H2One | Arm::H2Many => HttpVersion::H2,
+            Arm::H3One | Arm::H3Many => HttpVersion::H3,
+        }
+    }
+    fn one(self) -> bool {
+        matches!(self, Arm::H2One | Arm::H3One)
+    }
+}
+
+/// One run of one arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub arm: Arm,
+    pub loss: f64,
+    pub run: usize,
+    /// Completion time of each request, ms from the start of the timed part.
+    pub request_ms: Vec<f64>,
+    /// Time until the last request completed, ms.
+    pub run_ms: f64,
+    /// Realized loss (dropped / drawn), client → server and server → client.
+    pub realized_loss_up: f64,
+    pub realized_loss_down: f64,
+    /// The relay's counters and lateness for the timed part.
+    pub link: LinkStats,
+    /// The server's view of each connection (`/conn`: TCP_INFO or quinn's statistics).
+    pub server_conn: Vec<serde_json::Value>,
+}
+
+/// Summary of one arm at one loss rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmSummary {
+    pub arm: Arm,
+    pub loss: f64,
+    pub run_ms: report::Ci,
+    pub request_p50_ms: f64,
+    pub request_p99_ms: f64,
+    pub realized_loss_up: f64,
+    pub realized_loss_down: f64,
+}
+
+/// Head-of-line effect at one loss rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolSummary {
+    pub loss: f64,
+    /// H2₁ − H2ₙ, median run time, ms.
+    pub h2_sharing_cost_ms: f64,
+    /// H3₁ − H3ₙ, median run time, ms.
+    pub h3_sharing_cost_ms: f64,
+    /// (H2₁ − H2ₙ) − (H3₁ − H3ₙ), ms.
+    pub hol_ms: f64,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolResults {
+    pub config: HolConfigRecord,
+    pub fairness: Fairness,
+    pub self_check: String,
+    pub runs: Vec<RunResult>,
+    pub arms: Vec<ArmSummary>,
+    pub hol: Vec<HolSummary>,
+    pub versions: report::Versions,
+}
+
+/// The configuration as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolConfigRecord {
+    pub requests: usize,
+    pub size: u64,
+    pub loss: Vec<f64>,
+    pub rtt_ms: f64,
+    pub rate_bps: u64,
+    pub runs: usize,
+    pub include_handshake: bool,
+    pub seed: u64,
+    pub link: LinkConfig,
+}
+
+/// The settings that make the comparison fair, and the differences that remain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fairness {
+    /// The congestion controller both sides ran (`cubic`, or `reno` as the fallback).
+    pub congestion: String,
+    pub stream_window: u64,
+    pub conn_window: u64,
+    pub max_streams: u32,
+    pub tcp_nodelay: bool,
+    pub tcp_no_metrics_save: bool,
+    pub cipher_suites: &'static str,
+    /// Differences no setting removes.
+    pub remaining_differences: Vec<&'static str>,
+}
+
+/// Run the sweep and write its outputs; the exit status.
+pub async fn run_hol(args: HolArgs) -> Result<i32, LabError> {
+    let args = args.effective();
+    let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
+        .await
+        .map_err(std::io::Error::other)??;
+    write_outputs(&args.out, &r)?;
+    for h in &r.hol {
+        println!(
+            "loss {:>5.2}%: H2₁−H2ₙ {:>8.1} ms, H3₁−H3ₙ {:>8.1} ms, head-of-line (difference) {:>8.1} ms",
+            h.loss * 100.0,
+            h.h2_sharing_cost_ms,
+            h.h3_sharing_cost_ms,
+            h.hol_ms
+        );
+    }
+    println!("results in {}", args.out.display());
+    Ok(0)
+}
+
+fn sysctl_no_metrics_save() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/tcp_no_metrics_save", "1")
+}
+
+/// Build the link, run every arm at every loss rate. Blocking.
+pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
+    let base = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
+    let link = Arc::new(Link::start(LinkConfig::symmetric(base.clone(), args.seed))?);
+    let check = link.self_check(&SelfCheckOptions { probes: 200, ..Default::default() })?;
+    if !check.passed {
+        return Err(LabError::SelfCheckFailed(check.summary()));
+    }
+    // Linux caches ssthresh per destination and would carry it from one run into the next.
+    let metrics = link.run_in_server_ns(sysctl_no_metrics_save)?.is_ok()
+        && link.run_in_client_ns(sysctl_no_metrics_save)?.is_ok();
+
+    // Cubic on both sides, if the kernel lets us set it; else NewReno (Linux "reno") on both.
+    let tcp_cc = if link.run_in_client_ns(|| probe_congestion("cubic"))? { "cubic" } else { "reno" };
+    let quic_cc = if tcp_cc == "cubic" { Congestion::Cubic } else { Congestion::NewReno };
+
+    let certs = std::env::temp_dir().join(format!("quiclab-hol-{}", std::process::id()));
+    let mut cfg = ServerConfig::new();
+    let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
+    cfg.quic_listen = addr;
+    cfg.tcp_listen = addr;
+    cfg.certs_dir = certs.clone();
+    cfg.transport.congestion = quic_cc;
+    cfg.tcp_congestion = Some(tcp_cc.to_string());
+    cfg.limits.max_bytes = args.size.max(1 << 20);
+    let transport = cfg.transport.clone();
+    let server = LabServer::start(&link, cfg)?;
+    let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
+
+    let a = args.clone();
+    let l = link.clone();
+    let ca = certs.join("ca.pem");
+    let progress = report::progress((args.loss.len() * args.runs * Arm::ALL.len()) as u64, "hol");
+    let pb = progress.clone();
+    let thread = link.spawn_in_client_ns("lab-hol", move || -> Result<Vec<RunResult>, LabError> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let opts = ClientOptions {
+                trust: Trust::CaFile(ca),
+                transport: crate::config::TransportConfig { congestion: quic_cc, ..transport },
+                tcp_congestion: Some(tcp_cc.to_string()),
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            for &loss in &a.loss {
+                let imp = Impairment {
+                    loss: if loss > 0.0 { LossModel::Random { p: loss } } else { LossModel::None },
+                    ..base.clone()
+                };
+                l.set_impairment(Direction::Up, imp.clone())?;
+                l.set_impairment(Direction::Down, imp)?;
+                for run in 0..a.runs {
+                    for arm in Arm::ALL {
+                        out.push(one_run(&l, &opts, arm, loss, run, &a, quic, tcp).await?);
+                        pb.inc(1);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    })?;
+    let runs = thread.join()?;
+    progress.finish_and_clear();
+    drop(server);
+
+    let arms = summarize(&runs, args);
+    let hol = args
+        .loss
+        .iter()
+        .map(|&loss| {
+            let med = |arm| {
+                arms.iter().find(|s| s.arm == arm && s.loss == loss).map(|s| s.run_ms.estimate).unwrap_or(f64::NAN)
+            };
+            let h2 = med(Arm::H2One) - med(Arm::H2Many);
+            let h3 = med(Arm::H3One) - med(Arm::H3Many);
+            HolSummary { loss, h2_sharing_cost_ms: h2, h3_sharing_cost_ms: h3, hol_ms: h2 - h3 }
+        })
+        .collect();
+    Ok(HolResults {
+        config: HolConfigRecord {
+            requests: args.requests,
+            size: args.size,
+            loss: args.loss.clone(),
+            rtt_ms: args.rtt.as_secs_f64() * 1000.0,
+            rate_bps: args.rate,
+            runs: args.runs,
+            include_handshake: args.include_handshake,
+            seed: args.seed,
+            link: link.config(),
+        },
+        fairness: Fairness {
+            congestion: tcp_cc.to_string(),
+            stream_window: transport.stream_window,
+            conn_window: transport.conn_window,
+            max_streams: transport.max_streams,
+            tcp_nodelay: true,
+            tcp_no_metrics_save: metrics,
+            cipher_suites: "rustls (ring) default order on both: TLS13_AES_256_GCM_SHA384 first",
+            remaining_differences: vec![
+                "initial window: Linux TCP starts at 10 segments; quinn at 14,720 bytes (about 10 × 1,472-byte datagrams)",
+                "pacing: quinn paces every connection; Linux paces TCP only with the fq qdisc or BBR (absent: the lab's devices use the default qdisc)",
+                "ACK policy: Linux delayed ACKs (up to 40 ms, quick-ack heuristics); QUIC ACKs every second ack-eliciting packet, max_ack_delay 25 ms",
+                "loss detection: TCP RACK-TLP and SACK in the kernel; QUIC packet and time thresholds (RFC 9002) in quinn",
+                "framing: TLS records over TCP vs QUIC packets with AEAD per packet; HTTP/2 and HTTP/3 frame and header compression differ",
+            ],
+        },
+        self_check: check.summary(),
+        runs,
+        arms,
+        hol,
+        versions: report::versions(),
+    })
+}
+
+/// Can this namespace set TCP_CONGESTION=`name`?
+fn probe_congestion(name: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => crate::tcp::set_congestion(l.as_raw_fd(), name).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_run(
+    link: &Link,
+    opts: &ClientOptions,
+    arm: Arm,
+    loss: f64,
+    run: usize,
+    a: &HolArgs,
+    quic: SocketAddr,
+    tcp: SocketAddr,
+) -> Result<RunResult, LabError> {
+    let io = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
+    let addr = if arm.version() == HttpVersion::H3 { quic } else { tcp };
+    let path = format!("/bytes/{}", a.size);
+    let uri: http::Uri = format!("https://localhost:{}{path}", addr.port()).parse().map_err(std::io::Error::other)?;
+    let target = Target { host: "localhost".into(), port: addr.port(), uri, addr: Some(addr) };
+    let n_conns = if arm.one() { 1 } else { a.requests };
+    // Paired seeds: every arm of run `run` replays the same random stream (phase = run + 10,
+    // clear of the self-check's phases). Connection set-up outside the timed part gets its own.
+    link.begin_phase(1000 + run as u32);
+    let client = Client::new(arm.version(), opts).map_err(io)?;
+    let mut conns = Vec::with_capacity(n_conns);
+    let start = Instant::now();
+    if !a.include_handshake {
+        for _ in 0..n_conns {
+            conns.push(Arc::new(client.connect(&target).await.map_err(io)?));
+        }
+        link.begin_phase(10 + run as u32);
+    } else {
+        link.begin_phase(10 + run as u32);
+    }
+    let start = if a.include_handshake { start } else { Instant::now() };
+    let mut tasks = Vec::with_capacity(a.requests);
+    for i in 0..a.requests {
+        let conn = if a.include_handshake { None } else { Some(conns[if arm.one() { 0 } else { i }].clone()) };
+        let (client_ref, target) = (&client, target.clone());
+        tasks.push(async move {
+            let conn: Arc<HttpConnection> = match conn {
+                Some(c) => c,
+                None => Arc::new(client_ref.connect(&target).await?),
+            };
+            let req = client::request(&target, http::Method::GET, Bytes::new())?;
+            let body = conn.send(req).await?.into_body().collect().await.map_err(client::ClientError::Body)?;
+            Ok::<_, client::ClientError>((start.elapsed().as_secs_f64() * 1000.0, body.to_bytes().len(), conn))
+        });
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    let run_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let stats = link.stats();
+    let mut request_ms = Vec::with_capacity(results.len());
+    let mut used = Vec::new();
+    for r in results {
+        let (ms, len, conn) = r.map_err(io)?;
+        if len as u64 != a.size {
+            return Err(LabError::Io(std::io::Error::other(format!("short body: {len} of {}", a.size))));
+        }
+        request_ms.push(ms);
+        if a.include_handshake && (!arm.one() || used.is_empty()) {
+            used.push(conn);
+        }
+    }
+    if !a.include_handshake {
+        used = conns;
+    }
+    // The server's own account of each connection.
+    let conn_uri: http::Uri =
+        format!("https://localhost:{}/conn", addr.port()).parse().map_err(std::io::Error::other)?;
+    let conn_target = Target { uri: conn_uri, ..target.clone() };
+    let mut server_conn = Vec::new();
+    for c in used.iter().take(if arm.one() { 1 } else { a.requests }) {
+        let req = client::request(&conn_target, http::Method::GET, Bytes::new()).map_err(io)?;
+        if let Ok(resp) = c.send(req).await {
+            if let Ok(b) = resp.into_body().collect().await {
+                server_conn.push(serde_json::from_slice(&b.to_bytes()).unwrap_or_default());
+            }
+        }
+    }
+    for c in used {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await;
+        }
+    }
+    Ok(RunResult {
+        arm,
+        loss,
+        run,
+        request_ms,
+        run_ms,
+        realized_loss_up: stats.up.realized_loss,
+        realized_loss_down: stats.down.realized_loss,
+        link: stats,
+        server_conn,
+    })
+}
+
+fn summarize(runs: &[RunResult], a: &HolArgs) -> Vec<ArmSummary> {
+    let mut out = Vec::new();
+    for &loss in &a.loss {
+        for arm in Arm::ALL {
+            let rs: Vec<&RunResult> = runs.iter().filter(|r| r.arm == arm && r.loss == loss).collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let per_run: Vec<Vec<f64>> = rs.iter().map(|r| vec![r.run_ms]).collect();
+            let run_ms = report::bootstrap_ci(&per_run, report::median, 0.95, 2000, a.seed);
+            let all: Vec<f64> = rs.iter().flat_map(|r| r.request_ms.iter().copied()).collect();
+            let p = report::Percentiles::of(&all);
+            out.push(ArmSummary {
+                arm,
+                loss,
+                run_ms,
+                request_p50_ms: p.p50,
+                request_p99_ms: p.p99,
+                realized_loss_up: report::mean(&rs.iter().map(|r| r.realized_loss_up).collect::<Vec<_>>()),
+                realized_loss_down: report::mean(&rs.iter().map(|r| r.realized_loss_down).collect::<Vec<_>>()),
+            });
+        }
+    }
+    out
+}
+
+/// Write `results.json`, `report.md` and the SVG plots.
+pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabError> {
+    let dir = report::ResultsDir::create(out)?;
+    dir.write_json(r)?;
+    let c = &r.config;
+    let mut md = format!(
+        "# Head-of-line blocking: HTTP/2 vs HTTP/3 under loss\n\n{} concurrent requests of {} bytes; RTT {:.0} ms; \
+         {} bit/s each way; {} runs per point (paired seeds); handshake {} the timed part.\n\n",
+        c.requests,
+        c.size,
+        c.rtt_ms,
+        c.rate_bps,
+        c.runs,
+        if c.include_handshake { "inside" } else { "outside" }
+    );
+    md += "## Run completion time (median of runs, 95% bootstrap CI over runs)\n\n";
+    let rows: Vec<Vec<String>> = r
+        .arms
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{:.2}%", s.loss * 100.0),
+                s.arm.name().to_string(),
+                format!("{:.1} [{:.1}, {:.1}]", s.run_ms.estimate, s.run_ms.lo, s.run_ms.hi),
+                format!("{:.1}", s.request_p50_ms),
+                format!("{:.1}", s.request_p99_ms),
+                format!("{:.2}% / {:.2}%", s.realized_loss_up * 100.0, s.realized_loss_down * 100.0),
+            ]
+        })
+        .collect();
+    md += &report::md_table(
+        &["loss", "arm", "run time ms [CI]", "request p50 ms", "request p99 ms", "realized loss up / down"],
+        &rows,
+    );
+    md += "\n## Head-of-line blocking, separated from loss recovery\n\n";
+    let rows: Vec<Vec<String>> = r
+        .hol
+        .iter()
+        .map(|h| {
+            vec![
+                format!("{:.2}%", h.loss * 100.0),
+                format!("{:.1}", h.h2_sharing_cost_ms),
+                format!("{:.1}", h.h3_sharing_cost_ms),
+                format!("{:.1}", h.hol_ms),
+            ]
+        })
+        .collect();
+    md += &report::md_table(&["loss", "H2₁ − H2ₙ (ms)", "H3₁ − H3ₙ (ms)", "(H2₁ − H2ₙ) − (H3₁ − H3ₙ) (ms)"], &rows);
+    let f = &r.fairness;
+    md += &format!(
+        "\n## Fairness\n\n- congestion control: {} on both (TCP_CONGESTION per socket; quinn's matching controller)\n\
+         - flow control: stream window {} B, connection window {} B, {} concurrent streams, on both\n\
+         - TCP_NODELAY: {}; net.ipv4.tcp_no_metrics_save=1 in both namespaces: {}\n- cipher suites: {}\n\
+         - same site code serves both\n\nDifferences that remain:\n\n",
+        f.congestion,
+        f.stream_window,
+        f.conn_window,
+        f.max_streams,
+        f.tcp_nodelay,
+        f.tcp_no_metrics_save,
+        f.cipher_suites
+    );
+    for d in &f.remaining_differences {
+        md += &format!("- {d}\n");
+    }
+    md += &format!("\nLink self-check:\n\n```\n{}```\n", r.self_check);
+    dir.write_markdown(&md)?;
+
+    // Latency CDF per loss rate, one line per arm.
+    for &loss in &c.loss {
+        let series: Vec<Series> = Arm::ALL
+            .iter()
+            .map(|&arm| {
+                let all: Vec<f64> = r
+                    .runs
+                    .iter()
+                    .filter(|x| x.arm == arm && x.loss == loss)
+                    .flat_map(|x| x.request_ms.clone())
+                    .collect();
+                Series::cdf(arm.name(), &all)
+            })
+            .collect();
+        let name = format!("cdf-loss-{:.2}pct.svg", loss * 100.0);
+        report::plot(
+            &dir.path(&name),
+            &format!("Request completion, loss {:.2}%", loss * 100.0),
+            "ms",
+            "fraction",
+            &series,
+        )?;
+    }
+    // p99 and run completion versus loss, one line per protocol and arm.
+    let vs_loss = |f: &dyn Fn(&ArmSummary) -> f64| -> Vec<Series> {
+        Arm::ALL
+            .iter()
+            .map(|&arm| {
+                Series::line(
+                    arm.name(),
+                    r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, f(s))).collect(),
+                )
+            })
+            .collect()
+    };
+    report::plot(
+        &dir.path("p99-vs-loss.svg"),
+        "Request p99 vs loss",
+        "loss (%)",
+        "ms",
+        &vs_loss(&|s| s.request_p99_ms),
+    )?;
+    let runs: Vec<Series> = Arm::ALL
+        .iter()
+        .map(|&arm| {
+            let pts: Vec<(f64, report::Ci)> =
+                r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, s.run_ms)).collect();
+            Series::with_ci(arm.name(), &pts)
+        })
+        .collect();
+    report::plot(&dir.path("run-vs-loss.svg"), "Run completion vs loss (median, 95% CI)", "loss (%)", "ms", &runs)?;
+    Ok(())
+}

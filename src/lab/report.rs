@@ -1,0 +1,462 @@
+//! The report kit every experiment uses: percentiles, bootstrap confidence intervals, a results
+//! folder with `results.json`, `report.md` and SVG plots, and progress bars.
+//!
+//! * Percentiles come from [`hdrhistogram`] at 3 significant digits (0.1% relative error).
+//! * Confidence intervals are percentile bootstraps (Efron & Tibshirani 1993, ch. 13) that
+//!   resample **runs**, not requests: requests within one run share a connection, a congestion
+//!   window and a loss pattern, so they are not independent, and resampling them would give
+//!   intervals far too narrow.
+//! * A results folder ([`ResultsDir`]) holds everything directly in the directory given (which
+//!   may already exist): `results.json` with the full configuration, seed, measured link,
+//!   relay lateness, versions and every raw sample; `report.md` with tables; `*.svg` plots drawn
+//!   by `plotters`' SVG backend (text stays SVG `<text>`, no fonts needed).
+//! * [`progress`] is an `indicatif` bar on standard error, drawn only on a terminal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::impair::Rng;
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file or the folder.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// JSON encoding.
+    #[error("results.json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Drawing a plot.
+    #[error("plot {path}: {message}")]
+    Plot {
+        /// The SVG file.
+        path: PathBuf,
+        /// plotters' error.
+        message: String,
+    },
+}
+
+/// Serialize a duration as fractional milliseconds.
+pub fn ser_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+/// Serialize a duration as fractional microseconds.
+pub fn ser_duration_us<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e6)
+}
+
+/// Summary of a distribution.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Number of samples.
+    pub n: u64,
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+/// Values are recorded as integers of this many units per 1 (so 3 decimals survive).
+const SCALE: f64 = 1000.0;
+
+impl Percentiles {
+    /// Percentiles of `values` (any unit; negative values are clamped to 0).
+    pub fn of(values: &[f64]) -> Percentiles {
+        let mut h = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+        h.auto(true);
+        for &v in values {
+            let _ = h.record((v.max(0.0) * SCALE).round() as u64);
+        }
+        let mut p = Percentiles::from_histogram(&h, 1.0 / SCALE);
+        if !values.is_empty() {
+            // The exact mean and extremes, not the histogram's bucketed ones.
+            p.mean = values.iter().sum::<f64>() / values.len() as f64;
+            p.min = values.iter().copied().fold(f64::INFINITY, f64::min).max(0.0);
+            p.max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max).max(0.0);
+        }
+        p
+    }
+
+    /// Percentiles of a histogram whose values are multiplied by `scale` (e.g. 1e-3 for ns → µs).
+    pub fn from_histogram(h: &Histogram<u64>, scale: f64) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let q = |x: f64| h.value_at_quantile(x) as f64 * scale;
+        Percentiles {
+            n: h.len(),
+            min: h.min() as f64 * scale,
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: h.max() as f64 * scale,
+            mean: h.mean() * scale,
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `values` by linear interpolation between order statistics
+/// (Hyndman & Fan type 7, the default of R and NumPy). `NaN` for no values.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    if i + 1 < v.len() {
+        v[i] + (v[i + 1] - v[i]) * frac
+    } else {
+        v[i]
+    }
+}
+
+/// The median of `values`.
+pub fn median(values: &[f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+/// The arithmetic mean of `values`.
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// A point estimate with its confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ci {
+    /// The statistic over all runs pooled.
+    pub estimate: f64,
+    /// Lower bound.
+    pub lo: f64,
+    /// Upper bound.
+    pub hi: f64,
+    /// Confidence level, e.g. 0.95.
+    pub confidence: f64,
+    /// Bootstrap resamples drawn.
+    pub resamples: usize,
+    /// Runs resampled.
+    pub runs: usize,
+}
+
+/// A percentile-bootstrap confidence interval of `statistic` with runs as the resampling unit:
+/// each resample draws `runs.len()` runs with replacement, pools their samples and computes the
+/// statistic; the interval is the α/2 and 1−α/2 quantiles of those values. Seeded, so a report
+/// is reproducible. With fewer than two runs the interval is just the estimate.
+pub fn bootstrap_ci(
+    runs: &[Vec<f64>],
+    statistic: impl Fn(&[f64]) -> f64,
+    confidence: f64,
+    resamples: usize,
+    seed: u64,
+) -> Ci {
+    let pooled: Vec<f64> = runs.iter().flatten().copied().collect();
+    let estimate = statistic(&pooled);
+    if runs.len() < 2 || resamples == 0 {
+        return Ci { estimate, lo: estimate, hi: estimate, confidence, resamples: 0, runs: runs.len() };
+    }
+    let mut rng = Rng::new(seed, 0xB007);
+    let mut stats = Vec::with_capacity(resamples);
+    let mut sample = Vec::with_capacity(pooled.len());
+    for _ in 0..resamples {
+        sample.clear();
+        for _ in 0..runs.len() {
+            let pick = (rng.next_u64() % runs.len() as u64) as usize;
+            sample.extend_from_slice(&runs[pick]);
+        }
+        stats.push(statistic(&sample));
+    }
+    let alpha = 1.0 - confidence;
+    Ci {
+        estimate,
+        lo: quantile(&stats, alpha / 2.0),
+        hi: quantile(&stats, 1.0 - alpha / 2.0),
+        confidence,
+        resamples,
+        runs: runs.len(),
+    }
+}
+
+/// Versions of what produced a result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    /// quiclab's own version.
+    pub quiclab: &'static str,
+    /// The kernel (`uname -sr`), whose TCP stack one side of every comparison is.
+    pub kernel: String,
+    /// Versions of the protocol crates, as locked in `Cargo.lock` when this binary was built.
+    pub crates: BTreeMap<&'static str, String>,
+}
+
+const LOCKFILE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"));
+
+/// quiclab's, the kernel's and the protocol crates' versions.
+pub fn versions() -> Versions {
+    let mut crates = BTreeMap::new();
+    let wanted = ["quinn", "quinn-proto", "h3", "h3-quinn", "rustls", "hyper", "h2", "tokio"];
+    let mut name: Option<&str> = None;
+    for line in LOCKFILE.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"'));
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+            if let Some(w) = wanted.iter().find(|w| **w == n) {
+                crates.entry(*w).or_insert_with(|| v.trim_matches('"').to_string());
+            }
+        }
+    }
+    // SAFETY: uname fills the zeroed struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    let kernel = if unsafe { libc::uname(&mut u) } == 0 {
+        let s = |f: &[libc::c_char]| {
+            let b: Vec<u8> = f.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+            String::from_utf8_lossy(&b).into_owned()
+        };
+        format!("{} {}", s(&u.sysname), s(&u.release))
+    } else {
+        "unknown".into()
+    };
+    Versions { quiclab: env!("CARGO_PKG_VERSION"), kernel, crates }
+}
+
+/// A Markdown table.
+pub fn md_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s =
+        format!("| {} |\n|{}|\n", headers.join(" | "), headers.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    s
+}
+
+/// A results folder: everything is written directly into it.
+#[derive(Debug, Clone)]
+pub struct ResultsDir {
+    dir: PathBuf,
+}
+
+impl ResultsDir {
+    /// Use `dir`, creating it (and its parents) if needed; an existing folder is fine, and files
+    /// of the same names in it are replaced.
+    pub fn create(dir: impl Into<PathBuf>) -> Result<ResultsDir, ReportError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|source| ReportError::Io { path: dir.clone(), source })?;
+        Ok(ResultsDir { dir })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `dir/name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Write `dir/name`.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, ReportError> {
+        let path = self.path(name);
+        std::fs::write(&path, contents).map_err(|source| ReportError::Io { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    /// Write `results.json` (pretty-printed).
+    pub fn write_json(&self, value: &impl Serialize) -> Result<PathBuf, ReportError> {
+        let text = serde_json::to_string_pretty(value)?;
+        self.write("results.json", text + "\n")
+    }
+
+    /// Write `report.md`.
+    pub fn write_markdown(&self, text: &str) -> Result<PathBuf, ReportError> {
+        self.write("report.md", text)
+    }
+}
+
+/// One line of a plot.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend label.
+    pub name: String,
+    /// `(x, y)` points, drawn in order.
+    pub points: Vec<(f64, f64)>,
+    /// Optional `(lo, hi)` per point, drawn as error bars.
+    pub bars: Option<Vec<(f64, f64)>>,
+}
+
+impl Series {
+    /// A line without error bars.
+    pub fn line(name: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { name: name.into(), points, bars: None }
+    }
+
+    /// The empirical CDF of `samples` (x = value, y = fraction ≤ x).
+    pub fn cdf(name: impl Into<String>, samples: &[f64]) -> Series {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len() as f64;
+        let points = v.iter().enumerate().map(|(i, x)| (*x, (i + 1) as f64 / n)).collect();
+        Series::line(name, points)
+    }
+
+    /// Points with confidence intervals (e.g. p99 latency per loss rate).
+    pub fn with_ci(name: impl Into<String>, points: &[(f64, Ci)]) -> Series {
+        Series {
+            name: name.into(),
+            points: points.iter().map(|(x, c)| (*x, c.estimate)).collect(),
+            bars: Some(points.iter().map(|(_, c)| (c.lo, c.hi)).collect()),
+        }
+    }
+}
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        (0.0, 1.0)
+    } else if lo == hi {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        let pad = (hi - lo) * 0.04;
+        (lo - pad, hi + pad)
+    }
+}
+
+/// Draw `series` as lines into the SVG file `path` (800×500).
+pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), ReportError> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot { path: path.to_path_buf(), message: e.to_string() };
+    let (x0, x1) = span(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let (y0, y1) = span(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.bars.iter().flatten().flat_map(|(lo, hi)| [*lo, *hi]))),
+    );
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0.min(0.0)..y1)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if let Some(bars) = &s.bars {
+            let whisker = (x1 - x0) * 0.006;
+            for ((x, _), (lo, hi)) in s.points.iter().zip(bars) {
+                for seg in [
+                    vec![(*x, *lo), (*x, *hi)],
+                    vec![(x - whisker, *lo), (x + whisker, *lo)],
+                    vec![(x - whisker, *hi), (x + whisker, *hi)],
+                ] {
+                    chart.draw_series(std::iter::once(PathElement::new(seg, color))).map_err(|e| err(&e))?;
+                }
+            }
+        }
+    }
+    if series.len() > 1 || series.iter().any(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// A progress bar on standard error for `total` steps; drawn only when standard error is a
+/// terminal, so logs and CI output stay clean. Use it for anything longer than a few seconds.
+pub fn progress(total: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} ({eta} left)") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_quantiles() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let p = Percentiles::of(&v);
+        assert_eq!(p.n, 1000);
+        assert!((p.p50 - 500.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p99 - 990.0).abs() <= 1.0, "{p:?}");
+        assert_eq!(p.max, 1000.0);
+        assert!((p.mean - 500.5).abs() < 1e-9);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.5);
+        assert_eq!(Percentiles::of(&[]).n, 0);
+        let small = Percentiles::of(&[0.0123, 0.0456]);
+        assert!((small.max - 0.0456).abs() < 1e-3);
+    }
+
+    #[test]
+    fn bootstrap_resamples_runs() {
+        // Ten runs whose means differ a lot: the interval must reflect the spread between runs,
+        // not the (tiny) spread within a run of many identical requests.
+        let runs: Vec<Vec<f64>> = (0..10).map(|r| vec![f64::from(r) * 10.0; 1000]).collect();
+        let ci = bootstrap_ci(&runs, mean, 0.95, 2000, 1);
+        assert!((ci.estimate - 45.0).abs() < 1e-9);
+        assert!(ci.lo < 35.0 && ci.hi > 55.0, "{ci:?}");
+        assert_eq!(bootstrap_ci(&runs, mean, 0.95, 2000, 1), ci, "seeded");
+        let one = bootstrap_ci(&runs[..1], mean, 0.95, 100, 1);
+        assert_eq!((one.lo, one.hi), (0.0, 0.0));
+    }
+
+    #[test]
+    fn results_dir_writes_json_markdown_and_svg() {
+        let tmp = std::env::temp_dir().join(format!("quiclab-report-{}", std::process::id()));
+        let out = ResultsDir::create(&tmp).unwrap();
+        ResultsDir::create(&tmp).unwrap(); // an existing folder is fine
+        out.write_json(&serde_json::json!({"seed": 1})).unwrap();
+        out.write_markdown(&md_table(&["a", "b"], &[vec!["1".into(), "2".into()]])).unwrap();
+        let ci = Ci { estimate: 2.0, lo: 1.5, hi: 2.5, confidence: 0.95, resamples: 10, runs: 3 };
+        plot(
+            &out.path("cdf.svg"),
+            "RTT",
+            "ms",
+            "fraction",
+            &[Series::cdf("h3", &[1.0, 2.0, 3.0]), Series::with_ci("p99", &[(0.0, ci), (1.0, ci)])],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(out.path("cdf.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("RTT") && svg.contains("h3"));
+        assert!(std::fs::read_to_string(out.path("report.md")).unwrap().contains("| 1 | 2 |"));
+        assert!(versions().crates.contains_key("quinn"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

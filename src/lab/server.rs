@@ -1,0 +1,123 @@
+//! The quiclab server inside the server namespace, for the lab's runs and experiments.
+//!
+//! The server runs on a dedicated OS thread that enters the server namespace first and then
+//! builds its own tokio runtime, so every socket it creates (the QUIC endpoint's UDP socket, the
+//! TLS/TCP listener, the connections) belongs to that namespace. It is the same
+//! [`crate::server::Server`] that `quiclab serve` runs.
+
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+
+use super::link::Link;
+use super::netns::NsThread;
+use super::LabError;
+use crate::config::ServerConfig;
+use crate::server::{CertSummary, Server};
+
+/// A quiclab server running in a link's server namespace. Dropping it shuts it down (blocking
+/// for up to the configured grace period); prefer [`LabServer::shutdown`] from async code.
+#[derive(Debug)]
+pub struct LabServer {
+    quic_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    certs: CertSummary,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+    thread: Option<NsThread<()>>,
+}
+
+impl LabServer {
+    /// Start a server from `cfg` inside `link`'s server namespace, with a 2-thread runtime of its
+    /// own. `cfg`'s listen addresses should be the link's [`Link::server_ip`] (or unspecified).
+    pub fn start(link: &Link, cfg: ServerConfig) -> Result<LabServer, LabError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let thread = link.spawn_in_server_ns("lab-server", move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("lab-server-rt")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(LabError::Io(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Server::start(cfg).await {
+                    Ok(server) => {
+                        let _ = ready_tx.send(Ok((server.quic_addr(), server.tcp_addr(), server.certs().clone())));
+                        let _ = stop_rx.await;
+                        server.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(LabError::Server(e)));
+                    }
+                }
+            });
+            drop(rt);
+            let _ = done_tx.send(());
+        })?;
+        match ready_rx.recv() {
+            Ok(Ok((quic_addr, tcp_addr, certs))) => Ok(LabServer {
+                quic_addr,
+                tcp_addr,
+                certs,
+                stop: Some(stop_tx),
+                done: Some(done_rx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                thread.join();
+                Err(LabError::Io(std::io::Error::other("the lab server thread ended before starting")))
+            }
+        }
+    }
+
+    /// The UDP address HTTP/3 is served on.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The TCP address HTTP/2 and HTTP/1.1 are served on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The certificate the server presents (its CA file, for clients to trust).
+    pub fn certs(&self) -> &CertSummary {
+        &self.certs
+    }
+
+    /// Graceful shutdown (the server's own grace period), without blocking the async caller.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        if let Some(t) = self.thread.take() {
+            t.join();
+        }
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join();
+        }
+    }
+}

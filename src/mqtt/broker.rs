@@ -1,0 +1,932 @@
+//! The broker core, sans-IO: sessions, subscriptions, retained messages, QoS 1/2 flows, wills
+//! and keepalive, as a deterministic state machine.
+//!
+//! Inputs are `(connection, channel, decoded packet, now)`; outputs are [`Action`]s appended to
+//! a caller's vector: packets to send (each with its connection and channel), connections to
+//! close, and timer deadlines to arm. No sockets, no tokio, no clock: a test drives it with
+//! made-up instants and needs no sleeps, and every transport (TCP, TLS, and the QUIC stream
+//! mapping of a later issue) runs the very same code.
+//!
+//! **Connections and channels.** A connection is one session attachment; a channel is one byte
+//! stream of it. TCP and TLS have a single channel, [`CONTROL_CHANNEL`]; the QUIC mapping gives
+//! each QUIC stream its own. CONNECT comes on the control channel. A subscription belongs to the
+//! channel its SUBSCRIBE arrived on and its deliveries travel there; acknowledgements travel on
+//! the channel of the packet they acknowledge. Outbound packet identifiers are per session and
+//! unique across its channels; inbound QoS 2 flows are keyed by (channel, packet id). Closing a
+//! data channel drops its subscriptions and its flows; the control channel's live as long as the
+//! session (MQTT 3.1.1 §4.1).
+//!
+//! **Inbound QoS 2** is stored and forwarded on PUBREL (§4.3.3, method B): until PUBREL
+//! nothing has been delivered, so a flow's state can be dropped with its channel without
+//! delivering twice.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::codec::{
+    CodecError, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback, Subscribe,
+    SubscribeReturnCode, Unsubscribe,
+};
+use super::config::MqttConfig;
+use super::session::{InFlight, Message, OutState, Queued, Session, SessionId, Slab};
+use super::topic::{RetainTree, SubTree, Subscriber};
+use super::{ChannelId, ConnId, CONTROL_CHANNEL};
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write `packet` on `channel` of `conn`.
+    Send { conn: ConnId, channel: ChannelId, packet: Packet },
+    /// Close `conn` after the packets already queued for it are written.
+    Close { conn: ConnId, reason: CloseReason },
+    /// Call [`BrokerCore::handle_timeout`] at `at` (or later). Emitted when a deadline earlier
+    /// than any the driver may know of is created; [`BrokerCore::poll_timeout`] gives the
+    /// earliest at any time.
+    Timer { at: Instant },
+}
+
+/// Why the broker closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT (§3.14.4-1).
+    Disconnect,
+    /// CONNACK with a refusal code was sent (§3.2.2-5).
+    Refused(ConnectReturnCode),
+    /// A new connection with the same client id took the session over (§3.1.4-2).
+    TakenOver,
+    /// No packet within 1.5 × keepalive (§3.1.2-24).
+    KeepaliveTimeout,
+    /// No CONNECT in time (§3.1).
+    ConnectTimeout,
+    /// A protocol violation or malformed packet (§4.8), named.
+    Violation(String),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Disconnect => f.write_str("client sent DISCONNECT"),
+            CloseReason::Refused(code) => write!(f, "CONNECT refused ({code:?})"),
+            CloseReason::TakenOver => f.write_str("session taken over by a new connection (§3.1.4-2)"),
+            CloseReason::KeepaliveTimeout => f.write_str("keepalive expired (§3.1.2-24)"),
+            CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::Violation(v) => write!(f, "protocol violation: {v}"),
+            CloseReason::Shutdown => f.write_str("broker shutting down"),
+        }
+    }
+}
+
+/// Counters and gauges of the core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub connections: usize,
+    pub sessions: usize,
+    pub subscriptions: usize,
+    pub retained: usize,
+    /// Messages queued in sessions (offline or beyond the in-flight window), all sessions.
+    pub queued: usize,
+    /// Outbound QoS 1/2 messages in flight, all sessions.
+    pub inflight: usize,
+    /// PUBLISH packets accepted from clients (wills included).
+    pub published: u64,
+    /// PUBLISH packets handed to the driver for delivery (retransmissions included).
+    pub delivered: u64,
+    /// Messages a session could not keep (its queue at `max_queued_messages`).
+    pub dropped_queue_full: u64,
+    /// Messages dropped with the data channel they were bound to.
+    pub dropped_channel_closed: u64,
+    /// Retained messages not stored because `max_retained` was reached.
+    pub dropped_retained: u64,
+    pub connects_accepted: u64,
+    pub connects_refused: u64,
+    pub takeovers: u64,
+    pub keepalive_timeouts: u64,
+    pub violations: u64,
+    pub wills_published: u64,
+}
+
+/// Subscriber key in the topic trie: a session and the channel its SUBSCRIBE came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubKey {
+    pub session: SessionId,
+    pub channel: ChannelId,
+}
+
+#[derive(Debug)]
+struct Conn {
+    session: Option<SessionId>,
+    client_id: Option<Arc<str>>,
+    peer: Option<SocketAddr>,
+    opened: Instant,
+    last_seen: Instant,
+    /// 1.5 × keepalive once connected (`None`: no keepalive).
+    expiry: Option<Duration>,
+    /// The deadline this connection has in the timer heap, if any.
+    armed: Option<Instant>,
+    will: Option<Message>,
+    /// A Close was emitted: input is ignored until the driver reports the connection gone.
+    closing: bool,
+    /// Data channels that carried packets (the control channel is implicit).
+    data_channels: Vec<ChannelId>,
+}
+
+/// The broker state machine. See the module documentation.
+pub struct BrokerCore {
+    cfg: MqttConfig,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    sessions: Slab<Session>,
+    by_client: HashMap<Arc<str>, SessionId>,
+    subs: SubTree<SubKey>,
+    retained: RetainTree<Message>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    stats: CoreStats,
+    assigned_ids: u64,
+    scratch: Vec<Subscriber<SubKey>>,
+}
+
+fn qos_u8(q: QoS) -> u8 {
+    q as u8
+}
+
+fn qos_from(q: u8) -> QoS {
+    match q {
+        0 => QoS::Level0,
+        1 => QoS::Level1,
+        _ => QoS::Level2,
+    }
+}
+
+fn publish_packet(msg: &Message, qos_pid: QosPid, retain: bool, dup: bool) -> Packet {
+    Packet::Publish(Publish { dup, retain, qos_pid, topic_name: msg.topic.clone(), payload: msg.payload.clone() })
+}
+
+fn pid(v: u16) -> Pid {
+    // Callers pass identifiers from alloc_pid() or decoded packets: never 0.
+    Pid::try_from(v).unwrap_or_default()
+}
+
+impl BrokerCore {
+    pub fn new(mut cfg: MqttConfig) -> BrokerCore {
+        cfg.max_inflight = cfg.max_inflight.clamp(1, 65_000);
+        BrokerCore {
+            cfg,
+            conns: HashMap::new(),
+            next_conn: 1,
+            sessions: Slab::default(),
+            by_client: HashMap::new(),
+            subs: SubTree::new(),
+            retained: RetainTree::new(),
+            timers: BinaryHeap::new(),
+            stats: CoreStats::default(),
+            assigned_ids: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &MqttConfig {
+        &self.cfg
+    }
+
+    /// Counters and gauges now.
+    pub fn stats(&self) -> CoreStats {
+        let mut s = self.stats.clone();
+        s.connections = self.conns.len();
+        s.sessions = self.sessions.len();
+        s.subscriptions = self.subs.len();
+        s.retained = self.retained.len();
+        s.queued = self.sessions.iter().map(|s| s.queue.len()).sum();
+        s.inflight = self.sessions.iter().map(|s| s.inflight.len()).sum();
+        s
+    }
+
+    /// Whether a session exists for `client_id`, and whether it is attached.
+    pub fn session_state(&self, client_id: &str) -> Option<SessionInfo> {
+        let sid = self.by_client.get(client_id)?;
+        let s = self.sessions.get(*sid)?;
+        Some(SessionInfo {
+            online: s.conn.is_some(),
+            clean: s.clean,
+            subscriptions: s.subs.len(),
+            queued: s.queue.len(),
+            inflight: s.inflight.len(),
+            awaiting_rel: s.awaiting_rel.len(),
+            dropped: s.dropped,
+        })
+    }
+
+    /// A new network connection: returns its id and arms the CONNECT deadline (§3.1).
+    pub fn open(&mut self, peer: Option<SocketAddr>, now: Instant, out: &mut Vec<Action>) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let conn = Conn {
+            session: None,
+            client_id: None,
+            peer,
+            opened: now,
+            last_seen: now,
+            expiry: None,
+            armed: None,
+            will: None,
+            closing: false,
+            data_channels: Vec::new(),
+        };
+        self.conns.insert(id, conn);
+        self.arm(id, now + self.cfg.connect_timeout, out);
+        id
+    }
+
+    fn arm(&mut self, conn: ConnId, at: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.armed.is_some_and(|a| a <= at) {
+            return; // an earlier check is pending; it re-arms from last_seen when it fires
+        }
+        c.armed = Some(at);
+        let earliest = self.timers.peek().map(|Reverse((t, _))| *t);
+        self.timers.push(Reverse((at, conn)));
+        if earliest.is_none_or(|e| at < e) {
+            out.push(Action::Timer { at });
+        }
+    }
+
+    /// The earliest deadline; call [`BrokerCore::handle_timeout`] then.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Expire whatever is due at `now`: CONNECT deadlines and keepalives (§3.1.2-24).
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(Reverse((at, conn))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            if c.armed != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            c.armed = None;
+            if c.closing {
+                continue;
+            }
+            let deadline = match (c.session, c.expiry) {
+                (None, _) => Some(c.opened + self.cfg.connect_timeout),
+                (Some(_), Some(e)) => Some(c.last_seen + e),
+                (Some(_), None) => None,
+            };
+            let Some(deadline) = deadline else { continue };
+            if deadline > now {
+                self.arm(conn, deadline, out);
+                continue;
+            }
+            if c.session.is_none() {
+                tracing::info!(conn, peer = ?c.peer, "mqtt: no CONNECT within {:?}; closing", self.cfg.connect_timeout);
+                self.close(conn, CloseReason::ConnectTimeout, false, out);
+            } else {
+                self.stats.keepalive_timeouts += 1;
+                tracing::info!(
+                    conn,
+                    client_id = c.client_id.as_deref().unwrap_or(""),
+                    peer = ?c.peer,
+                    "mqtt: keepalive expired (nothing received for {:?}, §3.1.2-24); closing",
+                    c.expiry.unwrap_or_default()
+                );
+                // §3.1.2-8: the will is published when the server closes the connection.
+                self.close(conn, CloseReason::KeepaliveTimeout, true, out);
+            }
+        }
+    }
+
+    /// The transport is gone (EOF, I/O error, or after a Close). Publishes the will unless the
+    /// client sent DISCONNECT (§3.1.2-8, §3.14.4-3).
+    pub fn closed(&mut self, conn: ConnId, _now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if !c.closing {
+            if let Some(cid) = &c.client_id {
+                tracing::debug!(conn, client_id = &**cid, "mqtt: connection lost without DISCONNECT");
+            }
+            self.detach(conn, true, out);
+        }
+        self.conns.remove(&conn);
+    }
+
+    /// Close every connection (broker shutdown). Wills are not published.
+    pub fn shutdown(&mut self, out: &mut Vec<Action>) {
+        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.close(id, CloseReason::Shutdown, false, out);
+        }
+    }
+
+    /// A data channel of `conn` is gone: its subscriptions and flows go with it.
+    pub fn close_channel(&mut self, conn: ConnId, channel: ChannelId, _now: Instant, out: &mut Vec<Action>) {
+        if channel == CONTROL_CHANNEL {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.data_channels.retain(|ch| *ch != channel);
+        if let Some(sid) = c.session {
+            self.drop_channel_state(sid, channel);
+            self.pump(sid, out);
+        }
+    }
+
+    /// Bytes on `channel` of `conn` were not a valid packet: close the connection, naming the
+    /// violation and the client; a CONNECT with an unsupported protocol level is answered with
+    /// CONNACK 0x01 first (§3.1.2-2).
+    pub fn malformed(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelId,
+        err: &CodecError,
+        _now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        if let (CodecError::UnsupportedProtocolLevel(level), None) = (err, c.session) {
+            tracing::info!(conn, peer = ?c.peer, level, "mqtt: CONNECT with unsupported protocol level; CONNACK 0x01");
+            self.stats.connects_refused += 1;
+            out.push(Action::Send {
+                conn,
+                channel,
+                packet: Packet::Connack(Connack::new(false, ConnectReturnCode::UnacceptableProtocolVersion)),
+            });
+            self.close(conn, CloseReason::Refused(ConnectReturnCode::UnacceptableProtocolVersion), false, out);
+            return;
+        }
+        self.violation(conn, format!("malformed packet: {err}"), out);
+    }
+
+    /// A decoded packet from `channel` of `conn`.
+    pub fn handle(&mut self, conn: ConnId, channel: ChannelId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        c.last_seen = now;
+        let Some(sid) = c.session else {
+            match packet {
+                Packet::Connect(p) if channel == CONTROL_CHANNEL => self.on_connect(conn, p, now, out),
+                Packet::Connect(_) => self.violation(conn, "CONNECT on a data channel".into(), out),
+                // MQTT 3.1.1 §3.1.0-1: the first packet from the client MUST be CONNECT.
+                other => self.violation(conn, format!("{:?} before CONNECT (§3.1.0-1)", other.get_type()), out),
+            }
+            return;
+        };
+        if channel != CONTROL_CHANNEL && !c.data_channels.contains(&channel) {
+            c.data_channels.push(channel);
+        }
+        match packet {
+            // MQTT 3.1.1 §3.1.0-2: a second CONNECT is a protocol violation.
+            Packet::Connect(_) => self.violation(conn, "second CONNECT (§3.1.0-2)".into(), out),
+            Packet::Publish(p) => self.on_publish(conn, sid, channel, p, out),
+            Packet::Puback(p) => self.on_puback(sid, p, out),
+            Packet::Pubrec(p) => self.on_pubrec(conn, sid, p, out),
+            Packet::Pubrel(p) => self.on_pubrel(conn, sid, channel, p, out),
+            Packet::Pubcomp(p) => self.on_pubcomp(sid, p, out),
+            Packet::Subscribe(s) => self.on_subscribe(conn, sid, channel, s, out),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(conn, sid, channel, u, out),
+            // MQTT 3.1.1 §3.12.4-1: answer PINGREQ with PINGRESP.
+            Packet::Pingreq => out.push(Action::Send { conn, channel, packet: Packet::Pingresp }),
+            Packet::Disconnect => {
+                // MQTT 3.1.1 §3.14.4-3: discard the will; §3.14.4-1: close the connection.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.will = None;
+                }
+                self.close(conn, CloseReason::Disconnect, false, out);
+            }
+            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
+                let kind = packet.get_type();
+                self.violation(conn, format!("{kind:?} is a server-to-client packet"), out)
+            }
+        }
+    }
+
+    fn violation(&mut self, conn: ConnId, what: String, out: &mut Vec<Action>) {
+        self.stats.violations += 1;
+        let (cid, peer) = match self.conns.get(&conn) {
+            Some(c) => (c.client_id.clone(), c.peer),
+            None => (None, None),
+        };
+        tracing::warn!(
+            conn,
+            client_id = cid.as_deref().unwrap_or("(before CONNECT)"),
+            peer = ?peer,
+            "mqtt: {what}; closing the connection"
+        );
+        // MQTT 3.1.1 §3.1.2-8: a connection closed for a protocol error publishes its will.
+        self.close(conn, CloseReason::Violation(what), true, out);
+    }
+
+    /// Emit Close, detach the session, publish the will if asked.
+    fn close(&mut self, conn: ConnId, reason: CloseReason, publish_will: bool, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        self.detach(conn, publish_will, out);
+        out.push(Action::Close { conn, reason });
+    }
+
+    /// Mark `conn` closing and detach its session: a clean session ends (§3.1.2-6), a
+    /// persistent one keeps its control-channel state. Then publish the will if asked.
+    fn detach(&mut self, conn: ConnId, publish_will: bool, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.closing = true;
+        let will = c.will.take();
+        let data_channels = std::mem::take(&mut c.data_channels);
+        if let Some(sid) = c.session.take() {
+            for ch in data_channels {
+                self.drop_channel_state(sid, ch);
+            }
+            let clean = match self.sessions.get_mut(sid) {
+                Some(s) => {
+                    s.conn = None;
+                    s.clean
+                }
+                None => false,
+            };
+            if clean {
+                self.destroy_session(sid);
+            } else if let Some(s) = self.sessions.get_mut(sid) {
+                s.shrink();
+            }
+        }
+        if publish_will {
+            if let Some(will) = will {
+                self.stats.wills_published += 1;
+                self.route(will, out);
+            }
+        }
+    }
+
+    fn destroy_session(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.remove(sid) else { return };
+        for (ch, filter) in s.subs.keys() {
+            self.subs.remove(filter, SubKey { session: sid, channel: *ch });
+        }
+        if self.by_client.get(&s.client_id) == Some(&sid) {
+            self.by_client.remove(&s.client_id);
+        }
+    }
+
+    /// Forget everything of `sid` bound to data channel `ch`.
+    fn drop_channel_state(&mut self, sid: SessionId, ch: ChannelId) {
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let filters: Vec<_> = s.subs.keys().filter(|(c, _)| *c == ch).cloned().collect();
+        for key in filters {
+            s.subs.remove(&key);
+            self.subs.remove(&key.1, SubKey { session: sid, channel: ch });
+        }
+        s.awaiting_rel.retain(|(c, _), _| *c != ch);
+        let before = s.inflight.len() + s.queue.len();
+        s.inflight.retain(|_, f| f.channel != ch);
+        s.queue.retain(|q| q.channel != ch);
+        s.queued_qos0 = s.queue.iter().filter(|q| q.qos == QoS::Level0).count();
+        let lost = (before - s.inflight.len() - s.queue.len()) as u64;
+        if lost > 0 {
+            s.dropped += lost;
+            self.stats.dropped_channel_closed += lost;
+            tracing::warn!(
+                client_id = &*s.client_id,
+                channel = ch,
+                lost,
+                "mqtt: channel closed with undelivered messages; dropped"
+            );
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, code: ConnectReturnCode, why: &str, out: &mut Vec<Action>) {
+        self.stats.connects_refused += 1;
+        if let Some(c) = self.conns.get(&conn) {
+            tracing::info!(conn, peer = ?c.peer, client_id = c.client_id.as_deref().unwrap_or(""), "mqtt: CONNECT refused with {code:?}: {why}");
+        }
+        // MQTT 3.1.1 §3.2.2-4: session present 0 with a non-zero return code; §3.2.2-5: then close.
+        out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Connack(Connack::new(false, code)) });
+        self.close(conn, CloseReason::Refused(code), false, out);
+    }
+
+    fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !p.client_id.is_empty() {
+                c.client_id = Some(p.client_id.clone());
+            }
+        }
+        // Authentication: 0x05 without credentials, 0x04 with wrong ones (§3.2.2.3).
+        if let Some(users) = &self.cfg.credentials {
+            let Some(user) = p.username.as_deref() else {
+                return self.refuse(conn, ConnectReturnCode::NotAuthorized, "no user name", out);
+            };
+            let ok = users.get(user).is_some_and(|pw| p.password.as_deref() == Some(pw.as_bytes()));
+            if !ok {
+                return self.refuse(conn, ConnectReturnCode::BadUserNameOrPassword, "bad user name or password", out);
+            }
+        }
+        // MQTT 3.1 (the "MQIsdp" protocol) limits client ids to 23 characters.
+        if p.protocol == Protocol::V310 && p.client_id.chars().count() > 23 {
+            return self.refuse(conn, ConnectReturnCode::IdentifierRejected, "3.1 client id longer than 23", out);
+        }
+        let client_id: Arc<str> = if p.client_id.is_empty() {
+            if !p.clean_session {
+                // MQTT 3.1.1 §3.1.3-8: empty id with clean session 0 → 0x02.
+                return self.refuse(
+                    conn,
+                    ConnectReturnCode::IdentifierRejected,
+                    "empty client id without clean session (§3.1.3-8)",
+                    out,
+                );
+            }
+            // MQTT 3.1.1 §3.1.3-6: the server assigns a unique id.
+            loop {
+                self.assigned_ids += 1;
+                let id: Arc<str> = format!("quiclab-{:x}-{}", conn, self.assigned_ids).into();
+                if !self.by_client.contains_key(&id) {
+                    break id;
+                }
+            }
+        } else {
+            p.client_id.clone()
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.client_id = Some(client_id.clone());
+        }
+
+        let existing = self.by_client.get(&client_id).copied();
+        let will_create = existing.is_none() || p.clean_session;
+        let freed = existing.is_some() && p.clean_session;
+        if will_create && !freed && self.sessions.len() >= self.cfg.max_sessions {
+            return self.refuse(conn, ConnectReturnCode::ServerUnavailable, "max_sessions reached", out);
+        }
+
+        // MQTT 3.1.1 §3.1.4-2: a connection already using this client id is closed.
+        if let Some(sid) = existing {
+            if let Some(old) = self.sessions.get(sid).and_then(|s| s.conn) {
+                if old != conn {
+                    self.stats.takeovers += 1;
+                    tracing::info!(client_id = &*client_id, old, new = conn, "mqtt: session taken over (§3.1.4-2)");
+                    // The old connection is closed by the server without DISCONNECT: its will
+                    // is published (§3.1.2-8).
+                    self.close(old, CloseReason::TakenOver, true, out);
+                }
+            }
+        }
+        // The takeover may have ended a clean session; look again.
+        let existing = self.by_client.get(&client_id).copied().filter(|sid| self.sessions.get(*sid).is_some());
+        // MQTT 3.1.1 §3.1.2-6: clean session 1 discards any previous session.
+        if let (Some(sid), true) = (existing, p.clean_session) {
+            self.destroy_session(sid);
+        }
+        let (sid, session_present) = match existing {
+            Some(sid) if !p.clean_session => (sid, true),
+            _ => {
+                let sid = self.sessions.insert(Session::new(client_id.clone(), p.clean_session));
+                self.by_client.insert(client_id.clone(), sid);
+                (sid, false)
+            }
+        };
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.conn = Some(conn);
+            s.clean = p.clean_session;
+        }
+        // MQTT 3.1.1 §3.1.2-24: keepalive × 1.5; 0 turns it off (unless the server caps it).
+        let keepalive = match (p.keep_alive, self.cfg.max_keepalive) {
+            (0, None) => None,
+            (0, Some(max)) => Some(max),
+            (k, Some(max)) => Some(k.min(max)),
+            (k, None) => Some(k),
+        };
+        let expiry = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
+        let will =
+            p.last_will.map(|w| Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain });
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid);
+            c.expiry = expiry;
+            c.will = will;
+            c.last_seen = now;
+        }
+        self.stats.connects_accepted += 1;
+        tracing::debug!(conn, client_id = &*client_id, clean = p.clean_session, session_present, "mqtt: connected");
+        // MQTT 3.1.1 §3.2.2-1..3: session present reflects stored state for clean session 0.
+        out.push(Action::Send {
+            conn,
+            channel: CONTROL_CHANNEL,
+            packet: Packet::Connack(Connack::new(session_present, ConnectReturnCode::Accepted)),
+        });
+        if session_present {
+            self.retransmit(conn, sid, out);
+        }
+        self.pump(sid, out);
+        if let Some(e) = expiry {
+            self.arm(conn, now + e, out);
+        }
+    }
+
+    /// MQTT 3.1.1 §4.4: on reconnect with clean session 0, re-send unacknowledged PUBLISH
+    /// (DUP set, §3.3.1-1) and PUBREL packets with their original identifiers, in order (§4.6).
+    fn retransmit(&mut self, conn: ConnId, sid: SessionId, out: &mut Vec<Action>) {
+        let Some(s) = self.sessions.get(sid) else { return };
+        let mut flights: Vec<(&u16, &InFlight)> = s.inflight.iter().collect();
+        flights.sort_by_key(|(_, f)| f.seq);
+        for (&id, f) in flights {
+            let packet = match &f.state {
+                OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), f.retain, true),
+                OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), f.retain, true),
+                OutState::AwaitPubcomp => Packet::Pubrel(pid(id)),
+            };
+            if matches!(packet, Packet::Publish(_)) {
+                self.stats.delivered += 1;
+            }
+            out.push(Action::Send { conn, channel: f.channel, packet });
+        }
+    }
+
+    fn on_publish(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, p: Publish, out: &mut Vec<Action>) {
+        let qos = p.qos_pid.qos();
+        let msg = Message { topic: p.topic_name, payload: p.payload, qos, retain: p.retain };
+        match p.qos_pid {
+            QosPid::Level0 => self.route(msg, out),
+            QosPid::Level1(id) => {
+                // MQTT 3.1.1 §4.3.2: forward, then PUBACK on the channel it came on.
+                self.route(msg, out);
+                out.push(Action::Send { conn, channel: ch, packet: Packet::Puback(id) });
+            }
+            QosPid::Level2(id) => {
+                let Some(s) = self.sessions.get_mut(sid) else { return };
+                let key = (ch, id.value());
+                if !s.awaiting_rel.contains_key(&key) {
+                    if s.awaiting_rel.len() >= self.cfg.max_awaiting_rel {
+                        let n = self.cfg.max_awaiting_rel;
+                        return self.violation(conn, format!("more than {n} QoS 2 messages awaiting PUBREL"), out);
+                    }
+                    // MQTT 3.1.1 §4.3.3 method B: store, PUBREC, forward on PUBREL. A duplicate
+                    // (DUP=1, same id) before PUBREL is not stored twice.
+                    s.awaiting_rel.insert(key, msg);
+                }
+                out.push(Action::Send { conn, channel: ch, packet: Packet::Pubrec(id) });
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, id: Pid, out: &mut Vec<Action>) {
+        let msg = self.sessions.get_mut(sid).and_then(|s| {
+            let m = s.awaiting_rel.remove(&(ch, id.value()));
+            if s.awaiting_rel.is_empty() && s.awaiting_rel.capacity() > 16 {
+                s.awaiting_rel = HashMap::new();
+            }
+            m
+        });
+        if let Some(msg) = msg {
+            self.route(msg, out);
+        }
+        // MQTT 3.1.1 §4.3.3: PUBCOMP with the same id, also for an id already released
+        // (a retransmitted PUBREL after reconnect).
+        out.push(Action::Send { conn, channel: ch, packet: Packet::Pubcomp(id) });
+    }
+
+    fn on_puback(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        match s.inflight.get(&id.value()) {
+            Some(InFlight { state: OutState::AwaitPuback(_), .. }) => {
+                s.inflight.remove(&id.value());
+                self.pump(sid, out);
+            }
+            Some(_) => {
+                tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBACK for a QoS 2 flow; ignored")
+            }
+            None => {
+                tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBACK for an unknown id; ignored")
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, conn: ConnId, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let Some(f) = s.inflight.get_mut(&id.value()) else {
+            tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBREC for an unknown id; ignored");
+            return;
+        };
+        match f.state {
+            // MQTT 3.1.1 §4.3.3: PUBREC → discard the message, send PUBREL; a repeated PUBREC
+            // gets PUBREL again.
+            OutState::AwaitPubrec(_) | OutState::AwaitPubcomp => {
+                f.state = OutState::AwaitPubcomp;
+                let channel = f.channel;
+                out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
+            }
+            OutState::AwaitPuback(_) => {
+                tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBREC for a QoS 1 flow; ignored")
+            }
+        }
+    }
+
+    fn on_pubcomp(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        match s.inflight.get(&id.value()) {
+            Some(InFlight { state: OutState::AwaitPubcomp, .. }) => {
+                s.inflight.remove(&id.value());
+                self.pump(sid, out);
+            }
+            _ => tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: unexpected PUBCOMP; ignored"),
+        }
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, sub: Subscribe, out: &mut Vec<Action>) {
+        let max = self.cfg.max_qos;
+        let mut codes = Vec::with_capacity(sub.topics.len());
+        let mut granted_all = Vec::with_capacity(sub.topics.len());
+        {
+            let Some(s) = self.sessions.get_mut(sid) else { return };
+            for (filter, requested) in &sub.topics {
+                // MQTT 3.1.1 §3.8.4-6 / §3.9.3: grant at most the server's maximum.
+                let granted = (*requested).min(max);
+                // §3.8.4-3: an identical filter replaces the existing subscription.
+                self.subs.insert(filter, SubKey { session: sid, channel: ch }, qos_u8(granted));
+                s.subs.insert((ch, filter.clone()), granted);
+                codes.push(SubscribeReturnCode::from(granted));
+                granted_all.push((filter.clone(), granted));
+            }
+        }
+        // MQTT 3.1.1 §3.8.4-1, §3.8.4-5: one SUBACK, same id, one code per filter, in order.
+        out.push(Action::Send { conn, channel: ch, packet: Packet::Suback(Suback::new(sub.pid, codes)) });
+        // MQTT 3.1.1 §3.3.1-6, §3.8.4-3: send the retained messages that match, RETAIN set.
+        let mut retained = Vec::new();
+        for (filter, granted) in granted_all {
+            retained.clear();
+            self.retained.matching(&filter, &mut retained);
+            for m in retained.drain(..) {
+                let qos = m.qos.min(granted);
+                self.deliver(sid, ch, qos, m, true, out);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, u: Unsubscribe, out: &mut Vec<Action>) {
+        if let Some(s) = self.sessions.get_mut(sid) {
+            for filter in &u.topics {
+                // MQTT 3.1.1 §3.10.4-1: filters compared character by character.
+                if s.subs.remove(&(ch, filter.clone())).is_some() {
+                    self.subs.remove(filter, SubKey { session: sid, channel: ch });
+                }
+            }
+            if s.subs.is_empty() {
+                s.subs = HashMap::new();
+            }
+        }
+        // MQTT 3.1.1 §3.10.4-4, §3.10.4-5: UNSUBACK even if nothing matched.
+        out.push(Action::Send { conn, channel: ch, packet: Packet::Unsuback(u.pid) });
+    }
+
+    /// Forward an application message to every matching subscription, and keep it if retained.
+    fn route(&mut self, msg: Message, out: &mut Vec<Action>) {
+        self.stats.published += 1;
+        if msg.retain {
+            if msg.payload.is_empty() {
+                // MQTT 3.1.1 §3.3.1-10, §3.3.1-11: an empty retained message clears the topic and
+                // is not stored.
+                self.retained.clear(&msg.topic);
+            } else if self.retained.len() < self.cfg.max_retained || self.retained.contains(&msg.topic) {
+                // MQTT 3.1.1 §3.3.1-5, §3.3.1-7: store (replace), whatever its QoS.
+                self.retained.set(&msg.topic, msg.clone());
+            } else {
+                self.stats.dropped_retained += 1;
+                tracing::warn!(topic = &*msg.topic, "mqtt: max_retained reached; message delivered but not retained");
+            }
+        }
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        self.subs.matches(&msg.topic, &mut matches);
+        if matches.len() > 1 {
+            // MQTT 3.1.1 §3.3.5: overlapping subscriptions of one client (here: one channel)
+            // deliver once, at the highest QoS granted among them.
+            matches.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.qos.cmp(&a.qos)));
+            matches.dedup_by_key(|s| s.key);
+        }
+        for s in &matches {
+            // MQTT 3.1.1 §3.8.4: deliver at min(granted, published).
+            let qos = qos_from(s.qos).min(msg.qos);
+            // §3.3.1-9: RETAIN 0 when forwarding to an established subscription.
+            self.deliver(s.key.session, s.key.channel, qos, msg.clone(), false, out);
+        }
+        self.scratch = matches;
+    }
+
+    /// Send `msg` to session `sid` on `ch` at `qos` now if possible, else keep it queued.
+    fn deliver(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, msg: Message, retain: bool, out: &mut Vec<Action>) {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        match (s.conn, qos) {
+            (Some(conn), QoS::Level0) => {
+                self.stats.delivered += 1;
+                out.push(Action::Send {
+                    conn,
+                    channel: ch,
+                    packet: publish_packet(&msg, QosPid::Level0, retain, false),
+                });
+            }
+            (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
+            (Some(conn), _) if s.queue.is_empty() && s.inflight.len() < max_inflight => {
+                self.stats.delivered += 1;
+                let packet = Self::start_flight(s, ch, qos, msg, retain);
+                out.push(Action::Send { conn, channel: ch, packet });
+            }
+            _ => self.enqueue(sid, Queued { channel: ch, qos, retain, msg }),
+        }
+    }
+
+    /// Allocate an id and record the flight; returns the PUBLISH to send.
+    fn start_flight(s: &mut Session, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
+        let id = s.alloc_pid();
+        s.next_seq += 1;
+        let (qos_pid, state) = if qos == QoS::Level1 {
+            (QosPid::Level1(pid(id)), OutState::AwaitPuback(msg.clone()))
+        } else {
+            (QosPid::Level2(pid(id)), OutState::AwaitPubrec(msg.clone()))
+        };
+        s.inflight.insert(id, InFlight { seq: s.next_seq, channel: ch, retain, state });
+        publish_packet(&msg, qos_pid, retain, false)
+    }
+
+    /// Keep a delivery in the session, within `max_queued_messages`: when full, the oldest
+    /// queued QoS 0 message goes first; with none, the new message is refused. Every loss is
+    /// counted and logged.
+    fn enqueue(&mut self, sid: SessionId, q: Queued) {
+        let cap = self.cfg.max_queued_messages;
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        if s.queue.len() >= cap {
+            let victim = if s.queued_qos0 > 0 { s.queue.iter().position(|x| x.qos == QoS::Level0) } else { None };
+            let lost = match victim {
+                Some(i) => {
+                    let Some(old) = s.queue.remove(i) else { return };
+                    s.queued_qos0 -= 1;
+                    old
+                }
+                None => q.clone(),
+            };
+            s.dropped += 1;
+            self.stats.dropped_queue_full += 1;
+            tracing::warn!(
+                client_id = &*s.client_id,
+                topic = &*lost.msg.topic,
+                qos = lost.qos as u8,
+                dropped_total = s.dropped,
+                "mqtt: session queue full ({cap} messages); message dropped"
+            );
+            if victim.is_none() || cap == 0 {
+                return;
+            }
+        }
+        if q.qos == QoS::Level0 {
+            s.queued_qos0 += 1;
+        }
+        s.queue.push_back(q);
+    }
+
+    /// Move queued deliveries into flight while the session is online and has room.
+    fn pump(&mut self, sid: SessionId, out: &mut Vec<Action>) {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let Some(conn) = s.conn else { return };
+        while let Some(front) = s.queue.front() {
+            if front.qos != QoS::Level0 && s.inflight.len() >= max_inflight {
+                break;
+            }
+            let Some(q) = s.queue.pop_front() else { break };
+            self.stats.delivered += 1;
+            let packet = if q.qos == QoS::Level0 {
+                s.queued_qos0 -= 1;
+                publish_packet(&q.msg, QosPid::Level0, q.retain, false)
+            } else {
+                Self::start_flight(s, q.channel, q.qos, q.msg, q.retain)
+            };
+            out.push(Action::Send { conn, channel: q.channel, packet });
+        }
+        if s.queue.is_empty() && s.queue.capacity() > 64 {
+            s.queue = std::collections::VecDeque::new();
+        }
+    }
+}
+
+/// A session as seen from outside (tests, statistics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub online: bool,
+    pub clean: bool,
+    pub subscriptions: usize,
+    pub queued: usize,
+    pub inflight: usize,
+    pub awaiting_rel: usize,
+    pub dropped: u64,
+}
+
+#[cfg(test)]
+#[path = "broker_tests.rs"]
+mod tests;

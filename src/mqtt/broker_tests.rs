@@ -1,0 +1,719 @@
+//! Unit tests of the sans-IO core: every flow with explicit time, no sockets, no sleeps.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::mqtt::codec::{LastWill, Protocol, TopicName};
+
+struct H {
+    core: BrokerCore,
+    now: Instant,
+}
+
+fn pid(n: u16) -> Pid {
+    Pid::try_from(n).unwrap()
+}
+
+fn tn(s: &str) -> TopicName {
+    TopicName::try_from(s).unwrap()
+}
+
+fn publish(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
+    let qos_pid = match qos {
+        QoS::Level0 => QosPid::Level0,
+        QoS::Level1 => QosPid::Level1(pid(id)),
+        QoS::Level2 => QosPid::Level2(pid(id)),
+    };
+    Packet::Publish(Publish::new(qos_pid, tn(topic), Bytes::copy_from_slice(payload.as_bytes())))
+}
+
+fn retained(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
+    let mut p = publish(topic, qos, id, payload);
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    p
+}
+
+fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe::new(
+        pid(id),
+        filters.iter().map(|(f, q)| (super::super::codec::TopicFilter::try_from(*f).unwrap(), *q)).collect(),
+    ))
+}
+
+fn connect_packet(id: &str, clean: bool, keepalive: u16) -> Connect {
+    let mut c = Connect::new(id.into(), keepalive);
+    c.clean_session = clean;
+    c
+}
+
+/// Sends to `conn`, in order.
+fn sends(actions: &[Action], conn: ConnId) -> Vec<(ChannelId, Packet)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn: c, channel, packet } if *c == conn => Some((*channel, packet.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn packets(actions: &[Action], conn: ConnId) -> Vec<Packet> {
+    sends(actions, conn).into_iter().map(|(_, p)| p).collect()
+}
+
+fn close_of(actions: &[Action], conn: ConnId) -> Option<CloseReason> {
+    actions.iter().find_map(|a| match a {
+        Action::Close { conn: c, reason } if *c == conn => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+/// The PUBLISH packets sent to `conn`: (topic, payload, qos, pid, retain, dup).
+fn publishes(actions: &[Action], conn: ConnId) -> Vec<(String, String, u8, Option<u16>, bool, bool)> {
+    packets(actions, conn)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((
+                p.topic_name.to_string(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.qos_pid.qos() as u8,
+                p.qos_pid.pid().map(|p| p.value()),
+                p.retain,
+                p.dup,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+impl H {
+    fn new() -> H {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut MqttConfig)) -> H {
+        let mut cfg = MqttConfig::default();
+        tweak(&mut cfg);
+        H { core: BrokerCore::new(cfg), now: Instant::now() }
+    }
+
+    fn open(&mut self) -> ConnId {
+        let mut out = Vec::new();
+        self.core.open(None, self.now, &mut out)
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
+        self.send_on(conn, CONTROL_CHANNEL, packet)
+    }
+
+    fn send_on(&mut self, conn: ConnId, ch: ChannelId, packet: Packet) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.core.handle(conn, ch, packet, self.now, &mut out);
+        out
+    }
+
+    fn connect_with(&mut self, c: Connect) -> (ConnId, Vec<Action>) {
+        let conn = self.open();
+        let out = self.send(conn, Packet::Connect(c));
+        (conn, out)
+    }
+
+    /// Connect and assert acceptance; returns (conn, session_present, everything sent).
+    fn connect(&mut self, id: &str, clean: bool) -> (ConnId, bool, Vec<Action>) {
+        let (conn, out) = self.connect_with(connect_packet(id, clean, 0));
+        match packets(&out, conn).first() {
+            Some(Packet::Connack(c)) => {
+                assert_eq!(c.code, ConnectReturnCode::Accepted);
+                (conn, c.session_present, out)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn lost(&mut self, conn: ConnId) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.core.closed(conn, self.now, &mut out);
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        let mut out = Vec::new();
+        self.core.handle_timeout(self.now, &mut out);
+        out
+    }
+
+    fn refused(&mut self, c: Connect) -> ConnectReturnCode {
+        let (conn, out) = self.connect_with(c);
+        let code = match packets(&out, conn).first() {
+            Some(Packet::Connack(c)) => {
+                assert!(!c.session_present, "§3.2.2-4");
+                c.code
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        assert!(matches!(close_of(&out, conn), Some(CloseReason::Refused(_))), "§3.2.2-5: closed after refusal");
+        code
+    }
+}
+
+#[test]
+fn connack_return_codes() {
+    let mut h = H::new();
+    // 0x00 and a server-assigned id for an empty id with clean session (§3.1.3-6).
+    let (conn, present, _) = h.connect("", true);
+    assert!(!present);
+    assert_eq!(h.core.stats().sessions, 1);
+    let _ = conn;
+    // 0x02: empty id with clean session 0 (§3.1.3-8).
+    assert_eq!(h.refused(connect_packet("", false, 0)), ConnectReturnCode::IdentifierRejected);
+    // 0x02: MQTT 3.1 id longer than 23 characters.
+    let mut c = connect_packet("abcdefghijklmnopqrstuvwxyz", true, 0);
+    c.protocol = Protocol::V310;
+    assert_eq!(h.refused(c), ConnectReturnCode::IdentifierRejected);
+    // 0x01: unsupported protocol level, reported by the codec (§3.1.2-2).
+    let conn = h.open();
+    let mut out = Vec::new();
+    h.core.malformed(conn, CONTROL_CHANNEL, &CodecError::UnsupportedProtocolLevel(5), h.now, &mut out);
+    assert_eq!(
+        packets(&out, conn),
+        vec![Packet::Connack(Connack::new(false, ConnectReturnCode::UnacceptableProtocolVersion))]
+    );
+    assert!(close_of(&out, conn).is_some());
+
+    // 0x03: max_sessions reached.
+    let mut h = H::with(|c| c.max_sessions = 1);
+    h.connect("a", false);
+    assert_eq!(h.refused(connect_packet("b", true, 0)), ConnectReturnCode::ServerUnavailable);
+    // ...but the existing id may come back.
+    let (a2, present, _) = h.connect("a", false);
+    assert!(present);
+    let _ = a2;
+
+    // 0x04 and 0x05 with credentials configured.
+    let mut h = H::with(|c| c.credentials = Some(HashMap::from([("alice".to_string(), "pw".to_string())])));
+    assert_eq!(h.refused(connect_packet("x", true, 0)), ConnectReturnCode::NotAuthorized);
+    let mut c = connect_packet("x", true, 0);
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(b"wrong"));
+    assert_eq!(h.refused(c.clone()), ConnectReturnCode::BadUserNameOrPassword);
+    c.password = Some(Bytes::from_static(b"pw"));
+    let (conn, out) = h.connect_with(c);
+    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+}
+
+#[test]
+fn anything_before_connect_and_second_connect_close() {
+    let mut h = H::new();
+    let conn = h.open();
+    let out = h.send(conn, Packet::Pingreq);
+    assert!(matches!(close_of(&out, conn), Some(CloseReason::Violation(_))), "§3.1.0-1");
+    assert!(packets(&out, conn).is_empty());
+    // Input after close is ignored.
+    assert!(h.send(conn, Packet::Connect(connect_packet("a", true, 0))).is_empty());
+
+    let (conn, _, _) = h.connect("a", true);
+    let out = h.send(conn, Packet::Connect(connect_packet("a", true, 0)));
+    assert!(matches!(close_of(&out, conn), Some(CloseReason::Violation(_))), "§3.1.0-2");
+    let (conn, _, _) = h.connect("b", true);
+    let out = h.send(conn, Packet::Pingresp);
+    assert!(matches!(close_of(&out, conn), Some(CloseReason::Violation(_))));
+    assert_eq!(h.core.stats().violations, 3);
+}
+
+#[test]
+fn malformed_packet_closes_publishes_will_and_spares_others() {
+    let mut h = H::new();
+    let (watcher, _, _) = h.connect("watcher", true);
+    h.send(watcher, subscribe(1, &[("will/#", QoS::Level1)]));
+    let mut c = connect_packet("bad", true, 0);
+    c.last_will = Some(LastWill::new(QoS::Level1, tn("will/bad"), Bytes::from_static(b"gone")));
+    let (bad, _) = h.connect_with(c);
+    let mut out = Vec::new();
+    h.core.malformed(bad, CONTROL_CHANNEL, &CodecError::BadHeader(0x41), h.now, &mut out);
+    assert!(matches!(close_of(&out, bad), Some(CloseReason::Violation(_))));
+    // §3.1.2-8: the will of a connection closed for a protocol error is published.
+    assert_eq!(publishes(&out, watcher), vec![("will/bad".into(), "gone".into(), 1, Some(1), false, false)]);
+    // The watcher still works.
+    let out = h.send(watcher, Packet::Pingreq);
+    assert_eq!(packets(&out, watcher), vec![Packet::Pingresp]);
+}
+
+#[test]
+fn qos0_qos1_qos2_flows_both_ways() {
+    let mut h = H::new();
+    let (sub, _, _) = h.connect("sub", true);
+    let out = h.send(sub, subscribe(7, &[("t/#", QoS::Level2)]));
+    assert_eq!(
+        packets(&out, sub),
+        vec![Packet::Suback(Suback::new(pid(7), vec![SubscribeReturnCode::MaxLevel2]))],
+        "§3.8.4-1"
+    );
+    let (publ, _, _) = h.connect("pub", true);
+
+    // QoS 0: delivered, nothing back.
+    let out = h.send(publ, publish("t/0", QoS::Level0, 0, "zero"));
+    assert!(packets(&out, publ).is_empty());
+    assert_eq!(publishes(&out, sub), vec![("t/0".into(), "zero".into(), 0, None, false, false)]);
+
+    // QoS 1: PUBACK to the publisher, delivery with a broker-chosen id; PUBACK completes it.
+    let out = h.send(publ, publish("t/1", QoS::Level1, 11, "one"));
+    assert_eq!(packets(&out, publ), vec![Packet::Puback(pid(11))]);
+    let got = publishes(&out, sub);
+    assert_eq!(got.len(), 1);
+    let out_id = got[0].3.unwrap();
+    assert_eq!(got[0].2, 1);
+    assert_eq!(h.core.session_state("sub").unwrap().inflight, 1);
+    h.send(sub, Packet::Puback(pid(out_id)));
+    assert_eq!(h.core.session_state("sub").unwrap().inflight, 0);
+
+    // QoS 2 inbound, method B: PUBREC, nothing delivered until PUBREL.
+    let out = h.send(publ, publish("t/2", QoS::Level2, 22, "two"));
+    assert_eq!(packets(&out, publ), vec![Packet::Pubrec(pid(22))]);
+    assert!(publishes(&out, sub).is_empty(), "§4.3.3 method B: not forwarded before PUBREL");
+    // A duplicate PUBLISH before PUBREL: PUBREC again, still stored once.
+    let mut dup = publish("t/2", QoS::Level2, 22, "two");
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    let out = h.send(publ, dup);
+    assert_eq!(packets(&out, publ), vec![Packet::Pubrec(pid(22))]);
+    assert_eq!(h.core.session_state("pub").unwrap().awaiting_rel, 1);
+    let out = h.send(publ, Packet::Pubrel(pid(22)));
+    assert_eq!(packets(&out, publ), vec![Packet::Pubcomp(pid(22))]);
+    let got = publishes(&out, sub);
+    assert_eq!(got.len(), 1, "exactly once");
+    assert_eq!((got[0].0.as_str(), got[0].2), ("t/2", 2));
+    let out_id = got[0].3.unwrap();
+    // A PUBREL repeated (e.g. after a reconnect) gets PUBCOMP and no second delivery.
+    let out = h.send(publ, Packet::Pubrel(pid(22)));
+    assert_eq!(packets(&out, publ), vec![Packet::Pubcomp(pid(22))]);
+    assert!(publishes(&out, sub).is_empty());
+
+    // QoS 2 outbound: PUBREC → PUBREL; a repeated PUBREC → PUBREL again; PUBCOMP completes.
+    let out = h.send(sub, Packet::Pubrec(pid(out_id)));
+    assert_eq!(packets(&out, sub), vec![Packet::Pubrel(pid(out_id))]);
+    let out = h.send(sub, Packet::Pubrec(pid(out_id)));
+    assert_eq!(packets(&out, sub), vec![Packet::Pubrel(pid(out_id))]);
+    assert_eq!(h.core.session_state("sub").unwrap().inflight, 1);
+    h.send(sub, Packet::Pubcomp(pid(out_id)));
+    assert_eq!(h.core.session_state("sub").unwrap().inflight, 0);
+}
+
+#[test]
+fn granted_and_delivered_qos() {
+    let mut h = H::with(|c| c.max_qos = QoS::Level1);
+    let (sub, _, _) = h.connect("sub", true);
+    let out = h.send(sub, subscribe(1, &[("a", QoS::Level2), ("b", QoS::Level0)]));
+    // §3.9.3: granted = min(requested, server maximum).
+    assert_eq!(
+        packets(&out, sub),
+        vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel1, SubscribeReturnCode::MaxLevel0]))]
+    );
+    let (p, _, _) = h.connect("p", true);
+    // §3.8.4: each delivery uses min(granted, message QoS).
+    let out = h.send(p, publish("a", QoS::Level2, 1, "x"));
+    assert!(publishes(&out, sub).is_empty()); // method B: on PUBREL
+    let out = h.send(p, Packet::Pubrel(pid(1)));
+    assert_eq!(publishes(&out, sub)[0].2, 1);
+    let out = h.send(p, publish("b", QoS::Level1, 2, "y"));
+    assert_eq!(publishes(&out, sub)[0].2, 0);
+    let out = h.send(p, publish("a", QoS::Level0, 0, "z"));
+    assert_eq!(publishes(&out, sub)[0].2, 0);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    let mut h = H::new();
+    let (sub, _, _) = h.connect("sub", true);
+    h.send(sub, subscribe(1, &[("a/#", QoS::Level0), ("a/+", QoS::Level1), ("a/b", QoS::Level0), ("#", QoS::Level0)]));
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("a/b", QoS::Level2, 5, "m"));
+    assert!(publishes(&out, sub).is_empty());
+    let out = h.send(p, Packet::Pubrel(pid(5)));
+    let got = publishes(&out, sub);
+    assert_eq!(got.len(), 1, "one delivery: {got:?}");
+    assert_eq!(got[0].2, 1, "at the highest granted QoS");
+}
+
+#[test]
+fn dollar_topics_and_wildcards() {
+    let mut h = H::new();
+    let (all, _, _) = h.connect("all", true);
+    h.send(all, subscribe(1, &[("#", QoS::Level0), ("+/x", QoS::Level0)]));
+    let (sys, _, _) = h.connect("sys", true);
+    h.send(sys, subscribe(1, &[("$SYS/#", QoS::Level0)]));
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("$SYS/x", QoS::Level0, 0, "s"));
+    assert!(publishes(&out, all).is_empty(), "§4.7.2-1");
+    assert_eq!(publishes(&out, sys).len(), 1);
+    let out = h.send(p, publish("q/x", QoS::Level0, 0, "s"));
+    assert_eq!(publishes(&out, all).len(), 1);
+    assert!(publishes(&out, sys).is_empty());
+}
+
+#[test]
+fn retained_set_replace_clear_and_deliver_on_subscribe() {
+    let mut h = H::new();
+    let (p, _, _) = h.connect("p", true);
+    let (live, _, _) = h.connect("live", true);
+    h.send(live, subscribe(1, &[("r/#", QoS::Level1)]));
+    let out = h.send(p, retained("r/a", QoS::Level1, 1, "first"));
+    // §3.3.1-9: forwarded to an existing subscription with RETAIN 0.
+    assert_eq!(publishes(&out, live)[0].4, false);
+    h.send(p, retained("r/a", QoS::Level0, 0, "second")); // replaces (§3.3.1-7)
+    h.send(p, retained("r/b", QoS::Level1, 2, "bee"));
+    h.send(p, publish("r/c", QoS::Level1, 3, "not retained"));
+    assert_eq!(h.core.stats().retained, 2);
+
+    let (late, _, _) = h.connect("late", true);
+    let out = h.send(late, subscribe(9, &[("r/+", QoS::Level1)]));
+    let sent = packets(&out, late);
+    assert!(matches!(sent[0], Packet::Suback(_)), "SUBACK first");
+    let mut got = publishes(&out, late);
+    got.sort();
+    // §3.3.1-6: retained messages on subscribe, RETAIN 1, QoS min(granted, stored).
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].0.as_str(), got[0].1.as_str(), got[0].2, got[0].4), ("r/a", "second", 0, true));
+    assert_eq!((got[1].0.as_str(), got[1].1.as_str(), got[1].2, got[1].4), ("r/b", "bee", 1, true));
+
+    // §3.3.1-10: an empty retained message clears the topic and is still forwarded.
+    let out = h.send(p, retained("r/a", QoS::Level0, 0, ""));
+    assert_eq!(publishes(&out, live).len(), 1);
+    assert_eq!(h.core.stats().retained, 1);
+    let (later, _, _) = h.connect("later", true);
+    let out = h.send(later, subscribe(1, &[("r/#", QoS::Level0)]));
+    assert_eq!(publishes(&out, later).iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), vec!["r/b"]);
+    // Subscribing again to an identical filter re-sends the retained messages (§3.8.4-3).
+    let out = h.send(later, subscribe(2, &[("r/#", QoS::Level0)]));
+    assert_eq!(publishes(&out, later).len(), 1);
+    assert_eq!(h.core.stats().subscriptions, 3);
+}
+
+#[test]
+fn persistent_session_keeps_subscriptions_and_messages_while_offline() {
+    let mut h = H::new();
+    let (s, present, _) = h.connect("dev", false);
+    assert!(!present);
+    h.send(s, subscribe(1, &[("d/#", QoS::Level2)]));
+    let out = h.send(s, Packet::Disconnect);
+    assert_eq!(close_of(&out, s), Some(CloseReason::Disconnect));
+    h.lost(s);
+    assert!(!h.core.session_state("dev").unwrap().online);
+
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("d/0", QoS::Level0, 0, "zero"));
+    h.send(p, publish("d/1", QoS::Level1, 1, "one"));
+    h.send(p, publish("d/2", QoS::Level2, 2, "two"));
+    h.send(p, Packet::Pubrel(pid(2)));
+    assert_eq!(h.core.session_state("dev").unwrap().queued, 3);
+
+    // §3.2.2-2: session present; queued messages follow the CONNACK in order.
+    let (s2, present, out) = h.connect("dev", false);
+    assert!(present);
+    let got = publishes(&out, s2);
+    assert_eq!(got.iter().map(|m| (m.0.as_str(), m.2)).collect::<Vec<_>>(), vec![("d/0", 0), ("d/1", 1), ("d/2", 2)]);
+    let out = h.send(s2, Packet::Pingreq);
+    assert_eq!(packets(&out, s2), vec![Packet::Pingresp]);
+    h.lost(s2);
+
+    // Clean session 1 discards it (§3.1.2-6).
+    let (s3, present, _) = h.connect("dev", true);
+    assert!(!present);
+    let out = h.send(p, publish("d/x", QoS::Level1, 3, "x"));
+    assert!(publishes(&out, s3).is_empty());
+    h.lost(s3);
+    assert!(h.core.session_state("dev").is_none(), "clean session ends with its connection");
+}
+
+#[test]
+fn unacknowledged_messages_are_retransmitted_with_dup_on_reconnect() {
+    let mut h = H::new();
+    let (s, _, _) = h.connect("s", false);
+    h.send(s, subscribe(1, &[("t", QoS::Level2)]));
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("t", QoS::Level1, 1, "q1"));
+    let q1 = publishes(&out, s)[0].3.unwrap();
+    h.send(p, publish("t", QoS::Level2, 2, "q2"));
+    let out = h.send(p, Packet::Pubrel(pid(2)));
+    let q2 = publishes(&out, s)[0].3.unwrap();
+    h.send(p, publish("t", QoS::Level2, 3, "q2b"));
+    let out = h.send(p, Packet::Pubrel(pid(3)));
+    let q3 = publishes(&out, s)[0].3.unwrap();
+    assert!(q1 != q2 && q2 != q3);
+    // The subscriber acknowledges the second QoS 2 message's PUBLISH only (PUBREC).
+    let out = h.send(s, Packet::Pubrec(pid(q3)));
+    assert_eq!(packets(&out, s), vec![Packet::Pubrel(pid(q3))]);
+    h.lost(s); // connection drops
+
+    // §4.4: PUBLISH re-sent with DUP and the same ids, PUBREL re-sent, original order.
+    let (s2, present, out) = h.connect("s", false);
+    assert!(present);
+    let sent = packets(&out, s2);
+    assert!(matches!(sent[0], Packet::Connack(_)));
+    let rest: Vec<_> = sent[1..]
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => {
+                (format!("PUBLISH {}", String::from_utf8_lossy(&p.payload)), p.qos_pid.pid().unwrap().value(), p.dup)
+            }
+            Packet::Pubrel(id) => ("PUBREL".to_string(), id.value(), false),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        rest,
+        vec![("PUBLISH q1".into(), q1, true), ("PUBLISH q2".into(), q2, true), ("PUBREL".into(), q3, false)]
+    );
+    h.send(s2, Packet::Puback(pid(q1)));
+    h.send(s2, Packet::Pubrec(pid(q2)));
+    h.send(s2, Packet::Pubcomp(pid(q2)));
+    h.send(s2, Packet::Pubcomp(pid(q3)));
+    assert_eq!(h.core.session_state("s").unwrap().inflight, 0);
+}
+
+#[test]
+fn inbound_qos2_state_survives_reconnect() {
+    // The publisher's PUBLISH was PUBREC'd, then the connection dropped before PUBREL.
+    let mut h = H::new();
+    let (sub, _, _) = h.connect("sub", true);
+    h.send(sub, subscribe(1, &[("t", QoS::Level2)]));
+    let (p, _, _) = h.connect("p", false);
+    h.send(p, publish("t", QoS::Level2, 9, "once"));
+    h.lost(p);
+    let (p2, present, _) = h.connect("p", false);
+    assert!(present);
+    // The client re-sends the PUBLISH (DUP) then PUBREL: one delivery.
+    let mut dup = publish("t", QoS::Level2, 9, "once");
+    if let Packet::Publish(x) = &mut dup {
+        x.dup = true;
+    }
+    let out = h.send(p2, dup);
+    assert!(publishes(&out, sub).is_empty());
+    let out = h.send(p2, Packet::Pubrel(pid(9)));
+    assert_eq!(publishes(&out, sub).len(), 1);
+}
+
+#[test]
+fn takeover_closes_the_first_connection() {
+    let mut h = H::new();
+    let (watch, _, _) = h.connect("watch", true);
+    h.send(watch, subscribe(1, &[("w", QoS::Level0)]));
+    let mut c = connect_packet("dup", false, 0);
+    c.last_will = Some(LastWill::new(QoS::Level0, tn("w"), Bytes::from_static(b"old gone")));
+    let (first, _) = h.connect_with(c);
+    h.send(first, subscribe(1, &[("x", QoS::Level1)]));
+    let (second, out) = h.connect_with(connect_packet("dup", false, 0));
+    // §3.1.4-2: the first connection is closed; the session stays (clean 0) and is resumed.
+    assert_eq!(close_of(&out, first), Some(CloseReason::TakenOver));
+    assert_eq!(packets(&out, second), vec![Packet::Connack(Connack::new(true, ConnectReturnCode::Accepted))]);
+    assert_eq!(publishes(&out, watch).len(), 1, "the old connection's will");
+    assert_eq!(h.core.stats().takeovers, 1);
+    // The old connection's late input and loss do not touch the session.
+    assert!(h.send(first, Packet::Pingreq).is_empty());
+    h.lost(first);
+    assert!(h.core.session_state("dup").unwrap().online);
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("x", QoS::Level1, 1, "to second"));
+    assert_eq!(publishes(&out, second).len(), 1);
+    assert!(publishes(&out, first).is_empty());
+}
+
+#[test]
+fn will_on_abnormal_close_not_on_disconnect() {
+    let mut h = H::new();
+    let (watch, _, _) = h.connect("watch", true);
+    h.send(watch, subscribe(1, &[("w/#", QoS::Level1)]));
+    let will = |who: &str| {
+        let mut c = connect_packet(who, true, 0);
+        let mut w = LastWill::new(QoS::Level1, tn(&format!("w/{who}")), Bytes::from_static(b"bye"));
+        w.retain = true;
+        c.last_will = Some(w);
+        c
+    };
+    let (a, _) = h.connect_with(will("a"));
+    let out = h.lost(a);
+    let got = publishes(&out, watch);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "w/a");
+    assert_eq!(h.core.stats().retained, 1, "a retained will is retained");
+    let (b, _) = h.connect_with(will("b"));
+    h.send(b, Packet::Disconnect);
+    let out = h.lost(b);
+    assert!(publishes(&out, watch).is_empty(), "§3.14.4-3");
+    assert_eq!(h.core.stats().wills_published, 1);
+}
+
+#[test]
+fn keepalive_expiry_at_one_and_a_half_times_publishes_the_will() {
+    let mut h = H::new();
+    let (watch, _, _) = h.connect("watch", true);
+    h.send(watch, subscribe(1, &[("w", QoS::Level0)]));
+    let mut c = connect_packet("k", true, 10);
+    c.last_will = Some(LastWill::new(QoS::Level0, tn("w"), Bytes::from_static(b"timed out")));
+    let (k, out) = h.connect_with(c);
+    assert!(h.core.poll_timeout().is_some(), "a timer is armed");
+    let _ = out;
+    // Activity at 9 s pushes the deadline to 9 + 15 s.
+    h.now += Duration::from_secs(9);
+    h.send(k, Packet::Pingreq);
+    let out = h.advance(Duration::from_secs(14)); // t = 23 s < 24 s
+    assert!(close_of(&out, k).is_none());
+    assert!(h.core.poll_timeout().is_some());
+    let out = h.advance(Duration::from_millis(1001)); // t = 24.001 s
+    assert_eq!(close_of(&out, k), Some(CloseReason::KeepaliveTimeout), "§3.1.2-24");
+    assert_eq!(publishes(&out, watch), vec![("w".into(), "timed out".into(), 0, None, false, false)]);
+    assert_eq!(h.core.stats().keepalive_timeouts, 1);
+    // The watcher has keepalive 0: never expires.
+    let out = h.advance(Duration::from_secs(3600));
+    assert!(close_of(&out, watch).is_none());
+}
+
+#[test]
+fn short_keepalive_is_not_masked_by_the_connect_deadline() {
+    let mut h = H::new();
+    let (k, _) = h.connect_with(connect_packet("k", true, 1));
+    let out = h.advance(Duration::from_millis(1501));
+    assert_eq!(close_of(&out, k), Some(CloseReason::KeepaliveTimeout));
+}
+
+#[test]
+fn connect_timeout() {
+    let mut h = H::new();
+    let conn = h.open();
+    assert!(close_of(&h.advance(Duration::from_secs(9)), conn).is_none());
+    assert_eq!(close_of(&h.advance(Duration::from_secs(2)), conn), Some(CloseReason::ConnectTimeout));
+}
+
+#[test]
+fn offline_cap_drops_oldest_qos0_then_refuses() {
+    let mut h = H::with(|c| c.max_queued_messages = 3);
+    let (s, _, _) = h.connect("s", false);
+    h.send(s, subscribe(1, &[("t", QoS::Level1)]));
+    h.lost(s);
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("t", QoS::Level0, 0, "a0"));
+    h.send(p, publish("t", QoS::Level1, 1, "b1"));
+    h.send(p, publish("t", QoS::Level0, 0, "c0"));
+    assert_eq!(h.core.session_state("s").unwrap().queued, 3);
+    h.send(p, publish("t", QoS::Level1, 2, "d1")); // drops a0
+    h.send(p, publish("t", QoS::Level1, 3, "e1")); // drops c0
+    h.send(p, publish("t", QoS::Level1, 4, "f1")); // no QoS 0 left: refused
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.queued, info.dropped), (3, 3));
+    assert_eq!(h.core.stats().dropped_queue_full, 3);
+    let (s2, _, out) = h.connect("s", false);
+    let got: Vec<_> = publishes(&out, s2).into_iter().map(|m| m.1).collect();
+    assert_eq!(got, vec!["b1", "d1", "e1"]);
+}
+
+#[test]
+fn inflight_window_queues_and_pumps() {
+    let mut h = H::with(|c| c.max_inflight = 2);
+    let (s, _, _) = h.connect("s", true);
+    h.send(s, subscribe(1, &[("t", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let out = h.send(p, publish("t", QoS::Level1, i, &format!("m{i}")));
+        ids.extend(publishes(&out, s).into_iter().map(|m| m.3.unwrap()));
+    }
+    assert_eq!(ids.len(), 2);
+    assert_eq!(h.core.session_state("s").unwrap().queued, 3);
+    // QoS 0 is not held behind the window.
+    let out = h.send(p, publish("t", QoS::Level0, 0, "zero"));
+    assert_eq!(publishes(&out, s).len(), 1);
+    let out = h.send(s, Packet::Puback(pid(ids[0])));
+    let got = publishes(&out, s);
+    assert_eq!(got.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["m3"]);
+}
+
+#[test]
+fn channels_scope_subscriptions_flows_and_ids() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("multi", true);
+    // The same filter on two channels delivers once per channel, each on its own channel.
+    let out = h.send_on(c, 1, subscribe(1, &[("t", QoS::Level1)]));
+    assert_eq!(sends(&out, c)[0].0, 1, "SUBACK on the SUBSCRIBE's channel");
+    h.send_on(c, 2, subscribe(1, &[("t", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("t", QoS::Level1, 1, "x"));
+    let mut got: Vec<(ChannelId, u16)> = sends(&out, c)
+        .into_iter()
+        .filter_map(|(ch, p)| match p {
+            Packet::Publish(p) => Some((ch, p.qos_pid.pid().unwrap().value())),
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].0, got[1].0), (1, 2));
+    assert_ne!(got[0].1, got[1].1, "outbound ids unique across channels");
+
+    // Inbound QoS 2 flows are keyed by (channel, id): id 5 on channels 1 and 2 are two flows.
+    let (sink, _, _) = h.connect("sink", true);
+    h.send(sink, subscribe(1, &[("q", QoS::Level2)]));
+    let out = h.send_on(c, 1, publish("q", QoS::Level2, 5, "from 1"));
+    assert_eq!(sends(&out, c), vec![(1, Packet::Pubrec(pid(5)))], "ack on the PUBLISH's channel");
+    h.send_on(c, 2, publish("q", QoS::Level2, 5, "from 2"));
+    assert_eq!(h.core.session_state("multi").unwrap().awaiting_rel, 2);
+    let out = h.send_on(c, 2, Packet::Pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(2, Packet::Pubcomp(pid(5)))]);
+    assert_eq!(publishes(&out, sink)[0].1, "from 2");
+
+    // Closing channel 1 drops its subscription, its inbound flow and its in-flight message.
+    let mut out = Vec::new();
+    h.core.close_channel(c, 1, h.now, &mut out);
+    let info = h.core.session_state("multi").unwrap();
+    assert_eq!((info.subscriptions, info.awaiting_rel, info.inflight), (1, 0, 1));
+    assert_eq!(h.core.stats().dropped_channel_closed, 1);
+    let out = h.send(p, publish("t", QoS::Level0, 0, "y"));
+    assert_eq!(sends(&out, c).iter().map(|(ch, _)| *ch).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn unsubscribe_and_ping() {
+    let mut h = H::new();
+    let (s, _, _) = h.connect("s", true);
+    h.send(s, subscribe(1, &[("a", QoS::Level0), ("b", QoS::Level0)]));
+    let out = h.send(
+        s,
+        Packet::Unsubscribe(Unsubscribe::new(
+            pid(2),
+            vec![
+                super::super::codec::TopicFilter::try_from("a").unwrap(),
+                super::super::codec::TopicFilter::try_from("zzz").unwrap(),
+            ],
+        )),
+    );
+    assert_eq!(packets(&out, s), vec![Packet::Unsuback(pid(2))], "§3.10.4-4, §3.10.4-5");
+    let (p, _, _) = h.connect("p", true);
+    assert!(publishes(&h.send(p, publish("a", QoS::Level0, 0, "")), s).is_empty());
+    assert_eq!(publishes(&h.send(p, publish("b", QoS::Level0, 0, "")), s).len(), 1);
+    assert_eq!(packets(&h.send(s, Packet::Pingreq), s), vec![Packet::Pingresp]);
+}
+
+#[test]
+fn too_many_awaiting_pubrel_disconnects() {
+    let mut h = H::with(|c| c.max_awaiting_rel = 2);
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("t", QoS::Level2, 1, ""));
+    h.send(p, publish("t", QoS::Level2, 2, ""));
+    let out = h.send(p, publish("t", QoS::Level2, 3, ""));
+    assert!(matches!(close_of(&out, p), Some(CloseReason::Violation(_))));
+}
+
+#[test]
+fn clean_session_state_is_gone_after_close_and_memory_shrinks() {
+    let mut h = H::new();
+    let (s, _, _) = h.connect("s", true);
+    h.send(s, subscribe(1, &[("a/b/c", QoS::Level0)]));
+    h.lost(s);
+    let st = h.core.stats();
+    assert_eq!((st.connections, st.sessions, st.subscriptions), (0, 0, 0));
+}

@@ -1,0 +1,388 @@
+//! `quiclab mqtt pub|sub|bench|broker`, and the MQTT flags of `quiclab serve`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+
+use super::bench::BenchArgs;
+use super::client::{self, Client, ClientOptions, MqttUrl};
+use super::codec::{QoS, SubscribeReturnCode};
+use super::config::{MqttConfig, ALPN_MQTT};
+use super::session::Message;
+use super::MqttError;
+use crate::config::{parse_duration, parse_size};
+use crate::tls::{CertStore, Trust};
+
+/// The `mqtt` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MqttCommand {
+    /// Publish a message: `quiclab mqtt pub -t TOPIC -m TEXT [-q 0|1|2] [-r]`.
+    Pub(PubArgs),
+    /// Subscribe and print each message: topic, QoS, retain flag and payload, tab-separated.
+    Sub(SubArgs),
+    /// Benchmark quiclab's broker against mosquitto (both started on loopback, pinned).
+    Bench(BenchArgs),
+    /// Run the broker alone (the same core and transports `quiclab serve` runs).
+    Broker(BrokerArgs),
+}
+
+fn parse_qos(s: &str) -> Result<QoS, String> {
+    match s {
+        "0" => Ok(QoS::Level0),
+        "1" => Ok(QoS::Level1),
+        "2" => Ok(QoS::Level2),
+        _ => Err(format!("QoS must be 0, 1 or 2, not {s:?}")),
+    }
+}
+
+fn parse_url(s: &str) -> Result<MqttUrl, String> {
+    s.parse::<MqttUrl>().map_err(|e| e.to_string())
+}
+
+/// How a client connects (shared by `pub` and `sub`).
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Broker URL: mqtt://HOST:1883 (TCP) or mqtts://HOST:8883 (TLS). mqtt+quic:// is reserved
+    /// for MQTT over QUIC.
+    #[arg(long, value_name = "URL", default_value = "mqtt://localhost:1883", value_parser = parse_url)]
+    pub url: MqttUrl,
+    /// Client identifier (default: empty, the broker assigns one; needs a clean session).
+    #[arg(short = 'i', long = "id", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Keep the session when disconnected (clean session 0): subscriptions and QoS 1/2
+    /// messages survive until the next connection with the same --id.
+    #[arg(short = 'c', long = "persistent")]
+    pub persistent: bool,
+    /// Keepalive in seconds (0: off).
+    #[arg(short = 'k', long, value_name = "SECONDS", default_value_t = 60)]
+    pub keepalive: u16,
+    /// User name.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Password (needs --username).
+    #[arg(short = 'P', long, value_name = "PASSWORD", requires = "username")]
+    pub password: Option<String>,
+    /// Trust the CA certificate(s) in FILE for mqtts:// (default: certs/ca.pem if it exists,
+    /// plus the Mozilla roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify the broker's certificate (mqtts://).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Give up if the connection (TCP, TLS, CONNACK) takes longer.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Last will: topic published by the broker if this client goes away without DISCONNECT.
+    #[arg(long, value_name = "TOPIC")]
+    pub will_topic: Option<String>,
+    /// Last will payload.
+    #[arg(long, value_name = "TEXT", requires = "will_topic", default_value = "")]
+    pub will_payload: String,
+    /// Last will QoS.
+    #[arg(long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
+    pub will_qos: QoS,
+    /// Retain the last will.
+    #[arg(long)]
+    pub will_retain: bool,
+}
+
+impl ConnArgs {
+    /// The client options these arguments describe.
+    pub fn options(&self) -> Result<ClientOptions, MqttError> {
+        let trust = if self.insecure {
+            Trust::Insecure
+        } else if let Some(ca) = &self.cacert {
+            Trust::CaFile(ca.clone())
+        } else if std::path::Path::new("certs/ca.pem").exists() {
+            Trust::CaFile(PathBuf::from("certs/ca.pem"))
+        } else {
+            Trust::WebPki
+        };
+        let will = match &self.will_topic {
+            Some(t) => Some(Message {
+                topic: client::topic(t)?,
+                payload: Bytes::from(self.will_payload.clone().into_bytes()),
+                qos: self.will_qos,
+                retain: self.will_retain,
+            }),
+            None => None,
+        };
+        Ok(ClientOptions {
+            client_id: self.client_id.clone().unwrap_or_default(),
+            clean_session: !self.persistent,
+            keep_alive: self.keepalive,
+            will,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            trust,
+            connect_timeout: self.connect_timeout,
+            ..ClientOptions::default()
+        })
+    }
+}
+
+/// `quiclab mqtt pub`.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Topic to publish to.
+    #[arg(short = 't', long, value_name = "TOPIC")]
+    pub topic: String,
+    /// QoS: 0, 1 or 2.
+    #[arg(short = 'q', long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
+    pub qos: QoS,
+    /// Payload (UTF-8 text).
+    #[arg(short = 'm', long, value_name = "TEXT", conflicts_with_all = ["null_message", "file"])]
+    pub message: Option<String>,
+    /// Send an empty payload (with -r: clears the topic's retained message).
+    #[arg(short = 'n', long)]
+    pub null_message: bool,
+    /// Payload from a file.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set the RETAIN flag: the broker keeps the message for future subscribers.
+    #[arg(short = 'r', long)]
+    pub retain: bool,
+    /// Publish the message this many times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+}
+
+/// `quiclab mqtt sub`.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Topic filter(s) to subscribe to (`+` and `#` wildcards); repeat for several.
+    #[arg(short = 't', long, value_name = "FILTER", required = true)]
+    pub topic: Vec<String>,
+    /// Requested QoS for every filter.
+    #[arg(short = 'q', long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
+    pub qos: QoS,
+    /// Exit after this many messages.
+    #[arg(short = 'C', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Exit with status 3 if no message arrives for this long.
+    #[arg(short = 'W', long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print the payload only (no topic, QoS and retain columns).
+    #[arg(long)]
+    pub payload_only: bool,
+}
+
+/// Listener and limit flags of the broker, shared by `quiclab serve` and `quiclab mqtt broker`.
+#[derive(Debug, Args, Clone)]
+pub struct MqttKnobs {
+    /// Largest MQTT packet accepted (k, M suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub mqtt_max_packet: u64,
+    /// Messages kept per session while it is offline or its in-flight window is full.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub mqtt_max_queued: usize,
+    /// Outbound QoS 1/2 messages in flight per session.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub mqtt_max_inflight: usize,
+    /// Packets queued per channel before QoS 0 deliveries to it are dropped.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub mqtt_channel_queue: usize,
+    /// Highest QoS granted to subscriptions.
+    #[arg(long, value_name = "QOS", value_parser = parse_qos, default_value = "2")]
+    pub mqtt_max_qos: QoS,
+    /// Most concurrent MQTT connections.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub mqtt_max_connections: usize,
+    /// Most sessions kept (online and offline); more CONNECTs get 0x03.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub mqtt_max_sessions: usize,
+    /// Do not keep QoS 0 messages for offline persistent sessions.
+    #[arg(long)]
+    pub mqtt_no_offline_qos0: bool,
+}
+
+impl MqttKnobs {
+    fn apply(&self, cfg: &mut MqttConfig) {
+        cfg.max_packet_size = self.mqtt_max_packet.min(super::codec::MAX_REMAINING_LENGTH as u64 + 5) as usize;
+        cfg.max_queued_messages = self.mqtt_max_queued;
+        cfg.max_inflight = self.mqtt_max_inflight.max(1);
+        cfg.channel_queue = self.mqtt_channel_queue;
+        cfg.max_qos = self.mqtt_max_qos;
+        cfg.max_connections = self.mqtt_max_connections;
+        cfg.max_sessions = self.mqtt_max_sessions;
+        cfg.queue_qos0_offline = !self.mqtt_no_offline_qos0;
+    }
+}
+
+/// The MQTT flags of `quiclab serve` (flatten into its arguments).
+#[derive(Debug, Args, Clone)]
+pub struct MqttServeArgs {
+    /// MQTT over TCP listens here.
+    #[arg(long, value_name = "ADDR", default_value = "[::]:1883")]
+    pub mqtt_tcp: SocketAddr,
+    /// MQTT over TLS listens here (certificate as for HTTPS).
+    #[arg(long, value_name = "ADDR", default_value = "[::]:8883")]
+    pub mqtt_tls: SocketAddr,
+    /// Do not serve MQTT.
+    #[arg(long)]
+    pub no_mqtt: bool,
+    #[command(flatten)]
+    pub knobs: MqttKnobs,
+}
+
+impl MqttServeArgs {
+    /// The broker configuration for these flags.
+    pub fn to_config(&self) -> MqttConfig {
+        let mut cfg = MqttConfig {
+            enabled: !self.no_mqtt,
+            tcp_listen: Some(self.mqtt_tcp),
+            tls_listen: Some(self.mqtt_tls),
+            ..MqttConfig::default()
+        };
+        self.knobs.apply(&mut cfg);
+        cfg
+    }
+}
+
+/// `quiclab mqtt broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// MQTT over TCP listens here.
+    #[arg(long, value_name = "ADDR", default_value = "[::]:1883")]
+    pub tcp: SocketAddr,
+    /// Also serve MQTT over TLS here.
+    #[arg(long, value_name = "ADDR")]
+    pub tls: Option<SocketAddr>,
+    /// Directory of the development certificates (for --tls).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub certs: PathBuf,
+    #[command(flatten)]
+    pub knobs: MqttKnobs,
+}
+
+/// Run an `mqtt` subcommand; returns the process exit code.
+pub async fn run(cmd: MqttCommand) -> Result<i32, MqttError> {
+    match cmd {
+        MqttCommand::Pub(a) => publish(a).await,
+        MqttCommand::Sub(a) => subscribe(a).await,
+        MqttCommand::Bench(a) => super::bench::run(a).await,
+        MqttCommand::Broker(a) => broker(a).await,
+    }
+}
+
+async fn publish(a: PubArgs) -> Result<i32, MqttError> {
+    let payload = match (&a.message, &a.file) {
+        (Some(m), _) => Bytes::from(m.clone().into_bytes()),
+        (None, Some(f)) => {
+            Bytes::from(std::fs::read(f).map_err(|e| MqttError::Other(format!("{}: {e}", f.display())))?)
+        }
+        (None, None) if a.null_message => Bytes::new(),
+        (None, None) => return Err(MqttError::Other("give a payload with -m TEXT, -f FILE or -n".into())),
+    };
+    let opts = a.conn.options()?;
+    let mut c = Client::connect(&a.conn.url, &opts).await?;
+    for _ in 0..a.count {
+        c.publish(&a.topic, a.qos, a.retain, payload.clone()).await?;
+    }
+    c.disconnect().await?;
+    Ok(0)
+}
+
+async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
+    let opts = a.conn.options()?;
+    let mut c = Client::connect(&a.conn.url, &opts).await?;
+    let filters: Vec<(&str, QoS)> = a.topic.iter().map(|t| (t.as_str(), a.qos)).collect();
+    let codes = c.subscribe(&filters).await?;
+    for (f, code) in a.topic.iter().zip(&codes) {
+        if *code == SubscribeReturnCode::Failure {
+            return Err(MqttError::Other(format!("subscription to {f:?} refused by the broker")));
+        }
+    }
+    let mut seen = 0u64;
+    if a.count == Some(0) {
+        c.disconnect().await?;
+        return Ok(0);
+    }
+    let mut stdout = std::io::stdout();
+    loop {
+        let msg = match a.timeout {
+            Some(t) => match c.recv_timeout(t).await? {
+                Some(m) => m,
+                None => {
+                    eprintln!("quiclab mqtt sub: no message within {t:?}");
+                    return Ok(3);
+                }
+            },
+            None => c.recv().await?,
+        };
+        let payload = String::from_utf8_lossy(&msg.payload);
+        let line = if a.payload_only {
+            format!("{payload}\n")
+        } else {
+            format!("{}\tqos={}\tretain={}\t{payload}\n", &*msg.topic, msg.qos as u8, msg.retain as u8)
+        };
+        // A closed stdout (e.g. `| head`) ends the command quietly.
+        if stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            return Ok(0);
+        }
+        seen += 1;
+        if a.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+    }
+    c.disconnect().await?;
+    Ok(0)
+}
+
+async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
+    let mut cfg = MqttConfig { tcp_listen: Some(a.tcp), tls_listen: a.tls, ..MqttConfig::default() };
+    a.knobs.apply(&mut cfg);
+    let tls = match a.tls {
+        Some(_) => {
+            let store = CertStore::load_or_create(&a.certs)?;
+            Some(crate::tls::tcp_server_config(&store, &[ALPN_MQTT])?)
+        }
+        None => None,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let started = super::tcp::start(&cfg, tls, &shutdown, &tracker).map_err(|e| MqttError::Other(e.to_string()))?;
+    let mut banner = String::new();
+    if let Some(t) = started.tcp {
+        banner += &format!("mqtt tcp {t}\n");
+    }
+    if let Some(t) = started.tls {
+        banner += &format!("mqtt tls {t}\n");
+    }
+    banner += &format!("effective configuration:\n{}", cfg.summary());
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    drop(out);
+    wait_for_signal().await;
+    let t0 = Instant::now();
+    shutdown.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    tracing::info!("mqtt broker stopped in {:?}", t0.elapsed());
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
+}

@@ -1,0 +1,129 @@
+//! Every knob of the MQTT broker, with its default and the reason for it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use super::codec::QoS;
+
+/// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
+pub const DEFAULT_TCP_PORT: u16 = 1883;
+/// MQTT over TLS: the IANA port 8883.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
+/// ALPN a TLS client may offer for MQTT (the name EMQX and AWS IoT use); not required.
+pub const ALPN_MQTT: &[u8] = b"mqtt";
+
+/// The broker's configuration: listeners, limits, and the policies that bound memory.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Serve MQTT at all (`quiclab serve --no-mqtt` turns it off).
+    pub enabled: bool,
+    /// MQTT over plain TCP. `[::]:1883`: the IANA port, dual-stack like the other listeners.
+    /// `None`: no plain TCP listener.
+    pub tcp_listen: Option<SocketAddr>,
+    /// MQTT over TLS (certificates from `certs/`, like the HTTPS listener). `[::]:8883`.
+    pub tls_listen: Option<SocketAddr>,
+    /// Largest packet accepted, header included; a larger one closes the connection as soon as
+    /// its fixed header arrives. 1 MiB: EMQX's default; far above telemetry payloads, and it
+    /// bounds what one connection can make the broker buffer for an incomplete packet.
+    pub max_packet_size: usize,
+    /// Messages kept per session beyond its in-flight window: while it is offline (clean
+    /// session 0) or while the window is full. 1,000: mosquitto's `max_queued_messages`. When
+    /// full, the oldest queued QoS 0 message is dropped first; with none left, new messages for
+    /// that session are refused. Every dropped message is counted and logged.
+    pub max_queued_messages: usize,
+    /// Keep QoS 0 messages for offline persistent sessions too (MQTT 3.1.1 §3.1.2.4 allows it).
+    /// On: a subscriber that reconnects sees what it missed at every QoS, and the offline cap
+    /// above has QoS 0 messages to give up first.
+    pub queue_qos0_offline: bool,
+    /// Outbound QoS 1/2 messages in flight (sent, unacknowledged) per session, across all its
+    /// channels. 20: mosquitto's `max_inflight_messages`. Together with `channel_queue` it
+    /// bounds what one slow subscriber costs the broker.
+    pub max_inflight: usize,
+    /// Packets waiting to be written per channel (per TCP connection; per QUIC stream later).
+    /// When that many are queued, further QoS 0 deliveries to that channel are dropped and
+    /// counted; QoS 1/2 deliveries stay in the session (bounded by `max_inflight` and
+    /// `max_queued_messages`). 1,000: about 100 KiB of small messages per slow subscriber.
+    pub channel_queue: usize,
+    /// Highest QoS granted in SUBACK (MQTT 3.1.1 §3.9.3). 2: everything the protocol has.
+    pub max_qos: QoS,
+    /// Time a new connection has to send CONNECT (MQTT 3.1.1 §3.1: "a reasonable amount of
+    /// time"). 10 s: the same as the HTTPS handshake timeout.
+    pub connect_timeout: Duration,
+    /// Server-side cap on keepalive, seconds: a client asking for 0 (off) or more is timed out
+    /// after 1.5 × this. `None` (default): the client's keepalive is honoured as sent, 0
+    /// included (MQTT 3.1.1 §3.1.2.10 gives the server no say).
+    pub max_keepalive: Option<u16>,
+    /// Concurrent MQTT connections per broker (all listeners together); more are closed at
+    /// once. 10,000: as for the HTTP listeners, within the process's file descriptors.
+    pub max_connections: usize,
+    /// Sessions kept, online and offline. A CONNECT that would create one more is refused with
+    /// CONNACK 0x03 (server unavailable). 100,000: bounds memory against clients that connect
+    /// with ever new ids and clean session 0.
+    pub max_sessions: usize,
+    /// Distinct retained topics. A retained message for a new topic beyond this is delivered
+    /// but not retained (counted and logged). 100,000.
+    pub max_retained: usize,
+    /// Inbound QoS 2 messages stored per session awaiting PUBREL. A client that exceeds it is
+    /// disconnected (3.1.1 has no way to refuse a PUBLISH). 1,000.
+    pub max_awaiting_rel: usize,
+    /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
+    /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
+    pub credentials: Option<HashMap<String, String>>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            tcp_listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_TCP_PORT))),
+            tls_listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_TLS_PORT))),
+            max_packet_size: 1 << 20,
+            max_queued_messages: 1000,
+            queue_qos0_offline: true,
+            max_inflight: 20,
+            channel_queue: 1000,
+            max_qos: QoS::Level2,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: None,
+            max_connections: 10_000,
+            max_sessions: 100_000,
+            max_retained: 100_000,
+            max_awaiting_rel: 1000,
+            credentials: None,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Loopback, ephemeral ports for both listeners: for tests and examples.
+    pub fn ephemeral() -> Self {
+        let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        MqttConfig { tcp_listen: Some(lo), tls_listen: Some(lo), ..MqttConfig::default() }
+    }
+
+    /// `key value` lines for the startup banner ("effective configuration").
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: &dyn fmt::Display| s.push_str(&format!("  {k:<24} {v}\n"));
+        let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "(off)".into());
+        line("mqtt", &if self.enabled { "on" } else { "off" });
+        line("mqtt_tcp", &addr(&self.tcp_listen));
+        line("mqtt_tls", &addr(&self.tls_listen));
+        line("mqtt_max_packet", &self.max_packet_size);
+        line("mqtt_max_queued", &self.max_queued_messages);
+        line("mqtt_queue_qos0_offline", &self.queue_qos0_offline);
+        line("mqtt_max_inflight", &self.max_inflight);
+        line("mqtt_channel_queue", &self.channel_queue);
+        line("mqtt_max_qos", &(self.max_qos as u8));
+        line("mqtt_connect_timeout_ms", &self.connect_timeout.as_millis());
+        line("mqtt_max_keepalive_s", &self.max_keepalive.map(|k| k.to_string()).unwrap_or_else(|| "(client's)".into()));
+        line("mqtt_max_connections", &self.max_connections);
+        line("mqtt_max_sessions", &self.max_sessions);
+        line("mqtt_max_retained", &self.max_retained);
+        line("mqtt_max_awaiting_rel", &self.max_awaiting_rel);
+        line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
+        s
+    }
+}

@@ -1,0 +1,68 @@
+//! MQTT: a broker whose protocol logic is a sans-IO core, its TCP and TLS transports, an async
+//! client, and the `quiclab mqtt pub|sub|bench` commands.
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s v3.1.1 packets; encoder |
+//! | [`topic`] | the subscription trie and the retained-message trie (`+`, `#`, the `$` rule) |
+//! | [`session`] | per-client-id state: subscriptions, packet ids, in-flight and queued messages, inbound QoS 2 |
+//! | [`broker`] | [`BrokerCore`]: `(connection, channel, packet, now) → actions`; no I/O, no clock |
+//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task, per-channel bounded [`Outbox`]es |
+//! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
+//! | [`client`] | an async MQTT 3.1.1 client over TCP and TLS (CLI, tests, benchmarks) |
+//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker` |
+//! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
+//!
+//! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
+//! `docs/mqtt.md`.
+
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod session;
+pub mod tcp;
+pub mod topic;
+
+pub use broker::{Action, BrokerCore, CloseReason, CoreStats, SessionInfo};
+pub use cli::{run, MqttCommand};
+pub use client::{Client, ClientOptions, MqttUrl};
+pub use config::MqttConfig;
+pub use driver::{Attachment, Broker, BrokerStats, Outbox};
+pub use session::Message;
+pub use tcp::serve_tcp;
+
+/// Identifies one network connection attached to a broker core.
+pub type ConnId = u64;
+/// Identifies one channel (byte stream) of a connection.
+pub type ChannelId = u32;
+/// The channel CONNECT arrives on; the only channel of TCP and TLS connections.
+pub const CONTROL_CHANNEL: ChannelId = 0;
+
+/// Errors of the MQTT client and commands.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("malformed packet from the peer: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("connection refused by the broker: CONNACK {0:?}")]
+    Refused(codec::ConnectReturnCode),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("bad URL {0}")]
+    BadUrl(String),
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+    #[error("the broker closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
