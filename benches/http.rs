@@ -280,7 +280,7 @@ fn main() {
     }
     println!("## Server memory per idle HTTP/3 connection ({} connections; serve {:?})\n", o.idle_conns, o.serve_args);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quiclab"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-mqtt", "--certs"])
         .arg(&certs)
         .args(&o.serve_args)
         .env("RUST_LOG", "warn")

@@ -34,6 +34,9 @@ pub enum Command {
     /// Create (if missing) and show the development certificates, with ready-to-paste client
     /// command lines.
     Certs(CertsArgs),
+    /// MQTT: publish, subscribe, benchmark against mosquitto, or run the broker alone.
+    #[command(subcommand)]
+    Mqtt(crate::mqtt::MqttCommand),
     /// Experiments over an emulated lossy, delayed link (network namespaces joined by quiclab's
     /// relay): link, hol, handshake, migrate, flow.
     #[command(subcommand)]
@@ -93,6 +96,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[command(flatten)]
+    pub mqtt: crate::mqtt::cli::MqttServeArgs,
 }
 
 /// Limits on what a client may ask for.
@@ -244,6 +249,8 @@ pub enum CommandError {
     Lab(#[from] crate::lab::LabError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -252,6 +259,7 @@ pub async fn run(cli: Cli) -> Result<i32, CommandError> {
         Command::Serve(args) => serve(args).await,
         Command::Get(args) => get(args).await,
         Command::Certs(args) => certs(args),
+        Command::Mqtt(cmd) => Ok(crate::mqtt::run(cmd).await?),
         Command::Lab(cmd) => Ok(crate::lab::run(cmd).await?),
     }
 }
@@ -280,6 +288,7 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
+    cfg.mqtt = args.mqtt.to_config();
     cfg
 }
 
@@ -298,6 +307,12 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
         }
         None => format!("  certificate      {}\n", c.cert_path.display()),
     };
+    if let Some(a) = server.mqtt_tcp_addr() {
+        banner += &format!("  MQTT             mqtt://localhost:{}  (MQTT/TCP {a})\n", a.port());
+    }
+    if let Some(a) = server.mqtt_tls_addr() {
+        banner += &format!("  MQTT over TLS    mqtts://localhost:{}  (MQTT/TLS {a})\n", a.port());
+    }
     banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
     banner += &format!("effective configuration:\n{}", server.config().summary());
     // A closed stdout (a reader that went away) must not stop the server: ignore write errors.

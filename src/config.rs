@@ -67,6 +67,8 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before open connections are closed hard.
     /// 5 s: long enough for an in-flight small request, short enough for Ctrl-C to feel prompt.
     pub shutdown_grace: Duration,
+    /// The MQTT broker: listeners (TCP `[::]:1883`, TLS `[::]:8883`) and its limits.
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl ServerConfig {
@@ -87,13 +89,20 @@ impl ServerConfig {
             tcp_congestion: None,
             qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
+            mqtt: crate::mqtt::MqttConfig::default(),
         }
     }
 
     /// A configuration for tests and examples: loopback, ephemeral ports, certificates in `dir`.
     pub fn ephemeral(certs_dir: impl Into<PathBuf>) -> Self {
         let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        ServerConfig { quic_listen: lo, tcp_listen: lo, certs_dir: certs_dir.into(), ..ServerConfig::new() }
+        ServerConfig {
+            quic_listen: lo,
+            tcp_listen: lo,
+            certs_dir: certs_dir.into(),
+            mqtt: crate::mqtt::MqttConfig::ephemeral(),
+            ..ServerConfig::new()
+        }
     }
 
     /// The effective configuration as `key = value` lines, printed at startup.
@@ -138,6 +147,7 @@ impl ServerConfig {
         }
         line("keylog", &std::env::var("SSLKEYLOGFILE").unwrap_or_else(|_| "(off; set SSLKEYLOGFILE)".into()));
         line("shutdown_grace_ms", &self.shutdown_grace.as_millis());
+        s.push_str(&self.mqtt.summary());
         s
     }
 }

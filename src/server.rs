@@ -77,6 +77,7 @@ pub struct Server {
     tracker: TaskTracker,
     config: ServerConfig,
     certs: CertSummary,
+    mqtt: Option<crate::mqtt::tcp::MqttListeners>,
 }
 
 impl Server {
@@ -171,10 +172,19 @@ impl Server {
             tracker: tracker.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         });
+        // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
+        let mqtt = if cfg.mqtt.enabled {
+            let mqtt_tls = tls::tcp_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
+            let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
+                .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;
+            Some(started)
+        } else {
+            None
+        };
         tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
         tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
 
-        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs })
+        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs, mqtt })
     }
 
     /// The UDP address HTTP/3 is served on.
@@ -185,6 +195,21 @@ impl Server {
     /// The TCP address HTTP/2 and HTTP/1.1 are served on.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The address MQTT over TCP is served on (`None` with `--no-mqtt`).
+    pub fn mqtt_tcp_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().and_then(|m| m.tcp)
+    }
+
+    /// The address MQTT over TLS is served on.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().and_then(|m| m.tls)
+    }
+
+    /// The MQTT broker (statistics, sessions), when MQTT is on.
+    pub fn mqtt_broker(&self) -> Option<&crate::mqtt::Broker> {
+        self.mqtt.as_ref().map(|m| &m.broker)
     }
 
     /// The configuration the server runs with.

@@ -24,7 +24,7 @@ impl Drop for Served {
 
 fn serve(certs: &std::path::Path) -> Served {
     let mut child = quiclab()
-        .args(["serve", "--listen", "127.0.0.1:0", "--certs"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs"])
         .arg(certs)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -146,7 +146,16 @@ fn serve_reports_a_busy_port() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sock.local_addr().unwrap().port();
     let out = quiclab()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mqtt-tcp",
+            "127.0.0.1:0",
+            "--mqtt-tls",
+            "127.0.0.1:0",
+            "--certs",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

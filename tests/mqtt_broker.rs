@@ -111,7 +111,7 @@ async fn retained_messages() {
     p.publish("r/2", QoS::Level0, true, "two again").await.unwrap();
     let mut s = b.client("s").await;
     s.subscribe(&[("r/+", QoS::Level1)]).await.unwrap();
-    let mut got = vec![recv(&mut s).await, recv(&mut s).await];
+    let mut got = [recv(&mut s).await, recv(&mut s).await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!((&*got[0].topic, &got[0].payload[..], got[0].retain), ("r/1", &b"one"[..], true));
     assert_eq!((&*got[1].topic, &got[1].payload[..], got[1].retain), ("r/2", &b"two again"[..], true));

@@ -1,12 +1,937 @@
-//! `quiclab mqtt bench` (placeholder).
-use clap::Args;
+//! `quiclab mqtt bench`: one Rust load generator run against quiclab's broker and against
+//! Debian's mosquitto, same client code, same run.
+//!
+//! * Each broker runs as its own process, started here on loopback and pinned to one core
+//!   (`--broker-cpu`, `sched_setaffinity` before `exec`); the generator runs on one thread pinned
+//!   to the other core (`--load-cpu`) with a single-threaded runtime. quiclab's broker is
+//!   `quiclab mqtt broker` (the same core and transport `quiclab serve` runs); mosquitto gets a
+//!   generated config with `set_tcp_nodelay true`.
+//! * Broker CPU comes from `/proc/PID/stat` (user + system, all threads), memory from
+//!   `/proc/PID/status` (`VmRSS`), sampled at the edges of the measurement window.
+//! * Scenarios: point-to-point (N publishers → N subscribers, one topic each, QoS 1), fan-out
+//!   (1 publisher → M subscribers on one topic, QoS 0), idle clients (RSS delta / N).
+//! * Throughput runs are closed loops: each publisher keeps at most `--inflight` messages
+//!   unacknowledged (QoS 1: until PUBACK; fan-out QoS 0: until every subscriber got it, counted
+//!   in aggregate). Latency runs are paced open loops: messages leave on a fixed schedule and
+//!   each one's latency counts from its scheduled time, so a stall is not hidden.
+//! * End-to-end latency: the payload carries the send time; the subscriber records
+//!   receive − send in an HDR histogram (microseconds).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::client::{PacketReader, PacketWriter};
+use super::codec::{Connect, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName};
 use super::MqttError;
+use crate::config::parse_duration;
+
+/// Which measurement to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Point-to-point: N publishers → N subscribers, QoS 1.
+    P2p,
+    /// Fan-out: 1 publisher → M subscribers on one topic, QoS 0.
+    Fanout,
+    /// Idle clients: broker RSS delta per connected client.
+    Idle,
+    /// All three.
+    All,
+}
+
+/// Which brokers to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Brokers {
+    Quiclab,
+    Mosquitto,
+    Both,
+}
 
 /// `quiclab mqtt bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Scenario(s) to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Broker(s) to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    pub broker: Brokers,
+    /// Length of each measurement window (after the warm-up).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Warm-up before each measurement window.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// Point-to-point: number of publisher/subscriber pairs.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub pairs: usize,
+    /// Fan-out: number of subscribers.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Closed loop: messages in flight per publisher.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub inflight: usize,
+    /// Payload bytes (at least 16: send time and sequence number).
+    #[arg(long, value_name = "BYTES", default_value_t = 16)]
+    pub payload: usize,
+    /// Open loop, point-to-point: messages per second, all publishers together.
+    #[arg(long, value_name = "MSGS", default_value_t = 20_000)]
+    pub p2p_rate: u64,
+    /// Open loop, fan-out: publishes per second (each delivered to every subscriber).
+    #[arg(long, value_name = "MSGS", default_value_t = 20)]
+    pub fanout_rate: u64,
+    /// Idle scenario: clients to connect.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub idle_clients: usize,
+    /// Core for the broker process.
+    #[arg(long, value_name = "CPU", default_value_t = 0)]
+    pub broker_cpu: usize,
+    /// Core for the load generator.
+    #[arg(long, value_name = "CPU", default_value_t = 1)]
+    pub load_cpu: usize,
+    /// Do not pin broker and generator to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The mosquitto binary.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/mosquitto")]
+    pub mosquitto: PathBuf,
+    /// The quiclab binary whose `mqtt broker` is measured (default: this executable).
+    #[arg(long, value_name = "PATH")]
+    pub quiclab_bin: Option<PathBuf>,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
 
-pub async fn run(_a: BenchArgs) -> Result<i32, MqttError> {
-    Err(MqttError::Unsupported("bench".into()))
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub broker: String,
+    /// "closed" (throughput) or "open" (paced, latency).
+    pub mode: String,
+    pub seconds: f64,
+    pub delivered: u64,
+    pub delivered_per_s: f64,
+    pub broker_cpu_s: f64,
+    pub msgs_per_broker_cpu_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// Deliveries expected over the whole run and not seen half a second after publishing
+    /// stopped (QoS 0 may be dropped by design; QoS 1 must not be).
+    pub lost: u64,
+    pub generator_cpu_s: f64,
+}
+
+/// The idle-clients measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdleResult {
+    pub broker: String,
+    pub clients: usize,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub kib_per_client: f64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Report {
+    config: Vec<(String, String)>,
+    runs: Vec<RunResult>,
+    idle: Vec<IdleResult>,
+}
+
+fn err(s: impl Into<String>) -> MqttError {
+    MqttError::Other(s.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: pinning, CPU and memory from /proc.
+
+fn cpu_set(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit set; all-zero is a valid (empty) value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is checked against CPU_SETSIZE by the caller.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) -> Result<(), MqttError> {
+    let set = cpu_set(cpu);
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(err(format!("sched_setaffinity(cpu {cpu}): {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// User + system CPU seconds of a process (all its threads).
+fn proc_cpu_seconds(pid: u32) -> Result<f64, MqttError> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| err(format!("/proc/{pid}/stat: {e}")))?;
+    // The command name may contain spaces: fields start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| err("bad /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3; utime and stime are fields 14 and 15 (1-based, proc(5)).
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or_else(|| err("no utime"))?;
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or_else(|| err("no stime"))?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+/// Resident set size of a process, KiB.
+fn proc_rss_kib(pid: u32) -> Result<u64, MqttError> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| err(format!("/proc/{pid}/status: {e}")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| err("no VmRSS"))
+}
+
+struct BrokerProc {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    _dir: Option<tempfile_dir::Dir>,
+}
+
+/// A private temporary directory (removed on drop), without a dev-dependency.
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(prefix: &str) -> std::io::Result<Dir> {
+            let base = std::env::temp_dir();
+            for i in 0..1000u32 {
+                let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+                match std::fs::create_dir(&p) {
+                    Ok(()) => return Ok(Dir(p)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(std::io::Error::other("no free temporary directory name"))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn spawn_pinned(mut cmd: Command, cpu: Option<usize>) -> Result<Child, MqttError> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
+    // calls (sched_setaffinity, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(cpu) = cpu {
+                let set = cpu_set(cpu);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // The broker dies with the benchmark, whatever happens to it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| err(format!("cannot start {:?}: {e}", cmd.get_program())))
+}
+
+fn free_port() -> Result<u16, MqttError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> Result<(), MqttError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(err(format!("{what} exited early: {status}")));
+        }
+        if Instant::now() > deadline {
+            return Err(err(format!("{what} is not listening on {addr} after 10 s")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl BrokerProc {
+    fn quiclab(bin: &Path, cpu: Option<usize>, max_connections: usize) -> Result<BrokerProc, MqttError> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(bin);
+        cmd.args(["mqtt", "broker", "--tcp", &addr.to_string()])
+            .args(["--mqtt-max-connections", &max_connections.to_string()])
+            .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = spawn_pinned(cmd, cpu)?;
+        wait_listening(addr, &mut child, "quiclab mqtt broker")?;
+        Ok(BrokerProc { name: "quiclab", child, addr, _dir: None })
+    }
+
+    fn mosquitto(bin: &Path, cpu: Option<usize>) -> Result<BrokerProc, MqttError> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile_dir::Dir::new("quiclab-bench-mosquitto")?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# generated by quiclab mqtt bench\n\
+                 listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 set_tcp_nodelay true\n\
+                 max_connections -1\n\
+                 persistence false\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n"
+            ),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        let mut child = spawn_pinned(cmd, cpu)?;
+        wait_listening(addr, &mut child, "mosquitto")?;
+        Ok(BrokerProc { name: "mosquitto", child, addr, _dir: Some(dir) })
+    }
+
+    fn cpu(&self) -> Result<f64, MqttError> {
+        proc_cpu_seconds(self.child.id())
+    }
+
+    fn rss(&self) -> Result<u64, MqttError> {
+        proc_rss_kib(self.child.id())
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child, by its pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator.
+
+type Reader = PacketReader<OwnedReadHalf>;
+type Writer = PacketWriter<OwnedWriteHalf>;
+
+struct Shared {
+    epoch: Instant,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    delivered: AtomicU64,
+    published: AtomicU64,
+    /// Fan-out closed loop: wake the publisher when `delivered` reaches this.
+    wake_at: AtomicU64,
+    wake: Notify,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            wake: Notify::new(),
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits. The bounds are valid constants.
+    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+async fn connect(addr: SocketAddr, id: &str, keepalive: u16) -> Result<(Reader, Writer), MqttError> {
+    let sock = TcpStream::connect(addr).await?;
+    sock.set_nodelay(true)?;
+    let (r, w) = sock.into_split();
+    let (mut r, mut w) = (PacketReader::new(r, 1 << 20), PacketWriter::new(w));
+    let mut c = Connect::new(id.into(), keepalive);
+    c.clean_session = true;
+    w.send(&Packet::Connect(c)).await?;
+    match r.next().await? {
+        Some(Packet::Connack(c)) if c.code == super::codec::ConnectReturnCode::Accepted => Ok((r, w)),
+        other => Err(err(format!("{id}: expected CONNACK, got {other:?}"))),
+    }
+}
+
+async fn subscribe(r: &mut Reader, w: &mut Writer, filter: &str, qos: QoS) -> Result<(), MqttError> {
+    let f = TopicFilter::try_from(filter).map_err(|e| err(e.to_string()))?;
+    w.send(&Packet::Subscribe(Subscribe::new(Pid::default(), vec![(f, qos)]))).await?;
+    loop {
+        match r.next().await? {
+            Some(Packet::Suback(_)) => return Ok(()),
+            Some(_) => continue,
+            None => return Err(err("closed before SUBACK")),
+        }
+    }
+}
+
+fn payload(size: usize, sent_ns: u64, seq: u64) -> Bytes {
+    let mut v = vec![0u8; size.max(16)];
+    v[..8].copy_from_slice(&sent_ns.to_be_bytes());
+    v[8..16].copy_from_slice(&seq.to_be_bytes());
+    Bytes::from(v)
+}
+
+fn sent_ns(p: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
+}
+
+/// A subscriber: acknowledge, count, record latency.
+async fn run_subscriber(mut r: Reader, mut w: Writer, shared: Arc<Shared>, hist: Arc<Mutex<Histogram<u64>>>) {
+    loop {
+        let first = match r.next().await {
+            Ok(Some(p)) => p,
+            _ => break,
+        };
+        let mut next = Some(first);
+        let mut n = 0u64;
+        while let Some(p) = next {
+            if let Packet::Publish(p) = p {
+                n += 1;
+                if shared.measuring.load(Ordering::Relaxed) {
+                    if let (Some(t), Ok(mut h)) = (sent_ns(&p.payload), hist.lock()) {
+                        let us = shared.now_ns().saturating_sub(t) / 1000;
+                        let _ = h.record(us.max(1));
+                    }
+                }
+                if let Some(id) = p.qos_pid.pid() {
+                    let ack = if p.qos_pid.qos() == QoS::Level1 { Packet::Puback(id) } else { Packet::Pubrec(id) };
+                    let _ = w.queue(&ack);
+                }
+            }
+            next = r.try_next().ok().flatten();
+        }
+        let total = shared.delivered.fetch_add(n, Ordering::Relaxed) + n;
+        if total >= shared.wake_at.load(Ordering::Relaxed) {
+            shared.wake.notify_one();
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// All subscribers' histograms together.
+fn merged(hists: &[Arc<Mutex<Histogram<u64>>>]) -> Histogram<u64> {
+    let mut all = new_histogram();
+    for h in hists {
+        if let Ok(h) = h.lock() {
+            let _ = all.add(&*h);
+        }
+    }
+    all
+}
+
+/// A QoS 1 publisher, closed loop: at most `window` unacknowledged.
+async fn run_publisher_closed(
+    mut r: Reader,
+    mut w: Writer,
+    topic: TopicName,
+    window: usize,
+    size: usize,
+    shared: Arc<Shared>,
+) {
+    let mut outstanding = 0usize;
+    let mut pid: u16 = 0;
+    let mut seq = 0u64;
+    loop {
+        if !shared.stop.load(Ordering::Relaxed) {
+            while outstanding < window {
+                pid = pid.wrapping_add(1).max(1);
+                seq += 1;
+                let id = Pid::try_from(pid).unwrap_or_default();
+                let p = Publish::new(QosPid::Level1(id), topic.clone(), payload(size, shared.now_ns(), seq));
+                let _ = w.queue(&Packet::Publish(p));
+                outstanding += 1;
+                shared.published.fetch_add(1, Ordering::Relaxed);
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        } else if outstanding == 0 {
+            return;
+        }
+        let mut next = match r.next().await {
+            Ok(Some(p)) => Some(p),
+            _ => return,
+        };
+        while let Some(p) = next {
+            if let Packet::Puback(_) = p {
+                outstanding = outstanding.saturating_sub(1);
+            }
+            next = r.try_next().ok().flatten();
+        }
+    }
+}
+
+/// A QoS 1 publisher, open loop: one message every `interval` from `start`, timestamped with
+/// its scheduled time.
+#[allow(clippy::too_many_arguments)]
+async fn run_publisher_open(
+    mut r: Reader,
+    mut w: Writer,
+    topic: TopicName,
+    qos: QoS,
+    interval: Duration,
+    start: Instant,
+    size: usize,
+    shared: Arc<Shared>,
+) {
+    let mut seq = 0u64;
+    let mut pid: u16 = 0;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let due = start + interval.mul_f64(seq as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {
+                // Everything that is due goes now (catching up keeps the schedule's timestamps).
+                let now = Instant::now();
+                while start + interval.mul_f64(seq as f64) <= now {
+                    let at = start + interval.mul_f64(seq as f64);
+                    let at_ns = at.saturating_duration_since(shared.epoch).as_nanos() as u64;
+                    seq += 1;
+                    let qos_pid = if qos == QoS::Level0 {
+                        QosPid::Level0
+                    } else {
+                        pid = pid.wrapping_add(1).max(1);
+                        QosPid::Level1(Pid::try_from(pid).unwrap_or_default())
+                    };
+                    let p = Publish::new(qos_pid, topic.clone(), payload(size, at_ns, seq));
+                    let _ = w.queue(&Packet::Publish(p));
+                    shared.published.fetch_add(1, Ordering::Relaxed);
+                }
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+            p = r.next() => {
+                if !matches!(p, Ok(Some(_))) {
+                    return;
+                }
+                while let Ok(Some(_)) = r.try_next() {}
+            }
+        }
+    }
+}
+
+/// The fan-out publisher, closed loop: at most `window` messages not yet delivered to every
+/// subscriber (counted in aggregate).
+async fn run_fanout_closed(mut w: Writer, topic: TopicName, window: u64, subs: u64, size: usize, shared: Arc<Shared>) {
+    let mut k = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let done = shared.delivered.load(Ordering::Relaxed) / subs;
+        if k < done + window {
+            while k < done + window {
+                k += 1;
+                let p = Publish::new(QosPid::Level0, topic.clone(), payload(size, shared.now_ns(), k));
+                let _ = w.queue(&Packet::Publish(p));
+                shared.published.fetch_add(1, Ordering::Relaxed);
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Wait until the oldest message in the window is everywhere (or a short timeout, since
+        // QoS 0 deliveries may be dropped by a broker).
+        let target = (k + 1 - window) * subs;
+        let notified = shared.wake.notified();
+        shared.wake_at.store(target, Ordering::Relaxed);
+        if shared.delivered.load(Ordering::Relaxed) < target {
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+        }
+        shared.wake_at.store(u64::MAX, Ordering::Relaxed);
+    }
+}
+
+struct Window {
+    t: Instant,
+    delivered: u64,
+    broker_cpu: f64,
+    own_cpu: f64,
+}
+
+fn sample(b: &BrokerProc, shared: &Shared) -> Result<Window, MqttError> {
+    Ok(Window {
+        t: Instant::now(),
+        delivered: shared.delivered.load(Ordering::Relaxed),
+        broker_cpu: b.cpu()?,
+        own_cpu: proc_cpu_seconds(std::process::id())?,
+    })
+}
+
+/// Warm up, measure for `duration`, stop; returns the result.
+async fn measure(
+    a: &BenchArgs,
+    b: &BrokerProc,
+    shared: &Arc<Shared>,
+    hists: &[Arc<Mutex<Histogram<u64>>>],
+    scenario: &str,
+    mode: &str,
+    expected_per_publish: u64,
+) -> Result<RunResult, MqttError> {
+    tokio::time::sleep(a.warmup).await;
+    let p0 = shared.published.load(Ordering::Relaxed);
+    let w0 = sample(b, shared)?;
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(a.duration).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let w1 = sample(b, shared)?;
+    let p1 = shared.published.load(Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
+    // Let the last deliveries arrive before reading the histograms and the totals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published_total = shared.published.load(Ordering::Relaxed);
+    let delivered_total = shared.delivered.load(Ordering::Relaxed);
+    let secs = (w1.t - w0.t).as_secs_f64();
+    let delivered = w1.delivered - w0.delivered;
+    let cpu = w1.broker_cpu - w0.broker_cpu;
+    let h = merged(hists);
+    let _ = (p0, p1);
+    // Everything published in the whole run (warm-up included) against everything delivered,
+    // after publishing stopped and the last messages had time to arrive.
+    let expected = published_total * expected_per_publish;
+    Ok(RunResult {
+        scenario: scenario.into(),
+        broker: b.name.into(),
+        mode: mode.into(),
+        seconds: secs,
+        delivered,
+        delivered_per_s: delivered as f64 / secs,
+        broker_cpu_s: cpu,
+        msgs_per_broker_cpu_s: if cpu > 0.0 { delivered as f64 / cpu } else { 0.0 },
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+        lost: expected.saturating_sub(delivered_total),
+        generator_cpu_s: w1.own_cpu - w0.own_cpu,
+    })
+}
+
+fn topic(s: &str) -> Result<TopicName, MqttError> {
+    TopicName::try_from(s).map_err(|e| err(e.to_string()))
+}
+
+async fn p2p(a: &BenchArgs, b: &BrokerProc, open: bool) -> Result<RunResult, MqttError> {
+    let shared = Shared::new();
+    let mut tasks = Vec::new();
+    let mut hists = Vec::new();
+    for i in 0..a.pairs {
+        let (mut r, mut w) = connect(b.addr, &format!("bench-sub-{i}"), 0).await?;
+        subscribe(&mut r, &mut w, &format!("bench/p2p/{i}"), QoS::Level1).await?;
+        let h = Arc::new(Mutex::new(new_histogram()));
+        hists.push(h.clone());
+        tasks.push(tokio::spawn(run_subscriber(r, w, shared.clone(), h)));
+    }
+    let interval = Duration::from_secs_f64(a.pairs as f64 / a.p2p_rate.max(1) as f64);
+    let start = Instant::now() + Duration::from_millis(50);
+    for i in 0..a.pairs {
+        let (r, w) = connect(b.addr, &format!("bench-pub-{i}"), 0).await?;
+        let t = topic(&format!("bench/p2p/{i}"))?;
+        tasks.push(if open {
+            // Stagger the publishers across one interval.
+            let offset = interval.mul_f64(i as f64 / a.pairs as f64);
+            tokio::spawn(run_publisher_open(r, w, t, QoS::Level1, interval, start + offset, a.payload, shared.clone()))
+        } else {
+            tokio::spawn(run_publisher_closed(r, w, t, a.inflight, a.payload, shared.clone()))
+        });
+    }
+    let res = measure(a, b, &shared, &hists, "p2p", if open { "open" } else { "closed" }, 1).await;
+    for t in tasks {
+        t.abort();
+    }
+    res
+}
+
+async fn fanout(a: &BenchArgs, b: &BrokerProc, open: bool) -> Result<RunResult, MqttError> {
+    let shared = Shared::new();
+    let mut tasks = Vec::new();
+    let mut hists = Vec::new();
+    for i in 0..a.subscribers {
+        let (mut r, mut w) = connect(b.addr, &format!("bench-fan-{i}"), 0).await?;
+        subscribe(&mut r, &mut w, "bench/fan", QoS::Level0).await?;
+        let h = Arc::new(Mutex::new(new_histogram()));
+        hists.push(h.clone());
+        tasks.push(tokio::spawn(run_subscriber(r, w, shared.clone(), h)));
+    }
+    let (r, w) = connect(b.addr, "bench-fan-pub", 0).await?;
+    let t = topic("bench/fan")?;
+    if open {
+        let interval = Duration::from_secs_f64(1.0 / a.fanout_rate.max(1) as f64);
+        let start = Instant::now() + Duration::from_millis(50);
+        tasks.push(tokio::spawn(run_publisher_open(r, w, t, QoS::Level0, interval, start, a.payload, shared.clone())));
+    } else {
+        // The reader half is not needed for QoS 0; keep it alive with the task.
+        let s = shared.clone();
+        let (window, subs, size) = (a.inflight as u64, a.subscribers as u64, a.payload);
+        tasks.push(tokio::spawn(async move {
+            let _r = r;
+            run_fanout_closed(w, t, window, subs, size, s).await
+        }));
+    }
+    let res =
+        measure(a, b, &shared, &hists, "fanout", if open { "open" } else { "closed" }, a.subscribers as u64).await;
+    for t in tasks {
+        t.abort();
+    }
+    res
+}
+
+async fn idle(a: &BenchArgs, b: &BrokerProc) -> Result<IdleResult, MqttError> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = b.rss()?;
+    let mut conns = Vec::with_capacity(a.idle_clients);
+    for i in 0..a.idle_clients {
+        // Keepalive 600 s: nothing is sent during the measurement.
+        conns.push(connect(b.addr, &format!("bench-idle-{i}"), 600).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = b.rss()?;
+    drop(conns);
+    Ok(IdleResult {
+        broker: b.name.into(),
+        clients: a.idle_clients,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        kib_per_client: (after as f64 - before as f64) / a.idle_clients.max(1) as f64,
+    })
+}
+
+fn start_broker(a: &BenchArgs, which: &str, bin: &Path) -> Result<BrokerProc, MqttError> {
+    let cpu = (!a.no_pin).then_some(a.broker_cpu);
+    match which {
+        "quiclab" => BrokerProc::quiclab(bin, cpu, a.idle_clients.max(a.subscribers) + 1000),
+        _ => BrokerProc::mosquitto(&a.mosquitto, cpu),
+    }
+}
+
+async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
+    let brokers: &[&str] = match a.broker {
+        Brokers::Quiclab => &["quiclab"],
+        Brokers::Mosquitto => &["mosquitto"],
+        Brokers::Both => &["quiclab", "mosquitto"],
+    };
+    let scenarios: &[Scenario] = match a.scenario {
+        Scenario::All => &[Scenario::P2p, Scenario::Fanout, Scenario::Idle],
+        s => match s {
+            Scenario::P2p => &[Scenario::P2p],
+            Scenario::Fanout => &[Scenario::Fanout],
+            _ => &[Scenario::Idle],
+        },
+    };
+    let mut report = Report::default();
+    for s in scenarios {
+        for which in brokers {
+            match s {
+                Scenario::Idle => {
+                    let b = start_broker(&a, which, &bin)?;
+                    let r = idle(&a, &b).await?;
+                    eprintln!("idle {which}: {:.2} KiB per client", r.kib_per_client);
+                    report.idle.push(r);
+                }
+                _ => {
+                    for open in [false, true] {
+                        let b = start_broker(&a, which, &bin)?;
+                        let r =
+                            if *s == Scenario::P2p { p2p(&a, &b, open).await? } else { fanout(&a, &b, open).await? };
+                        eprintln!(
+                            "{} {which} {}: {:.0} msg/s, {:.0} msg per broker CPU-s, p50 {} µs, p99 {} µs",
+                            r.scenario, r.mode, r.delivered_per_s, r.msgs_per_broker_cpu_s, r.p50_us, r.p99_us
+                        );
+                        report.runs.push(r);
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn markdown(report: &Report) -> String {
+    let mut s = String::new();
+    s += "| scenario | loop | broker | delivered msg/s | broker CPU (cores) | msg per broker CPU-s | p50 | p99 | lost |\n";
+    s += "|---|---|---|---:|---:|---:|---:|---:|---:|\n";
+    for r in &report.runs {
+        s += &format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
+            r.scenario,
+            r.mode,
+            r.broker,
+            r.delivered_per_s,
+            r.broker_cpu_s / r.seconds,
+            r.msgs_per_broker_cpu_s,
+            r.p50_us as f64 / 1000.0,
+            r.p99_us as f64 / 1000.0,
+            r.lost
+        );
+    }
+    if !report.idle.is_empty() {
+        s += "\n| idle clients | broker | RSS before | RSS after | KiB per client |\n|---|---|---:|---:|---:|\n";
+        for r in &report.idle {
+            s += &format!(
+                "| {} | {} | {} KiB | {} KiB | {:.2} |\n",
+                r.clients, r.broker, r.rss_before_kib, r.rss_after_kib, r.kib_per_client
+            );
+        }
+    }
+    // Ratios quiclab / mosquitto where both ran.
+    let mut ratios = String::new();
+    for q in report.runs.iter().filter(|r| r.broker == "quiclab") {
+        if let Some(m) =
+            report.runs.iter().find(|m| m.broker == "mosquitto" && m.scenario == q.scenario && m.mode == q.mode)
+        {
+            ratios += &format!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} |\n",
+                q.scenario,
+                q.mode,
+                q.delivered_per_s / m.delivered_per_s.max(1e-9),
+                q.msgs_per_broker_cpu_s / m.msgs_per_broker_cpu_s.max(1e-9),
+                q.p99_us as f64 / (m.p99_us as f64).max(1.0)
+            );
+        }
+    }
+    if !ratios.is_empty() {
+        s += "\n| quiclab / mosquitto | loop | msg/s | msg per CPU-s | p99 |\n|---|---|---:|---:|---:|\n";
+        s += &ratios;
+    }
+    s
+}
+
+/// Run the benchmark (blocking work on its own pinned thread); prints the configuration and a
+/// Markdown table.
+pub async fn run(a: BenchArgs) -> Result<i32, MqttError> {
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if !a.no_pin && (a.broker_cpu >= ncpu || a.load_cpu >= ncpu || a.broker_cpu == a.load_cpu) {
+        return Err(err(format!(
+            "--broker-cpu {} and --load-cpu {} must be two different cores below {ncpu} (or use --no-pin)",
+            a.broker_cpu, a.load_cpu
+        )));
+    }
+    if a.payload < 16 {
+        return Err(err("--payload must be at least 16 bytes (send time and sequence number)"));
+    }
+    let bin = match &a.quiclab_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    if a.broker != Brokers::Quiclab && !a.mosquitto.exists() {
+        return Err(err(format!(
+            "{} not found; install it with: apt-get install -y mosquitto (or use --broker quiclab)",
+            a.mosquitto.display()
+        )));
+    }
+    let config = vec![
+        ("scenario".to_string(), format!("{:?}", a.scenario)),
+        ("brokers".into(), format!("{:?}", a.broker)),
+        ("duration".into(), format!("{:?} (+{:?} warm-up)", a.duration, a.warmup)),
+        ("p2p pairs".into(), a.pairs.to_string()),
+        ("fan-out subscribers".into(), a.subscribers.to_string()),
+        ("closed-loop inflight per publisher".into(), a.inflight.to_string()),
+        ("payload bytes".into(), a.payload.to_string()),
+        ("open-loop p2p rate (msg/s)".into(), a.p2p_rate.to_string()),
+        ("open-loop fan-out rate (publish/s)".into(), a.fanout_rate.to_string()),
+        ("idle clients".into(), a.idle_clients.to_string()),
+        (
+            "pinning".into(),
+            if a.no_pin {
+                "off".into()
+            } else {
+                format!("broker on cpu {}, generator on cpu {}", a.broker_cpu, a.load_cpu)
+            },
+        ),
+        ("quiclab broker".into(), format!("{} mqtt broker", bin.display())),
+        ("mosquitto".into(), a.mosquitto.display().to_string()),
+    ];
+    println!("quiclab mqtt bench: configuration");
+    for (k, v) in &config {
+        println!("  {k:<36} {v}");
+    }
+    let json = a.json.clone();
+    let pin = (!a.no_pin).then_some(a.load_cpu);
+    // The generator gets its own thread (pinned) and a single-threaded runtime.
+    let handle = std::thread::Builder::new()
+        .name("mqtt-bench".into())
+        .spawn(move || -> Result<Report, MqttError> {
+            if let Some(cpu) = pin {
+                pin_current_thread(cpu)?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(bench_all(a, bin))
+        })
+        .map_err(|e| err(format!("cannot start the generator thread: {e}")))?;
+    let report = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|_| err("the generator thread panicked"))??;
+    let mut report = report;
+    report.config = config;
+    println!("\n{}", markdown(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    }
+    Ok(0)
 }

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use super::codec::{
     CodecError, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback, Subscribe,
-    SubscribeReturnCode, Unsubscribe,
+    SubscribeReturnCode, TopicFilter, Unsubscribe,
 };
 use super::config::MqttConfig;
-use super::session::{InFlight, Message, OutState, Queued, Session, SessionId, Slab};
+use super::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Slab};
 use super::topic::{RetainTree, SubTree, Subscriber};
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
@@ -119,28 +119,26 @@ pub struct SubKey {
 }
 
 #[derive(Debug)]
-struct Conn {
+struct Conn<L> {
     session: Option<SessionId>,
-    client_id: Option<Arc<str>>,
-    peer: Option<SocketAddr>,
-    opened: Instant,
+    /// Arrival of the last packet (before CONNECT: when the connection was opened).
     last_seen: Instant,
-    /// 1.5 × keepalive once connected (`None`: no keepalive).
-    expiry: Option<Duration>,
+    /// 1.5 × keepalive in milliseconds once connected (0: no keepalive).
+    expiry_ms: u32,
     /// The deadline this connection has in the timer heap, if any.
     armed: Option<Instant>,
-    will: Option<Message>,
+    will: Option<Box<Message>>,
     /// A Close was emitted: input is ignored until the driver reports the connection gone.
     closing: bool,
-    /// Data channels that carried packets (the control channel is implicit).
-    data_channels: Vec<ChannelId>,
+    /// The driver's own data for this connection (its outboxes).
+    link: L,
 }
 
-/// The broker state machine. See the module documentation.
-pub struct BrokerCore {
+/// The broker state machine. See the module documentation. `L` is whatever the driver keeps
+/// per connection (its outboxes); the core only stores it.
+pub struct BrokerCore<L = ()> {
     cfg: MqttConfig,
-    conns: HashMap<ConnId, Conn>,
-    next_conn: ConnId,
+    conns: Slab<Conn<L>>,
     sessions: Slab<Session>,
     by_client: HashMap<Arc<str>, SessionId>,
     subs: SubTree<SubKey>,
@@ -149,6 +147,11 @@ pub struct BrokerCore {
     stats: CoreStats,
     assigned_ids: u64,
     scratch: Vec<Subscriber<SubKey>>,
+}
+
+/// The slab key of a connection id.
+fn ck(conn: ConnId) -> SessionId {
+    SessionId::unpack(conn)
 }
 
 fn qos_u8(q: QoS) -> u8 {
@@ -172,18 +175,20 @@ fn pid(v: u16) -> Pid {
     Pid::try_from(v).unwrap_or_default()
 }
 
-impl BrokerCore {
-    pub fn new(mut cfg: MqttConfig) -> BrokerCore {
+impl<L> BrokerCore<L> {
+    pub fn new(mut cfg: MqttConfig) -> BrokerCore<L> {
         cfg.max_inflight = cfg.max_inflight.clamp(1, 65_000);
+        // Sized for max_connections up front (virtual memory until used): growing by copies
+        // would leave the old tables' memory resident in the heap.
+        let n = cfg.max_connections.min(1 << 20);
         BrokerCore {
-            cfg,
-            conns: HashMap::new(),
-            next_conn: 1,
-            sessions: Slab::default(),
-            by_client: HashMap::new(),
+            conns: Slab::with_capacity(n),
+            sessions: Slab::with_capacity(n.min(cfg.max_sessions)),
+            by_client: HashMap::with_capacity(n.min(cfg.max_sessions)),
             subs: SubTree::new(),
             retained: RetainTree::new(),
-            timers: BinaryHeap::new(),
+            timers: BinaryHeap::with_capacity(n),
+            cfg,
             stats: CoreStats::default(),
             assigned_ids: 0,
             scratch: Vec::new(),
@@ -201,8 +206,8 @@ impl BrokerCore {
         s.sessions = self.sessions.len();
         s.subscriptions = self.subs.len();
         s.retained = self.retained.len();
-        s.queued = self.sessions.iter().map(|s| s.queue.len()).sum();
-        s.inflight = self.sessions.iter().map(|s| s.inflight.len()).sum();
+        s.queued = self.sessions.iter().map(|s| s.fr().queue.len()).sum();
+        s.inflight = self.sessions.iter().map(|s| s.fr().inflight.len()).sum();
         s
     }
 
@@ -214,36 +219,35 @@ impl BrokerCore {
             online: s.conn.is_some(),
             clean: s.clean,
             subscriptions: s.subs.len(),
-            queued: s.queue.len(),
-            inflight: s.inflight.len(),
-            awaiting_rel: s.awaiting_rel.len(),
+            queued: s.fr().queue.len(),
+            inflight: s.fr().inflight.len(),
+            awaiting_rel: s.fr().awaiting_rel.len(),
             dropped: s.dropped,
         })
     }
 
+    /// The driver's data for `conn`, while the connection exists.
+    pub fn link(&self, conn: ConnId) -> Option<&L> {
+        self.conns.get(ck(conn)).map(|c| &c.link)
+    }
+
+    /// Mutable access to the driver's data for `conn`.
+    pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut L> {
+        self.conns.get_mut(ck(conn)).map(|c| &mut c.link)
+    }
+
     /// A new network connection: returns its id and arms the CONNECT deadline (§3.1).
-    pub fn open(&mut self, peer: Option<SocketAddr>, now: Instant, out: &mut Vec<Action>) -> ConnId {
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let conn = Conn {
-            session: None,
-            client_id: None,
-            peer,
-            opened: now,
-            last_seen: now,
-            expiry: None,
-            armed: None,
-            will: None,
-            closing: false,
-            data_channels: Vec::new(),
-        };
-        self.conns.insert(id, conn);
+    /// (`peer` is only logged: the core keeps no per-connection address.)
+    pub fn open(&mut self, peer: Option<SocketAddr>, link: L, now: Instant, out: &mut Vec<Action>) -> ConnId {
+        let conn = Conn { session: None, last_seen: now, expiry_ms: 0, armed: None, will: None, closing: false, link };
+        let id = self.conns.insert(conn).pack();
+        tracing::debug!(conn = id, ?peer, "mqtt: new connection");
         self.arm(id, now + self.cfg.connect_timeout, out);
         id
     }
 
     fn arm(&mut self, conn: ConnId, at: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
         if c.armed.is_some_and(|a| a <= at) {
             return; // an earlier check is pending; it re-arms from last_seen when it fires
         }
@@ -267,7 +271,7 @@ impl BrokerCore {
                 break;
             }
             self.timers.pop();
-            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            let Some(c) = self.conns.get_mut(ck(conn)) else { continue };
             if c.armed != Some(at) {
                 continue; // superseded by an earlier entry
             }
@@ -275,10 +279,10 @@ impl BrokerCore {
             if c.closing {
                 continue;
             }
-            let deadline = match (c.session, c.expiry) {
-                (None, _) => Some(c.opened + self.cfg.connect_timeout),
-                (Some(_), Some(e)) => Some(c.last_seen + e),
-                (Some(_), None) => None,
+            let deadline = match (c.session, c.expiry_ms) {
+                (None, _) => Some(c.last_seen + self.cfg.connect_timeout),
+                (Some(_), 0) => None,
+                (Some(_), e) => Some(c.last_seen + Duration::from_millis(e as u64)),
             };
             let Some(deadline) = deadline else { continue };
             if deadline > now {
@@ -286,16 +290,16 @@ impl BrokerCore {
                 continue;
             }
             if c.session.is_none() {
-                tracing::info!(conn, peer = ?c.peer, "mqtt: no CONNECT within {:?}; closing", self.cfg.connect_timeout);
+                tracing::info!(conn, "mqtt: no CONNECT within {:?}; closing", self.cfg.connect_timeout);
                 self.close(conn, CloseReason::ConnectTimeout, false, out);
             } else {
                 self.stats.keepalive_timeouts += 1;
+                let cid = c.session.and_then(|sid| self.sessions.get(sid)).map(|s| s.client_id.clone());
                 tracing::info!(
                     conn,
-                    client_id = c.client_id.as_deref().unwrap_or(""),
-                    peer = ?c.peer,
-                    "mqtt: keepalive expired (nothing received for {:?}, §3.1.2-24); closing",
-                    c.expiry.unwrap_or_default()
+                    client_id = cid.as_deref().unwrap_or(""),
+                    "mqtt: keepalive expired (nothing received for {} ms, §3.1.2-24); closing",
+                    c.expiry_ms
                 );
                 // §3.1.2-8: the will is published when the server closes the connection.
                 self.close(conn, CloseReason::KeepaliveTimeout, true, out);
@@ -306,19 +310,19 @@ impl BrokerCore {
     /// The transport is gone (EOF, I/O error, or after a Close). Publishes the will unless the
     /// client sent DISCONNECT (§3.1.2-8, §3.14.4-3).
     pub fn closed(&mut self, conn: ConnId, _now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(ck(conn)) else { return };
         if !c.closing {
-            if let Some(cid) = &c.client_id {
-                tracing::debug!(conn, client_id = &**cid, "mqtt: connection lost without DISCONNECT");
+            if let Some(s) = c.session.and_then(|sid| self.sessions.get(sid)) {
+                tracing::debug!(conn, client_id = &*s.client_id, "mqtt: connection lost without DISCONNECT");
             }
             self.detach(conn, true, out);
         }
-        self.conns.remove(&conn);
+        self.conns.remove(ck(conn));
     }
 
     /// Close every connection (broker shutdown). Wills are not published.
     pub fn shutdown(&mut self, out: &mut Vec<Action>) {
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(id, _)| *id).collect();
+        let ids: Vec<ConnId> = self.conns.iter_keys().filter(|(_, c)| !c.closing).map(|(id, _)| id.pack()).collect();
         for id in ids {
             self.close(id, CloseReason::Shutdown, false, out);
         }
@@ -329,8 +333,7 @@ impl BrokerCore {
         if channel == CONTROL_CHANNEL {
             return;
         }
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.data_channels.retain(|ch| *ch != channel);
+        let Some(c) = self.conns.get(ck(conn)) else { return };
         if let Some(sid) = c.session {
             self.drop_channel_state(sid, channel);
             self.pump(sid, out);
@@ -348,12 +351,12 @@ impl BrokerCore {
         _now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(ck(conn)) else { return };
         if c.closing {
             return;
         }
         if let (CodecError::UnsupportedProtocolLevel(level), None) = (err, c.session) {
-            tracing::info!(conn, peer = ?c.peer, level, "mqtt: CONNECT with unsupported protocol level; CONNACK 0x01");
+            tracing::info!(conn, level, "mqtt: CONNECT with unsupported protocol level; CONNACK 0x01");
             self.stats.connects_refused += 1;
             out.push(Action::Send {
                 conn,
@@ -368,7 +371,7 @@ impl BrokerCore {
 
     /// A decoded packet from `channel` of `conn`.
     pub fn handle(&mut self, conn: ConnId, channel: ChannelId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
         if c.closing {
             return;
         }
@@ -382,8 +385,10 @@ impl BrokerCore {
             }
             return;
         };
-        if channel != CONTROL_CHANNEL && !c.data_channels.contains(&channel) {
-            c.data_channels.push(channel);
+        if channel != CONTROL_CHANNEL && matches!(packet, Packet::Pingreq | Packet::Disconnect) {
+            // docs/mqtt-over-quic.md §2.1, §2.3: PINGREQ and DISCONNECT only on the control channel.
+            let kind = packet.get_type();
+            return self.violation(conn, format!("{kind:?} on a data channel"), out);
         }
         match packet {
             // MQTT 3.1.1 §3.1.0-2: a second CONNECT is a protocol violation.
@@ -399,7 +404,7 @@ impl BrokerCore {
             Packet::Pingreq => out.push(Action::Send { conn, channel, packet: Packet::Pingresp }),
             Packet::Disconnect => {
                 // MQTT 3.1.1 §3.14.4-3: discard the will; §3.14.4-1: close the connection.
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(ck(conn)) {
                     c.will = None;
                 }
                 self.close(conn, CloseReason::Disconnect, false, out);
@@ -413,14 +418,10 @@ impl BrokerCore {
 
     fn violation(&mut self, conn: ConnId, what: String, out: &mut Vec<Action>) {
         self.stats.violations += 1;
-        let (cid, peer) = match self.conns.get(&conn) {
-            Some(c) => (c.client_id.clone(), c.peer),
-            None => (None, None),
-        };
+        let cid = self.client_id_of(conn);
         tracing::warn!(
             conn,
             client_id = cid.as_deref().unwrap_or("(before CONNECT)"),
-            peer = ?peer,
             "mqtt: {what}; closing the connection"
         );
         // MQTT 3.1.1 §3.1.2-8: a connection closed for a protocol error publishes its will.
@@ -429,7 +430,7 @@ impl BrokerCore {
 
     /// Emit Close, detach the session, publish the will if asked.
     fn close(&mut self, conn: ConnId, reason: CloseReason, publish_will: bool, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(ck(conn)) else { return };
         if c.closing {
             return;
         }
@@ -440,12 +441,24 @@ impl BrokerCore {
     /// Mark `conn` closing and detach its session: a clean session ends (§3.1.2-6), a
     /// persistent one keeps its control-channel state. Then publish the will if asked.
     fn detach(&mut self, conn: ConnId, publish_will: bool, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
         c.closing = true;
         let will = c.will.take();
-        let data_channels = std::mem::take(&mut c.data_channels);
         if let Some(sid) = c.session.take() {
-            for ch in data_channels {
+            // Data channels end with their connection; the control channel's state stays with
+            // a persistent session.
+            let mut channels: Vec<ChannelId> = Vec::new();
+            if let Some(s) = self.sessions.get(sid) {
+                let f = s.fr();
+                channels.extend(s.subs.iter().map(|(c, _, _)| *c));
+                channels.extend(f.inflight.values().map(|x| x.channel));
+                channels.extend(f.queue.iter().map(|q| q.channel));
+                channels.extend(f.awaiting_rel.keys().map(|(c, _)| *c));
+            }
+            channels.retain(|c| *c != CONTROL_CHANNEL);
+            channels.sort_unstable();
+            channels.dedup();
+            for ch in channels {
                 self.drop_channel_state(sid, ch);
             }
             let clean = match self.sessions.get_mut(sid) {
@@ -464,14 +477,14 @@ impl BrokerCore {
         if publish_will {
             if let Some(will) = will {
                 self.stats.wills_published += 1;
-                self.route(will, out);
+                self.route(*will, out);
             }
         }
     }
 
     fn destroy_session(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.remove(sid) else { return };
-        for (ch, filter) in s.subs.keys() {
+        for (ch, filter, _) in &s.subs {
             self.subs.remove(filter, SubKey { session: sid, channel: *ch });
         }
         if self.by_client.get(&s.client_id) == Some(&sid) {
@@ -482,17 +495,24 @@ impl BrokerCore {
     /// Forget everything of `sid` bound to data channel `ch`.
     fn drop_channel_state(&mut self, sid: SessionId, ch: ChannelId) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        let filters: Vec<_> = s.subs.keys().filter(|(c, _)| *c == ch).cloned().collect();
-        for key in filters {
-            s.subs.remove(&key);
-            self.subs.remove(&key.1, SubKey { session: sid, channel: ch });
+        let filters: Vec<TopicFilter> = s.subs.iter().filter(|(c, _, _)| *c == ch).map(|(_, f, _)| f.clone()).collect();
+        for f in filters {
+            s.remove_sub(ch, &f);
+            self.subs.remove(&f, SubKey { session: sid, channel: ch });
         }
-        s.awaiting_rel.retain(|(c, _), _| *c != ch);
-        let before = s.inflight.len() + s.queue.len();
-        s.inflight.retain(|_, f| f.channel != ch);
-        s.queue.retain(|q| q.channel != ch);
-        s.queued_qos0 = s.queue.iter().filter(|q| q.qos == QoS::Level0).count();
-        let lost = (before - s.inflight.len() - s.queue.len()) as u64;
+        let lost = if s.has_flows() {
+            let f = s.f();
+            f.awaiting_rel.retain(|(c, _), _| *c != ch);
+            let before = f.inflight.len() + f.queue.len();
+            f.inflight.retain(|_, fl| fl.channel != ch);
+            f.queue.retain(|q| q.channel != ch);
+            f.queued_qos0 = f.queue.iter().filter(|q| q.qos == QoS::Level0).count();
+            let lost = (before - f.inflight.len() - f.queue.len()) as u64;
+            s.shrink();
+            lost
+        } else {
+            0
+        };
         if lost > 0 {
             s.dropped += lost;
             self.stats.dropped_channel_closed += lost;
@@ -505,41 +525,52 @@ impl BrokerCore {
         }
     }
 
-    fn refuse(&mut self, conn: ConnId, code: ConnectReturnCode, why: &str, out: &mut Vec<Action>) {
+    fn client_id_of(&self, conn: ConnId) -> Option<Arc<str>> {
+        let sid = self.conns.get(ck(conn))?.session?;
+        Some(self.sessions.get(sid)?.client_id.clone())
+    }
+
+    fn refuse(&mut self, conn: ConnId, client_id: &str, code: ConnectReturnCode, why: &str, out: &mut Vec<Action>) {
         self.stats.connects_refused += 1;
-        if let Some(c) = self.conns.get(&conn) {
-            tracing::info!(conn, peer = ?c.peer, client_id = c.client_id.as_deref().unwrap_or(""), "mqtt: CONNECT refused with {code:?}: {why}");
-        }
+        tracing::info!(conn, client_id, "mqtt: CONNECT refused with {code:?}: {why}");
         // MQTT 3.1.1 §3.2.2-4: session present 0 with a non-zero return code; §3.2.2-5: then close.
         out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Connack(Connack::new(false, code)) });
         self.close(conn, CloseReason::Refused(code), false, out);
     }
 
     fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if !p.client_id.is_empty() {
-                c.client_id = Some(p.client_id.clone());
-            }
-        }
         // Authentication: 0x05 without credentials, 0x04 with wrong ones (§3.2.2.3).
         if let Some(users) = &self.cfg.credentials {
             let Some(user) = p.username.as_deref() else {
-                return self.refuse(conn, ConnectReturnCode::NotAuthorized, "no user name", out);
+                return self.refuse(conn, &p.client_id, ConnectReturnCode::NotAuthorized, "no user name", out);
             };
             let ok = users.get(user).is_some_and(|pw| p.password.as_deref() == Some(pw.as_bytes()));
             if !ok {
-                return self.refuse(conn, ConnectReturnCode::BadUserNameOrPassword, "bad user name or password", out);
+                return self.refuse(
+                    conn,
+                    &p.client_id,
+                    ConnectReturnCode::BadUserNameOrPassword,
+                    "bad user name or password",
+                    out,
+                );
             }
         }
         // MQTT 3.1 (the "MQIsdp" protocol) limits client ids to 23 characters.
         if p.protocol == Protocol::V310 && p.client_id.chars().count() > 23 {
-            return self.refuse(conn, ConnectReturnCode::IdentifierRejected, "3.1 client id longer than 23", out);
+            return self.refuse(
+                conn,
+                &p.client_id,
+                ConnectReturnCode::IdentifierRejected,
+                "3.1 client id longer than 23",
+                out,
+            );
         }
         let client_id: Arc<str> = if p.client_id.is_empty() {
             if !p.clean_session {
                 // MQTT 3.1.1 §3.1.3-8: empty id with clean session 0 → 0x02.
                 return self.refuse(
                     conn,
+                    "",
                     ConnectReturnCode::IdentifierRejected,
                     "empty client id without clean session (§3.1.3-8)",
                     out,
@@ -556,15 +587,12 @@ impl BrokerCore {
         } else {
             p.client_id.clone()
         };
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.client_id = Some(client_id.clone());
-        }
 
         let existing = self.by_client.get(&client_id).copied();
         let will_create = existing.is_none() || p.clean_session;
         let freed = existing.is_some() && p.clean_session;
         if will_create && !freed && self.sessions.len() >= self.cfg.max_sessions {
-            return self.refuse(conn, ConnectReturnCode::ServerUnavailable, "max_sessions reached", out);
+            return self.refuse(conn, &p.client_id, ConnectReturnCode::ServerUnavailable, "max_sessions reached", out);
         }
 
         // MQTT 3.1.1 §3.1.4-2: a connection already using this client id is closed.
@@ -605,11 +633,13 @@ impl BrokerCore {
             (k, None) => Some(k),
         };
         let expiry = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
-        let will =
-            p.last_will.map(|w| Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain });
-        if let Some(c) = self.conns.get_mut(&conn) {
+        let expiry_ms = expiry.map_or(0, |e| e.as_millis() as u32);
+        let will = p
+            .last_will
+            .map(|w| Box::new(Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain }));
+        if let Some(c) = self.conns.get_mut(ck(conn)) {
             c.session = Some(sid);
-            c.expiry = expiry;
+            c.expiry_ms = expiry_ms;
             c.will = will;
             c.last_seen = now;
         }
@@ -634,7 +664,7 @@ impl BrokerCore {
     /// (DUP set, §3.3.1-1) and PUBREL packets with their original identifiers, in order (§4.6).
     fn retransmit(&mut self, conn: ConnId, sid: SessionId, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get(sid) else { return };
-        let mut flights: Vec<(&u16, &InFlight)> = s.inflight.iter().collect();
+        let mut flights: Vec<(&u16, &InFlight)> = s.fr().inflight.iter().collect();
         flights.sort_by_key(|(_, f)| f.seq);
         for (&id, f) in flights {
             let packet = match &f.state {
@@ -662,14 +692,14 @@ impl BrokerCore {
             QosPid::Level2(id) => {
                 let Some(s) = self.sessions.get_mut(sid) else { return };
                 let key = (ch, id.value());
-                if !s.awaiting_rel.contains_key(&key) {
-                    if s.awaiting_rel.len() >= self.cfg.max_awaiting_rel {
+                if !s.fr().awaiting_rel.contains_key(&key) {
+                    if s.fr().awaiting_rel.len() >= self.cfg.max_awaiting_rel {
                         let n = self.cfg.max_awaiting_rel;
                         return self.violation(conn, format!("more than {n} QoS 2 messages awaiting PUBREL"), out);
                     }
                     // MQTT 3.1.1 §4.3.3 method B: store, PUBREC, forward on PUBREL. A duplicate
                     // (DUP=1, same id) before PUBREL is not stored twice.
-                    s.awaiting_rel.insert(key, msg);
+                    s.f().awaiting_rel.insert(key, msg);
                 }
                 out.push(Action::Send { conn, channel: ch, packet: Packet::Pubrec(id) });
             }
@@ -678,10 +708,11 @@ impl BrokerCore {
 
     fn on_pubrel(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, id: Pid, out: &mut Vec<Action>) {
         let msg = self.sessions.get_mut(sid).and_then(|s| {
-            let m = s.awaiting_rel.remove(&(ch, id.value()));
-            if s.awaiting_rel.is_empty() && s.awaiting_rel.capacity() > 16 {
-                s.awaiting_rel = HashMap::new();
+            if !s.has_flows() {
+                return None;
             }
+            let m = s.f().awaiting_rel.remove(&(ch, id.value()));
+            s.shrink();
             m
         });
         if let Some(msg) = msg {
@@ -694,9 +725,9 @@ impl BrokerCore {
 
     fn on_puback(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        match s.inflight.get(&id.value()) {
+        match s.fr().inflight.get(&id.value()) {
             Some(InFlight { state: OutState::AwaitPuback(_), .. }) => {
-                s.inflight.remove(&id.value());
+                s.f().inflight.remove(&id.value());
                 self.pump(sid, out);
             }
             Some(_) => {
@@ -710,7 +741,8 @@ impl BrokerCore {
 
     fn on_pubrec(&mut self, conn: ConnId, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        let Some(f) = s.inflight.get_mut(&id.value()) else {
+        let found = s.has_flows() && s.fr().inflight.contains_key(&id.value());
+        let Some(f) = found.then(|| s.f().inflight.get_mut(&id.value())).flatten() else {
             tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBREC for an unknown id; ignored");
             return;
         };
@@ -730,9 +762,9 @@ impl BrokerCore {
 
     fn on_pubcomp(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        match s.inflight.get(&id.value()) {
+        match s.fr().inflight.get(&id.value()) {
             Some(InFlight { state: OutState::AwaitPubcomp, .. }) => {
-                s.inflight.remove(&id.value());
+                s.f().inflight.remove(&id.value());
                 self.pump(sid, out);
             }
             _ => tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: unexpected PUBCOMP; ignored"),
@@ -750,7 +782,7 @@ impl BrokerCore {
                 let granted = (*requested).min(max);
                 // §3.8.4-3: an identical filter replaces the existing subscription.
                 self.subs.insert(filter, SubKey { session: sid, channel: ch }, qos_u8(granted));
-                s.subs.insert((ch, filter.clone()), granted);
+                s.upsert_sub(ch, filter, granted);
                 codes.push(SubscribeReturnCode::from(granted));
                 granted_all.push((filter.clone(), granted));
             }
@@ -773,12 +805,9 @@ impl BrokerCore {
         if let Some(s) = self.sessions.get_mut(sid) {
             for filter in &u.topics {
                 // MQTT 3.1.1 §3.10.4-1: filters compared character by character.
-                if s.subs.remove(&(ch, filter.clone())).is_some() {
+                if s.remove_sub(ch, filter) {
                     self.subs.remove(filter, SubKey { session: sid, channel: ch });
                 }
-            }
-            if s.subs.is_empty() {
-                s.subs = HashMap::new();
             }
         }
         // MQTT 3.1.1 §3.10.4-4, §3.10.4-5: UNSUBACK even if nothing matched.
@@ -833,9 +862,9 @@ impl BrokerCore {
                 });
             }
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
-            (Some(conn), _) if s.queue.is_empty() && s.inflight.len() < max_inflight => {
+            (Some(conn), _) if s.fr().queue.is_empty() && s.fr().inflight.len() < max_inflight => {
                 self.stats.delivered += 1;
-                let packet = Self::start_flight(s, ch, qos, msg, retain);
+                let packet = Self::start_flight(s.f(), ch, qos, msg, retain);
                 out.push(Action::Send { conn, channel: ch, packet });
             }
             _ => self.enqueue(sid, Queued { channel: ch, qos, retain, msg }),
@@ -843,7 +872,7 @@ impl BrokerCore {
     }
 
     /// Allocate an id and record the flight; returns the PUBLISH to send.
-    fn start_flight(s: &mut Session, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
+    fn start_flight(s: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
         let id = s.alloc_pid();
         s.next_seq += 1;
         let (qos_pid, state) = if qos == QoS::Level1 {
@@ -861,12 +890,13 @@ impl BrokerCore {
     fn enqueue(&mut self, sid: SessionId, q: Queued) {
         let cap = self.cfg.max_queued_messages;
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        if s.queue.len() >= cap {
-            let victim = if s.queued_qos0 > 0 { s.queue.iter().position(|x| x.qos == QoS::Level0) } else { None };
+        if s.fr().queue.len() >= cap {
+            let f = s.f();
+            let victim = if f.queued_qos0 > 0 { f.queue.iter().position(|x| x.qos == QoS::Level0) } else { None };
             let lost = match victim {
                 Some(i) => {
-                    let Some(old) = s.queue.remove(i) else { return };
-                    s.queued_qos0 -= 1;
+                    let Some(old) = f.queue.remove(i) else { return };
+                    f.queued_qos0 -= 1;
                     old
                 }
                 None => q.clone(),
@@ -884,10 +914,11 @@ impl BrokerCore {
                 return;
             }
         }
+        let f = s.f();
         if q.qos == QoS::Level0 {
-            s.queued_qos0 += 1;
+            f.queued_qos0 += 1;
         }
-        s.queue.push_back(q);
+        f.queue.push_back(q);
     }
 
     /// Move queued deliveries into flight while the session is online and has room.
@@ -895,23 +926,27 @@ impl BrokerCore {
         let max_inflight = self.cfg.max_inflight;
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let Some(conn) = s.conn else { return };
-        while let Some(front) = s.queue.front() {
-            if front.qos != QoS::Level0 && s.inflight.len() >= max_inflight {
-                break;
+        if s.has_flows() {
+            let f = s.f();
+            while let Some(front) = f.queue.front() {
+                if front.qos != QoS::Level0 && f.inflight.len() >= max_inflight {
+                    break;
+                }
+                let Some(q) = f.queue.pop_front() else { break };
+                self.stats.delivered += 1;
+                let packet = if q.qos == QoS::Level0 {
+                    f.queued_qos0 -= 1;
+                    publish_packet(&q.msg, QosPid::Level0, q.retain, false)
+                } else {
+                    Self::start_flight(f, q.channel, q.qos, q.msg, q.retain)
+                };
+                out.push(Action::Send { conn, channel: q.channel, packet });
             }
-            let Some(q) = s.queue.pop_front() else { break };
-            self.stats.delivered += 1;
-            let packet = if q.qos == QoS::Level0 {
-                s.queued_qos0 -= 1;
-                publish_packet(&q.msg, QosPid::Level0, q.retain, false)
-            } else {
-                Self::start_flight(s, q.channel, q.qos, q.msg, q.retain)
-            };
-            out.push(Action::Send { conn, channel: q.channel, packet });
+            if f.queue.is_empty() && f.queue.capacity() > 0 {
+                f.queue = std::collections::VecDeque::new();
+            }
         }
-        if s.queue.is_empty() && s.queue.capacity() > 64 {
-            s.queue = std::collections::VecDeque::new();
-        }
+        s.shrink();
     }
 }
 

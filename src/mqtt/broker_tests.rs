@@ -104,7 +104,7 @@ impl H {
 
     fn open(&mut self) -> ConnId {
         let mut out = Vec::new();
-        self.core.open(None, self.now, &mut out)
+        self.core.open(None, (), self.now, &mut out)
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
@@ -365,7 +365,7 @@ fn retained_set_replace_clear_and_deliver_on_subscribe() {
     h.send(live, subscribe(1, &[("r/#", QoS::Level1)]));
     let out = h.send(p, retained("r/a", QoS::Level1, 1, "first"));
     // §3.3.1-9: forwarded to an existing subscription with RETAIN 0.
-    assert_eq!(publishes(&out, live)[0].4, false);
+    assert!(!publishes(&out, live)[0].4);
     h.send(p, retained("r/a", QoS::Level0, 0, "second")); // replaces (§3.3.1-7)
     h.send(p, retained("r/b", QoS::Level1, 2, "bee"));
     h.send(p, publish("r/c", QoS::Level1, 3, "not retained"));
@@ -716,4 +716,18 @@ fn clean_session_state_is_gone_after_close_and_memory_shrinks() {
     h.lost(s);
     let st = h.core.stats();
     assert_eq!((st.connections, st.sessions, st.subscriptions), (0, 0, 0));
+}
+
+#[test]
+fn control_packets_only_on_the_control_channel() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("c", true);
+    assert_eq!(sends(&h.send_on(c, 3, Packet::Pingreq), c), vec![], "no PINGRESP on a data channel");
+    assert!(h.send_on(c, 3, Packet::Pingreq).is_empty(), "the connection is closing");
+    let (d, _, _) = h.connect("d", true);
+    let out = h.send_on(d, 5, Packet::Disconnect);
+    assert!(matches!(close_of(&out, d), Some(CloseReason::Violation(_))));
+    let (e, _, _) = h.connect("e", true);
+    let out = h.send_on(e, 0, Packet::Pingreq);
+    assert_eq!(sends(&out, e), vec![(0, Packet::Pingresp)]);
 }

@@ -143,6 +143,17 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         PacketReader { r, buf: BytesMut::new(), max_packet }
     }
 
+    /// A packet already buffered, without reading (`Ok(None)`: none complete yet).
+    pub fn try_next(&mut self) -> Result<Option<Packet>, MqttError> {
+        match codec::decode_one(&self.buf, self.max_packet)? {
+            Some((p, n)) => {
+                self.buf.advance(n);
+                Ok(Some(p))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The next packet; `Ok(None)` when the peer closed the stream between packets.
     /// Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Packet>, MqttError> {

@@ -165,6 +165,14 @@ pub fn decode_v3(frame: &[u8], head: FrameHead) -> Result<Packet, CodecError> {
     let packet = match kind {
         PacketType::Connect => {
             let c = Connect::decode(body, &mut off).map_err(pe)?;
+            // MQTT 3.1.1 §3.1.2-15: Will Retain is 0 when the Will Flag is 0 (mqtt-proto only
+            // checks the Will QoS bits). The flags follow the protocol name and level.
+            let name_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+            if let Some(&flags) = body.get(2 + name_len + 1) {
+                if flags & 0x04 == 0 && flags & 0x20 != 0 {
+                    return Err(CodecError::Malformed("CONNECT with Will Retain but no Will Flag (§3.1.2-15)".into()));
+                }
+            }
             check_connect(&c)?;
             Packet::Connect(c)
         }
@@ -267,11 +275,7 @@ impl Decoder {
         }
         self.partial.extend_from_slice(data);
         let buf = std::mem::take(&mut self.partial);
-        let result = self.decode_all(&buf, out);
-        let used = match result {
-            Ok(n) => n,
-            Err(e) => return Err(e),
-        };
+        let used = self.decode_all(&buf, out)?;
         if used < buf.len() {
             let mut rest = buf;
             let _ = rest.split_to(used);
@@ -543,6 +547,8 @@ mod tests {
         c.push(0xee);
         c[1] += 1;
         assert!(matches!(reject(&c), CodecError::LengthMismatch { .. }));
+        // Will Retain without Will Flag (§3.1.2-15).
+        assert!(matches!(reject(&connect_bytes(0x22, &[0, 1, b'c'])), CodecError::Malformed(_)));
         // Reserved CONNECT flag (§3.1.2-3), will QoS without will flag (§3.1.2-13).
         assert!(matches!(reject(&connect_bytes(0x03, &[0, 1, b'c'])), CodecError::Malformed(_)));
         assert!(matches!(reject(&connect_bytes(0x0a, &[0, 1, b'c'])), CodecError::Malformed(_)));

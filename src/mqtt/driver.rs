@@ -13,11 +13,13 @@
 //! connection's own input (acks, SUBACK, PINGRESP) are bounded by the transport reading no more
 //! input until its outbox is written out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
+
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -26,104 +28,68 @@ use super::codec::{CodecError, Packet, QosPid};
 use super::config::MqttConfig;
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
-/// Packets waiting to be written on one channel, and whether to close after them.
-#[derive(Debug)]
-pub struct Outbox {
-    q: Mutex<OutQueue>,
-    notify: Notify,
-    cap: usize,
-}
-
+/// Packets waiting to be written on one channel, and whether to close after them. It lives in
+/// the core's per-connection data, under the broker's lock (no allocation or lock of its own:
+/// an idle connection costs less). One task (the channel's writer) waits on it.
 #[derive(Debug, Default)]
-struct OutQueue {
+pub struct Outbox {
     items: VecDeque<Packet>,
-    close: Option<CloseReason>,
-    dropped: u64,
+    close: Option<Box<CloseReason>>,
+    waker: Option<Waker>,
 }
 
 impl Outbox {
-    fn new(cap: usize) -> Outbox {
-        Outbox { q: Mutex::new(OutQueue::default()), notify: Notify::new(), cap }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OutQueue> {
-        // A panic while holding this lock cannot leave the queue inconsistent: keep going.
-        self.q.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queue a packet. A QoS 0 PUBLISH is dropped (false) when `cap` packets are already queued.
-    fn push(&self, p: Packet) -> Result<(), u64> {
-        let mut q = self.lock();
-        if q.close.is_some() {
-            return Ok(()); // closing: nothing more is written
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
         }
-        if q.items.len() >= self.cap && matches!(&p, Packet::Publish(p) if p.qos_pid == QosPid::Level0) {
-            q.dropped += 1;
-            return Err(q.dropped);
-        }
-        let was_empty = q.items.is_empty();
-        q.items.push_back(p);
-        drop(q);
-        if was_empty {
-            self.notify.notify_one();
-        }
-        Ok(())
     }
 
-    fn close(&self, reason: CloseReason) {
-        let mut q = self.lock();
-        if q.close.is_none() {
-            q.close = Some(reason);
+    /// Queue a packet. A QoS 0 PUBLISH is refused when `cap` packets are already queued.
+    fn push(&mut self, p: Packet, cap: usize) -> bool {
+        if self.close.is_some() {
+            return true; // closing: nothing more is written
         }
-        drop(q);
-        self.notify.notify_one();
+        if self.items.len() >= cap && matches!(&p, Packet::Publish(p) if p.qos_pid == QosPid::Level0) {
+            return false;
+        }
+        self.items.push_back(p);
+        self.wake();
+        true
     }
 
-    /// Whether there is something to write or a close to act on.
-    pub fn ready(&self) -> bool {
-        let q = self.lock();
-        !q.items.is_empty() || q.close.is_some()
+    fn close(&mut self, reason: CloseReason) {
+        if self.close.is_none() {
+            self.close = Some(Box::new(reason));
+        }
+        self.wake();
     }
 
-    /// Wait until [`Outbox::ready`]. Cancel-safe.
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.ready() {
-                return;
+    fn ready(&self) -> bool {
+        !self.items.is_empty() || self.close.is_some()
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready() {
+            return Poll::Ready(());
+        }
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn drain(&mut self, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
+        let n = self.items.len().min(max);
+        batch.extend(self.items.drain(..n));
+        if self.items.is_empty() {
+            if self.items.capacity() > 0 {
+                self.items = VecDeque::new(); // an idle connection holds no queue memory
             }
-            notified.await;
+            return self.close.as_deref().cloned();
         }
-    }
-
-    /// Move up to `max` queued packets into `batch`. Returns the close reason once the queue is
-    /// empty and a close was requested.
-    pub fn drain(&self, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
-        let mut q = self.lock();
-        let n = q.items.len().min(max);
-        batch.extend(q.items.drain(..n));
-        if q.items.is_empty() && q.items.capacity() > 32 {
-            q.items = VecDeque::new(); // an idle connection holds no queue memory
-        }
-        if q.items.is_empty() {
-            q.close.clone()
-        } else {
-            None
-        }
-    }
-
-    /// Packets queued now.
-    pub fn len(&self) -> usize {
-        self.lock().items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// QoS 0 deliveries dropped because this outbox was full.
-    pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+        None
     }
 }
 
@@ -137,23 +103,27 @@ pub struct BrokerStats {
     pub refused_connections: u64,
 }
 
+/// The driver's data per connection, kept in the core beside the connection's state.
+#[derive(Default)]
 struct Link {
-    control: Arc<Outbox>,
-    data: Vec<(ChannelId, Arc<Outbox>)>,
+    control: Outbox,
+    /// Data channels' outboxes (none for TCP and TLS).
+    #[allow(clippy::box_collection)] // one pointer for the common case of no data channels
+    data: Option<Box<Vec<(ChannelId, Outbox)>>>,
 }
 
 impl Link {
-    fn outbox(&self, ch: ChannelId) -> &Arc<Outbox> {
+    /// The outbox of `ch`, if the channel is open (the control channel always is).
+    fn outbox(&mut self, ch: ChannelId) -> Option<&mut Outbox> {
         if ch == CONTROL_CHANNEL {
-            return &self.control;
+            return Some(&mut self.control);
         }
-        self.data.iter().find(|(c, _)| *c == ch).map(|(_, o)| o).unwrap_or(&self.control)
+        self.data.as_mut()?.iter_mut().find(|(c, _)| *c == ch).map(|(_, o)| o)
     }
 }
 
 struct State {
-    core: BrokerCore,
-    links: HashMap<ConnId, Link>,
+    core: BrokerCore<Link>,
     actions: Vec<Action>,
 }
 
@@ -189,7 +159,7 @@ impl Broker {
     pub fn new(cfg: MqttConfig) -> Broker {
         let timer_wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            state: Mutex::new(State { core: BrokerCore::new(cfg.clone()), links: HashMap::new(), actions: Vec::new() }),
+            state: Mutex::new(State { core: BrokerCore::new(cfg.clone()), actions: Vec::new() }),
             timer_wake: timer_wake.clone(),
             slots: Arc::new(Semaphore::new(cfg.max_connections.min(Semaphore::MAX_PERMITS))),
             cfg,
@@ -232,13 +202,11 @@ impl Broker {
                 return Err(TooManyConnections(self.inner.cfg.max_connections));
             }
         };
-        let control = Arc::new(Outbox::new(self.inner.cfg.channel_queue));
         let mut st = self.lock();
-        let State { core, links, actions } = &mut *st;
-        let conn = core.open(peer, Instant::now(), actions);
-        links.insert(conn, Link { control: control.clone(), data: Vec::new() });
+        let State { core, actions } = &mut *st;
+        let conn = core.open(peer, Link::default(), Instant::now(), actions);
         self.dispatch(&mut st);
-        Ok(Attachment { broker: self.clone(), conn, control, _permit: permit })
+        Ok(Attachment { broker: self.clone(), conn, _permit: permit })
     }
 
     /// Close every connection (their transports flush and close). Wills are not published.
@@ -251,28 +219,33 @@ impl Broker {
 
     /// Route the core's actions: packets into outboxes, closes, timer wake-ups.
     fn dispatch(&self, st: &mut State) {
-        let State { links, actions, .. } = st;
+        let State { core, actions } = st;
+        let cap = self.inner.cfg.channel_queue;
         let mut wake = false;
         for a in actions.drain(..) {
             match a {
                 Action::Send { conn, channel, packet } => {
-                    let Some(link) = links.get(&conn) else { continue };
-                    if let Err(n) = link.outbox(channel).push(packet) {
-                        self.inner.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+                    let Some(link) = core.link_mut(conn) else { continue };
+                    let Some(outbox) = link.outbox(channel) else { continue };
+                    if !outbox.push(packet, cap) {
+                        let n = self.inner.dropped_qos0.fetch_add(1, Ordering::Relaxed) + 1;
+                        // Counted always; logged at 1, 2, 4, 8, ... drops (broker-wide).
                         if n.is_power_of_two() {
                             tracing::warn!(
                                 conn,
                                 channel,
-                                dropped = n,
-                                "mqtt: subscriber's channel queue full; QoS 0 message dropped"
+                                dropped_total = n,
+                                "mqtt: subscriber's channel queue full ({cap} packets); QoS 0 message dropped"
                             );
                         }
                     }
                 }
                 Action::Close { conn, reason } => {
-                    let Some(link) = links.get(&conn) else { continue };
-                    for (_, o) in &link.data {
-                        o.close(reason.clone());
+                    let Some(link) = core.link_mut(conn) else { continue };
+                    if let Some(data) = &mut link.data {
+                        for (_, o) in data.iter_mut() {
+                            o.close(reason.clone());
+                        }
                     }
                     link.control.close(reason);
                 }
@@ -316,7 +289,6 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
 pub struct Attachment {
     broker: Broker,
     conn: ConnId,
-    control: Arc<Outbox>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -325,13 +297,35 @@ impl Attachment {
         self.conn
     }
 
-    /// The control channel's outbox (the only one for TCP and TLS).
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.control
-    }
-
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Whether `channel`'s outbox has packets to write or a close to act on (a closed or
+    /// unknown channel reads as "close").
+    pub fn outbox_ready(&self, channel: ChannelId) -> bool {
+        let mut st = self.broker.lock();
+        st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)).is_none_or(|o| o.ready())
+    }
+
+    /// Ready when [`Attachment::outbox_ready`]; otherwise the task is woken when it becomes so.
+    /// Only the latest waker is kept: one writer per channel.
+    pub fn poll_outbox(&self, channel: ChannelId, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.broker.lock();
+        match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+            Some(o) => o.poll_ready(cx),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// Move up to `max` packets of `channel`'s outbox into `batch`. Returns the close reason once
+    /// the outbox is empty and a close was requested (or the connection is gone).
+    pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
+        let mut st = self.broker.lock();
+        match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+            Some(o) => o.drain(batch, max),
+            None => Some(CloseReason::Shutdown),
+        }
     }
 
     /// Hand the core the packets decoded from one read on `channel` (drained from `packets`),
@@ -349,27 +343,24 @@ impl Attachment {
         self.broker.dispatch(&mut st);
     }
 
-    /// Open a data channel (a QUIC stream in the QUIC mapping): its deliveries get their own
-    /// outbox.
-    pub fn open_channel(&self, channel: ChannelId) -> Arc<Outbox> {
+    /// Open a data channel (a QUIC stream in the QUIC mapping): its packets get their own outbox.
+    pub fn open_channel(&self, channel: ChannelId) {
         if channel == CONTROL_CHANNEL {
-            return self.control.clone();
+            return;
         }
         let mut st = self.broker.lock();
-        let Some(link) = st.links.get_mut(&self.conn) else { return Arc::new(Outbox::new(0)) };
-        if let Some((_, o)) = link.data.iter().find(|(c, _)| *c == channel) {
-            return o.clone();
+        let Some(link) = st.core.link_mut(self.conn) else { return };
+        let data = link.data.get_or_insert_with(Default::default);
+        if !data.iter().any(|(c, _)| *c == channel) {
+            data.push((channel, Outbox::default()));
         }
-        let o = Arc::new(Outbox::new(self.broker.inner.cfg.channel_queue));
-        link.data.push((channel, o.clone()));
-        o
     }
 
     /// A data channel is gone: its subscriptions and flows are dropped.
     pub fn close_channel(&self, channel: ChannelId) {
         let mut st = self.broker.lock();
-        if let Some(link) = st.links.get_mut(&self.conn) {
-            link.data.retain(|(c, _)| *c != channel);
+        if let Some(data) = st.core.link_mut(self.conn).and_then(|l| l.data.as_mut()) {
+            data.retain(|(c, _)| *c != channel);
         }
         let State { core, actions, .. } = &mut *st;
         core.close_channel(self.conn, channel, Instant::now(), actions);
@@ -380,7 +371,6 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut st = self.broker.lock();
-        st.links.remove(&self.conn);
         let State { core, actions, .. } = &mut *st;
         core.closed(self.conn, Instant::now(), actions);
         self.broker.dispatch(&mut st);

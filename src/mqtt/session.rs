@@ -26,6 +26,7 @@ pub struct Message {
 
 /// Where an outbound QoS 1/2 message is in its flow.
 #[derive(Debug, Clone)]
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum OutState {
     /// QoS 1 sent, waiting for PUBACK.
     AwaitPuback(Message),
@@ -56,15 +57,10 @@ pub(crate) struct Queued {
     pub msg: Message,
 }
 
-#[derive(Debug)]
-pub(crate) struct Session {
-    pub client_id: Arc<str>,
-    /// Clean session 1: the session ends with its connection (§3.1.2.4).
-    pub clean: bool,
-    /// The connection it is attached to.
-    pub conn: Option<ConnId>,
-    /// Its subscriptions: (channel, filter) → granted QoS.
-    pub subs: HashMap<(ChannelId, TopicFilter), QoS>,
+/// The message flows of a session: allocated while it has any, freed when it has none, so an
+/// idle session is small.
+#[derive(Debug, Default)]
+pub(crate) struct Flows {
     pub next_pid: u16,
     pub next_seq: u64,
     pub inflight: HashMap<u16, InFlight>,
@@ -72,25 +68,11 @@ pub(crate) struct Session {
     pub queued_qos0: usize,
     /// Inbound QoS 2 messages received and PUBREC'd, delivered on PUBREL (§4.3.3, method B).
     pub awaiting_rel: HashMap<(ChannelId, u16), Message>,
-    /// Messages this session could not keep.
-    pub dropped: u64,
 }
 
-impl Session {
-    pub fn new(client_id: Arc<str>, clean: bool) -> Session {
-        Session {
-            client_id,
-            clean,
-            conn: None,
-            subs: HashMap::new(),
-            next_pid: 0,
-            next_seq: 0,
-            inflight: HashMap::new(),
-            queue: VecDeque::new(),
-            queued_qos0: 0,
-            awaiting_rel: HashMap::new(),
-            dropped: 0,
-        }
+impl Flows {
+    fn is_idle(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty() && self.awaiting_rel.is_empty()
     }
 
     /// A packet identifier not in use by any in-flight message of this session, on any channel
@@ -103,17 +85,74 @@ impl Session {
             }
         }
     }
+}
 
-    /// Give back memory an emptied collection still holds (an idle session keeps nothing).
+static NO_FLOWS: std::sync::OnceLock<Flows> = std::sync::OnceLock::new();
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub client_id: Arc<str>,
+    /// Clean session 1: the session ends with its connection (§3.1.2.4).
+    pub clean: bool,
+    /// The connection it is attached to.
+    pub conn: Option<ConnId>,
+    /// Its subscriptions: (channel, filter, granted QoS). A few per client: a vector is
+    /// smaller than a map and as fast.
+    pub subs: Vec<(ChannelId, TopicFilter, QoS)>,
+    flows: Option<Box<Flows>>,
+    /// Messages this session could not keep.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, clean: bool) -> Session {
+        Session { client_id, clean, conn: None, subs: Vec::new(), flows: None, dropped: 0 }
+    }
+
+    /// The flows, for reading (empty when there are none).
+    pub fn fr(&self) -> &Flows {
+        match &self.flows {
+            Some(f) => f,
+            None => NO_FLOWS.get_or_init(Flows::default),
+        }
+    }
+
+    /// The flows, for changing (allocated on first use).
+    pub fn f(&mut self) -> &mut Flows {
+        self.flows.get_or_insert_with(Default::default)
+    }
+
+    /// Whether any flow state exists.
+    pub fn has_flows(&self) -> bool {
+        self.flows.is_some()
+    }
+
+    /// Add or replace (§3.8.4-3) the subscription to `filter` on `ch`.
+    pub fn upsert_sub(&mut self, ch: ChannelId, filter: &TopicFilter, qos: QoS) {
+        match self.subs.iter_mut().find(|(c, f, _)| *c == ch && f == filter) {
+            Some(s) => s.2 = qos,
+            None => self.subs.push((ch, filter.clone(), qos)),
+        }
+    }
+
+    /// Remove the subscription to `filter` on `ch`; true if it existed.
+    pub fn remove_sub(&mut self, ch: ChannelId, filter: &TopicFilter) -> bool {
+        match self.subs.iter().position(|(c, f, _)| *c == ch && f == filter) {
+            Some(i) => {
+                self.subs.swap_remove(i);
+                if self.subs.is_empty() {
+                    self.subs = Vec::new();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Give back the flows' memory once they are all empty (an idle session keeps nothing).
     pub fn shrink(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            self.queue = VecDeque::new();
-        }
-        if self.inflight.is_empty() && self.inflight.capacity() > 0 {
-            self.inflight = HashMap::new();
-        }
-        if self.awaiting_rel.is_empty() && self.awaiting_rel.capacity() > 0 {
-            self.awaiting_rel = HashMap::new();
+        if self.flows.as_ref().is_some_and(|f| f.is_idle()) {
+            self.flows = None;
         }
     }
 }
@@ -126,10 +165,24 @@ pub struct SessionId {
     gen: u32,
 }
 
-/// A slab of sessions.
+impl SessionId {
+    /// As one integer (generation in the high half): the connection ids of the core.
+    pub(crate) fn pack(self) -> u64 {
+        (self.gen as u64) << 32 | self.idx as u64
+    }
+
+    pub(crate) fn unpack(v: u64) -> SessionId {
+        SessionId { idx: v as u32, gen: (v >> 32) as u32 }
+    }
+}
+
+/// A slab: a vector of slots with a free list; keys carry a generation. Unlike a hash map it
+/// touches memory only for the slots in use.
+/// Entries are boxed: the slot table stays small (the boxes fill the small holes that the
+/// runtime's 128-byte-aligned per-connection allocations leave in the heap).
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
-    slots: Vec<(u32, Option<T>)>,
+    slots: Vec<(u32, Option<Box<T>>)>,
     free: Vec<u32>,
     len: usize,
 }
@@ -141,6 +194,13 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
+    /// Reserve room for `n` entries up front: the memory is only touched as slots are used,
+    /// and the slab never copies itself while growing to `n` (copies would leave freed,
+    /// still-resident heap behind).
+    pub fn with_capacity(n: usize) -> Slab<T> {
+        Slab { slots: Vec::with_capacity(n), free: Vec::new(), len: 0 }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -150,24 +210,24 @@ impl<T> Slab<T> {
         if let Some(idx) = self.free.pop() {
             let slot = &mut self.slots[idx as usize];
             slot.0 = slot.0.wrapping_add(1);
-            slot.1 = Some(v);
+            slot.1 = Some(Box::new(v));
             return SessionId { idx, gen: slot.0 };
         }
         let idx = self.slots.len() as u32;
-        self.slots.push((0, Some(v)));
+        self.slots.push((0, Some(Box::new(v))));
         SessionId { idx, gen: 0 }
     }
 
     pub fn get(&self, id: SessionId) -> Option<&T> {
         match self.slots.get(id.idx as usize) {
-            Some((gen, Some(v))) if *gen == id.gen => Some(v),
+            Some((gen, Some(v))) if *gen == id.gen => Some(&**v),
             _ => None,
         }
     }
 
     pub fn get_mut(&mut self, id: SessionId) -> Option<&mut T> {
         match self.slots.get_mut(id.idx as usize) {
-            Some((gen, Some(v))) if *gen == id.gen => Some(v),
+            Some((gen, Some(v))) if *gen == id.gen => Some(&mut **v),
             _ => None,
         }
     }
@@ -177,13 +237,20 @@ impl<T> Slab<T> {
             Some((gen, v @ Some(_))) if *gen == id.gen => {
                 self.len -= 1;
                 self.free.push(id.idx);
-                v.take()
+                v.take().map(|b| *b)
             }
             _ => None,
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().filter_map(|(_, v)| v.as_ref())
+        self.slots.iter().filter_map(|(_, v)| v.as_deref())
+    }
+
+    pub fn iter_keys(&self) -> impl Iterator<Item = (SessionId, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (gen, v))| v.as_deref().map(|v| (SessionId { idx: i as u32, gen: *gen }, v)))
     }
 }

@@ -10,7 +10,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::codec::{self, Decoder, Packet};
-use super::driver::{Attachment, Broker, Outbox};
+use super::driver::{Attachment, Broker};
 use super::CONTROL_CHANNEL;
 
 /// Size of the per-thread read buffer for plain TCP and of a TLS connection's read buffer.
@@ -28,7 +31,9 @@ const WRITE_BATCH: usize = 512;
 
 /// Accept MQTT connections on `listener` (plain TCP, or TLS when `tls` is given) until
 /// `shutdown` is cancelled; one task per connection, spawned on `tracker`. TCP_NODELAY is set
-/// on every socket. On shutdown each connection task stops and closes its socket.
+/// on every socket. On shutdown the broker closes every connection ([`Broker::shutdown`]): each
+/// connection task writes what is queued, closes its socket and ends. (The connection tasks do
+/// not watch `shutdown` themselves: one waiter less per idle connection.)
 pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -39,7 +44,10 @@ pub async fn serve_tcp(
     let proto = if tls.is_some() { "mqtt+tls" } else { "mqtt+tcp" };
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                broker.shutdown();
+                break;
+            }
             r = listener.accept() => r,
         };
         let (sock, peer) = match accepted {
@@ -60,14 +68,13 @@ pub async fn serve_tcp(
                 continue;
             }
         };
-        let shutdown = shutdown.clone();
         match &tls {
             None => {
-                tracker.spawn(conn_loop(Wire::Plain(sock), att, shutdown));
+                tracker.spawn(conn_loop(Wire::Plain(sock), att));
             }
             Some(acceptor) => {
                 // Boxed so the plain-TCP task's future does not carry the TLS handshake's state.
-                tracker.spawn(Box::pin(tls_conn(sock, peer, acceptor.clone(), att, shutdown)));
+                tracker.spawn(Box::pin(tls_conn(sock, peer, acceptor.clone(), att, shutdown.clone())));
             }
         }
     }
@@ -97,7 +104,7 @@ async fn tls_conn(
         }
     };
     let wire = Wire::Tls(Box::new(TlsWire { stream, buf: vec![0; READ_CHUNK], got: None }));
-    conn_loop(wire, att, shutdown).await
+    conn_loop(wire, att).await
 }
 
 struct TlsWire {
@@ -117,16 +124,19 @@ thread_local! {
 }
 
 impl Wire {
-    /// Wait until a read can make progress. Cancel-safe.
-    async fn wait_read(&mut self) -> io::Result<()> {
+    /// Ready when a read can make progress (for TLS: when it has read into its buffer). Polled
+    /// directly rather than through `readable()`, whose future would make every idle
+    /// connection's task 150 bytes larger.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Wire::Plain(s) => s.readable().await,
+            Wire::Plain(s) => s.poll_read_ready(cx),
             Wire::Tls(t) => {
                 if t.got.is_none() {
-                    let n = t.stream.read(&mut t.buf).await?;
-                    t.got = Some(n);
+                    let mut rb = ReadBuf::new(&mut t.buf);
+                    ready!(Pin::new(&mut t.stream).poll_read(cx, &mut rb))?;
+                    t.got = Some(rb.filled().len());
                 }
-                Ok(())
+                Poll::Ready(Ok(()))
             }
         }
     }
@@ -150,111 +160,239 @@ impl Wire {
         }
     }
 
-    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Write `data[*pos..]`, advancing `pos`; `Ready(Ok)` once all is written (TLS: into the
+    /// TLS layer, see [`Wire::poll_flush`]).
+    fn poll_write_all(&mut self, cx: &mut Context<'_>, data: &[u8], pos: &mut usize) -> Poll<io::Result<()>> {
+        while *pos < data.len() {
+            let n = match self {
+                Wire::Plain(s) => ready!(Pin::new(s).poll_write(cx, &data[*pos..]))?,
+                Wire::Tls(t) => ready!(Pin::new(&mut t.stream).poll_write(cx, &data[*pos..]))?,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *pos += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Wire::Tls(_))
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Wire::Plain(s) => s.write_all(data).await,
-            Wire::Tls(t) => {
-                t.stream.write_all(data).await?;
-                t.stream.flush().await
+            Wire::Plain(_) => Poll::Ready(Ok(())),
+            Wire::Tls(t) => Pin::new(&mut t.stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Wire::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Wire::Tls(t) => Pin::new(&mut t.stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Buffers a connection needs only while data waits in them (an incomplete frame read, bytes
+/// the socket did not take yet): allocated then, freed when empty, so an idle connection holds
+/// none. Everything else goes through per-thread scratch buffers.
+#[derive(Default)]
+struct Bufs {
+    decoder: Option<Decoder>,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+#[derive(Default)]
+struct Scratch {
+    packets: Vec<Packet>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn take_scratch() -> Scratch {
+    SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
+fn put_scratch(mut sc: Scratch) {
+    sc.packets.clear();
+    sc.out.clear();
+    if sc.out.capacity() > 1 << 20 {
+        sc.out = Vec::new();
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = sc);
+}
+
+/// One connection's task, as a hand-written state machine: a small future (the task is
+/// allocated once per connection; tokio rounds task allocations to 128 bytes).
+struct ConnTask {
+    wire: Wire,
+    att: Attachment,
+    bufs: Option<Box<Bufs>>,
+    /// Cleared after bad input: nothing more is read, what is queued is written, then close.
+    reading: bool,
+    /// The broker asked to close once the pending bytes are written.
+    closing: bool,
+    /// TLS: bytes were handed to the TLS layer and must still be flushed to the socket.
+    flush_pending: bool,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl ConnTask {
+    /// Drop the buffers once nothing is pending in them.
+    fn release(&mut self) {
+        if let Some(b) = &self.bufs {
+            if b.out.is_empty() && b.decoder.as_ref().is_none_or(|d| d.buffered() == 0) {
+                self.bufs = None;
             }
         }
     }
 
-    async fn shutdown(&mut self) {
-        let _ = match self {
-            Wire::Plain(s) => s.shutdown().await,
-            Wire::Tls(t) => t.stream.shutdown().await,
-        };
+    /// Write bytes left over from an earlier batch, and flush TLS. `Ready(Continue)` when done.
+    fn poll_pending_out(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if let Some(b) = self.bufs.as_deref_mut() {
+            if !b.out.is_empty() {
+                if let Err(e) = ready!(self.wire.poll_write_all(cx, &b.out, &mut b.pos)) {
+                    tracing::debug!(conn = self.att.conn_id(), "mqtt: write failed: {e}");
+                    return Poll::Ready(Step::Done);
+                }
+                b.out = Vec::new();
+                b.pos = 0;
+            }
+        }
+        if self.flush_pending {
+            if let Err(e) = ready!(self.wire.poll_flush(cx)) {
+                tracing::debug!(conn = self.att.conn_id(), "mqtt: write failed: {e}");
+                return Poll::Ready(Step::Done);
+            }
+            self.flush_pending = false;
+        }
+        Poll::Ready(Step::Continue)
     }
-}
 
-/// Write what the outbox holds (one batch). `Ok(true)`: the broker asked to close.
-async fn flush(wire: &mut Wire, outbox: &Outbox) -> io::Result<bool> {
-    let mut batch: Vec<Packet> = Vec::new();
-    let close = outbox.drain(&mut batch, WRITE_BATCH);
-    if !batch.is_empty() {
-        let mut buf = Vec::with_capacity(batch.len() * 32);
-        for p in &batch {
-            if let Err(e) = codec::encode(p, &mut buf) {
+    /// Encode one batch of the outbox and write it; whatever the socket does not take now is
+    /// kept in `bufs`.
+    fn write_batch(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut sc = take_scratch();
+        let close = self.att.drain(CONTROL_CHANNEL, &mut sc.packets, WRITE_BATCH);
+        for p in sc.packets.drain(..) {
+            if let Err(e) = codec::encode(&p, &mut sc.out) {
                 tracing::warn!("mqtt: cannot encode {:?}: {e}", p.get_type());
             }
         }
-        drop(batch);
-        wire.write_all(&buf).await?;
+        if let Some(reason) = close {
+            tracing::debug!(conn = self.att.conn_id(), "mqtt: closing connection: {reason}");
+            self.closing = true;
+        }
+        let mut pos = 0;
+        let step = match self.wire.poll_write_all(cx, &sc.out, &mut pos) {
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(conn = self.att.conn_id(), "mqtt: write failed: {e}");
+                Step::Done
+            }
+            Poll::Ready(Ok(())) => Step::Continue,
+            Poll::Pending => {
+                let b = self.bufs.get_or_insert_with(Default::default);
+                b.out.extend_from_slice(&sc.out[pos..]);
+                b.pos = 0;
+                Step::Continue
+            }
+        };
+        if !sc.out.is_empty() && self.wire.is_tls() {
+            self.flush_pending = true;
+        }
+        put_scratch(sc);
+        step
     }
-    if let Some(reason) = close {
-        tracing::debug!("mqtt: closing connection: {reason}");
-        return Ok(true);
-    }
-    Ok(false)
-}
 
-async fn conn_loop(mut wire: Wire, att: Attachment, shutdown: CancellationToken) {
-    let conn = att.conn_id();
-    let mut decoder = Decoder::new(att.broker().config().max_packet_size);
-    let outbox = att.outbox().clone();
-    let mut reading = true;
-    loop {
-        if outbox.ready() {
-            match flush(&mut wire, &outbox).await {
-                Ok(true) => {
-                    wire.shutdown().await;
-                    break;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::debug!(conn, "mqtt: write failed: {e}");
-                    break;
-                }
-            }
-        }
-        if !reading {
-            // The input was bad and the core has asked to close; nothing more is read. If it
-            // did not ask (it already had), stop here.
-            if outbox.ready() {
-                continue;
-            }
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                wire.shutdown().await;
-                break;
-            }
-            _ = outbox.wait() => continue,
-            r = wire.wait_read() => {
-                if let Err(e) = r {
-                    tracing::debug!(conn, "mqtt: read failed: {e}");
-                    break;
-                }
-            }
-        }
-        let mut packets = Vec::new();
-        let got = wire.take(|bytes| decoder.feed(bytes, &mut packets));
-        match got {
-            Ok(None) => continue,
+    /// Read what is available and hand the packets to the broker.
+    fn read(&mut self) -> Step {
+        let max = self.att.broker().config().max_packet_size;
+        let mut sc = take_scratch();
+        // Decode straight from the read buffer; a decoder is kept only for an incomplete frame.
+        let mut decoder = match self.bufs.as_mut().and_then(|b| b.decoder.take()) {
+            Some(d) => d,
+            None => Decoder::new(max),
+        };
+        let got = self.wire.take(|bytes| decoder.feed(bytes, &mut sc.packets));
+        let step = match got {
+            Ok(None) => Step::Continue,
             Ok(Some((0, _))) => {
                 if decoder.buffered() > 0 {
-                    tracing::debug!(conn, "mqtt: connection closed in the middle of a packet");
+                    tracing::debug!(conn = self.att.conn_id(), "mqtt: connection closed in the middle of a packet");
                 }
-                break;
+                Step::Done
             }
             Ok(Some((_, decoded))) => {
                 let err = decoded.err();
                 if err.is_some() {
-                    reading = false;
+                    self.reading = false;
                 }
-                att.handle(CONTROL_CHANNEL, &mut packets, err.as_ref());
+                self.att.handle(CONTROL_CHANNEL, &mut sc.packets, err.as_ref());
+                Step::Continue
             }
             Err(e) => {
-                tracing::debug!(conn, "mqtt: read failed: {e}");
-                break;
+                tracing::debug!(conn = self.att.conn_id(), "mqtt: read failed: {e}");
+                Step::Done
+            }
+        };
+        if decoder.buffered() > 0 {
+            self.bufs.get_or_insert_with(Default::default).decoder = Some(decoder);
+        }
+        put_scratch(sc);
+        self.release();
+        step
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // 1. Pending output first: a client cannot make the broker buffer answers to input
+            //    it sends faster than it reads.
+            if let Step::Done = ready!(self.poll_pending_out(cx)) {
+                return Poll::Ready(());
+            }
+            if self.closing {
+                let _ = ready!(self.wire.poll_shutdown(cx));
+                return Poll::Ready(());
+            }
+            // 2. More to write?
+            if self.att.poll_outbox(CONTROL_CHANNEL, cx).is_ready() {
+                if let Step::Done = self.write_batch(cx) {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            self.release();
+            if !self.reading {
+                // Bad input and the core has already closed (or is closing) the connection.
+                return Poll::Ready(());
+            }
+            // 3. Input. (The outbox waker is registered above.)
+            if let Err(e) = ready!(self.wire.poll_read_ready(cx)) {
+                tracing::debug!(conn = self.att.conn_id(), "mqtt: read failed: {e}");
+                return Poll::Ready(());
+            }
+            if let Step::Done = self.read() {
+                return Poll::Ready(());
             }
         }
     }
-    // Dropping the attachment tells the core; it publishes the will unless DISCONNECT came.
-    drop(att);
+}
+
+/// The connection's future: the task state itself (no async-fn wrapper around it). When it
+/// ends, dropping the attachment tells the core; it publishes the will unless DISCONNECT came.
+fn conn_loop(wire: Wire, att: Attachment) -> impl std::future::Future<Output = ()> + Send {
+    let mut task = ConnTask { wire, att, bufs: None, reading: true, closing: false, flush_pending: false };
+    std::future::poll_fn(move |cx| task.poll(cx))
 }
 
 /// A listener address could not be bound.
@@ -319,4 +457,22 @@ pub fn start(
         tracker.spawn(serve_tcp(l, acceptor, broker.clone(), shutdown.clone(), tracker.clone()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection's cost is dominated by its task: tokio allocates each task with its
+    /// future inline, rounded up to 128 bytes. Keep the connection future small (a regression
+    /// here shows up as broker RSS per idle client; see docs/mqtt.md).
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let broker = super::Broker::new(crate::mqtt::MqttConfig::default());
+        let att = broker.attach(None).unwrap();
+        let fut = super::conn_loop(super::Wire::Plain(c), att);
+        let size = std::mem::size_of_val(&fut);
+        let limit = if cfg!(debug_assertions) { 160 } else { 96 };
+        assert!(size <= limit, "connection future is {size} bytes (limit {limit})");
+    }
 }

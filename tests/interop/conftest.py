@@ -158,7 +158,7 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     env["SSLKEYLOGFILE"] = str(keylog)  # the tshark test decrypts captures with it
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--certs", str(certs)],
+            [str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(certs)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_file,
@@ -279,7 +279,7 @@ def spawn_server(quiclab_bin: Path, server: Server, tmp_path_factory: pytest.Tem
         keylog = workdir / "keys.log"
         env = dict(os.environ, NO_COLOR="1", SSLKEYLOGFILE=str(keylog))
         env.setdefault("RUST_LOG", "info")
-        cmd = [str(quiclab_bin), "serve", "--listen", listen, "--certs", str(server.certs_dir), *flags]
+        cmd = [str(quiclab_bin), "serve", "--listen", listen, "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(server.certs_dir), *flags]
         with open(log, "wb") as log_file:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, cwd=workdir, env=env
