@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// root or the lab's namespace for algorithms not in net.ipv4.tcp_allowed_congestion_control).
     #[arg(long, value_name = "NAME")]
     pub tcp_congestion: Option<String>,
+    /// Also serve MQTT over QUIC (ALPN mqtt) on a dedicated UDP listener, e.g. [::]:14567, with
+    /// transport parameters of its own (idle timeout 300 s, keep-alive PINGs every 60 s). MQTT
+    /// over QUIC is always served on the shared --listen port too, where it inherits HTTP/3's
+    /// transport parameters (30 s idle timeout: clients must ping sooner).
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_quic: Option<SocketAddr>,
     /// Send a stateless Retry to every new QUIC client (address validation; costs one RTT).
     #[arg(long)]
     pub retry: bool,
@@ -157,6 +163,7 @@ impl TransportArgs {
             conn_window: self.conn_window,
             max_streams: self.max_streams,
             max_uni_streams: self.max_uni_streams,
+            keep_alive: None,
             idle_timeout: self.idle_timeout,
             initial_rtt: self.initial_rtt,
         }
@@ -284,6 +291,7 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.root = args.root.clone();
     cfg.qlog_dir = args.qlog_dir.clone();
     cfg.retry = args.retry;
+    cfg.mqtt_quic_listen = args.mqtt_quic;
     cfg.tcp_congestion = args.tcp_congestion.clone();
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
@@ -312,6 +320,12 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     }
     if let Some(a) = server.mqtt_tls_addr() {
         banner += &format!("  MQTT over TLS    mqtts://localhost:{}  (MQTT/TLS {a})\n", a.port());
+    }
+    if server.mqtt_broker().is_some() {
+        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{port}  (UDP {q}, ALPN mqtt)\n");
+    }
+    if let Some(a) = server.mqtt_quic_addr() {
+        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{}  (UDP {a}, dedicated)\n", a.port());
     }
     banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
     banner += &format!("effective configuration:\n{}", server.config().summary());

@@ -34,6 +34,7 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, S
         .max_concurrent_bidi_streams(t.max_streams.into())
         .max_concurrent_uni_streams(t.max_uni_streams.into())
         .initial_rtt(t.initial_rtt)
+        .keep_alive_interval(t.keep_alive)
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| "idle timeout too large".to_string())?,
         ));
@@ -76,6 +77,8 @@ pub struct QuicContext {
     pub qlog: Option<QlogSetup>,
     /// How long the handshake may take.
     pub handshake_timeout: std::time::Duration,
+    /// The MQTT broker, for ALPN `mqtt` (None: MQTT off).
+    pub mqtt: Option<crate::mqtt::Broker>,
 }
 
 /// What is needed to give each connection its own qlog (quinn takes the qlog writer in the
@@ -199,6 +202,16 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
                     ctx.shutdown.clone(),
                 ));
                 f.await;
+            }
+            Some(crate::mqtt::config::ALPN_MQTT) if ctx.mqtt.is_some() => {
+                if let Some(broker) = &ctx.mqtt {
+                    tracing::debug!(%remote, "MQTT over QUIC connection");
+                    // Nothing MQTT reads is acted on before the handshake completes: early data
+                    // can be replayed (RFC 9001 §9.2), and which early packets are safe to act on
+                    // is docs/mqtt-over-quic.md §6's business.
+                    let _ = handshake_done.clone().await;
+                    Box::pin(crate::mqtt::quic::serve_connection(conn.clone(), broker.clone())).await;
+                }
             }
             other => {
                 tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");

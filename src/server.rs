@@ -78,6 +78,7 @@ pub struct Server {
     config: ServerConfig,
     certs: CertSummary,
     mqtt: Option<crate::mqtt::tcp::MqttListeners>,
+    mqtt_quic_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -98,7 +99,10 @@ impl Server {
         let tracker = TaskTracker::new();
 
         // QUIC
-        let quic_tls = tls::quic_server_config(&store, &[config::ALPN_H3])?;
+        // One endpoint, two ALPNs: HTTP/3, and MQTT over QUIC unless MQTT is off.
+        let alpns: &[&[u8]] =
+            if cfg.mqtt.enabled { &[config::ALPN_H3, crate::mqtt::config::ALPN_MQTT] } else { &[config::ALPN_H3] };
+        let quic_tls = tls::quic_server_config(&store, alpns)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server_config
             .transport_config(Arc::new(crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?));
@@ -148,6 +152,15 @@ impl Server {
             }
             None => None,
         };
+        // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
+        let mqtt = if cfg.mqtt.enabled {
+            let mqtt_tls = tls::tcp_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
+            let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
+                .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;
+            Some(started)
+        } else {
+            None
+        };
         let quic_ctx = Arc::new(crate::quic::QuicContext {
             site: site.clone(),
             local: quic_addr,
@@ -158,7 +171,36 @@ impl Server {
             retry: cfg.retry,
             qlog,
             handshake_timeout: cfg.limits.handshake_timeout,
+            mqtt: mqtt.as_ref().map(|m| m.broker.clone()),
         });
+        // MQTT over QUIC on a dedicated listener, with transport parameters of its own
+        // (docs/mqtt-over-quic.md §1.2, §4.2).
+        let mut mqtt_quic_addr = None;
+        if let (Some(addr), Some(m)) = (cfg.mqtt_quic_listen, &mqtt) {
+            let qtls = tls::quic_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
+            let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
+            sc.transport_config(Arc::new(
+                crate::quic::transport_config(&cfg.mqtt_quic_transport()).map_err(ServerError::Transport)?,
+            ));
+            let udp = crate::quic::bind_udp(addr).map_err(bind_err("MQTT/QUIC", addr))?;
+            let ep =
+                quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), udp, Arc::new(quinn::TokioRuntime))
+                    .map_err(bind_err("MQTT/QUIC", addr))?;
+            mqtt_quic_addr = Some(ep.local_addr().map_err(bind_err("MQTT/QUIC", addr))?);
+            let ctx = Arc::new(crate::quic::QuicContext {
+                site: site.clone(),
+                local: mqtt_quic_addr.unwrap_or(addr),
+                congestion: cfg.transport.congestion,
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+                retry: cfg.retry,
+                qlog: None,
+                handshake_timeout: cfg.limits.handshake_timeout,
+                mqtt: Some(m.broker.clone()),
+            });
+            tracker.spawn(crate::quic::accept_loop(ep, ctx));
+        }
         let tcp_ctx = Arc::new(crate::tcp::TcpContext {
             site,
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls)),
@@ -172,19 +214,10 @@ impl Server {
             tracker: tracker.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         });
-        // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
-        let mqtt = if cfg.mqtt.enabled {
-            let mqtt_tls = tls::tcp_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
-            let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
-                .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;
-            Some(started)
-        } else {
-            None
-        };
         tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
         tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
 
-        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs, mqtt })
+        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs, mqtt, mqtt_quic_addr })
     }
 
     /// The UDP address HTTP/3 is served on.
@@ -195,6 +228,12 @@ impl Server {
     /// The TCP address HTTP/2 and HTTP/1.1 are served on.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The dedicated MQTT-over-QUIC listener's address, if one was asked for (`--mqtt-quic`).
+    /// MQTT over QUIC is also served on [`Server::quic_addr`] (ALPN `mqtt`).
+    pub fn mqtt_quic_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_quic_addr
     }
 
     /// The address MQTT over TCP is served on (`None` with `--no-mqtt`).

@@ -111,7 +111,7 @@ pub type BoxStream = Pin<Box<dyn Stream>>;
 pub async fn connect_stream(url: &MqttUrl, trust: &Trust, timeout: Duration) -> Result<BoxStream, MqttError> {
     let fut = async {
         match url.transport {
-            Transport::Quic => Err(MqttError::Unsupported("mqtt+quic:// (MQTT over QUIC is a later issue)".into())),
+            Transport::Quic => Ok(Box::pin(QuicStream::connect(url, trust).await?) as BoxStream),
             Transport::Tcp => {
                 let sock = TcpStream::connect((url.host.as_str(), url.port)).await?;
                 sock.set_nodelay(true)?;
@@ -129,6 +129,76 @@ pub async fn connect_stream(url: &MqttUrl, trust: &Trust, timeout: Duration) -> 
         }
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| MqttError::Timeout(format!("connecting to {url}")))?
+}
+
+/// MQTT over QUIC in single-stream mode (docs/mqtt-over-quic.md §2.2): the control stream
+/// (the first bidirectional stream) carries every packet, so the byte-stream client works
+/// unchanged over it.
+pub struct QuicStream {
+    io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl QuicStream {
+    /// Connect with ALPN `mqtt` and open the control stream.
+    pub async fn connect(url: &MqttUrl, trust: &Trust) -> Result<QuicStream, MqttError> {
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?;
+        let tls = crate::tls::client_config(trust, &[super::config::ALPN_MQTT], true)?;
+        let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
+        let mut transport = quinn::TransportConfig::default();
+        // Keep the connection alive below any server idle timeout (spec §4.3).
+        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        cfg.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        let conn = endpoint
+            .connect_with(cfg, addr, &url.host)
+            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?
+            .await
+            .map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC: {e}"))))?;
+        let (send, recv) =
+            conn.open_bi().await.map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC stream: {e}"))))?;
+        Ok(QuicStream { io: tokio::io::join(recv, send), conn, _endpoint: endpoint })
+    }
+
+    /// The QUIC connection (for statistics, rebinding, or more streams).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Reads packets from a stream.

@@ -23,6 +23,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod quic;
 pub mod session;
 pub mod tcp;
 pub mod topic;
