@@ -322,10 +322,10 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
         banner += &format!("  MQTT over TLS    mqtts://localhost:{}  (MQTT/TLS {a})\n", a.port());
     }
     if server.mqtt_broker().is_some() {
-        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{port}  (UDP {q}, ALPN mqtt)\n");
+        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{port}  (ALPN mqtt, shared with HTTP/3)\n");
     }
     if let Some(a) = server.mqtt_quic_addr() {
-        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{}  (UDP {a}, dedicated)\n", a.port());
+        banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{}  (dedicated listener {a})\n", a.port());
     }
     banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
     banner += &format!("effective configuration:\n{}", server.config().summary());
