@@ -339,7 +339,8 @@ async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
     Ok(0)
 }
 
-async fn wait_for_signal() {
+/// Wait for SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
     let sigterm = async {

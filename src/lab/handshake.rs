@@ -25,7 +25,7 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
-use crate::config::{parse_duration, ServerConfig};
+use crate::config::parse_duration;
 use crate::tls::Trust;
 
 /// `quiclab lab handshake` options.
@@ -106,12 +106,7 @@ pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
     }
     let measured_rtt_ms = check.last().rtt_measured_ms;
     let certs = std::env::temp_dir().join(format!("quiclab-handshake-{}", std::process::id()));
-    let mut cfg = ServerConfig::new();
-    let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
-    cfg.quic_listen = addr;
-    cfg.tcp_listen = addr;
-    cfg.certs_dir = certs.clone();
-    let server = LabServer::start(&link, cfg)?;
+    let server = LabServer::start_default(&link, &certs, |_| {})?;
     let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
     let ca = certs.join("ca.pem");
     let runs = args.runs;

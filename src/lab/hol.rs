@@ -32,7 +32,7 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
-use crate::config::{parse_duration, parse_size, Congestion, ServerConfig};
+use crate::config::{parse_duration, parse_size, Congestion};
 use crate::tls::Trust;
 
 /// `quiclab lab hol` options.
@@ -247,16 +247,13 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
     let quic_cc = if tcp_cc == "cubic" { Congestion::Cubic } else { Congestion::NewReno };
 
     let certs = std::env::temp_dir().join(format!("quiclab-hol-{}", std::process::id()));
-    let mut cfg = ServerConfig::new();
-    let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
-    cfg.quic_listen = addr;
-    cfg.tcp_listen = addr;
-    cfg.certs_dir = certs.clone();
-    cfg.transport.congestion = quic_cc;
-    cfg.tcp_congestion = Some(tcp_cc.to_string());
-    cfg.limits.max_bytes = args.size.max(1 << 20);
-    let transport = cfg.transport.clone();
-    let server = LabServer::start(&link, cfg)?;
+    let transport = crate::config::TransportConfig { congestion: quic_cc, ..Default::default() };
+    let (t, max_bytes) = (transport.clone(), args.size.max(1 << 20));
+    let server = LabServer::start_default(&link, &certs, move |cfg| {
+        cfg.transport = t;
+        cfg.tcp_congestion = Some(tcp_cc.to_string());
+        cfg.limits.max_bytes = max_bytes;
+    })?;
     let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
 
     let a = args.clone();

@@ -21,7 +21,7 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
-use crate::config::{parse_duration, parse_size, ServerConfig};
+use crate::config::{parse_duration, parse_size};
 use crate::tls::Trust;
 
 /// `quiclab lab migrate` options.
@@ -130,12 +130,7 @@ pub fn measure(args: &MigrateArgs) -> Result<MigrateResults, LabError> {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
     let certs = std::env::temp_dir().join(format!("quiclab-migrate-{}", std::process::id()));
-    let mut cfg = ServerConfig::new();
-    let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
-    cfg.quic_listen = addr;
-    cfg.tcp_listen = addr;
-    cfg.certs_dir = certs.clone();
-    let server = LabServer::start(&link, cfg)?;
+    let server = LabServer::start_default(&link, &certs, |_| {})?;
     let mut downloads = Vec::new();
     for version in [HttpVersion::H3, HttpVersion::H2] {
         let server_addr = if version == HttpVersion::H3 { server.quic_addr() } else { server.tcp_addr() };

@@ -28,6 +28,25 @@ pub struct LabServer {
 }
 
 impl LabServer {
+    /// A server with the built-in defaults on the link's server address, port 4433, with
+    /// certificates in a fresh directory (its CA is `certs.join("ca.pem")`). `tweak` adjusts the
+    /// configuration first. What the experiments start.
+    pub fn start_default(
+        link: &Link,
+        certs: &std::path::Path,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Result<LabServer, LabError> {
+        let mut cfg = ServerConfig::new();
+        let addr = SocketAddr::new(link.server_ip().into(), crate::config::DEFAULT_PORT);
+        cfg.quic_listen = addr;
+        cfg.tcp_listen = addr;
+        cfg.certs_dir = certs.to_path_buf();
+        // The experiments measure HTTP; the broker's fixed ports would only get in the way.
+        cfg.mqtt.enabled = false;
+        tweak(&mut cfg);
+        LabServer::start(link, cfg)
+    }
+
     /// Start a server from `cfg` inside `link`'s server namespace, with a 2-thread runtime of its
     /// own. `cfg`'s listen addresses should be the link's [`Link::server_ip`] (or unspecified).
     pub fn start(link: &Link, cfg: ServerConfig) -> Result<LabServer, LabError> {

@@ -361,28 +361,11 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     drop(out);
-    wait_for_signal().await;
+    crate::cli::wait_for_signal().await;
     let t0 = Instant::now();
     shutdown.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     tracing::info!("mqtt broker stopped in {:?}", t0.elapsed());
     Ok(0)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let sigterm = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm => {}
-    }
 }
