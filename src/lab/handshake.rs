@@ -7,6 +7,9 @@
 //! | HTTP/2 over TCP + TLS 1.3 | 3 | TCP handshake, TLS handshake, request |
 //! | HTTP/3, 1-RTT | 2 | QUIC+TLS handshake, request |
 //! | HTTP/3, 0-RTT | 1 | the request rides in the first flight (RFC 9001 §4.6) |
+//! | MQTT over TCP, to CONNACK | 2 | TCP handshake, CONNECT |
+//! | MQTT over TLS, to CONNACK | 3 | TCP, TLS 1.3, CONNECT |
+//! | MQTT over QUIC, to CONNACK | 2 | QUIC+TLS handshake, CONNECT |
 //!
 //! Every run uses a new connection; the HTTP/2 and 1-RTT HTTP/3 runs use a new client too,
 //! so nothing is resumed. The 0-RTT runs share one client, which resumes the session of the
@@ -106,14 +109,18 @@ pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
     }
     let measured_rtt_ms = check.last().rtt_measured_ms;
     let certs = std::env::temp_dir().join(format!("quiclab-handshake-{}", std::process::id()));
-    let server = LabServer::start_default(&link, &certs, |_| {})?;
+    let server = LabServer::start_default(&link, &certs, |cfg| cfg.mqtt.enabled = true)?;
     let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
+    // The broker listens on its default ports in the server namespace.
+    let mqtt_default = crate::mqtt::MqttConfig::default();
+    let port_of = |a: Option<SocketAddr>, d| a.map(|a| a.port()).unwrap_or(d);
+    let mqtt_ports = (port_of(mqtt_default.tcp_listen, 1883), port_of(mqtt_default.tls_listen, 8883));
     let ca = certs.join("ca.pem");
     let runs = args.runs;
     let rtt = args.rtt;
     let thread = link.spawn_in_client_ns("lab-handshake", move || -> Result<Vec<CaseResult>, LabError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(client_cases(quic, tcp, ca, runs, rtt))
+        rt.block_on(client_cases(quic, tcp, mqtt_ports, ca, runs, rtt))
     })?;
     let cases = thread.join()?;
     drop(server);
@@ -132,10 +139,12 @@ pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
 async fn client_cases(
     quic: SocketAddr,
     tcp: SocketAddr,
+    mqtt_ports: (u16, u16),
     ca: std::path::PathBuf,
     runs: usize,
     rtt: Duration,
 ) -> Result<Vec<CaseResult>, LabError> {
+    let mqtt_opts = crate::mqtt::client::ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
     let opts = ClientOptions { trust: Trust::CaFile(ca), ..Default::default() };
     // The certificate names localhost; connect to the lab address with that name.
     let target = |addr: SocketAddr| -> Result<Target, LabError> {
@@ -150,6 +159,12 @@ async fn client_cases(
     let mut h3 = Vec::new();
     let mut h3_0 = Vec::new();
     let mut zero_rtt = Vec::new();
+    let (mut m_tcp, mut m_tls, mut m_quic) = (Vec::new(), Vec::new(), Vec::new());
+    let server_ip = quic.ip();
+    let mqtt_url = |transport, port| crate::mqtt::client::MqttUrl { transport, host: server_ip.to_string(), port };
+    // TLS and QUIC name the server by its certificate's name and connect to the lab address.
+    let mqtt_tls_url =
+        |transport, port| crate::mqtt::client::MqttUrl { transport, host: "localhost".to_string(), port };
     let t2 = target(tcp)?;
     let t3 = target(quic)?;
     let resuming = Client::new(HttpVersion::H3, &opts).map_err(err)?;
@@ -166,6 +181,10 @@ async fn client_cases(
         let (ms, z) = ttfb(&resuming, &t3, &zero).await.map_err(err)?;
         h3_0.push(ms);
         zero_rtt.push(z.map(|z| z.to_string()).unwrap_or_default());
+        use crate::mqtt::client::Transport;
+        m_tcp.push(connack_ms(&mqtt_url(Transport::Tcp, mqtt_ports.0), &mqtt_opts, None).await?);
+        m_tls.push(connack_ms(&mqtt_tls_url(Transport::Tls, mqtt_ports.1), &mqtt_opts, Some(server_ip)).await?);
+        m_quic.push(connack_ms(&mqtt_tls_url(Transport::Quic, quic.port()), &mqtt_opts, Some(server_ip)).await?);
     }
     let case = |case, theory, ttfb_ms: Vec<f64>, zero_rtt| {
         let median_rtt = report::median(&ttfb_ms) / rtt_ms;
@@ -175,7 +194,27 @@ async fn client_cases(
         case("HTTP/2 (TCP + TLS 1.3)", 3.0, h2, vec![]),
         case("HTTP/3 1-RTT", 2.0, h3, vec![]),
         case("HTTP/3 0-RTT", 1.0, h3_0, zero_rtt),
+        case("MQTT/TCP CONNACK", 2.0, m_tcp, vec![]),
+        case("MQTT/TLS CONNACK", 3.0, m_tls, vec![]),
+        case("MQTT/QUIC CONNACK", 2.0, m_quic, vec![]),
     ])
+}
+
+/// Time from the start of a new MQTT connection to its CONNACK, ms. `resolve` maps the URL's
+/// host (the certificate's name) to the lab address.
+async fn connack_ms(
+    url: &crate::mqtt::client::MqttUrl,
+    opts: &crate::mqtt::client::ClientOptions,
+    resolve: Option<std::net::IpAddr>,
+) -> Result<f64, LabError> {
+    let start = std::time::Instant::now();
+    let opts = crate::mqtt::client::ClientOptions { connect_to: resolve, ..opts.clone() };
+    let c = crate::mqtt::client::Client::connect(url, &opts)
+        .await
+        .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let _ = c.disconnect().await;
+    Ok(ms)
 }
 
 /// One fetch on a fresh connection: its time to first byte (ms) and what happened to 0-RTT.

@@ -109,16 +109,36 @@ pub type BoxStream = Pin<Box<dyn Stream>>;
 
 /// Open the transport (TCP, TCP_NODELAY on; plus TLS for `mqtts://`) within `timeout`.
 pub async fn connect_stream(url: &MqttUrl, trust: &Trust, timeout: Duration) -> Result<BoxStream, MqttError> {
+    connect_stream_to(url, None, trust, timeout).await
+}
+
+/// [`connect_stream`], connecting to `ip` instead of resolving the URL's host (which still names
+/// the server for TLS), like `quiclab get --connect-to`.
+pub async fn connect_stream_to(
+    url: &MqttUrl,
+    ip: Option<std::net::IpAddr>,
+    trust: &Trust,
+    timeout: Duration,
+) -> Result<BoxStream, MqttError> {
+    let tcp = |url: &MqttUrl| {
+        let (host, port) = (url.host.clone(), url.port);
+        async move {
+            match ip {
+                Some(ip) => TcpStream::connect((ip, port)).await,
+                None => TcpStream::connect((host.as_str(), port)).await,
+            }
+        }
+    };
     let fut = async {
         match url.transport {
-            Transport::Quic => Ok(Box::pin(QuicStream::connect(url, trust).await?) as BoxStream),
+            Transport::Quic => Ok(Box::pin(QuicStream::connect_to(url, ip, trust).await?) as BoxStream),
             Transport::Tcp => {
-                let sock = TcpStream::connect((url.host.as_str(), url.port)).await?;
+                let sock = tcp(url).await?;
                 sock.set_nodelay(true)?;
                 Ok(Box::pin(sock) as BoxStream)
             }
             Transport::Tls => {
-                let sock = TcpStream::connect((url.host.as_str(), url.port)).await?;
+                let sock = tcp(url).await?;
                 sock.set_nodelay(true)?;
                 let cfg = crate::tls::client_config(trust, &[], false)?;
                 let name = rustls::pki_types::ServerName::try_from(url.host.clone())
@@ -143,10 +163,22 @@ pub struct QuicStream {
 impl QuicStream {
     /// Connect with ALPN `mqtt` and open the control stream.
     pub async fn connect(url: &MqttUrl, trust: &Trust) -> Result<QuicStream, MqttError> {
-        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await?
-            .find(|a| a.is_ipv4())
-            .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?;
+        Self::connect_to(url, None, trust).await
+    }
+
+    /// [`QuicStream::connect`] to `ip` instead of the URL's host (still the TLS name).
+    pub async fn connect_to(
+        url: &MqttUrl,
+        ip: Option<std::net::IpAddr>,
+        trust: &Trust,
+    ) -> Result<QuicStream, MqttError> {
+        let addr = match ip {
+            Some(ip) => SocketAddr::new(ip, url.port),
+            None => tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await?
+                .find(|a| a.is_ipv4())
+                .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?,
+        };
         let tls = crate::tls::client_config(trust, &[super::config::ALPN_MQTT], true)?;
         let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
@@ -327,6 +359,9 @@ pub struct ClientOptions {
     /// For the TCP connect, TLS handshake and CONNACK together.
     pub connect_timeout: Duration,
     pub max_packet_size: usize,
+    /// Connect to this address instead of resolving the URL's host (which still names the
+    /// broker for TLS): the lab's namespaces, where the certificate's name is not resolvable.
+    pub connect_to: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientOptions {
@@ -341,6 +376,7 @@ impl Default for ClientOptions {
             trust: Trust::default(),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1 << 20,
+            connect_to: None,
         }
     }
 }
@@ -393,8 +429,9 @@ impl Client {
     /// Connect and complete CONNECT/CONNACK. A refusal is [`MqttError::Refused`].
     pub async fn connect(url: &MqttUrl, opts: &ClientOptions) -> Result<Client, MqttError> {
         let deadline = Instant::now() + opts.connect_timeout;
-        let (mut reader, mut writer) =
-            connect_raw(url, &opts.trust, opts.connect_timeout, opts.max_packet_size).await?;
+        let stream = connect_stream_to(url, opts.connect_to, &opts.trust, opts.connect_timeout).await?;
+        let (r, w) = tokio::io::split(stream);
+        let (mut reader, mut writer) = (PacketReader::new(r, opts.max_packet_size), PacketWriter::new(w));
         writer.send(&opts.connect_packet()?).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         let first = tokio::time::timeout(left, reader.next())
