@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from launch import launch_serve, stop_serve
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INTEROP_DIR = Path(__file__).resolve().parent
 
-# How long the server may take to print its banner (it creates certificates on first start).
-BANNER_TIMEOUT_S = 30
-# How long a graceful shutdown may take after SIGTERM (the server's default grace is 5 s).
-SHUTDOWN_TIMEOUT_S = 15
 # A cold debug build takes about 75 s on 2 cores; leave room for a slow machine.
 BUILD_TIMEOUT_S = 1200
 
@@ -150,61 +144,18 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     shutdown is part of what the suite checks)."""
     workdir = tmp_path_factory.mktemp("quiclab")
     certs = workdir / "certs"
-    log = workdir / "server.log"
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
-    env["NO_COLOR"] = "1"  # plain server.log (tracing-subscriber honours NO_COLOR)
-    keylog = workdir / "keys.log"
-    env["SSLKEYLOGFILE"] = str(keylog)  # the tshark test decrypts captures with it
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(certs)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            cwd=workdir,
-            env=env,
-        )
-
-    # Read stdout on a thread (and keep draining it, so the server never blocks on a full pipe).
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.put(raw.decode("utf-8", "replace"))
-        lines.put(None)
-
-    threading.Thread(target=pump, name="quiclab-stdout", daemon=True).start()
-
-    banner: list[str] = []
-    deadline = time.monotonic() + BANNER_TIMEOUT_S
+    keylog = workdir / "keys.log"  # the tshark test decrypts captures with it
+    args = ["--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(certs)]
     try:
-        while not any("SPKI sha256" in line for line in banner):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"no complete banner within {BANNER_TIMEOUT_S} s")
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise RuntimeError(f"server exited early with status {proc.wait()}")
-            banner.append(line)
-        text = "".join(banner)
-        found = {k: r.search(text) for k, r in _ADDR_RE.items()}
+        launched = launch_serve(quiclab_bin, workdir, args, {"SSLKEYLOGFILE": str(keylog)})
+        found = {k: r.search(launched.banner) for k, r in _ADDR_RE.items()}
         missing = [k for k, m in found.items() if m is None]
         if missing:
-            raise RuntimeError(f"banner lacks {missing}")
+            launched.proc.kill()
+            raise RuntimeError(f"banner lacks {missing}:\n{launched.banner}")
     except RuntimeError as e:
-        proc.kill()
-        proc.wait()
-        log_text = log.read_text(errors="replace")[-4000:]
-        pytest.exit(
-            f"quiclab serve did not start: {e}\nstdout:\n{''.join(banner)}\nstderr:\n{log_text}",
-            returncode=3,
-        )
-
+        pytest.exit(f"quiclab serve did not start: {e}", returncode=3)
+    proc, text, log = launched.proc, launched.banner, launched.log
     udp = found["udp"].group(1)
     tcp = found["tcp"].group(1)
     ca = Path(found["ca"].group(1))
@@ -226,23 +177,9 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     yield srv
 
     # Graceful shutdown: SIGTERM to the PID we started, and only to it.
-    if proc.poll() is not None:
-        pytest.fail(
-            f"quiclab exited during the tests with status {proc.returncode}\n{srv.log_tail()}",
-            pytrace=False,
-        )
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(
-            f"quiclab did not exit within {SHUTDOWN_TIMEOUT_S} s of SIGTERM\n{srv.log_tail()}",
-            pytrace=False,
-        )
-    if rc != 0:
-        pytest.fail(f"quiclab exited with status {rc} after SIGTERM\n{srv.log_tail()}", pytrace=False)
+    problem = stop_serve(proc, srv.log)
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,44 +212,15 @@ def spawn_server(quiclab_bin: Path, server: Server, tmp_path_factory: pytest.Tem
 
     def spawn(listen: str, *flags: str) -> Server:
         workdir = tmp_path_factory.mktemp("quiclab-extra")
-        log = workdir / "server.log"
         keylog = workdir / "keys.log"
-        env = dict(os.environ, NO_COLOR="1", SSLKEYLOGFILE=str(keylog))
-        env.setdefault("RUST_LOG", "info")
-        cmd = [str(quiclab_bin), "serve", "--listen", listen, "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(server.certs_dir), *flags]
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, cwd=workdir, env=env
-            )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                lines.put(raw.decode("utf-8", "replace"))
-            lines.put(None)
-
-        threading.Thread(target=pump, name="quiclab-extra-stdout", daemon=True).start()
+        args = ["--listen", listen, "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0"]
+        args += ["--certs", str(server.certs_dir), *flags]
+        try:
+            launched = launch_serve(quiclab_bin, workdir, args, {"SSLKEYLOGFILE": str(keylog)})
+        except RuntimeError as e:
+            pytest.fail(str(e), pytrace=False)
+        proc, text, log = launched.proc, launched.banner, launched.log
         started.append((proc, log))
-        banner: list[str] = []
-        deadline = time.monotonic() + BANNER_TIMEOUT_S
-        while not any("SPKI sha256" in line for line in banner):
-            remaining = deadline - time.monotonic()
-            try:
-                line = lines.get(timeout=max(remaining, 0.01))
-            except queue.Empty:
-                line = ""
-            if line is None or remaining <= 0:
-                proc.kill()
-                proc.wait()
-                started.pop()
-                pytest.fail(
-                    f"{' '.join(cmd)} did not start (exit {proc.returncode})\nstdout:\n{''.join(banner)}"
-                    f"\nstderr:\n{log.read_text(errors='replace')[-3000:]}",
-                    pytrace=False,
-                )
-            banner.append(line)
-        text = "".join(banner)
         found = {k: r.search(text) for k, r in _ADDR_RE.items()}
         assert all(found.values()), f"banner lacks {[k for k, m in found.items() if m is None]}:\n{text}"
         udp, tcp = found["udp"].group(1), found["tcp"].group(1)
@@ -332,21 +240,6 @@ def spawn_server(quiclab_bin: Path, server: Server, tmp_path_factory: pytest.Tem
 
     yield spawn
 
-    failures = []
-    for proc, log in started:
-        if proc.poll() is not None:
-            failures.append(f"extra server exited during the test with status {proc.returncode}")
-            continue
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            failures.append(f"extra server did not exit within {SHUTDOWN_TIMEOUT_S} s of SIGTERM")
-            continue
-        if rc != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            failures.append(f"extra server exited with status {rc} after SIGTERM\n{tail}")
+    failures = [p for proc, log in started if (p := stop_serve(proc, log, "extra server"))]
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)

@@ -12,10 +12,8 @@ A missing peer FAILS with the command that installs it (never a skip), as in con
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -23,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-BANNER_TIMEOUT_S = 30
-SHUTDOWN_TIMEOUT_S = 15
+from launch import launch_serve, stop_serve
+
 APT_HINT = "apt-get install -y mosquitto-clients (Debian; or run: bash .ci/run)"
 
 
@@ -46,41 +44,12 @@ class MqttServer:
 
 def _start(quiclab_bin: Path, workdir: Path):
     certs = workdir / "certs"
-    log = workdir / "server.log"
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
-    env["NO_COLOR"] = "1"
-    cmd = [
-        str(quiclab_bin), "serve", "--listen", "127.0.0.1:0", "--certs", str(certs),
-        "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0",
-    ]
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
-                                cwd=workdir, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.put(raw.decode("utf-8", "replace"))
-        lines.put(None)
-
-    threading.Thread(target=pump, name="quiclab-mqtt-stdout", daemon=True).start()
-    banner: list[str] = []
-    deadline = time.monotonic() + BANNER_TIMEOUT_S
-    while not any("SPKI sha256" in line for line in banner):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            proc.kill()
-            pytest.fail(f"no banner within {BANNER_TIMEOUT_S} s: {''.join(banner)}\n{log.read_text()[-3000:]}")
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if line is None:
-            pytest.fail(f"quiclab serve exited with {proc.wait()}:\n{''.join(banner)}\n{log.read_text()[-3000:]}")
-        banner.append(line)
-    text = "".join(banner)
+    args = ["--listen", "127.0.0.1:0", "--certs", str(certs), "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0"]
+    try:
+        launched = launch_serve(quiclab_bin, workdir, args)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    proc, text, log = launched.proc, launched.banner, launched.log
     tcp = re.search(r"\(MQTT/TCP \S+:(\d+)\)", text)
     tls = re.search(r"\(MQTT/TLS \S+:(\d+)\)", text)
     if tcp is None or tls is None:
@@ -91,19 +60,9 @@ def _start(quiclab_bin: Path, workdir: Path):
 
 
 def _stop(proc: subprocess.Popen, srv: MqttServer) -> None:
-    if proc.poll() is not None:
-        pytest.fail(f"quiclab exited during the tests with status {proc.returncode}\n{srv.log_tail()}")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"quiclab did not exit within {SHUTDOWN_TIMEOUT_S} s of SIGTERM\n{srv.log_tail()}")
-    if rc != 0:
-        pytest.fail(f"quiclab exited with status {rc} after SIGTERM\n{srv.log_tail()}")
-    if "panicked" in srv.log.read_text(errors="replace"):
-        pytest.fail(f"the server log shows a panic:\n{srv.log_tail()}")
+    problem = stop_serve(proc, srv.log)
+    if problem:
+        pytest.fail(problem)
 
 
 @pytest.fixture(scope="module")
