@@ -122,10 +122,27 @@ impl H3Client {
         // is dropped without its driver ever running (so it cannot close the connection), and
         // HTTP/3 starts afresh.
         drop(resp);
-        let mut h3 = H3Connection::new(conn, handshake).await?;
-        h3.endpoint = Some(endpoint);
-        let resp = h3.send(retry).await?;
-        Ok((h3, resp, ZeroRtt::Rejected))
+        let again = clone_request(&retry);
+        let same_connection = async {
+            if conn.close_reason().is_some() {
+                return Err(ClientError::Other("closed".into()));
+            }
+            let mut h3 = H3Connection::new(conn.clone(), handshake).await?;
+            h3.endpoint = Some(endpoint);
+            let resp = h3.send(retry).await?;
+            Ok::<_, ClientError>((h3, resp))
+        };
+        match same_connection.await {
+            Ok((h3, resp)) => Ok((h3, resp, ZeroRtt::Rejected)),
+            Err(e) => {
+                // h3 may have closed the connection while its early streams failed: a new
+                // connection (1-RTT) it is, still without the caller noticing.
+                tracing::debug!(error = %e, "0-RTT rejected and the connection is gone; reconnecting");
+                let h3 = self.connect(addr, server_name).await?;
+                let resp = h3.send(again).await?;
+                Ok((h3, resp, ZeroRtt::Rejected))
+            }
+        }
     }
 }
 
