@@ -73,6 +73,11 @@ pub struct ServerConfig {
     /// ([`ServerConfig::mqtt_quic_transport`]); MQTT over QUIC is always also served on the
     /// shared HTTP/3 port. `None` by default (EMQX's default port is 14567).
     pub mqtt_quic_listen: Option<SocketAddr>,
+    /// Idle timeout of the dedicated MQTT-over-QUIC listener. 300 s: 1.5 × a 200 s keepalive.
+    pub mqtt_quic_idle_timeout: Duration,
+    /// The dedicated listener's QUIC keep-alive PING interval. 60 s: well inside the idle timeout,
+    /// a packet a minute per idle client.
+    pub mqtt_quic_keep_alive: Duration,
 }
 
 impl ServerConfig {
@@ -95,6 +100,8 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             mqtt: crate::mqtt::MqttConfig::default(),
             mqtt_quic_listen: None,
+            mqtt_quic_idle_timeout: Duration::from_secs(300),
+            mqtt_quic_keep_alive: Duration::from_secs(60),
         }
     }
 
@@ -164,8 +171,8 @@ impl ServerConfig {
     /// HTTP/3 port keeps HTTP/3's 30 s: MQTT clients there must ping in time (spec §4.3).
     pub fn mqtt_quic_transport(&self) -> TransportConfig {
         TransportConfig {
-            idle_timeout: Duration::from_secs(300),
-            keep_alive: Some(Duration::from_secs(60)),
+            idle_timeout: self.mqtt_quic_idle_timeout,
+            keep_alive: Some(self.mqtt_quic_keep_alive),
             ..self.transport.clone()
         }
     }
