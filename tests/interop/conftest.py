@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import launch_serve, stop_serve
+from launch import launch_serve, log_tail, stop_serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INTEROP_DIR = Path(__file__).resolve().parent
@@ -57,11 +57,7 @@ class Server:
         return f"https://localhost:{self.tcp_port}"
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError as e:  # pragma: no cover - diagnostic only
-            return f"(cannot read {self.log}: {e})"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log, lines)
 
 
 def pattern(n: int) -> bytes:

@@ -66,6 +66,15 @@ def launch_serve(quiclab_bin: Path, workdir: Path, args: list[str], env_extra: d
     return Launched(proc, "".join(banner), log)
 
 
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a server log, for failure messages."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as e:  # pragma: no cover - diagnostic only
+        return f"(cannot read {log}: {e})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 # How long a graceful shutdown may take after SIGTERM (the server's default grace is 5 s).
 SHUTDOWN_TIMEOUT_S = 15
 
@@ -73,7 +82,7 @@ SHUTDOWN_TIMEOUT_S = 15
 def stop_serve(proc: subprocess.Popen, log: Path, what: str = "quiclab") -> str | None:
     """SIGTERM to the process we started (and only to it), and wait. Returns None after a clean
     exit 0, else what went wrong (with the log's tail). A panic in the log is a failure too."""
-    tail = lambda: "\n".join(log.read_text(errors="replace").splitlines()[-40:])  # noqa: E731
+    tail = lambda: log_tail(log)  # noqa: E731
     if proc.poll() is not None:
         return f"{what} exited during the test with status {proc.returncode}\n{tail()}"
     proc.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import launch_serve, stop_serve
+from launch import launch_serve, log_tail, stop_serve
 
 APT_HINT = "apt-get install -y mosquitto-clients (Debian; or run: bash .ci/run)"
 
@@ -35,11 +35,7 @@ class MqttServer:
     banner: str
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError as e:  # pragma: no cover - diagnostic only
-            return f"(cannot read {self.log}: {e})"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log, lines)
 
 
 def _start(quiclab_bin: Path, workdir: Path):
