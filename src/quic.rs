@@ -59,8 +59,8 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// What every QUIC connection handler needs.
 pub struct QuicContext {
-    /// The test site (ALPN `h3`).
-    pub site: Arc<Site>,
+    /// The test site (ALPN `h3`); `None` on a listener that serves MQTT only.
+    pub site: Option<Arc<Site>>,
     /// The endpoint's bound address (its port is every connection's local port).
     pub local: SocketAddr,
     /// The congestion controller configured, for `/conn`.
@@ -188,14 +188,15 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
     };
     let service = async {
         match alpn.as_deref() {
-            Some(config::ALPN_H3) => {
+            Some(config::ALPN_H3) if ctx.site.is_some() => {
+                let Some(site) = ctx.site.clone() else { return };
                 tracing::debug!(%remote, "HTTP/3 connection");
                 let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3)
                     .with_congestion(ctx.congestion.to_string());
                 // Boxed: the handshake-stage state above is not carried through the
                 // connection's whole life (memory per idle connection).
                 let f = Box::pin(crate::web::h3::serve_connection(
-                    ctx.site.clone(),
+                    site,
                     Arc::new(info),
                     conn.clone(),
                     handshake_done.clone(),

@@ -47,6 +47,52 @@ pub struct CertSummary {
     pub created: bool,
 }
 
+/// A QUIC listener that serves MQTT only (ALPN `mqtt`), with transport parameters of its own
+/// (docs/mqtt-over-quic.md §1.2, §4.2): `serve --mqtt-quic` and `mqtt broker --quic`.
+pub struct MqttQuicListener {
+    pub addr: SocketAddr,
+    pub transport: config::TransportConfig,
+    pub max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    /// Stateless Retry for every new client.
+    pub retry: bool,
+}
+
+impl MqttQuicListener {
+    /// Bind and serve `broker` until `shutdown`; returns the bound address.
+    pub fn start(
+        &self,
+        store: &CertStore,
+        broker: crate::mqtt::Broker,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<SocketAddr, ServerError> {
+        let addr = self.addr;
+        let bind_err = |source| ServerError::Bind { proto: "MQTT/QUIC", addr, source };
+        let qtls = tls::quic_server_config(store, &[crate::mqtt::config::ALPN_MQTT])?;
+        let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
+        sc.transport_config(Arc::new(crate::quic::transport_config(&self.transport).map_err(ServerError::Transport)?));
+        let udp = crate::quic::bind_udp(addr).map_err(bind_err)?;
+        let ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), udp, Arc::new(quinn::TokioRuntime))
+            .map_err(bind_err)?;
+        let local = ep.local_addr().map_err(bind_err)?;
+        let ctx = Arc::new(crate::quic::QuicContext {
+            site: None,
+            local,
+            congestion: self.transport.congestion,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+            retry: self.retry,
+            qlog: None,
+            handshake_timeout: self.handshake_timeout,
+            mqtt: Some(broker),
+        });
+        tracker.spawn(crate::quic::accept_loop(ep, ctx));
+        Ok(local)
+    }
+}
+
 /// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
 /// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
 fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
@@ -162,7 +208,7 @@ impl Server {
             None
         };
         let quic_ctx = Arc::new(crate::quic::QuicContext {
-            site: site.clone(),
+            site: Some(site.clone()),
             local: quic_addr,
             congestion: cfg.transport.congestion,
             shutdown: shutdown.clone(),
@@ -177,29 +223,14 @@ impl Server {
         // (docs/mqtt-over-quic.md §1.2, §4.2).
         let mut mqtt_quic_addr = None;
         if let (Some(addr), Some(m)) = (cfg.mqtt_quic_listen, &mqtt) {
-            let qtls = tls::quic_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
-            let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
-            sc.transport_config(Arc::new(
-                crate::quic::transport_config(&cfg.mqtt_quic_transport()).map_err(ServerError::Transport)?,
-            ));
-            let udp = crate::quic::bind_udp(addr).map_err(bind_err("MQTT/QUIC", addr))?;
-            let ep =
-                quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), udp, Arc::new(quinn::TokioRuntime))
-                    .map_err(bind_err("MQTT/QUIC", addr))?;
-            mqtt_quic_addr = Some(ep.local_addr().map_err(bind_err("MQTT/QUIC", addr))?);
-            let ctx = Arc::new(crate::quic::QuicContext {
-                site: site.clone(),
-                local: mqtt_quic_addr.unwrap_or(addr),
-                congestion: cfg.transport.congestion,
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-                permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
-                retry: cfg.retry,
-                qlog: None,
+            let listener = MqttQuicListener {
+                addr,
+                transport: cfg.mqtt_quic_transport(),
+                max_connections: cfg.max_connections,
                 handshake_timeout: cfg.limits.handshake_timeout,
-                mqtt: Some(m.broker.clone()),
-            });
-            tracker.spawn(crate::quic::accept_loop(ep, ctx));
+                retry: cfg.retry,
+            };
+            mqtt_quic_addr = Some(listener.start(&store, m.broker.clone(), &shutdown, &tracker)?);
         }
         let tcp_ctx = Arc::new(crate::tcp::TcpContext {
             site,

@@ -1,5 +1,6 @@
 //! MQTT over QUIC (docs/mqtt-over-quic.md) against the same broker as MQTT over TCP:
-//! single-stream mode with quiclab's client (QoS 0/1/2, retained, wildcards, will, takeover),
+//! single-stream and per-topic mode with quiclab's client (QoS 0/1/2, retained, wildcards, will,
+//! takeover, where each topic's packets travel),
 //! the same scripted session over TCP and QUIC giving identical outcomes, and the multi-stream
 //! mapping driven by hand over quinn (acks on the publishing stream, deliveries on the
 //! subscribing stream, a first flight with CONNECT + SUBSCRIBE + PUBLISH, refused
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::mqtt::quic::code;
 use quiclab::mqtt::Message;
@@ -30,56 +31,144 @@ fn opts(ts: &TestServer, id: &str) -> ClientOptions {
     ClientOptions { client_id: id.into(), trust: Trust::CaFile(ts.ca()), ..ClientOptions::default() }
 }
 
+fn opts_mode(ts: &TestServer, id: &str, streams: StreamMode) -> ClientOptions {
+    ClientOptions { streams, ..opts(ts, id) }
+}
+
+const MODES: [StreamMode; 2] = [StreamMode::Single, StreamMode::PerTopic];
+
 async fn recv(c: &mut Client) -> Message {
     c.recv_timeout(Duration::from_secs(5)).await.expect("recv").expect("a message within 5 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_stream_every_qos_retained_wildcards() {
+async fn every_qos_retained_wildcards_in_both_stream_modes() {
     let ts = TestServer::start().await;
     let url = quic_url(&ts);
-    let mut p = Client::connect(&url, &opts(&ts, "p")).await.expect("connect over QUIC");
-    p.publish("home/kitchen/t", QoS::Level1, true, "21").await.unwrap();
-    let mut s = Client::connect(&url, &opts(&ts, "s")).await.unwrap();
-    s.subscribe(&[("home/+/t", QoS::Level2), ("alerts/#", QoS::Level1)]).await.unwrap();
-    let m = recv(&mut s).await;
-    assert_eq!((&*m.topic, &m.payload[..], m.retain), ("home/kitchen/t", &b"21"[..], true), "retained on subscribe");
-    for (i, qos) in [QoS::Level0, QoS::Level1, QoS::Level2].into_iter().enumerate() {
-        p.publish(&format!("alerts/x/{i}"), qos, false, format!("m{i}")).await.unwrap();
+    for mode in MODES {
+        let tag = format!("{mode:?}");
+        let mut p = Client::connect(&url, &opts_mode(&ts, &format!("p-{tag}"), mode)).await.expect("connect");
+        p.publish(&format!("{tag}/kitchen/t"), QoS::Level1, true, "21").await.unwrap();
+        let mut s = Client::connect(&url, &opts_mode(&ts, &format!("s-{tag}"), mode)).await.unwrap();
+        s.subscribe(&[(&format!("{tag}/+/t"), QoS::Level2), (&format!("alerts-{tag}/#"), QoS::Level1)]).await.unwrap();
         let m = recv(&mut s).await;
-        let granted = if qos == QoS::Level2 { QoS::Level1 } else { qos };
         assert_eq!(
-            (&*m.topic, &m.payload[..], m.qos),
-            (&*format!("alerts/x/{i}"), format!("m{i}").as_bytes(), granted)
+            (&*m.topic, &m.payload[..], m.retain),
+            (&*format!("{tag}/kitchen/t"), &b"21"[..], true),
+            "{tag}: retained on subscribe"
         );
+        for (i, qos) in [QoS::Level0, QoS::Level1, QoS::Level2].into_iter().enumerate() {
+            p.publish(&format!("alerts-{tag}/x/{i}"), qos, false, format!("m{i}")).await.unwrap();
+            let m = recv(&mut s).await;
+            let granted = if qos == QoS::Level2 { QoS::Level1 } else { qos };
+            assert_eq!(
+                (&*m.topic, &m.payload[..], m.qos),
+                (&*format!("alerts-{tag}/x/{i}"), format!("m{i}").as_bytes(), granted),
+                "{tag}"
+            );
+        }
+        // QoS 2 granted end to end.
+        s.subscribe(&[(&format!("q2-{tag}"), QoS::Level2)]).await.unwrap();
+        p.publish(&format!("q2-{tag}"), QoS::Level2, false, "exactly once").await.unwrap();
+        let m = recv(&mut s).await;
+        assert_eq!((&m.payload[..], m.qos), (&b"exactly once"[..], QoS::Level2), "{tag}");
+        assert_eq!(s.recv_timeout(Duration::from_millis(300)).await.unwrap(), None, "{tag}: delivered once");
+        // Streams: the control stream only, or one more per topic / filter.
+        let (ps, ss) = (p.streams_opened(), s.streams_opened());
+        match mode {
+            StreamMode::Single => assert_eq!((ps, ss), (1, 1), "{tag}"),
+            StreamMode::PerTopic => {
+                assert_eq!((ps, ss), (1 + 5, 1 + 3), "{tag}: publisher 5 topics, subscriber 3 filters")
+            }
+        }
+        p.disconnect().await.unwrap();
+        s.disconnect().await.unwrap();
     }
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_and_takeover_in_both_stream_modes() {
+    let ts = TestServer::start().await;
+    let url = quic_url(&ts);
+    for mode in MODES {
+        let tag = format!("{mode:?}");
+        let mut watcher = Client::connect(&url, &opts_mode(&ts, &format!("w-{tag}"), mode)).await.unwrap();
+        watcher.subscribe(&[(&format!("wills-{tag}/#"), QoS::Level1)]).await.unwrap();
+        let mut o = opts_mode(&ts, &format!("dev1-{tag}"), mode);
+        o.will = Some(Message {
+            topic: codec::TopicName::try_from(format!("wills-{tag}/dev1").as_str()).unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::Level1,
+            retain: false,
+        });
+        let mut first = Client::connect(&url, &o).await.unwrap();
+        first.subscribe(&[("anything", QoS::Level1)]).await.unwrap();
+        // A second connection with the same id takes the session over (§3.1.4-2): the first is
+        // closed and, being closed without DISCONNECT, its will is published.
+        let second = Client::connect(&url, &opts_mode(&ts, &format!("dev1-{tag}"), mode)).await.unwrap();
+        let m = recv(&mut watcher).await;
+        assert_eq!((&*m.topic, &m.payload[..]), (&*format!("wills-{tag}/dev1"), &b"gone"[..]), "{tag}");
+        let closed = first.recv_timeout(Duration::from_secs(5)).await;
+        assert!(closed.is_err(), "{tag}: the taken-over connection is closed, got {closed:?}");
+        second.disconnect().await.unwrap();
+        watcher.disconnect().await.unwrap();
+    }
+    ts.stop().await;
+}
+
+/// Per-topic mode puts each topic on its own data stream: the SUBACK and the deliveries of a
+/// subscription arrive on the stream of its SUBSCRIBE, the PUBACK on the publishing stream
+/// (the client matches replies by stream), and the broker counts the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_mode_keeps_each_topic_on_its_stream() {
+    let ts = TestServer::start().await;
+    let url = quic_url(&ts);
+    let mut s = Client::connect(&url, &opts_mode(&ts, "pt-sub", StreamMode::PerTopic)).await.unwrap();
+    s.subscribe(&[("a", QoS::Level1), ("b/#", QoS::Level1), ("c", QoS::Level0)]).await.unwrap();
+    let streams: Vec<u64> =
+        ["a", "b/#", "c"].iter().map(|f| s.stream_of(f).expect("a data stream per filter")).collect();
+    assert_eq!(streams, vec![4, 8, 12], "client-initiated bidirectional streams after the control stream 0");
+    let mut p = Client::connect(&url, &opts_mode(&ts, "pt-pub", StreamMode::PerTopic)).await.unwrap();
+    for round in 0..3 {
+        for topic in ["c", "b/x", "a"] {
+            p.publish(topic, QoS::Level1, false, format!("{topic}:{round}")).await.unwrap();
+        }
+    }
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        let (stream, m) =
+            tokio::time::timeout(Duration::from_secs(5), s.recv_with_stream()).await.expect("in time").unwrap();
+        got.push((stream.unwrap(), String::from_utf8(m.payload.to_vec()).unwrap()));
+    }
+    for (stream, payload) in &got {
+        let want = match payload.split(':').next().unwrap() {
+            "a" => streams[0],
+            "b/x" => streams[1],
+            _ => streams[2],
+        };
+        assert_eq!(*stream, want, "{payload} arrived on its subscription's stream");
+    }
+    // Per stream, in order.
+    for topic in ["a", "b/x", "c"] {
+        let seq: Vec<&String> = got.iter().map(|(_, p)| p).filter(|p| p.starts_with(&format!("{topic}:"))).collect();
+        assert_eq!(seq, (0..3).map(|r| format!("{topic}:{r}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    }
+    assert_eq!(p.streams_opened(), 4);
     p.disconnect().await.unwrap();
     s.disconnect().await.unwrap();
     ts.stop().await;
 }
 
+/// Per-topic mode needs QUIC: over TCP the client says so instead of connecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn will_and_takeover_over_quic() {
+async fn per_topic_mode_over_tcp_is_refused_with_a_clear_error() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
-    let mut watcher = Client::connect(&url, &opts(&ts, "w")).await.unwrap();
-    watcher.subscribe(&[("wills/#", QoS::Level1)]).await.unwrap();
-    let mut o = opts(&ts, "dev1");
-    o.will = Some(Message {
-        topic: codec::TopicName::try_from("wills/dev1").unwrap(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::Level1,
-        retain: false,
-    });
-    let first = Client::connect(&url, &o).await.unwrap();
-    // A second connection with the same id takes the session over (§3.1.4-2): the first is closed
-    // and, being closed without DISCONNECT, its will is published.
-    let second = Client::connect(&url, &opts(&ts, "dev1")).await.unwrap();
-    let m = recv(&mut watcher).await;
-    assert_eq!((&*m.topic, &m.payload[..]), ("wills/dev1", &b"gone"[..]));
-    drop(first);
-    second.disconnect().await.unwrap();
-    watcher.disconnect().await.unwrap();
+    let err = match Client::connect(&tcp_url(&ts), &opts_mode(&ts, "x", StreamMode::PerTopic)).await {
+        Ok(_) => panic!("per-topic over TCP must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("mqtt+quic://"), "{err}");
     ts.stop().await;
 }
 

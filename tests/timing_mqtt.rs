@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
 use quiclab::mqtt::codec::QoS;
 use quiclab::tls::Trust;
 
@@ -20,7 +20,7 @@ async fn recv(c: &mut Client) -> quiclab::mqtt::Message {
 
 /// Spec §4: on the dedicated listener the server's QUIC keep-alive PINGs keep an MQTT session
 /// alive past the QUIC idle timeout (here 1 s idle, PINGs every 300 ms, MQTT keepalive 60 s,
-/// 3 s of silence from the client).
+/// 3 s of silence from the client), in single-stream and per-topic mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_beyond_the_quic_idle_timeout_on_the_dedicated_listener() {
     let ts = TestServer::start_with(|c| {
@@ -31,12 +31,21 @@ async fn keepalive_beyond_the_quic_idle_timeout_on_the_dedicated_listener() {
     .await;
     let addr = ts.server.mqtt_quic_addr().expect("dedicated listener");
     let url = MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: addr.port() };
-    let mut s = Client::connect(&url, &opts(&ts, "quiet")).await.unwrap();
-    s.subscribe(&[("k/#", QoS::Level1)]).await.unwrap();
+    // Both stream modes, quiet side by side.
+    let mut quiet = Vec::new();
+    for streams in [StreamMode::Single, StreamMode::PerTopic] {
+        let mut s = Client::connect(&url, &ClientOptions { streams, ..opts(&ts, &format!("quiet-{streams:?}")) })
+            .await
+            .unwrap();
+        s.subscribe(&[("k/#", QoS::Level1)]).await.unwrap();
+        quiet.push(s);
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut p = Client::connect(&url, &opts(&ts, "talker")).await.unwrap();
     p.publish("k/1", QoS::Level1, false, "still here").await.unwrap();
-    let m = recv(&mut s).await;
-    assert_eq!(&m.payload[..], b"still here", "the quiet subscriber's connection survived");
+    for s in &mut quiet {
+        let m = recv(s).await;
+        assert_eq!(&m.payload[..], b"still here", "the quiet subscriber's connection survived");
+    }
     ts.stop().await;
 }

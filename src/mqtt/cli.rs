@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 
 use super::bench::BenchArgs;
-use super::client::{self, Client, ClientOptions, MqttUrl};
+use super::client::{self, Client, ClientOptions, MqttUrl, StreamMode};
 use super::codec::{QoS, SubscribeReturnCode};
 use super::config::{MqttConfig, ALPN_MQTT};
 use super::session::Message;
@@ -46,10 +46,15 @@ fn parse_url(s: &str) -> Result<MqttUrl, String> {
 /// How a client connects (shared by `pub` and `sub`).
 #[derive(Debug, Args)]
 pub struct ConnArgs {
-    /// Broker URL: mqtt://HOST:1883 (TCP) or mqtts://HOST:8883 (TLS). mqtt+quic:// is reserved
-    /// for MQTT over QUIC.
+    /// Broker URL: mqtt://HOST:1883 (TCP), mqtts://HOST:8883 (TLS) or mqtt+quic://HOST:14567
+    /// (QUIC; `quiclab serve` also answers on its HTTP/3 port, 4433).
     #[arg(long, value_name = "URL", default_value = "mqtt://localhost:1883", value_parser = parse_url)]
     pub url: MqttUrl,
+    /// MQTT over QUIC: `single` sends every packet on the control stream; `per-topic` opens one
+    /// data stream per topic published and per filter subscribed, so a loss on one topic does
+    /// not hold up the others (docs/mqtt-over-quic.md §2).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "single")]
+    pub streams: StreamMode,
     /// Client identifier (default: empty, the broker assigns one; needs a clean session).
     #[arg(short = 'i', long = "id", value_name = "ID")]
     pub client_id: Option<String>,
@@ -120,6 +125,7 @@ impl ConnArgs {
             password: self.password.clone(),
             trust,
             connect_timeout: self.connect_timeout,
+            streams: self.streams,
             ..ClientOptions::default()
         })
     }
@@ -256,7 +262,12 @@ pub struct BrokerArgs {
     /// Also serve MQTT over TLS here.
     #[arg(long, value_name = "ADDR")]
     pub tls: Option<SocketAddr>,
-    /// Directory of the development certificates (for --tls).
+    /// Also serve MQTT over QUIC (ALPN mqtt) on this UDP address, e.g. [::]:14567, with the
+    /// transport parameters of `serve --mqtt-quic` (idle timeout 300 s, keep-alive PINGs every
+    /// 60 s; docs/mqtt-over-quic.md §4.2).
+    #[arg(long, value_name = "ADDR")]
+    pub quic: Option<SocketAddr>,
+    /// Directory of the development certificates (for --tls and --quic).
     #[arg(long, value_name = "DIR", default_value = "certs")]
     pub certs: PathBuf,
     #[command(flatten)]
@@ -340,22 +351,43 @@ async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
 async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     let mut cfg = MqttConfig { tcp_listen: Some(a.tcp), tls_listen: a.tls, ..MqttConfig::default() };
     a.knobs.apply(&mut cfg);
-    let tls = match a.tls {
-        Some(_) => {
-            let store = CertStore::load_or_create(&a.certs)?;
-            Some(crate::tls::tcp_server_config(&store, &[ALPN_MQTT])?)
-        }
-        None => None,
+    let store = match (a.tls, a.quic) {
+        (None, None) => None,
+        _ => Some(CertStore::load_or_create(&a.certs)?),
+    };
+    let tls = match (a.tls, &store) {
+        (Some(_), Some(store)) => Some(crate::tls::tcp_server_config(store, &[ALPN_MQTT])?),
+        _ => None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let started = super::tcp::start(&cfg, tls, &shutdown, &tracker).map_err(|e| MqttError::Other(e.to_string()))?;
+    let quic = match (a.quic, &store) {
+        (Some(addr), Some(store)) => {
+            let defaults = crate::config::ServerConfig::default();
+            let listener = crate::server::MqttQuicListener {
+                addr,
+                transport: defaults.mqtt_quic_transport(),
+                max_connections: cfg.max_connections,
+                handshake_timeout: defaults.limits.handshake_timeout,
+                retry: false,
+            };
+            let bound = listener
+                .start(store, started.broker.clone(), &shutdown, &tracker)
+                .map_err(|e| MqttError::Other(e.to_string()))?;
+            Some(bound)
+        }
+        _ => None,
+    };
     let mut banner = String::new();
     if let Some(t) = started.tcp {
         banner += &format!("mqtt tcp {t}\n");
     }
     if let Some(t) = started.tls {
         banner += &format!("mqtt tls {t}\n");
+    }
+    if let Some(q) = quic {
+        banner += &format!("mqtt quic {q}\n");
     }
     banner += &format!("effective configuration:\n{}", cfg.summary());
     let mut out = std::io::stdout().lock();

@@ -6,10 +6,12 @@
 //! * [`Client`]: CONNECT/CONNACK, publish with the whole QoS 1/2 flow, subscribe, receive with
 //!   acknowledgements and keepalive pings.
 //!
-//! URLs: `mqtt://HOST[:1883]`, `mqtts://HOST[:8883]`; `mqtt+quic://HOST[:14567]` is parsed
-//! and reserved for the MQTT-over-QUIC mapping (a later issue).
+//! URLs: `mqtt://HOST[:1883]`, `mqtts://HOST[:8883]`, `mqtt+quic://HOST[:14567]` (the mapping of
+//! `docs/mqtt-over-quic.md`). Over QUIC the [`Client`] speaks single-stream mode (every packet on
+//! the control stream) or per-topic mode (one data stream per topic published or filter
+//! subscribed, [`StreamMode`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{
@@ -40,7 +42,7 @@ pub enum Transport {
     Tcp,
     /// `mqtts://`
     Tls,
-    /// `mqtt+quic://` (reserved: the QUIC mapping is a later issue).
+    /// `mqtt+quic://` (docs/mqtt-over-quic.md).
     Quic,
 }
 
@@ -151,13 +153,77 @@ pub async fn connect_stream_to(
     tokio::time::timeout(timeout, fut).await.map_err(|_| MqttError::Timeout(format!("connecting to {url}")))?
 }
 
+/// A QUIC connection to a broker (ALPN `mqtt`) and the client endpoint it runs on.
+pub struct QuicLink {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicLink {
+    /// Connect to `url` (or to `ip` at the URL's port; the URL's host still names the server
+    /// for TLS) with ALPN `mqtt`. The client sends QUIC PINGs every 10 s, so the connection
+    /// outlives the server's idle timeout on the shared HTTP/3 port (spec §4.3).
+    pub async fn connect(url: &MqttUrl, ip: Option<std::net::IpAddr>, trust: &Trust) -> Result<QuicLink, MqttError> {
+        let addr = match ip {
+            Some(ip) => SocketAddr::new(ip, url.port),
+            None => tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await?
+                .find(|a| a.is_ipv4())
+                .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?,
+        };
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        let conn = Self::connect_on(&endpoint, &client_config(trust)?, addr, &url.host).await?;
+        Ok(QuicLink { conn, endpoint })
+    }
+
+    /// Connect on an existing endpoint (the benchmark runs thousands of connections on one).
+    pub async fn connect_on(
+        endpoint: &quinn::Endpoint,
+        cfg: &quinn::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<quinn::Connection, MqttError> {
+        endpoint
+            .connect_with(cfg.clone(), addr, server_name)
+            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?
+            .await
+            .map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC: {e}"))))
+    }
+
+    /// Open a bidirectional stream: the first is the control stream, later ones data streams.
+    pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), MqttError> {
+        self.conn.open_bi().await.map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC stream: {e}"))))
+    }
+
+    /// The QUIC connection (statistics, more streams).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// The client endpoint (its UDP socket can be rebound to move the connection).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+}
+
+/// The QUIC client configuration for MQTT: ALPN `mqtt`, 0-RTT allowed, QUIC PINGs every 10 s.
+pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, MqttError> {
+    let tls = crate::tls::client_config(trust, &[super::config::ALPN_MQTT], true)?;
+    let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
 /// MQTT over QUIC in single-stream mode (docs/mqtt-over-quic.md §2.2): the control stream
 /// (the first bidirectional stream) carries every packet, so the byte-stream client works
 /// unchanged over it.
 pub struct QuicStream {
     io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
-    conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    link: QuicLink,
 }
 
 impl QuicStream {
@@ -172,35 +238,14 @@ impl QuicStream {
         ip: Option<std::net::IpAddr>,
         trust: &Trust,
     ) -> Result<QuicStream, MqttError> {
-        let addr = match ip {
-            Some(ip) => SocketAddr::new(ip, url.port),
-            None => tokio::net::lookup_host((url.host.as_str(), url.port))
-                .await?
-                .find(|a| a.is_ipv4())
-                .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?,
-        };
-        let tls = crate::tls::client_config(trust, &[super::config::ALPN_MQTT], true)?;
-        let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
-        let mut transport = quinn::TransportConfig::default();
-        // Keep the connection alive below any server idle timeout (spec §4.3).
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
-        cfg.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-        let conn = endpoint
-            .connect_with(cfg, addr, &url.host)
-            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?
-            .await
-            .map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC: {e}"))))?;
-        let (send, recv) =
-            conn.open_bi().await.map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC stream: {e}"))))?;
-        Ok(QuicStream { io: tokio::io::join(recv, send), conn, _endpoint: endpoint })
+        let link = QuicLink::connect(url, ip, trust).await?;
+        let (send, recv) = link.open_stream().await?;
+        Ok(QuicStream { io: tokio::io::join(recv, send), link })
     }
 
     /// The QUIC connection (for statistics, rebinding, or more streams).
     pub fn connection(&self) -> &quinn::Connection {
-        &self.conn
+        &self.link.conn
     }
 }
 
@@ -329,8 +374,20 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 }
 
-/// A connection split into its two framed halves.
-pub type Halves = (PacketReader<ReadHalf<BoxStream>>, PacketWriter<WriteHalf<BoxStream>>);
+/// The read half of a connection or stream, boxed (TCP, TLS or a QUIC stream).
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection or stream, boxed.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+/// A connection (or one QUIC stream) split into its two framed halves.
+pub type Halves = (PacketReader<BoxRead>, PacketWriter<BoxWrite>);
+
+fn framed(
+    r: impl AsyncRead + Send + Unpin + 'static,
+    w: impl AsyncWrite + Send + Unpin + 'static,
+    max: usize,
+) -> Halves {
+    (PacketReader::new(Box::new(r), max), PacketWriter::new(Box::new(w)))
+}
 
 /// Open the transport and split it into framed halves (no CONNECT sent).
 pub async fn connect_raw(
@@ -341,7 +398,7 @@ pub async fn connect_raw(
 ) -> Result<Halves, MqttError> {
     let stream = connect_stream(url, trust, timeout).await?;
     let (r, w) = tokio::io::split(stream);
-    Ok((PacketReader::new(r, max_packet), PacketWriter::new(w)))
+    Ok(framed(r, w, max_packet))
 }
 
 /// What a [`Client`] sends in CONNECT, and how it reaches the broker.
@@ -362,6 +419,8 @@ pub struct ClientOptions {
     /// Connect to this address instead of resolving the URL's host (which still names the
     /// broker for TLS): the lab's namespaces, where the certificate's name is not resolvable.
     pub connect_to: Option<std::net::IpAddr>,
+    /// MQTT over QUIC: every packet on the control stream, or one data stream per topic.
+    pub streams: StreamMode,
 }
 
 impl Default for ClientOptions {
@@ -377,6 +436,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1 << 20,
             connect_to: None,
+            streams: StreamMode::Single,
         }
     }
 }
@@ -411,13 +471,50 @@ pub fn filter(f: &str) -> Result<TopicFilter, MqttError> {
     TopicFilter::try_from(f).map_err(|e| MqttError::Other(format!("topic filter {f:?}: {e}")))
 }
 
-/// An MQTT 3.1.1 client: one connection, requests answered in order.
+/// How the client lays MQTT onto QUIC streams (docs/mqtt-over-quic.md §2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamMode {
+    /// Every packet on the control stream, as over TCP (§2.2).
+    #[default]
+    Single,
+    /// CONNECT, PINGREQ and DISCONNECT on the control stream; one data stream per topic
+    /// published and per filter subscribed, carrying that topic's PUBLISH, SUBSCRIBE and acks,
+    /// and the deliveries of that subscription (§2.3–2.5).
+    PerTopic,
+}
+
+/// One stream of a [`Client`]: the TCP/TLS connection, or a QUIC control or data stream.
+struct Channel {
+    reader: PacketReader<BoxRead>,
+    writer: PacketWriter<BoxWrite>,
+    /// The QUIC stream ID (`None` over TCP).
+    stream_id: Option<u64>,
+    /// False once the broker finished or reset it (data streams only; the control stream's
+    /// end is the connection's).
+    open: bool,
+}
+
+/// Replies kept for a later `wait_for` when they arrive while another reply is awaited (per-
+/// topic mode answers on several streams at once). Bounded: a broker cannot grow it.
+const MAX_STASHED: usize = 64;
+
+/// An MQTT 3.1.1 client: one connection, requests answered in order. Over QUIC in per-topic
+/// mode it opens one data stream per topic and filter and reads all of them.
 pub struct Client {
-    reader: PacketReader<ReadHalf<BoxStream>>,
-    writer: PacketWriter<WriteHalf<BoxStream>>,
+    /// `channels[0]` is the connection (TCP, TLS) or the QUIC control stream.
+    channels: Vec<Channel>,
+    /// Per-topic mode: topic or filter → its data stream's index in `channels`.
+    by_topic: HashMap<String, usize>,
+    quic: Option<QuicLink>,
+    mode: StreamMode,
+    max_packet: usize,
     next_pid: u16,
-    inbox: VecDeque<Message>,
-    /// Inbound QoS 2 ids delivered and awaiting PUBREL (delivered once, on PUBLISH).
+    /// Messages received, with the index of the channel they arrived on.
+    inbox: VecDeque<(usize, Message)>,
+    /// Replies read while waiting for another one.
+    stash: VecDeque<(usize, Packet)>,
+    /// Inbound QoS 2 ids delivered and awaiting PUBREL (delivered once, on PUBLISH). The
+    /// broker numbers outbound messages per session (spec §2.6), so one set covers all streams.
     inbound_qos2: HashSet<u16>,
     keep_alive: Option<Duration>,
     last_sent: Instant,
@@ -428,13 +525,50 @@ pub struct Client {
 impl Client {
     /// Connect and complete CONNECT/CONNACK. A refusal is [`MqttError::Refused`].
     pub async fn connect(url: &MqttUrl, opts: &ClientOptions) -> Result<Client, MqttError> {
+        if opts.streams == StreamMode::PerTopic && url.transport != Transport::Quic {
+            return Err(MqttError::BadUrl(format!("{url}: per-topic streams need an mqtt+quic:// URL")));
+        }
         let deadline = Instant::now() + opts.connect_timeout;
-        let stream = connect_stream_to(url, opts.connect_to, &opts.trust, opts.connect_timeout).await?;
-        let (r, w) = tokio::io::split(stream);
-        let (mut reader, mut writer) = (PacketReader::new(r, opts.max_packet_size), PacketWriter::new(w));
-        writer.send(&opts.connect_packet()?).await?;
+        let max = opts.max_packet_size;
+        let (control, quic) = match url.transport {
+            Transport::Quic => {
+                let fut = async {
+                    let link = QuicLink::connect(url, opts.connect_to, &opts.trust).await?;
+                    let (send, recv) = link.open_stream().await?;
+                    Ok::<_, MqttError>((send, recv, link))
+                };
+                let (send, recv, link) = tokio::time::timeout(opts.connect_timeout, fut)
+                    .await
+                    .map_err(|_| MqttError::Timeout(format!("connecting to {url}")))??;
+                let id = u64::from(send.id());
+                let (reader, writer) = framed(recv, send, max);
+                (Channel { reader, writer, stream_id: Some(id), open: true }, Some(link))
+            }
+            _ => {
+                let stream = connect_stream_to(url, opts.connect_to, &opts.trust, opts.connect_timeout).await?;
+                let (r, w) = tokio::io::split(stream);
+                let (reader, writer) = framed(r, w, max);
+                (Channel { reader, writer, stream_id: None, open: true }, None)
+            }
+        };
+        let mut c = Client {
+            channels: vec![control],
+            by_topic: HashMap::new(),
+            quic,
+            mode: opts.streams,
+            max_packet: max,
+            next_pid: 0,
+            inbox: VecDeque::new(),
+            stash: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            keep_alive: (opts.keep_alive > 0).then(|| Duration::from_secs(opts.keep_alive as u64)),
+            last_sent: Instant::now(),
+            session_present: false,
+            closed: false,
+        };
+        c.send(0, &opts.connect_packet()?).await?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let first = tokio::time::timeout(left, reader.next())
+        let first = tokio::time::timeout(left, c.channels[0].reader.next())
             .await
             .map_err(|_| MqttError::Timeout(format!("waiting for CONNACK from {url}")))??;
         let connack = match first {
@@ -445,17 +579,8 @@ impl Client {
         if connack.code != ConnectReturnCode::Accepted {
             return Err(MqttError::Refused(connack.code));
         }
-        Ok(Client {
-            reader,
-            writer,
-            next_pid: 0,
-            inbox: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
-            keep_alive: (opts.keep_alive > 0).then(|| Duration::from_secs(opts.keep_alive as u64)),
-            last_sent: Instant::now(),
-            session_present: connack.session_present,
-            closed: false,
-        })
+        c.session_present = connack.session_present;
+        Ok(c)
     }
 
     /// The CONNACK's session-present flag.
@@ -463,33 +588,103 @@ impl Client {
         self.session_present
     }
 
+    /// The QUIC connection, over `mqtt+quic://`.
+    pub fn quic(&self) -> Option<&QuicLink> {
+        self.quic.as_ref()
+    }
+
+    /// Streams this client opened (control stream included; 1 over TCP).
+    pub fn streams_opened(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The QUIC stream that carries `topic_or_filter` in per-topic mode (the control stream's
+    /// in single-stream mode; `None` over TCP or before first use).
+    pub fn stream_of(&self, topic_or_filter: &str) -> Option<u64> {
+        match self.mode {
+            StreamMode::Single => self.channels[0].stream_id,
+            StreamMode::PerTopic => self.by_topic.get(topic_or_filter).and_then(|&i| self.channels[i].stream_id),
+        }
+    }
+
     fn pid(&mut self) -> Pid {
         self.next_pid = self.next_pid.wrapping_add(1).max(1);
         Pid::try_from(self.next_pid).unwrap_or_default()
     }
 
-    async fn send(&mut self, p: &Packet) -> Result<(), MqttError> {
-        self.writer.send(p).await?;
+    async fn send(&mut self, ch: usize, p: &Packet) -> Result<(), MqttError> {
+        self.channels[ch].writer.send(p).await?;
         self.last_sent = Instant::now();
         Ok(())
     }
 
-    /// Read one packet, answering pings' deadlines; application messages are acknowledged and
-    /// put in the inbox. Returns the packet for the caller to inspect.
-    async fn read_one(&mut self) -> Result<Packet, MqttError> {
+    /// The channel for `key` (a topic or a filter): the control stream in single-stream mode;
+    /// in per-topic mode its data stream, opened on first use.
+    async fn channel_for(&mut self, key: &str) -> Result<usize, MqttError> {
+        if self.mode == StreamMode::Single {
+            return Ok(0);
+        }
+        if let Some(&i) = self.by_topic.get(key) {
+            if self.channels[i].open {
+                return Ok(i);
+            }
+        }
+        let link = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("per-topic mode without QUIC".into()))?;
+        let (send, recv) = link.open_stream().await?;
+        let id = u64::from(send.id());
+        let (reader, writer) = framed(recv, send, self.max_packet);
+        self.channels.push(Channel { reader, writer, stream_id: Some(id), open: true });
+        let i = self.channels.len() - 1;
+        self.by_topic.insert(key.to_string(), i);
+        tracing::debug!(stream = id, key, "mqtt+quic: data stream opened");
+        Ok(i)
+    }
+
+    /// The next packet from any open channel (cancel-safe).
+    async fn next_packet(&mut self) -> (usize, Result<Option<Packet>, MqttError>) {
+        if self.channels.len() == 1 {
+            return (0, self.channels[0].reader.next().await);
+        }
+        let reads = self
+            .channels
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, c)| c.open)
+            .map(|(i, c)| Box::pin(async move { (i, c.reader.next().await) }));
+        futures_util::future::select_all(reads).await.0
+    }
+
+    /// Read one packet, sending PINGREQ when keepalive is due; application messages are
+    /// acknowledged on the stream they came on and put in the inbox. Returns the packet and
+    /// the channel it came on.
+    async fn read_one(&mut self) -> Result<(usize, Packet), MqttError> {
         loop {
             let ping_at = self.keep_alive.map(|k| self.last_sent + k);
-            let next = match ping_at {
+            let got = match ping_at {
                 Some(at) => tokio::select! {
-                    p = self.reader.next() => p?,
-                    _ = tokio::time::sleep_until(at.into()) => {
-                        self.send(&Packet::Pingreq).await?;
-                        continue;
-                    }
+                    r = self.next_packet() => Some(r),
+                    _ = tokio::time::sleep_until(at.into()) => None,
                 },
-                None => self.reader.next().await?,
+                None => Some(self.next_packet().await),
+            };
+            let Some((ch, next)) = got else {
+                self.send(0, &Packet::Pingreq).await?;
+                continue;
+            };
+            let next = match next {
+                Err(e) if ch != 0 => {
+                    tracing::warn!(stream = ?self.channels[ch].stream_id, error = %e, "mqtt+quic: data stream failed");
+                    self.channels[ch].open = false;
+                    continue;
+                }
+                other => other?,
             };
             let Some(p) = next else {
+                if ch != 0 {
+                    // The broker finished a data stream: its topic gets a new one on next use.
+                    self.channels[ch].open = false;
+                    continue;
+                }
                 self.closed = true;
                 return Err(MqttError::Closed);
             };
@@ -502,39 +697,58 @@ impl Client {
                         retain: publish.retain,
                     };
                     match publish.qos_pid {
-                        QosPid::Level0 => self.inbox.push_back(msg),
+                        QosPid::Level0 => self.inbox.push_back((ch, msg)),
                         QosPid::Level1(id) => {
-                            self.inbox.push_back(msg);
-                            self.send(&Packet::Puback(id)).await?;
+                            self.inbox.push_back((ch, msg));
+                            self.send(ch, &Packet::Puback(id)).await?;
                         }
                         QosPid::Level2(id) => {
                             // Deliver on first receipt; a DUP before PUBREL is not delivered again.
                             if self.inbound_qos2.insert(id.value()) {
-                                self.inbox.push_back(msg);
+                                self.inbox.push_back((ch, msg));
                             }
-                            self.send(&Packet::Pubrec(id)).await?;
+                            self.send(ch, &Packet::Pubrec(id)).await?;
                         }
                     }
                 }
                 Packet::Pubrel(id) => {
                     self.inbound_qos2.remove(&id.value());
-                    self.send(&Packet::Pubcomp(*id)).await?;
+                    self.send(ch, &Packet::Pubcomp(*id)).await?;
                 }
                 _ => {}
             }
-            return Ok(p);
+            return Ok((ch, p));
         }
     }
 
-    /// Read until `want` returns true for a packet.
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&Packet) -> bool) -> Result<Packet, MqttError> {
-        loop {
-            let p = self.read_one().await?;
-            if want(&p) {
+    /// Read until a packet on channel `ch` satisfies `want` (replies read meanwhile for other
+    /// requests are kept for their own `wait_for`).
+    async fn wait_for(&mut self, what: &str, ch: usize, want: impl Fn(&Packet) -> bool) -> Result<Packet, MqttError> {
+        if let Some(i) = self.stash.iter().position(|(c, p)| *c == ch && want(p)) {
+            if let Some((_, p)) = self.stash.remove(i) {
                 return Ok(p);
             }
-            if let Packet::Connack(_) | Packet::Connect(_) = p {
-                return Err(MqttError::Protocol(format!("unexpected {:?} while waiting for {what}", p.get_type())));
+        }
+        loop {
+            let (c, p) = self.read_one().await?;
+            if c == ch && want(&p) {
+                return Ok(p);
+            }
+            match p {
+                Packet::Connack(_) | Packet::Connect(_) => {
+                    return Err(MqttError::Protocol(format!("unexpected {:?} while waiting for {what}", p.get_type())));
+                }
+                Packet::Suback(_)
+                | Packet::Unsuback(_)
+                | Packet::Puback(_)
+                | Packet::Pubrec(_)
+                | Packet::Pubcomp(_) => {
+                    if self.stash.len() == MAX_STASHED {
+                        self.stash.pop_front();
+                    }
+                    self.stash.push_back((c, p));
+                }
+                _ => {}
             }
         }
     }
@@ -547,63 +761,104 @@ impl Client {
         retain: bool,
         payload: impl Into<Bytes>,
     ) -> Result<(), MqttError> {
-        let topic_name = topic(topic_name)?;
+        let name = topic(topic_name)?;
+        let ch = self.channel_for(topic_name).await?;
         let pid = self.pid();
         let qos_pid = match qos {
             QoS::Level0 => QosPid::Level0,
             QoS::Level1 => QosPid::Level1(pid),
             QoS::Level2 => QosPid::Level2(pid),
         };
-        let mut p = Publish::new(qos_pid, topic_name, payload.into());
+        let mut p = Publish::new(qos_pid, name, payload.into());
         p.retain = retain;
-        self.send(&Packet::Publish(p)).await?;
+        self.send(ch, &Packet::Publish(p)).await?;
         match qos {
             QoS::Level0 => {}
             QoS::Level1 => {
-                self.wait_for("PUBACK", |p| *p == Packet::Puback(pid)).await?;
+                self.wait_for("PUBACK", ch, |p| *p == Packet::Puback(pid)).await?;
             }
             QoS::Level2 => {
-                self.wait_for("PUBREC", |p| *p == Packet::Pubrec(pid)).await?;
-                self.send(&Packet::Pubrel(pid)).await?;
-                self.wait_for("PUBCOMP", |p| *p == Packet::Pubcomp(pid)).await?;
+                self.wait_for("PUBREC", ch, |p| *p == Packet::Pubrec(pid)).await?;
+                self.send(ch, &Packet::Pubrel(pid)).await?;
+                self.wait_for("PUBCOMP", ch, |p| *p == Packet::Pubcomp(pid)).await?;
             }
         }
         Ok(())
     }
 
-    /// Subscribe; returns the SUBACK's return codes, one per filter.
+    /// Subscribe; returns the SUBACK's return codes, one per filter. In per-topic mode each
+    /// filter gets its own data stream and SUBSCRIBE (sent together, then awaited).
     pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReturnCode>, MqttError> {
         let topics = filters.iter().map(|(f, q)| Ok((filter(f)?, *q))).collect::<Result<Vec<_>, MqttError>>()?;
-        let pid = self.pid();
-        self.send(&Packet::Subscribe(Subscribe::new(pid, topics))).await?;
-        match self.wait_for("SUBACK", |p| matches!(p, Packet::Suback(s) if s.pid == pid)).await? {
-            Packet::Suback(s) => Ok(s.topics),
-            _ => Err(MqttError::Protocol("expected SUBACK".into())),
+        let mut sent = Vec::new();
+        match self.mode {
+            StreamMode::Single => {
+                let pid = self.pid();
+                self.send(0, &Packet::Subscribe(Subscribe::new(pid, topics))).await?;
+                sent.push((0, pid));
+            }
+            StreamMode::PerTopic => {
+                for ((name, _), t) in filters.iter().zip(topics) {
+                    let ch = self.channel_for(name).await?;
+                    let pid = self.pid();
+                    self.send(ch, &Packet::Subscribe(Subscribe::new(pid, vec![t]))).await?;
+                    sent.push((ch, pid));
+                }
+            }
         }
+        let mut codes = Vec::with_capacity(filters.len());
+        for (ch, pid) in sent {
+            match self.wait_for("SUBACK", ch, |p| matches!(p, Packet::Suback(s) if s.pid == pid)).await? {
+                Packet::Suback(s) => codes.extend(s.topics),
+                _ => return Err(MqttError::Protocol("expected SUBACK".into())),
+            }
+        }
+        Ok(codes)
     }
 
-    /// Unsubscribe and wait for UNSUBACK.
+    /// Unsubscribe and wait for UNSUBACK (in per-topic mode, on each filter's stream).
     pub async fn unsubscribe(&mut self, filters: &[&str]) -> Result<(), MqttError> {
         let topics = filters.iter().map(|f| filter(f)).collect::<Result<Vec<_>, _>>()?;
-        let pid = self.pid();
-        self.send(&Packet::Unsubscribe(Unsubscribe::new(pid, topics))).await?;
-        self.wait_for("UNSUBACK", |p| *p == Packet::Unsuback(pid)).await?;
+        let mut sent = Vec::new();
+        match self.mode {
+            StreamMode::Single => {
+                let pid = self.pid();
+                self.send(0, &Packet::Unsubscribe(Unsubscribe::new(pid, topics))).await?;
+                sent.push((0, pid));
+            }
+            StreamMode::PerTopic => {
+                for (name, t) in filters.iter().zip(topics) {
+                    let ch = self.channel_for(name).await?;
+                    let pid = self.pid();
+                    self.send(ch, &Packet::Unsubscribe(Unsubscribe::new(pid, vec![t]))).await?;
+                    sent.push((ch, pid));
+                }
+            }
+        }
+        for (ch, pid) in sent {
+            self.wait_for("UNSUBACK", ch, |p| *p == Packet::Unsuback(pid)).await?;
+        }
         Ok(())
     }
 
     /// PINGREQ and wait for PINGRESP.
     pub async fn ping(&mut self) -> Result<(), MqttError> {
-        self.send(&Packet::Pingreq).await?;
-        self.wait_for("PINGRESP", |p| *p == Packet::Pingresp).await?;
+        self.send(0, &Packet::Pingreq).await?;
+        self.wait_for("PINGRESP", 0, |p| *p == Packet::Pingresp).await?;
         Ok(())
     }
 
     /// The next application message (acknowledged as its QoS requires). `Err(Closed)` when the
     /// broker closed the connection.
     pub async fn recv(&mut self) -> Result<Message, MqttError> {
+        Ok(self.recv_with_stream().await?.1)
+    }
+
+    /// [`Client::recv`], with the QUIC stream the message arrived on (`None` over TCP).
+    pub async fn recv_with_stream(&mut self) -> Result<(Option<u64>, Message), MqttError> {
         loop {
-            if let Some(m) = self.inbox.pop_front() {
-                return Ok(m);
+            if let Some((ch, m)) = self.inbox.pop_front() {
+                return Ok((self.channels[ch].stream_id, m));
             }
             if self.closed {
                 return Err(MqttError::Closed);
@@ -622,21 +877,25 @@ impl Client {
 
     /// Send DISCONNECT and close (the will is discarded by the broker).
     pub async fn disconnect(mut self) -> Result<(), MqttError> {
-        self.send(&Packet::Disconnect).await?;
-        self.writer.shutdown().await?;
+        self.send(0, &Packet::Disconnect).await?;
+        for ch in self.channels.iter_mut().rev() {
+            ch.writer.shutdown().await?;
+        }
         // Wait (briefly) for the broker to close its side, so the DISCONNECT is processed
         // before a reconnect with the same id.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = self.reader.next().await {} })
-                .await;
+        let control = &mut self.channels[0].reader;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = control.next().await {} })
+            .await;
         Ok(())
     }
 
     /// Drop the connection without DISCONNECT (the broker publishes the will).
     pub fn abort(self) {}
 
-    /// The framed halves, for tests that continue by hand.
-    pub fn into_parts(self) -> Halves {
-        (self.reader, self.writer)
+    /// The framed halves of the connection (over QUIC: of the control stream; data streams are
+    /// dropped), for tests that continue by hand.
+    pub fn into_parts(mut self) -> Halves {
+        let c = self.channels.swap_remove(0);
+        (c.reader, c.writer)
     }
 }
