@@ -12,28 +12,40 @@
 //! each QUIC stream its own. CONNECT comes on the control channel. A subscription belongs to the
 //! channel its SUBSCRIBE arrived on and its deliveries travel there; acknowledgements travel on
 //! the channel of the packet they acknowledge. Outbound packet identifiers are per session and
-//! unique across its channels; inbound QoS 2 flows are keyed by (channel, packet id). Closing a
-//! data channel drops its subscriptions and its flows; the control channel's live as long as the
-//! session (MQTT 3.1.1 §4.1).
+//! unique across its channels; inbound QoS 2 flows are keyed by (channel, packet id).
+//!
+//! **A data channel that ends** ([`BrokerCore::close_channel`], docs/mqtt-over-quic.md §6.1-6.5)
+//! loses nothing acknowledged: its subscriptions are *parked* on the control channel (they still
+//! deliver, there, until a data channel subscribes to the same filter), and its outbound
+//! in-flight and queued messages move to a live data channel with a matching subscription, or
+//! else to the control channel (in-flight ones re-sent at once, DUP set, same identifier). Only
+//! its inbound QoS 2 flows awaiting PUBREL are discarded. A persistent session that resumes on a
+//! new connection finds all its subscriptions parked and its messages on the control channel
+//! (§6.6): channel numbers mean nothing across connections.
 //!
 //! **Inbound QoS 2** is stored and forwarded on PUBREL (§4.3.3, method B): until PUBREL
 //! nothing has been delivered, so a flow's state can be dropped with its channel without
 //! delivering twice.
+//!
+//! **Early connections** ([`BrokerCore::set_early`], §6.7-6.11): until
+//! [`BrokerCore::handshake_complete`], only packets whose effects die with the connection are
+//! acted on; the rest are held, in order, within a bound, and dropped if the connection closes
+//! first (0-RTT data can be replayed, RFC 9001 §9.2).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::codec::{
-    CodecError, Connack, Connect, ConnectReturnCode, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback, Subscribe,
-    SubscribeReturnCode, TopicFilter, Unsubscribe,
+    CodecError, Connack, Connect, ConnectReturnCode, Encodable, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
+    Subscribe, SubscribeReturnCode, TopicFilter, Unsubscribe,
 };
 use super::config::MqttConfig;
 use super::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Slab};
-use super::topic::{RetainTree, SubTree, Subscriber};
+use super::topic::{filter_matches, RetainTree, SubTree, Subscriber};
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// What the core asks its driver to do.
@@ -82,6 +94,29 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How a data channel ended (docs/mqtt-over-quic.md §6.1). The core treats the three alike (the
+/// channel is over in both directions) and only logs which it was; the transport finishes or
+/// resets the stream's other direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelEnd {
+    /// The client finished its sending side (FIN) after its last complete packet.
+    Finished,
+    /// The client reset its sending side (RESET_STREAM); a partial packet is discarded.
+    Reset,
+    /// The client stopped reading the server's side (STOP_SENDING).
+    StopSending,
+}
+
+impl fmt::Display for ChannelEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelEnd::Finished => "finished (FIN)",
+            ChannelEnd::Reset => "reset (RESET_STREAM)",
+            ChannelEnd::StopSending => "stopped (STOP_SENDING)",
+        })
+    }
+}
+
 /// Counters and gauges of the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreStats {
@@ -99,8 +134,12 @@ pub struct CoreStats {
     pub delivered: u64,
     /// Messages a session could not keep (its queue at `max_queued_messages`).
     pub dropped_queue_full: u64,
-    /// Messages dropped with the data channel they were bound to.
-    pub dropped_channel_closed: u64,
+    /// Outbound messages (in flight or queued) moved off a data channel that ended, to another
+    /// channel of the same connection (docs/mqtt-over-quic.md §6.3). Never dropped.
+    pub moved_channel_closed: u64,
+    /// Inbound QoS 2 messages awaiting PUBREL discarded with the data channel they came on
+    /// (nothing of them had been delivered; the client re-sends them, §6.4).
+    pub discarded_awaiting_rel: u64,
     /// Retained messages not stored because `max_retained` was reached.
     pub dropped_retained: u64,
     pub connects_accepted: u64,
@@ -109,6 +148,12 @@ pub struct CoreStats {
     pub keepalive_timeouts: u64,
     pub violations: u64,
     pub wills_published: u64,
+    /// Packets of early connections (QUIC handshake not complete) acted on at once (§6.7).
+    pub early_acted: u64,
+    /// Packets of early connections held until the handshake completes (§6.8).
+    pub early_held: u64,
+    /// Held packets dropped because their connection closed before its handshake completed.
+    pub early_dropped: u64,
 }
 
 /// Subscriber key in the topic trie: a session and the channel its SUBSCRIBE came on.
@@ -130,9 +175,46 @@ struct Conn<L> {
     will: Option<Box<Message>>,
     /// A Close was emitted: input is ignored until the driver reports the connection gone.
     closing: bool,
+    /// Present while the connection is early (its QUIC handshake has not completed).
+    early: Option<Box<Early>>,
     /// The driver's own data for this connection (its outboxes).
     link: L,
 }
+
+/// What an early connection holds until its handshake completes (docs/mqtt-over-quic.md §6.8).
+#[derive(Debug, Default)]
+struct Early {
+    /// In arrival order; once anything is held, everything after it is held too (§6.9).
+    held: VecDeque<Held>,
+    /// Cost of `held` as counted against [`BrokerCore::early_hold_limit`].
+    bytes: usize,
+}
+
+/// An input of an early connection kept for later.
+#[derive(Debug)]
+enum Held {
+    Packet(ChannelId, Packet),
+    /// A data channel ended after packets were held: its end is applied after them, in order.
+    ChannelEnd(ChannelId, ChannelEnd),
+}
+
+impl Held {
+    /// Bytes charged for holding this: the packet's encoded size plus the memory it takes
+    /// decoded, so that many tiny packets are bounded as well as a few big ones.
+    fn cost(&self) -> usize {
+        let body = match self {
+            Held::Packet(_, Packet::Connect(c)) => c.encode_len(),
+            Held::Packet(_, Packet::Publish(p)) => p.encode_len(),
+            Held::Packet(_, Packet::Subscribe(s)) => s.encode_len(),
+            Held::Packet(_, Packet::Unsubscribe(u)) => u.encode_len(),
+            Held::Packet(_, _) | Held::ChannelEnd(..) => 2,
+        };
+        body + 5 + std::mem::size_of::<Held>()
+    }
+}
+
+/// Held bytes allowed beyond one maximum-size packet (§6.10).
+const EARLY_HOLD_SLACK: usize = 64 << 10;
 
 /// The broker state machine. See the module documentation. `L` is whatever the driver keeps
 /// per connection (its outboxes); the core only stores it.
@@ -147,6 +229,31 @@ pub struct BrokerCore<L = ()> {
     stats: CoreStats,
     assigned_ids: u64,
     scratch: Vec<Subscriber<SubKey>>,
+}
+
+/// What [`BrokerCore::relocate`] did.
+#[derive(Debug, Default)]
+struct Relocated {
+    /// Subscriptions parked.
+    parked: usize,
+    /// Outbound messages (in flight or queued) given a new channel.
+    moved: u64,
+    /// Inbound QoS 2 messages awaiting PUBREL discarded.
+    discarded: u64,
+}
+
+/// Point the control channel's trie entry for `filter` at the highest QoS of the session's
+/// explicit and parked control-channel subscriptions to it, or remove it when there are none.
+fn sync_control_route(tree: &mut SubTree<SubKey>, sid: SessionId, s: &Session, filter: &TopicFilter) {
+    let key = SubKey { session: sid, channel: CONTROL_CHANNEL };
+    match s.control_qos(filter) {
+        Some(q) => {
+            tree.insert(filter, key, qos_u8(q));
+        }
+        None => {
+            tree.remove(filter, key);
+        }
+    }
 }
 
 /// The slab key of a connection id.
@@ -219,6 +326,7 @@ impl<L> BrokerCore<L> {
             online: s.conn.is_some(),
             clean: s.clean,
             subscriptions: s.subs.len(),
+            parked: s.parked(),
             queued: s.fr().queue.len(),
             inflight: s.fr().inflight.len(),
             awaiting_rel: s.fr().awaiting_rel.len(),
@@ -239,11 +347,110 @@ impl<L> BrokerCore<L> {
     /// A new network connection: returns its id and arms the CONNECT deadline (§3.1).
     /// (`peer` is only logged: the core keeps no per-connection address.)
     pub fn open(&mut self, peer: Option<SocketAddr>, link: L, now: Instant, out: &mut Vec<Action>) -> ConnId {
-        let conn = Conn { session: None, last_seen: now, expiry_ms: 0, armed: None, will: None, closing: false, link };
+        let conn = Conn {
+            session: None,
+            last_seen: now,
+            expiry_ms: 0,
+            armed: None,
+            will: None,
+            closing: false,
+            early: None,
+            link,
+        };
         let id = self.conns.insert(conn).pack();
         tracing::debug!(conn = id, ?peer, "mqtt: new connection");
         self.arm(id, now + self.cfg.connect_timeout, out);
         id
+    }
+
+    /// Mark `conn` early: its QUIC handshake has not completed, so what it sends may be a
+    /// replayed 0-RTT flight (RFC 9001 §9.2). Until [`BrokerCore::handshake_complete`], only
+    /// packets whose effects die with the connection are acted on; the rest are held
+    /// (docs/mqtt-over-quic.md §6.7-6.11). Call it right after [`BrokerCore::open`].
+    pub fn set_early(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(ck(conn)) {
+            if !c.closing && c.early.is_none() {
+                c.early = Some(Box::default());
+            }
+        }
+    }
+
+    /// Whether `conn` is early (see [`BrokerCore::set_early`]).
+    pub fn is_early(&self, conn: ConnId) -> bool {
+        self.conns.get(ck(conn)).is_some_and(|c| c.early.is_some())
+    }
+
+    /// The QUIC handshake of `conn` completed: it is no longer early, and the packets it held
+    /// are processed now, in arrival order (docs/mqtt-over-quic.md §6.11).
+    pub fn handshake_complete(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(early) = c.early.take() else { return };
+        if c.closing {
+            return;
+        }
+        if !early.held.is_empty() {
+            let cid = self.client_id_of(conn);
+            tracing::debug!(
+                conn,
+                client_id = cid.as_deref().unwrap_or("(before CONNECT)"),
+                held = early.held.len(),
+                "mqtt: handshake complete; processing the held packets"
+            );
+        }
+        for h in early.held {
+            match h {
+                Held::Packet(ch, p) => self.handle(conn, ch, p, now, out),
+                Held::ChannelEnd(ch, end) => self.close_channel(conn, ch, end, now, out),
+            }
+        }
+    }
+
+    /// Bytes an early connection may hold (§6.10): one packet of the maximum size plus 64 KiB,
+    /// so a first flight of CONNECT, a few SUBSCRIBEs and one PUBLISH of any allowed size fits.
+    pub fn early_hold_limit(&self) -> usize {
+        self.cfg.max_packet_size.saturating_add(EARLY_HOLD_SLACK)
+    }
+
+    /// Whether an early connection may act on `packet` at once: only when its effects die with
+    /// the connection (docs/mqtt-over-quic.md §6.7). A clean CONNECT for an id with no live and
+    /// no stored session; then, on that clean session, PINGREQ, SUBSCRIBE and UNSUBSCRIBE.
+    fn acts_early(&self, session: Option<SessionId>, channel: ChannelId, packet: &Packet) -> bool {
+        match (session, packet) {
+            (None, Packet::Connect(p)) => {
+                // An empty id gets a new, unique one (§3.1.3-6): unknown by construction.
+                channel == CONTROL_CHANNEL
+                    && p.clean_session
+                    && (p.client_id.is_empty() || !self.by_client.contains_key(&*p.client_id))
+            }
+            (Some(sid), Packet::Pingreq | Packet::Subscribe(_) | Packet::Unsubscribe(_)) => {
+                self.sessions.get(sid).is_some_and(|s| s.clean)
+            }
+            _ => false,
+        }
+    }
+
+    /// Keep `h` for [`BrokerCore::handshake_complete`], or close the connection if the bound
+    /// would be exceeded (§6.10).
+    fn hold(&mut self, conn: ConnId, h: Held, out: &mut Vec<Action>) {
+        let limit = self.early_hold_limit();
+        let cost = h.cost();
+        let Some(early) = self.conns.get_mut(ck(conn)).and_then(|c| c.early.as_deref_mut()) else { return };
+        if early.bytes.saturating_add(cost) > limit {
+            let held = early.held.len();
+            return self.violation(
+                conn,
+                format!(
+                    "more than {limit} bytes of packets ({held} held) before the QUIC handshake completed \
+                     (docs/mqtt-over-quic.md §6.10)"
+                ),
+                out,
+            );
+        }
+        early.bytes += cost;
+        early.held.push_back(h);
+        if matches!(early.held.back(), Some(Held::Packet(..))) {
+            self.stats.early_held += 1;
+        }
     }
 
     fn arm(&mut self, conn: ConnId, at: Instant, out: &mut Vec<Action>) {
@@ -328,16 +535,37 @@ impl<L> BrokerCore<L> {
         }
     }
 
-    /// A data channel of `conn` is gone: its subscriptions and flows go with it.
-    pub fn close_channel(&mut self, conn: ConnId, channel: ChannelId, _now: Instant, out: &mut Vec<Action>) {
+    /// A data channel of `conn` ended, in one of three ways (docs/mqtt-over-quic.md §6.1); the
+    /// core does the same for each. Its subscriptions are parked on the control channel (§6.2),
+    /// its outbound in-flight and queued messages move to another channel of the connection,
+    /// in-flight ones re-sent there at once (§6.3), and its inbound QoS 2 flows awaiting PUBREL
+    /// are discarded (§6.4). Nothing acknowledged is lost. The control channel's end is the
+    /// connection's (§3.1): the transport closes it, and this call ignores it.
+    pub fn close_channel(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelId,
+        end: ChannelEnd,
+        _now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if channel == CONTROL_CHANNEL {
             return;
         }
         let Some(c) = self.conns.get(ck(conn)) else { return };
-        if let Some(sid) = c.session {
-            self.drop_channel_state(sid, channel);
-            self.pump(sid, out);
+        if c.closing {
+            return;
         }
+        if c.early.as_ref().is_some_and(|e| !e.held.is_empty()) {
+            // Packets of this connection are held: the end applies after them (§6.9).
+            return self.hold(conn, Held::ChannelEnd(channel, end), out);
+        }
+        let Some(sid) = c.session else {
+            tracing::debug!(conn, channel, %end, "mqtt: data channel ended before CONNECT");
+            return;
+        };
+        self.retire_channel(conn, sid, channel, end, out);
+        self.pump(sid, out);
     }
 
     /// Bytes on `channel` of `conn` were not a valid packet: close the connection, naming the
@@ -371,10 +599,25 @@ impl<L> BrokerCore<L> {
 
     /// A decoded packet from `channel` of `conn`.
     pub fn handle(&mut self, conn: ConnId, channel: ChannelId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(c) = self.conns.get(ck(conn)) else { return };
         if c.closing {
             return;
         }
+        // docs/mqtt-over-quic.md §6.7-6.9: an early connection acts only on packets whose
+        // effects die with it, and holds everything from its first held packet on.
+        let early = c.early.as_ref().map(|e| e.held.is_empty());
+        let session = c.session;
+        if let Some(nothing_held) = early {
+            if nothing_held && self.acts_early(session, channel, &packet) {
+                self.stats.early_acted += 1;
+            } else {
+                if let Some(c) = self.conns.get_mut(ck(conn)) {
+                    c.last_seen = now;
+                }
+                return self.hold(conn, Held::Packet(channel, packet), out);
+            }
+        }
+        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
         c.last_seen = now;
         let Some(sid) = c.session else {
             match packet {
@@ -439,28 +682,31 @@ impl<L> BrokerCore<L> {
     }
 
     /// Mark `conn` closing and detach its session: a clean session ends (§3.1.2-6), a
-    /// persistent one keeps its control-channel state. Then publish the will if asked.
+    /// persistent one keeps its state, all of it on the control channel (docs/mqtt-over-quic.md
+    /// §6.6). Held early packets are dropped. Then publish the will if asked, unless the
+    /// connection was still early (§6.11).
     fn detach(&mut self, conn: ConnId, publish_will: bool, out: &mut Vec<Action>) {
         let Some(c) = self.conns.get_mut(ck(conn)) else { return };
         c.closing = true;
         let will = c.will.take();
-        if let Some(sid) = c.session.take() {
-            // Data channels end with their connection; the control channel's state stays with
-            // a persistent session.
-            let mut channels: Vec<ChannelId> = Vec::new();
-            if let Some(s) = self.sessions.get(sid) {
-                let f = s.fr();
-                channels.extend(s.subs.iter().map(|(c, _, _)| *c));
-                channels.extend(f.inflight.values().map(|x| x.channel));
-                channels.extend(f.queue.iter().map(|q| q.channel));
-                channels.extend(f.awaiting_rel.keys().map(|(c, _)| *c));
+        let early = c.early.take();
+        let session = c.session.take();
+        let cid = session.and_then(|sid| self.sessions.get(sid)).map(|s| s.client_id.clone());
+        let cid = cid.as_deref().unwrap_or("(before CONNECT)");
+        if let Some(e) = &early {
+            let held = e.held.iter().filter(|h| matches!(h, Held::Packet(..))).count();
+            if held > 0 {
+                self.stats.early_dropped += held as u64;
+                tracing::info!(
+                    conn,
+                    client_id = cid,
+                    held,
+                    "mqtt: connection closed before its QUIC handshake completed; held packets dropped, \
+                     nothing of them applied (docs/mqtt-over-quic.md §6.11)"
+                );
             }
-            channels.retain(|c| *c != CONTROL_CHANNEL);
-            channels.sort_unstable();
-            channels.dedup();
-            for ch in channels {
-                self.drop_channel_state(sid, ch);
-            }
+        }
+        if let Some(sid) = session {
             let clean = match self.sessions.get_mut(sid) {
                 Some(s) => {
                     s.conn = None;
@@ -470,12 +716,33 @@ impl<L> BrokerCore<L> {
             };
             if clean {
                 self.destroy_session(sid);
-            } else if let Some(s) = self.sessions.get_mut(sid) {
-                s.shrink();
+            } else {
+                // §6.6: channel numbers mean nothing on the session's next connection.
+                let m = self.relocate(sid, None, None, out);
+                if m.discarded > 0 {
+                    tracing::info!(
+                        conn,
+                        client_id = cid,
+                        discarded = m.discarded,
+                        "mqtt: data streams' QoS 2 messages awaiting PUBREL discarded with the connection \
+                         (undelivered; the client re-sends them, docs/mqtt-over-quic.md §6.4)"
+                    );
+                }
+                if let Some(s) = self.sessions.get_mut(sid) {
+                    s.shrink();
+                }
             }
         }
-        if publish_will {
-            if let Some(will) = will {
+        if let (true, Some(will)) = (publish_will, will) {
+            if early.is_some() {
+                // Its CONNECT may be a replayed 0-RTT flight (RFC 9001 §9.2).
+                tracing::info!(
+                    conn,
+                    client_id = cid,
+                    "mqtt: will not published: the connection closed before its QUIC handshake completed \
+                     (docs/mqtt-over-quic.md §6.11)"
+                );
+            } else {
                 self.stats.wills_published += 1;
                 self.route(*will, out);
             }
@@ -484,45 +751,125 @@ impl<L> BrokerCore<L> {
 
     fn destroy_session(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.remove(sid) else { return };
-        for (ch, filter, _) in &s.subs {
-            self.subs.remove(filter, SubKey { session: sid, channel: *ch });
+        for sub in &s.subs {
+            self.subs.remove(&sub.filter, SubKey { session: sid, channel: sub.channel });
         }
         if self.by_client.get(&s.client_id) == Some(&sid) {
             self.by_client.remove(&s.client_id);
         }
     }
 
-    /// Forget everything of `sid` bound to data channel `ch`.
-    fn drop_channel_state(&mut self, sid: SessionId, ch: ChannelId) {
-        let Some(s) = self.sessions.get_mut(sid) else { return };
-        let filters: Vec<TopicFilter> = s.subs.iter().filter(|(c, _, _)| *c == ch).map(|(_, f, _)| f.clone()).collect();
-        for f in filters {
-            s.remove_sub(ch, &f);
-            self.subs.remove(&f, SubKey { session: sid, channel: ch });
-        }
-        let lost = if s.has_flows() {
-            let f = s.f();
-            f.awaiting_rel.retain(|(c, _), _| *c != ch);
-            let before = f.inflight.len() + f.queue.len();
-            f.inflight.retain(|_, fl| fl.channel != ch);
-            f.queue.retain(|q| q.channel != ch);
-            f.queued_qos0 = f.queue.iter().filter(|q| q.qos == QoS::Level0).count();
-            let lost = (before - f.inflight.len() - f.queue.len()) as u64;
-            s.shrink();
-            lost
-        } else {
-            0
-        };
-        if lost > 0 {
-            s.dropped += lost;
-            self.stats.dropped_channel_closed += lost;
-            tracing::warn!(
-                client_id = &*s.client_id,
+    /// Data channel `ch` of `sid`'s live connection `conn` ended (docs/mqtt-over-quic.md
+    /// §6.2-6.4): park its subscriptions, move its outbound messages, discard its inbound QoS 2
+    /// flows. Logs what moved.
+    fn retire_channel(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, end: ChannelEnd, out: &mut Vec<Action>) {
+        let m = self.relocate(sid, Some(ch), Some(conn), out);
+        self.stats.moved_channel_closed += m.moved;
+        let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
+        let cid = cid.as_deref().unwrap_or("");
+        if m.moved > 0 || m.discarded > 0 {
+            tracing::info!(
+                conn,
+                client_id = cid,
                 channel = ch,
-                lost,
-                "mqtt: channel closed with undelivered messages; dropped"
+                parked = m.parked,
+                moved = m.moved,
+                discarded = m.discarded,
+                "mqtt: data channel {end}: subscriptions parked on the control channel, outbound messages \
+                 moved (in-flight ones re-sent with DUP), inbound QoS 2 awaiting PUBREL discarded"
             );
+        } else {
+            tracing::debug!(conn, client_id = cid, channel = ch, parked = m.parked, "mqtt: data channel {end}");
         }
+    }
+
+    /// Move `sid`'s state off data channel `from` (one channel that ended, `Some`), or off every
+    /// channel (`None`: the connection ended, §6.6):
+    ///
+    /// - explicit subscriptions there are parked on the control channel (§6.2);
+    /// - outbound in-flight and queued messages there move: with `live` (the session's
+    ///   connection, when one channel ended) to the lowest live data channel with a subscription
+    ///   matching the topic, else to the control channel, in-flight ones re-sent at once in their
+    ///   original order, PUBLISH with DUP and the same id, PUBREL for a PUBREC'd QoS 2 (§6.3);
+    ///   without `live`, to the control channel, re-sent on resume (§4.4);
+    /// - inbound QoS 2 flows awaiting PUBREL on a data channel are discarded (§6.4); the control
+    ///   channel's outlive the connection (§4.1).
+    fn relocate(
+        &mut self,
+        sid: SessionId,
+        from: Option<ChannelId>,
+        live: Option<ConnId>,
+        out: &mut Vec<Action>,
+    ) -> Relocated {
+        let on = |c: ChannelId| from.map_or(c != CONTROL_CHANNEL, |ch| c == ch);
+        let mut r = Relocated::default();
+        let Some(s) = self.sessions.get_mut(sid) else { return r };
+        let moving: Vec<(ChannelId, TopicFilter, QoS)> = s
+            .subs
+            .iter()
+            .filter(|x| !x.parked && from.is_none_or(|ch| x.channel == ch))
+            .map(|x| (x.channel, x.filter.clone(), x.qos))
+            .collect();
+        for (ch, filter, qos) in &moving {
+            s.remove_sub(*ch, filter);
+            self.subs.remove(filter, SubKey { session: sid, channel: *ch });
+            s.park(filter, *qos);
+            sync_control_route(&mut self.subs, sid, s, filter);
+        }
+        r.parked = moving.len();
+        if !s.has_flows() {
+            return r;
+        }
+        // The live data channels' subscriptions (those of the ended channel are parked by now).
+        let targets: Vec<(ChannelId, TopicFilter)> = match live {
+            Some(_) => s
+                .subs
+                .iter()
+                .filter(|x| !x.parked && x.channel != CONTROL_CHANNEL)
+                .map(|x| (x.channel, x.filter.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        let target = |topic: &str| {
+            targets.iter().filter(|(_, f)| filter_matches(f, topic)).map(|(c, _)| *c).min().unwrap_or(CONTROL_CHANNEL)
+        };
+        let f = s.f();
+        let before = f.awaiting_rel.len();
+        f.awaiting_rel.retain(|(c, _), _| *c == CONTROL_CHANNEL || !on(*c));
+        r.discarded = (before - f.awaiting_rel.len()) as u64;
+        self.stats.discarded_awaiting_rel += r.discarded;
+        let mut resend: Vec<(u64, u16)> = Vec::new();
+        for (id, fl) in f.inflight.iter_mut().filter(|(_, fl)| on(fl.channel)) {
+            let topic = match &fl.state {
+                OutState::AwaitPuback(m) | OutState::AwaitPubrec(m) => &m.topic,
+                OutState::AwaitPubcomp(t) => t,
+            };
+            fl.channel = target(topic);
+            resend.push((fl.seq, *id));
+        }
+        for q in f.queue.iter_mut().filter(|q| on(q.channel)) {
+            q.channel = target(&q.msg.topic);
+            r.moved += 1;
+        }
+        r.moved += resend.len() as u64;
+        if let Some(conn) = live {
+            // Their order of first transmission is kept (§4.6).
+            resend.sort_unstable();
+            for (_, id) in resend {
+                let Some(fl) = f.inflight.get(&id) else { continue };
+                let packet = match &fl.state {
+                    OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true),
+                    OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true),
+                    OutState::AwaitPubcomp(_) => Packet::Pubrel(pid(id)),
+                };
+                if matches!(packet, Packet::Publish(_)) {
+                    self.stats.delivered += 1;
+                }
+                out.push(Action::Send { conn, channel: fl.channel, packet });
+            }
+        }
+        s.shrink();
+        r
     }
 
     fn client_id_of(&self, conn: ConnId) -> Option<Arc<str>> {
@@ -670,7 +1017,7 @@ impl<L> BrokerCore<L> {
             let packet = match &f.state {
                 OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), f.retain, true),
                 OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), f.retain, true),
-                OutState::AwaitPubcomp => Packet::Pubrel(pid(id)),
+                OutState::AwaitPubcomp(_) => Packet::Pubrel(pid(id)),
             };
             if matches!(packet, Packet::Publish(_)) {
                 self.stats.delivered += 1;
@@ -715,11 +1062,23 @@ impl<L> BrokerCore<L> {
             s.shrink();
             m
         });
-        if let Some(msg) = msg {
-            self.route(msg, out);
+        match msg {
+            Some(msg) => self.route(msg, out),
+            None => {
+                let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
+                tracing::info!(
+                    conn,
+                    client_id = cid.as_deref().unwrap_or(""),
+                    channel = ch,
+                    id = id.value(),
+                    "mqtt: PUBREL for unknown id (released already, or its flow was discarded with its \
+                     stream and the client did not re-send the PUBLISH: docs/mqtt-over-quic.md §6.4); PUBCOMP, \
+                     nothing delivered"
+                );
+            }
         }
         // MQTT 3.1.1 §4.3.3: PUBCOMP with the same id, also for an id already released
-        // (a retransmitted PUBREL after reconnect).
+        // (a retransmitted PUBREL after reconnect) or unknown (docs/mqtt-over-quic.md §6.4).
         out.push(Action::Send { conn, channel: ch, packet: Packet::Pubcomp(id) });
     }
 
@@ -746,11 +1105,15 @@ impl<L> BrokerCore<L> {
             tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBREC for an unknown id; ignored");
             return;
         };
-        match f.state {
-            // MQTT 3.1.1 §4.3.3: PUBREC → discard the message, send PUBREL; a repeated PUBREC
-            // gets PUBREL again.
-            OutState::AwaitPubrec(_) | OutState::AwaitPubcomp => {
-                f.state = OutState::AwaitPubcomp;
+        match &f.state {
+            // MQTT 3.1.1 §4.3.3: PUBREC → discard the message (keep its topic), send PUBREL; a
+            // repeated PUBREC gets PUBREL again.
+            OutState::AwaitPubrec(m) => {
+                f.state = OutState::AwaitPubcomp(m.topic.clone());
+                let channel = f.channel;
+                out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
+            }
+            OutState::AwaitPubcomp(_) => {
                 let channel = f.channel;
                 out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
             }
@@ -763,7 +1126,7 @@ impl<L> BrokerCore<L> {
     fn on_pubcomp(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         match s.fr().inflight.get(&id.value()) {
-            Some(InFlight { state: OutState::AwaitPubcomp, .. }) => {
+            Some(InFlight { state: OutState::AwaitPubcomp(_), .. }) => {
                 s.f().inflight.remove(&id.value());
                 self.pump(sid, out);
             }
@@ -780,9 +1143,28 @@ impl<L> BrokerCore<L> {
             for (filter, requested) in &sub.topics {
                 // MQTT 3.1.1 §3.8.4-6 / §3.9.3: grant at most the server's maximum.
                 let granted = (*requested).min(max);
+                // docs/mqtt-over-quic.md §6.2: a SUBSCRIBE to a parked subscription's filter
+                // takes it (on a data channel: off the control channel, so nothing is delivered
+                // twice; on the control channel: it is replaced, §3.8.4-3).
+                let taken = s.unpark(filter);
+                if taken {
+                    tracing::debug!(
+                        client_id = &*s.client_id,
+                        channel = ch,
+                        filter = &**filter,
+                        "mqtt: parked subscription taken by a new SUBSCRIBE"
+                    );
+                }
                 // §3.8.4-3: an identical filter replaces the existing subscription.
-                self.subs.insert(filter, SubKey { session: sid, channel: ch }, qos_u8(granted));
                 s.upsert_sub(ch, filter, granted);
+                if ch == CONTROL_CHANNEL {
+                    sync_control_route(&mut self.subs, sid, s, filter);
+                } else {
+                    self.subs.insert(filter, SubKey { session: sid, channel: ch }, qos_u8(granted));
+                    if taken {
+                        sync_control_route(&mut self.subs, sid, s, filter);
+                    }
+                }
                 codes.push(SubscribeReturnCode::from(granted));
                 granted_all.push((filter.clone(), granted));
             }
@@ -804,8 +1186,15 @@ impl<L> BrokerCore<L> {
     fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, u: Unsubscribe, out: &mut Vec<Action>) {
         if let Some(s) = self.sessions.get_mut(sid) {
             for filter in &u.topics {
-                // MQTT 3.1.1 §3.10.4-1: filters compared character by character.
-                if s.remove_sub(ch, filter) {
+                // MQTT 3.1.1 §3.10.4-1: filters compared character by character. An UNSUBSCRIBE
+                // on any channel also removes a parked subscription to the filter
+                // (docs/mqtt-over-quic.md §6.2: the client cannot address its ended stream).
+                let own = s.remove_sub(ch, filter);
+                let parked = s.unpark(filter);
+                if ch == CONTROL_CHANNEL || parked {
+                    sync_control_route(&mut self.subs, sid, s, filter);
+                }
+                if own && ch != CONTROL_CHANNEL {
                     self.subs.remove(filter, SubKey { session: sid, channel: ch });
                 }
             }
@@ -955,7 +1344,11 @@ impl<L> BrokerCore<L> {
 pub struct SessionInfo {
     pub online: bool,
     pub clean: bool,
+    /// Subscriptions (explicit and parked; an explicit and a parked one to the same filter on
+    /// the control channel count as two).
     pub subscriptions: usize,
+    /// Of those, parked on the control channel (docs/mqtt-over-quic.md §6.2, §6.6).
+    pub parked: usize,
     pub queued: usize,
     pub inflight: usize,
     pub awaiting_rel: usize,

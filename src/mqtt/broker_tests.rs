@@ -91,6 +91,37 @@ fn publishes(actions: &[Action], conn: ConnId) -> Vec<(String, String, u8, Optio
         .collect()
 }
 
+/// The PUBLISH packets sent to `conn` with their channel: (channel, payload, qos, pid, dup).
+fn publishes_on(actions: &[Action], conn: ConnId) -> Vec<(ChannelId, String, u8, Option<u16>, bool)> {
+    sends(actions, conn)
+        .into_iter()
+        .filter_map(|(ch, p)| match p {
+            Packet::Publish(p) => Some((
+                ch,
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.qos_pid.qos() as u8,
+                p.qos_pid.pid().map(|p| p.value()),
+                p.dup,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_dup(mut p: Packet) -> Packet {
+    if let Packet::Publish(x) = &mut p {
+        x.dup = true;
+    }
+    p
+}
+
+fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
+    Packet::Unsubscribe(Unsubscribe::new(
+        pid(id),
+        filters.iter().map(|f| super::super::codec::TopicFilter::try_from(*f).unwrap()).collect(),
+    ))
+}
+
 impl H {
     fn new() -> H {
         Self::with(|_| {})
@@ -133,6 +164,27 @@ impl H {
             }
             other => panic!("expected CONNACK, got {other:?}"),
         }
+    }
+
+    /// Data channel `ch` of `conn` ended.
+    fn end(&mut self, conn: ConnId, ch: ChannelId, end: ChannelEnd) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.core.close_channel(conn, ch, end, self.now, &mut out);
+        out
+    }
+
+    /// A new connection whose QUIC handshake has not completed.
+    fn open_early(&mut self) -> ConnId {
+        let conn = self.open();
+        self.core.set_early(conn);
+        conn
+    }
+
+    /// The QUIC handshake of `conn` completed.
+    fn complete(&mut self, conn: ConnId) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.core.handshake_complete(conn, self.now, &mut out);
+        out
     }
 
     fn lost(&mut self, conn: ConnId) -> Vec<Action> {
@@ -666,14 +718,16 @@ fn channels_scope_subscriptions_flows_and_ids() {
     assert_eq!(sends(&out, c), vec![(2, Packet::Pubcomp(pid(5)))]);
     assert_eq!(publishes(&out, sink)[0].1, "from 2");
 
-    // Closing channel 1 drops its subscription, its inbound flow and its in-flight message.
-    let mut out = Vec::new();
-    h.core.close_channel(c, 1, h.now, &mut out);
+    // Closing channel 1 parks its subscription on the control channel, discards its inbound
+    // flow, and moves its in-flight message to channel 2 (which matches "t"), re-sent with DUP
+    // (docs/mqtt-over-quic.md §6.2-6.4).
+    let out = h.end(c, 1, ChannelEnd::Finished);
+    assert_eq!(publishes_on(&out, c), vec![(2, "x".into(), 1, Some(got[0].1), true)]);
     let info = h.core.session_state("multi").unwrap();
-    assert_eq!((info.subscriptions, info.awaiting_rel, info.inflight), (1, 0, 1));
-    assert_eq!(h.core.stats().dropped_channel_closed, 1);
+    assert_eq!((info.subscriptions, info.parked, info.awaiting_rel, info.inflight), (2, 1, 0, 2));
+    assert_eq!((h.core.stats().moved_channel_closed, info.dropped), (1, 0));
     let out = h.send(p, publish("t", QoS::Level0, 0, "y"));
-    assert_eq!(sends(&out, c).iter().map(|(ch, _)| *ch).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(sends(&out, c).iter().map(|(ch, _)| *ch).collect::<Vec<_>>(), vec![0, 2]);
 }
 
 #[test]
@@ -730,4 +784,441 @@ fn control_packets_only_on_the_control_channel() {
     let (e, _, _) = h.connect("e", true);
     let out = h.send_on(e, 0, Packet::Pingreq);
     assert_eq!(sends(&out, e), vec![(0, Packet::Pingresp)]);
+}
+
+// ---- docs/mqtt-over-quic.md §6.1-6.5: a data stream that ends loses nothing acknowledged ----
+
+/// One subscriber "m" with outbound flows on data channel 4 in every state, then channel 4 ends
+/// with `end`. With `other`, live data channels 8 ("t/+", matching) and 12 ("t/#", matching,
+/// higher id) and 16 ("zzz", not matching) exist; without, only the control channel is left.
+fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool) {
+    // Room for exactly three flights per subscribing channel: the fourth message is queued.
+    let mut h = H::with(|c| c.max_inflight = if other { 9 } else { 3 });
+    let (m, _, _) = h.connect("m", true);
+    h.send_on(m, 4, subscribe(1, &[("t/#", QoS::Level2)]));
+    if other {
+        h.send_on(m, 8, subscribe(1, &[("t/+", QoS::Level2)]));
+        h.send_on(m, 12, subscribe(1, &[("t/#", QoS::Level2)]));
+        h.send_on(m, 16, subscribe(1, &[("zzz", QoS::Level2)]));
+    }
+    let (p, _, _) = h.connect("p", true);
+    // On channel 4: m1 QoS 1 awaiting PUBACK, m2 QoS 2 awaiting PUBREC, m3 QoS 2 PUBREC'd
+    // (awaiting PUBCOMP), m4 queued behind the window.
+    let id_on4 = |out: &[Action]| publishes_on(out, m).into_iter().find(|x| x.0 == 4).and_then(|x| x.3).unwrap();
+    let i1 = id_on4(&h.send(p, publish("t/a", QoS::Level1, 1, "m1")));
+    h.send(p, publish("t/b", QoS::Level2, 2, "m2"));
+    let i2 = id_on4(&h.send(p, Packet::Pubrel(pid(2))));
+    h.send(p, publish("t/c", QoS::Level2, 3, "m3"));
+    let i3 = id_on4(&h.send(p, Packet::Pubrel(pid(3))));
+    let out = h.send_on(m, 4, Packet::Pubrec(pid(i3)));
+    assert_eq!(sends(&out, m), vec![(4, Packet::Pubrel(pid(i3)))]);
+    let out = h.send(p, publish("t/d", QoS::Level1, 4, "m4"));
+    assert!(publishes_on(&out, m).is_empty(), "window full: m4 queued");
+    let before = h.core.session_state("m").unwrap();
+
+    let out = h.end(m, 4, end);
+    // §6.3: re-sent at once on the lowest live matching data channel (8), else on control; in
+    // order of first transmission; PUBLISH with DUP and the same id; PUBREL for m3.
+    let to = if other { 8 } else { CONTROL_CHANNEL };
+    let expected = vec![
+        (to, Packet::Publish(Publish { dup: true, ..publish_of("t/a", QoS::Level1, i1, "m1") })),
+        (to, Packet::Publish(Publish { dup: true, ..publish_of("t/b", QoS::Level2, i2, "m2") })),
+        (to, Packet::Pubrel(pid(i3))),
+    ];
+    assert_eq!(sends(&out, m), expected, "{end:?}, other streams: {other}");
+    // Nothing dropped, nothing lost: same flights, same queue, one parked subscription.
+    let after = h.core.session_state("m").unwrap();
+    assert_eq!((after.inflight, after.queued, after.dropped), (before.inflight, before.queued, 0));
+    assert_eq!(after.parked, 1);
+    let st = h.core.stats();
+    assert_eq!((st.moved_channel_closed, st.dropped_queue_full), (4, 0));
+
+    // The flows complete on the new channel; the queued m4 follows there once a slot frees.
+    let out = h.send_on(m, to, Packet::Puback(pid(i1)));
+    let m4: Vec<_> = publishes_on(&out, m).into_iter().filter(|x| x.1 == "m4").collect();
+    assert_eq!(m4.len(), 1);
+    assert_eq!((m4[0].0, m4[0].4), (to, false), "queued m4 moved to channel {to}");
+    let out = h.send_on(m, to, Packet::Pubrec(pid(i2)));
+    assert_eq!(sends(&out, m), vec![(to, Packet::Pubrel(pid(i2)))]);
+    h.send_on(m, to, Packet::Pubcomp(pid(i2)));
+    h.send_on(m, to, Packet::Pubcomp(pid(i3)));
+    h.send_on(m, to, Packet::Puback(pid(m4[0].3.unwrap())));
+    let left = h.core.session_state("m").unwrap().inflight;
+    assert_eq!(left, if other { 8 } else { 0 }, "channel 4's flows are all complete");
+    // Nothing is ever sent on channel 4 again; its parked subscription delivers on control.
+    let out = h.send(p, publish("t/e", QoS::Level0, 0, "m5"));
+    let chans: Vec<ChannelId> = publishes_on(&out, m).iter().map(|x| x.0).collect();
+    assert_eq!(chans, if other { vec![0, 8, 12] } else { vec![0] });
+}
+
+/// A PUBLISH packet body (for building expected packets).
+fn publish_of(topic: &str, qos: QoS, id: u16, payload: &str) -> Publish {
+    match publish(topic, qos, id, payload) {
+        Packet::Publish(p) => p,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn data_channel_finished_mid_flows_loses_nothing() {
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::Finished, true);
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::Finished, false);
+}
+
+#[test]
+fn data_channel_reset_mid_flows_loses_nothing() {
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::Reset, true);
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::Reset, false);
+}
+
+#[test]
+fn data_channel_stop_sending_mid_flows_loses_nothing() {
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::StopSending, true);
+    outbound_flows_survive_the_end_of_their_channel(ChannelEnd::StopSending, false);
+}
+
+#[test]
+fn control_channel_end_is_not_a_channel_end() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("c", true);
+    h.send(c, subscribe(1, &[("a", QoS::Level1)]));
+    assert!(h.end(c, CONTROL_CHANNEL, ChannelEnd::Reset).is_empty(), "§3.1: the transport closes the connection");
+    assert_eq!(h.core.session_state("c").unwrap().parked, 0);
+}
+
+#[test]
+fn parked_subscription_delivers_on_control_until_a_data_stream_takes_it() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("c", true);
+    h.send_on(c, 4, subscribe(1, &[("a/#", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    h.end(c, 4, ChannelEnd::Reset);
+    let info = h.core.session_state("c").unwrap();
+    assert_eq!((info.subscriptions, info.parked), (1, 1));
+    // §6.2: delivered on the control channel at the subscription's QoS.
+    let out = h.send(p, publish("a/x", QoS::Level1, 1, "one"));
+    let got = publishes_on(&out, c);
+    assert_eq!((got.len(), got[0].0, got[0].2), (1, 0, 1));
+    h.send(c, Packet::Puback(pid(got[0].3.unwrap())));
+    // A SUBSCRIBE of the same filter on a data stream takes it: one delivery, on that stream.
+    let out = h.send_on(c, 8, subscribe(2, &[("a/#", QoS::Level1)]));
+    assert_eq!(sends(&out, c)[0].0, 8, "SUBACK on the new stream");
+    assert_eq!(h.core.session_state("c").unwrap().parked, 0);
+    let out = h.send(p, publish("a/y", QoS::Level0, 0, "two"));
+    assert_eq!(publishes_on(&out, c), vec![(8, "two".into(), 0, None, false)], "no double delivery");
+    assert_eq!(h.core.stats().subscriptions, 1);
+}
+
+#[test]
+fn explicit_control_subscription_merges_with_a_parked_one_and_is_not_taken() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("c", true);
+    h.send(c, subscribe(1, &[("a", QoS::Level0)]));
+    h.send_on(c, 4, subscribe(1, &[("a", QoS::Level2)]));
+    let (p, _, _) = h.connect("p", true);
+    h.end(c, 4, ChannelEnd::StopSending);
+    // §6.2: one route on the control channel, at the higher QoS.
+    let out = h.send(p, publish("a", QoS::Level1, 1, "x"));
+    let got = publishes_on(&out, c);
+    assert_eq!(got.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(0, 1)]);
+    h.send(c, Packet::Puback(pid(got[0].3.unwrap())));
+    // A data stream takes the parked one; the client's own control subscription (QoS 0) stays.
+    h.send_on(c, 8, subscribe(2, &[("a", QoS::Level1)]));
+    let out = h.send(p, publish("a", QoS::Level1, 2, "y"));
+    let got: Vec<_> = publishes_on(&out, c).iter().map(|x| (x.0, x.2)).collect();
+    assert_eq!(got, vec![(0, 0), (8, 1)], "§2.5: control and stream 8 are two subscriptions");
+    let info = h.core.session_state("c").unwrap();
+    assert_eq!((info.subscriptions, info.parked), (2, 0));
+}
+
+#[test]
+fn unsubscribe_on_any_stream_removes_a_parked_subscription() {
+    let mut h = H::new();
+    let (c, _, _) = h.connect("c", true);
+    h.send_on(c, 4, subscribe(1, &[("a", QoS::Level1), ("b", QoS::Level1)]));
+    h.end(c, 4, ChannelEnd::Finished);
+    assert_eq!(h.core.session_state("c").unwrap().parked, 2);
+    // On another data stream (which has no subscription of its own to "a").
+    let out = h.send_on(c, 8, unsubscribe(3, &["a"]));
+    assert_eq!(sends(&out, c), vec![(8, Packet::Unsuback(pid(3)))]);
+    // On the control stream.
+    h.send(c, unsubscribe(4, &["b"]));
+    let info = h.core.session_state("c").unwrap();
+    assert_eq!((info.subscriptions, info.parked), (0, 0));
+    assert_eq!(h.core.stats().subscriptions, 0);
+    let (p, _, _) = h.connect("p", true);
+    assert!(publishes(&h.send(p, publish("a", QoS::Level0, 0, "")), c).is_empty());
+    assert!(publishes(&h.send(p, publish("b", QoS::Level0, 0, "")), c).is_empty());
+}
+
+#[test]
+fn ended_stream_inbound_qos2_is_discarded_and_a_dup_restart_delivers_once() {
+    let mut h = H::new();
+    let (sink, _, _) = h.connect("sink", true);
+    h.send(sink, subscribe(1, &[("q", QoS::Level2)]));
+    let (c, _, _) = h.connect("c", true);
+    let out = h.send_on(c, 4, publish("q", QoS::Level2, 5, "once"));
+    assert_eq!(sends(&out, c), vec![(4, Packet::Pubrec(pid(5)))]);
+    let out = h.end(c, 4, ChannelEnd::Reset);
+    assert!(publishes(&out, sink).is_empty(), "§6.4: nothing delivered before PUBREL");
+    assert_eq!(h.core.session_state("c").unwrap().awaiting_rel, 0);
+    assert_eq!(h.core.stats().discarded_awaiting_rel, 1);
+    // The client restarts the flow on a live stream: PUBLISH with DUP, then PUBREL.
+    let out = h.send_on(c, 8, with_dup(publish("q", QoS::Level2, 5, "once")));
+    assert_eq!(sends(&out, c), vec![(8, Packet::Pubrec(pid(5)))]);
+    assert!(publishes(&out, sink).is_empty());
+    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    assert_eq!(publishes(&out, sink).len(), 1, "exactly once");
+    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    assert!(publishes(&out, sink).is_empty(), "never twice");
+}
+
+#[test]
+fn pubrel_for_a_discarded_flow_gets_pubcomp_and_delivers_nothing() {
+    let mut h = H::new();
+    let (sink, _, _) = h.connect("sink", true);
+    h.send(sink, subscribe(1, &[("q", QoS::Level2)]));
+    let (c, _, _) = h.connect("c", true);
+    h.send_on(c, 4, publish("q", QoS::Level2, 5, "lost"));
+    h.end(c, 4, ChannelEnd::Finished);
+    // The client merely completes the flow elsewhere (MQTT 3.1.1 §4.3.3): the message is lost.
+    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    assert!(publishes(&out, sink).is_empty());
+    let out = h.send(c, Packet::Pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(0, Packet::Pubcomp(pid(5)))]);
+    assert!(publishes(&out, sink).is_empty());
+}
+
+// ---- §6.6: persistent sessions resume on the control stream ----
+
+#[test]
+fn resumed_persistent_session_delivers_on_control_until_resubscribed_on_a_data_stream() {
+    let mut h = H::new();
+    let (s, _, _) = h.connect("dev", false);
+    h.send_on(s, 4, subscribe(1, &[("d/#", QoS::Level1)]));
+    h.send(s, subscribe(2, &[("c", QoS::Level0)])); // an explicit control subscription
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("d/1", QoS::Level1, 1, "inflight"));
+    let got = publishes_on(&out, s);
+    assert_eq!(got[0].0, 4);
+    let i1 = got[0].3.unwrap();
+    // An inbound QoS 2 flow on stream 4 and one on the control stream, both awaiting PUBREL.
+    h.send_on(s, 4, publish("x", QoS::Level2, 7, "on 4"));
+    h.send(s, publish("x", QoS::Level2, 9, "on control"));
+    h.lost(s);
+    let info = h.core.session_state("dev").unwrap();
+    assert_eq!((info.subscriptions, info.parked, info.awaiting_rel), (2, 2, 1), "stream 4's inbound flow discarded");
+    h.send(p, publish("d/2", QoS::Level1, 2, "queued"));
+
+    // §6.6: everything on the control stream: the in-flight one with DUP and its id, then the
+    // queued one.
+    let (s2, present, out) = h.connect("dev", false);
+    assert!(present);
+    assert_eq!(
+        publishes_on(&out, s2),
+        vec![(0, "inflight".into(), 1, Some(i1), true), (0, "queued".into(), 1, Some(i1 + 1), false)]
+    );
+    // A new stream that happens to have the old number does not inherit the old routes.
+    h.send_on(s2, 4, subscribe(1, &[("other", QoS::Level0)]));
+    let out = h.send(p, publish("d/3", QoS::Level0, 0, "on control"));
+    assert_eq!(publishes_on(&out, s2), vec![(0, "on control".into(), 0, None, false)]);
+    // Subscribing again on a data stream takes the parked subscription.
+    h.send_on(s2, 8, subscribe(2, &[("d/#", QoS::Level1)]));
+    let out = h.send(p, publish("d/4", QoS::Level0, 0, "on 8"));
+    assert_eq!(publishes_on(&out, s2), vec![(8, "on 8".into(), 0, None, false)]);
+    // The control stream's parked "c" still delivers there.
+    let out = h.send(p, publish("c", QoS::Level0, 0, "c"));
+    assert_eq!(publishes_on(&out, s2), vec![(0, "c".into(), 0, None, false)]);
+    // The control stream's inbound QoS 2 flow survived; stream 4's did not (PUBCOMP anyway).
+    let (sink, _, _) = h.connect("sink", true);
+    h.send(sink, subscribe(1, &[("x", QoS::Level2)]));
+    assert_eq!(publishes(&h.send(s2, Packet::Pubrel(pid(9))), sink).len(), 1);
+    let out = h.send_on(s2, 4, Packet::Pubrel(pid(7)));
+    assert_eq!((sends(&out, s2), publishes(&out, sink).len()), (vec![(4, Packet::Pubcomp(pid(7)))], 0));
+    h.send(s2, Packet::Puback(pid(i1)));
+    h.send(s2, Packet::Puback(pid(i1 + 1)));
+    assert_eq!(h.core.session_state("dev").unwrap().inflight, 0);
+}
+
+// ---- §6.7-6.11: early (0-RTT) connections ----
+
+#[test]
+fn early_clean_connect_for_an_unknown_id_subscribe_and_ping_act_at_once() {
+    let mut h = H::new();
+    let mut early = Vec::new();
+    for id in ["fresh", ""] {
+        let c = h.open_early();
+        early.push(c);
+        let out = h.send(c, Packet::Connect(connect_packet(id, true, 0)));
+        assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))], "{id:?}");
+        let out = h.send(c, subscribe(1, &[("a", QoS::Level1)]));
+        assert_eq!(packets(&out, c), vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel1]))]);
+        let out = h.send(c, unsubscribe(2, &["zzz"]));
+        assert_eq!(packets(&out, c), vec![Packet::Unsuback(pid(2))]);
+        let out = h.send(c, Packet::Pingreq);
+        assert_eq!(packets(&out, c), vec![Packet::Pingresp]);
+        assert!(h.core.is_early(c));
+    }
+    let st = h.core.stats();
+    assert_eq!((st.early_acted, st.early_held), (8, 0));
+    // The early subscription already receives (its effects die with the connection).
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("a", QoS::Level0, 0, "m"));
+    assert_eq!(early.iter().map(|c| publishes(&out, *c).len()).collect::<Vec<_>>(), vec![1, 1]);
+}
+
+#[test]
+fn early_publish_at_any_qos_is_held_until_the_handshake_completes() {
+    let mut h = H::new();
+    let (watch, _, _) = h.connect("watch", true);
+    h.send(watch, subscribe(1, &[("t", QoS::Level2)]));
+    let c = h.open_early();
+    h.send(c, Packet::Connect(connect_packet("early", true, 0)));
+    for (qos, id) in [(QoS::Level0, 0), (QoS::Level1, 1), (QoS::Level2, 2)] {
+        let out = h.send(c, publish("t", qos, id, &format!("q{}", qos as u8)));
+        assert!(out.is_empty(), "held: no ack, nothing routed ({qos:?})");
+    }
+    assert_eq!(h.core.stats().published, 0);
+    assert_eq!(h.core.stats().early_held, 3);
+    let out = h.complete(c);
+    assert!(!h.core.is_early(c));
+    assert_eq!(packets(&out, c), vec![Packet::Puback(pid(1)), Packet::Pubrec(pid(2))]);
+    assert_eq!(publishes(&out, watch).iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["q0", "q1"]);
+    let out = h.send(c, Packet::Pubrel(pid(2)));
+    assert_eq!(publishes(&out, watch).iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["q2"]);
+}
+
+#[test]
+fn early_connect_with_clean_session_0_is_held() {
+    let mut h = H::new();
+    let c = h.open_early();
+    assert!(h.send(c, Packet::Connect(connect_packet("p", false, 0))).is_empty());
+    assert!(h.core.session_state("p").is_none(), "no session created before the handshake completes");
+    let out = h.complete(c);
+    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert!(h.core.session_state("p").unwrap().online);
+}
+
+#[test]
+fn early_takeover_is_held_and_the_live_session_is_not_kicked_until_complete() {
+    let mut h = H::new();
+    let (live, _, _) = h.connect("dup", true);
+    let c = h.open_early();
+    assert!(h.send(c, Packet::Connect(connect_packet("dup", true, 0))).is_empty());
+    assert_eq!(packets(&h.send(live, Packet::Pingreq), live), vec![Packet::Pingresp], "still served");
+    assert_eq!(h.core.stats().takeovers, 0);
+    let out = h.complete(c);
+    assert_eq!(close_of(&out, live), Some(CloseReason::TakenOver));
+    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+}
+
+#[test]
+fn early_clean_connect_for_a_stored_session_is_held_and_does_not_wipe_it() {
+    let mut h = H::new();
+    let (s, _, _) = h.connect("dev", false);
+    h.send(s, subscribe(1, &[("d", QoS::Level1)]));
+    h.lost(s);
+    let c = h.open_early();
+    assert!(h.send(c, Packet::Connect(connect_packet("dev", true, 0))).is_empty());
+    let info = h.core.session_state("dev").unwrap();
+    assert_eq!((info.clean, info.subscriptions), (false, 1), "stored session intact");
+    let out = h.complete(c);
+    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    let info = h.core.session_state("dev").unwrap();
+    assert_eq!((info.clean, info.subscriptions), (true, 0), "§3.1.2-6: wiped on completion");
+}
+
+#[test]
+fn after_a_held_packet_everything_is_held_in_order() {
+    let mut h = H::new();
+    let c = h.open_early();
+    h.send(c, Packet::Connect(connect_packet("e", true, 0)));
+    assert!(h.send(c, publish("t", QoS::Level1, 1, "x")).is_empty());
+    // Would act at once on their own; held behind the PUBLISH.
+    assert!(h.send(c, Packet::Pingreq).is_empty());
+    assert!(h.send_on(c, 4, subscribe(2, &[("s", QoS::Level1)])).is_empty());
+    // A data channel that ends meanwhile ends after its held packets.
+    assert!(h.end(c, 4, ChannelEnd::Reset).is_empty());
+    assert!(h.send(c, Packet::Disconnect).is_empty());
+    assert_eq!(h.core.stats().early_held, 4);
+    let out = h.complete(c);
+    assert_eq!(
+        sends(&out, c),
+        vec![
+            (0, Packet::Puback(pid(1))),
+            (0, Packet::Pingresp),
+            (4, Packet::Suback(Suback::new(pid(2), vec![SubscribeReturnCode::MaxLevel1]))),
+        ]
+    );
+    assert_eq!(close_of(&out, c), Some(CloseReason::Disconnect));
+}
+
+#[test]
+fn early_disconnect_is_held() {
+    let mut h = H::new();
+    let c = h.open_early();
+    h.send(c, Packet::Connect(connect_packet("e", true, 0)));
+    assert!(h.send(c, Packet::Disconnect).is_empty());
+    assert_eq!(close_of(&h.complete(c), c), Some(CloseReason::Disconnect));
+}
+
+#[test]
+fn close_while_early_drops_held_packets_publishes_no_will_and_keeps_the_stored_session() {
+    let mut h = H::new();
+    let (watch, _, _) = h.connect("watch", true);
+    h.send(watch, subscribe(1, &[("#", QoS::Level1)]));
+    let (s, _, _) = h.connect("dev", false);
+    h.send(s, subscribe(1, &[("d", QoS::Level1)]));
+    h.lost(s);
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("d", QoS::Level1, 1, "waiting"));
+    assert_eq!(h.core.session_state("dev").unwrap().queued, 1);
+
+    // A held resume with a will, and a held PUBLISH: the connection closes before completion.
+    let c = h.open_early();
+    let mut connect = connect_packet("dev", false, 0);
+    connect.last_will = Some(LastWill::new(QoS::Level1, tn("will/dev"), Bytes::from_static(b"gone")));
+    h.send(c, Packet::Connect(connect));
+    h.send(c, publish("x", QoS::Level1, 1, "never"));
+    let out = h.lost(c);
+    assert!(out.is_empty(), "nothing published, no will: {out:?}");
+    let info = h.core.session_state("dev").unwrap();
+    assert_eq!((info.online, info.queued, info.subscriptions), (false, 1, 1), "stored session intact");
+    assert_eq!(h.core.stats().early_dropped, 2);
+
+    // An early clean session acted on at once, with a will, closed early: no will either.
+    let e = h.open_early();
+    let mut connect = connect_packet("e", true, 0);
+    connect.last_will = Some(LastWill::new(QoS::Level1, tn("will/e"), Bytes::from_static(b"gone")));
+    assert_eq!(packets(&h.send(e, Packet::Connect(connect)), e).len(), 1, "CONNACK at once");
+    assert!(publishes(&h.lost(e), watch).is_empty());
+    assert!(h.core.session_state("e").is_none(), "an early clean session ends with its connection");
+    assert_eq!(h.core.stats().wills_published, 0);
+}
+
+#[test]
+fn early_hold_bound_exceeded_closes_the_connection() {
+    let mut h = H::with(|c| c.max_packet_size = 4096);
+    let limit = h.core.early_hold_limit();
+    let c = h.open_early();
+    h.send(c, Packet::Connect(connect_packet("big", false, 0)));
+    let payload = "x".repeat(4000);
+    let mut closed = None;
+    for i in 1..=100u16 {
+        let out = h.send(c, publish("t", QoS::Level1, i, &payload));
+        if let Some(r) = close_of(&out, c) {
+            closed = Some((i, r));
+            break;
+        }
+        assert!(out.is_empty());
+    }
+    let (i, reason) = closed.expect("closed once the bound is exceeded");
+    assert!(matches!(&reason, CloseReason::Violation(v) if v.contains("handshake")), "{reason:?}");
+    assert!((i as usize) * 4000 > limit - 4096 && (i as usize) * 4000 < limit + 4096, "after about {limit} bytes: {i}");
+    assert_eq!(h.core.stats().early_dropped, i as u64); // the CONNECT and i - 1 PUBLISHes
+    assert!(h.core.session_state("big").is_none(), "nothing applied");
+    assert!(h.complete(c).is_empty());
 }

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::broker::{Action, BrokerCore, CloseReason, CoreStats, SessionInfo};
+use super::broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 use super::codec::{CodecError, Packet, QosPid};
 use super::config::MqttConfig;
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
@@ -319,13 +319,21 @@ impl Attachment {
     }
 
     /// Move up to `max` packets of `channel`'s outbox into `batch`. Returns the close reason once
-    /// the outbox is empty and a close was requested (or the connection is gone).
+    /// the outbox is empty and a close was requested (or the channel or connection is gone:
+    /// [`CloseReason::Shutdown`]). A data channel's outbox is freed once it has returned one.
     pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
         let mut st = self.broker.lock();
-        match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+        let Some(link) = st.core.link_mut(self.conn) else { return Some(CloseReason::Shutdown) };
+        let reason = match link.outbox(channel) {
             Some(o) => o.drain(batch, max),
-            None => Some(CloseReason::Shutdown),
+            None => return Some(CloseReason::Shutdown),
+        };
+        if reason.is_some() && channel != CONTROL_CHANNEL {
+            if let Some(data) = link.data.as_mut() {
+                data.retain(|(c, _)| *c != channel);
+            }
         }
+        reason
     }
 
     /// Hand the core the packets decoded from one read on `channel` (drained from `packets`),
@@ -356,14 +364,40 @@ impl Attachment {
         }
     }
 
-    /// A data channel is gone: its subscriptions and flows are dropped.
-    pub fn close_channel(&self, channel: ChannelId) {
+    /// A data channel ended (`end`: how; docs/mqtt-over-quic.md §6.1): its subscriptions are
+    /// parked on the control channel and its outbound messages move to another channel of the
+    /// connection ([`BrokerCore::close_channel`]). After a FIN the packets already in its outbox
+    /// (acknowledgements of the packets before the FIN) are still written, then
+    /// [`Attachment::drain`] reports the end so the writer finishes the stream; after a reset or
+    /// STOP_SENDING the outbox is dropped at once and the transport resets the stream's sending
+    /// side.
+    pub fn close_channel(&self, channel: ChannelId, end: ChannelEnd) {
         let mut st = self.broker.lock();
         if let Some(data) = st.core.link_mut(self.conn).and_then(|l| l.data.as_mut()) {
-            data.retain(|(c, _)| *c != channel);
+            match data.iter_mut().find(|(c, _)| *c == channel) {
+                Some((_, o)) if end == ChannelEnd::Finished && o.ready() => o.close(CloseReason::Shutdown),
+                _ => data.retain(|(c, _)| *c != channel),
+            }
         }
         let State { core, actions, .. } = &mut *st;
-        core.close_channel(self.conn, channel, Instant::now(), actions);
+        core.close_channel(self.conn, channel, end, Instant::now(), actions);
+        self.broker.dispatch(&mut st);
+    }
+
+    /// The connection's QUIC handshake has not completed: until
+    /// [`Attachment::handshake_complete`], only packets whose effects die with the connection
+    /// are acted on, the rest are held ([`BrokerCore::set_early`], docs/mqtt-over-quic.md §6.7).
+    /// Call it before handing the connection any packet.
+    pub fn set_early(&self) {
+        self.broker.lock().core.set_early(self.conn);
+    }
+
+    /// The connection's QUIC handshake completed: the packets held meanwhile are processed, in
+    /// order ([`BrokerCore::handshake_complete`]).
+    pub fn handshake_complete(&self) {
+        let mut st = self.broker.lock();
+        let State { core, actions, .. } = &mut *st;
+        core.handshake_complete(self.conn, Instant::now(), actions);
         self.broker.dispatch(&mut st);
     }
 }

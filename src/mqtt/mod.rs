@@ -28,7 +28,7 @@ pub mod session;
 pub mod tcp;
 pub mod topic;
 
-pub use broker::{Action, BrokerCore, CloseReason, CoreStats, SessionInfo};
+pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 pub use cli::{run, MqttCommand};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;

@@ -181,7 +181,7 @@ async fn run_stream(
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 close(&conn, code::CONTROL_STREAM_CLOSED, "control stream closed");
             } else {
-                att.close_channel(channel);
+                att.close_channel(channel, super::broker::ChannelEnd::Finished);
             }
         }
     };

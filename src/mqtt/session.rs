@@ -3,6 +3,10 @@
 //! Outbound packet identifiers are allocated per session and are unique across all of its
 //! channels; inbound QoS 2 flows are keyed by (channel, packet id), so a client that numbers its
 //! packets per stream is served correctly.
+//!
+//! A subscription whose data stream has ended, or whose session resumed on a new connection, is
+//! *parked* on the control channel (docs/mqtt-over-quic.md §6): it still delivers, there, until
+//! a data stream subscribes to the same filter again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::codec::{QoS, TopicFilter, TopicName};
-use super::{ChannelId, ConnId};
+use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// An application message as the broker stores and forwards it, independent of protocol
 /// version and of the packet it arrived in.
@@ -32,8 +36,9 @@ pub(crate) enum OutState {
     AwaitPuback(Message),
     /// QoS 2 sent, waiting for PUBREC.
     AwaitPubrec(Message),
-    /// PUBREL sent, waiting for PUBCOMP (the message itself is no longer needed).
-    AwaitPubcomp,
+    /// PUBREL sent, waiting for PUBCOMP. Only the topic is kept: it picks the channel the
+    /// PUBREL is re-sent on if its channel ends (docs/mqtt-over-quic.md §6.3).
+    AwaitPubcomp(TopicName),
 }
 
 /// One outbound message in flight.
@@ -89,6 +94,21 @@ impl Flows {
 
 static NO_FLOWS: std::sync::OnceLock<Flows> = std::sync::OnceLock::new();
 
+/// One subscription of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Sub {
+    /// The channel its deliveries travel on: the SUBSCRIBE's, or the control channel when parked.
+    pub channel: ChannelId,
+    pub filter: TopicFilter,
+    /// The granted QoS.
+    pub qos: QoS,
+    /// Parked (docs/mqtt-over-quic.md §6.2, §6.6): made on a data stream that has ended, or on an
+    /// earlier connection of a resumed session. Always on [`CONTROL_CHANNEL`]. It may sit beside
+    /// an explicit control-channel subscription to the same filter: the two deliver once, at the
+    /// higher QoS (one trie entry), and each goes away by its own rules.
+    pub parked: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Session {
     pub client_id: Arc<str>,
@@ -96,9 +116,9 @@ pub(crate) struct Session {
     pub clean: bool,
     /// The connection it is attached to.
     pub conn: Option<ConnId>,
-    /// Its subscriptions: (channel, filter, granted QoS). A few per client: a vector is
-    /// smaller than a map and as fast.
-    pub subs: Vec<(ChannelId, TopicFilter, QoS)>,
+    /// Its subscriptions, explicit and parked. A few per client: a vector is smaller than a map
+    /// and as fast.
+    pub subs: Vec<Sub>,
     flows: Option<Box<Flows>>,
     /// Messages this session could not keep.
     pub dropped: u64,
@@ -127,17 +147,46 @@ impl Session {
         self.flows.is_some()
     }
 
-    /// Add or replace (§3.8.4-3) the subscription to `filter` on `ch`.
+    /// Add or replace (§3.8.4-3) the explicit subscription to `filter` on `ch`.
     pub fn upsert_sub(&mut self, ch: ChannelId, filter: &TopicFilter, qos: QoS) {
-        match self.subs.iter_mut().find(|(c, f, _)| *c == ch && f == filter) {
-            Some(s) => s.2 = qos,
-            None => self.subs.push((ch, filter.clone(), qos)),
+        match self.subs.iter_mut().find(|s| !s.parked && s.channel == ch && s.filter == *filter) {
+            Some(s) => s.qos = qos,
+            None => self.subs.push(Sub { channel: ch, filter: filter.clone(), qos, parked: false }),
         }
     }
 
-    /// Remove the subscription to `filter` on `ch`; true if it existed.
+    /// Remove the explicit subscription to `filter` on `ch`; true if it existed.
     pub fn remove_sub(&mut self, ch: ChannelId, filter: &TopicFilter) -> bool {
-        match self.subs.iter().position(|(c, f, _)| *c == ch && f == filter) {
+        self.remove_where(|s| !s.parked && s.channel == ch && s.filter == *filter)
+    }
+
+    /// Park a subscription to `filter` at `qos` on the control channel; a parked one to the same
+    /// filter is kept once, at the higher QoS.
+    pub fn park(&mut self, filter: &TopicFilter, qos: QoS) {
+        match self.subs.iter_mut().find(|s| s.parked && s.filter == *filter) {
+            Some(s) => s.qos = s.qos.max(qos),
+            None => self.subs.push(Sub { channel: CONTROL_CHANNEL, filter: filter.clone(), qos, parked: true }),
+        }
+    }
+
+    /// Remove the parked subscription to `filter`; true if there was one.
+    pub fn unpark(&mut self, filter: &TopicFilter) -> bool {
+        self.remove_where(|s| s.parked && s.filter == *filter)
+    }
+
+    /// The QoS the control channel's route for `filter` carries: the highest of its explicit and
+    /// parked subscriptions to it, `None` without either.
+    pub fn control_qos(&self, filter: &TopicFilter) -> Option<QoS> {
+        self.subs.iter().filter(|s| s.channel == CONTROL_CHANNEL && s.filter == *filter).map(|s| s.qos).max()
+    }
+
+    /// How many subscriptions are parked.
+    pub fn parked(&self) -> usize {
+        self.subs.iter().filter(|s| s.parked).count()
+    }
+
+    fn remove_where(&mut self, pred: impl Fn(&Sub) -> bool) -> bool {
+        match self.subs.iter().position(pred) {
             Some(i) => {
                 self.subs.swap_remove(i);
                 if self.subs.is_empty() {
