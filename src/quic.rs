@@ -207,11 +207,17 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
             Some(crate::mqtt::config::ALPN_MQTT) if ctx.mqtt.is_some() => {
                 if let Some(broker) = &ctx.mqtt {
                     tracing::debug!(%remote, "MQTT over QUIC connection");
-                    // Nothing MQTT reads is acted on before the handshake completes: early data
-                    // can be replayed (RFC 9001 §9.2), and which early packets are safe to act on
-                    // is docs/mqtt-over-quic.md §6's business.
-                    let _ = handshake_done.clone().await;
-                    Box::pin(crate::mqtt::quic::serve_connection(conn.clone(), broker.clone())).await;
+                    // Early data is read at once; the broker core decides which early packets
+                    // are safe to act on before the handshake completes (docs/mqtt-over-quic.md
+                    // §6.7) and holds the rest.
+                    let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::Mqtt);
+                    Box::pin(crate::mqtt::quic::serve_connection(
+                        conn.clone(),
+                        broker.clone(),
+                        Arc::new(info),
+                        handshake_done.clone(),
+                    ))
+                    .await;
                 }
             }
             other => {

@@ -20,6 +20,8 @@ pub enum Protocol {
     H2,
     /// HTTP/1.1 over TLS/TCP.
     Http11,
+    /// MQTT over QUIC (docs/mqtt-over-quic.md).
+    Mqtt,
 }
 
 impl Protocol {
@@ -29,6 +31,7 @@ impl Protocol {
             Protocol::H3 => "h3",
             Protocol::H2 => "h2",
             Protocol::Http11 => "http/1.1",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }

@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::client::{BoxRead, BoxWrite, Halves, PacketReader, PacketWriter};
+use super::client::{framed, BoxRead, BoxWrite, Halves, PacketReader, PacketWriter, ReadStream, WriteStream};
 use super::codec::{Connect, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName};
 use super::MqttError;
 use crate::config::parse_duration;
@@ -430,6 +430,16 @@ impl BrokerProc {
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let (tcp, tls) = (local(free_port()?), local(free_port()?));
         let dir = tempfile_dir::Dir::new("quiclab-bench-mosquitto")?;
+        // mosquitto started as root drops to its own user: give it a readable copy of the
+        // (throwaway, generated) key, in a directory it can enter.
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::copy(certs.join("cert.pem"), &cert)?;
+        std::fs::copy(certs.join("key.pem"), &key)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -449,8 +459,8 @@ impl BrokerProc {
                  keyfile {}\n",
                 tcp.port(),
                 tls.port(),
-                certs.join("cert.pem").display(),
-                certs.join("key.pem").display(),
+                cert.display(),
+                key.display(),
             ),
         )?;
         let mut cmd = Command::new(bin);
@@ -523,12 +533,8 @@ impl Gen {
     }
 }
 
-fn boxed<R, W>(r: R, w: W) -> (Reader, Writer)
-where
-    R: tokio::io::AsyncRead + Send + Unpin + 'static,
-    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    (PacketReader::new(Box::new(r), 1 << 20), PacketWriter::new(Box::new(w)))
+fn boxed(r: impl ReadStream + 'static, w: impl WriteStream + 'static) -> (Reader, Writer) {
+    framed(r, w, 1 << 20)
 }
 
 fn quic_io(e: impl std::fmt::Display) -> MqttError {

@@ -23,6 +23,13 @@
 //! new connection finds all its subscriptions parked and its messages on the control channel
 //! (§6.6): channel numbers mean nothing across connections.
 //!
+//! **Outbound windows are per channel** (docs/mqtt-over-quic.md §6.12-6.13): each channel has
+//! at most `max_inflight` QoS 1/2 messages in flight and its own queue of deliveries waiting
+//! for its window (a `Lane` of the session's flows, `session.rs`), so a stream whose
+//! client stops reading holds up only its own deliveries. Identifiers stay per session. The
+//! session's `max_queued_messages` bounds the queues of all its channels together. Over TCP
+//! (one channel) this is the classic per-session window.
+//!
 //! **Inbound QoS 2** is stored and forwarded on PUBREL (§4.3.3, method B): until PUBREL
 //! nothing has been delivered, so a flow's state can be dropped with its channel without
 //! delivering twice.
@@ -124,7 +131,8 @@ pub struct CoreStats {
     pub sessions: usize,
     pub subscriptions: usize,
     pub retained: usize,
-    /// Messages queued in sessions (offline or beyond the in-flight window), all sessions.
+    /// Messages queued in sessions (offline or beyond a channel's in-flight window), all
+    /// sessions.
     pub queued: usize,
     /// Outbound QoS 1/2 messages in flight, all sessions.
     pub inflight: usize,
@@ -132,7 +140,7 @@ pub struct CoreStats {
     pub published: u64,
     /// PUBLISH packets handed to the driver for delivery (retransmissions included).
     pub delivered: u64,
-    /// Messages a session could not keep (its queue at `max_queued_messages`).
+    /// Messages a session could not keep (its queues at `max_queued_messages` in total).
     pub dropped_queue_full: u64,
     /// Outbound messages (in flight or queued) moved off a data channel that ended, to another
     /// channel of the same connection (docs/mqtt-over-quic.md §6.3). Never dropped.
@@ -215,6 +223,11 @@ impl Held {
 
 /// Held bytes allowed beyond one maximum-size packet (§6.10).
 const EARLY_HOLD_SLACK: usize = 64 << 10;
+
+/// Outbound QoS 1/2 messages in flight per session, all channels together: the window is per
+/// channel (docs/mqtt-over-quic.md §6.12), but packet identifiers are per session (§2.6) and
+/// there are 65,535 of them. Beyond this, deliveries wait in their channel's queue.
+const MAX_SESSION_INFLIGHT: usize = 65_000;
 
 /// The broker state machine. See the module documentation. `L` is whatever the driver keeps
 /// per connection (its outboxes); the core only stores it.
@@ -313,7 +326,7 @@ impl<L> BrokerCore<L> {
         s.sessions = self.sessions.len();
         s.subscriptions = self.subs.len();
         s.retained = self.retained.len();
-        s.queued = self.sessions.iter().map(|s| s.fr().queue.len()).sum();
+        s.queued = self.sessions.iter().map(|s| s.fr().queued).sum();
         s.inflight = self.sessions.iter().map(|s| s.fr().inflight.len()).sum();
         s
     }
@@ -327,7 +340,7 @@ impl<L> BrokerCore<L> {
             clean: s.clean,
             subscriptions: s.subs.len(),
             parked: s.parked(),
-            queued: s.fr().queue.len(),
+            queued: s.fr().queued,
             inflight: s.fr().inflight.len(),
             awaiting_rel: s.fr().awaiting_rel.len(),
             dropped: s.dropped,
@@ -565,7 +578,7 @@ impl<L> BrokerCore<L> {
             return;
         };
         self.retire_channel(conn, sid, channel, end, out);
-        self.pump(sid, out);
+        self.pump(sid, None, out);
     }
 
     /// Bytes on `channel` of `conn` were not a valid packet: close the connection, naming the
@@ -791,7 +804,9 @@ impl<L> BrokerCore<L> {
     ///   connection, when one channel ended) to the lowest live data channel with a subscription
     ///   matching the topic, else to the control channel, in-flight ones re-sent at once in their
     ///   original order, PUBLISH with DUP and the same id, PUBREL for a PUBREC'd QoS 2 (§6.3);
-    ///   without `live`, to the control channel, re-sent on resume (§4.4);
+    ///   without `live`, to the control channel, re-sent on resume (§4.4). Moved flights count
+    ///   against their new channel's window, even beyond it; moved queued deliveries join its
+    ///   queue in order of arrival (§6.12);
     /// - inbound QoS 2 flows awaiting PUBREL on a data channel are discarded (§6.4); the control
     ///   channel's outlive the connection (§4.1).
     fn relocate(
@@ -838,19 +853,49 @@ impl<L> BrokerCore<L> {
         f.awaiting_rel.retain(|(c, _), _| *c == CONTROL_CHANNEL || !on(*c));
         r.discarded = (before - f.awaiting_rel.len()) as u64;
         self.stats.discarded_awaiting_rel += r.discarded;
+        // The moving lanes give up their flights and queues: the flights are counted against
+        // their new channel's window (§6.12; re-sent at once even beyond it), the queued
+        // deliveries join the new channel's queue, merged in order of arrival (`seq`), so each
+        // topic's order holds on the new channel.
+        let mut queued: Vec<Queued> = Vec::new();
+        for i in 0..f.lanes.len() {
+            if on(f.lanes[i].channel) {
+                f.lanes[i].inflight = 0;
+                while let Some(q) = f.take_queued(i, 0) {
+                    queued.push(q);
+                }
+            }
+        }
         let mut resend: Vec<(u64, u16)> = Vec::new();
+        let mut arrivals: Vec<ChannelId> = Vec::new();
         for (id, fl) in f.inflight.iter_mut().filter(|(_, fl)| on(fl.channel)) {
             let topic = match &fl.state {
                 OutState::AwaitPuback(m) | OutState::AwaitPubrec(m) => &m.topic,
                 OutState::AwaitPubcomp(t) => t,
             };
             fl.channel = target(topic);
+            arrivals.push(fl.channel);
             resend.push((fl.seq, *id));
         }
-        for q in f.queue.iter_mut().filter(|q| on(q.channel)) {
-            q.channel = target(&q.msg.topic);
-            r.moved += 1;
+        for ch in arrivals {
+            let i = f.lane_index(ch);
+            f.lanes[i].inflight += 1;
         }
+        // Several lanes' queues (the connection ended): back into one order of arrival.
+        queued.sort_by_key(|q| q.seq);
+        r.moved += queued.len() as u64;
+        let mut by_target: Vec<(ChannelId, Vec<Queued>)> = Vec::new();
+        for q in queued {
+            let to = target(&q.msg.topic);
+            match by_target.iter_mut().find(|(c, _)| *c == to) {
+                Some((_, v)) => v.push(q),
+                None => by_target.push((to, vec![q])),
+            }
+        }
+        for (to, moved) in by_target {
+            f.merge_queued(to, moved);
+        }
+        f.tidy();
         r.moved += resend.len() as u64;
         if let Some(conn) = live {
             // Their order of first transmission is kept (§4.6).
@@ -1001,7 +1046,7 @@ impl<L> BrokerCore<L> {
         if session_present {
             self.retransmit(conn, sid, out);
         }
-        self.pump(sid, out);
+        self.pump(sid, None, out);
         if let Some(e) = expiry {
             self.arm(conn, now + e, out);
         }
@@ -1086,8 +1131,8 @@ impl<L> BrokerCore<L> {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         match s.fr().inflight.get(&id.value()) {
             Some(InFlight { state: OutState::AwaitPuback(_), .. }) => {
-                s.f().inflight.remove(&id.value());
-                self.pump(sid, out);
+                let only = Self::complete_flight(s.f(), id.value());
+                self.pump(sid, only, out);
             }
             Some(_) => {
                 tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBACK for a QoS 2 flow; ignored")
@@ -1127,8 +1172,8 @@ impl<L> BrokerCore<L> {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         match s.fr().inflight.get(&id.value()) {
             Some(InFlight { state: OutState::AwaitPubcomp(_), .. }) => {
-                s.f().inflight.remove(&id.value());
-                self.pump(sid, out);
+                let only = Self::complete_flight(s.f(), id.value());
+                self.pump(sid, only, out);
             }
             _ => tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: unexpected PUBCOMP; ignored"),
         }
@@ -1237,7 +1282,8 @@ impl<L> BrokerCore<L> {
         self.scratch = matches;
     }
 
-    /// Send `msg` to session `sid` on `ch` at `qos` now if possible, else keep it queued.
+    /// Send `msg` to session `sid` on `ch` at `qos` now if possible, else keep it queued on
+    /// `ch`'s lane.
     fn deliver(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, msg: Message, retain: bool, out: &mut Vec<Action>) {
         let max_inflight = self.cfg.max_inflight;
         let Some(s) = self.sessions.get_mut(sid) else { return };
@@ -1251,88 +1297,160 @@ impl<L> BrokerCore<L> {
                 });
             }
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
-            (Some(conn), _) if s.fr().queue.is_empty() && s.fr().inflight.len() < max_inflight => {
+            (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight) => {
                 self.stats.delivered += 1;
                 let packet = Self::start_flight(s.f(), ch, qos, msg, retain);
                 out.push(Action::Send { conn, channel: ch, packet });
             }
-            _ => self.enqueue(sid, Queued { channel: ch, qos, retain, msg }),
+            _ => self.enqueue(sid, ch, qos, retain, msg),
         }
     }
 
-    /// Allocate an id and record the flight; returns the PUBLISH to send.
-    fn start_flight(s: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
-        let id = s.alloc_pid();
-        s.next_seq += 1;
+    /// Whether a QoS 1/2 delivery on `ch` may go in flight now: nothing waits before it on `ch`,
+    /// `ch` has fewer than `max_inflight` in flight (the window is per channel,
+    /// docs/mqtt-over-quic.md §6.12: another channel's full window is no reason to wait), and
+    /// the session has packet identifiers to spare.
+    fn has_room(f: &Flows, ch: ChannelId, max_inflight: usize) -> bool {
+        f.inflight.len() < MAX_SESSION_INFLIGHT
+            && f.lane(ch).is_none_or(|l| l.queue.is_empty() && (l.inflight as usize) < max_inflight)
+    }
+
+    /// Allocate an id and record the flight on `ch`; returns the PUBLISH to send.
+    fn start_flight(f: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
+        let id = f.alloc_pid();
+        let seq = f.next_seq();
         let (qos_pid, state) = if qos == QoS::Level1 {
             (QosPid::Level1(pid(id)), OutState::AwaitPuback(msg.clone()))
         } else {
             (QosPid::Level2(pid(id)), OutState::AwaitPubrec(msg.clone()))
         };
-        s.inflight.insert(id, InFlight { seq: s.next_seq, channel: ch, retain, state });
+        f.begin_flight(id, InFlight { seq, channel: ch, retain, state });
         publish_packet(&msg, qos_pid, retain, false)
     }
 
-    /// Keep a delivery in the session, within `max_queued_messages`: when full, the oldest
-    /// queued QoS 0 message goes first; with none, the new message is refused. Every loss is
-    /// counted and logged.
-    fn enqueue(&mut self, sid: SessionId, q: Queued) {
+    /// The outbound flow `id` is complete (PUBACK, PUBCOMP): forget it. Returns the lane to
+    /// pump: the flight's own channel, whose window now has a free slot; `None` (all lanes) if
+    /// the session had run out of identifiers, since every lane may have been waiting for one.
+    fn complete_flight(f: &mut Flows, id: u16) -> Option<ChannelId> {
+        let capped = f.inflight.len() >= MAX_SESSION_INFLIGHT;
+        let ch = f.end_flight(id);
+        if capped {
+            None
+        } else {
+            ch
+        }
+    }
+
+    /// Keep a delivery for `ch` in the session, within `max_queued_messages`, a bound on the
+    /// session's total over all its channels (docs/mqtt-over-quic.md §6.13). When full, one
+    /// delivery goes: the oldest queued QoS 0 message of the whole session; with none, the
+    /// newest queued one of the channel with the longest queue, the new message counted on
+    /// `ch` (ties go against `ch`): over one channel that refuses the new message, and a
+    /// stalled channel cannot take the whole bound from the others. Every loss is counted and
+    /// logged.
+    fn enqueue(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, retain: bool, msg: Message) {
         let cap = self.cfg.max_queued_messages;
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        if s.fr().queue.len() >= cap {
-            let f = s.f();
-            let victim = if f.queued_qos0 > 0 { f.queue.iter().position(|x| x.qos == QoS::Level0) } else { None };
+        let f = s.f();
+        let q = Queued { seq: f.next_seq(), qos, retain, msg };
+        if f.queued >= cap {
+            let victim = Self::victim(f, ch);
             let lost = match victim {
-                Some(i) => {
-                    let Some(old) = f.queue.remove(i) else { return };
-                    f.queued_qos0 -= 1;
-                    old
-                }
+                Some((i, at)) => match f.take_queued(i, at) {
+                    Some(old) => old,
+                    None => return,
+                },
                 None => q.clone(),
             };
+            let lost_ch = victim.map_or(ch, |(i, _)| f.lanes[i].channel);
+            f.tidy();
             s.dropped += 1;
             self.stats.dropped_queue_full += 1;
             tracing::warn!(
                 client_id = &*s.client_id,
+                channel = lost_ch,
                 topic = &*lost.msg.topic,
                 qos = lost.qos as u8,
                 dropped_total = s.dropped,
                 "mqtt: session queue full ({cap} messages); message dropped"
             );
             if victim.is_none() || cap == 0 {
+                s.shrink();
                 return;
             }
         }
-        let f = s.f();
-        if q.qos == QoS::Level0 {
-            f.queued_qos0 += 1;
-        }
-        f.queue.push_back(q);
+        s.f().push_queued(ch, q);
     }
 
-    /// Move queued deliveries into flight while the session is online and has room.
-    fn pump(&mut self, sid: SessionId, out: &mut Vec<Action>) {
+    /// The queued delivery a full session gives up for a new one on `ch` (see
+    /// [`BrokerCore::enqueue`]): `(lane index, position)`, or `None` for the new one itself.
+    fn victim(f: &Flows, ch: ChannelId) -> Option<(usize, usize)> {
+        if f.queued_qos0 > 0 {
+            let mut oldest: Option<(u64, usize, usize)> = None;
+            for (i, l) in f.lanes.iter().enumerate().filter(|(_, l)| l.qos0 > 0) {
+                if let Some(at) = l.queue.iter().position(|q| q.qos == QoS::Level0) {
+                    let seq = l.queue[at].seq;
+                    if oldest.is_none_or(|(s, ..)| seq < s) {
+                        oldest = Some((seq, i, at));
+                    }
+                }
+            }
+            if let Some((_, i, at)) = oldest {
+                return Some((i, at));
+            }
+        }
+        let own = f.lane(ch).map_or(0, |l| l.queue.len()) + 1;
+        let (i, longest) = f.lanes.iter().enumerate().max_by_key(|(_, l)| l.queue.len())?;
+        (longest.queue.len() > own).then(|| (i, longest.queue.len() - 1))
+    }
+
+    /// Move queued deliveries into flight while the session is online: on `only`'s lane (an
+    /// acknowledgement freed a slot of its window), or on every lane (`None`). Each lane sends
+    /// from the front of its queue while its own window has room (QoS 0 needs no slot); a full
+    /// lane stops only itself (docs/mqtt-over-quic.md §6.12).
+    fn pump(&mut self, sid: SessionId, only: Option<ChannelId>, out: &mut Vec<Action>) {
         let max_inflight = self.cfg.max_inflight;
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let Some(conn) = s.conn else { return };
-        if s.has_flows() {
+        if s.fr().queued > 0 {
             let f = s.f();
-            while let Some(front) = f.queue.front() {
-                if front.qos != QoS::Level0 && f.inflight.len() >= max_inflight {
-                    break;
+            let lanes = match only {
+                Some(ch) => match f.lanes.binary_search_by_key(&ch, |l| l.channel) {
+                    Ok(i) => i..i + 1,
+                    Err(_) => 0..0,
+                },
+                None => 0..f.lanes.len(),
+            };
+            // Lanes are neither added nor removed in this loop (start_flight finds the lane it
+            // sends on), so the indices hold; the idle ones are dropped afterwards.
+            for i in lanes.clone() {
+                let ch = f.lanes[i].channel;
+                loop {
+                    let lane = &f.lanes[i];
+                    let Some(front) = lane.queue.front() else { break };
+                    if front.qos != QoS::Level0
+                        && ((lane.inflight as usize) >= max_inflight || f.inflight.len() >= MAX_SESSION_INFLIGHT)
+                    {
+                        break;
+                    }
+                    let Some(q) = f.take_queued(i, 0) else { break };
+                    self.stats.delivered += 1;
+                    let packet = if q.qos == QoS::Level0 {
+                        publish_packet(&q.msg, QosPid::Level0, q.retain, false)
+                    } else {
+                        Self::start_flight(f, ch, q.qos, q.msg, q.retain)
+                    };
+                    out.push(Action::Send { conn, channel: ch, packet });
                 }
-                let Some(q) = f.queue.pop_front() else { break };
-                self.stats.delivered += 1;
-                let packet = if q.qos == QoS::Level0 {
-                    f.queued_qos0 -= 1;
-                    publish_packet(&q.msg, QosPid::Level0, q.retain, false)
-                } else {
-                    Self::start_flight(f, q.channel, q.qos, q.msg, q.retain)
-                };
-                out.push(Action::Send { conn, channel: q.channel, packet });
             }
-            if f.queue.is_empty() && f.queue.capacity() > 0 {
-                f.queue = std::collections::VecDeque::new();
+            match only {
+                // An acknowledgement's pump touches its own lane only.
+                Some(_) => {
+                    if let Some(i) = lanes.last() {
+                        f.tidy_lane(i);
+                    }
+                }
+                None => f.tidy(),
             }
         }
         s.shrink();
@@ -1349,7 +1467,10 @@ pub struct SessionInfo {
     pub subscriptions: usize,
     /// Of those, parked on the control channel (docs/mqtt-over-quic.md §6.2, §6.6).
     pub parked: usize,
+    /// Deliveries waiting, all channels together (bounded by `max_queued_messages`).
     pub queued: usize,
+    /// Outbound QoS 1/2 messages in flight, all channels together (at most `max_inflight` per
+    /// channel, more on a channel that received another's, docs/mqtt-over-quic.md §6.12).
     pub inflight: usize,
     pub awaiting_rel: usize,
     pub dropped: u64,

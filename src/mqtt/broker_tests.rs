@@ -792,8 +792,8 @@ fn control_packets_only_on_the_control_channel() {
 /// with `end`. With `other`, live data channels 8 ("t/+", matching) and 12 ("t/#", matching,
 /// higher id) and 16 ("zzz", not matching) exist; without, only the control channel is left.
 fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool) {
-    // Room for exactly three flights per subscribing channel: the fourth message is queued.
-    let mut h = H::with(|c| c.max_inflight = if other { 9 } else { 3 });
+    // A window of three per channel (§6.12): each subscribing channel's fourth message waits.
+    let mut h = H::with(|c| c.max_inflight = 3);
     let (m, _, _) = h.connect("m", true);
     h.send_on(m, 4, subscribe(1, &[("t/#", QoS::Level2)]));
     if other {
@@ -803,13 +803,18 @@ fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool)
     }
     let (p, _, _) = h.connect("p", true);
     // On channel 4: m1 QoS 1 awaiting PUBACK, m2 QoS 2 awaiting PUBREC, m3 QoS 2 PUBREC'd
-    // (awaiting PUBCOMP), m4 queued behind the window.
-    let id_on4 = |out: &[Action]| publishes_on(out, m).into_iter().find(|x| x.0 == 4).and_then(|x| x.3).unwrap();
+    // (awaiting PUBCOMP), m4 queued behind the window. Channel 8's own flights: `own8`.
+    let mut own8 = Vec::new();
+    let mut id_on4 = |out: &[Action]| {
+        own8.extend(publishes_on(out, m).into_iter().filter(|x| x.0 == 8).filter_map(|x| x.3));
+        publishes_on(out, m).into_iter().find(|x| x.0 == 4).and_then(|x| x.3).unwrap()
+    };
     let i1 = id_on4(&h.send(p, publish("t/a", QoS::Level1, 1, "m1")));
     h.send(p, publish("t/b", QoS::Level2, 2, "m2"));
     let i2 = id_on4(&h.send(p, Packet::Pubrel(pid(2))));
     h.send(p, publish("t/c", QoS::Level2, 3, "m3"));
     let i3 = id_on4(&h.send(p, Packet::Pubrel(pid(3))));
+    assert_eq!(own8.len(), if other { 3 } else { 0 });
     let out = h.send_on(m, 4, Packet::Pubrec(pid(i3)));
     assert_eq!(sends(&out, m), vec![(4, Packet::Pubrel(pid(i3)))]);
     let out = h.send(p, publish("t/d", QoS::Level1, 4, "m4"));
@@ -833,18 +838,33 @@ fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool)
     let st = h.core.stats();
     assert_eq!((st.moved_channel_closed, st.dropped_queue_full), (4, 0));
 
-    // The flows complete on the new channel; the queued m4 follows there once a slot frees.
-    let out = h.send_on(m, to, Packet::Puback(pid(i1)));
-    let m4: Vec<_> = publishes_on(&out, m).into_iter().filter(|x| x.1 == "m4").collect();
-    assert_eq!(m4.len(), 1);
-    assert_eq!((m4[0].0, m4[0].4), (to, false), "queued m4 moved to channel {to}");
+    // The flows complete on the new channel; the queued m4 follows there once a slot of that
+    // channel's window frees. On channel 8 the three moved flights count against its window of
+    // three, beside its own three: m4 waits until fewer than three are in flight there (§6.12).
+    let mut outs = Vec::new();
+    outs.extend(h.send_on(m, to, Packet::Puback(pid(i1))));
     let out = h.send_on(m, to, Packet::Pubrec(pid(i2)));
     assert_eq!(sends(&out, m), vec![(to, Packet::Pubrel(pid(i2)))]);
-    h.send_on(m, to, Packet::Pubcomp(pid(i2)));
-    h.send_on(m, to, Packet::Pubcomp(pid(i3)));
-    h.send_on(m, to, Packet::Puback(pid(m4[0].3.unwrap())));
-    let left = h.core.session_state("m").unwrap().inflight;
-    assert_eq!(left, if other { 8 } else { 0 }, "channel 4's flows are all complete");
+    outs.extend(h.send_on(m, to, Packet::Pubcomp(pid(i2))));
+    outs.extend(h.send_on(m, to, Packet::Pubcomp(pid(i3))));
+    let m4_of = |out: &[Action]| publishes_on(out, m).into_iter().filter(|x| x.1 == "m4").collect::<Vec<_>>();
+    let m4 = if other {
+        assert!(m4_of(&outs).is_empty(), "channel 8 still has its own three in flight");
+        m4_of(&h.send_on(m, 8, Packet::Puback(pid(own8[0]))))
+    } else {
+        m4_of(&outs)
+    };
+    assert_eq!(m4.len(), 1);
+    assert_eq!((m4[0].0, m4[0].4), (to, false), "queued m4 moved to channel {to}");
+    let out = h.send_on(m, to, Packet::Puback(pid(m4[0].3.unwrap())));
+    if other {
+        // Channel 8's own m4 (queued after channel 4's, which arrived first) follows.
+        assert_eq!(m4_of(&out).iter().map(|x| (x.0, x.4)).collect::<Vec<_>>(), vec![(8, false)]);
+    }
+    let info = h.core.session_state("m").unwrap();
+    // Left: channel 8's own m2, m3, m4 and channel 12's three in flight, its m4 queued.
+    let left = if other { (6, 1) } else { (0, 0) };
+    assert_eq!((info.inflight, info.queued), left, "channel 4's flows are all complete");
     // Nothing is ever sent on channel 4 again; its parked subscription delivers on control.
     let out = h.send(p, publish("t/e", QoS::Level0, 0, "m5"));
     let chans: Vec<ChannelId> = publishes_on(&out, m).iter().map(|x| x.0).collect();
@@ -1221,4 +1241,318 @@ fn early_hold_bound_exceeded_closes_the_connection() {
     assert_eq!(h.core.stats().early_dropped, i as u64); // the CONNECT and i - 1 PUBLISHes
     assert!(h.core.session_state("big").is_none(), "nothing applied");
     assert!(h.complete(c).is_empty());
+}
+
+// ---- docs/mqtt-over-quic.md §6.12-6.13: head-of-line independence ----
+
+/// (in flight, queued) on channel `ch` of `client`'s session, after checking the bookkeeping of
+/// every session: lane counts add up to the session's totals, lanes are sorted and none idle.
+fn lane_of(h: &H, client: &str, ch: ChannelId) -> (u32, usize) {
+    for s in h.core.sessions.iter() {
+        let f = s.fr();
+        let flights = |c: ChannelId| f.inflight.values().filter(|x| x.channel == c).count() as u32;
+        assert!(f.lanes.windows(2).all(|w| w[0].channel < w[1].channel), "lanes sorted");
+        for l in &f.lanes {
+            assert!(!l.is_idle(), "idle lane {} kept", l.channel);
+            assert_eq!(l.inflight, flights(l.channel), "in flight on {}", l.channel);
+            let qos0 = l.queue.iter().filter(|q| q.qos == QoS::Level0).count() as u32;
+            assert_eq!(l.qos0, qos0);
+            assert!(l.queue.iter().zip(l.queue.iter().skip(1)).all(|(a, b)| a.seq < b.seq), "queue in order");
+        }
+        assert_eq!(f.lanes.iter().map(|l| l.inflight as usize).sum::<usize>(), f.inflight.len());
+        assert_eq!(f.lanes.iter().map(|l| l.queue.len()).sum::<usize>(), f.queued);
+        assert_eq!(f.lanes.iter().map(|l| l.qos0 as usize).sum::<usize>(), f.queued_qos0);
+    }
+    let s = h.core.sessions.get(h.core.by_client[client]).unwrap();
+    s.fr().lane(ch).map_or((0, 0), |l| (l.inflight, l.queue.len()))
+}
+
+/// Payloads of the PUBLISH packets sent on `ch` of `conn`, with their ids.
+fn on_channel(out: &[Action], conn: ConnId, ch: ChannelId) -> Vec<(String, Option<u16>)> {
+    publishes_on(out, conn).into_iter().filter(|x| x.0 == ch).map(|x| (x.1, x.3)).collect()
+}
+
+#[test]
+fn hol_a_stalled_data_channel_does_not_hold_up_another() {
+    let mut h = H::with(|c| c.max_inflight = 3);
+    let (s, _, _) = h.connect("s", true);
+    h.send_on(s, 4, subscribe(1, &[("a", QoS::Level1)]));
+    h.send_on(s, 8, subscribe(1, &[("b", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    // The client never acknowledges on channel 4: its window of three fills, the rest waits.
+    let mut a_ids = Vec::new();
+    for i in 1..=5 {
+        let out = h.send(p, publish("a", QoS::Level1, i, &format!("a{i}")));
+        a_ids.extend(on_channel(&out, s, 4).into_iter().map(|x| x.1.unwrap()));
+    }
+    assert_eq!(a_ids.len(), 3);
+    assert_eq!(lane_of(&h, "s", 4), (3, 2));
+    // Channel 8's messages go out at once, none behind channel 4's; the client acknowledges
+    // them there as they come.
+    for i in 1..=10u16 {
+        let out = h.send(p, publish("b", QoS::Level1, 100 + i, &format!("b{i}")));
+        let got = on_channel(&out, s, 8);
+        assert_eq!(got.len(), 1, "b{i} delivered at once on channel 8");
+        assert_eq!(got[0].0, format!("b{i}"));
+        assert!(on_channel(&out, s, 4).is_empty());
+        h.send_on(s, 8, Packet::Puback(pid(got[0].1.unwrap())));
+        assert_eq!(lane_of(&h, "s", 8), (0, 0));
+    }
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.inflight, info.queued, info.dropped), (3, 2, 0), "only channel 4's own wait");
+    // Channel 4's acknowledgements release its own queue, in order; an acknowledgement counts
+    // on any channel (§6.3), here the control channel.
+    let out = h.send(s, Packet::Puback(pid(a_ids[0])));
+    assert_eq!(on_channel(&out, s, 4).iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a4"]);
+    let out = h.send_on(s, 4, Packet::Puback(pid(a_ids[1])));
+    assert_eq!(on_channel(&out, s, 4).iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a5"]);
+    assert_eq!(lane_of(&h, "s", 4), (3, 0));
+    assert_eq!(h.core.stats().queued, 0);
+}
+
+#[test]
+fn one_channel_keeps_the_window_then_queues_in_order() {
+    // Over TCP (one channel) the per-channel window is the old per-session one: max_inflight in
+    // flight, the rest queued in order and sent as acknowledgements free the window.
+    let mut h = H::with(|c| c.max_inflight = 3);
+    let (s, _, _) = h.connect("s", true);
+    h.send(s, subscribe(1, &[("t/#", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    let mut got = Vec::new();
+    for i in 1..=7u16 {
+        let out = h.send(p, publish(&format!("t/{}", i % 3), QoS::Level1, i, &format!("m{i}")));
+        got.extend(on_channel(&out, s, CONTROL_CHANNEL));
+    }
+    assert_eq!(got.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["m1", "m2", "m3"]);
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.inflight, info.queued), (3, 4));
+    assert_eq!(lane_of(&h, "s", CONTROL_CHANNEL), (3, 4));
+    // QoS 0 is not held behind the window.
+    let out = h.send(p, publish("t/x", QoS::Level0, 0, "zero"));
+    assert_eq!(on_channel(&out, s, CONTROL_CHANNEL), vec![("zero".into(), None)]);
+    // Each acknowledgement lets exactly the next one go, in order.
+    let mut k = 0;
+    while k < got.len() {
+        let out = h.send(s, Packet::Puback(pid(got[k].1.unwrap())));
+        let next = on_channel(&out, s, CONTROL_CHANNEL);
+        assert!(next.len() <= 1);
+        got.extend(next);
+        k += 1;
+    }
+    let names: Vec<_> = got.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, vec!["m1", "m2", "m3", "m4", "m5", "m6", "m7"]);
+    let mut ids: Vec<_> = got.iter().map(|x| x.1.unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 7);
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.inflight, info.queued), (0, 0));
+    assert_eq!(lane_of(&h, "s", CONTROL_CHANNEL), (0, 0));
+    assert!(!h.core.sessions.get(h.core.by_client["s"]).unwrap().has_flows(), "flows freed when idle");
+}
+
+#[test]
+fn per_topic_order_holds_with_per_channel_queues() {
+    // Channel 4 ("t/#") is stalled, channel 8 ("t/b") is read slowly: both see each topic's
+    // messages in publish order, QoS 1 and 2 mixed, whatever the other channel does.
+    let mut h = H::with(|c| c.max_inflight = 2);
+    let (s, _, _) = h.connect("s", true);
+    h.send_on(s, 4, subscribe(1, &[("t/#", QoS::Level2)]));
+    h.send_on(s, 8, subscribe(1, &[("t/b", QoS::Level2)]));
+    let (p, _, _) = h.connect("p", true);
+    let mut on4 = Vec::new();
+    let mut on8 = Vec::new();
+    let mut acked8 = 0;
+    for i in 1..=12u16 {
+        let topic = if i % 3 == 0 { "t/a" } else { "t/b" };
+        let out = if i % 2 == 0 {
+            h.send(p, publish(topic, QoS::Level2, i, &format!("{topic} {i}")));
+            h.send(p, Packet::Pubrel(pid(i)))
+        } else {
+            h.send(p, publish(topic, QoS::Level1, i, &format!("{topic} {i}")))
+        };
+        on4.extend(on_channel(&out, s, 4));
+        on8.extend(on_channel(&out, s, 8));
+        // Channel 8 completes one flow per two messages published (QoS 1: PUBACK; QoS 2:
+        // PUBREC, PUBCOMP), so its own queue grows and drains.
+        if i % 2 == 0 && acked8 < on8.len() {
+            let id = pid(on8[acked8].1.unwrap());
+            let mut out = h.send_on(s, 8, Packet::Puback(id));
+            out.extend(h.send_on(s, 8, Packet::Pubrec(id)));
+            out.extend(h.send_on(s, 8, Packet::Pubcomp(id)));
+            on8.extend(on_channel(&out, s, 8));
+            on4.extend(on_channel(&out, s, 4));
+            acked8 += 1;
+        }
+    }
+    assert_eq!(on4.len(), 2, "channel 4: its window, nothing more");
+    // Now channel 4 reads again: complete everything on both channels.
+    let mut done4 = 0;
+    while done4 < on4.len() || acked8 < on8.len() {
+        let mut out = Vec::new();
+        for (list, done, ch) in [(&on4, &mut done4, 4), (&on8, &mut acked8, 8)] {
+            if *done < list.len() {
+                let id = pid(list[*done].1.unwrap());
+                out.extend(h.send_on(s, ch, Packet::Puback(id)));
+                out.extend(h.send_on(s, ch, Packet::Pubrec(id)));
+                out.extend(h.send_on(s, ch, Packet::Pubcomp(id)));
+                *done += 1;
+            }
+        }
+        on4.extend(on_channel(&out, s, 4));
+        on8.extend(on_channel(&out, s, 8));
+    }
+    let order = |v: &[(String, Option<u16>)], topic: &str| -> Vec<u16> {
+        v.iter().filter_map(|(p, _)| p.strip_prefix(topic)?.trim().parse().ok()).collect()
+    };
+    let b: Vec<u16> = (1..=12).filter(|i| i % 3 != 0).collect();
+    let a: Vec<u16> = (1..=12).filter(|i| i % 3 == 0).collect();
+    assert_eq!(order(&on4, "t/b"), b);
+    assert_eq!(order(&on4, "t/a"), a);
+    assert_eq!(order(&on8, "t/b"), b);
+    assert_eq!(on8.len(), b.len());
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.inflight, info.queued, info.dropped), (0, 0, 0));
+}
+
+#[test]
+fn session_queue_bound_holds_across_channels_and_a_stalled_channel_gives_way() {
+    // max_queued_messages is the session's total over all channels (§6.13). Window of one.
+    let mut h = H::with(|c| {
+        c.max_inflight = 1;
+        c.max_queued_messages = 4;
+    });
+    let (s, _, _) = h.connect("s", false);
+    h.send(s, subscribe(1, &[("c", QoS::Level1)]));
+    h.lost(s);
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("c", QoS::Level1, 1, "c1"));
+    h.send(p, publish("c", QoS::Level1, 2, "c2"));
+    h.send(p, publish("c", QoS::Level0, 0, "z0"));
+    // Back online: c1 in flight on control, c2 and the QoS 0 z0 behind it.
+    let (s, _, out) = h.connect("s", false);
+    let c1 = on_channel(&out, s, CONTROL_CHANNEL);
+    assert_eq!(c1.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["c1"]);
+    assert_eq!(lane_of(&h, "s", CONTROL_CHANNEL), (1, 2));
+    h.send_on(s, 4, subscribe(1, &[("a", QoS::Level1)]));
+    h.send_on(s, 8, subscribe(1, &[("b", QoS::Level1)]));
+    let queued = |h: &H| h.core.session_state("s").unwrap().queued;
+    let dropped = |h: &H| h.core.session_state("s").unwrap().dropped;
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut pubn = 10;
+    macro_rules! publish_to {
+        ($h:expr, $topic:expr, $name:expr) => {{
+            pubn += 1;
+            let out = $h.send(p, publish($topic, QoS::Level1, pubn, $name));
+            a.extend(on_channel(&out, s, 4));
+            b.extend(on_channel(&out, s, 8));
+        }};
+    }
+    publish_to!(h, "a", "a1"); // in flight on 4
+    publish_to!(h, "a", "a2");
+    publish_to!(h, "a", "a3");
+    assert_eq!((queued(&h), dropped(&h)), (4, 0), "full: c2, z0, a2, a3");
+    // Full: the oldest QoS 0 of the whole session goes first, on whatever channel.
+    publish_to!(h, "a", "a4");
+    assert_eq!((queued(&h), dropped(&h)), (4, 1));
+    assert_eq!(lane_of(&h, "s", CONTROL_CHANNEL), (1, 1), "z0 dropped");
+    // No QoS 0 left, and channel 4 holds the longest queue: its new message is refused.
+    publish_to!(h, "a", "a5");
+    assert_eq!((queued(&h), dropped(&h)), (4, 2));
+    assert_eq!(lane_of(&h, "s", 4), (1, 3));
+    // Channel 8 has room in its window: delivered at once, nothing queued or dropped.
+    publish_to!(h, "b", "b1");
+    assert_eq!((queued(&h), dropped(&h), b.len()), (4, 2, 1));
+    // Channel 8's window is full now: b2 must wait, and the stalled channel 4, holding the
+    // longest queue, gives up its newest (a4) for it. Then b3 would make channel 8's queue as
+    // long as channel 4's: refused.
+    publish_to!(h, "b", "b2");
+    assert_eq!((queued(&h), dropped(&h)), (4, 3));
+    assert_eq!((lane_of(&h, "s", 4), lane_of(&h, "s", 8)), ((1, 2), (1, 1)));
+    publish_to!(h, "b", "b3");
+    assert_eq!((queued(&h), dropped(&h)), (4, 4));
+    assert_eq!(h.core.stats().dropped_queue_full, 4);
+    // Room again (c2 goes in flight): b4 is kept.
+    h.send(s, Packet::Puback(pid(c1[0].1.unwrap())));
+    publish_to!(h, "b", "b4");
+    assert_eq!((queued(&h), dropped(&h)), (4, 4));
+    // What each channel gets once it reads: its kept messages, in order.
+    for _ in 0..3 {
+        let (x, y) = (a.last().unwrap().1.unwrap(), b.last().unwrap().1.unwrap());
+        let out = h.send_on(s, 4, Packet::Puback(pid(x)));
+        a.extend(on_channel(&out, s, 4));
+        let out = h.send_on(s, 8, Packet::Puback(pid(y)));
+        b.extend(on_channel(&out, s, 8));
+    }
+    assert_eq!(a.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a1", "a2", "a3"]);
+    assert_eq!(b.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["b1", "b2", "b4"]);
+    assert_eq!(queued(&h), 0);
+}
+
+#[test]
+fn ended_channel_queue_merges_into_the_target_channel_queue_in_order() {
+    // Channels 4 and 8 both subscribe to "t"; window of two per channel; the client reads
+    // neither. Five messages: each channel has 1, 2 in flight and 3, 4, 5 queued.
+    let mut h = H::with(|c| c.max_inflight = 2);
+    let (s, _, _) = h.connect("s", true);
+    h.send_on(s, 4, subscribe(1, &[("t", QoS::Level1)]));
+    h.send_on(s, 8, subscribe(1, &[("t", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    let mut on8 = Vec::new();
+    for i in 1..=5u16 {
+        let out = h.send(p, publish("t", QoS::Level1, i, &i.to_string()));
+        on8.extend(on_channel(&out, s, 8));
+    }
+    assert_eq!((lane_of(&h, "s", 4), lane_of(&h, "s", 8)), ((2, 3), (2, 3)));
+    // §6.3: channel 4 ends; its two flights are re-sent on channel 8 at once (beyond channel
+    // 8's window), and its queue joins channel 8's, merged in order of arrival.
+    let out = h.end(s, 4, ChannelEnd::Reset);
+    let resent: Vec<_> = publishes_on(&out, s).into_iter().map(|x| (x.0, x.1, x.4)).collect();
+    assert_eq!(resent, vec![(8, "1".into(), true), (8, "2".into(), true)]);
+    assert_eq!((lane_of(&h, "s", 4), lane_of(&h, "s", 8)), ((0, 0), (4, 6)));
+    let info = h.core.session_state("s").unwrap();
+    assert_eq!((info.inflight, info.queued, info.dropped), (4, 6, 0));
+    assert_eq!(h.core.stats().moved_channel_closed, 5);
+    on8.extend(on_channel(&out, s, 8));
+    // Channel 8 reads again: everything comes, each copy of the topic in order.
+    let mut k = 0;
+    while k < on8.len() {
+        let out = h.send_on(s, 8, Packet::Puback(pid(on8[k].1.unwrap())));
+        on8.extend(on_channel(&out, s, 8));
+        k += 1;
+    }
+    let got: Vec<&str> = on8.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(got, vec!["1", "2", "1", "2", "3", "3", "4", "4", "5", "5"]);
+    assert_eq!(lane_of(&h, "s", 8), (0, 0));
+}
+
+#[test]
+fn lost_connection_merges_every_channel_into_control_in_order() {
+    // §6.6 with per-channel queues: the resumed session's flights are re-sent in order of first
+    // transmission, then the queued ones follow in order of arrival, all on the control channel.
+    let mut h = H::with(|c| c.max_inflight = 1);
+    let (s, _, _) = h.connect("s", false);
+    h.send_on(s, 4, subscribe(1, &[("a", QoS::Level1)]));
+    h.send_on(s, 8, subscribe(1, &[("b", QoS::Level1)]));
+    let (p, _, _) = h.connect("p", true);
+    for (i, t) in ["a", "b", "a", "b", "b", "a"].iter().enumerate() {
+        h.send(p, publish(t, QoS::Level1, i as u16 + 1, &format!("{t}{i}")));
+    }
+    assert_eq!((lane_of(&h, "s", 4), lane_of(&h, "s", 8)), ((1, 2), (1, 2)));
+    h.lost(s);
+    assert_eq!(lane_of(&h, "s", CONTROL_CHANNEL), (2, 4));
+    let (s, _, out) = h.connect("s", false);
+    let got: Vec<_> = publishes_on(&out, s).into_iter().map(|x| (x.0, x.1, x.4)).collect();
+    // Both flights come back (the control channel's window is then over-full), nothing more.
+    assert_eq!(got, vec![(0, "a0".into(), true), (0, "b1".into(), true)]);
+    let mut all: Vec<_> = on_channel(&out, s, CONTROL_CHANNEL);
+    let mut k = 0;
+    while k < all.len() {
+        let out = h.send(s, Packet::Puback(pid(all[k].1.unwrap())));
+        all.extend(on_channel(&out, s, CONTROL_CHANNEL));
+        k += 1;
+    }
+    let names: Vec<_> = all.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, vec!["a0", "b1", "a2", "b3", "b4", "a5"]);
 }

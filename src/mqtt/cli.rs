@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 
 use super::bench::BenchArgs;
-use super::client::{self, Client, ClientOptions, MqttUrl, StreamMode};
+use super::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
 use super::codec::{QoS, SubscribeReturnCode};
 use super::config::{MqttConfig, ALPN_MQTT};
 use super::session::Message;
@@ -55,6 +55,20 @@ pub struct ConnArgs {
     /// not hold up the others (docs/mqtt-over-quic.md §2).
     #[arg(long, value_enum, value_name = "MODE", default_value = "single")]
     pub streams: StreamMode,
+    /// MQTT over QUIC: send CONNECT in 0-RTT early data when a session can be resumed (use
+    /// with --repeat: the first connection gets the ticket). Prints per connection whether
+    /// 0-RTT was accepted and the time to CONNACK.
+    #[arg(long = "0rtt")]
+    pub zero_rtt: bool,
+    /// Run the whole command N times in this process, one connection after another; over QUIC
+    /// later connections resume the TLS session of an earlier one (tickets live in memory).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// MQTT over QUIC: move to a new local UDP socket (connection migration) after N messages
+    /// published or received, or after a time (`200ms`, `2s`). The session continues without
+    /// a reconnect; the broker logs `path_changed`.
+    #[arg(long, value_name = "N|TIME")]
+    pub rebind_after: Option<RebindAfter>,
     /// Client identifier (default: empty, the broker assigns one; needs a clean session).
     #[arg(short = 'i', long = "id", value_name = "ID")]
     pub client_id: Option<String>,
@@ -126,9 +140,106 @@ impl ConnArgs {
             trust,
             connect_timeout: self.connect_timeout,
             streams: self.streams,
+            zero_rtt: self.zero_rtt,
             ..ClientOptions::default()
         })
     }
+
+    /// The options, with one QUIC endpoint for every `--repeat` round (so they can resume).
+    fn options_for_rounds(&self) -> Result<ClientOptions, MqttError> {
+        let mut opts = self.options()?;
+        let quic_only = |flag: &str| MqttError::BadUrl(format!("{}: {flag} needs an mqtt+quic:// URL", self.url));
+        if self.url.transport == Transport::Quic {
+            opts.quic = Some(QuicSetup::new(&opts.trust)?);
+        } else if self.zero_rtt {
+            return Err(quic_only("--0rtt"));
+        } else if self.rebind_after.is_some() {
+            return Err(quic_only("--rebind-after"));
+        }
+        Ok(opts)
+    }
+}
+
+/// When `--rebind-after` moves the client to a new local socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebindAfter {
+    /// After this many messages published (`pub`) or received (`sub`).
+    Messages(u64),
+    /// After this long since CONNACK.
+    Time(Duration),
+}
+
+impl std::str::FromStr for RebindAfter {
+    type Err = String;
+    /// `N` messages, or a time ending in `ms` or `s`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.ends_with('s') {
+            return parse_duration(t).map(RebindAfter::Time);
+        }
+        t.parse::<u64>()
+            .map(RebindAfter::Messages)
+            .map_err(|_| format!("{s:?}: give a message count or a time (200ms, 2s)"))
+    }
+}
+
+/// One connection's `--rebind-after`, checked as the command goes.
+struct Rebinder {
+    when: Option<RebindAfter>,
+    since: Instant,
+    done: bool,
+}
+
+impl Rebinder {
+    fn new(when: Option<RebindAfter>) -> Rebinder {
+        Rebinder { when, since: Instant::now(), done: false }
+    }
+
+    /// How long until a time-based rebind is due (`None`: none pending).
+    fn time_left(&self) -> Option<Duration> {
+        match self.when {
+            Some(RebindAfter::Time(t)) if !self.done => Some(t.saturating_sub(self.since.elapsed())),
+            _ => None,
+        }
+    }
+
+    /// Rebind if due after `messages` messages.
+    fn check(&mut self, c: &Client, messages: u64) -> Result<(), MqttError> {
+        let due = match self.when {
+            Some(RebindAfter::Messages(n)) => messages >= n,
+            Some(RebindAfter::Time(t)) => self.since.elapsed() >= t,
+            None => false,
+        };
+        if due && !self.done {
+            self.done = true;
+            let (old, new) = c.rebind()?;
+            eprintln!("quiclab mqtt: moved from {old} to {new} after {messages} messages");
+        }
+        Ok(())
+    }
+
+    fn report_missed(&self) {
+        if self.when.is_some() && !self.done {
+            eprintln!("quiclab mqtt: --rebind-after was not reached; the client did not move");
+        }
+    }
+}
+
+/// Connect once per `--repeat` round, sharing one QUIC endpoint so later rounds can resume;
+/// reports 0-RTT and time to CONNACK when asked about.
+async fn connect_round(conn: &ConnArgs, opts: &ClientOptions, round: u32) -> Result<Client, MqttError> {
+    let c = Client::connect(&conn.url, opts).await?;
+    if conn.zero_rtt || conn.repeat > 1 {
+        eprintln!(
+            "quiclab mqtt: connection {}/{}: 0-RTT {}, CONNACK after {:.1} ms, session present {}",
+            round + 1,
+            conn.repeat,
+            c.early_data(),
+            c.connack_after().as_secs_f64() * 1000.0,
+            c.session_present()
+        );
+    }
+    Ok(c)
 }
 
 /// `quiclab mqtt pub`.
@@ -293,18 +404,33 @@ async fn publish(a: PubArgs) -> Result<i32, MqttError> {
         (None, None) if a.null_message => Bytes::new(),
         (None, None) => return Err(MqttError::Other("give a payload with -m TEXT, -f FILE or -n".into())),
     };
-    let opts = a.conn.options()?;
-    let mut c = Client::connect(&a.conn.url, &opts).await?;
-    for _ in 0..a.count {
-        c.publish(&a.topic, a.qos, a.retain, payload.clone()).await?;
+    let opts = a.conn.options_for_rounds()?;
+    for round in 0..a.conn.repeat {
+        let mut c = connect_round(&a.conn, &opts, round).await?;
+        let mut rebind = Rebinder::new(a.conn.rebind_after);
+        for k in 0..a.count {
+            rebind.check(&c, u64::from(k))?;
+            c.publish(&a.topic, a.qos, a.retain, payload.clone()).await?;
+        }
+        rebind.report_missed();
+        c.disconnect().await?;
     }
-    c.disconnect().await?;
     Ok(0)
 }
 
 async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
-    let opts = a.conn.options()?;
-    let mut c = Client::connect(&a.conn.url, &opts).await?;
+    let opts = a.conn.options_for_rounds()?;
+    for round in 0..a.conn.repeat {
+        let status = subscribe_once(&a, &opts, round).await?;
+        if status != 0 {
+            return Ok(status);
+        }
+    }
+    Ok(0)
+}
+
+async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result<i32, MqttError> {
+    let mut c = connect_round(&a.conn, opts, round).await?;
     let filters: Vec<(&str, QoS)> = a.topic.iter().map(|t| (t.as_str(), a.qos)).collect();
     let codes = c.subscribe(&filters).await?;
     for (f, code) in a.topic.iter().zip(&codes) {
@@ -317,11 +443,23 @@ async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
         c.disconnect().await?;
         return Ok(0);
     }
+    let mut rebind = Rebinder::new(a.conn.rebind_after);
     let mut stdout = std::io::stdout();
     loop {
-        let msg = match a.timeout {
-            Some(t) => match c.recv_timeout(t).await? {
+        // Wait for a message, or for a time-based rebind, whichever comes first.
+        let wait = match (a.timeout, rebind.time_left()) {
+            (Some(t), Some(r)) => Some((t.min(r), r < t)),
+            (Some(t), None) => Some((t, false)),
+            (None, Some(r)) => Some((r, true)),
+            (None, None) => None,
+        };
+        let msg = match wait {
+            Some((t, for_rebind)) => match c.recv_timeout(t).await? {
                 Some(m) => m,
+                None if for_rebind => {
+                    rebind.check(&c, seen)?;
+                    continue;
+                }
                 None => {
                     eprintln!("quiclab mqtt sub: no message within {t:?}");
                     return Ok(3);
@@ -340,10 +478,12 @@ async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
             return Ok(0);
         }
         seen += 1;
+        rebind.check(&c, seen)?;
         if a.count.is_some_and(|n| seen >= n) {
             break;
         }
     }
+    rebind.report_missed();
     c.disconnect().await?;
     Ok(0)
 }

@@ -153,6 +153,73 @@ pub async fn connect_stream_to(
     tokio::time::timeout(timeout, fut).await.map_err(|_| MqttError::Timeout(format!("connecting to {url}")))?
 }
 
+/// A QUIC client endpoint and its configuration, shared by successive connections: a later
+/// connection resumes the TLS session of an earlier one and can send 0-RTT data (the tickets
+/// live in the configuration's session store). Cloning shares both.
+#[derive(Clone)]
+pub struct QuicSetup {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl fmt::Debug for QuicSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicSetup").field("local", &self.endpoint.local_addr().ok()).finish()
+    }
+}
+
+impl QuicSetup {
+    /// A client endpoint on an ephemeral IPv4 port, trusting `trust`.
+    pub fn new(trust: &Trust) -> Result<QuicSetup, MqttError> {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        Ok(QuicSetup { endpoint, config: client_config(trust)? })
+    }
+
+    /// The client endpoint (rebinding it moves every connection on it).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+}
+
+/// Whether a connection sent its first flight as 0-RTT data, and what the server made of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyData {
+    /// Not asked for (or not QUIC).
+    Off,
+    /// Asked for, but there was no ticket to resume with (first connection).
+    NoTicket,
+    /// CONNECT went in 0-RTT and the server accepted it.
+    Accepted,
+    /// CONNECT went in 0-RTT, the server refused early data: sent again after the handshake.
+    Rejected,
+}
+
+impl fmt::Display for EarlyData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EarlyData::Off => "off",
+            EarlyData::NoTicket => "not attempted (no ticket yet)",
+            EarlyData::Accepted => "accepted",
+            EarlyData::Rejected => "rejected (CONNECT sent again after the handshake)",
+        })
+    }
+}
+
+/// `url`'s address, or `ip` at its port.
+async fn resolve(url: &MqttUrl, ip: Option<std::net::IpAddr>) -> Result<SocketAddr, MqttError> {
+    match ip {
+        Some(ip) => Ok(SocketAddr::new(ip, url.port)),
+        None => tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address"))),
+    }
+}
+
+fn quic_err(e: impl fmt::Display) -> MqttError {
+    MqttError::Io(std::io::Error::other(format!("QUIC: {e}")))
+}
+
 /// A QUIC connection to a broker (ALPN `mqtt`) and the client endpoint it runs on.
 pub struct QuicLink {
     conn: quinn::Connection,
@@ -161,19 +228,14 @@ pub struct QuicLink {
 
 impl QuicLink {
     /// Connect to `url` (or to `ip` at the URL's port; the URL's host still names the server
-    /// for TLS) with ALPN `mqtt`. The client sends QUIC PINGs every 10 s, so the connection
-    /// outlives the server's idle timeout on the shared HTTP/3 port (spec §4.3).
+    /// for TLS) with ALPN `mqtt`, on an endpoint of its own. The client sends QUIC PINGs every
+    /// 10 s, so the connection outlives the server's idle timeout on the shared HTTP/3 port
+    /// (spec §4.3).
     pub async fn connect(url: &MqttUrl, ip: Option<std::net::IpAddr>, trust: &Trust) -> Result<QuicLink, MqttError> {
-        let addr = match ip {
-            Some(ip) => SocketAddr::new(ip, url.port),
-            None => tokio::net::lookup_host((url.host.as_str(), url.port))
-                .await?
-                .find(|a| a.is_ipv4())
-                .ok_or_else(|| MqttError::BadUrl(format!("{url}: no IPv4 address")))?,
-        };
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-        let conn = Self::connect_on(&endpoint, &client_config(trust)?, addr, &url.host).await?;
-        Ok(QuicLink { conn, endpoint })
+        let setup = QuicSetup::new(trust)?;
+        let addr = resolve(url, ip).await?;
+        let conn = Self::connect_on(&setup.endpoint, &setup.config, addr, &url.host).await?;
+        Ok(QuicLink { conn, endpoint: setup.endpoint })
     }
 
     /// Connect on an existing endpoint (the benchmark runs thousands of connections on one).
@@ -187,12 +249,12 @@ impl QuicLink {
             .connect_with(cfg.clone(), addr, server_name)
             .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?
             .await
-            .map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC: {e}"))))
+            .map_err(quic_err)
     }
 
     /// Open a bidirectional stream: the first is the control stream, later ones data streams.
     pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), MqttError> {
-        self.conn.open_bi().await.map_err(|e| MqttError::Io(std::io::Error::other(format!("QUIC stream: {e}"))))
+        self.conn.open_bi().await.map_err(quic_err)
     }
 
     /// The QUIC connection (statistics, more streams).
@@ -290,6 +352,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         PacketReader { r, buf: BytesMut::new(), max_packet }
     }
 
+    /// The underlying reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.r
+    }
+
     /// A packet already buffered, without reading (`Ok(None)`: none complete yet).
     pub fn try_next(&mut self) -> Result<Option<Packet>, MqttError> {
         match codec::decode_one(&self.buf, self.max_packet)? {
@@ -334,6 +401,11 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
         PacketWriter { w, buf: Vec::new() }
     }
 
+    /// The underlying writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
     /// Encode `p` into the write buffer.
     pub fn queue(&mut self, p: &Packet) -> Result<(), MqttError> {
         codec::encode(p, &mut self.buf)?;
@@ -374,19 +446,51 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 }
 
+/// The read half of a connection or of one QUIC stream. A QUIC stream can also be stopped
+/// (STOP_SENDING); a TCP or TLS read half cannot.
+pub trait ReadStream: AsyncRead + Send + Unpin {
+    /// Ask the peer to stop sending (QUIC only): `false` where the transport has no such thing.
+    fn stop(&mut self, _code: u32) -> bool {
+        false
+    }
+}
+
+/// The write half of a connection or of one QUIC stream. A QUIC stream can also be reset
+/// (RESET_STREAM); a TCP or TLS write half cannot.
+pub trait WriteStream: AsyncWrite + Send + Unpin {
+    /// Abandon what is unsent (QUIC only): `false` where the transport has no such thing.
+    fn reset(&mut self, _code: u32) -> bool {
+        false
+    }
+}
+
+impl ReadStream for quinn::RecvStream {
+    fn stop(&mut self, code: u32) -> bool {
+        quinn::RecvStream::stop(self, quinn::VarInt::from_u32(code)).is_ok()
+    }
+}
+
+impl WriteStream for quinn::SendStream {
+    fn reset(&mut self, code: u32) -> bool {
+        quinn::SendStream::reset(self, quinn::VarInt::from_u32(code)).is_ok()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send> ReadStream for tokio::io::ReadHalf<T> {}
+impl<T: AsyncRead + AsyncWrite + Send> WriteStream for tokio::io::WriteHalf<T> {}
+impl ReadStream for tokio::net::tcp::OwnedReadHalf {}
+impl WriteStream for tokio::net::tcp::OwnedWriteHalf {}
+
 /// The read half of a connection or stream, boxed (TCP, TLS or a QUIC stream).
-pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxRead = Box<dyn ReadStream>;
 /// The write half of a connection or stream, boxed.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type BoxWrite = Box<dyn WriteStream>;
 /// A connection (or one QUIC stream) split into its two framed halves.
 pub type Halves = (PacketReader<BoxRead>, PacketWriter<BoxWrite>);
 
-fn framed(
-    r: impl AsyncRead + Send + Unpin + 'static,
-    w: impl AsyncWrite + Send + Unpin + 'static,
-    max: usize,
-) -> Halves {
-    (PacketReader::new(Box::new(r), max), PacketWriter::new(Box::new(w)))
+/// Frame and box the two halves of a connection or stream.
+pub fn framed(r: impl ReadStream + 'static, w: impl WriteStream + 'static, max_packet: usize) -> Halves {
+    (PacketReader::new(Box::new(r), max_packet), PacketWriter::new(Box::new(w)))
 }
 
 /// Open the transport and split it into framed halves (no CONNECT sent).
@@ -421,6 +525,12 @@ pub struct ClientOptions {
     pub connect_to: Option<std::net::IpAddr>,
     /// MQTT over QUIC: every packet on the control stream, or one data stream per topic.
     pub streams: StreamMode,
+    /// MQTT over QUIC: send CONNECT in 0-RTT when a ticket from an earlier connection on the
+    /// same [`ClientOptions::quic`] allows it.
+    pub zero_rtt: bool,
+    /// MQTT over QUIC: the endpoint and configuration to connect with; shared by successive
+    /// connections it lets them resume (and use 0-RTT). `None`: a fresh one per connection.
+    pub quic: Option<QuicSetup>,
 }
 
 impl Default for ClientOptions {
@@ -437,6 +547,8 @@ impl Default for ClientOptions {
             max_packet_size: 1 << 20,
             connect_to: None,
             streams: StreamMode::Single,
+            zero_rtt: false,
+            quic: None,
         }
     }
 }
@@ -489,10 +601,33 @@ struct Channel {
     writer: PacketWriter<BoxWrite>,
     /// The QUIC stream ID (`None` over TCP).
     stream_id: Option<u64>,
-    /// False once the broker finished or reset it (data streams only; the control stream's
-    /// end is the connection's).
+    /// False once it ended (data streams only; the control stream's end is the connection's).
     open: bool,
+    /// False once this client finished, reset or stopped it: acknowledgements for what still
+    /// arrives on it are not sent (the broker re-sends those messages on a live stream, §6.3).
+    writable: bool,
 }
+
+impl Channel {
+    fn new(halves: Halves, stream_id: Option<u64>) -> Channel {
+        let (reader, writer) = halves;
+        Channel { reader, writer, stream_id, open: true, writable: true }
+    }
+}
+
+/// How [`Client::end_stream`] ends a data stream (docs/mqtt-over-quic.md §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamEnd {
+    /// FIN: finish the sending side, keep reading until the broker finishes its side.
+    Finish,
+    /// RESET_STREAM on the sending side, STOP_SENDING on the receiving side.
+    Reset,
+    /// STOP_SENDING: stop reading; nothing more is written on it.
+    StopSending,
+}
+
+/// Application error code this client uses when it resets or stops a stream.
+const CLIENT_STREAM_END: u32 = 0x0;
 
 /// Replies kept for a later `wait_for` when they arrive while another reply is awaited (per-
 /// topic mode answers on several streams at once). Bounded: a broker cannot grow it.
@@ -519,6 +654,9 @@ pub struct Client {
     keep_alive: Option<Duration>,
     last_sent: Instant,
     session_present: bool,
+    early: EarlyData,
+    /// From the start of the connection to CONNACK.
+    connack_after: Duration,
     closed: bool,
 }
 
@@ -528,27 +666,20 @@ impl Client {
         if opts.streams == StreamMode::PerTopic && url.transport != Transport::Quic {
             return Err(MqttError::BadUrl(format!("{url}: per-topic streams need an mqtt+quic:// URL")));
         }
-        let deadline = Instant::now() + opts.connect_timeout;
+        let start = Instant::now();
+        let deadline = start + opts.connect_timeout;
         let max = opts.max_packet_size;
-        let (control, quic) = match url.transport {
-            Transport::Quic => {
-                let fut = async {
-                    let link = QuicLink::connect(url, opts.connect_to, &opts.trust).await?;
-                    let (send, recv) = link.open_stream().await?;
-                    Ok::<_, MqttError>((send, recv, link))
-                };
-                let (send, recv, link) = tokio::time::timeout(opts.connect_timeout, fut)
-                    .await
-                    .map_err(|_| MqttError::Timeout(format!("connecting to {url}")))??;
-                let id = u64::from(send.id());
-                let (reader, writer) = framed(recv, send, max);
-                (Channel { reader, writer, stream_id: Some(id), open: true }, Some(link))
-            }
+        let connect = opts.connect_packet()?;
+        let (control, quic, early) = match url.transport {
+            Transport::Quic => tokio::time::timeout(opts.connect_timeout, Self::quic_connect(url, opts, &connect))
+                .await
+                .map_err(|_| MqttError::Timeout(format!("connecting to {url}")))??,
             _ => {
                 let stream = connect_stream_to(url, opts.connect_to, &opts.trust, opts.connect_timeout).await?;
                 let (r, w) = tokio::io::split(stream);
-                let (reader, writer) = framed(r, w, max);
-                (Channel { reader, writer, stream_id: None, open: true }, None)
+                let mut control = Channel::new(framed(r, w, max), None);
+                control.writer.send(&connect).await?;
+                (control, None, EarlyData::Off)
             }
         };
         let mut c = Client {
@@ -564,13 +695,15 @@ impl Client {
             keep_alive: (opts.keep_alive > 0).then(|| Duration::from_secs(opts.keep_alive as u64)),
             last_sent: Instant::now(),
             session_present: false,
+            early,
+            connack_after: Duration::ZERO,
             closed: false,
         };
-        c.send(0, &opts.connect_packet()?).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         let first = tokio::time::timeout(left, c.channels[0].reader.next())
             .await
             .map_err(|_| MqttError::Timeout(format!("waiting for CONNACK from {url}")))??;
+        c.connack_after = start.elapsed();
         let connack = match first {
             Some(Packet::Connack(c)) => c,
             Some(other) => return Err(MqttError::Protocol(format!("expected CONNACK, got {:?}", other.get_type()))),
@@ -583,14 +716,116 @@ impl Client {
         Ok(c)
     }
 
+    /// Open the QUIC connection and its control stream and send CONNECT on it: in 0-RTT when
+    /// asked for and a ticket allows (if the server refuses early data, the stream is gone and
+    /// CONNECT goes again on a new one after the handshake).
+    async fn quic_connect(
+        url: &MqttUrl,
+        opts: &ClientOptions,
+        connect: &Packet,
+    ) -> Result<(Channel, Option<QuicLink>, EarlyData), MqttError> {
+        let setup = match &opts.quic {
+            Some(s) => s.clone(),
+            None => QuicSetup::new(&opts.trust)?,
+        };
+        let addr = resolve(url, opts.connect_to).await?;
+        let connecting = setup
+            .endpoint
+            .connect_with(setup.config.clone(), addr, &url.host)
+            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?;
+        let (conn, accepted) = if opts.zero_rtt {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => (conn, Some(accepted)),
+                Err(connecting) => (connecting.await.map_err(quic_err)?, None),
+            }
+        } else {
+            (connecting.await.map_err(quic_err)?, None)
+        };
+        let link = QuicLink { conn, endpoint: setup.endpoint };
+        let open = |link: &QuicLink| {
+            let conn = link.conn.clone();
+            async move {
+                let (send, recv) = conn.open_bi().await.map_err(quic_err)?;
+                let id = u64::from(send.id());
+                Ok::<_, MqttError>(Channel::new(framed(recv, send, opts.max_packet_size), Some(id)))
+            }
+        };
+        let mut control = open(&link).await?;
+        let early = match accepted {
+            None if opts.zero_rtt => EarlyData::NoTicket,
+            None => EarlyData::Off,
+            Some(accepted) => {
+                // Written now, CONNECT leaves in 0-RTT packets; the handshake decides its fate.
+                let sent = control.writer.send(connect).await;
+                if accepted.await {
+                    sent?;
+                    return Ok((control, Some(link), EarlyData::Accepted));
+                }
+                control = open(&link).await?;
+                EarlyData::Rejected
+            }
+        };
+        control.writer.send(connect).await?;
+        Ok((control, Some(link), early))
+    }
+
     /// The CONNACK's session-present flag.
     pub fn session_present(&self) -> bool {
         self.session_present
     }
 
+    /// Whether CONNECT went in 0-RTT and was accepted.
+    pub fn early_data(&self) -> EarlyData {
+        self.early
+    }
+
+    /// Time from the start of [`Client::connect`] to CONNACK.
+    pub fn connack_after(&self) -> Duration {
+        self.connack_after
+    }
+
     /// The QUIC connection, over `mqtt+quic://`.
     pub fn quic(&self) -> Option<&QuicLink> {
         self.quic.as_ref()
+    }
+
+    /// Move the QUIC connection to a new local UDP socket (a new port on the same address), as
+    /// a NAT rebinding would: the connection continues on the new path (RFC 9000 §9). Returns
+    /// the old and the new local address.
+    pub fn rebind(&self) -> Result<(SocketAddr, SocketAddr), MqttError> {
+        let link = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("rebinding needs mqtt+quic://".into()))?;
+        let old = link.endpoint.local_addr()?;
+        link.endpoint.rebind(std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?)?;
+        let new = link.endpoint.local_addr()?;
+        tracing::debug!(%old, %new, "mqtt+quic: client moved to a new local socket");
+        Ok((old, new))
+    }
+
+    /// End the data stream of `topic_or_filter` (per-topic mode) the way `how` says, in the
+    /// middle of whatever flows it carries: the broker parks its subscriptions on the control
+    /// stream and re-sends its unacknowledged messages on a live stream (spec §6). The next
+    /// publish to that topic opens a new stream. Returns the ended stream's ID.
+    pub async fn end_stream(&mut self, topic_or_filter: &str, how: StreamEnd) -> Result<u64, MqttError> {
+        let ch = self
+            .by_topic
+            .remove(topic_or_filter)
+            .ok_or_else(|| MqttError::Other(format!("no data stream carries {topic_or_filter:?}")))?;
+        let c = &mut self.channels[ch];
+        c.writable = false;
+        match how {
+            StreamEnd::Finish => c.writer.shutdown().await?,
+            StreamEnd::Reset => {
+                c.writer.get_mut().reset(CLIENT_STREAM_END);
+                c.reader.get_mut().stop(CLIENT_STREAM_END);
+                c.open = false;
+            }
+            StreamEnd::StopSending => {
+                c.reader.get_mut().stop(CLIENT_STREAM_END);
+                c.open = false;
+            }
+        }
+        tracing::debug!(stream = ?c.stream_id, ?how, "mqtt+quic: data stream ended by the client");
+        c.stream_id.ok_or_else(|| MqttError::Unsupported("stream ends need mqtt+quic://".into()))
     }
 
     /// Streams this client opened (control stream included; 1 over TCP).
@@ -613,6 +848,11 @@ impl Client {
     }
 
     async fn send(&mut self, ch: usize, p: &Packet) -> Result<(), MqttError> {
+        if !self.channels[ch].writable {
+            // An acknowledgement for a stream this client ended: the broker re-sends the message
+            // on a live stream (spec §6.3), where it is acknowledged.
+            return Ok(());
+        }
         self.channels[ch].writer.send(p).await?;
         self.last_sent = Instant::now();
         Ok(())
@@ -632,8 +872,7 @@ impl Client {
         let link = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("per-topic mode without QUIC".into()))?;
         let (send, recv) = link.open_stream().await?;
         let id = u64::from(send.id());
-        let (reader, writer) = framed(recv, send, self.max_packet);
-        self.channels.push(Channel { reader, writer, stream_id: Some(id), open: true });
+        self.channels.push(Channel::new(framed(recv, send, self.max_packet), Some(id)));
         let i = self.channels.len() - 1;
         self.by_topic.insert(key.to_string(), i);
         tracing::debug!(stream = id, key, "mqtt+quic: data stream opened");
@@ -878,7 +1117,7 @@ impl Client {
     /// Send DISCONNECT and close (the will is discarded by the broker).
     pub async fn disconnect(mut self) -> Result<(), MqttError> {
         self.send(0, &Packet::Disconnect).await?;
-        for ch in self.channels.iter_mut().rev() {
+        for ch in self.channels.iter_mut().rev().filter(|c| c.writable) {
             ch.writer.shutdown().await?;
         }
         // Wait (briefly) for the broker to close its side, so the DISCONNECT is processed

@@ -28,20 +28,23 @@ pub struct MqttConfig {
     /// its fixed header arrives. 1 MiB: EMQX's default; far above telemetry payloads, and it
     /// bounds what one connection can make the broker buffer for an incomplete packet.
     pub max_packet_size: usize,
-    /// Messages kept per session beyond its in-flight window: while it is offline (clean
-    /// session 0) or while the window is full. 1,000: mosquitto's `max_queued_messages`. When
-    /// full, the oldest queued QoS 0 message is dropped first; with none left, new messages for
-    /// that session are refused. Every dropped message is counted and logged.
+    /// Messages kept per session beyond its in-flight windows, in total across its channels:
+    /// while it is offline (clean session 0) or while a channel's window is full. 1,000:
+    /// mosquitto's `max_queued_messages`. When full, the oldest queued QoS 0 message is dropped
+    /// first; with none left, the channel with the longest queue gives up its newest message
+    /// (over one channel: the new message is refused; docs/mqtt-over-quic.md §6.13). Every
+    /// dropped message is counted and logged.
     pub max_queued_messages: usize,
     /// Keep QoS 0 messages for offline persistent sessions too (MQTT 3.1.1 §3.1.2.4 allows it).
     /// On: a subscriber that reconnects sees what it missed at every QoS, and the offline cap
     /// above has QoS 0 messages to give up first.
     pub queue_qos0_offline: bool,
-    /// Outbound QoS 1/2 messages in flight (sent, unacknowledged) per session, across all its
-    /// channels. 20: mosquitto's `max_inflight_messages`. Together with `channel_queue` it
-    /// bounds what one slow subscriber costs the broker.
+    /// Outbound QoS 1/2 messages in flight (sent, unacknowledged) per channel: per TCP
+    /// connection, per QUIC stream (so a stalled stream holds up only itself,
+    /// docs/mqtt-over-quic.md §6.12). 20: mosquitto's `max_inflight_messages`. Together with
+    /// `channel_queue` it bounds what one slow subscriber costs the broker.
     pub max_inflight: usize,
-    /// Packets waiting to be written per channel (per TCP connection; per QUIC stream later).
+    /// Packets waiting to be written per channel (per TCP connection, per QUIC stream).
     /// When that many are queued, further QoS 0 deliveries to that channel are dropped and
     /// counted; QoS 1/2 deliveries stay in the session (bounded by `max_inflight` and
     /// `max_queued_messages`). 1,000: about 100 KiB of small messages per slow subscriber.

@@ -8,8 +8,9 @@
 //!
 //! Bounded memory per channel: an [`Outbox`] holds at most `channel_queue` packets when a QoS 0
 //! delivery arrives; beyond that QoS 0 deliveries are dropped and counted. QoS 1/2 deliveries
-//! are never dropped here: the core holds at most `max_inflight` of them in flight per session
-//! and keeps the rest in the session, within `max_queued_messages`. Packets answering the
+//! are never dropped here: the core holds at most `max_inflight` of them in flight per channel
+//! (docs/mqtt-over-quic.md §6.12) and keeps the rest in the session, within
+//! `max_queued_messages` for all its channels together. Packets answering the
 //! connection's own input (acks, SUBACK, PINGRESP) are bounded by the transport reading no more
 //! input until its outbox is written out.
 
@@ -101,6 +102,10 @@ pub struct BrokerStats {
     pub dropped_qos0_channel_full: u64,
     /// Connections refused because `max_connections` were open.
     pub refused_connections: u64,
+    /// MQTT over QUIC: streams the clients opened (control and data).
+    pub quic_streams_opened: u64,
+    /// MQTT over QUIC: changes of a connection's path (migration) the broker noticed.
+    pub quic_path_changes: u64,
 }
 
 /// The driver's data per connection, kept in the core beside the connection's state.
@@ -134,6 +139,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     dropped_qos0: AtomicU64,
     refused: AtomicU64,
+    quic_streams: AtomicU64,
+    quic_path_changes: AtomicU64,
 }
 
 /// A running broker: the sans-IO core behind a mutex, and the task that fires its timers.
@@ -165,6 +172,8 @@ impl Broker {
             cfg,
             dropped_qos0: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            quic_streams: AtomicU64::new(0),
+            quic_path_changes: AtomicU64::new(0),
         });
         tokio::spawn(timer_loop(Arc::downgrade(&inner), timer_wake));
         Broker { inner }
@@ -185,6 +194,8 @@ impl Broker {
             core,
             dropped_qos0_channel_full: self.inner.dropped_qos0.load(Ordering::Relaxed),
             refused_connections: self.inner.refused.load(Ordering::Relaxed),
+            quic_streams_opened: self.inner.quic_streams.load(Ordering::Relaxed),
+            quic_path_changes: self.inner.quic_path_changes.load(Ordering::Relaxed),
         }
     }
 
@@ -349,6 +360,16 @@ impl Attachment {
             core.malformed(self.conn, channel, e, now, actions);
         }
         self.broker.dispatch(&mut st);
+    }
+
+    /// Count a QUIC stream the client opened (statistics).
+    pub fn note_stream_opened(&self) {
+        self.broker.inner.quic_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a change of the connection's path (statistics; the transport logs it).
+    pub fn note_path_changed(&self) {
+        self.broker.inner.quic_path_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Open a data channel (a QUIC stream in the QUIC mapping): its packets get their own outbox.

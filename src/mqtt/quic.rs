@@ -4,20 +4,28 @@
 //! One QUIC connection is one [`Attachment`]; each client-initiated bidirectional stream is one
 //! channel of it: the first (stream 0) is the control stream ([`CONTROL_CHANNEL`]), later ones
 //! are data streams (channel = the stream's index). Each stream runs a reader (bytes → packets →
-//! core) and a writer (the channel's outbox → bytes). Data streams are not read until the
-//! control stream has delivered CONNECT, so a client may write CONNECT, SUBSCRIBE and PUBLISH in
-//! its first flight: what it wrote meanwhile waits in QUIC's receive buffer, bounded by the
-//! stream's flow-control window (spec §2.7).
+//! core) and a writer (the channel's outbox → bytes).
+//!
+//! * Data streams are not read until the control stream has delivered CONNECT, so a client may
+//!   write CONNECT, SUBSCRIBE and PUBLISH in its first flight: what it wrote meanwhile waits in
+//!   QUIC's receive buffer, bounded by the stream's flow-control window (spec §2.7).
+//! * 0-RTT data is read at once; the core acts only on early packets whose effects die with
+//!   the connection and holds the rest until the handshake completes (spec §6.7–6.11).
+//! * A data stream's end — FIN, RESET_STREAM or STOP_SENDING — is reported to the core as a
+//!   [`ChannelEnd`], which parks its subscriptions and moves its messages (spec §6.1–6.4).
+//! * A change of the client's address is noticed on every read and logged (`path_changed`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
-use super::broker::CloseReason;
+use super::broker::{ChannelEnd, CloseReason};
 use super::codec::{self, Decoder, Packet};
 use super::driver::{Attachment, Broker};
 use super::{ChannelId, CONTROL_CHANNEL};
+use crate::stats::ConnInfo;
 
 /// Application error codes (spec §5).
 pub mod code {
@@ -35,6 +43,9 @@ pub mod code {
     pub const SESSION_TAKEN_OVER: u32 = 0x5;
     /// STOP_SENDING code for a unidirectional stream (none are used).
     pub const UNI_STREAM_REFUSED: u32 = 0x10;
+    /// RESET_STREAM / STOP_SENDING code for the server's half of a data stream the client
+    /// reset or stopped (spec §6.1).
+    pub const DATA_STREAM_CLOSED: u32 = 0x11;
 }
 
 /// Most packets encoded into one write.
@@ -54,7 +65,16 @@ fn close(conn: &quinn::Connection, code: u32, why: &str) {
 }
 
 /// Serve MQTT on an accepted QUIC connection (ALPN `mqtt`) until it ends.
-pub async fn serve_connection(conn: quinn::Connection, broker: Broker) {
+///
+/// `handshake_done` resolves when the QUIC handshake completes. Until then the connection is
+/// *early* (spec §6.7): what the client sent in 0-RTT is read at once, and the broker core acts
+/// only on packets whose effects die with the connection, holding the rest until completion.
+pub async fn serve_connection(
+    conn: quinn::Connection,
+    broker: Broker,
+    info: Arc<ConnInfo>,
+    handshake_done: crate::quic::HandshakeDone,
+) {
     let remote = conn.remote_address();
     let att = match broker.attach(Some(remote)) {
         Ok(a) => Arc::new(a),
@@ -62,6 +82,21 @@ pub async fn serve_connection(conn: quinn::Connection, broker: Broker) {
             tracing::info!(%remote, "mqtt+quic: {e}; closing");
             close(&conn, code::OVERLOADED, "overloaded");
             return;
+        }
+    };
+    let early = handshake_done.clone().now_or_never().is_none();
+    if early {
+        att.set_early();
+    }
+    let handshake = {
+        let att = att.clone();
+        async move {
+            if early {
+                let accepted = handshake_done.await;
+                tracing::debug!(%remote, zero_rtt = accepted, "mqtt+quic: handshake complete; held packets released");
+                att.handshake_complete();
+            }
+            std::future::pending::<()>().await
         }
     };
     let limit = broker.config().connect_timeout;
@@ -88,28 +123,20 @@ pub async fn serve_connection(conn: quinn::Connection, broker: Broker) {
         }
     };
     streams.fetch_add(1, Ordering::Relaxed);
+    att.note_stream_opened();
     let (connected_tx, connected_rx) = watch::channel(false);
-    let control =
-        run_stream(att.clone(), conn.clone(), CONTROL_CHANNEL, send, recv, max_packet, Some(connected_tx), None);
+    let stream = |channel| StreamTask { att: att.clone(), conn: conn.clone(), info: info.clone(), channel, max_packet };
+    let control = stream(CONTROL_CHANNEL).run(send, recv, Some(connected_tx), None);
     let data = {
         let (conn, att, streams) = (conn.clone(), att.clone(), streams.clone());
         async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let n = streams.fetch_add(1, Ordering::Relaxed) + 1;
+                att.note_stream_opened();
                 let channel = recv.id().index() as ChannelId;
                 tracing::debug!(remote = %conn.remote_address(), channel, streams = n, "mqtt+quic: data stream opened");
                 att.open_channel(channel);
-                let task = run_stream(
-                    att.clone(),
-                    conn.clone(),
-                    channel,
-                    send,
-                    recv,
-                    max_packet,
-                    None,
-                    Some(connected_rx.clone()),
-                );
-                tokio::spawn(task);
+                tokio::spawn(stream(channel).run(send, recv, None, Some(connected_rx.clone())));
             }
         }
     };
@@ -117,106 +144,198 @@ pub async fn serve_connection(conn: quinn::Connection, broker: Broker) {
         _ = control => {}
         _ = data => {}
         _ = uni => {}
+        _ = handshake => {}
     }
-    tracing::info!(%remote, streams = streams.load(Ordering::Relaxed), "mqtt+quic: connection done");
+    tracing::info!(
+        remote = %info.remote(),
+        streams = streams.load(Ordering::Relaxed),
+        path_changes = info.path_changes(),
+        "mqtt+quic: connection done"
+    );
     drop(att);
 }
 
-/// Read and write one stream (channel) until it ends. The control stream's end closes the
-/// connection (spec §3.1); a data stream's end closes its channel (spec §3.4).
-#[allow(clippy::too_many_arguments)]
-async fn run_stream(
+/// One stream (channel) of a connection: a reader (bytes → packets → core) and a writer (the
+/// channel's outbox → bytes).
+struct StreamTask {
     att: Arc<Attachment>,
     conn: quinn::Connection,
+    info: Arc<ConnInfo>,
     channel: ChannelId,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
     max_packet: usize,
-    connected: Option<watch::Sender<bool>>,
-    wait_connected: Option<watch::Receiver<bool>>,
-) {
-    let control = channel == CONTROL_CHANNEL;
-    let remote = conn.remote_address();
-    let reader = {
-        let att = att.clone();
-        let conn = conn.clone();
-        async move {
-            if let Some(mut rx) = wait_connected {
-                // Data written before CONNACK waits in QUIC's buffer (spec §2.7).
-                if rx.wait_for(|c| *c).await.is_err() {
-                    return;
-                }
-            }
-            let mut decoder = Decoder::new(max_packet);
-            let mut packets = Vec::new();
-            loop {
-                let chunk = match recv.read_chunk(64 << 10, true).await {
-                    Ok(Some(c)) => c.bytes,
-                    Ok(None) | Err(_) => break,
-                };
-                let err = decoder.feed(&chunk, &mut packets).err();
-                if !control {
-                    // Spec §2.3: only packet types 3..=11 on data streams.
-                    if let Some(p) = packets.iter().find(|p| !allowed_on_data_stream(p)) {
-                        tracing::warn!(%remote, channel, packet = ?packet_name(p),
-                            "mqtt+quic: packet not allowed on a data stream; closing (protocol error)");
-                        close(&conn, code::PROTOCOL_ERROR, "packet not allowed on a data stream");
+}
+
+impl StreamTask {
+    /// Run until the stream ends. The control stream's end closes the connection (spec §3.1); a
+    /// data stream's end — FIN, RESET_STREAM or STOP_SENDING from the client — ends the channel
+    /// in both directions (spec §6.1): after a FIN the writer sends what is queued and
+    /// finishes, otherwise it resets with DATA_STREAM_CLOSED.
+    async fn run(
+        self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        connected: Option<watch::Sender<bool>>,
+        wait_connected: Option<watch::Receiver<bool>>,
+    ) {
+        let StreamTask { att, conn, info, channel, max_packet } = self;
+        let control = channel == CONTROL_CHANNEL;
+        let remote = conn.remote_address();
+        // Fired when the channel ended abruptly (reset or stopped): the other half stops too.
+        let abort = tokio_util::sync::CancellationToken::new();
+        let data_closed = quinn::VarInt::from_u32(code::DATA_STREAM_CLOSED);
+        let reader = {
+            let (att, conn, abort) = (att.clone(), conn.clone(), abort.clone());
+            async move {
+                if let Some(mut rx) = wait_connected {
+                    // Data written before CONNECT is processed waits in QUIC's buffer (spec §2.7).
+                    if rx.wait_for(|c| *c).await.is_err() {
                         return;
                     }
                 }
-                let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
-                att.handle(channel, &mut packets, err.as_ref());
-                if saw_connect {
-                    if let Some(tx) = &connected {
-                        let _ = tx.send(true);
+                let mut decoder = Decoder::new(max_packet);
+                let mut packets = Vec::new();
+                let end = loop {
+                    let read = tokio::select! {
+                        r = recv.read_chunk(64 << 10, true) => r,
+                        _ = abort.cancelled() => {
+                            // The client stopped reading this stream (spec §6.1).
+                            let _ = recv.stop(data_closed);
+                            return;
+                        }
+                    };
+                    let chunk = match read {
+                        Ok(Some(c)) => c.bytes,
+                        Ok(None) => break ChannelEnd::Finished,
+                        Err(quinn::ReadError::Reset(_)) => break ChannelEnd::Reset,
+                        // The connection is gone (or the stream closed under us): nothing to do.
+                        Err(_) => return,
+                    };
+                    // quinn raises no event on migration; notice it here (`path_changed`).
+                    let changes = info.path_changes();
+                    info.remote();
+                    if info.path_changes() > changes {
+                        att.note_path_changed();
+                    }
+                    let err = decoder.feed(&chunk, &mut packets).err();
+                    if !control {
+                        // Spec §2.3: only packet types 3..=11 on data streams.
+                        if let Some(p) = packets.iter().find(|p| !allowed_on_data_stream(p)) {
+                            tracing::warn!(%remote, channel, packet = ?packet_name(p),
+                                "mqtt+quic: packet not allowed on a data stream; closing (protocol error)");
+                            close(&conn, code::PROTOCOL_ERROR, "packet not allowed on a data stream");
+                            return;
+                        }
+                    }
+                    let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
+                    att.handle(channel, &mut packets, err.as_ref());
+                    if saw_connect {
+                        if let Some(tx) = &connected {
+                            let _ = tx.send(true);
+                        }
+                    }
+                    if err.is_some() {
+                        return;
+                    }
+                };
+                if control {
+                    // Spec §3.1: the control stream is gone, so is the connection (unless the
+                    // writer already closed it after DISCONNECT).
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    close(&conn, code::CONTROL_STREAM_CLOSED, "control stream closed");
+                    return;
+                }
+                if decoder.buffered() > 0 {
+                    tracing::info!(%remote, channel, bytes = decoder.buffered(), %end,
+                        "mqtt+quic: data stream ended in the middle of a packet; partial packet discarded");
+                }
+                tracing::debug!(%remote, channel, %end, "mqtt+quic: data stream ended by the client");
+                if end != ChannelEnd::Finished {
+                    abort.cancel();
+                }
+                att.close_channel(channel, end);
+            }
+        };
+        let writer = async move {
+            let mut batch = Vec::new();
+            let mut buf = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = std::future::poll_fn(|cx| att.poll_outbox(channel, cx)) => {}
+                    _ = abort.cancelled() => {
+                        let _ = send.reset(data_closed);
+                        return;
+                    }
+                    // STOP_SENDING arrives while nothing is being written (messages in flight,
+                    // the rest waiting for the window): notice it now, not at the next write.
+                    stopped = send.stopped() => {
+                        if matches!(stopped, Ok(Some(_))) {
+                            stopped_by_client(&conn, &att, channel, &abort, &mut send);
+                        }
+                        return;
                     }
                 }
-                if err.is_some() {
-                    break;
+                let reason = att.drain(channel, &mut batch, WRITE_BATCH);
+                buf.clear();
+                for p in batch.drain(..) {
+                    if let Err(e) = codec::encode(&p, &mut buf) {
+                        tracing::warn!(%remote, channel, error = %e, "mqtt+quic: cannot encode a packet");
+                    }
+                }
+                if !buf.is_empty() {
+                    let written = tokio::select! {
+                        w = send.write_all(&buf) => w,
+                        _ = abort.cancelled() => {
+                            let _ = send.reset(data_closed);
+                            return;
+                        }
+                    };
+                    match written {
+                        Ok(()) => {}
+                        Err(quinn::WriteError::Stopped(_)) => {
+                            stopped_by_client(&conn, &att, channel, &abort, &mut send);
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                if let Some(reason) = reason {
+                    if control {
+                        tracing::debug!(%remote, ?reason, "mqtt+quic: closing");
+                        let _ = send.finish();
+                        // Let CONNACK (or the last packets) reach the client before the close.
+                        let rtt = conn.rtt();
+                        tokio::time::sleep((rtt * 2).min(std::time::Duration::from_millis(200))).await;
+                        close(&conn, close_code(&reason), "mqtt session ended");
+                    } else {
+                        let _ = send.finish();
+                    }
+                    return;
                 }
             }
-            if control {
-                // Spec §3.1: the control stream is gone, so is the connection (unless the
-                // writer already closed it after DISCONNECT).
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                close(&conn, code::CONTROL_STREAM_CLOSED, "control stream closed");
-            } else {
-                att.close_channel(channel, super::broker::ChannelEnd::Finished);
-            }
-        }
-    };
-    let writer = async move {
-        let mut batch = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            std::future::poll_fn(|cx| att.poll_outbox(channel, cx)).await;
-            let reason = att.drain(channel, &mut batch, WRITE_BATCH);
-            buf.clear();
-            for p in batch.drain(..) {
-                if let Err(e) = codec::encode(&p, &mut buf) {
-                    tracing::warn!(%remote, channel, error = %e, "mqtt+quic: cannot encode a packet");
-                }
-            }
-            if !buf.is_empty() && send.write_all(&buf).await.is_err() {
-                return;
-            }
-            if let Some(reason) = reason {
-                if control {
-                    tracing::debug!(%remote, ?reason, "mqtt+quic: closing");
-                    let _ = send.finish();
-                    // Let CONNACK (or the last packets) reach the client before the close.
-                    let rtt = conn.rtt();
-                    tokio::time::sleep((rtt * 2).min(std::time::Duration::from_millis(200))).await;
-                    close(&conn, close_code(&reason), "mqtt session ended");
-                } else {
-                    let _ = send.finish();
-                }
-                return;
-            }
-        }
-    };
-    // The writer ends the stream when its channel closes; the reader when the client does.
-    tokio::join!(reader, writer);
+        };
+        // The writer ends the stream when its channel closes; the reader when the client does.
+        tokio::join!(reader, writer);
+    }
+}
+
+/// The client sent STOP_SENDING for `channel`'s stream: a data stream ends in both directions
+/// (spec §6.1: reset our side, stop reading theirs, the core moves what was on it); for the
+/// control stream the connection closes (§3.1).
+fn stopped_by_client(
+    conn: &quinn::Connection,
+    att: &Attachment,
+    channel: ChannelId,
+    abort: &tokio_util::sync::CancellationToken,
+    send: &mut quinn::SendStream,
+) {
+    if channel == CONTROL_CHANNEL {
+        close(conn, code::CONTROL_STREAM_CLOSED, "control stream stopped");
+        return;
+    }
+    tracing::debug!(remote = %conn.remote_address(), channel, "mqtt+quic: data stream stopped by the client");
+    abort.cancel();
+    let _ = send.reset(quinn::VarInt::from_u32(code::DATA_STREAM_CLOSED));
+    att.close_channel(channel, ChannelEnd::StopSending);
 }
 
 fn allowed_on_data_stream(p: &Packet) -> bool {

@@ -2,7 +2,9 @@
 //!
 //! Outbound packet identifiers are allocated per session and are unique across all of its
 //! channels; inbound QoS 2 flows are keyed by (channel, packet id), so a client that numbers its
-//! packets per stream is served correctly.
+//! packets per stream is served correctly. Outbound in-flight windows and queues of waiting
+//! deliveries are per channel (`Lane`, docs/mqtt-over-quic.md §6.12), inside the session's
+//! `Flows`, which exist only while the session has any.
 //!
 //! A subscription whose data stream has ended, or whose session resumed on a new connection, is
 //! *parked* on the control channel (docs/mqtt-over-quic.md §6): it still delivers, there, until
@@ -52,14 +54,47 @@ pub(crate) struct InFlight {
     pub state: OutState,
 }
 
-/// A delivery waiting for an in-flight slot or for the client to come back.
+/// A delivery waiting for an in-flight slot on its channel or for the client to come back.
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
-    pub channel: ChannelId,
+    /// Order in which the session took the delivery (shared counter with [`InFlight::seq`]).
+    /// When a channel's queue moves into another's (docs/mqtt-over-quic.md §6.3, §6.6) the two
+    /// are merged by it, so each topic's messages keep their order.
+    pub seq: u64,
     /// QoS of the delivery: min(granted, published) (§3.8.4).
     pub qos: QoS,
     pub retain: bool,
     pub msg: Message,
+}
+
+/// The outbound side of one channel (docs/mqtt-over-quic.md §6.12, head-of-line independence):
+/// how many of the session's in-flight messages travel on it, and the deliveries waiting for
+/// its window. Exists only while it has either.
+///
+/// Why per-channel queues rather than one session queue plus per-channel counts: with one queue,
+/// moving waiting messages of a channel with room would mean skipping past those of full
+/// channels, a rescan of the queue on every acknowledgement while one channel is stalled. Here
+/// an acknowledgement pumps the front of its own channel's queue and touches nothing else.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub channel: ChannelId,
+    /// Entries of [`Flows::inflight`] whose `channel` is this one (may exceed the window after
+    /// in-flight messages moved here, §6.3).
+    pub inflight: u32,
+    /// QoS 0 deliveries in `queue`.
+    pub qos0: u32,
+    /// In `seq` order.
+    pub queue: VecDeque<Queued>,
+}
+
+impl Lane {
+    fn new(channel: ChannelId) -> Lane {
+        Lane { channel, inflight: 0, qos0: 0, queue: VecDeque::new() }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.inflight == 0 && self.queue.is_empty()
+    }
 }
 
 /// The message flows of a session: allocated while it has any, freed when it has none, so an
@@ -67,9 +102,16 @@ pub(crate) struct Queued {
 #[derive(Debug, Default)]
 pub(crate) struct Flows {
     pub next_pid: u16,
+    /// Sequence of [`InFlight::seq`] and [`Queued::seq`].
     pub next_seq: u64,
+    /// Outbound QoS 1/2 messages in flight, all channels: identifiers are per session (§2.6).
     pub inflight: HashMap<u16, InFlight>,
-    pub queue: VecDeque<Queued>,
+    /// One [`Lane`] per channel with outbound flows, sorted by channel. A few per connection
+    /// (one over TCP): a sorted vector is smaller than a map and as fast.
+    pub lanes: Vec<Lane>,
+    /// Queued deliveries, all lanes (bounded by `max_queued_messages`).
+    pub queued: usize,
+    /// Of those, QoS 0.
     pub queued_qos0: usize,
     /// Inbound QoS 2 messages received and PUBREC'd, delivered on PUBREL (§4.3.3, method B).
     pub awaiting_rel: HashMap<(ChannelId, u16), Message>,
@@ -77,7 +119,7 @@ pub(crate) struct Flows {
 
 impl Flows {
     fn is_idle(&self) -> bool {
-        self.inflight.is_empty() && self.queue.is_empty() && self.awaiting_rel.is_empty()
+        self.inflight.is_empty() && self.queued == 0 && self.awaiting_rel.is_empty()
     }
 
     /// A packet identifier not in use by any in-flight message of this session, on any channel
@@ -88,6 +130,114 @@ impl Flows {
             if self.next_pid != 0 && !self.inflight.contains_key(&self.next_pid) {
                 return self.next_pid;
             }
+        }
+    }
+
+    /// The next value of the session's sequence.
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// The lane of `ch`, if it has one.
+    pub fn lane(&self, ch: ChannelId) -> Option<&Lane> {
+        self.lanes.binary_search_by_key(&ch, |l| l.channel).ok().map(|i| &self.lanes[i])
+    }
+
+    /// The index of `ch`'s lane, created if needed.
+    pub fn lane_index(&mut self, ch: ChannelId) -> usize {
+        match self.lanes.binary_search_by_key(&ch, |l| l.channel) {
+            Ok(i) => i,
+            Err(i) => {
+                self.lanes.insert(i, Lane::new(ch));
+                i
+            }
+        }
+    }
+
+    /// Record `fl` in flight under `id` and count it on its channel's lane.
+    pub fn begin_flight(&mut self, id: u16, fl: InFlight) {
+        let i = self.lane_index(fl.channel);
+        self.lanes[i].inflight += 1;
+        self.inflight.insert(id, fl);
+    }
+
+    /// The flight `id` is complete: forget it; returns its channel.
+    pub fn end_flight(&mut self, id: u16) -> Option<ChannelId> {
+        let fl = self.inflight.remove(&id)?;
+        if let Ok(i) = self.lanes.binary_search_by_key(&fl.channel, |l| l.channel) {
+            let lane = &mut self.lanes[i];
+            lane.inflight -= 1;
+            if lane.is_idle() {
+                self.lanes.remove(i);
+            }
+        }
+        Some(fl.channel)
+    }
+
+    /// Queue `q` at the back of `ch`'s lane (the caller enforces the session's bound).
+    pub fn push_queued(&mut self, ch: ChannelId, q: Queued) {
+        let i = self.lane_index(ch);
+        let lane = &mut self.lanes[i];
+        if q.qos == QoS::Level0 {
+            lane.qos0 += 1;
+            self.queued_qos0 += 1;
+        }
+        lane.queue.push_back(q);
+        self.queued += 1;
+    }
+
+    /// Take the queued delivery at `at` of lane `i` (the lane is kept even if it empties).
+    pub fn take_queued(&mut self, i: usize, at: usize) -> Option<Queued> {
+        let lane = &mut self.lanes[i];
+        let q = lane.queue.remove(at)?;
+        if q.qos == QoS::Level0 {
+            lane.qos0 -= 1;
+            self.queued_qos0 -= 1;
+        }
+        self.queued -= 1;
+        Some(q)
+    }
+
+    /// Add `moved` (in `seq` order) to `ch`'s queue, merged with what waits there by `seq`.
+    pub fn merge_queued(&mut self, ch: ChannelId, moved: Vec<Queued>) {
+        let Some(first) = moved.first().map(|q| q.seq) else { return };
+        let qos0 = moved.iter().filter(|q| q.qos == QoS::Level0).count();
+        self.queued += moved.len();
+        self.queued_qos0 += qos0;
+        let i = self.lane_index(ch);
+        let lane = &mut self.lanes[i];
+        lane.qos0 += qos0 as u32;
+        if lane.queue.back().is_none_or(|b| b.seq < first) {
+            lane.queue.extend(moved);
+        } else {
+            let mut all: Vec<Queued> = lane.queue.drain(..).chain(moved).collect();
+            all.sort_by_key(|q| q.seq);
+            lane.queue = all.into();
+        }
+    }
+
+    /// [`Flows::tidy`] for lane `i` alone.
+    pub fn tidy_lane(&mut self, i: usize) {
+        let Some(l) = self.lanes.get_mut(i) else { return };
+        if l.queue.is_empty() && l.queue.capacity() > 0 {
+            l.queue = VecDeque::new();
+        }
+        if l.is_idle() {
+            self.lanes.remove(i);
+        }
+    }
+
+    /// Drop lanes with nothing in flight and nothing queued; give back empty queues' memory.
+    pub fn tidy(&mut self) {
+        self.lanes.retain_mut(|l| {
+            if l.queue.is_empty() && l.queue.capacity() > 0 {
+                l.queue = VecDeque::new();
+            }
+            !l.is_idle()
+        });
+        if self.lanes.is_empty() && self.lanes.capacity() > 0 {
+            self.lanes = Vec::new();
         }
     }
 }
