@@ -15,6 +15,20 @@ use super::LabError;
 use crate::config::ServerConfig;
 use crate::server::{CertSummary, Server};
 
+/// The MQTT side of a [`LabServer`]: the broker (for its statistics) and its TCP address.
+#[derive(Clone)]
+pub struct LabMqtt {
+    pub broker: crate::mqtt::Broker,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for LabMqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabMqtt").field("tcp", &self.tcp).field("tls", &self.tls).finish()
+    }
+}
+
 /// A quiclab server running in a link's server namespace. Dropping it shuts it down (blocking
 /// for up to the configured grace period); prefer [`LabServer::shutdown`] from async code.
 #[derive(Debug)]
@@ -22,6 +36,7 @@ pub struct LabServer {
     quic_addr: SocketAddr,
     tcp_addr: SocketAddr,
     certs: CertSummary,
+    mqtt: Option<LabMqtt>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
     thread: Option<NsThread<()>>,
@@ -69,7 +84,13 @@ impl LabServer {
             rt.block_on(async move {
                 match Server::start(cfg).await {
                     Ok(server) => {
-                        let _ = ready_tx.send(Ok((server.quic_addr(), server.tcp_addr(), server.certs().clone())));
+                        let mqtt = server.mqtt_broker().map(|b| LabMqtt {
+                            broker: b.clone(),
+                            tcp: server.mqtt_tcp_addr(),
+                            tls: server.mqtt_tls_addr(),
+                        });
+                        let _ =
+                            ready_tx.send(Ok((server.quic_addr(), server.tcp_addr(), server.certs().clone(), mqtt)));
                         let _ = stop_rx.await;
                         server.shutdown().await;
                     }
@@ -82,10 +103,11 @@ impl LabServer {
             let _ = done_tx.send(());
         })?;
         match ready_rx.recv() {
-            Ok(Ok((quic_addr, tcp_addr, certs))) => Ok(LabServer {
+            Ok(Ok((quic_addr, tcp_addr, certs, mqtt))) => Ok(LabServer {
                 quic_addr,
                 tcp_addr,
                 certs,
+                mqtt,
                 stop: Some(stop_tx),
                 done: Some(done_rx),
                 thread: Some(thread),
@@ -109,6 +131,11 @@ impl LabServer {
     /// The TCP address HTTP/2 and HTTP/1.1 are served on.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The MQTT broker and its listeners, when MQTT is on.
+    pub fn mqtt(&self) -> Option<&LabMqtt> {
+        self.mqtt.as_ref()
     }
 
     /// The certificate the server presents (its CA file, for clients to trust).

@@ -179,6 +179,11 @@ impl QuicSetup {
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
     }
+
+    /// The client configuration (it holds the session tickets).
+    pub fn config(&self) -> &quinn::ClientConfig {
+        &self.config
+    }
 }
 
 /// Whether a connection sent its first flight as 0-RTT data, and what the server made of it.
