@@ -84,7 +84,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub tcp_congestion: Option<String>,
     /// Also serve MQTT over QUIC (ALPN mqtt) on a dedicated UDP listener, e.g. [::]:14567, with
-    /// transport parameters of its own (idle timeout 300 s, keep-alive PINGs every 60 s). MQTT
+    /// transport parameters of its own (idle timeout 300 s, keep-alive PINGs every 60 s, 50
+    /// concurrent streams per connection: the control stream and 49 topics). MQTT
     /// over QUIC is always served on the shared --listen port too, where it inherits HTTP/3's
     /// transport parameters (30 s idle timeout: clients must ping sooner).
     #[arg(long, value_name = "ADDR")]

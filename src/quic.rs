@@ -46,16 +46,24 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, S
     Ok(tc)
 }
 
-/// Bind a UDP socket; an unspecified IPv6 address is bound dual-stack (IPv4-mapped too).
+/// Bind a UDP socket with large buffers; an unspecified IPv6 address is bound dual-stack
+/// (IPv4-mapped too).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
+    // Room for bursts: many handshakes at once, or a window's worth of datagrams arriving
+    // while the endpoint task is busy (best effort: capped by net.core.rmem_max/wmem_max).
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
     sock.bind(&addr.into())?;
     Ok(sock.into())
 }
+
+/// Socket buffer size asked for on QUIC sockets.
+const UDP_BUFFER: usize = 4 << 20;
 
 /// What every QUIC connection handler needs.
 pub struct QuicContext {

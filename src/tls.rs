@@ -6,7 +6,9 @@
 //! * rustls configurations for the QUIC endpoint (TLS 1.3 only, 0-RTT enabled) and for the
 //!   TLS/TCP listener (ALPN `h2` and `http/1.1`), and client configurations for `quiclab get`.
 //! * `SSLKEYLOGFILE` is honoured by every configuration built here, so captures of QUIC and of
-//!   TLS/TCP alike can be decrypted with Wireshark or tshark.
+//!   TLS/TCP alike can be decrypted with Wireshark or tshark. [`set_key_log_file`] adds a file
+//!   chosen at run time (the lab's `--pcap` runs), without touching the environment: every
+//!   configuration built here, before or after the call, writes its secrets there too.
 
 use std::fs;
 use std::io;
@@ -42,6 +44,72 @@ pub enum TlsError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
     move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+/// The process-wide key log file set by [`set_key_log_file`].
+static KEY_LOG_FILE: std::sync::Mutex<Option<(PathBuf, fs::File)>> = std::sync::Mutex::new(None);
+
+fn key_log_slot() -> std::sync::MutexGuard<'static, Option<(PathBuf, fs::File)>> {
+    KEY_LOG_FILE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write the TLS secrets of every connection from now on, server and client, QUIC and TLS/TCP
+/// alike, to `path` (created or truncated, mode 0600) in the NSS key log format that Wireshark
+/// and tshark read (`tls.keylog_file`). It works for configurations already built too, and in
+/// addition to `SSLKEYLOGFILE` if that is set. Replaces any earlier file.
+pub fn set_key_log_file(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io_err(path))?;
+    *key_log_slot() = Some((path.to_path_buf(), f));
+    Ok(())
+}
+
+/// Stop writing to the file set by [`set_key_log_file`]; returns its path if there was one.
+pub fn clear_key_log_file() -> Option<PathBuf> {
+    key_log_slot().take().map(|(p, _)| p)
+}
+
+/// The file set by [`set_key_log_file`], if any.
+pub fn key_log_file() -> Option<PathBuf> {
+    key_log_slot().as_ref().map(|(p, _)| p.clone())
+}
+
+/// The key log of every configuration built here: `SSLKEYLOGFILE` (rustls' [`rustls::KeyLogFile`])
+/// plus the file of [`set_key_log_file`], looked up at each secret so it can be set at any time.
+#[derive(Debug)]
+struct KeyLog {
+    env: rustls::KeyLogFile,
+}
+
+impl rustls::KeyLog for KeyLog {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        self.env.log(label, client_random, secret);
+        let mut slot = key_log_slot();
+        if let Some((path, f)) = slot.as_mut() {
+            use std::fmt::Write as _;
+            use std::io::Write as _;
+            // NSS key log format: LABEL <client random hex> <secret hex>, one line each.
+            let mut line = String::with_capacity(label.len() + 2 * (client_random.len() + secret.len()) + 3);
+            line.push_str(label);
+            line.push(' ');
+            for b in client_random {
+                let _ = write!(line, "{b:02x}");
+            }
+            line.push(' ');
+            for b in secret {
+                let _ = write!(line, "{b:02x}");
+            }
+            line.push('\n');
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::warn!("key log {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn key_log() -> Arc<dyn rustls::KeyLog> {
+    Arc::new(KeyLog { env: rustls::KeyLogFile::new() })
 }
 
 /// The crypto provider used everywhere (ring; see Cargo.toml for why not aws-lc-rs).
@@ -250,7 +318,7 @@ fn server_config(
         .with_no_client_auth()
         .with_single_cert(store.chain.clone(), store.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+    cfg.key_log = key_log();
     Ok(cfg)
 }
 
@@ -321,7 +389,7 @@ pub fn client_config_with_tickets(
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg.enable_early_data = true;
-    cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+    cfg.key_log = key_log();
     let tickets = Arc::new(TicketWatch::new());
     cfg.resumption = rustls::client::Resumption::store(tickets.clone());
     Ok((cfg, tickets))

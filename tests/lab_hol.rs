@@ -18,6 +18,13 @@ fn quick_sweep_has_every_point_and_arm() {
         quick: true,
         out: out.path().to_path_buf(),
         seed: 3,
+        mqtt: false,
+        mqtt_only: false,
+        pcap: false,
+        topics: 8,
+        msg_rate: 50,
+        payload: 100,
+        duration: std::time::Duration::from_secs(10),
     }
     .effective();
     let t = std::time::Instant::now();

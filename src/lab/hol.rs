@@ -15,6 +15,10 @@
 //! in both namespaces, and paired seeds: run r of every arm at a loss point replays random
 //! stream r of the link. TCP and QUIC send different packets, so the realized loss of every
 //! run is measured and reported, not assumed.
+//!
+//! `--mqtt` adds the same question for MQTT across topics, MQTT/TCP vs MQTT/QUIC with a stream per
+//! topic, on the same link, sweep and paired seeds ([`super::hol_mqtt`]); its results go under
+//! `mqtt` in `results.json` and in their own section of `report.md`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +74,30 @@ pub struct HolArgs {
     /// Seed of the link's random streams.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also compare MQTT over TCP with MQTT over QUIC (one data stream per topic): K topics from
+    /// one publisher to one subscriber through the broker, same sweep, paired seeds.
+    #[arg(long)]
+    pub mqtt: bool,
+    /// Run only the MQTT arms (implies `--mqtt`).
+    #[arg(long)]
+    pub mqtt_only: bool,
+    /// Capture the relay's traffic, one pcap per loss rate (`OUT/pcap/loss-2.00pct.pcap`, packets the
+    /// relay dropped in `*.dropped.pcap`), and write the TLS key log to `OUT/pcap/keys.log`, so
+    /// Wireshark or tshark decrypts HTTP/2, HTTP/3 and MQTT over QUIC.
+    #[arg(long)]
+    pub pcap: bool,
+    /// `--mqtt`: topics (K), each on its own QUIC stream.
+    #[arg(long, value_name = "K", default_value_t = 8)]
+    pub topics: usize,
+    /// `--mqtt`: messages per second per topic (QoS 1, pipelined).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub msg_rate: u32,
+    /// `--mqtt`: payload bytes per message (at least 14: send time, sequence, topic).
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    pub payload: usize,
+    /// `--mqtt`: how long the publisher publishes per run (`--quick`: 3 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
 }
 
 impl HolArgs {
@@ -83,8 +111,29 @@ impl HolArgs {
             a.size = 64 << 10;
             a.rtt = Duration::from_millis(40);
             a.rate = 20_000_000;
+            a.duration = Duration::from_secs(3);
         }
+        a.mqtt |= a.mqtt_only;
         a
+    }
+
+    /// The MQTT arms' settings.
+    pub fn mqtt_settings(&self) -> super::hol_mqtt::MqttSettings {
+        super::hol_mqtt::MqttSettings {
+            topics: self.topics.clamp(1, u16::MAX as usize),
+            rate_per_topic: self.msg_rate.max(1),
+            payload: self.payload.max(super::hol_mqtt::MIN_PAYLOAD),
+            qos: 1,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            messages_per_topic: ((self.duration.as_secs_f64() * f64::from(self.msg_rate.max(1))).round() as usize)
+                .max(1),
+            pattern: "Open loop: each topic publishes on a fixed schedule (topics staggered evenly), every \
+                      PUBLISH written at once without waiting for PUBACK; the payload carries its send time",
+            placement: "Publisher and subscriber both in the client namespace, one process, one clock: every \
+                        message crosses the impaired link twice (publisher → broker → subscriber)",
+            broker_max_inflight: super::hol_mqtt::BROKER_MAX_INFLIGHT,
+            late_threshold_ms: 1.5 * self.rtt.as_secs_f64() * 1000.0,
+        }
     }
 }
 
@@ -174,6 +223,14 @@ pub struct HolResults {
     pub runs: Vec<RunResult>,
     pub arms: Vec<ArmSummary>,
     pub hol: Vec<HolSummary>,
+    /// `--mqtt`: MQTT/TCP vs MQTT/QUIC with a stream per topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<super::hol_mqtt::MqttResults>,
+    /// `--pcap`: one capture per loss rate, and the key log that decrypts them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<super::pcap::CaptureSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_log: Option<std::path::PathBuf>,
     pub versions: report::Versions,
 }
 
@@ -213,6 +270,20 @@ pub async fn run_hol(args: HolArgs) -> Result<i32, LabError> {
         .await
         .map_err(std::io::Error::other)??;
     write_outputs(&args.out, &r)?;
+    for a in r.mqtt.iter().flat_map(|m| &m.arms) {
+        println!(
+            "loss {:>5.2}%: {:<28} p50 {:>6.1} ms, p90 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms, late {:>5.1}%, lost {} of {}",
+            a.loss * 100.0,
+            a.arm.name(),
+            a.latency.p50,
+            a.latency.p90,
+            a.latency.p99,
+            a.latency.max,
+            a.late_fraction * 100.0,
+            a.lost,
+            a.sent
+        );
+    }
     for h in &r.hol {
         println!(
             "loss {:>5.2}%: H2₁−H2ₙ {:>8.1} ms, H3₁−H3ₙ {:>8.1} ms, head-of-line (difference) {:>8.1} ms",
@@ -228,6 +299,20 @@ pub async fn run_hol(args: HolArgs) -> Result<i32, LabError> {
 
 fn sysctl_no_metrics_save() -> std::io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_no_metrics_save", "1")
+}
+
+/// `--pcap`: where the captures and the key log are, and how to read them.
+fn captures_section(r: &HolResults) -> String {
+    let Some(keys) = &r.key_log else { return String::new() };
+    let mut md = String::from("\n## Packet captures\n\n");
+    for c in &r.captures {
+        md += &format!("- {}\n", c.describe());
+    }
+    md += &format!(
+        "\nDecrypt with the key log: `tshark -r pcap/loss-2.00pct.pcap -o tls.keylog_file:{} -Y 'http2 or http3'`.\n",
+        keys.display()
+    );
+    md
 }
 
 /// Build the link, run every arm at every loss rate. Blocking.
@@ -247,21 +332,64 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
     let quic_cc = if tcp_cc == "cubic" { Congestion::Cubic } else { Congestion::NewReno };
 
     let certs = std::env::temp_dir().join(format!("quiclab-hol-{}", std::process::id()));
+    // --pcap: the TLS secrets of every connection of the sweep, server's and clients'.
+    let pcap_dir = args.out.join("pcap");
+    let key_log = if args.pcap {
+        std::fs::create_dir_all(&pcap_dir)?;
+        let path = pcap_dir.join("keys.log");
+        crate::tls::set_key_log_file(&path).map_err(|e| LabError::Config(format!("key log: {e}")))?;
+        Some(path)
+    } else {
+        None
+    };
     let transport = crate::config::TransportConfig { congestion: quic_cc, ..Default::default() };
     let (t, max_bytes) = (transport.clone(), args.size.max(1 << 20));
+    let (mqtt, server_ip) = (args.mqtt, link.server_ip());
     let server = LabServer::start_default(&link, &certs, move |cfg| {
         cfg.transport = t;
         cfg.tcp_congestion = Some(tcp_cc.to_string());
         cfg.limits.max_bytes = max_bytes;
+        if mqtt {
+            cfg.mqtt.enabled = true;
+            cfg.mqtt.tcp_listen = Some(super::hol_mqtt::broker_tcp_listen(server_ip.into()));
+            cfg.mqtt.tls_listen = None;
+            cfg.mqtt.max_inflight = super::hol_mqtt::BROKER_MAX_INFLIGHT;
+        }
     })?;
     let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
+    let mqtt_target = match server.mqtt().and_then(|m| m.tcp) {
+        Some(broker) => Some(super::hol_mqtt::MqttTarget {
+            tcp: broker,
+            quic,
+            server_name: "localhost".into(),
+            trust: Trust::CaFile(certs.join("ca.pem")),
+            transport: crate::config::TransportConfig { congestion: quic_cc, ..transport.clone() },
+            tcp_congestion: tcp_cc.to_string(),
+        }),
+        None if args.mqtt => return Err(LabError::Config("the lab server started without its MQTT broker".into())),
+        None => None,
+    };
+    // MQTT/TCP: the broker's listener gets the same controller; its accepted sockets inherit it.
+    let broker_cc = match &mqtt_target {
+        Some(t) => super::hol_mqtt::set_listener_congestion(t.tcp, tcp_cc).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot set the broker's TCP congestion control; it runs the kernel default");
+            format!("kernel default (setting {tcp_cc} failed: {e})")
+        }),
+        None => String::new(),
+    };
+    let settings = args.mqtt_settings();
 
     let a = args.clone();
     let l = link.clone();
     let ca = certs.join("ca.pem");
-    let progress = report::progress((args.loss.len() * args.runs * Arm::ALL.len()) as u64, "hol");
+    let arms_per_run = if args.mqtt_only { 0 } else { Arm::ALL.len() }
+        + if args.mqtt { super::hol_mqtt::MqttArm::ALL.len() } else { 0 };
+    let progress = report::progress((args.loss.len() * args.runs * arms_per_run) as u64, "hol");
     let pb = progress.clone();
-    let thread = link.spawn_in_client_ns("lab-hol", move || -> Result<Vec<RunResult>, LabError> {
+    let (mt, ms) = (mqtt_target.clone(), settings.clone());
+    let pcap = args.pcap.then(|| pcap_dir.clone());
+    type Out = (Vec<RunResult>, Vec<super::hol_mqtt::MqttRunResult>, Vec<super::pcap::CaptureSummary>);
+    let thread = link.spawn_in_client_ns("lab-hol", move || -> Result<Out, LabError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let opts = ClientOptions {
@@ -270,7 +398,7 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
                 tcp_congestion: Some(tcp_cc.to_string()),
                 ..Default::default()
             };
-            let mut out = Vec::new();
+            let (mut out, mut mqtt_out, mut captures) = (Vec::new(), Vec::new(), Vec::new());
             for &loss in &a.loss {
                 let imp = Impairment {
                     loss: if loss > 0.0 { LossModel::Random { p: loss } } else { LossModel::None },
@@ -278,17 +406,36 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
                 };
                 l.set_impairment(Direction::Up, imp.clone())?;
                 l.set_impairment(Direction::Down, imp)?;
+                if let Some(dir) = &pcap {
+                    l.start_capture(&dir.join(format!("loss-{:.2}pct.pcap", loss * 100.0)))?;
+                }
                 for run in 0..a.runs {
-                    for arm in Arm::ALL {
+                    for arm in Arm::ALL.into_iter().filter(|_| !a.mqtt_only) {
                         out.push(one_run(&l, &opts, arm, loss, run, &a, quic, tcp).await?);
                         pb.inc(1);
                     }
+                    if let Some(t) = &mt {
+                        // Alternate which MQTT arm goes first, so neither always follows HTTP.
+                        let mut arms = super::hol_mqtt::MqttArm::ALL;
+                        if run % 2 == 1 {
+                            arms.reverse();
+                        }
+                        for arm in arms {
+                            mqtt_out.push(super::hol_mqtt::one_run(&l, t, &ms, arm, loss, run).await?);
+                            pb.inc(1);
+                        }
+                    }
                 }
+                captures.extend(l.stop_capture());
             }
-            Ok(out)
+            Ok((out, mqtt_out, captures))
         })
     })?;
-    let runs = thread.join()?;
+    let joined = thread.join();
+    if key_log.is_some() {
+        crate::tls::clear_key_log_file();
+    }
+    let (runs, mqtt_runs, captures) = joined?;
     progress.finish_and_clear();
     drop(server);
 
@@ -296,6 +443,7 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
     let hol = args
         .loss
         .iter()
+        .filter(|_| !args.mqtt_only)
         .map(|&loss| {
             let med = |arm| {
                 arms.iter().find(|s| s.arm == arm && s.loss == loss).map(|s| s.run_ms.estimate).unwrap_or(f64::NAN)
@@ -337,6 +485,29 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
         runs,
         arms,
         hol,
+        mqtt: mqtt_target.map(|t| {
+            let client_cc = mqtt_runs
+                .iter()
+                .find(|r| r.arm == super::hol_mqtt::MqttArm::Tcp)
+                .map_or_else(|| format!("{} (asked; no run)", t.tcp_congestion), |r| r.congestion.clone());
+            let quic_cc = format!("{quic_cc:?}").to_lowercase();
+            super::hol_mqtt::MqttResults {
+                fairness: super::hol_mqtt::MqttFairness {
+                    remaining_differences: super::hol_mqtt::remaining_differences(&client_cc, &broker_cc, &quic_cc),
+                    quic_congestion: quic_cc,
+                    tcp_congestion_client: client_cc,
+                    tcp_congestion_broker: broker_cc.clone(),
+                    tcp_nodelay: true,
+                    stream_window: transport.stream_window,
+                    conn_window: transport.conn_window,
+                },
+                arms: super::hol_mqtt::summarize(&mqtt_runs, &settings, &args.loss, args.seed),
+                runs: mqtt_runs,
+                settings,
+            }
+        }),
+        captures,
+        key_log,
         versions: report::versions(),
     })
 }
@@ -476,6 +647,21 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     let dir = report::ResultsDir::create(out)?;
     dir.write_json(r)?;
     let c = &r.config;
+    if r.runs.is_empty() {
+        // `--mqtt-only`: no HTTP arms ran.
+        let mut md = format!(
+            "# Head-of-line blocking under loss: MQTT only\n\nRTT {:.0} ms; {} bit/s each way; {} runs per point \
+             (paired seeds); loss {:?}.\n",
+            c.rtt_ms, c.rate_bps, c.runs, c.loss
+        );
+        if let Some(m) = &r.mqtt {
+            super::hol_mqtt::write_section(&dir, m, &c.loss, &mut md)?;
+        }
+        md += &format!("\nLink self-check:\n\n```\n{}```\n", r.self_check);
+        md += &captures_section(r);
+        dir.write_markdown(&md)?;
+        return Ok(());
+    }
     let mut md = format!(
         "# Head-of-line blocking: HTTP/2 vs HTTP/3 under loss\n\n{} concurrent requests of {} bytes; RTT {:.0} ms; \
          {} bit/s each way; {} runs per point (paired seeds); handshake {} the timed part.\n\n",
@@ -536,7 +722,11 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     for d in &f.remaining_differences {
         md += &format!("- {d}\n");
     }
+    if let Some(m) = &r.mqtt {
+        super::hol_mqtt::write_section(&dir, m, &c.loss, &mut md)?;
+    }
     md += &format!("\nLink self-check:\n\n```\n{}```\n", r.self_check);
+    md += &captures_section(r);
     dir.write_markdown(&md)?;
 
     // Latency CDF per loss rate, one line per arm.

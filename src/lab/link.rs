@@ -26,15 +26,20 @@
 //!
 //! All counters are per direction and measured in wire bytes: the length of the IP datagram the
 //! relay read (the TUN carries no link-layer header).
+//!
+//! [`Link::start_capture`] records what the relay forwards (each datagram as the delay line writes
+//! it into the other namespace, after NAT) to a pcap file, and what it drops to a second one; see
+//! [`super::pcap`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -42,6 +47,7 @@ use serde::Serialize;
 use super::impair::{stream_id, Bottleneck, DelayModel, Direction, LossGen, LossModel, Purpose, QueueLimit};
 use super::netns::{NetNs, NsThread};
 use super::packet::{Ipv4Info, Nat, NatMapping, NatVerdict, RebindMode};
+use super::pcap::{Capture, CaptureSummary, Stream};
 use super::report::{ser_duration_ms, Percentiles};
 use super::tun::{self, Tun};
 use super::LabError;
@@ -330,6 +336,11 @@ struct DirShared {
 
 struct Shared {
     epoch: Instant,
+    /// Wall-clock time of `epoch`, in nanoseconds since the Unix epoch (for capture timestamps).
+    wall_epoch_ns: u64,
+    /// Whether `capture` holds a capture (checked before taking its lock).
+    capturing: AtomicBool,
+    capture: RwLock<Option<Capture>>,
     stop: AtomicBool,
     dirs: [DirShared; 2],
     nat: Mutex<Nat>,
@@ -345,6 +356,16 @@ struct Shared {
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Hand a packet to the capture, if one runs. Never blocks on the writer.
+    fn capture(&self, stream: Stream, at_ns: u64, data: impl FnOnce() -> Vec<u8>) {
+        if !self.capturing.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(c) = self.capture.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            c.record(stream, at_ns, data());
+        }
     }
 
     fn rebind(&self, now: u64) {
@@ -388,6 +409,7 @@ impl Shared {
             };
             if verdict == NatVerdict::Stale {
                 c.stale.fetch_add(1, Ordering::Relaxed);
+                self.capture(Stream::Dropped, now, || pkt.to_vec());
                 return;
             }
         }
@@ -396,6 +418,8 @@ impl Shared {
             c.considered.fetch_add(1, Ordering::Relaxed);
             if p.loss.drop_next() {
                 c.lost.fetch_add(1, Ordering::Relaxed);
+                drop(p);
+                self.capture(Stream::Dropped, now, || pkt.to_vec());
                 return;
             }
             let depart = match p.bottleneck.as_mut() {
@@ -404,6 +428,8 @@ impl Shared {
                     Some(t) => t,
                     None => {
                         c.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        drop(p);
+                        self.capture(Stream::Dropped, now, || pkt.to_vec());
                         return;
                     }
                 },
@@ -661,6 +687,8 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
                     }
                     eg.buckets[bucket] += pkt.data.len() as u64;
                 }
+                drop(eg);
+                shared.capture(Stream::Forwarded, sent_at, || pkt.data);
             }
             Err(e) => {
                 if c.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -689,8 +717,12 @@ impl Link {
             counters: Counters::default(),
             egress: Mutex::new(Egress { lateness: new_histogram(), buckets: Vec::new() }),
         };
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            wall_epoch_ns: wall.as_nanos() as u64,
+            capturing: AtomicBool::new(false),
+            capture: RwLock::new(None),
             stop: AtomicBool::new(false),
             dirs: [dir_shared(Direction::Up), dir_shared(Direction::Down)],
             nat: Mutex::new(Nat::new(config.rebind, CLIENT_IP)),
@@ -902,6 +934,46 @@ impl Link {
         super::selfcheck::run(self, opts)
     }
 
+    /// Start writing every datagram the relay forwards, both directions, to the pcap file
+    /// `path` (nanosecond timestamps, `LINKTYPE_RAW`, whole packets), and every datagram it drops
+    /// (loss, full queue, stale NAT) to [`super::pcap::dropped_path`]`(path)`
+    /// (`run.pcap` → `run.dropped.pcap`). A forwarded datagram is recorded as it leaves the relay
+    /// for its destination: after the NAT, stamped when the delay line writes it. Both files are
+    /// created (truncated) now. A writer thread does the I/O; the relay never waits for it (see
+    /// [`CaptureSummary::overflow`]). One capture at a time; [`Link::stop_capture`] ends it, and
+    /// dropping the link flushes it too.
+    pub fn start_capture(&self, path: &Path) -> Result<(), LabError> {
+        let mut slot = self.shared.capture.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Err(LabError::Config("a capture is already running on this link".into()));
+        }
+        let capture = Capture::start(path, self.shared.wall_epoch_ns)
+            .map_err(|e| LabError::Io(std::io::Error::new(e.kind(), format!("capture {}: {e}", path.display()))))?;
+        *slot = Some(capture);
+        self.shared.capturing.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a capture is running.
+    pub fn capturing(&self) -> bool {
+        self.shared.capturing.load(Ordering::SeqCst)
+    }
+
+    /// End the capture: wait for the writer to write what it was handed and flush both files,
+    /// and say what they hold. `None` if no capture was running.
+    pub fn stop_capture(&self) -> Option<CaptureSummary> {
+        self.shared.capturing.store(false, Ordering::SeqCst);
+        let capture = self.shared.capture.write().unwrap_or_else(|e| e.into_inner()).take()?;
+        let summary = capture.finish();
+        if summary.overflow > 0 {
+            tracing::warn!(lost = summary.overflow, "capture: records dropped because the writer fell behind");
+        }
+        if let Some(e) = &summary.error {
+            tracing::warn!("capture {}: write error: {e}", summary.path.display());
+        }
+        Some(summary)
+    }
+
     /// Stop the relay and wait for its threads (also done on drop).
     pub fn shutdown(mut self) {
         self.stop();
@@ -919,6 +991,7 @@ impl Link {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.stop_capture();
     }
 }
 

@@ -42,11 +42,13 @@
 pub mod flow;
 pub mod handshake;
 pub mod hol;
+pub mod hol_mqtt;
 pub mod impair;
 pub mod link;
 pub mod migrate;
 pub mod netns;
 pub mod packet;
+pub mod pcap;
 pub mod report;
 pub mod selfcheck;
 pub mod server;

@@ -527,7 +527,9 @@ impl Gen {
         let mut quic_cfg = super::client::client_config(&trust)?;
         // No client keep-alive: idle clients stay silent (the broker's listener pings).
         quic_cfg.transport_config(Arc::new(quinn::TransportConfig::default()));
-        let mut quic = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let udp = crate::quic::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let mut quic =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp, Arc::new(quinn::TokioRuntime))?;
         quic.set_default_client_config(quic_cfg.clone());
         Ok(Gen { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), quic, quic_cfg })
     }

@@ -375,7 +375,7 @@ pub struct BrokerArgs {
     pub tls: Option<SocketAddr>,
     /// Also serve MQTT over QUIC (ALPN mqtt) on this UDP address, e.g. [::]:14567, with the
     /// transport parameters of `serve --mqtt-quic` (idle timeout 300 s, keep-alive PINGs every
-    /// 60 s; docs/mqtt-over-quic.md §4.2).
+    /// 60 s, 50 concurrent streams; docs/mqtt-over-quic.md §4.2).
     #[arg(long, value_name = "ADDR")]
     pub quic: Option<SocketAddr>,
     /// Directory of the development certificates (for --tls and --quic).

@@ -228,6 +228,8 @@ impl StreamTask {
                     }
                     let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
                     att.handle(channel, &mut packets, err.as_ref());
+                    // Keep no capacity between reads (memory per idle client).
+                    packets = Vec::new();
                     if saw_connect {
                         if let Some(tx) = &connected {
                             let _ = tx.send(true);
@@ -256,9 +258,9 @@ impl StreamTask {
             }
         };
         let writer = async move {
-            let mut batch = Vec::new();
-            let mut buf = Vec::new();
             loop {
+                // Fresh buffers per wake-up: an idle stream keeps none (memory per idle client).
+                let (mut batch, mut buf) = (Vec::new(), Vec::new());
                 tokio::select! {
                     _ = std::future::poll_fn(|cx| att.poll_outbox(channel, cx)) => {}
                     _ = abort.cancelled() => {
@@ -275,7 +277,6 @@ impl StreamTask {
                     }
                 }
                 let reason = att.drain(channel, &mut batch, WRITE_BATCH);
-                buf.clear();
                 for p in batch.drain(..) {
                     if let Err(e) = codec::encode(&p, &mut buf) {
                         tracing::warn!(%remote, channel, error = %e, "mqtt+quic: cannot encode a packet");
