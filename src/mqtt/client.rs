@@ -1030,26 +1030,40 @@ impl Client {
         Ok(())
     }
 
-    /// Subscribe; returns the SUBACK's return codes, one per filter. In per-topic mode each
-    /// filter gets its own data stream and SUBSCRIBE (sent together, then awaited).
-    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReturnCode>, MqttError> {
-        let topics = filters.iter().map(|(f, q)| Ok((filter(f)?, *q))).collect::<Result<Vec<_>, MqttError>>()?;
+    /// Send a request (SUBSCRIBE or UNSUBSCRIBE) for `items`, one per filter: on the control
+    /// stream all together, in per-topic mode one request per filter on that filter's data
+    /// stream (sent together, awaited afterwards). Returns (channel, packet id) per request.
+    async fn send_requests<T>(
+        &mut self,
+        names: &[&str],
+        items: Vec<T>,
+        request: impl Fn(Pid, Vec<T>) -> Packet,
+    ) -> Result<Vec<(usize, Pid)>, MqttError> {
         let mut sent = Vec::new();
         match self.mode {
             StreamMode::Single => {
                 let pid = self.pid();
-                self.send(0, &Packet::Subscribe(Subscribe::new(pid, topics))).await?;
+                self.send(0, &request(pid, items)).await?;
                 sent.push((0, pid));
             }
             StreamMode::PerTopic => {
-                for ((name, _), t) in filters.iter().zip(topics) {
+                for (name, item) in names.iter().zip(items) {
                     let ch = self.channel_for(name).await?;
                     let pid = self.pid();
-                    self.send(ch, &Packet::Subscribe(Subscribe::new(pid, vec![t]))).await?;
+                    self.send(ch, &request(pid, vec![item])).await?;
                     sent.push((ch, pid));
                 }
             }
         }
+        Ok(sent)
+    }
+
+    /// Subscribe; returns the SUBACK's return codes, one per filter. In per-topic mode each
+    /// filter gets its own data stream and SUBSCRIBE.
+    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReturnCode>, MqttError> {
+        let topics = filters.iter().map(|(f, q)| Ok((filter(f)?, *q))).collect::<Result<Vec<_>, MqttError>>()?;
+        let names: Vec<&str> = filters.iter().map(|(f, _)| *f).collect();
+        let sent = self.send_requests(&names, topics, |pid, t| Packet::Subscribe(Subscribe::new(pid, t))).await?;
         let mut codes = Vec::with_capacity(filters.len());
         for (ch, pid) in sent {
             match self.wait_for("SUBACK", ch, |p| matches!(p, Packet::Suback(s) if s.pid == pid)).await? {
@@ -1063,22 +1077,7 @@ impl Client {
     /// Unsubscribe and wait for UNSUBACK (in per-topic mode, on each filter's stream).
     pub async fn unsubscribe(&mut self, filters: &[&str]) -> Result<(), MqttError> {
         let topics = filters.iter().map(|f| filter(f)).collect::<Result<Vec<_>, _>>()?;
-        let mut sent = Vec::new();
-        match self.mode {
-            StreamMode::Single => {
-                let pid = self.pid();
-                self.send(0, &Packet::Unsubscribe(Unsubscribe::new(pid, topics))).await?;
-                sent.push((0, pid));
-            }
-            StreamMode::PerTopic => {
-                for (name, t) in filters.iter().zip(topics) {
-                    let ch = self.channel_for(name).await?;
-                    let pid = self.pid();
-                    self.send(ch, &Packet::Unsubscribe(Unsubscribe::new(pid, vec![t]))).await?;
-                    sent.push((ch, pid));
-                }
-            }
-        }
+        let sent = self.send_requests(filters, topics, |pid, t| Packet::Unsubscribe(Unsubscribe::new(pid, t))).await?;
         for (ch, pid) in sent {
             self.wait_for("UNSUBACK", ch, |p| *p == Packet::Unsuback(pid)).await?;
         }
