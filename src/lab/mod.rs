@@ -11,6 +11,7 @@
 //! * [`tun`]: TUN devices by ioctl;
 //! * [`selfcheck`]: the RTT and loss check every run passes before it reports;
 //! * [`server`]: the quiclab server inside the server namespace ([`LabServer`]);
+//! * [`pcap`]: captures of what the relay forwards (and drops), for `hol --pcap`;
 //! * [`report`]: percentiles, bootstrap intervals, `results.json`, `report.md`, SVG plots;
 //! * [`units`]: parsers for rates, loss and queue limits.
 //!
