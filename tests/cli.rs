@@ -216,3 +216,41 @@ fn mqtt_pub_sub_per_topic_streams_over_quic() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt+quic://"), "{}", String::from_utf8_lossy(&out.stderr));
     drop(served);
 }
+
+/// `quiclab mqtt pub --0rtt --repeat 3` resumes within one process and says what became of
+/// 0-RTT per connection; `--rebind-after 5` moves the client mid-session and says so.
+#[test]
+fn mqtt_pub_zero_rtt_repeat_and_rebind_report_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let served = serve(&certs);
+    let url = format!("mqtt+quic://localhost:{}", served.port);
+    let ca = certs.join("ca.pem");
+    let run = |extra: &[&str]| {
+        let out = quiclab()
+            .args(["mqtt", "pub", "--url", &url, "-t", "cli/0rtt", "-m", "x", "-q", "1", "--cacert"])
+            .arg(&ca)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--0rtt", "--repeat", "3"]);
+    assert!(err.contains("connection 1/3: 0-RTT not attempted (no ticket yet)"), "{err}");
+    for n in [2, 3] {
+        // On loopback the handshake can finish before the server reads the early CONNECT; what
+        // the client reports is whether the server accepted the early data at all.
+        assert!(err.contains(&format!("connection {n}/3: 0-RTT accepted")), "{err}");
+    }
+    let err = run(&["--count", "10", "--rebind-after", "5"]);
+    assert!(err.contains("moved from") && err.contains("after 5 messages"), "{err}");
+    // Both need QUIC.
+    let out = quiclab()
+        .args(["mqtt", "pub", "--url", "mqtt://127.0.0.1:1", "--0rtt", "-t", "x", "-m", "y"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--0rtt needs an mqtt+quic:// URL"));
+    drop(served);
+}
