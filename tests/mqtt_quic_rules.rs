@@ -6,7 +6,9 @@
 //!   subscriptions honoured, until it subscribes again on a data stream;
 //! * a client that moves to a new UDP socket in the middle of a 1,000-message QoS 1 flow keeps
 //!   its session: one path change, no reconnect, every message in order;
-//! * a subscriber that stops reading one data stream still gets its other streams' messages.
+//! * a subscriber that stops reading one data stream still gets its other streams' messages;
+//! * an early CONNECT the server refuses (a ticket it does not know) is sent again after the
+//!   handshake, once.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamEnd, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, StreamEnd, StreamMode, Transport};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
@@ -301,4 +303,34 @@ async fn a_stalled_data_stream_does_not_hold_up_another() {
     publ.disconnect().await.unwrap();
     conn.close(0u32.into(), b"done");
     ts.stop().await;
+}
+
+/// 0-RTT refused: a ticket from one server is useless at another (same certificate, its own
+/// session store), so the early CONNECT is lost with its stream; the client says so, sends
+/// CONNECT again after the handshake, and the session works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_early_connect_is_sent_again_after_the_handshake() {
+    let a = TestServer::start().await;
+    let certs = a.dir.path().join("certs");
+    let b = TestServer::start_with(|c| c.certs_dir = certs).await;
+    let setup = quiclab::mqtt::client::QuicSetup::new(&Trust::CaFile(a.ca())).unwrap();
+    let zero =
+        |id: &str| ClientOptions { zero_rtt: true, quic: Some(setup.clone()), ..opts(&a, id, StreamMode::Single) };
+    let c = Client::connect(&quic_url(&a), &zero("first")).await.unwrap();
+    assert_eq!(c.early_data(), EarlyData::NoTicket);
+    c.disconnect().await.unwrap();
+    let c = Client::connect(&quic_url(&a), &zero("second")).await.unwrap();
+    assert_eq!(c.early_data(), EarlyData::Accepted, "the ticket works where it came from");
+    c.disconnect().await.unwrap();
+    let mut c = Client::connect(&quic_url(&b), &zero("elsewhere")).await.unwrap();
+    assert_eq!(c.early_data(), EarlyData::Rejected, "another server's store does not know the ticket");
+    c.subscribe(&[("after/rejection", QoS::Level1)]).await.unwrap();
+    let mut p = Client::connect(&quic_url(&b), &opts(&a, "pub", StreamMode::Single)).await.unwrap();
+    p.publish("after/rejection", QoS::Level1, false, "fine").await.unwrap();
+    assert_eq!(recv_one(&mut c).await.1, "fine");
+    assert_eq!(broker(&b).stats().core.connects_accepted, 2, "one CONNECT per connection, none doubled");
+    p.disconnect().await.unwrap();
+    c.disconnect().await.unwrap();
+    b.stop().await;
+    a.stop().await;
 }
