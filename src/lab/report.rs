@@ -311,12 +311,20 @@ impl Series {
         Series { name: name.into(), points, bars: None }
     }
 
-    /// The empirical CDF of `samples` (x = value, y = fraction ≤ x).
+    /// The empirical CDF of `samples` (x = value, y = fraction ≤ x), at most
+    /// [`CDF_POINTS`] points (evenly spaced ranks, the last always in), so a plot of many
+    /// thousand samples stays small.
     pub fn cdf(name: impl Into<String>, samples: &[f64]) -> Series {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
-        let n = v.len() as f64;
-        let points = v.iter().enumerate().map(|(i, x)| (*x, (i + 1) as f64 / n)).collect();
+        let n = v.len();
+        let step = n.div_ceil(CDF_POINTS).max(1);
+        let points = v
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + 1) % step == 0 || i + 1 == n)
+            .map(|(i, x)| (*x, (i + 1) as f64 / n as f64))
+            .collect();
         Series::line(name, points)
     }
 
@@ -329,6 +337,9 @@ impl Series {
         }
     }
 }
+
+/// Most points [`Series::cdf`] keeps.
+pub const CDF_POINTS: usize = 1000;
 
 fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
