@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicLink, StreamMode, Transport};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::mqtt::quic::code;
 use quiclab::mqtt::Message;
@@ -197,21 +196,10 @@ async fn tcp_and_quic_single_stream_give_identical_outcomes() {
     ts.stop().await;
 }
 
-/// A hand-driven multi-stream client: raw quinn streams and quiclab's codec.
-struct Raw {
-    conn: quinn::Connection,
-    _ep: quinn::Endpoint,
-}
-
-impl Raw {
-    async fn connect(ts: &TestServer) -> Raw {
-        let tls =
-            quiclab::tls::client_config(&Trust::CaFile(ts.ca()), &[quiclab::mqtt::config::ALPN_MQTT], true).unwrap();
-        let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep.connect_with(cfg, ts.server.quic_addr(), "localhost").unwrap().await.unwrap();
-        Raw { conn, _ep: ep }
-    }
+/// A hand-driven multi-stream client: the library's QUIC connection (ALPN `mqtt`), raw quinn
+/// streams and quiclab's codec.
+async fn raw_connect(ts: &TestServer) -> QuicLink {
+    QuicLink::connect(&quic_url(ts), None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection")
 }
 
 fn bytes_of(packets: &[Packet]) -> Vec<u8> {
@@ -243,16 +231,17 @@ async fn read_packets(recv: &mut quinn::RecvStream, want: usize) -> Vec<Packet> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_stream_acks_and_deliveries_follow_their_streams() {
     let ts = TestServer::start().await;
-    let c = Raw::connect(&ts).await;
+    let link = raw_connect(&ts).await;
+    let c = link.connection();
     // First flight: CONNECT on the control stream, SUBSCRIBE on data stream A and PUBLISH on
     // data stream B, all written before CONNACK (spec §2.7).
-    let (mut ctl_s, mut ctl_r) = c.conn.open_bi().await.unwrap();
+    let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
     ctl_s.write_all(&bytes_of(&[connect_packet("multi")])).await.unwrap();
-    let (mut a_s, mut a_r) = c.conn.open_bi().await.unwrap();
+    let (mut a_s, mut a_r) = c.open_bi().await.unwrap();
     let sub =
         Subscribe::new(Pid::try_from(1).unwrap(), vec![(codec::TopicFilter::try_from("t/#").unwrap(), QoS::Level1)]);
     a_s.write_all(&bytes_of(&[Packet::Subscribe(sub)])).await.unwrap();
-    let (mut b_s, mut b_r) = c.conn.open_bi().await.unwrap();
+    let (mut b_s, mut b_r) = c.open_bi().await.unwrap();
     let publ = Publish::new(
         QosPid::Level1(Pid::try_from(1).unwrap()),
         codec::TopicName::try_from("t/x").unwrap(),
@@ -273,13 +262,13 @@ async fn multi_stream_acks_and_deliveries_follow_their_streams() {
         other => panic!("expected the delivery on the subscribing stream, got {other:?}"),
     }
     // A unidirectional stream is refused with STOP_SENDING 0x10 (spec §2.8).
-    let mut uni = c.conn.open_uni().await.unwrap();
+    let mut uni = c.open_uni().await.unwrap();
     uni.write_all(b"x").await.unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(5), uni.stopped()).await.unwrap().unwrap();
     assert_eq!(stopped, Some(quinn::VarInt::from_u32(code::UNI_STREAM_REFUSED)));
     // The control stream's end closes the connection with 0x1 (spec §3.1).
     ctl_s.finish().unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), c.conn.closed()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap();
     match err {
         quinn::ConnectionError::ApplicationClosed(a) => {
             assert_eq!(a.error_code, quinn::VarInt::from_u32(code::CONTROL_STREAM_CLOSED))
@@ -292,13 +281,14 @@ async fn multi_stream_acks_and_deliveries_follow_their_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_on_a_data_stream_is_a_protocol_error() {
     let ts = TestServer::start().await;
-    let c = Raw::connect(&ts).await;
-    let (mut ctl_s, mut ctl_r) = c.conn.open_bi().await.unwrap();
+    let link = raw_connect(&ts).await;
+    let c = link.connection();
+    let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
     ctl_s.write_all(&bytes_of(&[connect_packet("bad")])).await.unwrap();
     assert!(matches!(read_packets(&mut ctl_r, 1).await[0], Packet::Connack(_)));
-    let (mut d_s, _d_r) = c.conn.open_bi().await.unwrap();
+    let (mut d_s, _d_r) = c.open_bi().await.unwrap();
     d_s.write_all(&bytes_of(&[connect_packet("again")])).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), c.conn.closed()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap();
     match err {
         quinn::ConnectionError::ApplicationClosed(a) => {
             assert_eq!(a.error_code, quinn::VarInt::from_u32(code::PROTOCOL_ERROR))

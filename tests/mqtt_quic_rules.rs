@@ -13,11 +13,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, StreamEnd, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, StreamEnd, StreamMode, Transport};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
@@ -260,15 +259,13 @@ impl RawStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_data_stream_does_not_hold_up_another() {
     let ts = TestServer::start().await;
-    let tls = quiclab::tls::client_config(&Trust::CaFile(ts.ca()), &[quiclab::mqtt::config::ALPN_MQTT], true).unwrap();
-    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep.connect_with(cfg, ts.server.quic_addr(), "localhost").unwrap().await.unwrap();
-    let mut control = RawStream::open(&conn).await;
+    let link = QuicLink::connect(&quic_url(&ts), None, &Trust::CaFile(ts.ca())).await.unwrap();
+    let conn = link.connection();
+    let mut control = RawStream::open(conn).await;
     control.send(&Packet::Connect(Connect::new("hol-sub".into(), 60))).await;
     assert!(matches!(control.next(Duration::from_secs(5)).await, Some(Packet::Connack(_))));
-    let mut a = RawStream::open(&conn).await;
-    let mut b = RawStream::open(&conn).await;
+    let mut a = RawStream::open(conn).await;
+    let mut b = RawStream::open(conn).await;
     for (s, f, id) in [(&mut a, "hol/a", 1u16), (&mut b, "hol/b", 2)] {
         let sub =
             Subscribe::new(Pid::try_from(id).unwrap(), vec![(codec::TopicFilter::try_from(f).unwrap(), QoS::Level1)]);
