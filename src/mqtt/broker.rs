@@ -185,6 +185,10 @@ struct Conn<L> {
     closing: bool,
     /// Present while the connection is early (its QUIC handshake has not completed).
     early: Option<Box<Early>>,
+    /// The name in the client's TLS certificate (its subject CN), when the transport verified
+    /// one ([`BrokerCore::set_cert_identity`]); for `require_certificate` and
+    /// `use_identity_as_username`.
+    identity: Option<Box<str>>,
     /// The driver's own data for this connection (its outboxes).
     link: L,
 }
@@ -368,6 +372,7 @@ impl<L> BrokerCore<L> {
             will: None,
             closing: false,
             early: None,
+            identity: None,
             link,
         };
         let id = self.conns.insert(conn).pack();
@@ -385,6 +390,15 @@ impl<L> BrokerCore<L> {
             if !c.closing && c.early.is_none() {
                 c.early = Some(Box::default());
             }
+        }
+    }
+
+    /// The transport verified a client certificate on `conn` naming `identity` (its subject
+    /// CN). Call it before handing the connection any packet; `None` (or never calling it)
+    /// means the client presented no certificate.
+    pub fn set_cert_identity(&mut self, conn: ConnId, identity: Option<&str>) {
+        if let Some(c) = self.conns.get_mut(ck(conn)) {
+            c.identity = identity.map(Into::into);
         }
     }
 

@@ -74,6 +74,12 @@ pub struct MqttConfig {
     /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
     /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
     pub credentials: Option<HashMap<String, String>>,
+    /// Refuse clients that presented no verified TLS client certificate (TLS and QUIC; plain
+    /// TCP clients never have one). Off by default.
+    pub require_certificate: bool,
+    /// Use the client certificate's subject CN as the user name (for ACLs), in place of the
+    /// user name in CONNECT; as mosquitto's `use_identity_as_username`. Off by default.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for MqttConfig {
@@ -95,6 +101,8 @@ impl Default for MqttConfig {
             max_retained: 100_000,
             max_awaiting_rel: 1000,
             credentials: None,
+            require_certificate: false,
+            use_identity_as_username: false,
         }
     }
 }

@@ -405,6 +405,13 @@ impl Attachment {
         self.broker.dispatch(&mut st);
     }
 
+    /// The client presented a verified certificate naming `identity` (its subject CN); `None`:
+    /// no certificate. Call it before handing the connection any packet
+    /// ([`BrokerCore::set_cert_identity`]).
+    pub fn set_cert_identity(&self, identity: Option<&str>) {
+        self.broker.lock().core.set_cert_identity(self.conn, identity);
+    }
+
     /// The connection's QUIC handshake has not completed: until
     /// [`Attachment::handshake_complete`], only packets whose effects die with the connection
     /// are acted on, the rest are held ([`BrokerCore::set_early`], docs/mqtt-over-quic.md §6.7).
