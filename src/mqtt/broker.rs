@@ -156,7 +156,8 @@ pub struct CoreStats {
     pub limit_topic_levels: u64,
     /// Clients closed for a SUBSCRIBE beyond `max_subscriptions`.
     pub limit_subscriptions: u64,
-    /// Clients closed for more than `max_awaiting_rel` QoS 2 messages awaiting PUBREL.
+    /// Clients closed for more than `max_awaiting_rel` QoS 2 messages (or
+    /// `max_awaiting_rel_bytes`) awaiting PUBREL.
     pub limit_awaiting_rel: u64,
     /// Clients closed for a packet larger than `max_packet_size`.
     pub limit_packet_size: u64,
@@ -1153,6 +1154,17 @@ impl<L> BrokerCore<L> {
                         let n = self.cfg.max_awaiting_rel;
                         self.stats.limit_awaiting_rel += 1;
                         return self.violation(conn, format!("more than {n} QoS 2 messages awaiting PUBREL"), out);
+                    }
+                    let size = |m: &Message| m.topic.len() + m.payload.len();
+                    let held: usize = s.fr().awaiting_rel.values().map(size).sum();
+                    if held + size(&msg) > self.cfg.max_awaiting_rel_bytes {
+                        let n = self.cfg.max_awaiting_rel_bytes;
+                        self.stats.limit_awaiting_rel += 1;
+                        return self.violation(
+                            conn,
+                            format!("more than {n} bytes of QoS 2 messages awaiting PUBREL (max_awaiting_rel_bytes)"),
+                            out,
+                        );
                     }
                     // MQTT 3.1.1 §4.3.3 method B: store, PUBREC, forward on PUBREL. A duplicate
                     // (DUP=1, same id) before PUBREL is not stored twice.

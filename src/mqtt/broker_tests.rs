@@ -1646,3 +1646,21 @@ fn retained_store_bounded_in_bytes() {
     h.send(p, retained("cd", QoS::Level0, 0, "1234567"));
     assert_eq!((h.core.stats().retained, h.core.stats().retained_bytes), (1, 9));
 }
+
+/// Issue 13: QoS 2 messages awaiting PUBREL are bounded in bytes per session, not only in
+/// number.
+#[test]
+fn awaiting_rel_bounded_in_bytes() {
+    let mut h = H::with(|c| c.max_awaiting_rel_bytes = 20);
+    let (c, _, _) = h.connect("c", true);
+    let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // 11 bytes
+    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // a duplicate: not counted twice
+    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    let out = h.send(c, publish("t", QoS::Level2, 2, "0123456789")); // 22 in all: over
+    match close_of(&out, c) {
+        Some(CloseReason::Violation(v)) => assert!(v.contains("max_awaiting_rel_bytes"), "{v}"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(h.core.stats().limit_awaiting_rel, 1);
+}

@@ -334,6 +334,9 @@ pub struct MqttKnobs {
     /// Inbound QoS 2 messages awaiting PUBREL per session; a client with more is closed.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub mqtt_max_awaiting_rel: usize,
+    /// Bytes of inbound QoS 2 messages awaiting PUBREL per session (k, M, G suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub mqtt_max_awaiting_rel_bytes: u64,
 }
 
 impl MqttKnobs {
@@ -351,6 +354,7 @@ impl MqttKnobs {
         cfg.max_retained = self.mqtt_max_retained;
         cfg.max_retained_bytes = usize::try_from(self.mqtt_max_retained_bytes).unwrap_or(usize::MAX);
         cfg.max_awaiting_rel = self.mqtt_max_awaiting_rel;
+        cfg.max_awaiting_rel_bytes = usize::try_from(self.mqtt_max_awaiting_rel_bytes).unwrap_or(usize::MAX);
     }
 }
 

@@ -88,6 +88,11 @@ pub struct MqttConfig {
     /// Inbound QoS 2 messages stored per session awaiting PUBREL. A client that exceeds it is
     /// disconnected (3.1.1 has no way to refuse a PUBLISH). 1,000.
     pub max_awaiting_rel: usize,
+    /// Bytes (topics + payloads) of the inbound QoS 2 messages a session may have awaiting
+    /// PUBREL; beyond it the client is disconnected, as for `max_awaiting_rel`. 64 MiB: 64
+    /// maximum-size messages in flight before their PUBREL; without it, 1,000 messages of
+    /// 1 MiB would let one client pin 1 GiB.
+    pub max_awaiting_rel_bytes: usize,
     /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
     /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
     pub credentials: Option<HashMap<String, String>>,
@@ -117,6 +122,7 @@ impl Default for MqttConfig {
             max_sessions: 100_000,
             max_retained: 100_000,
             max_awaiting_rel: 1000,
+            max_awaiting_rel_bytes: 64 << 20,
             max_retained_bytes: 256 << 20,
             max_topic_levels: 128,
             max_subscriptions: 1000,
@@ -155,6 +161,7 @@ impl MqttConfig {
         line("mqtt_max_retained", &self.max_retained);
         line("mqtt_max_retained_bytes", &self.max_retained_bytes);
         line("mqtt_max_awaiting_rel", &self.max_awaiting_rel);
+        line("mqtt_max_awaiting_rel_bytes", &self.max_awaiting_rel_bytes);
         line("mqtt_max_topic_levels", &self.max_topic_levels);
         line("mqtt_max_subscriptions", &self.max_subscriptions);
         line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
