@@ -724,6 +724,54 @@ mod tests {
     }
 
     #[test]
+    fn client_names() {
+        for ok in ["alice", "sensor-7", "a.b_c@example.org", "A", &"x".repeat(64)] {
+            assert!(check_client_name(ok).is_ok(), "{ok:?}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "../x", "a/b", "a\\b", ".hidden", "-flag", "a b", "a+b", "a#", "é", "a\0", &long] {
+            assert!(matches!(check_client_name(bad), Err(TlsError::BadClientName(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn issues_a_client_certificate_from_the_dev_ca() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = issue_client_cert(dir.path(), "alice").unwrap();
+        assert!(f.created && f.created_ca);
+        assert_eq!(f.cert, dir.path().join("client-alice.pem"));
+        assert_eq!(f.key, dir.path().join("client-alice-key.pem"));
+        assert_eq!(fs::metadata(&f.key).unwrap().permissions().mode() & 0o777, 0o600);
+        let chain = load_certs(&f.cert).unwrap();
+        assert_eq!(subject_common_name(&chain[0]).unwrap().as_deref(), Some("alice"));
+        // It verifies as a client certificate against the CA, and the server leaf does not.
+        let ca = ClientCa::load(&f.ca).unwrap();
+        let v = ca.verifier(true).unwrap();
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&chain[0], &[], now).is_ok());
+        let server_leaf = load_certs(&CertStore::dev_paths(dir.path()).cert).unwrap();
+        assert!(v.verify_client_cert(&server_leaf[0], &[], now).is_err(), "serverAuth only");
+        // Kept on a second call; the key still matches.
+        let again = issue_client_cert(dir.path(), "alice").unwrap();
+        assert!(!again.created && !again.created_ca);
+        assert_eq!(load_certs(&again.cert).unwrap(), chain);
+        assert!(ClientIdentity::load(&again.cert, &again.key).is_ok());
+        assert!(issue_client_cert(dir.path(), "../evil").is_err());
+        assert!(!dir.path().join("client-..").exists());
+    }
+
+    #[test]
+    fn common_name_absent_or_garbage() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["device.example".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(subject_common_name(cert.der()).unwrap(), None);
+        assert!(subject_common_name(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_err());
+    }
+
+    #[test]
     fn rejects_garbage_der() {
         assert!(der::spki(&[0x30, 0x82, 0xff]).is_err());
         assert!(der::spki(&[]).is_err());
