@@ -7,7 +7,8 @@
 //!   accepted and its CN reaches the broker core;
 //! * a client CA alone makes a certificate optional but verified;
 //! * HTTP/3 on the shared endpoint, and HTTP/2, work without a certificate meanwhile;
-//! * 0-RTT still works with a client certificate, and the resumed connection has its identity.
+//! * 0-RTT still works with a client certificate, and the resumed connection has its identity;
+//!   HTTP/3 0-RTT without one is unchanged.
 
 mod common;
 
@@ -198,6 +199,28 @@ async fn http_still_works_without_a_certificate() {
         assert_eq!(r.status, 200, "{version:?}");
         assert_eq!(r.body.len(), 10);
     }
+    ts.stop().await;
+}
+
+/// HTTP/3 0-RTT on the shared endpoint is unchanged by the CertificateRequest (a client without
+/// a certificate resumes a session that has none, in 0-RTT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_zero_rtt_still_works_with_a_client_ca() {
+    use quiclab::client::h3::ZeroRtt;
+    let ts = start(true, true).await;
+    let opts = quiclab::client::ClientOptions { trust: Trust::CaFile(ts.ca()), ..Default::default() };
+    let client = quiclab::client::Client::new(HttpVersion::H3, &opts).unwrap();
+    let url = ts.url(HttpVersion::H3, "/bytes/100");
+    let fetch = || async {
+        let target = quiclab::client::Target::parse(&url).unwrap();
+        let req = quiclab::client::request(&target, "GET".parse().unwrap(), bytes::Bytes::new()).unwrap();
+        let fo = quiclab::client::FetchOptions { zero_rtt: true, rebind_after: None };
+        quiclab::client::fetch_with(&client, &target, req, &fo).await.expect("fetch")
+    };
+    assert_eq!(fetch().await.zero_rtt, Some(ZeroRtt::NotAttempted));
+    let f = fetch().await;
+    assert_eq!(f.zero_rtt, Some(ZeroRtt::Accepted));
+    assert_eq!(f.response.status(), 200);
     ts.stop().await;
 }
 

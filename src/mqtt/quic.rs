@@ -99,7 +99,7 @@ pub async fn serve_connection(
             certs = chain(&conn);
         }
         // The shared endpoint lets clients without a certificate through the handshake (HTTP/3
-        // needs none); MQTT refuses them here (docs/mqtt-over-quic.md §5).
+        // needs none); MQTT refuses them here (docs/mqtt-over-quic.md §1.4, §5).
         if certs.is_none() && cfg.require_certificate {
             tracing::info!(%remote, "mqtt+quic: no client certificate; refused (client certificate required)");
             close(&conn, code::PROTOCOL_ERROR, "client certificate required");
