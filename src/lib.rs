@@ -10,7 +10,7 @@
 //! | `main.rs` | the binary: parse the command line, set up `tracing`, call [`cli::run`] |
 //! | [`cli`] | clap types for every subcommand and the code that runs them |
 //! | [`config`] | every tunable knob, its default and the reason for it |
-//! | [`tls`] | development certificates (rcgen), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
+//! | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
 //! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN |
 //! | [`tcp`] | the TLS/TCP listener dispatching by ALPN (`h2`, `http/1.1`) |
 //! | [`server`] | starts both listeners from one [`config::ServerConfig`]; graceful shutdown |

@@ -367,6 +367,11 @@ impl<L> BrokerCore<L> {
             inflight: s.fr().inflight.len(),
             awaiting_rel: s.fr().awaiting_rel.len(),
             dropped: s.dropped,
+            identity: s
+                .conn
+                .and_then(|c| self.conns.get(ck(c)))
+                .and_then(|c| c.identity.as_deref())
+                .map(str::to_string),
         })
     }
 
@@ -1617,6 +1622,9 @@ pub struct SessionInfo {
     pub inflight: usize,
     pub awaiting_rel: usize,
     pub dropped: u64,
+    /// The certificate identity (subject CN) of the session's current connection, when its
+    /// transport verified a client certificate ([`BrokerCore::set_cert_identity`]).
+    pub identity: Option<String>,
 }
 
 #[cfg(test)]

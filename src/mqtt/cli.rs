@@ -15,7 +15,7 @@ use super::config::{MqttConfig, ALPN_MQTT};
 use super::session::Message;
 use super::MqttError;
 use crate::config::{parse_duration, parse_size};
-use crate::tls::{CertStore, Trust};
+use crate::tls::{CertStore, ClientIdentity, Trust};
 
 /// The `mqtt` subcommands.
 #[derive(Debug, Subcommand)]
@@ -92,6 +92,13 @@ pub struct ConnArgs {
     /// Do not verify the broker's certificate (mqtts://).
     #[arg(long)]
     pub insecure: bool,
+    /// Present this client certificate (PEM, leaf first) over mqtts:// and mqtt+quic:// when
+    /// the broker asks for one; `quiclab certs --client NAME` makes one. Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Give up if the connection (TCP, TLS, CONNACK) takes longer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
@@ -130,6 +137,10 @@ impl ConnArgs {
             }),
             None => None,
         };
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity::load(cert, key)?),
+            _ => None,
+        };
         Ok(ClientOptions {
             client_id: self.client_id.clone().unwrap_or_default(),
             clean_session: !self.persistent,
@@ -138,6 +149,7 @@ impl ConnArgs {
             username: self.username.clone(),
             password: self.password.clone(),
             trust,
+            client_cert,
             connect_timeout: self.connect_timeout,
             streams: self.streams,
             zero_rtt: self.zero_rtt,
@@ -150,9 +162,11 @@ impl ConnArgs {
         let mut opts = self.options()?;
         let quic_only = |flag: &str| MqttError::BadUrl(format!("{}: {flag} needs an mqtt+quic:// URL", self.url));
         if self.url.transport == Transport::Quic {
-            opts.quic = Some(QuicSetup::new(&opts.trust)?);
+            opts.quic = Some(QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?);
         } else if self.zero_rtt {
             return Err(quic_only("--0rtt"));
+        } else if self.url.transport == Transport::Tcp && opts.client_cert.is_some() {
+            return Err(MqttError::BadUrl(format!("{}: --cert needs an mqtts:// or mqtt+quic:// URL", self.url)));
         } else if self.rebind_after.is_some() {
             return Err(quic_only("--rebind-after"));
         }
@@ -337,6 +351,22 @@ pub struct MqttKnobs {
     /// Bytes of inbound QoS 2 messages awaiting PUBREL per session (k, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub mqtt_max_awaiting_rel_bytes: u64,
+    /// MQTT over TLS and QUIC: refuse clients without a valid certificate from the client CA
+    /// (--mqtt-client-ca; default: the development CA, ca.pem in the certificate directory,
+    /// which `quiclab certs --client NAME` signs with). On TLS and the dedicated QUIC listener
+    /// the handshake fails; on the port shared with HTTP/3 the MQTT connection is closed
+    /// (code 0x3, "client certificate required"). The plain TCP listener cannot ask for
+    /// certificates (as a separate mosquitto listener without TLS).
+    #[arg(long)]
+    pub mqtt_require_certificate: bool,
+    /// PEM file of the CA(s) that sign accepted client certificates. Without
+    /// --mqtt-require-certificate, a certificate is optional but verified when sent.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_ca: Option<PathBuf>,
+    /// Use the client certificate's subject CN as the MQTT user name (for ACLs), in place of
+    /// the one in CONNECT, as mosquitto's use_identity_as_username.
+    #[arg(long)]
+    pub mqtt_use_identity_as_username: bool,
 }
 
 impl MqttKnobs {
@@ -355,6 +385,9 @@ impl MqttKnobs {
         cfg.max_retained_bytes = usize::try_from(self.mqtt_max_retained_bytes).unwrap_or(usize::MAX);
         cfg.max_awaiting_rel = self.mqtt_max_awaiting_rel;
         cfg.max_awaiting_rel_bytes = usize::try_from(self.mqtt_max_awaiting_rel_bytes).unwrap_or(usize::MAX);
+        cfg.require_certificate = self.mqtt_require_certificate;
+        cfg.client_ca = self.mqtt_client_ca.clone();
+        cfg.use_identity_as_username = self.mqtt_use_identity_as_username;
     }
 }
 
@@ -402,7 +435,8 @@ pub struct BrokerArgs {
     /// 60 s, 50 concurrent streams; docs/mqtt-over-quic.md §4.2).
     #[arg(long, value_name = "ADDR")]
     pub quic: Option<SocketAddr>,
-    /// Directory of the development certificates (for --tls and --quic).
+    /// Directory of the development certificates (for --tls and --quic; its ca.pem is the
+    /// default --mqtt-client-ca).
     #[arg(long, value_name = "DIR", default_value = "certs")]
     pub certs: PathBuf,
     #[command(flatten)]
@@ -519,8 +553,14 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
         (None, None) => None,
         _ => Some(CertStore::load_or_create(&a.certs)?),
     };
+    let client_ca = match (&store, cfg.client_ca_file(&a.certs)) {
+        (Some(_), Some(path)) => Some(crate::tls::ClientCa::load(&path)?),
+        _ => None,
+    };
     let tls = match (a.tls, &store) {
-        (Some(_), Some(store)) => Some(crate::tls::tcp_server_config(store, &[ALPN_MQTT])?),
+        (Some(_), Some(store)) => {
+            Some(crate::tls::tcp_server_config_with(store, &[ALPN_MQTT], cfg.client_auth(client_ca.as_ref()))?)
+        }
         _ => None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -535,6 +575,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
                 max_connections: cfg.max_connections,
                 handshake_timeout: defaults.limits.handshake_timeout,
                 retry: false,
+                client_ca: client_ca.clone(),
             };
             let bound = listener
                 .start(store, started.broker.clone(), &shutdown, &tracker)

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::codec::QoS;
@@ -97,8 +98,16 @@ pub struct MqttConfig {
     /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
     pub credentials: Option<HashMap<String, String>>,
     /// Refuse clients that presented no verified TLS client certificate (TLS and QUIC; plain
-    /// TCP clients never have one). Off by default.
+    /// TCP clients never have one). Off by default, as mosquitto's `require_certificate`: a
+    /// certificate needs a CA to be issued from, which a default cannot assume.
     pub require_certificate: bool,
+    /// PEM file of the CA(s) whose client certificates are accepted (mosquitto's `cafile` for
+    /// client certificates). `None` (default): no client certificates are asked for, unless
+    /// `require_certificate` is set, which then uses the development CA (`ca.pem` in the
+    /// server's certificate directory, see [`MqttConfig::client_ca_file`]), so `quiclab certs
+    /// --client NAME` certificates work with no further flag. With a CA but without
+    /// `require_certificate`, a certificate is optional but verified when sent.
+    pub client_ca: Option<PathBuf>,
     /// Use the client certificate's subject CN as the user name (for ACLs), in place of the
     /// user name in CONNECT; as mosquitto's `use_identity_as_username`. Off by default.
     pub use_identity_as_username: bool,
@@ -128,6 +137,7 @@ impl Default for MqttConfig {
             max_subscriptions: 1000,
             credentials: None,
             require_certificate: false,
+            client_ca: None,
             use_identity_as_username: false,
         }
     }
@@ -138,6 +148,28 @@ impl MqttConfig {
     pub fn ephemeral() -> Self {
         let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         MqttConfig { tcp_listen: Some(lo), tls_listen: Some(lo), ..MqttConfig::default() }
+    }
+
+    /// The client CA file in effect: `client_ca`, or with `require_certificate` and none given,
+    /// the development CA `certs_dir/ca.pem`. `None`: client certificates are not asked for.
+    pub fn client_ca_file(&self, certs_dir: &Path) -> Option<PathBuf> {
+        match &self.client_ca {
+            Some(ca) => Some(ca.clone()),
+            None if self.require_certificate => Some(certs_dir.join("ca.pem")),
+            None => None,
+        }
+    }
+
+    /// How a TLS or dedicated-QUIC MQTT listener asks for client certificates, given the CA
+    /// loaded from [`MqttConfig::client_ca_file`]: required with `require_certificate`,
+    /// otherwise optional (verified when sent); off without a CA.
+    pub fn client_auth<'a>(&self, ca: Option<&'a crate::tls::ClientCa>) -> crate::tls::ClientAuth<'a> {
+        use crate::tls::ClientAuth;
+        match ca {
+            Some(ca) if self.require_certificate => ClientAuth::Required(ca),
+            Some(ca) => ClientAuth::Optional(ca),
+            None => ClientAuth::Off,
+        }
     }
 
     /// `key value` lines for the startup banner ("effective configuration").
@@ -165,6 +197,14 @@ impl MqttConfig {
         line("mqtt_max_topic_levels", &self.max_topic_levels);
         line("mqtt_max_subscriptions", &self.max_subscriptions);
         line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
+        line("mqtt_require_certificate", &self.require_certificate);
+        let ca = match (&self.client_ca, self.require_certificate) {
+            (Some(ca), _) => ca.display().to_string(),
+            (None, true) => "ca.pem of the certificate directory (development CA)".into(),
+            (None, false) => "(none: no client certificates asked for)".into(),
+        };
+        line("mqtt_client_ca", &ca);
+        line("mqtt_identity_as_user", &self.use_identity_as_username);
         s
     }
 }

@@ -43,6 +43,32 @@ pub type ChannelId = u32;
 /// The channel CONNECT arrives on; the only channel of TCP and TLS connections.
 pub const CONTROL_CHANNEL: ChannelId = 0;
 
+/// The identity of a client from the certificate chain its TLS or QUIC handshake verified:
+/// the leaf's subject CN (docs/mqtt.md "Client certificates"). `None` without a certificate,
+/// and with a certificate that names no CN (logged: `use_identity_as_username` cannot work
+/// for it). `proto` and `peer` only go into the log line.
+pub(crate) fn cert_identity(
+    chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    peer: std::net::SocketAddr,
+    proto: &str,
+) -> Option<String> {
+    let leaf = chain?.first()?;
+    match crate::tls::subject_common_name(leaf) {
+        Ok(Some(cn)) => {
+            tracing::debug!(%peer, identity = %cn, "{proto}: client certificate verified");
+            Some(cn)
+        }
+        Ok(None) => {
+            tracing::info!(%peer, "{proto}: client certificate has no subject CN; no identity");
+            None
+        }
+        Err(e) => {
+            tracing::info!(%peer, "{proto}: client certificate unreadable ({e}); no identity");
+            None
+        }
+    }
+}
+
 /// Errors of the MQTT client and commands.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {

@@ -1,4 +1,5 @@
-"""Fixtures and helpers for the MQTT interop tests (test_mosquitto.py, test_paho.py).
+"""Fixtures and helpers for the MQTT interop tests (test_mosquitto.py, test_paho.py,
+test_mqtt_certs.py).
 
 `mqtt_server` starts `quiclab serve` with MQTT over TCP and over TLS on ephemeral loopback
 ports (its own certificate directory) and parses the addresses from the banner lines
@@ -38,9 +39,10 @@ class MqttServer:
         return log_tail(self.log, lines)
 
 
-def _start(quiclab_bin: Path, workdir: Path):
+def _start(quiclab_bin: Path, workdir: Path, flags: tuple[str, ...] = ()):
     certs = workdir / "certs"
     args = ["--listen", "127.0.0.1:0", "--certs", str(certs), "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0"]
+    args += list(flags)
     try:
         launched = launch_serve(quiclab_bin, workdir, args)
     except RuntimeError as e:
@@ -67,6 +69,24 @@ def mqtt_server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     proc, srv = _start(quiclab_bin, tmp_path_factory.mktemp("quiclab-mqtt"))
     yield srv
     _stop(proc, srv)
+
+
+@pytest.fixture(scope="module")
+def mqtt_server_with(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Start brokers with flags of their own: `mqtt_server_with(*flags)` runs `quiclab serve`
+    as `mqtt_server` does, plus FLAGS (e.g. "--mqtt-require-certificate"), each with a fresh
+    certificate directory (`srv.ca.parent`); all are stopped (SIGTERM to their own PIDs) when
+    the module ends."""
+    started: list[tuple[subprocess.Popen, MqttServer]] = []
+
+    def start(*flags: str) -> MqttServer:
+        proc, srv = _start(quiclab_bin, tmp_path_factory.mktemp("quiclab-mqtt-flags"), flags)
+        started.append((proc, srv))
+        return srv
+
+    yield start
+    for proc, srv in started:
+        _stop(proc, srv)
 
 
 class LineReader:
