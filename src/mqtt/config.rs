@@ -1,10 +1,12 @@
 //! Every knob of the MQTT broker, with its default and the reason for it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::acl::AclFile;
+use super::auth::PasswordFile;
 use super::codec::QoS;
 
 /// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
@@ -71,9 +73,18 @@ pub struct MqttConfig {
     /// Inbound QoS 2 messages stored per session awaiting PUBREL. A client that exceeds it is
     /// disconnected (3.1.1 has no way to refuse a PUBLISH). 1,000.
     pub max_awaiting_rel: usize,
-    /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
-    /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
-    pub credentials: Option<HashMap<String, String>>,
+    /// Users and password hashes in mosquitto's format (`--mqtt-password-file`, made with
+    /// `mosquitto_passwd` or `quiclab mqtt passwd`). `None` (default): user names are not
+    /// checked. With a file, an unknown user or a wrong password gets CONNACK 0x05, as
+    /// mosquitto 2.0.11 answers (docs/mqtt.md, "Authentication and authorization").
+    pub password_file: Option<Arc<PasswordFile>>,
+    /// Whether a CONNECT without a user name is accepted (`--mqtt-allow-anonymous`). `None`
+    /// (default): yes without a password file, no with one, as mosquitto 2 with a
+    /// `password_file`; see [`MqttConfig::anonymous_allowed`]. Refused: CONNACK 0x05.
+    pub allow_anonymous: Option<bool>,
+    /// Topic rules in mosquitto's `acl_file` syntax (`--mqtt-acl-file`). `None` (default):
+    /// every client may publish and subscribe to everything.
+    pub acl: Option<Arc<AclFile>>,
     /// Refuse clients that presented no verified TLS client certificate (TLS and QUIC; plain
     /// TCP clients never have one). Off by default.
     pub require_certificate: bool,
@@ -100,7 +111,9 @@ impl Default for MqttConfig {
             max_sessions: 100_000,
             max_retained: 100_000,
             max_awaiting_rel: 1000,
-            credentials: None,
+            password_file: None,
+            allow_anonymous: None,
+            acl: None,
             require_certificate: false,
             use_identity_as_username: false,
         }
@@ -112,6 +125,12 @@ impl MqttConfig {
     pub fn ephemeral() -> Self {
         let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         MqttConfig { tcp_listen: Some(lo), tls_listen: Some(lo), ..MqttConfig::default() }
+    }
+
+    /// Whether clients without a user name are let in: `allow_anonymous`, or by default only
+    /// when there is no password file.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 
     /// `key value` lines for the startup banner ("effective configuration").
@@ -134,7 +153,11 @@ impl MqttConfig {
         line("mqtt_max_sessions", &self.max_sessions);
         line("mqtt_max_retained", &self.max_retained);
         line("mqtt_max_awaiting_rel", &self.max_awaiting_rel);
-        line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
+        let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
+        line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
+        line("mqtt_allow_anonymous", &self.anonymous_allowed());
+        let acl = self.acl.as_ref().map(|f| format!("{} ({} rules)", f.path().display(), f.rules()));
+        line("mqtt_acl_file", &acl.as_deref().unwrap_or("(none: all allowed)"));
         s
     }
 }

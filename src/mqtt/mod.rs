@@ -3,6 +3,8 @@
 //!
 //! | module | what it holds |
 //! |--------|---------------|
+//! | [`auth`] | password files in mosquitto's format (`$7$` PBKDF2-SHA512, `$6$`); `quiclab mqtt passwd` |
+//! | [`acl`] | access control lists in mosquitto's `acl_file` syntax (`topic`, `user`, `pattern` with `%c`/`%u`) |
 //! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s v3.1.1 packets; encoder |
 //! | [`topic`] | the subscription trie and the retained-message trie (`+`, `#`, the `$` rule) |
 //! | [`session`] | per-client-id state: subscriptions, packet ids, in-flight and queued messages, inbound QoS 2 |
@@ -16,6 +18,8 @@
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
 
+pub mod acl;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -64,6 +68,12 @@ pub enum MqttError {
     Unsupported(String),
     #[error("the broker closed the connection")]
     Closed,
+    /// A password file could not be read, parsed or written (`--mqtt-password-file`, `passwd`).
+    #[error(transparent)]
+    PasswordFile(#[from] auth::PasswordFileError),
+    /// An ACL file could not be read or parsed (`--mqtt-acl-file`).
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
     #[error("{0}")]
     Other(String),
 }
