@@ -12,7 +12,7 @@
 //! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task, per-channel bounded [`Outbox`]es |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP and TLS (CLI, tests, benchmarks) |
-//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker` |
+//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker`, `passwd` |
 //! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
