@@ -261,12 +261,7 @@ impl AclFile {
                 if user.is_none() && topic.contains("%u") {
                     continue;
                 }
-                let topic = topic.replace("%c", client_id);
-                let topic = match user {
-                    Some(u) => topic.replace("%u", u),
-                    None => topic,
-                };
-                patterns.push(Rule { access: r.access, topic: topic.into() });
+                patterns.push(Rule { access: r.access, topic: substitute(topic, client_id, user).into() });
             }
         }
         ClientAcl { own, patterns, patterns_deny_all }
@@ -315,6 +310,27 @@ impl ClientAcl {
         }
         !self.patterns_deny_all && open(self.patterns.allow(), &[own_denies, self.patterns.deny()])
     }
+}
+
+/// `%c` → client id, `%u` → user name, in one pass (an id containing `%u` stays literal), as
+/// mosquitto 2.0.11 does.
+fn substitute(pattern: &str, client_id: &str, user: Option<&str>) -> String {
+    let mut out = String::with_capacity(pattern.len() + client_id.len());
+    let mut chars = pattern.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match (ch, chars.peek(), user) {
+            ('%', Some('c'), _) => {
+                chars.next();
+                out.push_str(client_id);
+            }
+            ('%', Some('u'), Some(u)) => {
+                chars.next();
+                out.push_str(u);
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
 }
 
 fn levels(s: &str) -> Vec<&str> {
@@ -490,6 +506,13 @@ pattern write outbox/%u
         assert!(!bob.may_subscribe("alice/secret/#"));
         assert!(a.for_client(None, "+").may_subscribe("public/#"));
         assert!(!a.for_client(None, "+").may_subscribe("clients/#"));
+    }
+
+    #[test]
+    fn substitution_is_one_pass() {
+        assert_eq!(substitute("a/%c/%u/%x%", "id", Some("bob")), "a/id/bob/%x%");
+        assert_eq!(substitute("a/%c/#", "%u", Some("bob")), "a/%u/#");
+        assert_eq!(substitute("a/%u%c", "c", Some("%c")), "a/%cc");
     }
 
     #[test]
