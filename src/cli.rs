@@ -278,8 +278,9 @@ pub async fn run(cli: Cli) -> Result<i32, CommandError> {
     }
 }
 
-/// The server configuration `quiclab serve` runs with for these arguments.
-pub fn serve_config(args: &ServeArgs) -> ServerConfig {
+/// The server configuration `quiclab serve` runs with for these arguments (reads the MQTT
+/// password and ACL files it names).
+pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig, CommandError> {
     let mut cfg = ServerConfig::new();
     cfg.quic_listen = args.listen;
     cfg.tcp_listen = args.listen;
@@ -303,12 +304,12 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
-    cfg.mqtt = args.mqtt.to_config();
-    cfg
+    cfg.mqtt = args.mqtt.to_config()?;
+    Ok(cfg)
 }
 
 async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
-    let server = Server::start(serve_config(&args)).await?;
+    let server = Server::start(serve_config(&args)?).await?;
     let c = server.certs();
     let port = server.quic_addr().port();
     let mut banner = format!("quiclab {} serving\n", env!("CARGO_PKG_VERSION"));

@@ -332,3 +332,59 @@ fn certs_client_and_mqtt_pub_with_a_client_certificate() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cert needs an mqtts:// or mqtt+quic:// URL"));
     drop(served);
 }
+
+/// A bad password or ACL file stops `serve` and `mqtt broker` before they listen, with one line
+/// naming the file and the line; `mqtt passwd` writes a file that `serve` then loads.
+#[test]
+fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_pw = dir.path().join("bad.pw");
+    std::fs::write(&bad_pw, "# users\nalice:plaintext\n").unwrap();
+    let bad_acl = dir.path().join("bad.acl");
+    std::fs::write(&bad_acl, "user alice\ntopic rw a/#\n").unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    for (flag, file, want) in [
+        ("--mqtt-password-file", &bad_pw, "bad.pw:2: unknown hash scheme"),
+        ("--mqtt-acl-file", &bad_acl, "bad.acl:2: access \"rw\" is not read, write, readwrite or deny"),
+    ] {
+        let serve = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-tcp",
+            "127.0.0.1:0",
+            "--mqtt-tls",
+            "127.0.0.1:0",
+            "--certs",
+            certs,
+        ];
+        let broker = ["mqtt", "broker", "--tcp", "127.0.0.1:0"];
+        for args in [&serve[..], &broker[..]] {
+            let out = quiclab().args(args).arg(flag).arg(file).output().unwrap();
+            assert!(!out.status.success(), "{args:?} {flag}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(want), "{args:?} {flag}: {err}");
+            assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing listened");
+        }
+    }
+    let pw = dir.path().join("users");
+    let out = quiclab().args(["mqtt", "passwd", "-c", "-b"]).arg(&pw).args(["alice", "secret"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = quiclab().args(["mqtt", "passwd", "-D"]).arg(&pw).arg("nobody").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user \"nobody\" not found"));
+    let mut child = quiclab()
+        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--mqtt-password-file"])
+        .arg(&pw)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = banner.join("\n");
+    assert!(text.contains("(1 users)") && text.contains("mqtt_allow_anonymous     false"), "{text}");
+}

@@ -28,6 +28,34 @@ pub enum MqttCommand {
     Bench(BenchArgs),
     /// Run the broker alone (the same core and transports `quiclab serve` runs).
     Broker(BrokerArgs),
+    /// Manage a password file in mosquitto's format (as `mosquitto_passwd`): add or change a
+    /// user's password, or delete a user. The file works with `--mqtt-password-file` and with
+    /// mosquitto's `password_file`.
+    Passwd(PasswdArgs),
+}
+
+/// `quiclab mqtt passwd [-c] [-b] [-D] FILE USER [PASSWORD]`.
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Create the file, or overwrite it, with only this user.
+    #[arg(short = 'c', conflicts_with = "delete")]
+    pub create: bool,
+    /// Take the password from the command line (PASSWORD) instead of asking for it; without
+    /// -b it is read from the terminal (twice, not echoed) or as one line of stdin.
+    #[arg(short = 'b', requires = "password", conflicts_with = "delete")]
+    pub batch: bool,
+    /// Delete USER from the file.
+    #[arg(short = 'D')]
+    pub delete: bool,
+    /// The password file (written 0600 through a temporary file and a rename).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The user name (no ':').
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// The password, with -b.
+    #[arg(value_name = "PASSWORD", requires = "batch")]
+    pub password: Option<String>,
 }
 
 fn parse_qos(s: &str) -> Result<QoS, String> {
@@ -355,8 +383,8 @@ pub struct MqttKnobs {
     /// (--mqtt-client-ca; default: the development CA, ca.pem in the certificate directory,
     /// which `quiclab certs --client NAME` signs with). On TLS and the dedicated QUIC listener
     /// the handshake fails; on the port shared with HTTP/3 the MQTT connection is closed
-    /// (code 0x3, "client certificate required"). The plain TCP listener cannot ask for
-    /// certificates (as a separate mosquitto listener without TLS).
+    /// (code 0x3, "client certificate required"). Plain TCP cannot carry a certificate: every
+    /// CONNECT there gets CONNACK 0x05.
     #[arg(long)]
     pub mqtt_require_certificate: bool,
     /// PEM file of the CA(s) that sign accepted client certificates. Without
@@ -367,10 +395,32 @@ pub struct MqttKnobs {
     /// the one in CONNECT, as mosquitto's use_identity_as_username.
     #[arg(long)]
     pub mqtt_use_identity_as_username: bool,
+    /// Users and passwords in mosquitto's format (made with `mosquitto_passwd` or `quiclab
+    /// mqtt passwd`). A client with an unknown user name or a wrong password gets CONNACK 0x05.
+    /// A malformed line stops the broker from starting.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// Accept clients that send no user name (CONNACK 0x05 otherwise). Default: true without
+    /// --mqtt-password-file, false with one (as mosquitto 2).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub mqtt_allow_anonymous: Option<bool>,
+    /// Topic rules in mosquitto's acl_file syntax (`topic [read|write|readwrite|deny] TOPIC`,
+    /// `user NAME`, `pattern ... TOPIC` with %c and %u). A denied SUBSCRIBE filter gets 0x80,
+    /// a denied PUBLISH is acknowledged and dropped, each delivery needs read. Default: no
+    /// rules, everything allowed.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_acl_file: Option<PathBuf>,
 }
 
 impl MqttKnobs {
-    fn apply(&self, cfg: &mut MqttConfig) {
+    fn apply(&self, cfg: &mut MqttConfig) -> Result<(), MqttError> {
+        if let Some(path) = &self.mqtt_password_file {
+            cfg.password_file = Some(std::sync::Arc::new(super::auth::PasswordFile::load(path)?));
+        }
+        cfg.allow_anonymous = self.mqtt_allow_anonymous;
+        if let Some(path) = &self.mqtt_acl_file {
+            cfg.acl = Some(std::sync::Arc::new(super::acl::AclFile::load(path)?));
+        }
         cfg.max_packet_size = self.mqtt_max_packet.min(super::codec::MAX_REMAINING_LENGTH as u64 + 5) as usize;
         cfg.max_queued_messages = self.mqtt_max_queued;
         cfg.max_inflight = self.mqtt_max_inflight.max(1);
@@ -388,6 +438,7 @@ impl MqttKnobs {
         cfg.require_certificate = self.mqtt_require_certificate;
         cfg.client_ca = self.mqtt_client_ca.clone();
         cfg.use_identity_as_username = self.mqtt_use_identity_as_username;
+        Ok(())
     }
 }
 
@@ -408,16 +459,16 @@ pub struct MqttServeArgs {
 }
 
 impl MqttServeArgs {
-    /// The broker configuration for these flags.
-    pub fn to_config(&self) -> MqttConfig {
+    /// The broker configuration for these flags (reads the password and ACL files).
+    pub fn to_config(&self) -> Result<MqttConfig, MqttError> {
         let mut cfg = MqttConfig {
             enabled: !self.no_mqtt,
             tcp_listen: Some(self.mqtt_tcp),
             tls_listen: Some(self.mqtt_tls),
             ..MqttConfig::default()
         };
-        self.knobs.apply(&mut cfg);
-        cfg
+        self.knobs.apply(&mut cfg)?;
+        Ok(cfg)
     }
 }
 
@@ -450,7 +501,23 @@ pub async fn run(cmd: MqttCommand) -> Result<i32, MqttError> {
         MqttCommand::Sub(a) => subscribe(a).await,
         MqttCommand::Bench(a) => super::bench::run(a).await,
         MqttCommand::Broker(a) => broker(a).await,
+        MqttCommand::Passwd(a) => passwd(a),
     }
+}
+
+fn passwd(a: PasswdArgs) -> Result<i32, MqttError> {
+    use super::auth::{read_password, update_file, PasswdOp};
+    let op = if a.delete {
+        PasswdOp::Delete
+    } else {
+        let password = match &a.password {
+            Some(p) => p.clone().into_bytes(),
+            None => read_password()?,
+        };
+        PasswdOp::Set { create: a.create, password }
+    };
+    update_file(&a.file, &a.user, &op)?;
+    Ok(0)
 }
 
 async fn publish(a: PubArgs) -> Result<i32, MqttError> {
@@ -548,7 +615,7 @@ async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result
 
 async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     let mut cfg = MqttConfig { tcp_listen: Some(a.tcp), tls_listen: a.tls, ..MqttConfig::default() };
-    a.knobs.apply(&mut cfg);
+    a.knobs.apply(&mut cfg)?;
     let store = match (a.tls, a.quic) {
         (None, None) => None,
         _ => Some(CertStore::load_or_create(&a.certs)?),

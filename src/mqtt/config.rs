@@ -1,11 +1,13 @@
 //! Every knob of the MQTT broker, with its default and the reason for it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::acl::AclFile;
+use super::auth::PasswordFile;
 use super::codec::QoS;
 
 /// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
@@ -94,11 +96,21 @@ pub struct MqttConfig {
     /// maximum-size messages in flight before their PUBREL; without it, 1,000 messages of
     /// 1 MiB would let one client pin 1 GiB.
     pub max_awaiting_rel_bytes: usize,
-    /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
-    /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
-    pub credentials: Option<HashMap<String, String>>,
-    /// Refuse clients that presented no verified TLS client certificate (TLS and QUIC; plain
-    /// TCP clients never have one). Off by default, as mosquitto's `require_certificate`: a
+    /// Users and password hashes in mosquitto's format (`--mqtt-password-file`, made with
+    /// `mosquitto_passwd` or `quiclab mqtt passwd`). `None` (default): user names are not
+    /// checked. With a file, an unknown user or a wrong password gets CONNACK 0x05, as
+    /// mosquitto 2.0.11 answers (docs/mqtt.md, "Authentication and authorization").
+    pub password_file: Option<Arc<PasswordFile>>,
+    /// Whether a CONNECT without a user name is accepted (`--mqtt-allow-anonymous`). `None`
+    /// (default): yes without a password file, no with one, as mosquitto 2 with a
+    /// `password_file`; see [`MqttConfig::anonymous_allowed`]. Refused: CONNACK 0x05.
+    pub allow_anonymous: Option<bool>,
+    /// Topic rules in mosquitto's `acl_file` syntax (`--mqtt-acl-file`). `None` (default):
+    /// every client may publish and subscribe to everything.
+    pub acl: Option<Arc<AclFile>>,
+    /// Refuse clients that presented no verified TLS client certificate: TLS and QUIC refuse
+    /// them in the transport, and a CONNECT that arrives without one (plain TCP cannot carry
+    /// one) gets CONNACK 0x05. Off by default, as mosquitto's `require_certificate`: a
     /// certificate needs a CA to be issued from, which a default cannot assume.
     pub require_certificate: bool,
     /// PEM file of the CA(s) whose client certificates are accepted (mosquitto's `cafile` for
@@ -135,7 +147,9 @@ impl Default for MqttConfig {
             max_retained_bytes: 256 << 20,
             max_topic_levels: 128,
             max_subscriptions: 1000,
-            credentials: None,
+            password_file: None,
+            allow_anonymous: None,
+            acl: None,
             require_certificate: false,
             client_ca: None,
             use_identity_as_username: false,
@@ -172,6 +186,12 @@ impl MqttConfig {
         }
     }
 
+    /// Whether clients without a user name are let in: `allow_anonymous`, or by default only
+    /// when there is no password file.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+
     /// `key value` lines for the startup banner ("effective configuration").
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -196,7 +216,6 @@ impl MqttConfig {
         line("mqtt_max_awaiting_rel_bytes", &self.max_awaiting_rel_bytes);
         line("mqtt_max_topic_levels", &self.max_topic_levels);
         line("mqtt_max_subscriptions", &self.max_subscriptions);
-        line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
         line("mqtt_require_certificate", &self.require_certificate);
         let ca = match (&self.client_ca, self.require_certificate) {
             (Some(ca), _) => ca.display().to_string(),
@@ -205,6 +224,11 @@ impl MqttConfig {
         };
         line("mqtt_client_ca", &ca);
         line("mqtt_identity_as_user", &self.use_identity_as_username);
+        let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
+        line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
+        line("mqtt_allow_anonymous", &self.anonymous_allowed());
+        let acl = self.acl.as_ref().map(|f| format!("{} ({} rules)", f.path().display(), f.rules()));
+        line("mqtt_acl_file", &acl.as_deref().unwrap_or("(none: all allowed)"));
         s
     }
 }
