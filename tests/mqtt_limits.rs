@@ -204,7 +204,11 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
     ])
     .await;
     let (got, closed) = read_until_closed(tcp.reader()).await;
-    assert!(closed);
+    assert!(
+        closed,
+        "TCP: not closed within the deadline; got {:?}",
+        got.iter().map(|p| p.get_type()).collect::<Vec<_>>()
+    );
     let kinds: Vec<_> = got.iter().map(|p| format!("{:?}", p.get_type())).collect();
     assert_eq!(kinds, ["Connack", "Suback", "Publish", "Puback", "Publish"], "{got:?}");
     assert_eq!(broker.stats().core.retained, 0, "cleared");
@@ -225,7 +229,11 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
     ])
     .await;
     let (got, closed) = read_until_closed(quic.reader()).await;
-    assert!(closed);
+    assert!(
+        closed,
+        "QUIC: not closed within the deadline; got {:?}",
+        got.iter().map(|p| p.get_type()).collect::<Vec<_>>()
+    );
     let kinds: Vec<_> = got.iter().map(|p| format!("{:?}", p.get_type())).collect();
     assert_eq!(kinds, ["Connack", "Suback", "Publish", "Puback", "Publish"], "{got:?}");
 

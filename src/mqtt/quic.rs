@@ -55,6 +55,9 @@ pub mod code {
 
 /// Most packets encoded into one write.
 const WRITE_BATCH: usize = 512;
+/// Longest wait, after the server finished the control stream, for the client to acknowledge
+/// its last packets before the connection is closed.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes taken from a stream per read (as the TCP transport's read buffer).
 const READ_CHUNK: usize = 16 << 10;
 /// Packets handed to the broker per lock: between two slices the reader checks that its
@@ -363,9 +366,12 @@ impl StreamTask {
                     if control {
                         tracing::debug!(%remote, ?reason, "mqtt+quic: closing");
                         let _ = send.finish();
-                        // Let CONNACK (or the last packets) reach the client before the close.
-                        let rtt = conn.rtt();
-                        tokio::time::sleep((rtt * 2).min(std::time::Duration::from_millis(200))).await;
+                        // Let CONNACK (or the last packets) reach the client before the close:
+                        // closing the connection discards stream data not yet delivered, and a
+                        // lost CONNECTION_CLOSE is not sent again. quinn's `stopped()` resolves
+                        // once the client has acknowledged everything on the finished stream;
+                        // a client that never does is closed after CLOSE_LINGER anyway.
+                        let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
                         close(&conn, close_code(&reason), "mqtt session ended");
                     } else {
                         let _ = send.finish();
