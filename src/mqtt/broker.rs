@@ -148,8 +148,23 @@ pub struct CoreStats {
     /// Inbound QoS 2 messages awaiting PUBREL discarded with the data channel they came on
     /// (nothing of them had been delivered; the client re-sends them, §6.4).
     pub discarded_awaiting_rel: u64,
-    /// Retained messages not stored because `max_retained` was reached.
+    /// Retained messages not stored because `max_retained` or `max_retained_bytes` was reached.
     pub dropped_retained: u64,
+    /// Bytes (topics + payloads) of the retained messages stored now.
+    pub retained_bytes: usize,
+    /// Clients closed for a topic name or filter deeper than `max_topic_levels`.
+    pub limit_topic_levels: u64,
+    /// Clients closed for a SUBSCRIBE beyond `max_subscriptions`.
+    pub limit_subscriptions: u64,
+    /// Clients closed for more than `max_awaiting_rel` QoS 2 messages (or
+    /// `max_awaiting_rel_bytes`) awaiting PUBREL.
+    pub limit_awaiting_rel: u64,
+    /// Clients closed for a packet larger than `max_packet_size`.
+    pub limit_packet_size: u64,
+    /// Early (0-RTT) connections closed for holding more than the early hold limit.
+    pub limit_early_hold: u64,
+    /// CONNECTs refused (0x03) because `max_sessions` sessions existed.
+    pub limit_sessions: u64,
     pub connects_accepted: u64,
     pub connects_refused: u64,
     pub takeovers: u64,
@@ -242,6 +257,8 @@ pub struct BrokerCore<L = ()> {
     by_client: HashMap<Arc<str>, SessionId>,
     subs: SubTree<SubKey>,
     retained: RetainTree<Message>,
+    /// Bytes of `retained` as counted against `max_retained_bytes`.
+    retained_bytes: usize,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     stats: CoreStats,
     assigned_ids: u64,
@@ -311,6 +328,7 @@ impl<L> BrokerCore<L> {
             by_client: HashMap::with_capacity(n.min(cfg.max_sessions)),
             subs: SubTree::new(),
             retained: RetainTree::new(),
+            retained_bytes: 0,
             timers: BinaryHeap::with_capacity(n),
             cfg,
             stats: CoreStats::default(),
@@ -330,6 +348,7 @@ impl<L> BrokerCore<L> {
         s.sessions = self.sessions.len();
         s.subscriptions = self.subs.len();
         s.retained = self.retained.len();
+        s.retained_bytes = self.retained_bytes;
         s.queued = self.sessions.iter().map(|s| s.fr().queued).sum();
         s.inflight = self.sessions.iter().map(|s| s.fr().inflight.len()).sum();
         s
@@ -464,6 +483,7 @@ impl<L> BrokerCore<L> {
         let Some(early) = self.conns.get_mut(ck(conn)).and_then(|c| c.early.as_deref_mut()) else { return };
         if early.bytes.saturating_add(cost) > limit {
             let held = early.held.len();
+            self.stats.limit_early_hold += 1;
             return self.violation(
                 conn,
                 format!(
@@ -621,6 +641,9 @@ impl<L> BrokerCore<L> {
             self.close(conn, CloseReason::Refused(ConnectReturnCode::UnacceptableProtocolVersion), false, out);
             return;
         }
+        if let CodecError::TooLarge { .. } = err {
+            self.stats.limit_packet_size += 1;
+        }
         self.violation(conn, format!("malformed packet: {err}"), out);
     }
 
@@ -696,6 +719,25 @@ impl<L> BrokerCore<L> {
         );
         // MQTT 3.1.1 §3.1.2-8: a connection closed for a protocol error publishes its will.
         self.close(conn, CloseReason::Violation(what), true, out);
+    }
+
+    /// The number of levels of `topic`, if it has more than `max_topic_levels`.
+    fn too_deep(&self, topic: &str) -> Option<usize> {
+        let max = self.cfg.max_topic_levels;
+        // Cheap test first: a name of at most `max` bytes cannot have more than `max` levels.
+        if topic.len() < max {
+            return None;
+        }
+        let levels = topic.bytes().filter(|&b| b == b'/').count() + 1;
+        (levels > max).then_some(levels)
+    }
+
+    /// Close `conn` for a topic name or filter deeper than `max_topic_levels` (issue 13: a deep
+    /// filter once overflowed the stack in the trie walks; mosquitto closes such clients too).
+    fn topic_too_deep(&mut self, conn: ConnId, what: &str, levels: usize, out: &mut Vec<Action>) {
+        self.stats.limit_topic_levels += 1;
+        let max = self.cfg.max_topic_levels;
+        self.violation(conn, format!("{what} has {levels} levels (max_topic_levels {max})"), out);
     }
 
     /// Emit Close, detach the session, publish the will if asked.
@@ -998,6 +1040,7 @@ impl<L> BrokerCore<L> {
         let will_create = existing.is_none() || p.clean_session;
         let freed = existing.is_some() && p.clean_session;
         if will_create && !freed && self.sessions.len() >= self.cfg.max_sessions {
+            self.stats.limit_sessions += 1;
             return self.refuse(conn, &p.client_id, ConnectReturnCode::ServerUnavailable, "max_sessions reached", out);
         }
 
@@ -1040,6 +1083,11 @@ impl<L> BrokerCore<L> {
         };
         let expiry = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
         let expiry_ms = expiry.map_or(0, |e| e.as_millis() as u32);
+        if let Some(w) = &p.last_will {
+            if let Some(levels) = self.too_deep(&w.topic_name) {
+                return self.topic_too_deep(conn, "will topic", levels, out);
+            }
+        }
         let will = p
             .last_will
             .map(|w| Box::new(Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain }));
@@ -1086,6 +1134,9 @@ impl<L> BrokerCore<L> {
     }
 
     fn on_publish(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, p: Publish, out: &mut Vec<Action>) {
+        if let Some(levels) = self.too_deep(&p.topic_name) {
+            return self.topic_too_deep(conn, "PUBLISH topic", levels, out);
+        }
         let qos = p.qos_pid.qos();
         let msg = Message { topic: p.topic_name, payload: p.payload, qos, retain: p.retain };
         match p.qos_pid {
@@ -1101,7 +1152,19 @@ impl<L> BrokerCore<L> {
                 if !s.fr().awaiting_rel.contains_key(&key) {
                     if s.fr().awaiting_rel.len() >= self.cfg.max_awaiting_rel {
                         let n = self.cfg.max_awaiting_rel;
+                        self.stats.limit_awaiting_rel += 1;
                         return self.violation(conn, format!("more than {n} QoS 2 messages awaiting PUBREL"), out);
+                    }
+                    let size = |m: &Message| m.topic.len() + m.payload.len();
+                    let held: usize = s.fr().awaiting_rel.values().map(size).sum();
+                    if held + size(&msg) > self.cfg.max_awaiting_rel_bytes {
+                        let n = self.cfg.max_awaiting_rel_bytes;
+                        self.stats.limit_awaiting_rel += 1;
+                        return self.violation(
+                            conn,
+                            format!("more than {n} bytes of QoS 2 messages awaiting PUBREL (max_awaiting_rel_bytes)"),
+                            out,
+                        );
                     }
                     // MQTT 3.1.1 §4.3.3 method B: store, PUBREC, forward on PUBREL. A duplicate
                     // (DUP=1, same id) before PUBREL is not stored twice.
@@ -1194,14 +1257,51 @@ impl<L> BrokerCore<L> {
     }
 
     fn on_subscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, sub: Subscribe, out: &mut Vec<Action>) {
+        // Limits first: a SUBSCRIBE that breaks one is refused whole, nothing of it applied.
+        if let Some(levels) = sub.topics.iter().find_map(|(f, _)| self.too_deep(f)) {
+            return self.topic_too_deep(conn, "SUBSCRIBE filter", levels, out);
+        }
+        // A filter repeated within the SUBSCRIBE is applied once, at its last occurrence
+        // (§3.8.4-3: the later replaces the earlier), so the work per packet follows its
+        // distinct filters, which the limit below bounds.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(sub.topics.len().min(1024));
+        for (i, (f, _)) in sub.topics.iter().enumerate() {
+            last.insert(&**f, i);
+        }
+        if let Some(s) = self.sessions.get(sid) {
+            let max = self.cfg.max_subscriptions;
+            // Filters this SUBSCRIBE adds: not yet held on this channel, nor parked (a parked
+            // one is taken over, §6.2).
+            let held: std::collections::HashSet<&str> =
+                s.subs.iter().filter(|x| x.parked || x.channel == ch).map(|x| &*x.filter).collect();
+            let new = last.keys().filter(|f| !held.contains(*f)).count();
+            if s.subs.len() + new > max {
+                self.stats.limit_subscriptions += 1;
+                let have = s.subs.len();
+                let adding = new;
+                return self.violation(
+                    conn,
+                    format!(
+                        "SUBSCRIBE would hold {} subscriptions (max_subscriptions {max}; {have} held, {adding} new)",
+                        have + adding
+                    ),
+                    out,
+                );
+            }
+        }
         let max = self.cfg.max_qos;
         let mut codes = Vec::with_capacity(sub.topics.len());
         let mut granted_all = Vec::with_capacity(sub.topics.len());
         {
             let Some(s) = self.sessions.get_mut(sid) else { return };
-            for (filter, requested) in &sub.topics {
+            for (i, (filter, requested)) in sub.topics.iter().enumerate() {
                 // MQTT 3.1.1 §3.8.4-6 / §3.9.3: grant at most the server's maximum.
                 let granted = (*requested).min(max);
+                if last.get(&**filter) != Some(&i) {
+                    // Replaced by a later occurrence in this packet.
+                    codes.push(SubscribeReturnCode::from(granted));
+                    continue;
+                }
                 // docs/mqtt-over-quic.md §6.2: a SUBSCRIBE to a parked subscription's filter
                 // takes it (on a data channel: off the control channel, so nothing is delivered
                 // twice; on the control channel: it is replaced, §3.8.4-3).
@@ -1244,7 +1344,11 @@ impl<L> BrokerCore<L> {
 
     fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, u: Unsubscribe, out: &mut Vec<Action>) {
         if let Some(s) = self.sessions.get_mut(sid) {
+            let mut seen = std::collections::HashSet::with_capacity(u.topics.len().min(1024));
             for filter in &u.topics {
+                if !seen.insert(&**filter) {
+                    continue; // repeated in this packet: done already
+                }
                 // MQTT 3.1.1 §3.10.4-1: filters compared character by character. An UNSUBSCRIBE
                 // on any channel also removes a parked subscription to the filter
                 // (docs/mqtt-over-quic.md §6.2: the client cannot address its ended stream).
@@ -1266,17 +1370,7 @@ impl<L> BrokerCore<L> {
     fn route(&mut self, msg: Message, out: &mut Vec<Action>) {
         self.stats.published += 1;
         if msg.retain {
-            if msg.payload.is_empty() {
-                // MQTT 3.1.1 §3.3.1-10, §3.3.1-11: an empty retained message clears the topic and
-                // is not stored.
-                self.retained.clear(&msg.topic);
-            } else if self.retained.len() < self.cfg.max_retained || self.retained.contains(&msg.topic) {
-                // MQTT 3.1.1 §3.3.1-5, §3.3.1-7: store (replace), whatever its QoS.
-                self.retained.set(&msg.topic, msg.clone());
-            } else {
-                self.stats.dropped_retained += 1;
-                tracing::warn!(topic = &*msg.topic, "mqtt: max_retained reached; message delivered but not retained");
-            }
+            self.retain(&msg);
         }
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
@@ -1294,6 +1388,41 @@ impl<L> BrokerCore<L> {
             self.deliver(s.key.session, s.key.channel, qos, msg.clone(), false, out);
         }
         self.scratch = matches;
+    }
+
+    /// Store, replace or clear the retained message of `msg`'s topic, within `max_retained`
+    /// topics and `max_retained_bytes`.
+    fn retain(&mut self, msg: &Message) {
+        let size = |m: &Message| m.topic.len() + m.payload.len();
+        if msg.payload.is_empty() {
+            // MQTT 3.1.1 §3.3.1-10, §3.3.1-11: an empty retained message clears the topic and
+            // is not stored.
+            if let Some(old) = self.retained.clear(&msg.topic) {
+                self.retained_bytes -= size(&old);
+            }
+            return;
+        }
+        let old = self.retained.get(&msg.topic).map(size);
+        let bytes = self.retained_bytes - old.unwrap_or(0) + size(msg);
+        let room = old.is_some() || self.retained.len() < self.cfg.max_retained;
+        if room && bytes <= self.cfg.max_retained_bytes {
+            // MQTT 3.1.1 §3.3.1-5, §3.3.1-7: store (replace), whatever its QoS.
+            self.retained.set(&msg.topic, msg.clone());
+            self.retained_bytes = bytes;
+        } else {
+            self.stats.dropped_retained += 1;
+            let n = self.stats.dropped_retained;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    topic = &*msg.topic,
+                    dropped_total = n,
+                    "mqtt: retained store full (max_retained {} topics, max_retained_bytes {}); message delivered \
+                     but not retained",
+                    self.cfg.max_retained,
+                    self.cfg.max_retained_bytes
+                );
+            }
+        }
     }
 
     /// Send `msg` to session `sid` on `ch` at `qos` now if possible, else keep it queued on

@@ -1556,3 +1556,111 @@ fn lost_connection_merges_every_channel_into_control_in_order() {
     let names: Vec<_> = all.iter().map(|x| x.0.as_str()).collect();
     assert_eq!(names, vec!["a0", "b1", "a2", "b3", "b4", "a5"]);
 }
+
+/// Issue 13: topic names and filters deeper than `max_topic_levels` close the client, whatever
+/// carries them (SUBSCRIBE, PUBLISH, will); nothing of the packet is applied; others go on.
+#[test]
+fn topic_levels_limit_closes_the_client() {
+    let mut h = H::with(|c| c.max_topic_levels = 4);
+    let (sub, _, _) = h.connect("sub", true);
+    h.send(sub, subscribe(1, &[("a/+/c/d", QoS::Level0)]));
+
+    // The reproduction of the issue: an 8,300-level filter.
+    let (evil, _, _) = h.connect("evil", false);
+    let deep = "+/".repeat(8_300);
+    let out = h.send(evil, subscribe(2, &[("ok", QoS::Level0), (&deep, QoS::Level1)]));
+    assert!(packets(&out, evil).is_empty(), "no SUBACK: the SUBSCRIBE is refused whole");
+    match close_of(&out, evil) {
+        Some(CloseReason::Violation(v)) => assert!(v.contains("8301 levels (max_topic_levels 4)"), "{v}"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(h.core.stats().subscriptions, 1, "nothing of it applied");
+    assert_eq!(h.core.session_state("evil").map(|s| s.subscriptions), Some(0));
+
+    // A PUBLISH with 5 levels; exactly 4 is fine.
+    let (p, _, _) = h.connect("pub", true);
+    let out = h.send(p, publish("a/b/c/d/e", QoS::Level1, 1, "x"));
+    assert!(matches!(close_of(&out, p), Some(CloseReason::Violation(_))));
+    assert!(!packets(&out, p).iter().any(|x| matches!(x, Packet::Puback(_))), "not acknowledged");
+    let (p, _, _) = h.connect("pub", true);
+    let out = h.send(p, publish("a/b/c/d", QoS::Level0, 0, "x"));
+    assert_eq!(publishes(&out, sub).len(), 1);
+
+    // A will topic too deep: the CONNECT is a violation (no CONNACK).
+    let mut c = connect_packet("w", true, 0);
+    c.last_will = Some(LastWill::new(QoS::Level0, tn("a/b/c/d/e"), Bytes::from_static(b"bye")));
+    let (w, out) = h.connect_with(c);
+    assert!(packets(&out, w).is_empty());
+    assert!(matches!(close_of(&out, w), Some(CloseReason::Violation(_))));
+    assert_eq!(h.core.stats().limit_topic_levels, 3);
+}
+
+/// Issue 13: a SUBSCRIBE that would take a session beyond `max_subscriptions` closes it with
+/// nothing applied; re-subscribing held filters and repeats within a packet do not count.
+#[test]
+fn subscription_limit_per_session() {
+    let mut h = H::with(|c| c.max_subscriptions = 3);
+    let (c, _, _) = h.connect("c", false);
+    let out = h.send(c, subscribe(1, &[("a", QoS::Level0), ("b", QoS::Level1), ("a", QoS::Level2)]));
+    assert_eq!(
+        packets(&out, c),
+        vec![Packet::Suback(Suback::new(
+            pid(1),
+            vec![SubscribeReturnCode::MaxLevel0, SubscribeReturnCode::MaxLevel1, SubscribeReturnCode::MaxLevel2]
+        ))]
+    );
+    assert_eq!(h.core.session_state("c").map(|s| s.subscriptions), Some(2));
+    // The later "a" replaced the earlier one: delivered once at QoS 2.
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("a", QoS::Level2, 1, "x"));
+    assert_eq!(publishes(&out, c).len(), 0, "QoS 2 from the publisher: delivered on PUBREL");
+    let out = h.send(p, Packet::Pubrel(pid(1)));
+    assert_eq!(publishes(&out, c).iter().map(|x| x.2).collect::<Vec<_>>(), vec![2]);
+    // Held filters again plus one new: 3, allowed.
+    let out = h.send(c, subscribe(2, &[("a", QoS::Level0), ("b", QoS::Level0), ("c", QoS::Level0)]));
+    assert!(matches!(packets(&out, c).first(), Some(Packet::Suback(_))));
+    // One more: refused whole, the client closed, the session keeps its 3.
+    let out = h.send(c, subscribe(3, &[("d", QoS::Level0)]));
+    assert!(packets(&out, c).is_empty());
+    match close_of(&out, c) {
+        Some(CloseReason::Violation(v)) => assert!(v.contains("max_subscriptions 3"), "{v}"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(h.core.session_state("c").map(|s| s.subscriptions), Some(3));
+    assert_eq!(h.core.stats().limit_subscriptions, 1);
+}
+
+/// Issue 13: the retained store is bounded in bytes as well as topics; replacing and clearing
+/// give the bytes back.
+#[test]
+fn retained_store_bounded_in_bytes() {
+    let mut h = H::with(|c| c.max_retained_bytes = 10);
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, retained("ab", QoS::Level0, 0, "123")); // 5 bytes
+    h.send(p, retained("cd", QoS::Level0, 0, "1234567")); // 9 more: over, not kept
+    assert_eq!((h.core.stats().retained, h.core.stats().retained_bytes, h.core.stats().dropped_retained), (1, 5, 1));
+    h.send(p, retained("ab", QoS::Level0, 0, "12345678")); // replaces: 10 bytes, fits
+    assert_eq!((h.core.stats().retained, h.core.stats().retained_bytes), (1, 10));
+    h.send(p, retained("ab", QoS::Level0, 0, "")); // clears
+    assert_eq!((h.core.stats().retained, h.core.stats().retained_bytes), (0, 0));
+    h.send(p, retained("cd", QoS::Level0, 0, "1234567"));
+    assert_eq!((h.core.stats().retained, h.core.stats().retained_bytes), (1, 9));
+}
+
+/// Issue 13: QoS 2 messages awaiting PUBREL are bounded in bytes per session, not only in
+/// number.
+#[test]
+fn awaiting_rel_bounded_in_bytes() {
+    let mut h = H::with(|c| c.max_awaiting_rel_bytes = 20);
+    let (c, _, _) = h.connect("c", true);
+    let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // 11 bytes
+    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // a duplicate: not counted twice
+    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    let out = h.send(c, publish("t", QoS::Level2, 2, "0123456789")); // 22 in all: over
+    match close_of(&out, c) {
+        Some(CloseReason::Violation(v)) => assert!(v.contains("max_awaiting_rel_bytes"), "{v}"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(h.core.stats().limit_awaiting_rel, 1);
+}

@@ -319,6 +319,24 @@ pub struct MqttKnobs {
     /// Do not keep QoS 0 messages for offline persistent sessions.
     #[arg(long)]
     pub mqtt_no_offline_qos0: bool,
+    /// Most levels in a topic name or filter; a client sending more is closed.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub mqtt_max_topic_levels: u32,
+    /// Most subscriptions per session; a SUBSCRIBE beyond it closes the client.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub mqtt_max_subscriptions: usize,
+    /// Most retained topics; beyond it retained messages are delivered but not kept.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub mqtt_max_retained: usize,
+    /// Most bytes (topics + payloads) of retained messages (k, M, G suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub mqtt_max_retained_bytes: u64,
+    /// Inbound QoS 2 messages awaiting PUBREL per session; a client with more is closed.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub mqtt_max_awaiting_rel: usize,
+    /// Bytes of inbound QoS 2 messages awaiting PUBREL per session (k, M, G suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub mqtt_max_awaiting_rel_bytes: u64,
 }
 
 impl MqttKnobs {
@@ -331,6 +349,12 @@ impl MqttKnobs {
         cfg.max_connections = self.mqtt_max_connections;
         cfg.max_sessions = self.mqtt_max_sessions;
         cfg.queue_qos0_offline = !self.mqtt_no_offline_qos0;
+        cfg.max_topic_levels = self.mqtt_max_topic_levels as usize;
+        cfg.max_subscriptions = self.mqtt_max_subscriptions;
+        cfg.max_retained = self.mqtt_max_retained;
+        cfg.max_retained_bytes = usize::try_from(self.mqtt_max_retained_bytes).unwrap_or(usize::MAX);
+        cfg.max_awaiting_rel = self.mqtt_max_awaiting_rel;
+        cfg.max_awaiting_rel_bytes = usize::try_from(self.mqtt_max_awaiting_rel_bytes).unwrap_or(usize::MAX);
     }
 }
 

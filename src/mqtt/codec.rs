@@ -290,6 +290,39 @@ impl Decoder {
         Ok(())
     }
 
+    /// Keep `data` for [`Decoder::decode`] (which decodes it a few packets at a time).
+    pub fn extend(&mut self, data: &[u8]) {
+        self.partial.extend_from_slice(data);
+    }
+
+    /// Decode at most `max` complete packets of the bytes kept so far into `out`; the rest stay
+    /// for the next call. For a reader that hands packets over in slices and stops while the
+    /// connection's output is over its bound: what waits is bytes, not decoded packets. On an
+    /// error the packets decoded before it are still in `out`.
+    pub fn decode(&mut self, out: &mut Vec<Packet>, max: usize) -> Result<(), CodecError> {
+        let mut used = 0;
+        let mut n = 0;
+        let res = loop {
+            if n == max {
+                break Ok(());
+            }
+            match decode_one(&self.partial[used..], self.max_packet) {
+                Ok(Some((p, len))) => {
+                    out.push(p);
+                    used += len;
+                    n += 1;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = self.partial.split_to(used);
+        if self.partial.is_empty() {
+            self.partial = BytesMut::new(); // an idle stream keeps no buffer
+        }
+        res
+    }
+
     fn decode_all(&self, data: &[u8], out: &mut Vec<Packet>) -> Result<usize, CodecError> {
         let mut used = 0;
         while let Some((p, n)) = decode_one(&data[used..], self.max_packet)? {
@@ -403,6 +436,31 @@ pub fn encode(p: &Packet, out: &mut Vec<u8>) -> Result<(), CodecError> {
         Packet::Disconnect => out.extend_from_slice(&[0xe0, 0]),
     }
     Ok(())
+}
+
+/// About how many bytes `p` takes on the wire (exact for the packets a broker sends most:
+/// PUBLISH, acks, SUBACK): what a writer counts against its batch budget without encoding.
+pub fn wire_len_hint(p: &Packet) -> usize {
+    match p {
+        Packet::Publish(p) => {
+            let body = 2 + p.topic_name.len() + p.qos_pid.pid().map_or(0, |_| 2) + p.payload.len();
+            1 + var_int_len(body) + body
+        }
+        Packet::Suback(s) => 2 + var_int_len(2 + s.topics.len()) + s.topics.len(),
+        Packet::Connect(c) => 5 + c.encode_len(),
+        Packet::Subscribe(s) => 5 + s.encode_len(),
+        Packet::Unsubscribe(u) => 5 + u.encode_len(),
+        _ => 4,
+    }
+}
+
+fn var_int_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
 }
 
 /// Encode into a new vector.

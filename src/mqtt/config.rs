@@ -68,9 +68,31 @@ pub struct MqttConfig {
     /// Distinct retained topics. A retained message for a new topic beyond this is delivered
     /// but not retained (counted and logged). 100,000.
     pub max_retained: usize,
+    /// Total bytes (topic + payload) of the retained messages. A retained message that would
+    /// take the store beyond this is delivered but not retained (counted and logged, as for
+    /// `max_retained`). 256 MiB: 100,000 retained messages of 2.5 KiB; with the 1 MiB packet
+    /// limit alone, `max_retained` would allow 100 GiB.
+    pub max_retained_bytes: usize,
+    /// Most levels in a topic name or filter (`a/b/c` has 3). A PUBLISH, SUBSCRIBE or will
+    /// with more is a protocol violation: the client is closed with a log line naming the
+    /// limit. 128: far beyond real topic trees (mosquitto and EMQX users rarely exceed 10),
+    /// and it keeps a trie walk short. MQTT itself has no limit (a 64 KiB filter can have
+    /// 32,768 levels).
+    pub max_topic_levels: usize,
+    /// Subscriptions per session (explicit and parked, all channels). A SUBSCRIBE that would
+    /// exceed it is a protocol violation (MQTT 3.1.1 has no refusal code that says "too
+    /// many"): the client is closed with a log line naming the limit, and nothing of that
+    /// SUBSCRIBE is applied. 1,000: a session's subscriptions are a short list scanned per
+    /// SUBSCRIBE; mosquitto and EMQX set no limit by default.
+    pub max_subscriptions: usize,
     /// Inbound QoS 2 messages stored per session awaiting PUBREL. A client that exceeds it is
     /// disconnected (3.1.1 has no way to refuse a PUBLISH). 1,000.
     pub max_awaiting_rel: usize,
+    /// Bytes (topics + payloads) of the inbound QoS 2 messages a session may have awaiting
+    /// PUBREL; beyond it the client is disconnected, as for `max_awaiting_rel`. 64 MiB: 64
+    /// maximum-size messages in flight before their PUBREL; without it, 1,000 messages of
+    /// 1 MiB would let one client pin 1 GiB.
+    pub max_awaiting_rel_bytes: usize,
     /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
     /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
     pub credentials: Option<HashMap<String, String>>,
@@ -100,6 +122,10 @@ impl Default for MqttConfig {
             max_sessions: 100_000,
             max_retained: 100_000,
             max_awaiting_rel: 1000,
+            max_awaiting_rel_bytes: 64 << 20,
+            max_retained_bytes: 256 << 20,
+            max_topic_levels: 128,
+            max_subscriptions: 1000,
             credentials: None,
             require_certificate: false,
             use_identity_as_username: false,
@@ -133,7 +159,11 @@ impl MqttConfig {
         line("mqtt_max_connections", &self.max_connections);
         line("mqtt_max_sessions", &self.max_sessions);
         line("mqtt_max_retained", &self.max_retained);
+        line("mqtt_max_retained_bytes", &self.max_retained_bytes);
         line("mqtt_max_awaiting_rel", &self.max_awaiting_rel);
+        line("mqtt_max_awaiting_rel_bytes", &self.max_awaiting_rel_bytes);
+        line("mqtt_max_topic_levels", &self.max_topic_levels);
+        line("mqtt_max_subscriptions", &self.max_subscriptions);
         line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
         s
     }

@@ -12,7 +12,11 @@
 //! (docs/mqtt-over-quic.md §6.12) and keeps the rest in the session, within
 //! `max_queued_messages` for all its channels together. Packets answering the
 //! connection's own input (acks, SUBACK, PINGRESP) are bounded by the transport reading no more
-//! input until its outbox is written out.
+//! input while the channel's outbox is over its bound: TCP and TLS read only when the outbox is
+//! empty; the QUIC transport hands a channel's packets over a slice at a time and waits while
+//! that channel's outbox holds `channel_queue` packets or more ([`Attachment::poll_room`],
+//! counted in [`BrokerStats::reads_paused`]). A writer takes at most [`WRITE_BUDGET`] bytes of
+//! packets per batch, so what it has encoded but not yet written is bounded too.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
-use super::codec::{CodecError, Packet, QosPid};
+use super::codec::{self, CodecError, Packet, QosPid};
 use super::config::MqttConfig;
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
@@ -36,8 +40,16 @@ use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 pub struct Outbox {
     items: VecDeque<Packet>,
     close: Option<Box<CloseReason>>,
+    /// The channel's writer, waiting for packets.
     waker: Option<Waker>,
+    /// The channel's reader, waiting for room ([`Attachment::poll_room`]).
+    reader: Option<Waker>,
 }
+
+/// Bytes of packets a writer takes from an outbox per batch (at least one packet): bounds the
+/// encoded buffer a stalled writer holds. 256 KiB: many small packets per write, one maximum-
+/// size packet at a time.
+pub const WRITE_BUDGET: usize = 256 << 10;
 
 impl Outbox {
     fn wake(&mut self) {
@@ -64,6 +76,9 @@ impl Outbox {
             self.close = Some(Box::new(reason));
         }
         self.wake();
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
     }
 
     fn ready(&self) -> bool {
@@ -81,9 +96,35 @@ impl Outbox {
         Poll::Pending
     }
 
-    fn drain(&mut self, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
-        let n = self.items.len().min(max);
+    /// Ready while fewer than `bound` packets wait (or the channel is closing); otherwise the
+    /// reader's task is woken once the writer has taken packets out. True in `paused` when this
+    /// call started a pause.
+    fn poll_room(&mut self, bound: usize, cx: &mut Context<'_>, paused: &mut bool) -> Poll<()> {
+        if self.items.len() < bound || self.close.is_some() {
+            return Poll::Ready(());
+        }
+        *paused = self.reader.is_none();
+        match &self.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn drain(&mut self, batch: &mut Vec<Packet>, max: usize, budget: usize) -> Option<CloseReason> {
+        let mut bytes = 0;
+        let mut n = 0;
+        for p in self.items.iter().take(max) {
+            if n > 0 && bytes >= budget {
+                break;
+            }
+            bytes += codec::wire_len_hint(p);
+            n += 1;
+        }
         batch.extend(self.items.drain(..n));
+        if let Some(w) = self.reader.take() {
+            w.wake(); // room now; the reader checks the bound again
+        }
         if self.items.is_empty() {
             if self.items.capacity() > 0 {
                 self.items = VecDeque::new(); // an idle connection holds no queue memory
@@ -106,6 +147,9 @@ pub struct BrokerStats {
     pub quic_streams_opened: u64,
     /// MQTT over QUIC: changes of a connection's path (migration) the broker noticed.
     pub quic_path_changes: u64,
+    /// MQTT over QUIC: times a channel's reading paused because its outbox held
+    /// `channel_queue` packets or more (the client sends faster than it reads).
+    pub reads_paused: u64,
 }
 
 /// The driver's data per connection, kept in the core beside the connection's state.
@@ -141,6 +185,7 @@ struct Inner {
     refused: AtomicU64,
     quic_streams: AtomicU64,
     quic_path_changes: AtomicU64,
+    reads_paused: AtomicU64,
 }
 
 /// A running broker: the sans-IO core behind a mutex, and the task that fires its timers.
@@ -174,6 +219,7 @@ impl Broker {
             refused: AtomicU64::new(0),
             quic_streams: AtomicU64::new(0),
             quic_path_changes: AtomicU64::new(0),
+            reads_paused: AtomicU64::new(0),
         });
         tokio::spawn(timer_loop(Arc::downgrade(&inner), timer_wake));
         Broker { inner }
@@ -196,6 +242,7 @@ impl Broker {
             refused_connections: self.inner.refused.load(Ordering::Relaxed),
             quic_streams_opened: self.inner.quic_streams.load(Ordering::Relaxed),
             quic_path_changes: self.inner.quic_path_changes.load(Ordering::Relaxed),
+            reads_paused: self.inner.reads_paused.load(Ordering::Relaxed),
         }
     }
 
@@ -312,14 +359,8 @@ impl Attachment {
         &self.broker
     }
 
-    /// Whether `channel`'s outbox has packets to write or a close to act on (a closed or
-    /// unknown channel reads as "close").
-    pub fn outbox_ready(&self, channel: ChannelId) -> bool {
-        let mut st = self.broker.lock();
-        st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)).is_none_or(|o| o.ready())
-    }
-
-    /// Ready when [`Attachment::outbox_ready`]; otherwise the task is woken when it becomes so.
+    /// Ready when `channel`'s outbox has packets to write or a close to act on (a closed or
+    /// unknown channel reads as "close"); otherwise the task is woken when it has.
     /// Only the latest waker is kept: one writer per channel.
     pub fn poll_outbox(&self, channel: ChannelId, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.broker.lock();
@@ -329,14 +370,44 @@ impl Attachment {
         }
     }
 
-    /// Move up to `max` packets of `channel`'s outbox into `batch`. Returns the close reason once
+    /// Ready while `channel`'s outbox holds fewer than `channel_queue` packets (or the channel
+    /// is closing or gone): the reader of a channel hands the broker more input only then, so
+    /// what a client's own packets make the broker answer stays bounded when the client does
+    /// not read. Otherwise the task is woken when the writer has taken packets out; each pause
+    /// is counted ([`BrokerStats::reads_paused`]). One reader per channel.
+    pub fn poll_room(&self, channel: ChannelId, cx: &mut Context<'_>) -> Poll<()> {
+        let bound = self.broker.inner.cfg.channel_queue.max(1);
+        let mut paused = false;
+        let poll = {
+            let mut st = self.broker.lock();
+            match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+                Some(o) => o.poll_room(bound, cx, &mut paused),
+                None => Poll::Ready(()),
+            }
+        };
+        if paused {
+            let n = self.broker.inner.reads_paused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::info!(
+                    conn = self.conn,
+                    channel,
+                    paused_total = n,
+                    "mqtt: channel's outbox full ({bound} packets): not reading its input until the client reads"
+                );
+            }
+        }
+        poll
+    }
+
+    /// Move up to `max` packets (and about [`WRITE_BUDGET`] bytes, at least one packet) of
+    /// `channel`'s outbox into `batch`. Returns the close reason once
     /// the outbox is empty and a close was requested (or the channel or connection is gone:
     /// [`CloseReason::Shutdown`]). A data channel's outbox is freed once it has returned one.
     pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
         let mut st = self.broker.lock();
         let Some(link) = st.core.link_mut(self.conn) else { return Some(CloseReason::Shutdown) };
         let reason = match link.outbox(channel) {
-            Some(o) => o.drain(batch, max),
+            Some(o) => o.drain(batch, max, WRITE_BUDGET),
             None => return Some(CloseReason::Shutdown),
         };
         if reason.is_some() && channel != CONTROL_CHANNEL {

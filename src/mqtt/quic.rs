@@ -14,6 +14,11 @@
 //! * A data stream's end — FIN, RESET_STREAM or STOP_SENDING — is reported to the core as a
 //!   [`ChannelEnd`], which parks its subscriptions and moves its messages (spec §6.1–6.4).
 //! * A change of the client's address is noticed on every read and logged (`path_changed`).
+//! * Back-pressure, as over TCP: a stream's reader decodes and hands over its input a slice
+//!   at a time, and waits while that channel's outbox is full (`channel_queue` packets), so a
+//!   client that sends PINGREQ or QoS 1 PUBLISH and never reads makes the broker buffer at
+//!   most an outbox, one read ([`READ_CHUNK`]) and one write batch per stream; then QUIC flow
+//!   control stops the client.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -50,6 +55,11 @@ pub mod code {
 
 /// Most packets encoded into one write.
 const WRITE_BATCH: usize = 512;
+/// Bytes taken from a stream per read (as the TCP transport's read buffer).
+const READ_CHUNK: usize = 16 << 10;
+/// Packets handed to the broker per lock: between two slices the reader checks that its
+/// channel's outbox has room ([`Attachment::poll_room`]).
+const HANDLE_SLICE: usize = 64;
 
 fn close_code(reason: &CloseReason) -> u32 {
     match reason {
@@ -195,8 +205,43 @@ impl StreamTask {
                 let mut decoder = Decoder::new(max_packet);
                 let mut packets = Vec::new();
                 let end = loop {
+                    // Hand over what was read, a slice at a time, while the outbox has room.
+                    loop {
+                        tokio::select! {
+                            _ = std::future::poll_fn(|cx| att.poll_room(channel, cx)) => {}
+                            _ = abort.cancelled() => {
+                                let _ = recv.stop(data_closed);
+                                return;
+                            }
+                        }
+                        let err = decoder.decode(&mut packets, HANDLE_SLICE).err();
+                        if packets.is_empty() && err.is_none() {
+                            break;
+                        }
+                        if !control {
+                            // Spec §2.3: only packet types 3..=11 on data streams.
+                            if let Some(p) = packets.iter().find(|p| !allowed_on_data_stream(p)) {
+                                tracing::warn!(%remote, channel, packet = ?packet_name(p),
+                                    "mqtt+quic: packet not allowed on a data stream; closing (protocol error)");
+                                close(&conn, code::PROTOCOL_ERROR, "packet not allowed on a data stream");
+                                return;
+                            }
+                        }
+                        let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
+                        att.handle(channel, &mut packets, err.as_ref());
+                        if saw_connect {
+                            if let Some(tx) = &connected {
+                                let _ = tx.send(true);
+                            }
+                        }
+                        if err.is_some() {
+                            return;
+                        }
+                    }
+                    // Keep no capacity between reads (memory per idle client).
+                    packets = Vec::new();
                     let read = tokio::select! {
-                        r = recv.read_chunk(64 << 10, true) => r,
+                        r = recv.read_chunk(READ_CHUNK, true) => r,
                         _ = abort.cancelled() => {
                             // The client stopped reading this stream (spec §6.1).
                             let _ = recv.stop(data_closed);
@@ -216,28 +261,7 @@ impl StreamTask {
                     if info.path_changes() > changes {
                         att.note_path_changed();
                     }
-                    let err = decoder.feed(&chunk, &mut packets).err();
-                    if !control {
-                        // Spec §2.3: only packet types 3..=11 on data streams.
-                        if let Some(p) = packets.iter().find(|p| !allowed_on_data_stream(p)) {
-                            tracing::warn!(%remote, channel, packet = ?packet_name(p),
-                                "mqtt+quic: packet not allowed on a data stream; closing (protocol error)");
-                            close(&conn, code::PROTOCOL_ERROR, "packet not allowed on a data stream");
-                            return;
-                        }
-                    }
-                    let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
-                    att.handle(channel, &mut packets, err.as_ref());
-                    // Keep no capacity between reads (memory per idle client).
-                    packets = Vec::new();
-                    if saw_connect {
-                        if let Some(tx) = &connected {
-                            let _ = tx.send(true);
-                        }
-                    }
-                    if err.is_some() {
-                        return;
-                    }
+                    decoder.extend(&chunk);
                 };
                 if control {
                     // Spec §3.1: the control stream is gone, so is the connection (unless the

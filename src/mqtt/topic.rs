@@ -10,6 +10,12 @@
 //! * §4.7.2-1: filters starting with a wildcard do not match topic names starting with `$`.
 //!
 //! Levels are split on `/`; empty levels are levels (`/a` has levels `""` and `"a"`).
+//!
+//! **No recursion.** Filters and topic names come from peers, and a trie is as deep as the
+//! longest of them: every walk here (insert, match, remove with pruning, retained lookups) and
+//! dropping a tree use loops and explicit stacks, never the call stack, so a filter of 30,000
+//! levels costs time and memory in proportion, not a stack overflow. The broker additionally
+//! refuses filters and names deeper than `max_topic_levels` (`MqttConfig`, default 128).
 
 use std::collections::HashMap;
 
@@ -40,6 +46,60 @@ impl<K> Default for Node<K> {
 impl<K> Node<K> {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.plus.is_none() && self.here.is_empty() && self.hash.is_empty()
+    }
+
+    /// Whether the node holds nothing but its child at `level` (`+`: the wildcard child).
+    fn only_child(&self, level: &str) -> bool {
+        if !self.here.is_empty() || !self.hash.is_empty() {
+            return false;
+        }
+        if level == "+" {
+            self.children.is_empty()
+        } else {
+            self.plus.is_none() && self.children.len() == 1 && self.children.contains_key(level)
+        }
+    }
+
+    #[cfg(test)]
+    fn child(&self, level: &str) -> Option<&Node<K>> {
+        if level == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(level)
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K>> {
+        if level == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(level)
+        }
+    }
+
+    /// Detach the child at `level` (dropped by the caller, iteratively).
+    fn take_child(&mut self, level: &str) -> Option<Node<K>> {
+        if level == "+" {
+            return self.plus.take().map(|b| *b);
+        }
+        let child = self.children.remove(level);
+        if self.children.is_empty() {
+            self.children = HashMap::new();
+        }
+        child
+    }
+}
+
+impl<K> Drop for Node<K> {
+    /// Children are moved onto a heap stack and dropped one level at a time, so a deep chain
+    /// does not recurse through the generated drop code.
+    fn drop(&mut self) {
+        let mut stack: Vec<Node<K>> = self.children.drain().map(|(_, n)| n).collect();
+        stack.extend(self.plus.take().map(|b| *b));
+        while let Some(mut n) = stack.pop() {
+            stack.extend(n.children.drain().map(|(_, c)| c));
+            stack.extend(n.plus.take().map(|b| *b));
+        }
     }
 }
 
@@ -125,71 +185,85 @@ impl<K: Copy + Eq> SubTree<K> {
     /// Remove `key`'s subscription to `filter`; empty branches are pruned. True if it existed.
     pub fn remove(&mut self, filter: &str, key: K) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_in(&mut self.root, &levels, key);
-        if removed {
-            self.len -= 1;
+        let (path, last_hash) = match levels.split_last() {
+            Some((&"#", path)) => (path, true),
+            _ => (&levels[..], false),
+        };
+        // Walk down; remember the deepest node that keeps something besides the path: below it
+        // everything on the path is pruned if the removal leaves the end node empty.
+        let mut node = &mut self.root;
+        let mut cut = 0; // depth of the node to prune below
+        for (depth, level) in path.iter().enumerate() {
+            if depth == 0 || !node.only_child(level) {
+                cut = depth;
+            }
+            let Some(child) = node.child_mut(level) else { return false };
+            node = child;
         }
-        removed
-    }
-
-    fn remove_in(node: &mut Node<K>, levels: &[&str], key: K) -> bool {
-        match levels {
-            [] => remove_key(&mut node.here, key),
-            ["#"] => remove_key(&mut node.hash, key),
-            [level, rest @ ..] => {
-                if *level == "+" {
-                    let Some(child) = node.plus.as_deref_mut() else { return false };
-                    let removed = Self::remove_in(child, rest, key);
-                    if child.is_empty() {
-                        node.plus = None;
-                    }
-                    removed
-                } else {
-                    let Some(child) = node.children.get_mut(*level) else { return false };
-                    let removed = Self::remove_in(child, rest, key);
-                    if child.is_empty() {
-                        node.children.remove(*level);
-                        if node.children.is_empty() {
-                            node.children = HashMap::new();
-                        }
-                    }
-                    removed
+        let removed = if last_hash { remove_key(&mut node.hash, key) } else { remove_key(&mut node.here, key) };
+        if !removed {
+            return false;
+        }
+        self.len -= 1;
+        if node.is_empty() && !path.is_empty() {
+            let mut parent = &mut self.root;
+            for level in &path[..cut] {
+                match parent.child_mut(level) {
+                    Some(c) => parent = c,
+                    None => return true,
                 }
             }
+            drop(parent.take_child(path[cut]));
         }
+        true
     }
 
     /// Append every subscriber whose filter matches `topic` to `out`. A subscriber with
     /// several matching filters appears once per filter (the caller folds them, §3.3.5).
     pub fn matches(&self, topic: &str, out: &mut Vec<Subscriber<K>>) {
         let mut levels = topic.split('/');
+        // A stack of (node, the levels still to match below it): one entry per `+` branch
+        // taken, instead of a recursive call.
+        let mut stack = Vec::new();
         // MQTT 3.1.1 §4.7.2-1: no leading wildcard matches a topic that starts with '$'.
         if topic.starts_with('$') {
-            if let Some(first) = levels.next() {
-                if let Some(child) = self.root.children.get(first) {
-                    Self::walk(child, levels, out);
-                }
+            if let Some(child) = levels.next().and_then(|first| self.root.children.get(first)) {
+                stack.push((child, levels));
             }
-            return;
+        } else {
+            stack.push((&self.root, levels));
         }
-        Self::walk(&self.root, levels, out);
-    }
-
-    fn walk(node: &Node<K>, mut levels: std::str::Split<'_, char>, out: &mut Vec<Subscriber<K>>) {
-        // MQTT 3.1.1 §4.7.1.2: `#` matches the parent level and any number of child levels.
-        out.extend_from_slice(&node.hash);
-        match levels.next() {
-            None => out.extend_from_slice(&node.here),
-            Some(level) => {
-                if let Some(child) = node.children.get(level) {
-                    Self::walk(child, levels.clone(), out);
-                }
+        while let Some((mut node, mut levels)) = stack.pop() {
+            loop {
+                // MQTT 3.1.1 §4.7.1.2: `#` matches the parent level and any number of child levels.
+                out.extend_from_slice(&node.hash);
+                let Some(level) = levels.next() else {
+                    out.extend_from_slice(&node.here);
+                    break;
+                };
                 // MQTT 3.1.1 §4.7.1.3: `+` matches exactly one level (an empty one too).
                 if let Some(plus) = node.plus.as_deref() {
-                    Self::walk(plus, levels, out);
+                    stack.push((plus, levels.clone()));
+                }
+                match node.children.get(level) {
+                    Some(child) => node = child,
+                    None => break,
                 }
             }
         }
+    }
+
+    /// Whether `filter`'s node exists (tests: pruning).
+    #[cfg(test)]
+    fn has_path(&self, filter: &str) -> bool {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.child(level) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -209,6 +283,16 @@ struct RNode<M> {
 impl<M> Default for RNode<M> {
     fn default() -> Self {
         RNode { children: HashMap::new(), msg: None }
+    }
+}
+
+impl<M> Drop for RNode<M> {
+    /// Iterative, as for the subscription trie's nodes.
+    fn drop(&mut self) {
+        let mut stack: Vec<RNode<M>> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut n) = stack.pop() {
+            stack.extend(n.children.drain().map(|(_, c)| c));
+        }
     }
 }
 
@@ -232,95 +316,99 @@ impl<M: Clone> RetainTree<M> {
         self.len == 0
     }
 
-    /// Whether `topic` has a retained message.
-    pub fn contains(&self, topic: &str) -> bool {
+    /// The retained message of `topic`, if any.
+    pub fn get(&self, topic: &str) -> Option<&M> {
         let mut node = &self.root;
         for level in topic.split('/') {
-            match node.children.get(level) {
-                Some(n) => node = n,
-                None => return false,
-            }
+            node = node.children.get(level)?;
         }
-        node.msg.is_some()
+        node.msg.as_ref()
     }
 
-    /// Store (replacing) `msg` as the retained message of `topic`.
-    pub fn set(&mut self, topic: &str, msg: M) {
+    /// Whether `topic` has a retained message.
+    pub fn contains(&self, topic: &str) -> bool {
+        self.get(topic).is_some()
+    }
+
+    /// Store `msg` as the retained message of `topic`; returns the one it replaced.
+    pub fn set(&mut self, topic: &str, msg: M) -> Option<M> {
         let mut node = &mut self.root;
         for level in topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
-        if node.msg.replace(msg).is_none() {
+        let old = node.msg.replace(msg);
+        if old.is_none() {
             self.len += 1;
         }
+        old
     }
 
-    /// Remove the retained message of `topic` (MQTT 3.1.1 §3.3.1-10); prunes empty branches.
-    pub fn clear(&mut self, topic: &str) -> bool {
+    /// Remove and return the retained message of `topic` (MQTT 3.1.1 §3.3.1-10); prunes empty
+    /// branches.
+    pub fn clear(&mut self, topic: &str) -> Option<M> {
         let levels: Vec<&str> = topic.split('/').collect();
-        let removed = Self::clear_in(&mut self.root, &levels);
-        if removed {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn clear_in(node: &mut RNode<M>, levels: &[&str]) -> bool {
-        match levels {
-            [] => node.msg.take().is_some(),
-            [level, rest @ ..] => {
-                let Some(child) = node.children.get_mut(*level) else { return false };
-                let removed = Self::clear_in(child, rest);
-                if child.msg.is_none() && child.children.is_empty() {
-                    node.children.remove(*level);
-                }
-                removed
+        let mut node = &mut self.root;
+        let mut cut = 0;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth == 0 || node.msg.is_some() || node.children.len() > 1 {
+                cut = depth;
             }
+            node = node.children.get_mut(*level)?;
         }
+        let removed = node.msg.take()?;
+        self.len -= 1;
+        if node.children.is_empty() {
+            let mut parent = &mut self.root;
+            for level in &levels[..cut] {
+                match parent.children.get_mut(*level) {
+                    Some(c) => parent = c,
+                    None => return Some(removed),
+                }
+            }
+            drop(parent.children.remove(levels[cut]));
+        }
+        Some(removed)
     }
 
     /// Every retained message whose topic matches the (valid) `filter`.
     pub fn matching(&self, filter: &str, out: &mut Vec<M>) {
         let levels: Vec<&str> = filter.split('/').collect();
-        Self::collect(&self.root, &levels, true, out);
-    }
-
-    fn collect(node: &RNode<M>, levels: &[&str], root: bool, out: &mut Vec<M>) {
-        match levels {
-            [] => out.extend(node.msg.iter().cloned()),
-            ["#", ..] => {
-                // §4.7.1.2: the parent level too ("sport/#" matches "sport").
-                if !root {
-                    out.extend(node.msg.iter().cloned());
-                }
-                for (name, child) in &node.children {
+        // (node, index of the next filter level, whether node is the root): one entry per
+        // branch still to visit, instead of a recursive call.
+        let mut stack = vec![(&self.root, 0usize, true)];
+        while let Some((node, i, root)) = stack.pop() {
+            match levels.get(i).copied() {
+                None => out.extend(node.msg.iter().cloned()),
+                Some("#") => {
+                    // §4.7.1.2: the parent level too ("sport/#" matches "sport").
+                    if !root {
+                        out.extend(node.msg.iter().cloned());
+                    }
                     // §4.7.2-1: a leading wildcard does not reach '$' topics.
-                    if root && name.starts_with('$') {
-                        continue;
+                    let mut below: Vec<&RNode<M>> = node
+                        .children
+                        .iter()
+                        .filter(|(name, _)| !(root && name.starts_with('$')))
+                        .map(|(_, c)| c)
+                        .collect();
+                    while let Some(n) = below.pop() {
+                        out.extend(n.msg.iter().cloned());
+                        below.extend(n.children.values());
                     }
-                    Self::all(child, out);
                 }
-            }
-            ["+", rest @ ..] => {
-                for (name, child) in &node.children {
-                    if root && name.starts_with('$') {
-                        continue;
+                Some("+") => {
+                    for (name, child) in &node.children {
+                        if !(root && name.starts_with('$')) {
+                            stack.push((child, i + 1, false));
+                        }
                     }
-                    Self::collect(child, rest, false, out);
+                }
+                Some(level) => {
+                    if let Some(child) = node.children.get(level) {
+                        stack.push((child, i + 1, false));
+                    }
                 }
             }
-            [level, rest @ ..] => {
-                if let Some(child) = node.children.get(*level) {
-                    Self::collect(child, rest, false, out);
-                }
-            }
-        }
-    }
-
-    fn all(node: &RNode<M>, out: &mut Vec<M>) {
-        out.extend(node.msg.iter().cloned());
-        for child in node.children.values() {
-            Self::all(child, out);
         }
     }
 }
@@ -423,8 +511,8 @@ mod tests {
         assert_eq!(get(&r, "+/+"), vec!["/lead", "sport/tennis"]);
         assert_eq!(get(&r, "$SYS/#"), vec!["$SYS/load"]);
         assert_eq!(get(&r, "sport/tennis"), vec!["sport/tennis"]);
-        assert!(r.clear("sport/tennis"));
-        assert!(!r.clear("sport/tennis"));
+        assert_eq!(r.clear("sport/tennis").as_deref(), Some("sport/tennis"));
+        assert!(r.clear("sport/tennis").is_none());
         assert_eq!(get(&r, "sport/#"), vec!["sport", "sport/tennis/p1"]);
         assert_eq!(r.len(), 5);
         // Every retained set is consistent with the reference matcher.
@@ -439,7 +527,95 @@ mod tests {
         }
     }
 
+    /// Issue 13: a filter of 30,000 levels through every walk, on the 2 MiB stack of a test
+    /// thread (the recursive walks overflowed it at ~8,300 levels).
+    #[test]
+    fn thirty_thousand_levels_do_not_recurse() {
+        let deep = "+/".repeat(30_000); // 30,001 levels, the last one empty
+        let topic = "a/".repeat(30_000);
+        let mut t = SubTree::new();
+        assert!(!t.insert(&deep, 1u32, 1));
+        t.insert("a/#", 2, 0);
+        let hash_deep = format!("{deep}#");
+        t.insert(&hash_deep, 3, 2);
+        assert_eq!(matched(&t, &topic), vec![(1, 1), (2, 0), (3, 2)]);
+        assert_eq!(matched(&t, "a/b"), vec![(2, 0)]);
+        assert!(t.remove(&deep, 1));
+        assert!(t.has_path(&hash_deep[..hash_deep.len() - 2]), "a sibling's path stays");
+        assert!(t.remove(&hash_deep, 3));
+        assert!(!t.has_path("+"), "the deep chain is pruned");
+        assert!(t.remove("a/#", 2));
+        assert!(t.root.is_empty());
+        // Dropping a deep tree is iterative too.
+        let mut t = SubTree::new();
+        t.insert(&deep, 1u32, 0);
+        drop(t);
+
+        let mut r = RetainTree::new();
+        let long = "x/".repeat(30_000);
+        r.set(&long, 7u32);
+        r.set("x", 1);
+        let mut got = Vec::new();
+        r.matching(&deep, &mut got);
+        assert_eq!(got, vec![7], "30,001 levels of + match the 30,001-level topic only");
+        got.clear();
+        r.matching(&format!("{deep}#"), &mut got);
+        assert_eq!(got, vec![7]);
+        got.clear();
+        r.matching("#", &mut got);
+        got.sort();
+        assert_eq!(got, vec![1, 7]);
+        assert_eq!(r.clear(&long), Some(7));
+        assert!(r.contains("x"));
+        assert_eq!(r.len(), 1);
+        assert!(r.root.children.get("x").is_some_and(|x| x.children.is_empty()), "pruned below x");
+        r.set(&long, 8);
+        drop(r);
+    }
+
     proptest::proptest! {
+        /// Removing every filter again leaves an empty trie (pruning is complete), and removing
+        /// some leaves the others matching as before.
+        #[test]
+        fn remove_prunes_exactly(
+            filters in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec!["a", "b", "", "+", "#"]), 1..5), 1..10),
+            keep in proptest::collection::vec(proptest::bool::ANY, 10),
+        ) {
+            // '#' only as the last level (a valid filter).
+            let fs: Vec<String> = filters.iter().map(|l| {
+                let mut v: Vec<&str> = l.iter().copied().filter(|x| *x != "#").collect();
+                if l.last() == Some(&"#") { v.push("#"); }
+                if v.is_empty() { v.push("a"); }
+                v.join("/")
+            }).collect();
+            let mut t = SubTree::new();
+            for (i, f) in fs.iter().enumerate() {
+                t.insert(f, i as u32, 0);
+            }
+            for (i, f) in fs.iter().enumerate() {
+                if !keep[i] {
+                    proptest::prop_assert!(t.remove(f, i as u32));
+                }
+            }
+            for topic in ["a", "a/b", "/a", "a//b", "b/a/a", ""] {
+                let want: Vec<(u32, u8)> = {
+                    let mut v: Vec<(u32, u8)> = fs.iter().enumerate()
+                        .filter(|(i, f)| keep[*i] && filter_matches(f, topic))
+                        .map(|(i, _)| (i as u32, 0)).collect();
+                    v.sort();
+                    v
+                };
+                proptest::prop_assert_eq!(matched(&t, topic), want, "topic {:?} filters {:?}", topic, fs);
+            }
+            for (i, f) in fs.iter().enumerate() {
+                if keep[i] {
+                    proptest::prop_assert!(t.remove(f, i as u32));
+                }
+            }
+            proptest::prop_assert!(t.root.is_empty(), "all removed, trie pruned: {:?}", fs);
+            proptest::prop_assert_eq!(t.len(), 0);
+        }
+
         #[test]
         fn trie_agrees_with_reference(
             filters in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec!["a", "b", "", "+", "$s"]), 1..4), 1..8),
