@@ -11,23 +11,31 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
+mod mqtt_broker;
+
 pub use self::http::http_parse;
+pub use self::mqtt_broker::mqtt_broker;
 pub use self::mqtt_codec::mqtt_codec;
+pub use self::topic_tree::topic_tree;
 
 mod mqtt_codec {
     use super::*;
-    use crate::mqtt::codec::{decode_one, encode_to_vec, frame_head, Decoder, Packet, MAX_REMAINING_LENGTH};
+    use crate::mqtt::codec::{
+        decode_one, encode_to_vec, frame_head, wire_len_hint, Decoder, Packet, MAX_REMAINING_LENGTH,
+    };
 
     /// The framing [`Decoder`] fed arbitrary bytes in arbitrary chunks with an arbitrary maximum
     /// packet size. Checks:
     ///
-    /// * chunking does not matter: the decoder yields the same packets and the same error as
-    ///   [`decode_one`] applied to the whole stream, and holds exactly the bytes of the
+    /// * chunking does not matter: the decoder ([`Decoder::feed`], and [`Decoder::extend`] with
+    ///   [`Decoder::decode`] a few packets per call) yields the same packets and the same error
+    ///   as [`decode_one`] applied to the whole stream, and holds exactly the bytes of the
     ///   incomplete frame at the end;
     /// * no frame larger than the maximum is decoded;
     /// * every decoded packet encodes, and that encoding decodes to the same packet (the codec is
     ///   strict both ways); when the frame used the minimal Remaining Length encoding (§2.2.3),
-    ///   the re-encoding is byte-identical to the frame.
+    ///   the re-encoding is byte-identical to the frame;
+    /// * [`wire_len_hint`] is the encoded size of PUBLISH, SUBACK and the acks.
     pub fn mqtt_codec(data: &[u8]) {
         let mut u = Unstructured::new(data);
         let max_packet = match u.int_in_range(0u8..=3) {
@@ -37,6 +45,7 @@ mod mqtt_codec {
         };
         let n_sizes = u.int_in_range(1usize..=8).unwrap_or(1);
         let sizes: Vec<usize> = (0..n_sizes).map(|_| u.int_in_range(1usize..=64).unwrap_or(64)).collect();
+        let per_call = u.int_in_range(1usize..=4).unwrap_or(1);
         let stream = u.take_rest();
 
         // The reference: the whole stream at once.
@@ -77,6 +86,35 @@ mod mqtt_codec {
             assert_eq!(d.buffered(), stream.len() - used, "bytes held for the incomplete frame");
         }
 
+        // The paced reader's way: `extend` by chunks, `decode` at most `per_call` packets a call.
+        let mut d = Decoder::new(max_packet);
+        let mut got = Vec::new();
+        let mut got_err = None;
+        let (mut off, mut i) = (0, 0);
+        while off < stream.len() && got_err.is_none() {
+            let n = sizes[i % sizes.len()].min(stream.len() - off);
+            d.extend(&stream[off..off + n]);
+            off += n;
+            i += 1;
+            if let Err(e) = d.decode(&mut got, per_call) {
+                got_err = Some(e);
+            }
+        }
+        // Drain what is left once every byte is in, `per_call` packets at a time.
+        while got_err.is_none() {
+            let before = got.len();
+            if let Err(e) = d.decode(&mut got, per_call) {
+                got_err = Some(e);
+            } else if got.len() == before {
+                break;
+            }
+        }
+        assert_eq!(got, want, "extend/decode differs from whole-stream decoding");
+        assert_eq!(got_err, want_err, "extend/decode fails differently");
+        if want_err.is_none() {
+            assert_eq!(d.buffered(), stream.len() - used, "extend/decode: bytes held for the incomplete frame");
+        }
+
         for (p, frame) in want.iter().zip(frames) {
             let bytes = match encode_to_vec(p) {
                 Ok(b) => b,
@@ -92,11 +130,20 @@ mod mqtt_codec {
             if minimal_length(frame) {
                 assert_eq!(bytes, frame, "re-encoding of {p:?} differs from its frame");
             }
-        }
-        // Every packet type also survives the encoder on its own.
-        for p in &got {
-            if let Packet::Publish(_) | Packet::Subscribe(_) = p {
-                assert!(encode_to_vec(p).is_ok());
+            // The writer's batch budget: exact for PUBLISH, SUBACK and the fixed-size acks.
+            let exact = matches!(
+                p,
+                Packet::Publish(_)
+                    | Packet::Suback(_)
+                    | Packet::Connack(_)
+                    | Packet::Puback(_)
+                    | Packet::Pubrec(_)
+                    | Packet::Pubrel(_)
+                    | Packet::Pubcomp(_)
+                    | Packet::Unsuback(_)
+            );
+            if exact {
+                assert_eq!(wire_len_hint(p), bytes.len(), "wire_len_hint of {p:?}");
             }
         }
     }
@@ -409,8 +456,242 @@ mod http {
     }
 }
 
-/// Placeholder until the target is written.
-pub fn topic_tree(_data: &[u8]) {}
+mod topic_tree {
+    use super::*;
+    use crate::mqtt::topic::{filter_matches, RetainTree, SubTree, Subscriber};
 
-/// Placeholder until the target is written.
-pub fn mqtt_broker(_data: &[u8]) {}
+    /// A level of a generated filter or topic: a small alphabet so that filters and topics meet.
+    #[derive(Arbitrary, Debug, Clone, Copy)]
+    enum Level {
+        A,
+        B,
+        Empty,
+        Dollar,
+        Plus,
+    }
+
+    impl Level {
+        fn as_str(self, wildcards: bool) -> &'static str {
+            match self {
+                Level::A => "a",
+                Level::B => "b",
+                Level::Empty => "",
+                Level::Dollar => "$x",
+                Level::Plus if wildcards => "+",
+                Level::Plus => "a",
+            }
+        }
+    }
+
+    /// A valid filter: 0..=5 levels, then `#` or not (`#` alone when there are no levels).
+    #[derive(Arbitrary, Debug)]
+    struct Filter {
+        levels: Vec<Level>,
+        hash: bool,
+    }
+
+    impl Filter {
+        fn render(&self) -> String {
+            let mut parts: Vec<&str> = self.levels.iter().take(5).map(|l| l.as_str(true)).collect();
+            // An empty filter is invalid (§4.7.3-1): `#` instead.
+            if self.hash || parts.is_empty() || parts == [""] {
+                parts.push("#");
+            }
+            parts.join("/")
+        }
+    }
+
+    /// A valid topic name: 1..=5 levels, no wildcards.
+    #[derive(Arbitrary, Debug)]
+    struct Topic {
+        first: Level,
+        rest: Vec<Level>,
+    }
+
+    impl Topic {
+        fn render(&self) -> String {
+            let parts: Vec<&str> =
+                std::iter::once(self.first).chain(self.rest.iter().take(4).copied()).map(|l| l.as_str(false)).collect();
+            // An empty topic name is invalid (§4.7.3-1).
+            if parts == [""] {
+                return "a".into();
+            }
+            parts.join("/")
+        }
+    }
+
+    #[derive(Arbitrary, Debug)]
+    enum Op {
+        Insert {
+            filter: Filter,
+            key: u8,
+            qos: u8,
+        },
+        Remove {
+            filter: Filter,
+            key: u8,
+        },
+        Matches {
+            topic: Topic,
+        },
+        Set {
+            topic: Topic,
+            value: u8,
+        },
+        Clear {
+            topic: Topic,
+        },
+        Matching {
+            filter: Filter,
+        },
+        /// A filter and a topic of `levels * 2` levels through every operation (once per input).
+        Deep {
+            levels: u8,
+            plus: bool,
+        },
+    }
+
+    /// An independent matcher over levels (§4.7.1, §4.7.2-1), to check the reference one.
+    fn naive(filter: &[&str], topic: &[&str]) -> bool {
+        match (filter.split_first(), topic.split_first()) {
+            (Some((&"#", _)), _) => true,
+            (Some((&"+", f)), Some((_, t))) => naive(f, t),
+            (Some((a, f)), Some((b, t))) => a == b && naive(f, t),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn reference(filter: &str, topic: &str) -> bool {
+        let want = filter_matches(filter, topic);
+        let dollar_rule = topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#'));
+        let f: Vec<&str> = filter.split('/').collect();
+        let t: Vec<&str> = topic.split('/').collect();
+        assert_eq!(want, !dollar_rule && naive(&f, &t), "filter_matches({filter:?}, {topic:?})");
+        want
+    }
+
+    fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+        v.sort();
+        v
+    }
+
+    /// `SubTree` and `RetainTree` driven by arbitrary operations with structured filters and
+    /// topics, against a naive model (a list of subscriptions, a map of retained messages)
+    /// matched with the reference `filter_matches` (itself checked against a level-by-level
+    /// matcher). Checks: return values of insert/remove/set/clear, the exact multiset of
+    /// subscribers a topic matches and of retained messages a filter matches, `len()` after
+    /// every operation; at the end, removing everything leaves trees whose structure equals a
+    /// new tree's (branches pruned). `Deep` runs a filter of up to 510 levels through every
+    /// walk (the 30,000-level case is `topic.rs`'s own unit test).
+    pub fn topic_tree(data: &[u8]) {
+        let mut u = Unstructured::new(data);
+        let mut subs: SubTree<u8> = SubTree::new();
+        let mut retained: RetainTree<(String, u8)> = RetainTree::new();
+        let mut model_subs: Vec<(String, u8, u8)> = Vec::new();
+        let mut model_retained: std::collections::BTreeMap<String, u8> = Default::default();
+        let mut ops = 0;
+        let mut deep_done = false;
+        while let Ok(op) = Op::arbitrary(&mut u) {
+            ops += 1;
+            if ops > 200 {
+                break;
+            }
+            match op {
+                Op::Insert { filter, key, qos } => {
+                    let (f, key, qos) = (filter.render(), key % 4, qos % 3);
+                    let pos = model_subs.iter().position(|(mf, mk, _)| *mf == f && *mk == key);
+                    assert_eq!(subs.insert(&f, key, qos), pos.is_some(), "insert {f:?} {key}");
+                    match pos {
+                        Some(i) => model_subs[i].2 = qos,
+                        None => model_subs.push((f, key, qos)),
+                    }
+                }
+                Op::Remove { filter, key } => {
+                    let (f, key) = (filter.render(), key % 4);
+                    let pos = model_subs.iter().position(|(mf, mk, _)| *mf == f && *mk == key);
+                    assert_eq!(subs.remove(&f, key), pos.is_some(), "remove {f:?} {key}");
+                    if let Some(i) = pos {
+                        model_subs.swap_remove(i);
+                    }
+                }
+                Op::Matches { topic } => {
+                    let t = topic.render();
+                    let mut out = Vec::new();
+                    subs.matches(&t, &mut out);
+                    let got = sorted(out.into_iter().map(|s: Subscriber<u8>| (s.key, s.qos)).collect());
+                    let want = sorted(
+                        model_subs.iter().filter(|(f, _, _)| reference(f, &t)).map(|&(_, k, q)| (k, q)).collect(),
+                    );
+                    assert_eq!(got, want, "matches({t:?}) with {model_subs:?}");
+                }
+                Op::Set { topic, value } => {
+                    let t = topic.render();
+                    let old = retained.set(&t, (t.clone(), value));
+                    assert_eq!(old.map(|m| m.1), model_retained.insert(t.clone(), value), "set {t:?}");
+                }
+                Op::Clear { topic } => {
+                    let t = topic.render();
+                    assert_eq!(retained.clear(&t).map(|m| m.1), model_retained.remove(&t), "clear {t:?}");
+                    assert!(!retained.contains(&t));
+                }
+                Op::Matching { filter } => {
+                    let f = filter.render();
+                    let mut out = Vec::new();
+                    retained.matching(&f, &mut out);
+                    let want: Vec<(String, u8)> =
+                        model_retained.iter().filter(|(t, _)| reference(&f, t)).map(|(t, v)| (t.clone(), *v)).collect();
+                    assert_eq!(sorted(out), want, "matching({f:?})");
+                }
+                // Once per input: deep trees are slow to build under the sanitizer.
+                Op::Deep { levels, plus } if !deep_done => {
+                    deep_done = true;
+                    deep(usize::from(levels) * 2, plus)
+                }
+                Op::Deep { .. } => {}
+            }
+            assert_eq!(subs.len(), model_subs.len(), "SubTree::len");
+            assert_eq!(subs.is_empty(), model_subs.is_empty());
+            assert_eq!(retained.len(), model_retained.len(), "RetainTree::len");
+            for (t, v) in &model_retained {
+                assert_eq!(retained.get(t).map(|m| m.1), Some(*v), "get {t:?}");
+            }
+        }
+        // Remove everything: the structure must be that of a new tree.
+        for (f, k, _) in std::mem::take(&mut model_subs) {
+            assert!(subs.remove(&f, k), "final remove {f:?} {k}");
+        }
+        for t in std::mem::take(&mut model_retained).into_keys() {
+            assert!(retained.clear(&t).is_some(), "final clear {t:?}");
+        }
+        assert!(subs.is_empty() && retained.is_empty());
+        assert_eq!(format!("{subs:?}"), format!("{:?}", SubTree::<u8>::new()), "branches left after removals");
+        assert_eq!(
+            format!("{retained:?}"),
+            format!("{:?}", RetainTree::<(String, u8)>::new()),
+            "branches left after clears"
+        );
+    }
+
+    /// One deep filter and topic through insert, match, remove, set, matching, clear, drop.
+    fn deep(levels: usize, plus: bool) {
+        let level = if plus { "+/" } else { "a/" };
+        let filter = format!("{}#", level.repeat(levels));
+        let topic = format!("{}z", "a/".repeat(levels));
+        let mut subs: SubTree<u8> = SubTree::new();
+        subs.insert(&filter, 1, 1);
+        subs.insert(&format!("{}x", level.repeat(levels)), 2, 0);
+        let mut out = Vec::new();
+        subs.matches(&topic, &mut out);
+        assert_eq!(out, vec![Subscriber { key: 1, qos: 1 }], "deep match ({levels} levels)");
+        assert!(subs.remove(&filter, 1));
+        let mut retained: RetainTree<u8> = RetainTree::new();
+        retained.set(&topic, 7);
+        let mut got = Vec::new();
+        retained.matching(&filter, &mut got);
+        assert_eq!(got, vec![7]);
+        assert_eq!(retained.clear(&topic), Some(7));
+        retained.set(&topic, 8); // dropped with the tree, deep
+                                 // `subs` still holds the second deep filter: dropped deep too.
+    }
+}
