@@ -54,6 +54,7 @@ log="$here/logs/$target-$(date -u +%Y%m%dT%H%M%SZ).log"
 echo "fuzz/run.sh: $target, $limit_flag, commit $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?'), log $log"
 
 cd "$here"
+rm -f fuzz-0.log
 # -jobs/-workers=1: one process; -rss_limit_mb guards against a leak eating the shared machine.
 set +e
 cargo "${toolchain_args[@]}" fuzz run "$target" "$corpus" -- \
@@ -61,5 +62,10 @@ cargo "${toolchain_args[@]}" fuzz run "$target" "$corpus" -- \
     -artifact_prefix="$here/artifacts/$target/" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# With -jobs, libFuzzer's worker writes its progress to fuzz-0.log in the current directory.
+if [[ -f fuzz-0.log ]]; then
+    { echo "---- libFuzzer worker log (fuzz-0.log) ----"; cat fuzz-0.log; } >> "$log"
+    rm -f fuzz-0.log
+fi
 echo "fuzz/run.sh: exit $status; corpus $(find "$corpus" -type f | wc -l) files; log $log"
 exit "$status"

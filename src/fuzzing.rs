@@ -14,7 +14,7 @@ use arbitrary::{Arbitrary, Unstructured};
 mod mqtt_broker;
 
 pub use self::http::http_parse;
-pub use self::mqtt_broker::mqtt_broker;
+pub use self::mqtt_broker::{mqtt_broker, mqtt_broker_strict};
 pub use self::mqtt_codec::mqtt_codec;
 pub use self::topic_tree::topic_tree;
 
