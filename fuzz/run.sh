@@ -31,14 +31,16 @@ esac
 toolchain_args=()
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     toolchain_args=(+nightly)
-    echo "fuzz/run.sh: toolchain: nightly ($(rustc +nightly --version))"
+    toolchain="nightly ($(rustc +nightly --version))"
 elif rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
     toolchain_args=(+nightly)
-    echo "fuzz/run.sh: toolchain: nightly, just installed ($(rustc +nightly --version))"
+    toolchain="nightly, just installed ($(rustc +nightly --version))"
 else
     export RUSTC_BOOTSTRAP=1
-    echo "fuzz/run.sh: toolchain: no nightly available; stable with RUSTC_BOOTSTRAP=1 ($(rustc --version))"
+    toolchain="no nightly available: stable with RUSTC_BOOTSTRAP=1 ($(rustc --version))"
 fi
+
+echo "fuzz/run.sh: toolchain: $toolchain"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz/run.sh: installing cargo-fuzz (cargo install cargo-fuzz --locked)"
@@ -51,7 +53,7 @@ if [[ -d "$here/regressions/$target" ]]; then
     cp -n "$here/regressions/$target"/* "$corpus/" 2>/dev/null || true
 fi
 log="$here/logs/$target-$(date -u +%Y%m%dT%H%M%SZ).log"
-echo "fuzz/run.sh: $target, $limit_flag, commit $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?'), log $log"
+echo "fuzz/run.sh: $target, $limit_flag $*, toolchain $toolchain, commit $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?'), log $log" | tee "$log"
 
 cd "$here"
 rm -f fuzz-0.log
@@ -59,7 +61,7 @@ rm -f fuzz-0.log
 set +e
 cargo "${toolchain_args[@]}" fuzz run "$target" "$corpus" -- \
     "$limit_flag" -jobs=1 -workers=1 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-    -artifact_prefix="$here/artifacts/$target/" "$@" 2>&1 | tee "$log"
+    -artifact_prefix="$here/artifacts/$target/" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
 set -e
 # With -jobs, libFuzzer's worker writes its progress to fuzz-0.log in the current directory.
