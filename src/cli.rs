@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{self, ClientError, ClientOptions, HttpVersion, Target};
 use crate::config::{self, parse_duration, parse_size, Congestion, ServerConfig};
 use crate::server::{Server, ServerError};
-use crate::tls::{CertStore, TlsError, Trust};
+use crate::tls::{self, CertStore, TlsError, Trust};
 
 /// quiclab: a QUIC / HTTP/3 experimentation server, with HTTP/2 over TLS/TCP beside it.
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ pub enum Command {
     /// Fetch a URL over HTTP/3 (default) or HTTP/2, and time it.
     Get(GetArgs),
     /// Create (if missing) and show the development certificates, with ready-to-paste client
-    /// command lines.
+    /// command lines; `--client NAME` issues a client certificate for MQTT.
     Certs(CertsArgs),
     /// MQTT: publish, subscribe, benchmark against mosquitto, or run the broker alone.
     #[command(subcommand)]
@@ -236,6 +236,12 @@ pub struct CertsArgs {
     /// Port the command lines should use.
     #[arg(long, default_value_t = config::DEFAULT_PORT)]
     pub port: u16,
+    /// Issue a client certificate for NAME (subject CN=NAME, extended key usage clientAuth),
+    /// signed by the development CA (ca.pem, ca-key.pem in --certs; created if missing), into
+    /// client-NAME.pem and client-NAME-key.pem (mode 0600); existing files for NAME are kept.
+    /// For brokers run with --mqtt-require-certificate; NAME is 1 to 64 of A-Z a-z 0-9 . _ @ -.
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
 }
 
 /// What can make a command fail.
@@ -272,8 +278,9 @@ pub async fn run(cli: Cli) -> Result<i32, CommandError> {
     }
 }
 
-/// The server configuration `quiclab serve` runs with for these arguments.
-pub fn serve_config(args: &ServeArgs) -> ServerConfig {
+/// The server configuration `quiclab serve` runs with for these arguments (reads the MQTT
+/// password and ACL files it names).
+pub fn serve_config(args: &ServeArgs) -> Result<ServerConfig, CommandError> {
     let mut cfg = ServerConfig::new();
     cfg.quic_listen = args.listen;
     cfg.tcp_listen = args.listen;
@@ -297,12 +304,12 @@ pub fn serve_config(args: &ServeArgs) -> ServerConfig {
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
-    cfg.mqtt = args.mqtt.to_config();
-    cfg
+    cfg.mqtt = args.mqtt.to_config()?;
+    Ok(cfg)
 }
 
 async fn serve(args: ServeArgs) -> Result<i32, CommandError> {
-    let server = Server::start(serve_config(&args)).await?;
+    let server = Server::start(serve_config(&args)?).await?;
     let c = server.certs();
     let port = server.quic_addr().port();
     let mut banner = format!("quiclab {} serving\n", env!("CARGO_PKG_VERSION"));
@@ -458,7 +465,33 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
     Ok(0)
 }
 
+/// `quiclab certs --client NAME`.
+fn client_cert(dir: &std::path::Path, name: &str) -> Result<i32, CommandError> {
+    let f = tls::issue_client_cert(dir, name)?;
+    if f.created_ca {
+        println!("created development certificates in {}", dir.display());
+    }
+    let state = if f.created { "created" } else { "exists, kept" };
+    println!("client certificate:  {}  (CN={name}, {state})", f.cert.display());
+    println!("client key:          {}  (mode 0600)", f.key.display());
+    println!("signed by:           {}", f.ca.display());
+    let (ca, cert, key) = (f.ca.display(), f.cert.display(), f.key.display());
+    let tls_port = crate::mqtt::config::DEFAULT_TLS_PORT;
+    println!();
+    println!("mosquitto_pub over TLS (broker: quiclab serve --mqtt-require-certificate):");
+    println!("  mosquitto_pub -h localhost -p {tls_port} --cafile {ca} --cert {cert} --key {key} -t test -m hello");
+    println!("quiclab over MQTT/QUIC:");
+    println!(
+        "  quiclab mqtt pub --url mqtt+quic://localhost:{} --cacert {ca} --cert {cert} --key {key} -t test -m hello",
+        config::DEFAULT_PORT
+    );
+    Ok(0)
+}
+
 fn certs(args: CertsArgs) -> Result<i32, CommandError> {
+    if let Some(name) = &args.client {
+        return client_cert(&args.certs.certs, name);
+    }
     let store = match (&args.certs.cert, &args.certs.key) {
         (Some(c), Some(k)) => CertStore::load(c, k)?,
         _ => CertStore::load_or_create(&args.certs.certs)?,

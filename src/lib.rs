@@ -10,14 +10,14 @@
 //! | `main.rs` | the binary: parse the command line, set up `tracing`, call [`cli::run`] |
 //! | [`cli`] | clap types for every subcommand and the code that runs them |
 //! | [`config`] | every tunable knob, its default and the reason for it |
-//! | [`tls`] | development certificates (rcgen), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
+//! | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
 //! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN |
 //! | [`tcp`] | the TLS/TCP listener dispatching by ALPN (`h2`, `http/1.1`) |
 //! | [`server`] | starts both listeners from one [`config::ServerConfig`]; graceful shutdown |
 //! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
 //! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
-//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, `mqtt pub/sub/bench/broker` |
+//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, `mqtt pub/sub/bench/broker/passwd` |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
 //! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //!

@@ -56,6 +56,10 @@ pub struct MqttQuicListener {
     pub handshake_timeout: std::time::Duration,
     /// Stateless Retry for every new client.
     pub retry: bool,
+    /// The CA of client certificates ([`crate::mqtt::MqttConfig::client_ca_file`]): asked for,
+    /// and required in the handshake when the broker's `require_certificate` is set (this
+    /// listener serves MQTT only, so it can insist as TLS does).
+    pub client_ca: Option<tls::ClientCa>,
 }
 
 impl MqttQuicListener {
@@ -69,7 +73,8 @@ impl MqttQuicListener {
     ) -> Result<SocketAddr, ServerError> {
         let addr = self.addr;
         let bind_err = |source| ServerError::Bind { proto: "MQTT/QUIC", addr, source };
-        let qtls = tls::quic_server_config(store, &[crate::mqtt::config::ALPN_MQTT])?;
+        let clients = broker.config().client_auth(self.client_ca.as_ref());
+        let qtls = tls::quic_server_config_with(store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
         sc.transport_config(Arc::new(crate::quic::transport_config(&self.transport).map_err(ServerError::Transport)?));
         let udp = crate::quic::bind_udp(addr).map_err(bind_err)?;
@@ -140,6 +145,11 @@ impl Server {
             spki_sha256: store.spki_sha256()?,
             created: store.created,
         };
+        // MQTT client certificates: the CA is loaded once for every listener that asks.
+        let client_ca = match cfg.mqtt.client_ca_file(&cfg.certs_dir) {
+            Some(path) if cfg.mqtt.enabled => Some(tls::ClientCa::load(&path)?),
+            _ => None,
+        };
         let site = Site::new(cfg.limits.clone(), cfg.root.as_deref()).map_err(ServerError::Setup)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -148,7 +158,11 @@ impl Server {
         // One endpoint, two ALPNs: HTTP/3, and MQTT over QUIC unless MQTT is off.
         let alpns: &[&[u8]] =
             if cfg.mqtt.enabled { &[config::ALPN_H3, crate::mqtt::config::ALPN_MQTT] } else { &[config::ALPN_H3] };
-        let quic_tls = tls::quic_server_config(&store, alpns)?;
+        // One TLS configuration for HTTP/3 and MQTT, chosen before the ALPN is known: with a
+        // client CA, certificates are asked for but optional, so HTTP/3 clients get in without
+        // one; MQTT over QUIC enforces `require_certificate` itself (mqtt::quic).
+        let quic_clients = client_ca.as_ref().map_or(tls::ClientAuth::Off, tls::ClientAuth::Optional);
+        let quic_tls = tls::quic_server_config_with(&store, alpns, quic_clients)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server_config
             .transport_config(Arc::new(crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?));
@@ -200,7 +214,8 @@ impl Server {
         };
         // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
         let mqtt = if cfg.mqtt.enabled {
-            let mqtt_tls = tls::tcp_server_config(&store, &[crate::mqtt::config::ALPN_MQTT])?;
+            let clients = cfg.mqtt.client_auth(client_ca.as_ref());
+            let mqtt_tls = tls::tcp_server_config_with(&store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
             let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
                 .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;
             Some(started)
@@ -229,6 +244,7 @@ impl Server {
                 max_connections: cfg.max_connections,
                 handshake_timeout: cfg.limits.handshake_timeout,
                 retry: cfg.retry,
+                client_ca: client_ca.clone(),
             };
             mqtt_quic_addr = Some(listener.start(&store, m.broker.clone(), &shutdown, &tracker)?);
         }

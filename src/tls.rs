@@ -5,6 +5,10 @@
 //!   `key.pem`), keys written with mode 0600. Or it serves a user's own `--cert/--key` pair.
 //! * rustls configurations for the QUIC endpoint (TLS 1.3 only, 0-RTT enabled) and for the
 //!   TLS/TCP listener (ALPN `h2` and `http/1.1`), and client configurations for `quiclab get`.
+//! * Client certificates (MQTT, docs/mqtt.md "Client certificates"): [`ClientCa`] and
+//!   [`ClientAuth`] make a server ask for and verify them, [`ClientIdentity`] makes a client
+//!   present one, [`issue_client_cert`] signs one with the development CA (`quiclab certs
+//!   --client NAME`), and [`subject_common_name`] reads the name a verified one carries.
 //! * `SSLKEYLOGFILE` is honoured by every configuration built here, so captures of QUIC and of
 //!   TLS/TCP alike can be decrypted with Wireshark or tshark. [`set_key_log_file`] adds a file
 //!   chosen at run time (the lab's `--pcap` runs), without touching the environment: every
@@ -40,6 +44,14 @@ pub enum TlsError {
     BadCertificate(&'static str),
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// The client-certificate verifier could not be built from the client CA file (e.g. it
+    /// holds no usable CA certificate).
+    #[error("client CA: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    /// A client certificate name (`quiclab certs --client NAME`) that cannot be a file name
+    /// part and a user name.
+    #[error("client name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ @ -, not starting with . or -")]
+    BadClientName(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
@@ -194,6 +206,34 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Every development certificate is valid from 2024 to 2036: long enough never to expire under
+/// a lab, fixed so that certificates made on different days look alike.
+fn dev_validity(params: &mut rcgen::CertificateParams) {
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+}
+
+/// A leaf certificate for `cn` (and `sans`, if any) with extended key usage `eku`, signed by
+/// `issuer`; a fresh key. The one way development leaves are made: the server's and clients'.
+fn issue_leaf(
+    cn: &str,
+    sans: Vec<String>,
+    eku: rcgen::ExtendedKeyUsagePurpose,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(sans)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    leaf.distinguished_name = dn;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![eku];
+    dev_validity(&mut leaf);
+    let cert = leaf.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
 fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -202,10 +242,6 @@ fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
     if let Some(dir) = p.cert.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let validity = |params: &mut CertificateParams| {
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-    };
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -215,25 +251,82 @@ fn create_dev_certs(p: &DevPaths) -> Result<(), TlsError> {
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca);
+    dev_validity(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
 
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "localhost");
-    leaf.distinguished_name = dn;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    validity(&mut leaf);
-    let issuer = rcgen::Issuer::new(ca, &ca_key);
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let (leaf_cert, leaf_key) = issue_leaf("localhost", sans, ExtendedKeyUsagePurpose::ServerAuth, &issuer)?;
 
     write_file(&p.ca, ca_cert.pem().as_bytes(), 0o644)?;
-    write_file(&p.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&p.ca_key, ca_key_pem.as_bytes(), 0o600)?;
     write_file(&p.cert, leaf_cert.pem().as_bytes(), 0o644)?;
     write_file(&p.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
     Ok(())
+}
+
+/// The files [`issue_client_cert`] wrote (or found).
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    /// The client certificate (`DIR/client-NAME.pem`, mode 0644).
+    pub cert: PathBuf,
+    /// Its private key (`DIR/client-NAME-key.pem`, mode 0600).
+    pub key: PathBuf,
+    /// The CA that signed it (`DIR/ca.pem`): what a broker's `--mqtt-client-ca` (mosquitto's
+    /// `cafile`) must name, and what the client trusts for the broker.
+    pub ca: PathBuf,
+    /// False when both files existed already and were kept.
+    pub created: bool,
+    /// True when the development certificates themselves were created by this call.
+    pub created_ca: bool,
+}
+
+/// Check a client name for [`issue_client_cert`]: it becomes the certificate's CN (a user name
+/// with `--mqtt-use-identity-as-username`) and part of two file names, so it is 1 to 64
+/// characters (RFC 5280's upper bound for a CN) of `A-Z a-z 0-9 . _ @ -`, not starting with
+/// `.` or `-`: no path separators, no MQTT wildcards (`+`, `#`), nothing a shell would mangle.
+pub fn check_client_name(name: &str) -> Result<(), TlsError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    let ok = (1..=64).contains(&name.len()) && name.chars().all(ok_char) && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(TlsError::BadClientName(name.to_string()))
+    }
+}
+
+/// Issue a client certificate for `name` (subject CN=`name`, extended key usage clientAuth,
+/// RFC 5280 §4.2.1.12) signed by the development CA in `dir` (`ca.pem`, `ca-key.pem`; the
+/// development certificates are created first if missing, as `quiclab serve` does). Written to
+/// `DIR/client-NAME.pem` and `DIR/client-NAME-key.pem` (mode 0600); existing files for the same
+/// name are kept.
+pub fn issue_client_cert(dir: &Path, name: &str) -> Result<ClientCertFiles, TlsError> {
+    check_client_name(name)?;
+    let p = CertStore::dev_paths(dir);
+    let created_ca = CertStore::load_or_create(dir)?.created;
+    let cert = dir.join(format!("client-{name}.pem"));
+    let key = dir.join(format!("client-{name}-key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok(ClientCertFiles { cert, key, ca: p.ca, created: false, created_ca });
+    }
+    let ca_pem = fs::read_to_string(&p.ca).map_err(io_err(&p.ca))?;
+    let ca_key_pem = fs::read_to_string(&p.ca_key).map_err(io_err(&p.ca_key))?;
+    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let (leaf, leaf_key) = issue_leaf(name, Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth, &issuer)?;
+    write_file(&key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&cert, leaf.pem().as_bytes(), 0o644)?;
+    Ok(ClientCertFiles { cert, key, ca: p.ca, created: true, created_ca })
+}
+
+/// The subject common name (CN) of a DER certificate, the first if it has several (as
+/// mosquitto takes it); `Ok(None)` when it has none or it is not a text string.
+pub fn subject_common_name(cert: &CertificateDer<'_>) -> Result<Option<String>, TlsError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| TlsError::BadCertificate("not a DER X.509 certificate"))?;
+    let cn = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
+    Ok(cn)
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -307,16 +400,66 @@ mod der {
     }
 }
 
+/// The CA certificate(s) that sign client certificates (`--mqtt-client-ca`), loaded once.
+#[derive(Debug, Clone)]
+pub struct ClientCa {
+    path: PathBuf,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl ClientCa {
+    /// Load every certificate in a PEM file as a trust anchor for client certificates.
+    pub fn load(path: &Path) -> Result<ClientCa, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in load_certs(path)? {
+            roots.add(cert)?;
+        }
+        Ok(ClientCa { path: path.to_path_buf(), roots: Arc::new(roots) })
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A WebPKI verifier over these roots: the chain must lead to one of them, be valid now and
+    /// allow clientAuth (RFC 5280 §4.2.1.12). `mandatory`: a client without a certificate fails
+    /// the handshake; otherwise it is let through unauthenticated (the application decides).
+    fn verifier(&self, mandatory: bool) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        let builder = if mandatory { builder } else { builder.allow_unauthenticated() };
+        Ok(builder.build()?)
+    }
+}
+
+/// Whether a server asks its clients for a certificate (RFC 8446 §4.3.2 CertificateRequest).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum ClientAuth<'a> {
+    /// No CertificateRequest: clients present nothing (HTTPS, and MQTT without a client CA).
+    #[default]
+    Off,
+    /// Ask; a certificate sent is verified against the CA (a bad one fails the handshake), a
+    /// client that sends none gets in without an identity.
+    Optional(&'a ClientCa),
+    /// Ask and insist: no valid certificate from the CA, no handshake (mosquitto's
+    /// `require_certificate true`).
+    Required(&'a ClientCa),
+}
+
 /// rustls server configuration shared by QUIC and TLS/TCP.
 fn server_config(
     store: &CertStore,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
+    clients: ClientAuth<'_>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(store.chain.clone(), store.key.clone_key())?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match clients {
+        ClientAuth::Off => builder.with_no_client_auth(),
+        ClientAuth::Optional(ca) => builder.with_client_cert_verifier(ca.verifier(false)?),
+        ClientAuth::Required(ca) => builder.with_client_cert_verifier(ca.verifier(true)?),
+    };
+    let mut cfg = builder.with_single_cert(store.chain.clone(), store.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg.key_log = key_log();
     Ok(cfg)
@@ -332,14 +475,62 @@ pub fn quic_server_config(
     store: &CertStore,
     alpn: &[&[u8]],
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-    let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn)?;
+    quic_server_config_with(store, alpn, ClientAuth::Off)
+}
+
+/// [`quic_server_config`], asking clients for certificates as `clients` says. A resumed
+/// session (and so 0-RTT) keeps the certificate verified in the full handshake it came from:
+/// rustls stores the client's chain with the session (RFC 8446 §2.2).
+pub fn quic_server_config_with(
+    store: &CertStore,
+    alpn: &[&[u8]],
+    clients: ClientAuth<'_>,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn, clients)?;
     cfg.max_early_data_size = u32::MAX;
     quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// TLS for the TCP listener: TLS 1.3 and 1.2, ALPN in preference order.
 pub fn tcp_server_config(store: &CertStore, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-    server_config(store, rustls::DEFAULT_VERSIONS, alpn)
+    tcp_server_config_with(store, alpn, ClientAuth::Off)
+}
+
+/// [`tcp_server_config`], asking clients for certificates as `clients` says.
+pub fn tcp_server_config_with(
+    store: &CertStore,
+    alpn: &[&[u8]],
+    clients: ClientAuth<'_>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_config(store, rustls::DEFAULT_VERSIONS, alpn, clients)
+}
+
+/// A certificate chain and key a client presents when the server asks (`quiclab mqtt pub|sub
+/// --cert FILE --key FILE`). Cloning shares the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    cert_path: PathBuf,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("cert", &self.cert_path).finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentity {
+    /// Load a PEM certificate chain (leaf first) and its PEM private key.
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientIdentity, TlsError> {
+        let store = CertStore::load(cert, key)?;
+        Ok(ClientIdentity { chain: store.chain, key: Arc::new(store.key), cert_path: cert.to_path_buf() })
+    }
+
+    /// The certificate file it was loaded from.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
 }
 
 /// How a client decides to trust the server.
@@ -368,14 +559,23 @@ pub fn client_config_with_tickets(
     alpn: &[&[u8]],
     tls13_only: bool,
 ) -> Result<(rustls::ClientConfig, Arc<TicketWatch>), TlsError> {
+    client_config_with_identity(trust, None, alpn, tls13_only)
+}
+
+/// [`client_config_with_tickets`], presenting `identity` when the server asks for a client
+/// certificate (none: the client answers a CertificateRequest with an empty Certificate,
+/// RFC 8446 §4.4.2). The one client configuration of TLS and QUIC alike.
+pub fn client_config_with_identity(
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<(rustls::ClientConfig, Arc<TicketWatch>), TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] =
         if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
     let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
-    let mut cfg = match trust {
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
-            .with_no_client_auth(),
+    let builder = match trust {
+        Trust::Insecure => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider()))),
         Trust::WebPki | Trust::CaFile(_) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -384,8 +584,12 @@ pub fn client_config_with_tickets(
                     roots.add(cert)?;
                 }
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
+    };
+    let mut cfg = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg.enable_early_data = true;
@@ -517,6 +721,54 @@ mod tests {
         use rcgen::PublicKeyData;
         let want = ring::digest::digest(&ring::digest::SHA256, &kp.subject_public_key_info());
         assert_eq!(hash, base64::engine::general_purpose::STANDARD.encode(want.as_ref()));
+    }
+
+    #[test]
+    fn client_names() {
+        for ok in ["alice", "sensor-7", "a.b_c@example.org", "A", &"x".repeat(64)] {
+            assert!(check_client_name(ok).is_ok(), "{ok:?}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "../x", "a/b", "a\\b", ".hidden", "-flag", "a b", "a+b", "a#", "é", "a\0", &long] {
+            assert!(matches!(check_client_name(bad), Err(TlsError::BadClientName(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn issues_a_client_certificate_from_the_dev_ca() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = issue_client_cert(dir.path(), "alice").unwrap();
+        assert!(f.created && f.created_ca);
+        assert_eq!(f.cert, dir.path().join("client-alice.pem"));
+        assert_eq!(f.key, dir.path().join("client-alice-key.pem"));
+        assert_eq!(fs::metadata(&f.key).unwrap().permissions().mode() & 0o777, 0o600);
+        let chain = load_certs(&f.cert).unwrap();
+        assert_eq!(subject_common_name(&chain[0]).unwrap().as_deref(), Some("alice"));
+        // It verifies as a client certificate against the CA, and the server leaf does not.
+        let ca = ClientCa::load(&f.ca).unwrap();
+        let v = ca.verifier(true).unwrap();
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&chain[0], &[], now).is_ok());
+        let server_leaf = load_certs(&CertStore::dev_paths(dir.path()).cert).unwrap();
+        assert!(v.verify_client_cert(&server_leaf[0], &[], now).is_err(), "serverAuth only");
+        // Kept on a second call; the key still matches.
+        let again = issue_client_cert(dir.path(), "alice").unwrap();
+        assert!(!again.created && !again.created_ca);
+        assert_eq!(load_certs(&again.cert).unwrap(), chain);
+        assert!(ClientIdentity::load(&again.cert, &again.key).is_ok());
+        assert!(issue_client_cert(dir.path(), "../evil").is_err());
+        assert!(!dir.path().join("client-..").exists());
+    }
+
+    #[test]
+    fn common_name_absent_or_garbage() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["device.example".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(subject_common_name(cert.der()).unwrap(), None);
+        assert!(subject_common_name(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_err());
     }
 
     #[test]

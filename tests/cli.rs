@@ -13,6 +13,8 @@ struct Served {
     child: Child,
     port: u16,
     spki: String,
+    /// The MQTT over TLS port from the banner.
+    mqtt_tls: Option<u16>,
 }
 
 impl Drop for Served {
@@ -23,17 +25,25 @@ impl Drop for Served {
 }
 
 fn serve(certs: &std::path::Path) -> Served {
+    serve_with(certs, &[])
+}
+
+fn serve_with(certs: &std::path::Path, extra: &[&str]) -> Served {
     let mut child = quiclab()
         .args(["serve", "--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs"])
         .arg(certs)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn quiclab serve");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut udp, mut tcp, mut spki) = (None, None, None);
+    let (mut udp, mut tcp, mut spki, mut mqtt_tls) = (None, None, None, None);
     while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.split("mqtts://localhost:").nth(1) {
+            mqtt_tls = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
+        }
         if let Some(rest) = line.split("(UDP ").nth(1) {
             udp = rest.trim_end_matches(')').rsplit(':').next().map(|p| p.parse::<u16>().unwrap());
         }
@@ -51,7 +61,7 @@ fn serve(certs: &std::path::Path) -> Served {
     std::thread::spawn(move || for _ in lines {});
     let (udp, tcp) = (udp.expect("banner names the UDP address"), tcp.expect("banner names the TCP address"));
     assert_eq!(udp, tcp, "port 0 picks one port for both transports");
-    Served { child, port: udp, spki: spki.expect("banner prints the SPKI hash") }
+    Served { child, port: udp, spki: spki.expect("banner prints the SPKI hash"), mqtt_tls }
 }
 
 #[test]
@@ -253,4 +263,128 @@ fn mqtt_pub_zero_rtt_repeat_and_rebind_report_what_happened() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--0rtt needs an mqtt+quic:// URL"));
     drop(served);
+}
+
+/// `quiclab certs --client NAME` issues a client certificate (files, modes, the command lines
+/// it prints), keeps it on a second run and refuses a name with a path in it; `serve
+/// --mqtt-require-certificate` then lets `quiclab mqtt pub --cert --key` in over TLS and QUIC,
+/// and refuses it without.
+#[test]
+fn certs_client_and_mqtt_pub_with_a_client_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = quiclab().args(["certs", "--client", "alice", "--certs"]).arg(&certs).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (cert, key, ca) = (certs.join("client-alice.pem"), certs.join("client-alice-key.pem"), certs.join("ca.pem"));
+    assert!(text.contains("created development certificates"), "{text}");
+    assert!(text.contains(&format!("{}  (CN=alice, created)", cert.display())), "{text}");
+    let mosq = format!("--cafile {} --cert {} --key {}", ca.display(), cert.display(), key.display());
+    assert!(text.contains("mosquitto_pub -h localhost -p 8883") && text.contains(&mosq), "{text}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777, 0o644);
+    let pem = std::fs::read(&cert).unwrap();
+    let again = quiclab().args(["certs", "--client", "alice", "--certs"]).arg(&certs).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("exists, kept"));
+    assert_eq!(std::fs::read(&cert).unwrap(), pem, "a second run keeps the certificate");
+    let bad = quiclab().args(["certs", "--client", "../alice", "--certs"]).arg(&certs).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("quiclab: error: client name \"../alice\""));
+
+    let served = serve_with(&certs, &["--mqtt-require-certificate"]);
+    let tls = served.mqtt_tls.expect("banner names the MQTT/TLS port");
+    for url in [format!("mqtts://localhost:{tls}"), format!("mqtt+quic://localhost:{}", served.port)] {
+        let publish = |with_cert: bool| {
+            let mut cmd = quiclab();
+            cmd.args([
+                "mqtt",
+                "pub",
+                "--url",
+                &url,
+                "-t",
+                "cli/cert",
+                "-m",
+                "x",
+                "--connect-timeout",
+                "5s",
+                "--cacert",
+            ])
+            .arg(&ca);
+            if with_cert {
+                cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+            }
+            cmd.output().unwrap()
+        };
+        let out = publish(false);
+        assert!(!out.status.success(), "{url}: no certificate, no entry");
+        let out = publish(true);
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = quiclab()
+        .args(["mqtt", "pub", "--url", "mqtt://127.0.0.1:1", "-t", "x", "-m", "y", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cert needs an mqtts:// or mqtt+quic:// URL"));
+    drop(served);
+}
+
+/// A bad password or ACL file stops `serve` and `mqtt broker` before they listen, with one line
+/// naming the file and the line; `mqtt passwd` writes a file that `serve` then loads.
+#[test]
+fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_pw = dir.path().join("bad.pw");
+    std::fs::write(&bad_pw, "# users\nalice:plaintext\n").unwrap();
+    let bad_acl = dir.path().join("bad.acl");
+    std::fs::write(&bad_acl, "user alice\ntopic rw a/#\n").unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    for (flag, file, want) in [
+        ("--mqtt-password-file", &bad_pw, "bad.pw:2: unknown hash scheme"),
+        ("--mqtt-acl-file", &bad_acl, "bad.acl:2: access \"rw\" is not read, write, readwrite or deny"),
+    ] {
+        let serve = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-tcp",
+            "127.0.0.1:0",
+            "--mqtt-tls",
+            "127.0.0.1:0",
+            "--certs",
+            certs,
+        ];
+        let broker = ["mqtt", "broker", "--tcp", "127.0.0.1:0"];
+        for args in [&serve[..], &broker[..]] {
+            let out = quiclab().args(args).arg(flag).arg(file).output().unwrap();
+            assert!(!out.status.success(), "{args:?} {flag}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(want), "{args:?} {flag}: {err}");
+            assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing listened");
+        }
+    }
+    let pw = dir.path().join("users");
+    let out = quiclab().args(["mqtt", "passwd", "-c", "-b"]).arg(&pw).args(["alice", "secret"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = quiclab().args(["mqtt", "passwd", "-D"]).arg(&pw).arg("nobody").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user \"nobody\" not found"));
+    let mut child = quiclab()
+        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--mqtt-password-file"])
+        .arg(&pw)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = banner.join("\n");
+    assert!(text.contains("(1 users)") && text.contains("mqtt_allow_anonymous     false"), "{text}");
 }

@@ -46,6 +46,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::acl::{ClientAcl, Op};
+use super::auth::Verdict;
 use super::codec::{
     CodecError, Connack, Connect, ConnectReturnCode, Encodable, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
     Subscribe, SubscribeReturnCode, TopicFilter, Unsubscribe,
@@ -177,6 +179,19 @@ pub struct CoreStats {
     pub early_held: u64,
     /// Held packets dropped because their connection closed before its handshake completed.
     pub early_dropped: u64,
+    /// CONNECTs refused for authentication: no user name where anonymous clients are not
+    /// allowed, unknown user, wrong password, no client certificate for
+    /// `use_identity_as_username` (also counted in `connects_refused`).
+    pub auth_failures: u64,
+    /// SUBSCRIBE filters answered 0x80 because the ACL lets nothing through them.
+    pub acl_denied_subscribe: u64,
+    /// PUBLISH packets dropped because the ACL denies their sender write (acknowledged all the
+    /// same).
+    pub acl_denied_publish: u64,
+    /// Deliveries not made because the ACL denies the subscriber read (retained ones included).
+    pub acl_denied_read: u64,
+    /// Wills not published because the ACL denies their client write.
+    pub acl_denied_will: u64,
 }
 
 /// Subscriber key in the topic trie: a session and the channel its SUBSCRIBE came on.
@@ -367,6 +382,11 @@ impl<L> BrokerCore<L> {
             inflight: s.fr().inflight.len(),
             awaiting_rel: s.fr().awaiting_rel.len(),
             dropped: s.dropped,
+            identity: s
+                .conn
+                .and_then(|c| self.conns.get(ck(c)))
+                .and_then(|c| c.identity.as_deref())
+                .map(str::to_string),
         })
     }
 
@@ -761,6 +781,10 @@ impl<L> BrokerCore<L> {
         let early = c.early.take();
         let session = c.session.take();
         let cid = session.and_then(|sid| self.sessions.get(sid)).map(|s| s.client_id.clone());
+        // The will's publisher, for the ACL check when it is published (the session may end
+        // first).
+        let will_acl: Option<Arc<ClientAcl>> =
+            session.and_then(|sid| self.sessions.get(sid)).and_then(|s| s.acl.clone());
         let cid = cid.as_deref().unwrap_or("(before CONNECT)");
         if let Some(e) = &early {
             let held = e.held.iter().filter(|h| matches!(h, Held::Packet(..))).count();
@@ -810,6 +834,16 @@ impl<L> BrokerCore<L> {
                     client_id = cid,
                     "mqtt: will not published: the connection closed before its QUIC handshake completed \
                      (docs/mqtt-over-quic.md §6.11)"
+                );
+            } else if self.cfg.acl.is_some() && !will_acl.as_deref().is_some_and(|a| a.allows(&will.topic, Op::Write)) {
+                // As mosquitto 2.0.11: a will is checked for write when it is published (the
+                // CONNECT carrying it is accepted).
+                self.stats.acl_denied_will += 1;
+                tracing::info!(
+                    conn,
+                    client_id = cid,
+                    topic = &*will.topic,
+                    "mqtt: will denied by the ACL; not published"
                 );
             } else {
                 self.stats.wills_published += 1;
@@ -986,23 +1020,109 @@ impl<L> BrokerCore<L> {
         self.close(conn, CloseReason::Refused(code), false, out);
     }
 
-    fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
-        // Authentication: 0x05 without credentials, 0x04 with wrong ones (§3.2.2.3).
-        if let Some(users) = &self.cfg.credentials {
-            let Some(user) = p.username.as_deref() else {
-                return self.refuse(conn, &p.client_id, ConnectReturnCode::NotAuthorized, "no user name", out);
-            };
-            let ok = users.get(user).is_some_and(|pw| p.password.as_deref() == Some(pw.as_bytes()));
-            if !ok {
-                return self.refuse(
-                    conn,
-                    &p.client_id,
-                    ConnectReturnCode::BadUserNameOrPassword,
-                    "bad user name or password",
-                    out,
-                );
-            }
+    /// Who the client of `p` is, or why it is refused (docs/mqtt.md, "Authentication and
+    /// authorization"): `Ok(user name)`, `None` for an anonymous client.
+    fn authenticate(&self, conn: ConnId, p: &Connect) -> Result<Option<Box<str>>, (ConnectReturnCode, String)> {
+        let user = p.username.as_deref();
+        let shown = user.unwrap_or("(none)");
+        let identity = self.conns.get(ck(conn)).and_then(|c| c.identity.clone());
+        if self.cfg.require_certificate && identity.is_none() {
+            // TLS and QUIC refuse a client without a certificate before it gets here; what
+            // arrives without one came over plain TCP, which cannot carry one. One policy for
+            // every listener: refused (mosquitto sets it per listener; docs/mqtt.md).
+            return Err((
+                ConnectReturnCode::NotAuthorized,
+                format!("user {shown}: a client certificate is required and this connection has none (plain TCP)"),
+            ));
         }
+        if self.cfg.use_identity_as_username {
+            // As mosquitto 2.0.11 (`use_identity_as_username`): the certificate's CN replaces
+            // the user name in CONNECT, and the password file is not consulted; without a
+            // certificate, CONNACK 0x04 (mosquitto's CONNACK_REFUSED_BAD_USERNAME_PASSWORD).
+            return match identity {
+                Some(cn) => Ok(Some(cn)),
+                None => Err((
+                    ConnectReturnCode::BadUserNameOrPassword,
+                    format!(
+                        "user {shown}: no client certificate to take the user name from (use_identity_as_username)"
+                    ),
+                )),
+            };
+        }
+        // MQTT 3.1.1 §3.1.2.8-9, §3.2.2.3; the codes are mosquitto 2.0.11's: 0x05 for every
+        // refusal (missing, unknown or wrong), as checked against it.
+        let refuse = |why: String| Err((ConnectReturnCode::NotAuthorized, why));
+        match (user, &self.cfg.password_file) {
+            (None, _) if !self.cfg.anonymous_allowed() => refuse("anonymous clients are not allowed".into()),
+            (None, _) => Ok(None),
+            (Some(u), Some(file)) => match file.check(u, p.password.as_deref()) {
+                Verdict::Accepted => Ok(Some(u.into())),
+                Verdict::UnknownUser => refuse(format!("user {u:?} is not in the password file")),
+                Verdict::WrongPassword if p.password.is_none() => refuse(format!("user {u:?}: no password")),
+                Verdict::WrongPassword => refuse(format!("user {u:?}: wrong password")),
+            },
+            // No password file: a user name is taken as given, unless anonymous clients are
+            // refused, when there is nothing to check it against (mosquitto refuses it too).
+            (Some(u), None) if !self.cfg.anonymous_allowed() => {
+                refuse(format!("user {u:?}: no password file to check it, and anonymous clients are not allowed"))
+            }
+            (Some(u), None) => Ok(Some(u.into())),
+        }
+    }
+
+    /// Whether the client of session `sid` may `op` `topic` (no ACL file: yes).
+    fn acl_allows(&self, sid: SessionId, topic: &str, op: Op) -> bool {
+        match self.sessions.get(sid).and_then(|s| s.acl.as_deref()) {
+            Some(acl) => acl.allows(topic, op),
+            None => self.cfg.acl.is_none(),
+        }
+    }
+
+    /// May `sid` publish `topic`? Counts and logs a denial (INFO at the 1st, 2nd, 4th, ...
+    /// broker-wide, DEBUG for the others: a client cannot flood the log).
+    fn may_publish(&mut self, conn: ConnId, sid: SessionId, topic: &str) -> bool {
+        if self.acl_allows(sid, topic, Op::Write) {
+            return true;
+        }
+        self.stats.acl_denied_publish += 1;
+        let n = self.stats.acl_denied_publish;
+        let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
+        let cid = cid.as_deref().unwrap_or("");
+        if n.is_power_of_two() {
+            tracing::info!(conn, client_id = cid, topic, denied_total = n, "mqtt: PUBLISH denied by the ACL; dropped");
+        } else {
+            tracing::debug!(conn, client_id = cid, topic, "mqtt: PUBLISH denied by the ACL; dropped");
+        }
+        false
+    }
+
+    /// Count (and now and then log) a delivery the ACL did not allow.
+    fn denied_read(&mut self, sid: SessionId, topic: &str, retained: bool) {
+        self.stats.acl_denied_read += 1;
+        let n = self.stats.acl_denied_read;
+        let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
+        let cid = cid.as_deref().unwrap_or("");
+        if n.is_power_of_two() {
+            tracing::info!(
+                client_id = cid,
+                topic,
+                retained,
+                denied_total = n,
+                "mqtt: delivery denied by the ACL (read)"
+            );
+        } else {
+            tracing::debug!(client_id = cid, topic, retained, "mqtt: delivery denied by the ACL (read)");
+        }
+    }
+
+    fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
+        let user = match self.authenticate(conn, &p) {
+            Ok(user) => user,
+            Err((code, why)) => {
+                self.stats.auth_failures += 1;
+                return self.refuse(conn, &p.client_id, code, &why, out);
+            }
+        };
         // MQTT 3.1 (the "MQIsdp" protocol) limits client ids to 23 characters.
         if p.protocol == Protocol::V310 && p.client_id.chars().count() > 23 {
             return self.refuse(
@@ -1070,9 +1190,11 @@ impl<L> BrokerCore<L> {
                 (sid, false)
             }
         };
+        let acl = self.cfg.acl.as_ref().map(|a| Arc::new(a.for_client(user.as_deref(), &client_id)));
         if let Some(s) = self.sessions.get_mut(sid) {
             s.conn = Some(conn);
             s.clean = p.clean_session;
+            s.acl = acl;
         }
         // MQTT 3.1.1 §3.1.2-24: keepalive × 1.5; 0 turns it off (unless the server caps it).
         let keepalive = match (p.keep_alive, self.cfg.max_keepalive) {
@@ -1139,11 +1261,19 @@ impl<L> BrokerCore<L> {
         }
         let qos = p.qos_pid.qos();
         let msg = Message { topic: p.topic_name, payload: p.payload, qos, retain: p.retain };
+        // A PUBLISH the ACL denies is dropped and acknowledged all the same, as mosquitto does
+        // (3.1.1 has no way to refuse one). QoS 2 is checked on PUBREL, when it would be routed.
         match p.qos_pid {
-            QosPid::Level0 => self.route(msg, out),
+            QosPid::Level0 => {
+                if self.may_publish(conn, sid, &msg.topic) {
+                    self.route(msg, out)
+                }
+            }
             QosPid::Level1(id) => {
                 // MQTT 3.1.1 §4.3.2: forward, then PUBACK on the channel it came on.
-                self.route(msg, out);
+                if self.may_publish(conn, sid, &msg.topic) {
+                    self.route(msg, out);
+                }
                 out.push(Action::Send { conn, channel: ch, packet: Packet::Puback(id) });
             }
             QosPid::Level2(id) => {
@@ -1185,7 +1315,11 @@ impl<L> BrokerCore<L> {
             m
         });
         match msg {
-            Some(msg) => self.route(msg, out),
+            Some(msg) => {
+                if self.may_publish(conn, sid, &msg.topic) {
+                    self.route(msg, out)
+                }
+            }
             None => {
                 let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
                 tracing::info!(
@@ -1274,7 +1408,9 @@ impl<L> BrokerCore<L> {
             // one is taken over, §6.2).
             let held: std::collections::HashSet<&str> =
                 s.subs.iter().filter(|x| x.parked || x.channel == ch).map(|x| &*x.filter).collect();
-            let new = last.keys().filter(|f| !held.contains(*f)).count();
+            // (Filters the ACL refuses are answered 0x80 and not held: they do not count.)
+            let acl = s.acl.as_deref();
+            let new = last.keys().filter(|f| !held.contains(*f) && acl.is_none_or(|a| a.may_subscribe(f))).count();
             if s.subs.len() + new > max {
                 self.stats.limit_subscriptions += 1;
                 let have = s.subs.len();
@@ -1295,6 +1431,27 @@ impl<L> BrokerCore<L> {
         {
             let Some(s) = self.sessions.get_mut(sid) else { return };
             for (i, (filter, requested)) in sub.topics.iter().enumerate() {
+                // ACL: a filter through which nothing could ever be delivered is refused with
+                // 0x80 (§3.9.3), the others granted (docs/mqtt.md: mosquitto grants it and
+                // drops each message instead).
+                if s.acl.as_deref().is_some_and(|a| !a.may_subscribe(filter)) {
+                    self.stats.acl_denied_subscribe += 1;
+                    let n = self.stats.acl_denied_subscribe;
+                    let (cid, f) = (&*s.client_id, &**filter);
+                    if n.is_power_of_two() {
+                        tracing::info!(
+                            conn,
+                            client_id = cid,
+                            filter = f,
+                            denied_total = n,
+                            "mqtt: SUBSCRIBE denied by the ACL; 0x80"
+                        );
+                    } else {
+                        tracing::debug!(conn, client_id = cid, filter = f, "mqtt: SUBSCRIBE denied by the ACL; 0x80");
+                    }
+                    codes.push(SubscribeReturnCode::Failure);
+                    continue;
+                }
                 // MQTT 3.1.1 §3.8.4-6 / §3.9.3: grant at most the server's maximum.
                 let granted = (*requested).min(max);
                 if last.get(&**filter) != Some(&i) {
@@ -1336,6 +1493,11 @@ impl<L> BrokerCore<L> {
             retained.clear();
             self.retained.matching(&filter, &mut retained);
             for m in retained.drain(..) {
+                // A retained message is delivered only if the subscriber may read its topic.
+                if !self.acl_allows(sid, &m.topic, Op::Read) {
+                    self.denied_read(sid, &m.topic, true);
+                    continue;
+                }
                 let qos = m.qos.min(granted);
                 self.deliver(sid, ch, qos, m, true, out);
             }
@@ -1382,6 +1544,11 @@ impl<L> BrokerCore<L> {
             matches.dedup_by_key(|s| s.key);
         }
         for s in &matches {
+            // ACL: each delivery is checked for read, as mosquitto does.
+            if self.cfg.acl.is_some() && !self.acl_allows(s.key.session, &msg.topic, Op::Read) {
+                self.denied_read(s.key.session, &msg.topic, false);
+                continue;
+            }
             // MQTT 3.1.1 §3.8.4: deliver at min(granted, published).
             let qos = qos_from(s.qos).min(msg.qos);
             // §3.3.1-9: RETAIN 0 when forwarding to an established subscription.
@@ -1617,6 +1784,9 @@ pub struct SessionInfo {
     pub inflight: usize,
     pub awaiting_rel: usize,
     pub dropped: u64,
+    /// The certificate identity (subject CN) of the session's current connection, when its
+    /// transport verified a client certificate ([`BrokerCore::set_cert_identity`]).
+    pub identity: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Unit tests of the sans-IO core: every flow with explicit time, no sockets, no sleeps.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -247,16 +246,214 @@ fn connack_return_codes() {
     assert!(present);
     let _ = a2;
 
-    // 0x04 and 0x05 with credentials configured.
-    let mut h = H::with(|c| c.credentials = Some(HashMap::from([("alice".to_string(), "pw".to_string())])));
-    assert_eq!(h.refused(connect_packet("x", true, 0)), ConnectReturnCode::NotAuthorized);
-    let mut c = connect_packet("x", true, 0);
-    c.username = Some("alice".into());
-    c.password = Some(Bytes::from_static(b"wrong"));
-    assert_eq!(h.refused(c.clone()), ConnectReturnCode::BadUserNameOrPassword);
-    c.password = Some(Bytes::from_static(b"pw"));
-    let (conn, out) = h.connect_with(c);
+    let _ = a2;
+}
+
+/// Made with Debian's `mosquitto_passwd` 2.0.11: alice/secret, bob/"p@ss:w0rd".
+const PASSWORDS: &str = "\
+alice:$7$101$MuO2Fm6HrzkAJjvy$TaGs0vf11YIWmwYTi7IP5Z2KW8Wt8UtLx1hjT85qbFiTmADu71nxXZ8ZrX/4wey9BwMqRo7tS7mk6rMCkNmhnw==
+bob:$7$101$zU1B8nBHC9PWLC5R$8+30DMmqC2R1WwdNwC2CZLZXUrhH0suFHMGDlZWY6XONNB0w7qwluAUrzxKxVDT+wnp0mry0vigAEMOPrSysRg==
+";
+
+fn passwords() -> Option<std::sync::Arc<crate::mqtt::auth::PasswordFile>> {
+    Some(std::sync::Arc::new(crate::mqtt::auth::PasswordFile::parse(std::path::Path::new("pw"), PASSWORDS).unwrap()))
+}
+
+fn login(id: &str, user: Option<&str>, password: Option<&[u8]>) -> Connect {
+    let mut c = connect_packet(id, true, 0);
+    c.username = user.map(Into::into);
+    c.password = password.map(Bytes::copy_from_slice);
+    c
+}
+
+#[test]
+fn connect_outcomes_with_a_password_file() {
+    use ConnectReturnCode::{Accepted, NotAuthorized};
+    // (allow_anonymous, user, password, outcome): mosquitto 2.0.11 answers 0x05 to each
+    // refusal, and so does quiclab.
+    type Row<'a> = (Option<bool>, Option<&'a str>, Option<&'a [u8]>, ConnectReturnCode);
+    let rows: [Row; 9] = [
+        (None, Some("alice"), Some(b"secret"), Accepted),
+        (None, Some("bob"), Some(b"p@ss:w0rd"), Accepted),
+        (None, Some("alice"), Some(b"wrong"), NotAuthorized),
+        (None, Some("alice"), None, NotAuthorized),
+        (None, Some("nobody"), Some(b"secret"), NotAuthorized),
+        (None, None, None, NotAuthorized),
+        (Some(false), None, None, NotAuthorized),
+        (Some(true), None, None, Accepted),
+        (Some(true), Some("alice"), Some(b"wrong"), NotAuthorized),
+    ];
+    for (i, (anon, user, pw, want)) in rows.into_iter().enumerate() {
+        let mut h = H::with(|c| {
+            c.password_file = passwords();
+            c.allow_anonymous = anon;
+        });
+        let (conn, out) = h.connect_with(login("x", user, pw));
+        let code = match packets(&out, conn).first() {
+            Some(Packet::Connack(c)) => c.code,
+            other => panic!("row {i}: {other:?}"),
+        };
+        assert_eq!(code, want, "row {i}");
+        let st = h.core.stats();
+        if want == Accepted {
+            assert_eq!((st.auth_failures, close_of(&out, conn)), (0, None), "row {i}");
+        } else {
+            assert_eq!(st.auth_failures, 1, "row {i}");
+            assert_eq!(close_of(&out, conn), Some(CloseReason::Refused(want)), "row {i}: §3.2.2-5");
+        }
+    }
+}
+
+#[test]
+fn connect_outcomes_without_a_password_file() {
+    // Default: anyone, user names taken as given.
+    let mut h = H::new();
+    let (conn, out) = h.connect_with(login("a", Some("anyone"), Some(b"x")));
     assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    // allow_anonymous false and no file: nothing to check a user against; both refused 0x05
+    // (as mosquitto 2.0.11).
+    let mut h = H::with(|c| c.allow_anonymous = Some(false));
+    assert_eq!(h.refused(login("a", None, None)), ConnectReturnCode::NotAuthorized);
+    assert_eq!(h.refused(login("b", Some("anyone"), Some(b"x"))), ConnectReturnCode::NotAuthorized);
+    assert_eq!(h.core.stats().auth_failures, 2);
+}
+
+#[test]
+fn identity_as_username_replaces_connect_user() {
+    let acl = "user device-7\ntopic readwrite dev/7/#\n";
+    let mut h = H::with(|c| {
+        c.use_identity_as_username = true;
+        c.password_file = passwords();
+        c.acl = Some(std::sync::Arc::new(crate::mqtt::acl::AclFile::parse(std::path::Path::new("acl"), acl).unwrap()));
+    });
+    // No certificate: 0x04, as mosquitto (CONNACK_REFUSED_BAD_USERNAME_PASSWORD), even with a
+    // good user name and password.
+    assert_eq!(h.refused(login("a", Some("alice"), Some(b"secret"))), ConnectReturnCode::BadUserNameOrPassword);
+    // A certificate: its CN is the user; CONNECT's user and password are not checked.
+    let conn = h.open();
+    h.core.set_cert_identity(conn, Some("device-7"));
+    let out = h.send(conn, Packet::Connect(login("d7", Some("alice"), Some(b"wrong"))));
+    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    // ...and the ACL sees the CN, not "alice".
+    let out = h.send(conn, subscribe(1, &[("dev/7/#", QoS::Level0), ("alice/#", QoS::Level0)]));
+    assert_eq!(
+        packets(&out, conn),
+        vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel0, SubscribeReturnCode::Failure]))]
+    );
+}
+
+/// The ACL of the interop tests, whose outcomes were checked against mosquitto 2.0.11.
+const ACL: &str = "\
+topic read public/#
+topic write anon/in
+user alice
+topic readwrite alice/#
+topic deny alice/secret/#
+topic read public/#
+topic write public/alice
+user bob
+topic read #
+pattern readwrite clients/%c/#
+";
+
+fn with_acl() -> H {
+    H::with(|c| {
+        c.password_file = passwords();
+        c.allow_anonymous = Some(true);
+        c.acl = Some(std::sync::Arc::new(crate::mqtt::acl::AclFile::parse(std::path::Path::new("acl"), ACL).unwrap()));
+    })
+}
+
+fn connect_as(h: &mut H, id: &str, user: Option<&str>, password: &[u8]) -> ConnId {
+    let (conn, out) = h.connect_with(login(id, user, user.map(|_| password)));
+    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))], "{id}");
+    conn
+}
+
+#[test]
+fn acl_subscribe_codes_and_deliveries() {
+    use SubscribeReturnCode::{Failure, MaxLevel1};
+    let mut h = with_acl();
+    let alice = connect_as(&mut h, "al", Some("alice"), b"secret");
+    let bob = connect_as(&mut h, "bo", Some("bob"), b"p@ss:w0rd");
+    let anon = connect_as(&mut h, "an", None, b"");
+    // Alice: a filter nothing can pass gets 0x80, the others are granted, in order (§3.9.3).
+    let out = h.send(
+        alice,
+        subscribe(
+            1,
+            &[("alice/#", QoS::Level1), ("alice/secret/#", QoS::Level1), ("#", QoS::Level1), ("nope/#", QoS::Level1)],
+        ),
+    );
+    assert_eq!(
+        packets(&out, alice),
+        vec![Packet::Suback(Suback::new(pid(1), vec![MaxLevel1, Failure, MaxLevel1, Failure]))]
+    );
+    assert_eq!(h.core.stats().acl_denied_subscribe, 2);
+    assert_eq!(h.core.session_state("al").unwrap().subscriptions, 2);
+    h.send(bob, subscribe(1, &[("#", QoS::Level0)]));
+    h.send(anon, subscribe(1, &[("#", QoS::Level0)]));
+
+    // Alice publishes: allowed topics reach each reader it may read; alice/secret/x is dropped
+    // and still acknowledged; public/x is not hers to write.
+    let out = h.send(alice, publish("alice/x", QoS::Level1, 5, "a"));
+    assert!(packets(&out, alice).contains(&Packet::Puback(pid(5))));
+    assert_eq!(publishes(&out, bob).len(), 1);
+    assert_eq!(publishes(&out, anon).len(), 0, "anonymous clients may not read alice/#");
+    let out = h.send(alice, publish("alice/secret/x", QoS::Level1, 6, "s"));
+    assert_eq!(packets(&out, alice), vec![Packet::Puback(pid(6))], "denied, acknowledged, delivered to nobody");
+    assert!(publishes(&out, bob).is_empty());
+    let out = h.send(alice, publish("public/x", QoS::Level0, 0, "p"));
+    assert!(out.is_empty());
+    // QoS 2 denied: PUBREC, then PUBCOMP on PUBREL, nothing delivered.
+    let out = h.send(alice, publish("public/x", QoS::Level2, 7, "p2"));
+    assert_eq!(packets(&out, alice), vec![Packet::Pubrec(pid(7))]);
+    let out = h.send(alice, Packet::Pubrel(pid(7)));
+    assert_eq!(packets(&out, alice), vec![Packet::Pubcomp(pid(7))]);
+    assert!(publishes(&out, bob).is_empty() && publishes(&out, anon).is_empty());
+    assert_eq!(h.core.stats().acl_denied_publish, 3);
+    // public/alice: written by alice, read by everyone allowed (anon: public/#; bob: #).
+    let out = h.send(alice, publish("public/alice", QoS::Level0, 0, "hello"));
+    assert_eq!(publishes(&out, alice).len(), 1);
+    assert_eq!(publishes(&out, bob).len(), 1);
+    assert_eq!(publishes(&out, anon).len(), 1);
+    // Patterns: %c.
+    let out = h.send(anon, publish("clients/an/x", QoS::Level0, 0, "c"));
+    assert_eq!(publishes(&out, bob).len(), 1);
+    let out = h.send(anon, publish("clients/other/x", QoS::Level0, 0, "c"));
+    assert!(out.is_empty());
+    assert!(h.core.stats().acl_denied_read > 0);
+}
+
+#[test]
+fn acl_retained_and_wills() {
+    let mut h = with_acl();
+    let alice = connect_as(&mut h, "al", Some("alice"), b"secret");
+    h.send(alice, retained("alice/r", QoS::Level0, 0, "kept"));
+    h.send(alice, retained("public/alice", QoS::Level0, 0, "kept too"));
+    assert_eq!(h.core.stats().retained, 2);
+    // Anonymous "#" is granted (public/# can pass) but gets only the retained message it may
+    // read.
+    let anon = connect_as(&mut h, "an", None, b"");
+    let out = h.send(anon, subscribe(1, &[("#", QoS::Level0)]));
+    let got: Vec<String> = publishes(&out, anon).into_iter().map(|p| p.0).collect();
+    assert_eq!(got, ["public/alice"]);
+    assert_eq!(h.core.stats().acl_denied_read, 1);
+    let bob = connect_as(&mut h, "bo", Some("bob"), b"p@ss:w0rd");
+    let out = h.send(bob, subscribe(1, &[("#", QoS::Level0)]));
+    assert_eq!(publishes(&out, bob).len(), 2);
+
+    // Wills: the CONNECT is accepted either way; the will is checked for write when published.
+    for (topic, published) in [("alice/will", true), ("forbidden/will", false)] {
+        let mut c = login(&format!("w-{published}"), Some("alice"), Some(b"secret"));
+        c.last_will = Some(LastWill::new(QoS::Level0, tn(topic), Bytes::from_static(b"bye")));
+        let (w, out) = h.connect_with(c);
+        assert_eq!(packets(&out, w), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+        let out = h.lost(w);
+        assert_eq!(publishes(&out, bob).len(), usize::from(published), "{topic}");
+    }
+    assert_eq!(h.core.stats().acl_denied_will, 1);
+    assert_eq!(h.core.stats().wills_published, 1);
 }
 
 #[test]
@@ -1663,4 +1860,18 @@ fn awaiting_rel_bounded_in_bytes() {
         other => panic!("expected a violation, got {other:?}"),
     }
     assert_eq!(h.core.stats().limit_awaiting_rel, 1);
+}
+
+/// Issue 13: with `require_certificate`, a connection without a verified certificate (what
+/// reaches the core without one came over plain TCP) gets CONNACK 0x05; one with an identity
+/// gets in.
+#[test]
+fn require_certificate_refuses_connections_without_one() {
+    let mut h = H::with(|c| c.require_certificate = true);
+    assert_eq!(h.refused(connect_packet("tcp", true, 0)), ConnectReturnCode::NotAuthorized);
+    let conn = h.open();
+    h.core.set_cert_identity(conn, Some("alice"));
+    let out = h.send(conn, Packet::Connect(connect_packet("tls", true, 0)));
+    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert_eq!(h.core.stats().auth_failures, 1);
 }

@@ -15,7 +15,7 @@ use super::config::{MqttConfig, ALPN_MQTT};
 use super::session::Message;
 use super::MqttError;
 use crate::config::{parse_duration, parse_size};
-use crate::tls::{CertStore, Trust};
+use crate::tls::{CertStore, ClientIdentity, Trust};
 
 /// The `mqtt` subcommands.
 #[derive(Debug, Subcommand)]
@@ -28,6 +28,34 @@ pub enum MqttCommand {
     Bench(BenchArgs),
     /// Run the broker alone (the same core and transports `quiclab serve` runs).
     Broker(BrokerArgs),
+    /// Manage a password file in mosquitto's format (as `mosquitto_passwd`): add or change a
+    /// user's password, or delete a user. The file works with `--mqtt-password-file` and with
+    /// mosquitto's `password_file`.
+    Passwd(PasswdArgs),
+}
+
+/// `quiclab mqtt passwd [-c] [-b] [-D] FILE USER [PASSWORD]`.
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Create the file, or overwrite it, with only this user.
+    #[arg(short = 'c', conflicts_with = "delete")]
+    pub create: bool,
+    /// Take the password from the command line (PASSWORD) instead of asking for it; without
+    /// -b it is read from the terminal (twice, not echoed) or as one line of stdin.
+    #[arg(short = 'b', requires = "password", conflicts_with = "delete")]
+    pub batch: bool,
+    /// Delete USER from the file.
+    #[arg(short = 'D')]
+    pub delete: bool,
+    /// The password file (written 0600 through a temporary file and a rename).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The user name (no ':').
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// The password, with -b.
+    #[arg(value_name = "PASSWORD", requires = "batch")]
+    pub password: Option<String>,
 }
 
 fn parse_qos(s: &str) -> Result<QoS, String> {
@@ -92,6 +120,13 @@ pub struct ConnArgs {
     /// Do not verify the broker's certificate (mqtts://).
     #[arg(long)]
     pub insecure: bool,
+    /// Present this client certificate (PEM, leaf first) over mqtts:// and mqtt+quic:// when
+    /// the broker asks for one; `quiclab certs --client NAME` makes one. Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Give up if the connection (TCP, TLS, CONNACK) takes longer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
@@ -130,6 +165,10 @@ impl ConnArgs {
             }),
             None => None,
         };
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity::load(cert, key)?),
+            _ => None,
+        };
         Ok(ClientOptions {
             client_id: self.client_id.clone().unwrap_or_default(),
             clean_session: !self.persistent,
@@ -138,6 +177,7 @@ impl ConnArgs {
             username: self.username.clone(),
             password: self.password.clone(),
             trust,
+            client_cert,
             connect_timeout: self.connect_timeout,
             streams: self.streams,
             zero_rtt: self.zero_rtt,
@@ -150,9 +190,11 @@ impl ConnArgs {
         let mut opts = self.options()?;
         let quic_only = |flag: &str| MqttError::BadUrl(format!("{}: {flag} needs an mqtt+quic:// URL", self.url));
         if self.url.transport == Transport::Quic {
-            opts.quic = Some(QuicSetup::new(&opts.trust)?);
+            opts.quic = Some(QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?);
         } else if self.zero_rtt {
             return Err(quic_only("--0rtt"));
+        } else if self.url.transport == Transport::Tcp && opts.client_cert.is_some() {
+            return Err(MqttError::BadUrl(format!("{}: --cert needs an mqtts:// or mqtt+quic:// URL", self.url)));
         } else if self.rebind_after.is_some() {
             return Err(quic_only("--rebind-after"));
         }
@@ -337,10 +379,48 @@ pub struct MqttKnobs {
     /// Bytes of inbound QoS 2 messages awaiting PUBREL per session (k, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub mqtt_max_awaiting_rel_bytes: u64,
+    /// MQTT over TLS and QUIC: refuse clients without a valid certificate from the client CA
+    /// (--mqtt-client-ca; default: the development CA, ca.pem in the certificate directory,
+    /// which `quiclab certs --client NAME` signs with). On TLS and the dedicated QUIC listener
+    /// the handshake fails; on the port shared with HTTP/3 the MQTT connection is closed
+    /// (code 0x3, "client certificate required"). Plain TCP cannot carry a certificate: every
+    /// CONNECT there gets CONNACK 0x05.
+    #[arg(long)]
+    pub mqtt_require_certificate: bool,
+    /// PEM file of the CA(s) that sign accepted client certificates. Without
+    /// --mqtt-require-certificate, a certificate is optional but verified when sent.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_client_ca: Option<PathBuf>,
+    /// Use the client certificate's subject CN as the MQTT user name (for ACLs), in place of
+    /// the one in CONNECT, as mosquitto's use_identity_as_username.
+    #[arg(long)]
+    pub mqtt_use_identity_as_username: bool,
+    /// Users and passwords in mosquitto's format (made with `mosquitto_passwd` or `quiclab
+    /// mqtt passwd`). A client with an unknown user name or a wrong password gets CONNACK 0x05.
+    /// A malformed line stops the broker from starting.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// Accept clients that send no user name (CONNACK 0x05 otherwise). Default: true without
+    /// --mqtt-password-file, false with one (as mosquitto 2).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub mqtt_allow_anonymous: Option<bool>,
+    /// Topic rules in mosquitto's acl_file syntax (`topic [read|write|readwrite|deny] TOPIC`,
+    /// `user NAME`, `pattern ... TOPIC` with %c and %u). A denied SUBSCRIBE filter gets 0x80,
+    /// a denied PUBLISH is acknowledged and dropped, each delivery needs read. Default: no
+    /// rules, everything allowed.
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_acl_file: Option<PathBuf>,
 }
 
 impl MqttKnobs {
-    fn apply(&self, cfg: &mut MqttConfig) {
+    fn apply(&self, cfg: &mut MqttConfig) -> Result<(), MqttError> {
+        if let Some(path) = &self.mqtt_password_file {
+            cfg.password_file = Some(std::sync::Arc::new(super::auth::PasswordFile::load(path)?));
+        }
+        cfg.allow_anonymous = self.mqtt_allow_anonymous;
+        if let Some(path) = &self.mqtt_acl_file {
+            cfg.acl = Some(std::sync::Arc::new(super::acl::AclFile::load(path)?));
+        }
         cfg.max_packet_size = self.mqtt_max_packet.min(super::codec::MAX_REMAINING_LENGTH as u64 + 5) as usize;
         cfg.max_queued_messages = self.mqtt_max_queued;
         cfg.max_inflight = self.mqtt_max_inflight.max(1);
@@ -355,6 +435,10 @@ impl MqttKnobs {
         cfg.max_retained_bytes = usize::try_from(self.mqtt_max_retained_bytes).unwrap_or(usize::MAX);
         cfg.max_awaiting_rel = self.mqtt_max_awaiting_rel;
         cfg.max_awaiting_rel_bytes = usize::try_from(self.mqtt_max_awaiting_rel_bytes).unwrap_or(usize::MAX);
+        cfg.require_certificate = self.mqtt_require_certificate;
+        cfg.client_ca = self.mqtt_client_ca.clone();
+        cfg.use_identity_as_username = self.mqtt_use_identity_as_username;
+        Ok(())
     }
 }
 
@@ -375,16 +459,16 @@ pub struct MqttServeArgs {
 }
 
 impl MqttServeArgs {
-    /// The broker configuration for these flags.
-    pub fn to_config(&self) -> MqttConfig {
+    /// The broker configuration for these flags (reads the password and ACL files).
+    pub fn to_config(&self) -> Result<MqttConfig, MqttError> {
         let mut cfg = MqttConfig {
             enabled: !self.no_mqtt,
             tcp_listen: Some(self.mqtt_tcp),
             tls_listen: Some(self.mqtt_tls),
             ..MqttConfig::default()
         };
-        self.knobs.apply(&mut cfg);
-        cfg
+        self.knobs.apply(&mut cfg)?;
+        Ok(cfg)
     }
 }
 
@@ -402,7 +486,8 @@ pub struct BrokerArgs {
     /// 60 s, 50 concurrent streams; docs/mqtt-over-quic.md §4.2).
     #[arg(long, value_name = "ADDR")]
     pub quic: Option<SocketAddr>,
-    /// Directory of the development certificates (for --tls and --quic).
+    /// Directory of the development certificates (for --tls and --quic; its ca.pem is the
+    /// default --mqtt-client-ca).
     #[arg(long, value_name = "DIR", default_value = "certs")]
     pub certs: PathBuf,
     #[command(flatten)]
@@ -416,7 +501,23 @@ pub async fn run(cmd: MqttCommand) -> Result<i32, MqttError> {
         MqttCommand::Sub(a) => subscribe(a).await,
         MqttCommand::Bench(a) => super::bench::run(a).await,
         MqttCommand::Broker(a) => broker(a).await,
+        MqttCommand::Passwd(a) => passwd(a),
     }
+}
+
+fn passwd(a: PasswdArgs) -> Result<i32, MqttError> {
+    use super::auth::{read_password, update_file, PasswdOp};
+    let op = if a.delete {
+        PasswdOp::Delete
+    } else {
+        let password = match &a.password {
+            Some(p) => p.clone().into_bytes(),
+            None => read_password()?,
+        };
+        PasswdOp::Set { create: a.create, password }
+    };
+    update_file(&a.file, &a.user, &op)?;
+    Ok(0)
 }
 
 async fn publish(a: PubArgs) -> Result<i32, MqttError> {
@@ -514,13 +615,19 @@ async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result
 
 async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     let mut cfg = MqttConfig { tcp_listen: Some(a.tcp), tls_listen: a.tls, ..MqttConfig::default() };
-    a.knobs.apply(&mut cfg);
+    a.knobs.apply(&mut cfg)?;
     let store = match (a.tls, a.quic) {
         (None, None) => None,
         _ => Some(CertStore::load_or_create(&a.certs)?),
     };
+    let client_ca = match (&store, cfg.client_ca_file(&a.certs)) {
+        (Some(_), Some(path)) => Some(crate::tls::ClientCa::load(&path)?),
+        _ => None,
+    };
     let tls = match (a.tls, &store) {
-        (Some(_), Some(store)) => Some(crate::tls::tcp_server_config(store, &[ALPN_MQTT])?),
+        (Some(_), Some(store)) => {
+            Some(crate::tls::tcp_server_config_with(store, &[ALPN_MQTT], cfg.client_auth(client_ca.as_ref()))?)
+        }
         _ => None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -535,6 +642,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
                 max_connections: cfg.max_connections,
                 handshake_timeout: defaults.limits.handshake_timeout,
                 retry: false,
+                client_ca: client_ca.clone(),
             };
             let bound = listener
                 .start(store, started.broker.clone(), &shutdown, &tracker)

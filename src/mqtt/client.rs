@@ -30,7 +30,7 @@ use super::codec::{
 use super::config::{DEFAULT_TCP_PORT, DEFAULT_TLS_PORT};
 use super::session::Message;
 use super::MqttError;
-use crate::tls::Trust;
+use crate::tls::{ClientIdentity, Trust};
 
 /// Default UDP port of MQTT over QUIC (EMQX's).
 pub const DEFAULT_QUIC_PORT: u16 = 14567;
@@ -122,6 +122,18 @@ pub async fn connect_stream_to(
     trust: &Trust,
     timeout: Duration,
 ) -> Result<BoxStream, MqttError> {
+    connect_stream_with(url, ip, trust, None, timeout).await
+}
+
+/// [`connect_stream_to`], presenting the client certificate `identity` over TLS and QUIC when
+/// the broker asks for one.
+pub async fn connect_stream_with(
+    url: &MqttUrl,
+    ip: Option<std::net::IpAddr>,
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<BoxStream, MqttError> {
     let tcp = |url: &MqttUrl| {
         let (host, port) = (url.host.clone(), url.port);
         async move {
@@ -133,7 +145,10 @@ pub async fn connect_stream_to(
     };
     let fut = async {
         match url.transport {
-            Transport::Quic => Ok(Box::pin(QuicStream::connect_to(url, ip, trust).await?) as BoxStream),
+            Transport::Quic => {
+                let setup = QuicSetup::with_identity(trust, identity)?;
+                Ok(Box::pin(QuicStream::connect_on(url, ip, setup).await?) as BoxStream)
+            }
             Transport::Tcp => {
                 let sock = tcp(url).await?;
                 sock.set_nodelay(true)?;
@@ -142,7 +157,7 @@ pub async fn connect_stream_to(
             Transport::Tls => {
                 let sock = tcp(url).await?;
                 sock.set_nodelay(true)?;
-                let cfg = crate::tls::client_config(trust, &[], false)?;
+                let (cfg, _) = crate::tls::client_config_with_identity(trust, identity, &[], false)?;
                 let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                     .map_err(|_| MqttError::BadUrl(format!("{:?} is not a valid TLS server name", url.host)))?;
                 let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, sock).await?;
@@ -171,8 +186,13 @@ impl fmt::Debug for QuicSetup {
 impl QuicSetup {
     /// A client endpoint on an ephemeral IPv4 port, trusting `trust`.
     pub fn new(trust: &Trust) -> Result<QuicSetup, MqttError> {
+        Self::with_identity(trust, None)
+    }
+
+    /// [`QuicSetup::new`], presenting the client certificate `identity` when asked for one.
+    pub fn with_identity(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<QuicSetup, MqttError> {
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-        Ok(QuicSetup { endpoint, config: client_config(trust)? })
+        Ok(QuicSetup { endpoint, config: client_config_with(trust, identity)? })
     }
 
     /// The client endpoint (rebinding it moves every connection on it).
@@ -237,7 +257,16 @@ impl QuicLink {
     /// 10 s, so the connection outlives the server's idle timeout on the shared HTTP/3 port
     /// (spec §4.3).
     pub async fn connect(url: &MqttUrl, ip: Option<std::net::IpAddr>, trust: &Trust) -> Result<QuicLink, MqttError> {
-        let setup = QuicSetup::new(trust)?;
+        Self::connect_setup(url, ip, QuicSetup::new(trust)?).await
+    }
+
+    /// [`QuicLink::connect`] with a given endpoint and configuration (e.g. one presenting a
+    /// client certificate, [`QuicSetup::with_identity`]).
+    pub async fn connect_setup(
+        url: &MqttUrl,
+        ip: Option<std::net::IpAddr>,
+        setup: QuicSetup,
+    ) -> Result<QuicLink, MqttError> {
         let addr = resolve(url, ip).await?;
         let conn = Self::connect_on(&setup.endpoint, &setup.config, addr, &url.host).await?;
         Ok(QuicLink { conn, endpoint: setup.endpoint })
@@ -275,7 +304,12 @@ impl QuicLink {
 
 /// The QUIC client configuration for MQTT: ALPN `mqtt`, 0-RTT allowed, QUIC PINGs every 10 s.
 pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, MqttError> {
-    let tls = crate::tls::client_config(trust, &[super::config::ALPN_MQTT], true)?;
+    client_config_with(trust, None)
+}
+
+/// [`client_config`], presenting the client certificate `identity` when the broker asks.
+pub fn client_config_with(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<quinn::ClientConfig, MqttError> {
+    let (tls, _) = crate::tls::client_config_with_identity(trust, identity, &[super::config::ALPN_MQTT], true)?;
     let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
@@ -305,7 +339,16 @@ impl QuicStream {
         ip: Option<std::net::IpAddr>,
         trust: &Trust,
     ) -> Result<QuicStream, MqttError> {
-        let link = QuicLink::connect(url, ip, trust).await?;
+        Self::connect_on(url, ip, QuicSetup::new(trust)?).await
+    }
+
+    /// [`QuicStream::connect_to`] with a given endpoint and configuration.
+    pub async fn connect_on(
+        url: &MqttUrl,
+        ip: Option<std::net::IpAddr>,
+        setup: QuicSetup,
+    ) -> Result<QuicStream, MqttError> {
+        let link = QuicLink::connect_setup(url, ip, setup).await?;
         let (send, recv) = link.open_stream().await?;
         Ok(QuicStream { io: tokio::io::join(recv, send), link })
     }
@@ -522,6 +565,8 @@ pub struct ClientOptions {
     pub username: Option<String>,
     pub password: Option<String>,
     pub trust: Trust,
+    /// Client certificate presented over TLS and QUIC when the broker asks (`--cert/--key`).
+    pub client_cert: Option<ClientIdentity>,
     /// For the TCP connect, TLS handshake and CONNACK together.
     pub connect_timeout: Duration,
     pub max_packet_size: usize,
@@ -548,6 +593,7 @@ impl Default for ClientOptions {
             username: None,
             password: None,
             trust: Trust::default(),
+            client_cert: None,
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1 << 20,
             connect_to: None,
@@ -680,7 +726,14 @@ impl Client {
                 .await
                 .map_err(|_| MqttError::Timeout(format!("connecting to {url}")))??,
             _ => {
-                let stream = connect_stream_to(url, opts.connect_to, &opts.trust, opts.connect_timeout).await?;
+                let stream = connect_stream_with(
+                    url,
+                    opts.connect_to,
+                    &opts.trust,
+                    opts.client_cert.as_ref(),
+                    opts.connect_timeout,
+                )
+                .await?;
                 let (r, w) = tokio::io::split(stream);
                 let mut control = Channel::new(framed(r, w, max), None);
                 control.writer.send(&connect).await?;
@@ -731,7 +784,7 @@ impl Client {
     ) -> Result<(Channel, Option<QuicLink>, EarlyData), MqttError> {
         let setup = match &opts.quic {
             Some(s) => s.clone(),
-            None => QuicSetup::new(&opts.trust)?,
+            None => QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?,
         };
         let addr = resolve(url, opts.connect_to).await?;
         let connecting = setup

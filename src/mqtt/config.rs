@@ -1,10 +1,13 @@
 //! Every knob of the MQTT broker, with its default and the reason for it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::acl::AclFile;
+use super::auth::PasswordFile;
 use super::codec::QoS;
 
 /// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
@@ -93,12 +96,30 @@ pub struct MqttConfig {
     /// maximum-size messages in flight before their PUBREL; without it, 1,000 messages of
     /// 1 MiB would let one client pin 1 GiB.
     pub max_awaiting_rel_bytes: usize,
-    /// User name → password. `None` (default): anyone may connect. `Some`: CONNECT without a
-    /// user name gets 0x05 (not authorized), a wrong pair gets 0x04.
-    pub credentials: Option<HashMap<String, String>>,
-    /// Refuse clients that presented no verified TLS client certificate (TLS and QUIC; plain
-    /// TCP clients never have one). Off by default.
+    /// Users and password hashes in mosquitto's format (`--mqtt-password-file`, made with
+    /// `mosquitto_passwd` or `quiclab mqtt passwd`). `None` (default): user names are not
+    /// checked. With a file, an unknown user or a wrong password gets CONNACK 0x05, as
+    /// mosquitto 2.0.11 answers (docs/mqtt.md, "Authentication and authorization").
+    pub password_file: Option<Arc<PasswordFile>>,
+    /// Whether a CONNECT without a user name is accepted (`--mqtt-allow-anonymous`). `None`
+    /// (default): yes without a password file, no with one, as mosquitto 2 with a
+    /// `password_file`; see [`MqttConfig::anonymous_allowed`]. Refused: CONNACK 0x05.
+    pub allow_anonymous: Option<bool>,
+    /// Topic rules in mosquitto's `acl_file` syntax (`--mqtt-acl-file`). `None` (default):
+    /// every client may publish and subscribe to everything.
+    pub acl: Option<Arc<AclFile>>,
+    /// Refuse clients that presented no verified TLS client certificate: TLS and QUIC refuse
+    /// them in the transport, and a CONNECT that arrives without one (plain TCP cannot carry
+    /// one) gets CONNACK 0x05. Off by default, as mosquitto's `require_certificate`: a
+    /// certificate needs a CA to be issued from, which a default cannot assume.
     pub require_certificate: bool,
+    /// PEM file of the CA(s) whose client certificates are accepted (mosquitto's `cafile` for
+    /// client certificates). `None` (default): no client certificates are asked for, unless
+    /// `require_certificate` is set, which then uses the development CA (`ca.pem` in the
+    /// server's certificate directory, see [`MqttConfig::client_ca_file`]), so `quiclab certs
+    /// --client NAME` certificates work with no further flag. With a CA but without
+    /// `require_certificate`, a certificate is optional but verified when sent.
+    pub client_ca: Option<PathBuf>,
     /// Use the client certificate's subject CN as the user name (for ACLs), in place of the
     /// user name in CONNECT; as mosquitto's `use_identity_as_username`. Off by default.
     pub use_identity_as_username: bool,
@@ -126,8 +147,11 @@ impl Default for MqttConfig {
             max_retained_bytes: 256 << 20,
             max_topic_levels: 128,
             max_subscriptions: 1000,
-            credentials: None,
+            password_file: None,
+            allow_anonymous: None,
+            acl: None,
             require_certificate: false,
+            client_ca: None,
             use_identity_as_username: false,
         }
     }
@@ -138,6 +162,34 @@ impl MqttConfig {
     pub fn ephemeral() -> Self {
         let lo = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         MqttConfig { tcp_listen: Some(lo), tls_listen: Some(lo), ..MqttConfig::default() }
+    }
+
+    /// The client CA file in effect: `client_ca`, or with `require_certificate` and none given,
+    /// the development CA `certs_dir/ca.pem`. `None`: client certificates are not asked for.
+    pub fn client_ca_file(&self, certs_dir: &Path) -> Option<PathBuf> {
+        match &self.client_ca {
+            Some(ca) => Some(ca.clone()),
+            None if self.require_certificate => Some(certs_dir.join("ca.pem")),
+            None => None,
+        }
+    }
+
+    /// How a TLS or dedicated-QUIC MQTT listener asks for client certificates, given the CA
+    /// loaded from [`MqttConfig::client_ca_file`]: required with `require_certificate`,
+    /// otherwise optional (verified when sent); off without a CA.
+    pub fn client_auth<'a>(&self, ca: Option<&'a crate::tls::ClientCa>) -> crate::tls::ClientAuth<'a> {
+        use crate::tls::ClientAuth;
+        match ca {
+            Some(ca) if self.require_certificate => ClientAuth::Required(ca),
+            Some(ca) => ClientAuth::Optional(ca),
+            None => ClientAuth::Off,
+        }
+    }
+
+    /// Whether clients without a user name are let in: `allow_anonymous`, or by default only
+    /// when there is no password file.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 
     /// `key value` lines for the startup banner ("effective configuration").
@@ -164,7 +216,19 @@ impl MqttConfig {
         line("mqtt_max_awaiting_rel_bytes", &self.max_awaiting_rel_bytes);
         line("mqtt_max_topic_levels", &self.max_topic_levels);
         line("mqtt_max_subscriptions", &self.max_subscriptions);
-        line("mqtt_auth", &if self.credentials.is_some() { "user/password" } else { "anonymous" });
+        line("mqtt_require_certificate", &self.require_certificate);
+        let ca = match (&self.client_ca, self.require_certificate) {
+            (Some(ca), _) => ca.display().to_string(),
+            (None, true) => "ca.pem of the certificate directory (development CA)".into(),
+            (None, false) => "(none: no client certificates asked for)".into(),
+        };
+        line("mqtt_client_ca", &ca);
+        line("mqtt_identity_as_user", &self.use_identity_as_username);
+        let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
+        line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
+        line("mqtt_allow_anonymous", &self.anonymous_allowed());
+        let acl = self.acl.as_ref().map(|f| format!("{} ({} rules)", f.path().display(), f.rules()));
+        line("mqtt_acl_file", &acl.as_deref().unwrap_or("(none: all allowed)"));
         s
     }
 }

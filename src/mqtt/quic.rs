@@ -86,6 +86,39 @@ pub async fn serve_connection(
     handshake_done: crate::quic::HandshakeDone,
 ) {
     let remote = conn.remote_address();
+    // Client certificate (docs/mqtt.md "Client certificates"), before the core sees anything.
+    // A resumed session (0-RTT) carries the chain verified in its full handshake and has it at
+    // once; a full handshake has it when it completes (the client's Certificate comes with its
+    // Finished, RFC 8446 §4.4.2), and has no early data to delay meanwhile.
+    let cfg = broker.config();
+    let identity = if cfg.require_certificate || cfg.client_ca.is_some() {
+        let chain = |conn: &quinn::Connection| {
+            conn.peer_identity()
+                .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+                .filter(|chain| !chain.is_empty())
+        };
+        let mut certs = chain(&conn);
+        if certs.is_none() && handshake_done.clone().now_or_never().is_none() {
+            // Bounded by the handshake deadline of crate::quic (it closes the connection).
+            handshake_done.clone().await;
+            if let Some(why) = conn.close_reason() {
+                // E.g. the dedicated listener's mandatory verifier refused the certificate.
+                tracing::info!(%remote, "mqtt+quic: closed before the handshake completed: {why}");
+                return;
+            }
+            certs = chain(&conn);
+        }
+        // The shared endpoint lets clients without a certificate through the handshake (HTTP/3
+        // needs none); MQTT refuses them here (docs/mqtt-over-quic.md §1.4, §5).
+        if certs.is_none() && cfg.require_certificate {
+            tracing::info!(%remote, "mqtt+quic: no client certificate; refused (client certificate required)");
+            close(&conn, code::PROTOCOL_ERROR, "client certificate required");
+            return;
+        }
+        super::cert_identity(certs.as_deref().map(Vec::as_slice), remote, "mqtt+quic")
+    } else {
+        None
+    };
     let att = match broker.attach(Some(remote)) {
         Ok(a) => Arc::new(a),
         Err(e) => {
@@ -94,6 +127,9 @@ pub async fn serve_connection(
             return;
         }
     };
+    if identity.is_some() {
+        att.set_cert_identity(identity.as_deref());
+    }
     let early = handshake_done.clone().now_or_never().is_none();
     if early {
         att.set_early();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::acl::ClientAcl;
 use super::codec::{QoS, TopicFilter, TopicName};
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
@@ -272,11 +273,13 @@ pub(crate) struct Session {
     flows: Option<Box<Flows>>,
     /// Messages this session could not keep.
     pub dropped: u64,
+    /// The ACL rules of the client that last connected with it (`None`: no ACL file).
+    pub acl: Option<Arc<ClientAcl>>,
 }
 
 impl Session {
     pub fn new(client_id: Arc<str>, clean: bool) -> Session {
-        Session { client_id, clean, conn: None, subs: Vec::new(), flows: None, dropped: 0 }
+        Session { client_id, clean, conn: None, subs: Vec::new(), flows: None, dropped: 0, acl: None }
     }
 
     /// The flows, for reading (empty when there are none).

@@ -95,7 +95,17 @@ async fn tls_conn(
     let stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "mqtt+tls: handshake failed: {e}");
+            // Refusals for a client certificate are the operator's business (INFO); other
+            // handshake failures (scanners, wrong CA on the client's side) stay at DEBUG.
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::NoCertificatesPresented) => {
+                    tracing::info!(%peer, "mqtt+tls: no client certificate; refused (client certificate required)")
+                }
+                Some(rustls::Error::InvalidCertificate(why)) => {
+                    tracing::info!(%peer, "mqtt+tls: client certificate rejected: {why:?}")
+                }
+                _ => tracing::debug!(%peer, "mqtt+tls: handshake failed: {e}"),
+            }
             return;
         }
         Err(_) => {
@@ -103,6 +113,11 @@ async fn tls_conn(
             return;
         }
     };
+    // The verified client certificate, if any (a required one was checked by the handshake,
+    // tls::ClientAuth::Required), reaches the core before any packet does.
+    if let Some(identity) = super::cert_identity(stream.get_ref().1.peer_certificates(), peer, "mqtt+tls") {
+        att.set_cert_identity(Some(&identity));
+    }
     let wire = Wire::Tls(Box::new(TlsWire { stream, buf: vec![0; READ_CHUNK], got: None }));
     conn_loop(wire, att).await
 }
