@@ -213,6 +213,9 @@ struct Conn {
     decoders: HashMap<ChannelId, Decoder>,
     next_pid: u16,
     pending: Vec<Pending>,
+    /// An acknowledgement was sent while the connection was early: the core applies it when
+    /// the handshake completes, after the CONNACK that starts the model of a new session.
+    acks_held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +395,7 @@ impl Harness {
                     decoders: HashMap::new(),
                     next_pid: 0,
                     pending: Vec::new(),
+                    acks_held: false,
                 });
                 self.drain();
             }
@@ -654,6 +658,7 @@ impl Harness {
                     let s = self.sessions.entry(cid).or_default();
                     if !plain {
                         s.tainted = true;
+                        c.acks_held |= c.early;
                     } else if let Some(f) = s.flights.get(&pid.value()) {
                         // The core's transitions (§4.3.2, §4.3.3); PUBREC's reply is a PUBREL,
                         // handled when it is seen.
@@ -713,7 +718,8 @@ impl Harness {
                     let cid = c.intended.clone().unwrap_or_default();
                     c.connected = Some(cid.clone());
                     if !ack.session_present {
-                        self.sessions.insert(cid, SessionModel::default());
+                        let tainted = c.acks_held;
+                        self.sessions.insert(cid, SessionModel { tainted, ..SessionModel::default() });
                     }
                 }
             }
