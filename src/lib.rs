@@ -19,6 +19,7 @@
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
 //! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, `mqtt pub/sub/bench/broker/passwd` |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
+//! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //!
 //! # Rules
 //!
@@ -29,6 +30,8 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lab;
 pub mod mqtt;
 pub mod quic;

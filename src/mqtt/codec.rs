@@ -446,7 +446,8 @@ pub fn wire_len_hint(p: &Packet) -> usize {
             let body = 2 + p.topic_name.len() + p.qos_pid.pid().map_or(0, |_| 2) + p.payload.len();
             1 + var_int_len(body) + body
         }
-        Packet::Suback(s) => 2 + var_int_len(2 + s.topics.len()) + s.topics.len(),
+        // Type byte, Remaining Length, packet id, one code per filter (§3.9).
+        Packet::Suback(s) => 3 + var_int_len(2 + s.topics.len()) + s.topics.len(),
         Packet::Connect(c) => 5 + c.encode_len(),
         Packet::Subscribe(s) => 5 + s.encode_len(),
         Packet::Unsubscribe(u) => 5 + u.encode_len(),
@@ -651,6 +652,30 @@ mod tests {
         let bytes = encode_to_vec(&p).unwrap();
         assert_eq!(bytes.len(), small);
         assert!(decode_one(&bytes, small).unwrap().is_some());
+    }
+
+    #[test]
+    fn wire_len_hint_is_exact_for_publish_suback_and_acks() {
+        // Found by the mqtt_codec fuzz target: SUBACK was counted one byte short.
+        let codes = |n: usize| vec![SubscribeReturnCode::MaxLevel1; n];
+        let mut packets: Vec<Packet> =
+            [0, 1, 5, 200].into_iter().map(|n| Packet::Suback(Suback::new(pid(3), codes(n)))).collect();
+        packets.push(Packet::Publish(Publish::new(
+            QosPid::Level1(pid(2)),
+            TopicName::try_from("a/b").unwrap(),
+            Bytes::from(vec![7u8; 200]),
+        )));
+        packets.push(Packet::Publish(Publish::new(QosPid::Level0, TopicName::try_from("t").unwrap(), Bytes::new())));
+        packets.extend([
+            Packet::Puback(pid(1)),
+            Packet::Pubrec(pid(1)),
+            Packet::Pubrel(pid(1)),
+            Packet::Pubcomp(pid(1)),
+        ]);
+        packets.push(Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted)));
+        for p in packets {
+            assert_eq!(wire_len_hint(&p), encode_to_vec(&p).unwrap().len(), "{p:?}");
+        }
     }
 
     #[test]
