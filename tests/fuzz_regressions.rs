@@ -64,11 +64,10 @@ fn http_parse() {
     replay("http_parse", quiclab::fuzzing::http_parse);
 }
 
-// Open bugs: each `open-` input fails until its fix lands (then: drop the prefix and the test).
-// The mqtt_broker campaign steers around them (`AVOID_OPEN_BUGS` in src/fuzzing/mqtt_broker.rs);
-// these replay them with every scenario (`mqtt_broker_strict`).
+/// Once an open bug (found by the mqtt_broker campaign, fixed in issue 13): a CONNECT whose will
+/// topic exceeds max_topic_levels left its session online without a connection. Replayed with
+/// every scenario (`mqtt_broker_strict`).
 #[test]
-#[ignore = "open: a CONNECT whose will topic exceeds max_topic_levels leaves its session online without a connection, issue 13"]
 fn mqtt_broker_will_too_deep_session_online() {
-    replay_one("mqtt_broker", "open-will-too-deep-session-online.bin", quiclab::fuzzing::mqtt_broker_strict);
+    replay_one("mqtt_broker", "will-too-deep-session-online.bin", quiclab::fuzzing::mqtt_broker_strict);
 }

@@ -1123,6 +1123,12 @@ impl<L> BrokerCore<L> {
                 return self.refuse(conn, &p.client_id, code, &why, out);
             }
         };
+        // Before any session state is touched (a later close would leave it attached).
+        if let Some(w) = &p.last_will {
+            if let Some(levels) = self.too_deep(&w.topic_name) {
+                return self.topic_too_deep(conn, "will topic", levels, out);
+            }
+        }
         // MQTT 3.1 (the "MQIsdp" protocol) limits client ids to 23 characters.
         if p.protocol == Protocol::V310 && p.client_id.chars().count() > 23 {
             return self.refuse(
@@ -1205,11 +1211,6 @@ impl<L> BrokerCore<L> {
         };
         let expiry = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
         let expiry_ms = expiry.map_or(0, |e| e.as_millis() as u32);
-        if let Some(w) = &p.last_will {
-            if let Some(levels) = self.too_deep(&w.topic_name) {
-                return self.topic_too_deep(conn, "will topic", levels, out);
-            }
-        }
         let will = p
             .last_will
             .map(|w| Box::new(Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain }));
