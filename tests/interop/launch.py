@@ -79,6 +79,19 @@ def log_tail(log: Path, lines: int = 40) -> str:
 SHUTDOWN_TIMEOUT_S = 15
 
 
+def end_process(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """SIGTERM to a process this test started (only it, by its handle), then SIGKILL if it has
+    not ended within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop_serve(proc: subprocess.Popen, log: Path, what: str = "quiclab") -> str | None:
     """SIGTERM to the process we started (and only to it), and wait. Returns None after a clean
     exit 0, else what went wrong (with the log's tail). A panic in the log is a failure too."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import launch_serve, log_tail, stop_serve
+from launch import end_process, launch_serve, log_tail, stop_serve
 
 APT_HINT = "apt-get install -y mosquitto-clients (Debian; or run: bash .ci/run)"
 
@@ -121,13 +121,7 @@ class LineReader:
                 return line
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
 
 
 MOSQUITTO_HINT = "apt-get install -y mosquitto (Debian; or run: bash .ci/run)"
@@ -192,10 +186,4 @@ def mosquitto_broker(tmp_path_factory: pytest.TempPathFactory):
     yield start
 
     for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc)

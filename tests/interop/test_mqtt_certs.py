@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, require_executable
+from launch import end_process
 from mqtt_fixtures import APT_HINT, LineReader, MqttServer, mqtt_server_with  # noqa: F401 (fixture)
 
 BROKER_HINT = "apt-get install -y mosquitto (Debian; or run: bash .ci/run)"
@@ -147,9 +148,4 @@ def test_real_mosquitto_accepts_the_same_files(cert_server: MqttServer, quiclab_
         _wait_for_log(log, "peer did not return a certificate")
     finally:
         # Only the process this test started, by its PID.
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
