@@ -73,7 +73,7 @@ impl MqttQuicListener {
     ) -> Result<SocketAddr, ServerError> {
         let addr = self.addr;
         let bind_err = |source| ServerError::Bind { proto: "MQTT/QUIC", addr, source };
-        let clients = broker.config().client_auth(self.client_ca.as_ref());
+        let clients = crate::mqtt::client_auth(broker.config(), self.client_ca.as_ref());
         let qtls = tls::quic_server_config_with(store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
         sc.transport_config(Arc::new(crate::quic::transport_config(&self.transport).map_err(ServerError::Transport)?));
@@ -214,7 +214,7 @@ impl Server {
         };
         // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
         let mqtt = if cfg.mqtt.enabled {
-            let clients = cfg.mqtt.client_auth(client_ca.as_ref());
+            let clients = crate::mqtt::client_auth(&cfg.mqtt, client_ca.as_ref());
             let mqtt_tls = tls::tcp_server_config_with(&store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
             let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
                 .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;

@@ -625,9 +625,11 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
         _ => None,
     };
     let tls = match (a.tls, &store) {
-        (Some(_), Some(store)) => {
-            Some(crate::tls::tcp_server_config_with(store, &[ALPN_MQTT], cfg.client_auth(client_ca.as_ref()))?)
-        }
+        (Some(_), Some(store)) => Some(crate::tls::tcp_server_config_with(
+            store,
+            &[ALPN_MQTT],
+            crate::mqtt::client_auth(&cfg, client_ca.as_ref()),
+        )?),
         _ => None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -1,51 +1,52 @@
-//! MQTT: a broker whose protocol logic is a sans-IO core, its TCP and TLS transports, an async
-//! client, and the `quiclab mqtt pub|sub|bench` commands.
+//! MQTT: the transports around the sans-IO broker core, an async client, and the
+//! `quiclab mqtt` commands.
+//!
+//! The protocol logic (codec, topic tries, sessions, the broker state machine, password files,
+//! ACLs) is the crate `mqtt_core` (crates/mqtt-core), which cannot reach tokio, sockets or the
+//! clock; its modules are re-exported here so `quiclab::mqtt::codec` and friends are one path.
 //!
 //! | module | what it holds |
 //! |--------|---------------|
-//! | [`auth`] | password files in mosquitto's format (`$7$` PBKDF2-SHA512, `$6$`); `quiclab mqtt passwd` |
-//! | [`acl`] | access control lists in mosquitto's `acl_file` syntax (`topic`, `user`, `pattern` with `%c`/`%u`) |
-//! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s v3.1.1 packets; encoder |
-//! | [`topic`] | the subscription trie and the retained-message trie (`+`, `#`, the `$` rule) |
-//! | [`session`] | per-client-id state: subscriptions, packet ids, in-flight and queued messages, inbound QoS 2 |
-//! | [`broker`] | [`BrokerCore`]: `(connection, channel, packet, now) → actions`; no I/O, no clock |
-//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task, per-channel bounded [`Outbox`]es |
+//! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`] | re-exported from `mqtt_core` |
+//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded [`Outbox`]es |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
-//! | [`client`] | an async MQTT 3.1.1 client over TCP and TLS (CLI, tests, benchmarks) |
-//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker`, `passwd` |
+//! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
+//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC (CLI, tests, lab, benchmark) |
+//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `broker`, `passwd` |
 //! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
 
-pub mod acl;
-pub mod auth;
+pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
+
 pub mod bench;
-pub mod broker;
 pub mod cli;
 pub mod client;
-pub mod codec;
-pub mod config;
 pub mod driver;
 pub mod quic;
-pub mod session;
 pub mod tcp;
-pub mod topic;
 
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 pub use cli::{run, MqttCommand};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
 pub use driver::{Attachment, Broker, BrokerStats, Outbox};
+pub use mqtt_core::{ChannelId, ConnId, CONTROL_CHANNEL};
 pub use session::Message;
 pub use tcp::serve_tcp;
 
-/// Identifies one network connection attached to a broker core.
-pub type ConnId = u64;
-/// Identifies one channel (byte stream) of a connection.
-pub type ChannelId = u32;
-/// The channel CONNECT arrives on; the only channel of TCP and TLS connections.
-pub const CONTROL_CHANNEL: ChannelId = 0;
+/// How a TLS or dedicated-QUIC MQTT listener asks for client certificates, given the CA loaded
+/// from [`MqttConfig::client_ca_file`]: required with `require_certificate`, otherwise optional
+/// (verified when sent); off without a CA.
+pub fn client_auth<'a>(cfg: &MqttConfig, ca: Option<&'a crate::tls::ClientCa>) -> crate::tls::ClientAuth<'a> {
+    use crate::tls::ClientAuth;
+    match ca {
+        Some(ca) if cfg.require_certificate => ClientAuth::Required(ca),
+        Some(ca) => ClientAuth::Optional(ca),
+        None => ClientAuth::Off,
+    }
+}
 
 /// The identity of a client from the certificate chain its TLS or QUIC handshake verified:
 /// the leaf's subject CN (docs/mqtt.md "Client certificates"). `None` without a certificate,

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::acl::ClientAcl;
-use super::codec::{QoS, TopicFilter, TopicName};
-use super::{ChannelId, ConnId, CONTROL_CHANNEL};
+use crate::acl::ClientAcl;
+use crate::codec::{QoS, TopicFilter, TopicName};
+use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// An application message as the broker stores and forwards it, independent of protocol
 /// version and of the packet it arrived in.

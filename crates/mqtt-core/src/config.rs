@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::acl::AclFile;
-use super::auth::PasswordFile;
-use super::codec::QoS;
+use crate::acl::AclFile;
+use crate::auth::PasswordFile;
+use crate::codec::QoS;
 
 /// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
 pub const DEFAULT_TCP_PORT: u16 = 1883;
@@ -171,18 +171,6 @@ impl MqttConfig {
             Some(ca) => Some(ca.clone()),
             None if self.require_certificate => Some(certs_dir.join("ca.pem")),
             None => None,
-        }
-    }
-
-    /// How a TLS or dedicated-QUIC MQTT listener asks for client certificates, given the CA
-    /// loaded from [`MqttConfig::client_ca_file`]: required with `require_certificate`,
-    /// otherwise optional (verified when sent); off without a CA.
-    pub fn client_auth<'a>(&self, ca: Option<&'a crate::tls::ClientCa>) -> crate::tls::ClientAuth<'a> {
-        use crate::tls::ClientAuth;
-        match ca {
-            Some(ca) if self.require_certificate => ClientAuth::Required(ca),
-            Some(ca) => ClientAuth::Optional(ca),
-            None => ClientAuth::Off,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::mqtt::codec::{LastWill, Protocol, TopicName};
+use crate::codec::{LastWill, Protocol, TopicName};
 
 struct H {
     core: BrokerCore,
@@ -129,7 +129,10 @@ impl H {
     fn with(tweak: impl FnOnce(&mut MqttConfig)) -> H {
         let mut cfg = MqttConfig::default();
         tweak(&mut cfg);
-        H { core: BrokerCore::new(cfg), now: Instant::now() }
+        // An arbitrary origin: the core only ever sees times derived from it.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        H { core: BrokerCore::new(cfg), now }
     }
 
     fn open(&mut self) -> ConnId {
@@ -255,8 +258,8 @@ alice:$7$101$MuO2Fm6HrzkAJjvy$TaGs0vf11YIWmwYTi7IP5Z2KW8Wt8UtLx1hjT85qbFiTmADu71
 bob:$7$101$zU1B8nBHC9PWLC5R$8+30DMmqC2R1WwdNwC2CZLZXUrhH0suFHMGDlZWY6XONNB0w7qwluAUrzxKxVDT+wnp0mry0vigAEMOPrSysRg==
 ";
 
-fn passwords() -> Option<std::sync::Arc<crate::mqtt::auth::PasswordFile>> {
-    Some(std::sync::Arc::new(crate::mqtt::auth::PasswordFile::parse(std::path::Path::new("pw"), PASSWORDS).unwrap()))
+fn passwords() -> Option<std::sync::Arc<crate::auth::PasswordFile>> {
+    Some(std::sync::Arc::new(crate::auth::PasswordFile::parse(std::path::Path::new("pw"), PASSWORDS).unwrap()))
 }
 
 fn login(id: &str, user: Option<&str>, password: Option<&[u8]>) -> Connect {
@@ -324,7 +327,7 @@ fn identity_as_username_replaces_connect_user() {
     let mut h = H::with(|c| {
         c.use_identity_as_username = true;
         c.password_file = passwords();
-        c.acl = Some(std::sync::Arc::new(crate::mqtt::acl::AclFile::parse(std::path::Path::new("acl"), acl).unwrap()));
+        c.acl = Some(std::sync::Arc::new(crate::acl::AclFile::parse(std::path::Path::new("acl"), acl).unwrap()));
     });
     // No certificate: 0x04, as mosquitto (CONNACK_REFUSED_BAD_USERNAME_PASSWORD), even with a
     // good user name and password.
@@ -360,7 +363,7 @@ fn with_acl() -> H {
     H::with(|c| {
         c.password_file = passwords();
         c.allow_anonymous = Some(true);
-        c.acl = Some(std::sync::Arc::new(crate::mqtt::acl::AclFile::parse(std::path::Path::new("acl"), ACL).unwrap()));
+        c.acl = Some(std::sync::Arc::new(crate::acl::AclFile::parse(std::path::Path::new("acl"), ACL).unwrap()));
     })
 }
 

@@ -46,16 +46,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::acl::{ClientAcl, Op};
-use super::auth::Verdict;
-use super::codec::{
+use crate::acl::{ClientAcl, Op};
+use crate::auth::Verdict;
+use crate::codec::{
     CodecError, Connack, Connect, ConnectReturnCode, Encodable, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
     Subscribe, SubscribeReturnCode, TopicFilter, Unsubscribe,
 };
-use super::config::MqttConfig;
-use super::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Slab};
-use super::topic::{filter_matches, RetainTree, SubTree, Subscriber};
-use super::{ChannelId, ConnId, CONTROL_CHANNEL};
+use crate::config::MqttConfig;
+use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Slab};
+use crate::topic::{filter_matches, RetainTree, SubTree, Subscriber};
+use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
