@@ -68,7 +68,7 @@ pub struct ServerConfig {
     /// 5 s: long enough for an in-flight small request, short enough for Ctrl-C to feel prompt.
     pub shutdown_grace: Duration,
     /// The MQTT broker: listeners (TCP `[::]:1883`, TLS `[::]:8883`) and its limits.
-    pub mqtt: crate::mqtt::MqttConfig,
+    pub mqtt: mqtt_core::MqttConfig,
     /// A dedicated MQTT-over-QUIC listener (ALPN `mqtt`) with its own transport parameters
     /// ([`ServerConfig::mqtt_quic_transport`]); MQTT over QUIC is always also served on the
     /// shared HTTP/3 port. `None` by default (EMQX's default port is 14567).
@@ -102,7 +102,7 @@ impl ServerConfig {
             tcp_congestion: None,
             qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
-            mqtt: crate::mqtt::MqttConfig::default(),
+            mqtt: mqtt_core::MqttConfig::default(),
             mqtt_quic_listen: None,
             mqtt_quic_idle_timeout: Duration::from_secs(300),
             mqtt_quic_keep_alive: Duration::from_secs(60),
@@ -117,7 +117,7 @@ impl ServerConfig {
             quic_listen: lo,
             tcp_listen: lo,
             certs_dir: certs_dir.into(),
-            mqtt: crate::mqtt::MqttConfig::ephemeral(),
+            mqtt: mqtt_core::MqttConfig::ephemeral(),
             ..ServerConfig::new()
         }
     }
