@@ -1,5 +1,5 @@
-//! MQTT: a broker whose protocol logic is a sans-IO core, its TCP and TLS transports, an async
-//! client, and the `quiclab mqtt pub|sub|bench` commands.
+//! MQTT: a broker whose protocol logic is a sans-IO core, its TCP, TLS and QUIC transports, and
+//! an async client. The `quiclab mqtt` commands are the binary's (`src/cli/mqtt.rs`).
 //!
 //! | module | what it holds |
 //! |--------|---------------|
@@ -12,7 +12,6 @@
 //! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task, per-channel bounded [`Outbox`]es |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP and TLS (CLI, tests, benchmarks) |
-//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker`, `passwd` |
 //! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
@@ -22,7 +21,6 @@ pub mod acl;
 pub mod auth;
 pub mod bench;
 pub mod broker;
-pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -33,7 +31,6 @@ pub mod tcp;
 pub mod topic;
 
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
-pub use cli::{run, MqttCommand};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
 pub use driver::{Attachment, Broker, BrokerStats, Outbox};
@@ -76,11 +73,11 @@ pub(crate) fn cert_identity(
 /// Errors of the MQTT client and commands.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("malformed packet from the peer: {0}")]
+    #[error("malformed packet from the peer")]
     Codec(#[from] codec::CodecError),
     #[error("connection refused by the broker: CONNACK {0:?}")]
     Refused(codec::ConnectReturnCode),
