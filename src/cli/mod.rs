@@ -273,7 +273,8 @@ mod tests {
         let get = Cli::try_parse_from(["quiclab", "get", "--rebind-after", "64k", "https://localhost/"]).unwrap();
         let Command::Get(g) = get.command else { panic!("not get") };
         assert_eq!(g.rebind_after, Some(RebindAfter::Count(64 << 10)));
-        let publ = Cli::try_parse_from(["quiclab", "mqtt", "pub", "-t", "t", "-m", "m", "--rebind-after", "2s"]).unwrap();
+        let publ =
+            Cli::try_parse_from(["quiclab", "mqtt", "pub", "-t", "t", "-m", "m", "--rebind-after", "2s"]).unwrap();
         let Command::Mqtt(super::mqtt::MqttCommand::Pub(p)) = publ.command else { panic!("not mqtt pub") };
         assert_eq!(p.conn.rebind_after, Some(RebindAfter::Time(Duration::from_secs(2))));
         let sub = Cli::try_parse_from(["quiclab", "mqtt", "sub", "-t", "t", "--rebind-after", "10"]).unwrap();

@@ -146,8 +146,9 @@ pub(crate) struct ConnArgs {
 }
 
 impl ConnArgs {
-    /// The client options these arguments describe, trusting `trust`.
-    fn options(&self, trust: Trust) -> Result<ClientOptions, MqttError> {
+    /// The client options these arguments describe, trusting `trust` and presenting
+    /// `client_cert`.
+    fn options(&self, trust: Trust, client_cert: Option<ClientIdentity>) -> Result<ClientOptions, MqttError> {
         let will = match &self.will_topic {
             Some(t) => Some(Message {
                 topic: client::topic(t)?,
@@ -156,10 +157,6 @@ impl ConnArgs {
                 retain: self.will_retain,
             }),
             None => None,
-        };
-        let client_cert = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity::load(cert, key)?),
-            _ => None,
         };
         Ok(ClientOptions {
             client_id: self.client_id.clone().unwrap_or_default(),
@@ -180,7 +177,15 @@ impl ConnArgs {
     /// The options, with one QUIC endpoint for every `--repeat` round (so they can resume).
     async fn options_for_rounds(&self) -> Result<ClientOptions, CliError> {
         let trust = client_trust(self.insecure, self.cacert.as_deref()).await;
-        let mut opts = self.options(trust)?;
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (cert.clone(), key.clone());
+                let load = tokio::task::spawn_blocking(move || ClientIdentity::load(&cert, &key));
+                Some(load.await.map_err(CliError::Blocking)??)
+            }
+            _ => None,
+        };
+        let mut opts = self.options(trust, client_cert)?;
         let url_flag = |flag, needs| CliError::UrlFlag { flag, needs, url: self.url.to_string() };
         if self.url.transport == Transport::Quic {
             opts.quic = Some(QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?);
