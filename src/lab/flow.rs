@@ -28,7 +28,7 @@ use crate::config::TransportConfig;
 
 const ALPN: &[u8] = b"quiclab-flow";
 
-/// `quiclab lab flow` options.
+/// What `quiclab lab flow` runs with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
 pub struct FlowParams {
     /// Write flow.json, flow.md and flow.svg into DIR (created if missing; may exist).

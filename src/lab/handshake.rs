@@ -30,7 +30,7 @@ use super::LabError;
 use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
 use crate::tls::Trust;
 
-/// `quiclab lab handshake` options.
+/// What `quiclab lab handshake` runs with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
 pub struct HandshakeParams {
     /// Round-trip time of the link (half each way).

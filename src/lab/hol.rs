@@ -39,7 +39,7 @@ use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Ta
 use crate::config::Congestion;
 use crate::tls::Trust;
 
-/// `quiclab lab hol` options.
+/// What `quiclab lab hol` runs with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
 pub struct HolParams {
     /// Concurrent requests per run (N).

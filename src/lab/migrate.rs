@@ -23,7 +23,7 @@ use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
 use crate::tls::Trust;
 
-/// `quiclab lab migrate` options.
+/// What `quiclab lab migrate` runs with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
 pub struct MigrateParams {
     /// Round-trip time of the link (half each way).

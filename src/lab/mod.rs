@@ -126,9 +126,9 @@ pub enum LabError {
     Io(#[from] std::io::Error),
 }
 
-/// `quiclab lab link [IMPAIRMENTS] -- COMMAND...`. Every impairment applies to each direction
-/// separately (`--delay 25ms` is 25 ms up and 25 ms down); the `-up` and `-down` forms set one
-/// direction and take precedence. Up is client → server.
+/// What [`run_link`] (`quiclab lab link [IMPAIRMENTS] -- COMMAND...`) runs with. Every
+/// impairment applies to each direction separately (`delay` 25 ms is 25 ms up and 25 ms down);
+/// the `_up` and `_down` fields set one direction and take precedence. Up is client → server.
 #[derive(Debug, Clone)]
 pub struct LinkParams {
     /// One-way delay, each direction.
