@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use quiclab::lab::flow::{measure, write_outputs, FlowArgs};
+use quiclab::lab::flow::{measure, write_outputs, FlowParams};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = FlowArgs {
+    let args = FlowParams {
         out: "flow-example".into(),
         streams: 4,
         size: 16 << 20,

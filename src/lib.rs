@@ -7,8 +7,7 @@
 //!
 //! | module | what it holds |
 //! |--------|---------------|
-//! | `main.rs` | the binary: parse the command line, set up `tracing`, call [`cli::run`] |
-//! | [`cli`] | clap types for every subcommand and the code that runs them |
+//! | `main.rs`, `cli/` | the binary, not part of this library: the command-line parser, signal handling, and the code that runs each command on this library's plain parameter structs |
 //! | [`config`] | every tunable knob, its default and the reason for it |
 //! | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
 //! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN |
@@ -17,7 +16,7 @@
 //! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
 //! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
-//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, `mqtt pub/sub/bench/broker/passwd` |
+//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, password updates for `mqtt passwd` |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
 //! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //!
@@ -27,7 +26,6 @@
 //!   but the transport is the same code.
 //! * A peer's bad input becomes the protocol's own error and a log line, never a panic.
 
-pub mod cli;
 pub mod client;
 pub mod config;
 #[doc(hidden)]

@@ -1,13 +1,16 @@
-//! The `quiclab` binary: parse the command line, set up logging, run the library.
+//! The `quiclab` binary: parse the command line ([`cli`]), set up logging, run the command on
+//! the library, print an error and its causes.
+
+mod cli;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = quiclab::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     // The lab needs network namespaces: when not root, re-run inside a user + network namespace
     // (before any thread exists).
-    if let Err(e) = quiclab::lab::prepare_process(matches!(cli.command, quiclab::cli::Command::Lab(_))) {
-        eprintln!("quiclab: error: {e}");
+    if let Err(e) = quiclab::lab::prepare_process(cli.command.is_lab()) {
+        eprintln!("quiclab: error: {}", error_line(&e));
         return std::process::ExitCode::FAILURE;
     }
     tracing_subscriber::fmt()
@@ -21,24 +24,28 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("quiclab: error: cannot start the async runtime: {e}");
+            eprintln!("quiclab: error: cannot start the async runtime: {}", error_line(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<i32> = runtime.block_on(quiclab::cli::run(cli)).map_err(anyhow::Error::from);
-    match result {
+    match runtime.block_on(cli::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            // One line: the error and its causes, skipping causes its message already spells out.
-            let mut line = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !line.contains(&c) {
-                    line = format!("{line}: {c}");
-                }
-            }
-            eprintln!("quiclab: error: {line}");
+            eprintln!("quiclab: error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One line: the error, then each cause in its `source()` chain, joined by ": ". Every error
+/// type prints its own message only and leaves its cause to this chain.
+fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }

@@ -388,3 +388,45 @@ fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
     let text = banner.join("\n");
     assert!(text.contains("(1 users)") && text.contains("mqtt_allow_anonymous     false"), "{text}");
 }
+
+/// An error names what failed and prints its cause once: `main` prints the error and its
+/// `source()` chain, so no layer repeats its cause in its own message.
+#[test]
+fn errors_name_the_failure_and_print_the_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let at_missing = format!("@{}", missing.display());
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["get", "-d", &at_missing, "https://localhost:1/"],
+        vec!["mqtt", "pub", "--url", "mqtt://127.0.0.1:1", "-t", "x", "-f", missing],
+    ] {
+        let out = quiclab().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| l.starts_with("quiclab: error:")).unwrap_or_else(|| panic!("{err}"));
+        assert!(line.contains(&format!("cannot read {missing}: ")), "{line}");
+        assert_eq!(line.matches("os error 2").count(), 1, "the cause once: {line}");
+    }
+}
+
+/// `get` and `mqtt pub|sub` share one `--rebind-after` syntax, and a bad value is a usage error
+/// that says what is accepted.
+#[test]
+fn rebind_after_is_one_syntax_for_get_and_mqtt() {
+    for args in [
+        vec!["get", "--rebind-after", "soon", "https://localhost:1/"],
+        vec!["mqtt", "pub", "-t", "x", "-m", "y", "--rebind-after", "soon"],
+        vec!["mqtt", "sub", "-t", "x", "--rebind-after", "soon"],
+    ] {
+        let out = quiclab().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: a usage error");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("give a count (1000, 64k, 5M) or a time ending in ms or s"), "{args:?}: {err}");
+    }
+    for sub in [&["get"][..], &["mqtt", "pub"], &["mqtt", "sub"]] {
+        let out = quiclab().args(sub).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains("an optional k, M or G suffix") && help.contains("ending in ms or s"), "{sub:?}: {help}");
+    }
+}

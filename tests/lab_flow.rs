@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use quiclab::lab::flow::{measure, write_outputs, FlowArgs};
+use quiclab::lab::flow::{measure, write_outputs, FlowParams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_stream_blocks_within_its_window_and_the_others_finish() {
     let out = tempfile::tempdir().unwrap();
     for window in [64u64 << 10, 256 << 10] {
-        let args = FlowArgs {
+        let args = FlowParams {
             out: out.path().to_path_buf(),
             streams: 4,
             size: 8 << 20,

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use quiclab::lab::handshake::{measure, write_outputs, HandshakeArgs};
+use quiclab::lab::handshake::{measure, write_outputs, HandshakeParams};
 
 #[test]
 fn handshake_costs_three_two_and_one_round_trips() {
     let out = tempfile::tempdir().unwrap();
-    let args = HandshakeArgs { rtt: Duration::from_millis(50), runs: 10, out: out.path().to_path_buf(), seed: 7 };
+    let args = HandshakeParams { rtt: Duration::from_millis(50), runs: 10, out: out.path().to_path_buf(), seed: 7 };
     let r = measure(&args).expect("handshake measurement (needs root or a user namespace)");
     for c in &r.cases {
         assert_eq!(c.ttfb_ms.len(), 10);

@@ -2,12 +2,12 @@
 //! configured loss point and arm present, the self-check passed and realized loss recorded.
 //! Timing-sensitive (a lab run): its own test binary, one test.
 
-use quiclab::lab::hol::{measure, write_outputs, HolArgs};
+use quiclab::lab::hol::{measure, write_outputs, HolParams};
 
 #[test]
 fn quick_sweep_has_every_point_and_arm() {
     let out = tempfile::tempdir().unwrap();
-    let args = HolArgs {
+    let args = HolParams {
         requests: 20,
         size: 100_000,
         loss: vec![],

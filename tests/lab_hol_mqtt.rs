@@ -4,13 +4,13 @@
 //! latency ratios (a busy 2-core machine). Timing-sensitive (a lab run): its own test binary, one
 //! test.
 
-use quiclab::lab::hol::{measure, write_outputs, HolArgs};
+use quiclab::lab::hol::{measure, write_outputs, HolParams};
 use quiclab::lab::hol_mqtt::MqttArm;
 
 #[test]
 fn quick_mqtt_sweep_has_every_point_and_no_lost_message() {
     let out = tempfile::tempdir().unwrap();
-    let args = HolArgs {
+    let args = HolParams {
         requests: 20,
         size: 100_000,
         loss: vec![],

@@ -8,9 +8,9 @@
 //! is bounded in count and time; the only addresses used are the link's own, inside namespaces
 //! the test creates.
 //!
-//! Two tests start this very binary again as a child (`lab_child_role`, which does nothing
-//! unless `QUICLAB_LAB_TEST_ROLE` is set) to run `quiclab lab link` the way the CLI does: one
-//! interrupts it with SIGINT, the other runs it as user `nobody` so it takes the rootless path.
+//! Three tests run `quiclab lab link` as a child process (the `quiclab` binary itself): one
+//! interrupts it with SIGINT, one runs it as user `nobody` so it takes the rootless path, one
+//! checks its exit status, environment and results folder.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use quiclab::lab::{
-    impair, Direction, Impairment, LabServer, Link, LinkArgs, LinkConfig, LossModel, QueueLimit, SelfCheckOptions,
+    impair, Direction, Impairment, LabServer, Link, LinkConfig, LossModel, QueueLimit, SelfCheckOptions,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -436,44 +435,10 @@ fn gilbert_elliott_and_queue_through_the_relay() {
 
 // ---- `quiclab lab link` in a child process --------------------------------------------------
 
-const ROLE: &str = "QUICLAB_LAB_TEST_ROLE";
-const ROLE_ARGS: &str = "QUICLAB_LAB_TEST_ARGS";
-
-#[derive(Parser)]
-struct LinkCli {
-    #[command(flatten)]
-    link: LinkArgs,
-}
-
-/// Not a test of its own: when started by another test with `QUICLAB_LAB_TEST_ROLE` set, this is
-/// `quiclab lab link` (arguments in `QUICLAB_LAB_TEST_ARGS`, separated by newlines): it does what
-/// `main` does (prepare_process, a runtime, run_link) and exits with COMMAND's status.
-#[test]
-fn lab_child_role() {
-    let Ok(_role) = std::env::var(ROLE) else { return };
-    let args = std::env::var(ROLE_ARGS).expect("args");
-    let argv = std::iter::once("lab-link".to_string()).chain(args.lines().map(String::from));
-    let cli = LinkCli::parse_from(argv);
-    if let Err(e) = quiclab::lab::prepare_process(true) {
-        eprintln!("prepare_process: {e}");
-        std::process::exit(70);
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let code = match rt.block_on(quiclab::lab::run_link(cli.link)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("quiclab: error: {e}");
-            71
-        }
-    };
-    std::process::exit(code);
-}
-
-fn child(role: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "lab_child_role", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(ROLE_ARGS, args.join("\n"));
+/// `quiclab lab link ARGS...`, the binary Cargo built for this test.
+fn child(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiclab"));
+    cmd.args(["lab", "link"]).args(args);
     cmd
 }
 
@@ -522,10 +487,17 @@ fn sigint_mid_run_leaves_nothing_behind() {
     let _g = serial();
     let certs = tempfile::tempdir().unwrap();
     let certs_arg = certs.path().join("certs");
-    let mut child = child(
-        "sigint",
-        &["--delay", "5ms", "--self-check-probes", "100", "--certs", certs_arg.to_str().unwrap(), "--", "sleep", "30"],
-    )
+    let mut child = child(&[
+        "--delay",
+        "5ms",
+        "--self-check-probes",
+        "100",
+        "--certs",
+        certs_arg.to_str().unwrap(),
+        "--",
+        "sleep",
+        "30",
+    ])
     .stderr(Stdio::piped())
     .stdout(Stdio::null())
     .spawn()
@@ -607,12 +579,12 @@ fn rootless_mode_passes_the_delay_test() {
     ];
     let mut cmd = if root {
         // As root, drop to nobody so the binary takes the user-namespace path itself. A copy of
-        // this test binary in the (world-readable) temporary folder, since the build folder may
+        // the quiclab binary in the (world-readable) temporary folder, since the build folder may
         // sit where nobody cannot reach it.
-        let exe = certs.path().join("lab_link_rootless");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        let exe = certs.path().join("quiclab_rootless");
+        std::fs::copy(env!("CARGO_BIN_EXE_quiclab"), &exe).unwrap();
         std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let inner = child("rootless", &args);
+        let inner = child(&args);
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&exe).args(inner.get_args());
         for (k, v) in inner.get_envs() {
@@ -622,7 +594,7 @@ fn rootless_mode_passes_the_delay_test() {
         }
         c
     } else {
-        child("rootless", &args)
+        child(&args)
     };
     let out = cmd.current_dir(certs.path()).output().expect("run the rootless child");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -645,29 +617,26 @@ fn command_exit_status_environment_and_results_folder() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "an existing folder is fine").unwrap();
     let certs = dir.path().join("certs");
-    let result = child(
-        "status",
-        &[
-            "--rtt",
-            "10ms",
-            "--loss",
-            "1%",
-            "--rate",
-            "20mbit",
-            "--seed",
-            "99",
-            "--self-check-probes",
-            "300",
-            "--out",
-            out.to_str().unwrap(),
-            "--certs",
-            certs.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "test \"$QUICLAB_SERVER\" = 198.19.0.1 && test \"$QUICLAB_PORT\" = 4433 && exit 3",
-        ],
-    )
+    let result = child(&[
+        "--rtt",
+        "10ms",
+        "--loss",
+        "1%",
+        "--rate",
+        "20mbit",
+        "--seed",
+        "99",
+        "--self-check-probes",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "test \"$QUICLAB_SERVER\" = 198.19.0.1 && test \"$QUICLAB_PORT\" = 4433 && exit 3",
+    ])
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);

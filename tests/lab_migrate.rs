@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use quiclab::lab::migrate::{measure, write_outputs, MigrateArgs};
+use quiclab::lab::migrate::{measure, write_outputs, MigrateParams};
 
 #[test]
 fn quic_survives_a_nat_rebinding_and_tcp_does_not() {
     let out = tempfile::tempdir().unwrap();
-    let args = MigrateArgs {
+    let args = MigrateParams {
         rtt: Duration::from_millis(20),
         rate: 40_000_000,
         size: 6 << 20,

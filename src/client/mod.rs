@@ -285,24 +285,32 @@ pub struct FetchOptions {
     pub rebind_after: Option<RebindAfter>,
 }
 
-/// When to move to a new local socket during a download.
+/// When to move to a new local socket part-way through: `quiclab get --rebind-after` (a count of
+/// body bytes) and `quiclab mqtt pub|sub --rebind-after` (a count of messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebindAfter {
-    /// After this many body bytes have arrived.
-    Bytes(u64),
-    /// After this long since the request was sent.
+    /// After this many units: body bytes for a download, messages for MQTT.
+    Count(u64),
+    /// After this long: since the request was sent (download), since CONNACK (MQTT).
     Time(Duration),
 }
 
+/// A `--rebind-after` value that is neither a count nor a time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: give a count (1000, 64k, 5M) or a time ending in ms or s (200ms, 1.5s)")]
+pub struct BadRebindAfter(pub String);
+
 impl std::str::FromStr for RebindAfter {
-    type Err = String;
-    /// `N` bytes (with `k`/`M` suffixes), or a time ending in `ms` or `s`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadRebindAfter;
+    /// A time ending in `ms` or `s` (`200ms`, `1.5s`), else a count with an optional `k`, `M`
+    /// or `G` suffix (powers of 1024: `64k` is 65536).
+    fn from_str(s: &str) -> Result<Self, BadRebindAfter> {
         let t = s.trim();
-        if t.ends_with("ms") || (t.ends_with('s') && t[..t.len() - 1].parse::<f64>().is_ok()) {
-            return crate::config::parse_duration(t).map(RebindAfter::Time);
+        let bad = || BadRebindAfter(s.to_string());
+        if t.ends_with('s') {
+            return crate::config::parse_duration(t).map(RebindAfter::Time).map_err(|_| bad());
         }
-        crate::config::parse_size(t).map(RebindAfter::Bytes)
+        crate::config::parse_size(t).map(RebindAfter::Count).map_err(|_| bad())
     }
 }
 
@@ -354,7 +362,7 @@ pub async fn fetch_with(
         if let Ok(data) = frame.map_err(ClientError::Body)?.into_data() {
             buf.extend_from_slice(&data);
         }
-        if let Some(RebindAfter::Bytes(n)) = opts.rebind_after {
+        if let Some(RebindAfter::Count(n)) = opts.rebind_after {
             if !rebound && buf.len() as u64 >= n {
                 rebind(client, &conn)?;
                 rebound = true;

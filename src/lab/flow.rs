@@ -24,33 +24,26 @@ use bytes::Bytes;
 
 use super::report::{self, Series};
 use super::LabError;
-use crate::config::{parse_duration, parse_size, TransportConfig};
+use crate::config::TransportConfig;
 
 const ALPN: &[u8] = b"quiclab-flow";
 
-/// `quiclab lab flow` options.
-#[derive(clap::Args, Debug, Clone)]
-pub struct FlowArgs {
+/// What `quiclab lab flow` runs with (the binary fills it from its command line).
+#[derive(Debug, Clone)]
+pub struct FlowParams {
     /// Write flow.json, flow.md and flow.svg into DIR (created if missing; may exist).
-    #[arg(long, value_name = "DIR", default_value = "flow-results")]
     pub out: std::path::PathBuf,
     /// Streams downloading at once on the one connection.
-    #[arg(long, value_name = "K", default_value_t = 4)]
     pub streams: usize,
     /// Bytes each stream downloads.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub size: u64,
     /// Per-stream receive window W (client side; the subject of the demonstration).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256k")]
     pub stream_window: u64,
     /// Connection receive window (client side); large, so only stream credit limits the stall.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub conn_window: u64,
     /// The stalled stream stops being read after this many bytes.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub stall_after: u64,
     /// How long the client stops reading it.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
     pub stall: Duration,
 }
 
@@ -97,7 +90,7 @@ pub struct FlowConfigRecord {
 }
 
 /// Run the demonstration and write its outputs; the exit status.
-pub async fn run_flow(args: FlowArgs) -> Result<i32, LabError> {
+pub async fn run_flow(args: FlowParams) -> Result<i32, LabError> {
     let result = measure(&args).await?;
     write_outputs(&args.out, &result)?;
     let (lo, hi) = result.expected_range;
@@ -125,7 +118,7 @@ struct ServerLog {
 }
 
 /// Run one transfer on loopback and measure it.
-pub async fn measure(args: &FlowArgs) -> Result<FlowResult, LabError> {
+pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     if args.streams < 2 {
         return Err(LabError::Io(std::io::Error::other("--streams must be at least 2")));
     }

@@ -28,23 +28,18 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
-use crate::config::parse_duration;
 use crate::tls::Trust;
 
-/// `quiclab lab handshake` options.
-#[derive(clap::Args, Debug, Clone)]
-pub struct HandshakeArgs {
+/// What `quiclab lab handshake` runs with (the binary fills it from its command line).
+#[derive(Debug, Clone)]
+pub struct HandshakeParams {
     /// Round-trip time of the link (half each way).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50ms")]
     pub rtt: Duration,
     /// Fresh connections per case.
-    #[arg(long, value_name = "N", default_value_t = 20)]
     pub runs: usize,
     /// Results folder: results.json, report.md, handshake.svg (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "handshake-results")]
     pub out: std::path::PathBuf,
     /// Seed of the link's random streams (no loss here, but recorded).
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
@@ -80,7 +75,7 @@ pub struct HandshakeResults {
 }
 
 /// Run the measurement and write its outputs; the exit status.
-pub async fn run_handshake(args: HandshakeArgs) -> Result<i32, LabError> {
+pub async fn run_handshake(args: HandshakeParams) -> Result<i32, LabError> {
     let results = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
         .await
         .map_err(std::io::Error::other)??;
@@ -101,7 +96,7 @@ pub async fn run_handshake(args: HandshakeArgs) -> Result<i32, LabError> {
 }
 
 /// Build the link, start the server, measure every case. Blocking: it drives its own runtimes.
-pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
+pub fn measure(args: &HandshakeParams) -> Result<HandshakeResults, LabError> {
     let link = Link::start(LinkConfig::symmetric(Impairment::delay(args.rtt / 2), args.seed))?;
     let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
     if !check.passed {

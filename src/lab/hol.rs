@@ -36,74 +36,56 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
-use crate::config::{parse_duration, parse_size, Congestion};
+use crate::config::Congestion;
 use crate::tls::Trust;
 
-/// `quiclab lab hol` options.
-#[derive(clap::Args, Debug, Clone)]
-pub struct HolArgs {
+/// What `quiclab lab hol` runs with (the binary fills it from its command line).
+#[derive(Debug, Clone)]
+pub struct HolParams {
     /// Concurrent requests per run (N).
-    #[arg(long, value_name = "N", default_value_t = 20)]
     pub requests: usize,
     /// Size of each response (S).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100k")]
     pub size: u64,
     /// Loss rates to sweep, per direction, comma-separated (`0,1%,2%`).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = super::units::parse_probability,
-          default_value = "0,0.5%,1%,2%,4%")]
     pub loss: Vec<f64>,
     /// Round-trip time of the link (half each way).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50ms")]
     pub rtt: Duration,
     /// Bottleneck rate each way.
-    #[arg(long, value_name = "RATE", value_parser = super::units::parse_rate, default_value = "10mbit")]
     pub rate: u64,
     /// Runs per loss rate (each arm, paired seeds).
-    #[arg(long, value_name = "R", default_value_t = 8)]
     pub runs: usize,
     /// Count connection set-up in the timed part.
-    #[arg(long)]
     pub include_handshake: bool,
     /// A short preset that finishes in under two minutes: loss 0 and 2%, 3 runs, 8 × 64 KiB,
     /// 40 ms, 20 Mbit/s.
-    #[arg(long)]
     pub quick: bool,
     /// Results folder (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "hol-results")]
     pub out: std::path::PathBuf,
     /// Seed of the link's random streams.
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Also compare MQTT over TCP with MQTT over QUIC (one data stream per topic): K topics from
     /// one publisher to one subscriber through the broker, same sweep, paired seeds.
-    #[arg(long)]
     pub mqtt: bool,
     /// Run only the MQTT arms (implies `--mqtt`).
-    #[arg(long)]
     pub mqtt_only: bool,
     /// Capture the relay's traffic, one pcap per loss rate (`OUT/pcap/loss-2.00pct.pcap`, packets the
     /// relay dropped in `*.dropped.pcap`), and write the TLS key log to `OUT/pcap/keys.log`, so
     /// Wireshark or tshark decrypts HTTP/2, HTTP/3 and MQTT over QUIC.
-    #[arg(long)]
     pub pcap: bool,
     /// `--mqtt`: topics (K), each on its own QUIC stream.
-    #[arg(long, value_name = "K", default_value_t = 8)]
     pub topics: usize,
     /// `--mqtt`: messages per second per topic (QoS 1, pipelined).
-    #[arg(long, value_name = "N", default_value_t = 50)]
     pub msg_rate: u32,
     /// `--mqtt`: payload bytes per message (at least 14: send time, sequence, topic).
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub payload: usize,
     /// `--mqtt`: how long the publisher publishes per run (`--quick`: 3 s). 5 s × 8 topics × 50
     /// msg/s = 2,000 messages per run keeps the default sweep with `--mqtt` under 30 minutes.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub duration: Duration,
 }
 
-impl HolArgs {
+impl HolParams {
     /// The arguments after applying `--quick`.
-    pub fn effective(&self) -> HolArgs {
+    pub fn effective(&self) -> HolParams {
         let mut a = self.clone();
         if a.quick {
             a.loss = vec![0.0, 0.02];
@@ -265,7 +247,7 @@ pub struct Fairness {
 }
 
 /// Run the sweep and write its outputs; the exit status.
-pub async fn run_hol(args: HolArgs) -> Result<i32, LabError> {
+pub async fn run_hol(args: HolParams) -> Result<i32, LabError> {
     let args = args.effective();
     let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
         .await
@@ -317,7 +299,7 @@ fn captures_section(r: &HolResults) -> String {
 }
 
 /// Build the link, run every arm at every loss rate. Blocking.
-pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
+pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     let base = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Arc::new(Link::start(LinkConfig::symmetric(base.clone(), args.seed))?);
     let check = link.self_check(&SelfCheckOptions { probes: 200, ..Default::default() })?;
@@ -529,7 +511,7 @@ async fn one_run(
     arm: Arm,
     loss: f64,
     run: usize,
-    a: &HolArgs,
+    a: &HolParams,
     quic: SocketAddr,
     tcp: SocketAddr,
 ) -> Result<RunResult, LabError> {
@@ -617,7 +599,7 @@ async fn one_run(
     })
 }
 
-fn summarize(runs: &[RunResult], a: &HolArgs) -> Vec<ArmSummary> {
+fn summarize(runs: &[RunResult], a: &HolParams) -> Vec<ArmSummary> {
     let mut out = Vec::new();
     for &loss in &a.loss {
         for arm in Arm::ALL {

@@ -62,7 +62,7 @@ impl MqttArm {
     }
 }
 
-/// What one MQTT run does (from [`super::hol::HolArgs`]).
+/// What one MQTT run does (from [`super::hol::HolParams`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct MqttSettings {
     /// Topics (K), `hol/0` … `hol/K-1`.

@@ -21,29 +21,22 @@ use super::selfcheck::SelfCheckOptions;
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
-use crate::config::{parse_duration, parse_size};
 use crate::tls::Trust;
 
-/// `quiclab lab migrate` options.
-#[derive(clap::Args, Debug, Clone)]
-pub struct MigrateArgs {
+/// What `quiclab lab migrate` runs with (the binary fills it from its command line).
+#[derive(Debug, Clone)]
+pub struct MigrateParams {
     /// Round-trip time of the link (half each way).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "40ms")]
     pub rtt: Duration,
     /// Bottleneck rate each way, bits per second (so the download lasts long enough to rebind).
-    #[arg(long, value_name = "RATE", value_parser = super::units::parse_rate, default_value = "20mbit")]
     pub rate: u64,
     /// Bytes to download.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
     pub size: u64,
     /// When the NAT rebinding happens, after the download starts.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub rebind_at: Duration,
     /// Results folder: results.json, report.md, migrate.svg (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "migrate-results")]
     pub out: std::path::PathBuf,
     /// Seed of the link's random streams.
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
@@ -86,7 +79,7 @@ pub struct MigrateResults {
 }
 
 /// Run and write the outputs; the exit status (0 when QUIC survived and both completed).
-pub async fn run_migrate(args: MigrateArgs) -> Result<i32, LabError> {
+pub async fn run_migrate(args: MigrateParams) -> Result<i32, LabError> {
     let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
         .await
         .map_err(std::io::Error::other)??;
@@ -122,7 +115,7 @@ fn timeline(d: &Download, rebind_ms: f64) -> String {
 }
 
 /// Build the link and server, run both downloads. Blocking.
-pub fn measure(args: &MigrateArgs) -> Result<MigrateResults, LabError> {
+pub fn measure(args: &MigrateParams) -> Result<MigrateResults, LabError> {
     let imp = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Link::start(LinkConfig::symmetric(imp, args.seed))?;
     let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;

@@ -71,7 +71,7 @@ pub use packet::RebindMode;
 pub use selfcheck::{SelfCheck, SelfCheckOptions};
 pub use server::LabServer;
 
-use crate::config::{parse_duration, ServerConfig};
+use crate::config::ServerConfig;
 use report::{md_table, plot, ResultsDir, Series};
 
 /// What can make a lab command fail.
@@ -107,7 +107,7 @@ pub enum LabError {
     #[error("the link failed its self-check twice; refusing to run and report:\n{0}")]
     SelfCheckFailed(String),
     /// The quiclab server could not start.
-    #[error("lab server: {0}")]
+    #[error("the lab server could not start")]
     Server(#[from] crate::server::ServerError),
     /// The command could not be started.
     #[error("cannot run {program:?}: {source}")]
@@ -122,147 +122,82 @@ pub enum LabError {
     #[error(transparent)]
     Report(#[from] report::ReportError),
     /// Any other system error.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// `quiclab lab` subcommands.
-#[derive(clap::Subcommand, Debug)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
-pub enum LabCommand {
-    /// Run COMMAND in a client namespace joined to the quiclab server's namespace by an emulated
-    /// link (delay, jitter, loss, rate limit, NAT rebinding): netem for people who can't use
-    /// netem. Works as root and rootless.
-    Link(LinkArgs),
-    /// Head-of-line blocking under loss: N concurrent requests on one connection vs N
-    /// connections, HTTP/2 vs HTTP/3, across a sweep of loss rates (`--quick`: under 2 minutes).
-    Hol(hol::HolArgs),
-    /// Time to first byte on a fresh connection in round trips: HTTP/2 over TCP + TLS 1.3,
-    /// HTTP/3 1-RTT, HTTP/3 0-RTT.
-    Handshake(handshake::HandshakeArgs),
-    /// A NAT rebinding in the middle of an HTTP/3 and an HTTP/2 download: QUIC migrates, TCP dies.
-    Migrate(migrate::MigrateArgs),
-    /// Per-stream flow control: one stream's reader stalls, the other streams finish.
-    Flow(flow::FlowArgs),
-}
-
-/// Run a `quiclab lab` subcommand; the exit status to return.
-pub async fn run(cmd: LabCommand) -> Result<i32, LabError> {
-    match cmd {
-        LabCommand::Link(args) => run_link(args).await,
-        LabCommand::Hol(args) => hol::run_hol(args).await,
-        LabCommand::Handshake(args) => handshake::run_handshake(args).await,
-        LabCommand::Migrate(args) => migrate::run_migrate(args).await,
-        LabCommand::Flow(args) => flow::run_flow(args).await,
-    }
-}
-
-/// `quiclab lab link [IMPAIRMENTS] -- COMMAND...`. Every impairment applies to each direction
-/// separately (`--delay 25ms` is 25 ms up and 25 ms down); the `-up` and `-down` forms set one
-/// direction and take precedence. Up is client → server.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "COMMAND runs in the client namespace with QUICLAB_SERVER (the server's bare IP address), \
-QUICLAB_PORT, QUICLAB_CLIENT and QUICLAB_CA in its environment; its exit status becomes quiclab's.\n\
-Example: quiclab lab link --rtt 50ms --loss 2% --rate 10mbit -- \
-sh -c 'quiclab get -k https://$QUICLAB_SERVER:$QUICLAB_PORT/bytes/1000000 -o /dev/null -v'")]
-pub struct LinkArgs {
+/// What [`run_link`] (`quiclab lab link [IMPAIRMENTS] -- COMMAND...`) runs with. Every
+/// impairment applies to each direction separately (`delay` 25 ms is 25 ms up and 25 ms down);
+/// the `_up` and `_down` fields set one direction and take precedence. Up is client → server.
+#[derive(Debug, Clone)]
+pub struct LinkParams {
     /// One-way delay, each direction.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "rtt")]
     pub delay: Option<Duration>,
     /// Round-trip delay, split evenly: --rtt 50ms is 25 ms each way.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub rtt: Option<Duration>,
     /// One-way delay client → server.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay_up: Option<Duration>,
     /// One-way delay server → client.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay_down: Option<Duration>,
     /// Uniform jitter, each direction: every packet's delay is DELAY ± JITTER. Packets keep their
     /// order unless --reorder is given.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub jitter: Option<Duration>,
     /// Jitter client → server.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub jitter_up: Option<Duration>,
     /// Jitter server → client.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub jitter_down: Option<Duration>,
     /// Let jitter reorder packets (both directions).
-    #[arg(long)]
     pub reorder: bool,
     /// Random (independent) loss, each direction: 2% or 0.02.
-    #[arg(long, value_name = "PROB", value_parser = units::parse_loss, conflicts_with = "burst_loss")]
     pub loss: Option<LossModel>,
     /// Random loss client → server.
-    #[arg(long, value_name = "PROB", value_parser = units::parse_loss, conflicts_with = "burst_loss_up")]
     pub loss_up: Option<LossModel>,
     /// Random loss server → client.
-    #[arg(long, value_name = "PROB", value_parser = units::parse_loss, conflicts_with = "burst_loss_down")]
     pub loss_down: Option<LossModel>,
     /// Bursty loss, each direction: Gilbert–Elliott P,R,BAD,GOOD in netem's gemodel order, the
     /// last two optional (P = Good→Bad, R = Bad→Good per packet; BAD = loss in Bad, default 100%;
     /// GOOD = loss in Good, default 0%). 1%,30% gives bursts of 3.3 packets on average, 3.2% of
     /// packets lost.
-    #[arg(long, value_name = "P,R[,BAD[,GOOD]]", value_parser = units::parse_burst_loss)]
     pub burst_loss: Option<LossModel>,
     /// Bursty loss client → server.
-    #[arg(long, value_name = "P,R[,BAD[,GOOD]]", value_parser = units::parse_burst_loss)]
     pub burst_loss_up: Option<LossModel>,
     /// Bursty loss server → client.
-    #[arg(long, value_name = "P,R[,BAD[,GOOD]]", value_parser = units::parse_burst_loss)]
     pub burst_loss_down: Option<LossModel>,
     /// Rate limit, each direction, in bits of IP datagrams per second: 10mbit, 500kbit, 1gbit.
-    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     pub rate: Option<u64>,
     /// Rate limit client → server.
-    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     pub rate_up: Option<u64>,
     /// Rate limit server → client.
-    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     pub rate_down: Option<u64>,
     /// Tail-drop queue in front of the rate limit: bytes (64k) or packets (100p). Default: 100 ms
     /// at the rate, at least 16 full-size packets.
-    #[arg(long, value_name = "SIZE|Np", value_parser = units::parse_queue)]
     pub queue: Option<QueueLimit>,
     /// Queue client → server.
-    #[arg(long, value_name = "SIZE|Np", value_parser = units::parse_queue)]
     pub queue_up: Option<QueueLimit>,
     /// Queue server → client.
-    #[arg(long, value_name = "SIZE|Np", value_parser = units::parse_queue)]
     pub queue_down: Option<QueueLimit>,
     /// Rebind the client's NAT mapping this long after COMMAND starts (repeatable): the server
     /// then sees the client's TCP and UDP flows from a new port (or address).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub rebind_at: Vec<Duration>,
     /// What a rebinding changes: port (a new source port per flow) or address (a new client
     /// address, 198.18.0.2, .3, ...).
-    #[arg(long, value_name = "port|address", default_value = "port")]
     pub rebind: RebindMode,
     /// Seed of the loss and jitter generators (default: random, printed and recorded).
-    #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Write results.json, report.md and SVG plots into DIR (created if missing).
-    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Port of the quiclab server (UDP for HTTP/3, TCP for HTTP/2) in the server namespace.
-    #[arg(long, value_name = "PORT", default_value_t = crate::config::DEFAULT_PORT)]
     pub port: u16,
     /// Directory of the server's development certificates (created on first start).
-    #[arg(long, value_name = "DIR", default_value = "certs")]
     pub certs: PathBuf,
     /// Start no quiclab server: COMMAND talks to whatever runs in the server namespace (nothing,
     /// unless it starts something there itself).
-    #[arg(long)]
     pub no_server: bool,
     /// Probes per self-check attempt.
-    #[arg(long, value_name = "N", default_value_t = 500)]
     pub self_check_probes: usize,
     /// Skip the self-check (results are then marked unchecked).
-    #[arg(long)]
     pub skip_self_check: bool,
     /// The command to run in the client namespace, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
 
@@ -288,7 +223,7 @@ fn pick_loss(
     }
 }
 
-impl LinkArgs {
+impl LinkParams {
     /// The link configuration these arguments describe (with a random seed if none was given).
     pub fn link_config(&self) -> Result<LinkConfig, LabError> {
         let half_rtt = self.rtt.map(|r| r / 2);
@@ -486,47 +421,18 @@ fn signal_exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// SIGINT and SIGTERM, caught from the moment this is created (so a signal that arrives while
-/// the link starts is not lost).
-struct Signals {
-    int: Option<tokio::signal::unix::Signal>,
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        Signals { int: signal(SignalKind::interrupt()).ok(), term: signal(SignalKind::terminate()).ok() }
-    }
-
-    /// The next SIGINT or SIGTERM; its number.
-    async fn recv(&mut self) -> i32 {
-        let int = async {
-            match self.int.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let term = async {
-            match self.term.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = int => libc::SIGINT,
-            _ = term => libc::SIGTERM,
-        }
-    }
-}
-
 /// `quiclab lab link`: start the link and the quiclab server in the server namespace, pass the
-/// self-check, run COMMAND in the client namespace and return its exit status. On SIGINT or
-/// SIGTERM, COMMAND is sent SIGTERM (SIGKILL 2 s later), everything is torn down and the status
-/// is 128 + the signal. Call [`prepare_process`] first, before any runtime exists.
-pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
+/// self-check, run COMMAND in the client namespace and return its exit status. When `interrupt`
+/// completes with a signal number (the CLI's SIGINT/SIGTERM), COMMAND is sent SIGTERM (SIGKILL
+/// 2 s later), everything is torn down and the status is 128 + that number; pass
+/// [`std::future::pending`] to run uninterrupted. Call [`prepare_process`] first, before any
+/// runtime exists.
+pub async fn run_link(args: LinkParams, interrupt: impl std::future::Future<Output = i32>) -> Result<i32, LabError> {
     let cfg = args.link_config()?;
-    let mut signals = Signals::new();
+    let Some((program, program_args)) = args.command.split_first() else {
+        return Err(LabError::Config("lab link: no COMMAND to run".into()));
+    };
+    let mut interrupt = std::pin::pin!(interrupt);
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let link = Arc::new(Link::start(cfg.clone())?);
     let privilege = netns::privilege();
@@ -581,7 +487,7 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
             r = tokio::task::spawn_blocking(move || l.self_check(&opts)) => {
                 r.map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))??
             }
-            sig = signals.recv() => {
+            sig = &mut interrupt => {
                 if let Some(s) = server { s.shutdown().await; }
                 return Ok(128 + sig);
             }
@@ -612,8 +518,8 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
         .and_then(|s| s.certs().ca_path.clone())
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
     eprintln!("QUICLAB_SERVER={SERVER_IP} QUICLAB_PORT={port}");
-    let mut cmd = std::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(program_args)
         .env("QUICLAB_SERVER", SERVER_IP.to_string())
         .env("QUICLAB_PORT", port.to_string())
         .env("QUICLAB_CLIENT", CLIENT_IP.to_string());
@@ -624,7 +530,8 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
     let t0 = std::time::Instant::now();
     // std rather than tokio::process: spawned from this (long-lived) thread, which the child's
     // PR_SET_PDEATHSIG is tied to, and reaped by a waiter thread.
-    let mut child = cmd.spawn().map_err(|source| LabError::Command { program: command[0].clone(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| LabError::Command { program: program.to_string_lossy().into_owned(), source })?;
     let pid = child.id() as i32;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -635,7 +542,7 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
         .map_err(LabError::Io)?;
     let code = tokio::select! {
         status = &mut done_rx => signal_exit_code(status.map_err(|_| LabError::Io(std::io::Error::other("command waiter vanished")))??),
-        sig = signals.recv() => {
+        sig = &mut interrupt => {
             run.interrupted = true;
             // SAFETY: signalling our own child, which the waiter has not reaped yet.
             unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -635,7 +635,7 @@ pub fn filter(f: &str) -> Result<TopicFilter, MqttError> {
 }
 
 /// How the client lays MQTT onto QUIC streams (docs/mqtt-over-quic.md §2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StreamMode {
     /// Every packet on the control stream, as over TCP (§2.2).
     #[default]
@@ -667,7 +667,7 @@ impl Channel {
 }
 
 /// How [`Client::end_stream`] ends a data stream (docs/mqtt-over-quic.md §6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// FIN: finish the sending side, keep reading until the broker finishes its side.
     Finish,

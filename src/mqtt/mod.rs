@@ -1,5 +1,5 @@
-//! MQTT: the transports around the sans-IO broker core, an async client, and the
-//! `quiclab mqtt` commands.
+//! MQTT: the transports around the sans-IO broker core, and an async client. The `quiclab mqtt`
+//! commands are the binary's (`src/cli/mqtt.rs`).
 //!
 //! The protocol logic (codec, topic tries, sessions, the broker state machine, password files,
 //! ACLs) is the crate `mqtt_core` (crates/mqtt-core), which cannot reach tokio, sockets or the
@@ -12,7 +12,6 @@
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC (CLI, tests, lab, benchmark) |
-//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `broker`, `passwd` |
 //! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
@@ -21,14 +20,12 @@
 pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
 
 pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod driver;
 pub mod quic;
 pub mod tcp;
 
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
-pub use cli::{run, MqttCommand};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
 pub use driver::{Attachment, Broker, BrokerStats, Outbox};
@@ -77,11 +74,11 @@ pub(crate) fn cert_identity(
 /// Errors of the MQTT client and commands.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("malformed packet from the peer: {0}")]
+    #[error("malformed packet from the peer")]
     Codec(#[from] codec::CodecError),
     #[error("connection refused by the broker: CONNACK {0:?}")]
     Refused(codec::ConnectReturnCode),

@@ -90,9 +90,6 @@ pub enum PasswordFileError {
     /// A user name `mosquitto_passwd` refuses too: empty, or containing `:`.
     #[error("user name {0:?} cannot be stored: it is empty or contains ':'")]
     BadUserName(String),
-    /// Reading the password from the terminal or stdin failed, or it was empty.
-    #[error("password: {0}")]
-    Password(String),
     /// The system random generator failed.
     #[error("no random bytes for the salt")]
     Random,
@@ -362,77 +359,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Read a password for `passwd` without `-b`: from a terminal, prompted twice with echo off
-/// (as `mosquitto_passwd`); otherwise one line of stdin.
-pub fn read_password() -> Result<Vec<u8>, PasswordFileError> {
-    use std::io::{BufRead, IsTerminal};
-    let stdin = std::io::stdin();
-    let read_line = || -> Result<String, PasswordFileError> {
-        let mut s = String::new();
-        stdin.lock().read_line(&mut s).map_err(|e| PasswordFileError::Password(e.to_string()))?;
-        Ok(s.trim_end_matches(['\r', '\n']).to_string())
-    };
-    if !stdin.is_terminal() {
-        let pw = read_line()?;
-        if pw.is_empty() {
-            return Err(PasswordFileError::Password("empty password on stdin".into()));
-        }
-        return Ok(pw.into_bytes());
-    }
-    let prompt = |p: &str| -> Result<String, PasswordFileError> {
-        eprint!("{p}");
-        let _ = std::io::stderr().flush();
-        let echo = EchoOff::new();
-        let line = read_line();
-        drop(echo);
-        eprintln!();
-        line
-    };
-    let first = prompt("Password: ")?;
-    let again = prompt("Reenter password: ")?;
-    if first != again {
-        return Err(PasswordFileError::Password("passwords do not match".into()));
-    }
-    if first.is_empty() {
-        return Err(PasswordFileError::Password("empty password".into()));
-    }
-    Ok(first.into_bytes())
-}
-
-/// Terminal echo turned off on stdin while this lives (restored on drop).
-struct EchoOff(Option<libc::termios>);
-
-impl EchoOff {
-    fn new() -> EchoOff {
-        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill in; no pointers
-        // are kept.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return EchoOff(None);
-            }
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            t.c_lflag |= libc::ECHONL;
-            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
-                return EchoOff(None);
-            }
-            EchoOff(Some(saved))
-        }
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        if let Some(t) = self.0 {
-            // SAFETY: restores the attributes read in `new`.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &t);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

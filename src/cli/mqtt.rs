@@ -1,4 +1,4 @@
-//! `quiclab mqtt pub|sub|bench|broker`, and the MQTT flags of `quiclab serve`.
+//! `quiclab mqtt pub|sub|broker|passwd`, and the MQTT flags of `quiclab serve`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,26 +6,26 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
-use super::bench::BenchArgs;
-use super::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
-use super::codec::{QoS, SubscribeReturnCode};
-use super::config::{MqttConfig, ALPN_MQTT};
-use super::session::Message;
-use super::MqttError;
-use crate::config::{parse_duration, parse_size};
-use crate::tls::{CertStore, ClientIdentity, Trust};
+use quiclab::client::RebindAfter;
+use quiclab::config::{parse_duration, parse_size};
+use quiclab::mqtt::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
+use quiclab::mqtt::codec::{QoS, SubscribeReturnCode};
+use quiclab::mqtt::config::{MqttConfig, ALPN_MQTT};
+use quiclab::mqtt::{Message, MqttError};
+use quiclab::tls::{CertStore, ClientIdentity, Trust};
+
+use super::signal::Signals;
+use super::{client_trust, CliError};
 
 /// The `mqtt` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum MqttCommand {
+pub(crate) enum MqttCommand {
     /// Publish a message: `quiclab mqtt pub -t TOPIC -m TEXT [-q 0|1|2] [-r]`.
     Pub(PubArgs),
     /// Subscribe and print each message: topic, QoS, retain flag and payload, tab-separated.
     Sub(SubArgs),
-    /// Benchmark quiclab's broker against mosquitto (both started on loopback, pinned).
-    Bench(BenchArgs),
     /// Run the broker alone (the same core and transports `quiclab serve` runs).
     Broker(BrokerArgs),
     /// Manage a password file in mosquitto's format (as `mosquitto_passwd`): add or change a
@@ -36,26 +36,26 @@ pub enum MqttCommand {
 
 /// `quiclab mqtt passwd [-c] [-b] [-D] FILE USER [PASSWORD]`.
 #[derive(Debug, Args)]
-pub struct PasswdArgs {
+pub(crate) struct PasswdArgs {
     /// Create the file, or overwrite it, with only this user.
     #[arg(short = 'c', conflicts_with = "delete")]
-    pub create: bool,
+    pub(crate) create: bool,
     /// Take the password from the command line (PASSWORD) instead of asking for it; without
     /// -b it is read from the terminal (twice, not echoed) or as one line of stdin.
     #[arg(short = 'b', requires = "password", conflicts_with = "delete")]
-    pub batch: bool,
+    pub(crate) batch: bool,
     /// Delete USER from the file.
     #[arg(short = 'D')]
-    pub delete: bool,
+    pub(crate) delete: bool,
     /// The password file (written 0600 through a temporary file and a rename).
     #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The user name (no ':').
     #[arg(value_name = "USER")]
-    pub user: String,
+    pub(crate) user: String,
     /// The password, with -b.
     #[arg(value_name = "PASSWORD", requires = "batch")]
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 fn parse_qos(s: &str) -> Result<QoS, String> {
@@ -73,89 +73,82 @@ fn parse_url(s: &str) -> Result<MqttUrl, String> {
 
 /// How a client connects (shared by `pub` and `sub`).
 #[derive(Debug, Args)]
-pub struct ConnArgs {
+pub(crate) struct ConnArgs {
     /// Broker URL: mqtt://HOST:1883 (TCP), mqtts://HOST:8883 (TLS) or mqtt+quic://HOST:14567
     /// (QUIC; `quiclab serve` also answers on its HTTP/3 port, 4433).
     #[arg(long, value_name = "URL", default_value = "mqtt://localhost:1883", value_parser = parse_url)]
-    pub url: MqttUrl,
+    pub(crate) url: MqttUrl,
     /// MQTT over QUIC: `single` sends every packet on the control stream; `per-topic` opens one
     /// data stream per topic published and per filter subscribed, so a loss on one topic does
     /// not hold up the others (docs/mqtt-over-quic.md §2).
     #[arg(long, value_enum, value_name = "MODE", default_value = "single")]
-    pub streams: StreamMode,
+    pub(crate) streams: Streams,
     /// MQTT over QUIC: send CONNECT in 0-RTT early data when a session can be resumed (use
     /// with --repeat: the first connection gets the ticket). Prints per connection whether
     /// 0-RTT was accepted and the time to CONNACK.
     #[arg(long = "0rtt")]
-    pub zero_rtt: bool,
+    pub(crate) zero_rtt: bool,
     /// Run the whole command N times in this process, one connection after another; over QUIC
     /// later connections resume the TLS session of an earlier one (tickets live in memory).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub repeat: u32,
+    pub(crate) repeat: u32,
     /// MQTT over QUIC: move to a new local UDP socket (connection migration) after N messages
-    /// published or received, or after a time (`200ms`, `2s`). The session continues without
-    /// a reconnect; the broker logs `path_changed`.
+    /// published or received (a count with an optional k, M or G suffix: `100`, `1k`), or after
+    /// a time since CONNACK (ending in ms or s: `200ms`, `2s`). The session continues without a
+    /// reconnect; the broker logs `path_changed`.
     #[arg(long, value_name = "N|TIME")]
-    pub rebind_after: Option<RebindAfter>,
+    pub(crate) rebind_after: Option<RebindAfter>,
     /// Client identifier (default: empty, the broker assigns one; needs a clean session).
     #[arg(short = 'i', long = "id", value_name = "ID")]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// Keep the session when disconnected (clean session 0): subscriptions and QoS 1/2
     /// messages survive until the next connection with the same --id.
     #[arg(short = 'c', long = "persistent")]
-    pub persistent: bool,
+    pub(crate) persistent: bool,
     /// Keepalive in seconds (0: off).
     #[arg(short = 'k', long, value_name = "SECONDS", default_value_t = 60)]
-    pub keepalive: u16,
+    pub(crate) keepalive: u16,
     /// User name.
     #[arg(short = 'u', long, value_name = "USER")]
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Password (needs --username).
     #[arg(short = 'P', long, value_name = "PASSWORD", requires = "username")]
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     /// Trust the CA certificate(s) in FILE for mqtts:// (default: certs/ca.pem if it exists,
     /// plus the Mozilla roots).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    pub cacert: Option<PathBuf>,
+    pub(crate) cacert: Option<PathBuf>,
     /// Do not verify the broker's certificate (mqtts://).
     #[arg(long)]
-    pub insecure: bool,
+    pub(crate) insecure: bool,
     /// Present this client certificate (PEM, leaf first) over mqtts:// and mqtt+quic:// when
     /// the broker asks for one; `quiclab certs --client NAME` makes one. Needs --key.
     #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// Give up if the connection (TCP, TLS, CONNACK) takes longer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Last will: topic published by the broker if this client goes away without DISCONNECT.
     #[arg(long, value_name = "TOPIC")]
-    pub will_topic: Option<String>,
+    pub(crate) will_topic: Option<String>,
     /// Last will payload.
     #[arg(long, value_name = "TEXT", requires = "will_topic", default_value = "")]
-    pub will_payload: String,
+    pub(crate) will_payload: String,
     /// Last will QoS.
     #[arg(long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
-    pub will_qos: QoS,
+    pub(crate) will_qos: QoS,
     /// Retain the last will.
     #[arg(long)]
-    pub will_retain: bool,
+    pub(crate) will_retain: bool,
 }
 
 impl ConnArgs {
-    /// The client options these arguments describe.
-    pub fn options(&self) -> Result<ClientOptions, MqttError> {
-        let trust = if self.insecure {
-            Trust::Insecure
-        } else if let Some(ca) = &self.cacert {
-            Trust::CaFile(ca.clone())
-        } else if std::path::Path::new("certs/ca.pem").exists() {
-            Trust::CaFile(PathBuf::from("certs/ca.pem"))
-        } else {
-            Trust::WebPki
-        };
+    /// The client options these arguments describe, trusting `trust` and presenting
+    /// `client_cert`.
+    fn options(&self, trust: Trust, client_cert: Option<ClientIdentity>) -> Result<ClientOptions, MqttError> {
         let will = match &self.will_topic {
             Some(t) => Some(Message {
                 topic: client::topic(t)?,
@@ -164,10 +157,6 @@ impl ConnArgs {
                 retain: self.will_retain,
             }),
             None => None,
-        };
-        let client_cert = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity::load(cert, key)?),
-            _ => None,
         };
         Ok(ClientOptions {
             client_id: self.client_id.clone().unwrap_or_default(),
@@ -179,49 +168,56 @@ impl ConnArgs {
             trust,
             client_cert,
             connect_timeout: self.connect_timeout,
-            streams: self.streams,
+            streams: self.streams.into(),
             zero_rtt: self.zero_rtt,
             ..ClientOptions::default()
         })
     }
 
     /// The options, with one QUIC endpoint for every `--repeat` round (so they can resume).
-    fn options_for_rounds(&self) -> Result<ClientOptions, MqttError> {
-        let mut opts = self.options()?;
-        let quic_only = |flag: &str| MqttError::BadUrl(format!("{}: {flag} needs an mqtt+quic:// URL", self.url));
+    async fn options_for_rounds(&self) -> Result<ClientOptions, CliError> {
+        let trust = client_trust(self.insecure, self.cacert.as_deref()).await;
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (cert.clone(), key.clone());
+                let load = tokio::task::spawn_blocking(move || ClientIdentity::load(&cert, &key));
+                Some(load.await.map_err(CliError::Blocking)??)
+            }
+            _ => None,
+        };
+        let mut opts = self.options(trust, client_cert)?;
+        let url_flag = |flag, needs| CliError::UrlFlag { flag, needs, url: self.url.to_string() };
         if self.url.transport == Transport::Quic {
             opts.quic = Some(QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?);
         } else if self.zero_rtt {
-            return Err(quic_only("--0rtt"));
+            return Err(url_flag("--0rtt", "mqtt+quic://"));
         } else if self.url.transport == Transport::Tcp && opts.client_cert.is_some() {
-            return Err(MqttError::BadUrl(format!("{}: --cert needs an mqtts:// or mqtt+quic:// URL", self.url)));
+            return Err(url_flag("--cert", "mqtts:// or mqtt+quic://"));
         } else if self.rebind_after.is_some() {
-            return Err(quic_only("--rebind-after"));
+            return Err(url_flag("--rebind-after", "mqtt+quic://"));
         }
         Ok(opts)
     }
 }
 
-/// When `--rebind-after` moves the client to a new local socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RebindAfter {
-    /// After this many messages published (`pub`) or received (`sub`).
-    Messages(u64),
-    /// After this long since CONNACK.
-    Time(Duration),
+/// `--streams`: how the client lays MQTT onto QUIC streams (the CLI's name for
+/// [`StreamMode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Streams {
+    /// Every packet on the control stream, as over TCP (§2.2).
+    Single,
+    /// CONNECT, PINGREQ and DISCONNECT on the control stream; one data stream per topic
+    /// published and per filter subscribed, carrying that topic's PUBLISH, SUBSCRIBE and acks,
+    /// and the deliveries of that subscription (§2.3–2.5).
+    PerTopic,
 }
 
-impl std::str::FromStr for RebindAfter {
-    type Err = String;
-    /// `N` messages, or a time ending in `ms` or `s`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        if t.ends_with('s') {
-            return parse_duration(t).map(RebindAfter::Time);
+impl From<Streams> for StreamMode {
+    fn from(s: Streams) -> StreamMode {
+        match s {
+            Streams::Single => StreamMode::Single,
+            Streams::PerTopic => StreamMode::PerTopic,
         }
-        t.parse::<u64>()
-            .map(RebindAfter::Messages)
-            .map_err(|_| format!("{s:?}: give a message count or a time (200ms, 2s)"))
     }
 }
 
@@ -248,7 +244,7 @@ impl Rebinder {
     /// Rebind if due after `messages` messages.
     fn check(&mut self, c: &Client, messages: u64) -> Result<(), MqttError> {
         let due = match self.when {
-            Some(RebindAfter::Messages(n)) => messages >= n,
+            Some(RebindAfter::Count(n)) => messages >= n,
             Some(RebindAfter::Time(t)) => self.since.elapsed() >= t,
             None => false,
         };
@@ -286,99 +282,99 @@ async fn connect_round(conn: &ConnArgs, opts: &ClientOptions, round: u32) -> Res
 
 /// `quiclab mqtt pub`.
 #[derive(Debug, Args)]
-pub struct PubArgs {
+pub(crate) struct PubArgs {
     #[command(flatten)]
-    pub conn: ConnArgs,
+    pub(crate) conn: ConnArgs,
     /// Topic to publish to.
     #[arg(short = 't', long, value_name = "TOPIC")]
-    pub topic: String,
+    pub(crate) topic: String,
     /// QoS: 0, 1 or 2.
     #[arg(short = 'q', long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// Payload (UTF-8 text).
     #[arg(short = 'm', long, value_name = "TEXT", conflicts_with_all = ["null_message", "file"])]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     /// Send an empty payload (with -r: clears the topic's retained message).
     #[arg(short = 'n', long)]
-    pub null_message: bool,
+    pub(crate) null_message: bool,
     /// Payload from a file.
     #[arg(short = 'f', long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Set the RETAIN flag: the broker keeps the message for future subscribers.
     #[arg(short = 'r', long)]
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Publish the message this many times.
     #[arg(long, value_name = "N", default_value_t = 1)]
-    pub count: u32,
+    pub(crate) count: u32,
 }
 
 /// `quiclab mqtt sub`.
 #[derive(Debug, Args)]
-pub struct SubArgs {
+pub(crate) struct SubArgs {
     #[command(flatten)]
-    pub conn: ConnArgs,
+    pub(crate) conn: ConnArgs,
     /// Topic filter(s) to subscribe to (`+` and `#` wildcards); repeat for several.
     #[arg(short = 't', long, value_name = "FILTER", required = true)]
-    pub topic: Vec<String>,
+    pub(crate) topic: Vec<String>,
     /// Requested QoS for every filter.
     #[arg(short = 'q', long, value_name = "QOS", value_parser = parse_qos, default_value = "0")]
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// Exit after this many messages.
     #[arg(short = 'C', long, value_name = "N")]
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
     /// Exit with status 3 if no message arrives for this long.
     #[arg(short = 'W', long, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Print the payload only (no topic, QoS and retain columns).
     #[arg(long)]
-    pub payload_only: bool,
+    pub(crate) payload_only: bool,
 }
 
 /// Listener and limit flags of the broker, shared by `quiclab serve` and `quiclab mqtt broker`.
 #[derive(Debug, Args, Clone)]
-pub struct MqttKnobs {
+pub(crate) struct MqttKnobs {
     /// Largest MQTT packet accepted (k, M suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
-    pub mqtt_max_packet: u64,
+    pub(crate) mqtt_max_packet: u64,
     /// Messages kept per session while it is offline or its in-flight window is full.
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub mqtt_max_queued: usize,
+    pub(crate) mqtt_max_queued: usize,
     /// Outbound QoS 1/2 messages in flight per session.
     #[arg(long, value_name = "N", default_value_t = 20)]
-    pub mqtt_max_inflight: usize,
+    pub(crate) mqtt_max_inflight: usize,
     /// Packets queued per channel before QoS 0 deliveries to it are dropped.
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub mqtt_channel_queue: usize,
+    pub(crate) mqtt_channel_queue: usize,
     /// Highest QoS granted to subscriptions.
     #[arg(long, value_name = "QOS", value_parser = parse_qos, default_value = "2")]
-    pub mqtt_max_qos: QoS,
+    pub(crate) mqtt_max_qos: QoS,
     /// Most concurrent MQTT connections.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub mqtt_max_connections: usize,
+    pub(crate) mqtt_max_connections: usize,
     /// Most sessions kept (online and offline); more CONNECTs get 0x03.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub mqtt_max_sessions: usize,
+    pub(crate) mqtt_max_sessions: usize,
     /// Do not keep QoS 0 messages for offline persistent sessions.
     #[arg(long)]
-    pub mqtt_no_offline_qos0: bool,
+    pub(crate) mqtt_no_offline_qos0: bool,
     /// Most levels in a topic name or filter; a client sending more is closed.
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    pub mqtt_max_topic_levels: u32,
+    pub(crate) mqtt_max_topic_levels: u32,
     /// Most subscriptions per session; a SUBSCRIBE beyond it closes the client.
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub mqtt_max_subscriptions: usize,
+    pub(crate) mqtt_max_subscriptions: usize,
     /// Most retained topics; beyond it retained messages are delivered but not kept.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub mqtt_max_retained: usize,
+    pub(crate) mqtt_max_retained: usize,
     /// Most bytes (topics + payloads) of retained messages (k, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
-    pub mqtt_max_retained_bytes: u64,
+    pub(crate) mqtt_max_retained_bytes: u64,
     /// Inbound QoS 2 messages awaiting PUBREL per session; a client with more is closed.
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub mqtt_max_awaiting_rel: usize,
+    pub(crate) mqtt_max_awaiting_rel: usize,
     /// Bytes of inbound QoS 2 messages awaiting PUBREL per session (k, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
-    pub mqtt_max_awaiting_rel_bytes: u64,
+    pub(crate) mqtt_max_awaiting_rel_bytes: u64,
     /// MQTT over TLS and QUIC: refuse clients without a valid certificate from the client CA
     /// (--mqtt-client-ca; default: the development CA, ca.pem in the certificate directory,
     /// which `quiclab certs --client NAME` signs with). On TLS and the dedicated QUIC listener
@@ -386,42 +382,43 @@ pub struct MqttKnobs {
     /// (code 0x3, "client certificate required"). Plain TCP cannot carry a certificate: every
     /// CONNECT there gets CONNACK 0x05.
     #[arg(long)]
-    pub mqtt_require_certificate: bool,
+    pub(crate) mqtt_require_certificate: bool,
     /// PEM file of the CA(s) that sign accepted client certificates. Without
     /// --mqtt-require-certificate, a certificate is optional but verified when sent.
     #[arg(long, value_name = "FILE")]
-    pub mqtt_client_ca: Option<PathBuf>,
+    pub(crate) mqtt_client_ca: Option<PathBuf>,
     /// Use the client certificate's subject CN as the MQTT user name (for ACLs), in place of
     /// the one in CONNECT, as mosquitto's use_identity_as_username.
     #[arg(long)]
-    pub mqtt_use_identity_as_username: bool,
+    pub(crate) mqtt_use_identity_as_username: bool,
     /// Users and passwords in mosquitto's format (made with `mosquitto_passwd` or `quiclab
     /// mqtt passwd`). A client with an unknown user name or a wrong password gets CONNACK 0x05.
     /// A malformed line stops the broker from starting.
     #[arg(long, value_name = "FILE")]
-    pub mqtt_password_file: Option<PathBuf>,
+    pub(crate) mqtt_password_file: Option<PathBuf>,
     /// Accept clients that send no user name (CONNACK 0x05 otherwise). Default: true without
     /// --mqtt-password-file, false with one (as mosquitto 2).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub mqtt_allow_anonymous: Option<bool>,
+    pub(crate) mqtt_allow_anonymous: Option<bool>,
     /// Topic rules in mosquitto's acl_file syntax (`topic [read|write|readwrite|deny] TOPIC`,
     /// `user NAME`, `pattern ... TOPIC` with %c and %u). A denied SUBSCRIBE filter gets 0x80,
     /// a denied PUBLISH is acknowledged and dropped, each delivery needs read. Default: no
     /// rules, everything allowed.
     #[arg(long, value_name = "FILE")]
-    pub mqtt_acl_file: Option<PathBuf>,
+    pub(crate) mqtt_acl_file: Option<PathBuf>,
 }
 
 impl MqttKnobs {
+    /// Set `cfg` from these flags. Blocking: reads the password and ACL files.
     fn apply(&self, cfg: &mut MqttConfig) -> Result<(), MqttError> {
         if let Some(path) = &self.mqtt_password_file {
-            cfg.password_file = Some(std::sync::Arc::new(super::auth::PasswordFile::load(path)?));
+            cfg.password_file = Some(std::sync::Arc::new(quiclab::mqtt::auth::PasswordFile::load(path)?));
         }
         cfg.allow_anonymous = self.mqtt_allow_anonymous;
         if let Some(path) = &self.mqtt_acl_file {
-            cfg.acl = Some(std::sync::Arc::new(super::acl::AclFile::load(path)?));
+            cfg.acl = Some(std::sync::Arc::new(quiclab::mqtt::acl::AclFile::load(path)?));
         }
-        cfg.max_packet_size = self.mqtt_max_packet.min(super::codec::MAX_REMAINING_LENGTH as u64 + 5) as usize;
+        cfg.max_packet_size = self.mqtt_max_packet.min(quiclab::mqtt::codec::MAX_REMAINING_LENGTH as u64 + 5) as usize;
         cfg.max_queued_messages = self.mqtt_max_queued;
         cfg.max_inflight = self.mqtt_max_inflight.max(1);
         cfg.channel_queue = self.mqtt_channel_queue;
@@ -444,23 +441,23 @@ impl MqttKnobs {
 
 /// The MQTT flags of `quiclab serve` (flatten into its arguments).
 #[derive(Debug, Args, Clone)]
-pub struct MqttServeArgs {
+pub(crate) struct MqttServeArgs {
     /// MQTT over TCP listens here.
     #[arg(long, value_name = "ADDR", default_value = "[::]:1883")]
-    pub mqtt_tcp: SocketAddr,
+    pub(crate) mqtt_tcp: SocketAddr,
     /// MQTT over TLS listens here (certificate as for HTTPS).
     #[arg(long, value_name = "ADDR", default_value = "[::]:8883")]
-    pub mqtt_tls: SocketAddr,
+    pub(crate) mqtt_tls: SocketAddr,
     /// Do not serve MQTT.
     #[arg(long)]
-    pub no_mqtt: bool,
+    pub(crate) no_mqtt: bool,
     #[command(flatten)]
-    pub knobs: MqttKnobs,
+    pub(crate) knobs: MqttKnobs,
 }
 
 impl MqttServeArgs {
-    /// The broker configuration for these flags (reads the password and ACL files).
-    pub fn to_config(&self) -> Result<MqttConfig, MqttError> {
+    /// The broker configuration for these flags. Blocking: reads the password and ACL files.
+    pub(crate) fn to_config(&self) -> Result<MqttConfig, MqttError> {
         let mut cfg = MqttConfig {
             enabled: !self.no_mqtt,
             tcp_listen: Some(self.mqtt_tcp),
@@ -474,39 +471,39 @@ impl MqttServeArgs {
 
 /// `quiclab mqtt broker`.
 #[derive(Debug, Args)]
-pub struct BrokerArgs {
+pub(crate) struct BrokerArgs {
     /// MQTT over TCP listens here.
     #[arg(long, value_name = "ADDR", default_value = "[::]:1883")]
-    pub tcp: SocketAddr,
+    pub(crate) tcp: SocketAddr,
     /// Also serve MQTT over TLS here.
     #[arg(long, value_name = "ADDR")]
-    pub tls: Option<SocketAddr>,
+    pub(crate) tls: Option<SocketAddr>,
     /// Also serve MQTT over QUIC (ALPN mqtt) on this UDP address, e.g. [::]:14567, with the
     /// transport parameters of `serve --mqtt-quic` (idle timeout 300 s, keep-alive PINGs every
     /// 60 s, 50 concurrent streams; docs/mqtt-over-quic.md §4.2).
     #[arg(long, value_name = "ADDR")]
-    pub quic: Option<SocketAddr>,
+    pub(crate) quic: Option<SocketAddr>,
     /// Directory of the development certificates (for --tls and --quic; its ca.pem is the
     /// default --mqtt-client-ca).
     #[arg(long, value_name = "DIR", default_value = "certs")]
-    pub certs: PathBuf,
+    pub(crate) certs: PathBuf,
     #[command(flatten)]
-    pub knobs: MqttKnobs,
+    pub(crate) knobs: MqttKnobs,
 }
 
 /// Run an `mqtt` subcommand; returns the process exit code.
-pub async fn run(cmd: MqttCommand) -> Result<i32, MqttError> {
+pub(crate) async fn run(cmd: MqttCommand) -> Result<i32, CliError> {
     match cmd {
         MqttCommand::Pub(a) => publish(a).await,
         MqttCommand::Sub(a) => subscribe(a).await,
-        MqttCommand::Bench(a) => super::bench::run(a).await,
         MqttCommand::Broker(a) => broker(a).await,
-        MqttCommand::Passwd(a) => passwd(a),
+        MqttCommand::Passwd(a) => tokio::task::spawn_blocking(move || passwd(a)).await.map_err(CliError::Blocking)?,
     }
 }
 
-fn passwd(a: PasswdArgs) -> Result<i32, MqttError> {
-    use super::auth::{read_password, update_file, PasswdOp};
+/// `quiclab mqtt passwd`. Blocking: reads the terminal or stdin, writes the file.
+fn passwd(a: PasswdArgs) -> Result<i32, CliError> {
+    use quiclab::mqtt::auth::{update_file, PasswdOp};
     let op = if a.delete {
         PasswdOp::Delete
     } else {
@@ -516,20 +513,91 @@ fn passwd(a: PasswdArgs) -> Result<i32, MqttError> {
         };
         PasswdOp::Set { create: a.create, password }
     };
-    update_file(&a.file, &a.user, &op)?;
+    update_file(&a.file, &a.user, &op).map_err(MqttError::from)?;
     Ok(0)
 }
 
-async fn publish(a: PubArgs) -> Result<i32, MqttError> {
+/// Read a password for `passwd` without `-b`: from a terminal, prompted twice with echo off
+/// (as `mosquitto_passwd`); otherwise one line of stdin. Blocking.
+fn read_password() -> Result<Vec<u8>, CliError> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<String, CliError> {
+        let mut s = String::new();
+        stdin.lock().read_line(&mut s).map_err(CliError::PasswordInput)?;
+        Ok(s.trim_end_matches(['\r', '\n']).to_string())
+    };
+    if !stdin.is_terminal() {
+        let pw = read_line()?;
+        if pw.is_empty() {
+            return Err(CliError::EmptyPassword);
+        }
+        return Ok(pw.into_bytes());
+    }
+    let prompt = |p: &str| -> Result<String, CliError> {
+        eprint!("{p}");
+        let _ = std::io::stderr().flush();
+        let echo = EchoOff::new();
+        let line = read_line();
+        drop(echo);
+        eprintln!();
+        line
+    };
+    let first = prompt("Password: ")?;
+    let again = prompt("Reenter password: ")?;
+    if first != again {
+        return Err(CliError::PasswordMismatch);
+    }
+    if first.is_empty() {
+        return Err(CliError::EmptyPassword);
+    }
+    Ok(first.into_bytes())
+}
+
+/// Terminal echo turned off on stdin while this lives (restored on drop).
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill in; no pointers
+        // are kept.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            t.c_lflag |= libc::ECHONL;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return EchoOff(None);
+            }
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restores the attributes read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+}
+
+async fn publish(a: PubArgs) -> Result<i32, CliError> {
     let payload = match (&a.message, &a.file) {
         (Some(m), _) => Bytes::from(m.clone().into_bytes()),
         (None, Some(f)) => {
-            Bytes::from(std::fs::read(f).map_err(|e| MqttError::Other(format!("{}: {e}", f.display())))?)
+            Bytes::from(tokio::fs::read(f).await.map_err(|source| CliError::Read { path: f.clone(), source })?)
         }
         (None, None) if a.null_message => Bytes::new(),
-        (None, None) => return Err(MqttError::Other("give a payload with -m TEXT, -f FILE or -n".into())),
+        (None, None) => return Err(CliError::NoPayload),
     };
-    let opts = a.conn.options_for_rounds()?;
+    let opts = a.conn.options_for_rounds().await?;
     for round in 0..a.conn.repeat {
         let mut c = connect_round(&a.conn, &opts, round).await?;
         let mut rebind = Rebinder::new(a.conn.rebind_after);
@@ -543,8 +611,8 @@ async fn publish(a: PubArgs) -> Result<i32, MqttError> {
     Ok(0)
 }
 
-async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
-    let opts = a.conn.options_for_rounds()?;
+async fn subscribe(a: SubArgs) -> Result<i32, CliError> {
+    let opts = a.conn.options_for_rounds().await?;
     for round in 0..a.conn.repeat {
         let status = subscribe_once(&a, &opts, round).await?;
         if status != 0 {
@@ -554,13 +622,13 @@ async fn subscribe(a: SubArgs) -> Result<i32, MqttError> {
     Ok(0)
 }
 
-async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result<i32, MqttError> {
+async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result<i32, CliError> {
     let mut c = connect_round(&a.conn, opts, round).await?;
     let filters: Vec<(&str, QoS)> = a.topic.iter().map(|t| (t.as_str(), a.qos)).collect();
     let codes = c.subscribe(&filters).await?;
     for (f, code) in a.topic.iter().zip(&codes) {
         if *code == SubscribeReturnCode::Failure {
-            return Err(MqttError::Other(format!("subscription to {f:?} refused by the broker")));
+            return Err(CliError::SubscriptionRefused(f.clone()));
         }
     }
     let mut seen = 0u64;
@@ -613,7 +681,15 @@ async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result
     Ok(0)
 }
 
-async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
+/// Everything `mqtt broker` reads from files before it listens.
+struct BrokerSetup {
+    cfg: MqttConfig,
+    store: Option<CertStore>,
+    client_ca: Option<quiclab::tls::ClientCa>,
+}
+
+/// Read the password, ACL and certificate files `mqtt broker` needs. Blocking.
+fn broker_setup(a: &BrokerArgs) -> Result<BrokerSetup, CliError> {
     let mut cfg = MqttConfig { tcp_listen: Some(a.tcp), tls_listen: a.tls, ..MqttConfig::default() };
     a.knobs.apply(&mut cfg)?;
     let store = match (a.tls, a.quic) {
@@ -621,24 +697,33 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
         _ => Some(CertStore::load_or_create(&a.certs)?),
     };
     let client_ca = match (&store, cfg.client_ca_file(&a.certs)) {
-        (Some(_), Some(path)) => Some(crate::tls::ClientCa::load(&path)?),
+        (Some(_), Some(path)) => Some(quiclab::tls::ClientCa::load(&path)?),
         _ => None,
     };
+    Ok(BrokerSetup { cfg, store, client_ca })
+}
+
+/// `quiclab mqtt broker`: listen until SIGINT or SIGTERM.
+async fn broker(a: BrokerArgs) -> Result<i32, CliError> {
+    let mut signals = Signals::catch();
+    let (setup, a) =
+        tokio::task::spawn_blocking(move || broker_setup(&a).map(|s| (s, a))).await.map_err(CliError::Blocking)??;
+    let BrokerSetup { cfg, store, client_ca } = setup;
     let tls = match (a.tls, &store) {
-        (Some(_), Some(store)) => Some(crate::tls::tcp_server_config_with(
+        (Some(_), Some(store)) => Some(quiclab::tls::tcp_server_config_with(
             store,
             &[ALPN_MQTT],
-            crate::mqtt::client_auth(&cfg, client_ca.as_ref()),
+            quiclab::mqtt::client_auth(&cfg, client_ca.as_ref()),
         )?),
         _ => None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    let started = super::tcp::start(&cfg, tls, &shutdown, &tracker).map_err(|e| MqttError::Other(e.to_string()))?;
+    let started = quiclab::mqtt::tcp::start(&cfg, tls, &shutdown, &tracker)?;
     let quic = match (a.quic, &store) {
         (Some(addr), Some(store)) => {
-            let defaults = crate::config::ServerConfig::default();
-            let listener = crate::server::MqttQuicListener {
+            let defaults = quiclab::config::ServerConfig::default();
+            let listener = quiclab::server::MqttQuicListener {
                 addr,
                 transport: defaults.mqtt_quic_transport(),
                 max_connections: cfg.max_connections,
@@ -646,10 +731,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
                 retry: false,
                 client_ca: client_ca.clone(),
             };
-            let bound = listener
-                .start(store, started.broker.clone(), &shutdown, &tracker)
-                .map_err(|e| MqttError::Other(e.to_string()))?;
-            Some(bound)
+            Some(listener.start(store, started.broker.clone(), &shutdown, &tracker)?)
         }
         _ => None,
     };
@@ -667,7 +749,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     drop(out);
-    crate::cli::wait_for_signal().await;
+    signals.recv().await;
     let t0 = Instant::now();
     shutdown.cancel();
     tracker.close();
