@@ -377,7 +377,7 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
     };
     let version = if args.http2 { HttpVersion::H2 } else { HttpVersion::H3 };
     if args.http2 && (args.zero_rtt || args.rebind_after.is_some()) {
-        return Err(ClientError::Other("--0rtt and --rebind-after need HTTP/3 (QUIC); drop --http2".into()).into());
+        return Err(ClientError::NeedsHttp3 { what: "--0rtt or --rebind-after (drop --http2)" }.into());
     }
     let opts = ClientOptions {
         trust,
@@ -411,11 +411,10 @@ async fn get(args: GetArgs) -> Result<i32, CommandError> {
                 && args.method != http::Method::HEAD
                 && want.is_some_and(|w| w != fetched.body.len() as u64)
             {
-                return Err(CommandError::Client(ClientError::Other(format!(
-                    "body incomplete: {} of {} bytes",
-                    fetched.body.len(),
-                    want.unwrap_or(0)
-                ))));
+                return Err(CommandError::Client(ClientError::BodyIncomplete {
+                    got: fetched.body.len() as u64,
+                    want: want.unwrap_or(0),
+                }));
             }
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

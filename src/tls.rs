@@ -28,25 +28,39 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// Errors from loading or creating certificates and TLS configurations.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    /// A certificate or key file could not be read or written.
+    #[error("{path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read or written.
         #[source]
         source: io::Error,
     },
+    /// A file holds no PEM block of the kind wanted.
     #[error("{path}: no PEM {what} found")]
-    Pem { path: PathBuf, what: &'static str },
-    #[error("certificate generation failed: {0}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for (`certificate`, `private key`).
+        what: &'static str,
+    },
+    /// rcgen could not generate or sign a certificate.
+    #[error("certificate generation failed")]
     Rcgen(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
+    /// rustls refused the configuration (e.g. a key that does not match the certificate).
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
+    /// A certificate is not the DER X.509 it should be; the text says where it went wrong.
     #[error("certificate is not valid DER X.509: {0}")]
     BadCertificate(&'static str),
-    #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
+    /// The rustls configuration cannot drive QUIC (it offers no TLS 1.3 cipher suite QUIC's
+    /// Initial packets can use).
+    #[error("QUIC TLS configuration")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// The client-certificate verifier could not be built from the client CA file (e.g. it
     /// holds no usable CA certificate).
-    #[error("client CA: {0}")]
+    #[error("client CA")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
     /// A client certificate name (`quiclab certs --client NAME`) that cannot be a file name
     /// part and a user name.
@@ -488,7 +502,7 @@ pub fn quic_server_config_with(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn, clients)?;
     cfg.max_early_data_size = u32::MAX;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    Ok(quinn::crypto::rustls::QuicServerConfig::try_from(cfg)?)
 }
 
 /// TLS for the TCP listener: TLS 1.3 and 1.2, ALPN in preference order.

@@ -4,8 +4,6 @@
 //! through [`serve`], so they behave alike on every transport.
 
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,7 +13,7 @@ use http::{Method, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 
-use super::routes::{empty, full, text, PatternBody};
+use super::body::{empty, full, text, Chain, PatternBody};
 use super::{Body, BodyError};
 
 /// Where a representation's bytes come from.
@@ -202,34 +200,6 @@ async fn multipart(rep: &Representation, ranges: &[(u64, u64)], mut base: Header
     }
     bodies.push(full(closing));
     with_headers(StatusCode::PARTIAL_CONTENT, base, Chain::new(bodies).boxed_unsync())
-}
-
-/// Bodies played one after the other.
-struct Chain {
-    bodies: std::collections::VecDeque<Body>,
-}
-
-impl Chain {
-    fn new(bodies: Vec<Body>) -> Self {
-        Chain { bodies: bodies.into() }
-    }
-}
-
-impl http_body::Body for Chain {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        while let Some(front) = self.bodies.front_mut() {
-            match Pin::new(front).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    self.bodies.pop_front();
-                }
-                other => return other,
-            }
-        }
-        Poll::Ready(None)
-    }
 }
 
 enum Precondition {
@@ -470,8 +440,25 @@ pub fn resolve(root: &Path, segments: &[String]) -> Result<PathBuf, PathError> {
     Ok(canon)
 }
 
+/// Resolve `segments` under `root` ([`resolve`]) and read the file's metadata
+/// ([`file_representation`]), on a blocking thread. The file is returned with its
+/// representation, or with why its metadata could not be read.
+pub(crate) async fn find_file(
+    root: &Path,
+    segments: &[String],
+) -> Result<(PathBuf, std::io::Result<Representation>), PathError> {
+    let (root, segments) = (root.to_path_buf(), segments.to_vec());
+    let found = tokio::task::spawn_blocking(move || {
+        let file = resolve(&root, &segments)?;
+        let rep = file_representation(&file);
+        Ok((file, rep))
+    });
+    // The closure does not panic; a runtime shutting down is "not found".
+    found.await.unwrap_or(Err(PathError::NotFound))
+}
+
 /// The representation of a file: strong ETag from size and modification time.
-pub fn file_representation(path: &Path) -> Result<Representation, std::io::Error> {
+fn file_representation(path: &Path) -> Result<Representation, std::io::Error> {
     let meta = std::fs::metadata(path)?;
     let modified = meta.modified().ok();
     let mtime_ns =

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BodyError, Site};
 use crate::config::TransportConfig;
-use crate::stats::{ConnInfo, Protocol, RequestInfo};
+use crate::conn::{ConnInfo, Protocol, RequestInfo};
 
 /// How the TLS/TCP listener serves HTTP on a connection.
 #[derive(Debug, Clone)]
@@ -27,6 +27,25 @@ pub struct H2Options {
     pub transport: TransportConfig,
     /// Largest request header section accepted.
     pub max_header_bytes: u32,
+}
+
+/// Run a hyper connection (HTTP/2 or HTTP/1.1: two types with the same method) to its end;
+/// when `shutdown` fires first, start its graceful shutdown (HTTP/2 GOAWAY or HTTP/1.1
+/// `Connection: close`) and let the requests in flight finish. A macro, not a generic
+/// function: behind a generic function rustc cannot prove hyper's connection future `Send`
+/// (a higher-ranked lifetime limitation), which the listener's task needs.
+macro_rules! until_shutdown {
+    ($conn:expr, $shutdown:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
 }
 
 /// Serve HTTP/2 (or HTTP/1.1) on a TLS stream until the client is done, or `shutdown`
@@ -66,30 +85,14 @@ pub async fn serve_connection<IO>(
                 .initial_stream_window_size(window(t.stream_window))
                 .initial_connection_window_size(window(t.conn_window))
                 .max_header_list_size(opts.max_header_bytes);
-            let conn = b.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, service), shutdown)
         }
         _ => {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .max_buf_size((opts.max_header_bytes as usize).max(8192))
                 .header_read_timeout(std::time::Duration::from_secs(30));
-            let conn = b.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, service), shutdown)
         }
     };
     if let Err(e) = result {

@@ -5,6 +5,7 @@
 //! and these; everything a client can observe about the site is decided here, so a comparison
 //! of the two transports compares transports, not two sites.
 
+mod body;
 pub mod files;
 pub mod h2;
 pub mod h3;
@@ -17,7 +18,7 @@ use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::config::Limits;
-use crate::stats::RequestInfo;
+use crate::conn::RequestInfo;
 
 /// Errors a body stream can carry (transport resets, limits).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,11 +46,10 @@ pub struct Site {
 
 impl Site {
     /// A site enforcing `limits`, serving files from `root` if given.
+    /// Blocking: resolves `root` on the file system.
     pub fn new(limits: Limits, root: Option<&std::path::Path>) -> std::io::Result<Arc<Site>> {
         let root = match root {
-            Some(r) => Some(
-                r.canonicalize().map_err(|e| std::io::Error::new(e.kind(), format!("--root {}: {e}", r.display())))?,
-            ),
+            Some(r) => Some(r.canonicalize()?),
             None => None,
         };
         Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now() }))
@@ -82,8 +82,8 @@ impl Site {
             tracing::info!(method = %req.method(), path = req.uri().path(), remote = %info.conn.remote(),
                 "425 Too Early: unsafe method in 0-RTT early data");
             let path = req.uri().path().to_string();
-            routes::drain_in_background(req.into_body(), self.limits.max_body, path);
-            routes::text(http::StatusCode::TOO_EARLY, "too early: retry after the handshake\n")
+            body::drain_in_background(req.into_body(), self.limits.max_body, path);
+            body::text(http::StatusCode::TOO_EARLY, "too early: retry after the handshake\n")
         } else {
             routes::route(self, req, &info).await
         };
