@@ -4,27 +4,23 @@
 /// The fields of Linux's `struct tcp_info` that quiclab reports. Fields newer kernels added are
 /// `None` when the kernel returned a shorter struct.
 #[derive(Debug, Clone, Default)]
-pub struct TcpInfo {
+pub(crate) struct TcpInfo {
     /// Smoothed RTT, microseconds.
-    pub rtt_us: u32,
+    pub(crate) rtt_us: u32,
     /// Minimum RTT seen, microseconds (Linux 4.6+).
-    pub min_rtt_us: Option<u32>,
+    pub(crate) min_rtt_us: Option<u32>,
     /// Congestion window, in segments.
-    pub snd_cwnd: u32,
+    pub(crate) snd_cwnd: u32,
     /// Sender MSS, bytes.
-    pub snd_mss: u32,
-    /// Slow-start threshold, segments.
-    pub snd_ssthresh: u32,
+    pub(crate) snd_mss: u32,
     /// Segments retransmitted over the connection's life.
-    pub total_retrans: u32,
+    pub(crate) total_retrans: u32,
     /// Segments sent (Linux 4.2+).
-    pub segs_out: Option<u32>,
+    pub(crate) segs_out: Option<u32>,
     /// Bytes retransmitted (Linux 4.19+).
-    pub bytes_retrans: Option<u64>,
-    /// Bytes sent, retransmissions included (Linux 4.19+).
-    pub bytes_sent: Option<u64>,
+    pub(crate) bytes_retrans: Option<u64>,
     /// Retransmission timeouts (Linux 6.7+).
-    pub total_rto: Option<u16>,
+    pub(crate) total_rto: Option<u16>,
 }
 
 /// The kernel's `struct tcp_info` layout (include/uapi/linux/tcp.h), through `tcpi_total_rto_time`.
@@ -87,7 +83,7 @@ struct RawTcpInfo {
 
 impl TcpInfo {
     /// `getsockopt(TCP_INFO)` on a TCP socket.
-    pub fn read(fd: std::os::fd::RawFd) -> std::io::Result<TcpInfo> {
+    pub(crate) fn read(fd: std::os::fd::RawFd) -> std::io::Result<TcpInfo> {
         let mut raw = RawTcpInfo::default();
         let mut len = std::mem::size_of::<RawTcpInfo>() as libc::socklen_t;
         // SAFETY: `raw` is a plain repr(C) struct of integers, `len` its size; the kernel
@@ -110,18 +106,16 @@ impl TcpInfo {
             min_rtt_us: has(end_of!(min_rtt)).then_some(raw.min_rtt),
             snd_cwnd: raw.snd_cwnd,
             snd_mss: raw.snd_mss,
-            snd_ssthresh: raw.snd_ssthresh,
             total_retrans: raw.total_retrans,
             segs_out: has(end_of!(segs_out)).then_some(raw.segs_out),
             bytes_retrans: has(end_of!(bytes_retrans)).then_some(raw.bytes_retrans),
-            bytes_sent: has(end_of!(bytes_sent)).then_some(raw.bytes_sent),
             total_rto: has(end_of!(total_rto)).then_some(raw.total_rto),
         })
     }
 }
 
 /// The socket's TCP congestion control algorithm (`TCP_CONGESTION`).
-pub fn tcp_congestion(fd: std::os::fd::RawFd) -> std::io::Result<String> {
+pub(crate) fn tcp_congestion(fd: std::os::fd::RawFd) -> std::io::Result<String> {
     let mut buf = [0u8; 32];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `buf`.

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 /// Set a TCP socket's congestion control algorithm (`TCP_CONGESTION`, e.g. `cubic`, `reno`).
 /// A listener's setting is inherited by the sockets it accepts.
-pub fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
+pub(crate) fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
     // SAFETY: `name` outlives the call and its length is passed.
     let rc = unsafe {
         libc::setsockopt(

@@ -139,7 +139,7 @@ fn key_log() -> Arc<dyn rustls::KeyLog> {
 }
 
 /// The crypto provider used everywhere (ring; see Cargo.toml for why not aws-lc-rs).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -159,7 +159,7 @@ pub struct CertStore {
 
 impl CertStore {
     /// Paths of the development files inside `dir`.
-    pub fn dev_paths(dir: &Path) -> DevPaths {
+    fn dev_paths(dir: &Path) -> DevPaths {
         DevPaths {
             ca: dir.join("ca.pem"),
             ca_key: dir.join("ca-key.pem"),
@@ -201,7 +201,7 @@ impl CertStore {
 }
 
 /// The files of the development certificate set.
-pub struct DevPaths {
+struct DevPaths {
     pub ca: PathBuf,
     pub ca_key: PathBuf,
     pub cert: PathBuf,
@@ -209,7 +209,7 @@ pub struct DevPaths {
 }
 
 /// Read every certificate in a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -300,7 +300,7 @@ pub struct ClientCertFiles {
 /// with `--mqtt-use-identity-as-username`) and part of two file names, so it is 1 to 64
 /// characters (RFC 5280's upper bound for a CN) of `A-Z a-z 0-9 . _ @ -`, not starting with
 /// `.` or `-`: no path separators, no MQTT wildcards (`+`, `#`), nothing a shell would mangle.
-pub fn check_client_name(name: &str) -> Result<(), TlsError> {
+fn check_client_name(name: &str) -> Result<(), TlsError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
     let ok = (1..=64).contains(&name.len()) && name.chars().all(ok_char) && !name.starts_with(['.', '-']);
     if ok {

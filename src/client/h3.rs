@@ -197,7 +197,7 @@ impl std::fmt::Display for ZeroRtt {
 }
 
 /// A copy of a request (method, URI, version, headers, body).
-pub fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
+pub(crate) fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
     let mut out = Request::new(req.body().clone());
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();

@@ -1,7 +1,9 @@
 //! Representations and the HTTP semantics around them: safe path resolution under `--root`,
 //! validators (`ETag`, `Last-Modified`), conditional requests (304, 412), ranges (206, 416,
 //! `multipart/byteranges`) and HEAD. Built-in pages, `/bytes/N` and static files all go
-//! through [`serve`], so they behave alike on every transport.
+//! through [`serve`], so they behave alike on every transport. Static files are found and
+//! their metadata read on a blocking thread (`find_file`); their bytes are read with
+//! `tokio::fs`.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -346,16 +348,22 @@ pub fn parse_range(value: &[u8], len: u64, limits: RangeLimits) -> RangeOutcome 
 /// Why a request path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// `%2F` or `%5C`: a separator smuggled into one segment.
     #[error("path contains an encoded slash or backslash")]
     EncodedSeparator,
+    /// `.` or `..`, plain or percent-encoded.
     #[error("path contains a dot segment")]
     DotSegment,
+    /// A NUL, a backslash, a bad escape or an escape that is not UTF-8.
     #[error("path contains a NUL, a backslash or invalid percent-encoding")]
     BadCharacter,
+    /// `//` inside the path.
     #[error("path contains an empty segment (an absolute path inside the path)")]
     EmptySegment,
+    /// The path resolves outside the root (through a symbolic link).
     #[error("path leaves the root through a symbolic link")]
     EscapesRoot,
+    /// Nothing (or no regular file) at the path.
     #[error("no such file")]
     NotFound,
 }
@@ -474,7 +482,7 @@ fn file_representation(path: &Path) -> Result<Representation, std::io::Error> {
 }
 
 /// Content-Type from the file extension.
-pub fn content_type_for(path: &Path) -> &'static str {
+fn content_type_for(path: &Path) -> &'static str {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",

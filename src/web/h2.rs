@@ -20,7 +20,7 @@ use crate::conn::{ConnInfo, Protocol, RequestInfo};
 
 /// How the TLS/TCP listener serves HTTP on a connection.
 #[derive(Debug, Clone)]
-pub struct H2Options {
+pub(crate) struct H2Options {
     /// Value of the `Alt-Svc` header, e.g. `h3=":4433"`.
     pub alt_svc: Option<HeaderValue>,
     /// Windows and stream limit, kept equal to the QUIC ones so the comparison is fair.
@@ -50,7 +50,7 @@ macro_rules! until_shutdown {
 
 /// Serve HTTP/2 (or HTTP/1.1) on a TLS stream until the client is done, or `shutdown`
 /// fires: then HTTP/2 GOAWAY (RFC 9113 §6.8) or `Connection: close`, and in-flight requests finish.
-pub async fn serve_connection<IO>(
+pub(crate) async fn serve_connection<IO>(
     site: Arc<Site>,
     conn: Arc<ConnInfo>,
     io: IO,

@@ -27,7 +27,7 @@ type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// Serve HTTP/3 on an accepted QUIC connection until the peer closes it, the connection fails,
 /// or `shutdown` fires (then GOAWAY, RFC 9114 §5.2, and the requests in flight finish).
-pub async fn serve_connection(
+pub(crate) async fn serve_connection(
     site: Arc<Site>,
     conn: Arc<ConnInfo>,
     quic: quinn::Connection,

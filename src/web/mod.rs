@@ -4,6 +4,17 @@
 //! body. The HTTP/3 loop ([`h3`]) and hyper ([`h2`]) only translate between their stream types
 //! and these; everything a client can observe about the site is decided here, so a comparison
 //! of the two transports compares transports, not two sites.
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | [`routes`] | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
+//! | [`files`] | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
+//! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
+//! | [`h3`] | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
+//! | [`h2`] | HTTP/2 and HTTP/1.1 over TLS/TCP (hyper), with graceful shutdown |
+//!
+//! The listeners do not know this module: [`crate::server`] registers [`h3`] on the QUIC
+//! endpoint and [`h2`] on the TLS/TCP listener.
 
 mod body;
 pub mod files;
@@ -30,7 +41,7 @@ pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 pub const EARLY_DATA_HEADER: &str = "quiclab-early-data";
 
 /// Methods served from early data: safe ones, whose replay changes nothing (RFC 9110 §9.2.1).
-pub fn is_replay_safe(m: &http::Method) -> bool {
+fn is_replay_safe(m: &http::Method) -> bool {
     matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 

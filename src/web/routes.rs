@@ -92,8 +92,8 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
         }
         ["bytes", n] => match bytes_representation(site, n) {
             Ok(rep) => return files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
-            Err(msg) => {
-                let mut resp = Response::new(full(msg));
+            Err(e) => {
+                let mut resp = Response::new(full(e.to_string()));
                 *resp.status_mut() = StatusCode::BAD_REQUEST;
                 resp
             }
@@ -193,20 +193,35 @@ document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : ''
 </html>
 "#;
 
+/// Why `/bytes/N` is refused; the text is the body of the 400 answer.
+#[derive(Debug, thiserror::Error)]
+enum BadBytes {
+    /// N is not a size.
+    #[error("bad size: use /bytes/N with N like 1024, 64k or 50M\n")]
+    Unparseable,
+    /// N is above the site's `max_bytes`.
+    #[error("{n} bytes is above the cap of {max}\n")]
+    AboveCap {
+        /// The size asked for.
+        n: u64,
+        /// The cap.
+        max: u64,
+    },
+}
+
 /// `/bytes/N`: the pattern is a pure function of N, so its ETag is too and it never changes.
-/// Errors are the text of a 400 response.
-fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, String> {
+fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, BadBytes> {
     let n = match parse_size(arg) {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(arg, error = %e, "bad /bytes size");
-            return Err("bad size: use /bytes/N with N like 1024, 64k or 50M\n".into());
+            return Err(BadBytes::Unparseable);
         }
     };
     let max = site.limits().max_bytes;
     if n > max {
         tracing::info!(n, max, "/bytes request above the cap");
-        return Err(format!("{n} bytes is above the cap of {max}\n"));
+        return Err(BadBytes::AboveCap { n, max });
     }
     Ok(files::Representation {
         len: n,
