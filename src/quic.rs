@@ -351,3 +351,18 @@ impl quinn::AsyncUdpSocket for FollowDestination {
         self.inner.may_fragment()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_config_refuses_what_quic_cannot_carry() {
+        let t = TransportConfig { stream_window: 1 << 62, ..Default::default() };
+        let e = transport_config(&t).err();
+        assert!(matches!(e, Some(QuicError::WindowTooLarge { what: "stream window", value }) if value == 1 << 62));
+        let t = TransportConfig { idle_timeout: Duration::from_secs(u64::MAX), ..Default::default() };
+        assert!(matches!(transport_config(&t).err(), Some(QuicError::IdleTimeoutTooLarge(_))));
+        assert!(transport_config(&TransportConfig::default()).is_ok());
+    }
+}

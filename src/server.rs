@@ -66,6 +66,9 @@ pub enum ServerError {
     /// The TCP congestion controller asked for cannot be set on the listener.
     #[error("cannot set the TCP congestion control")]
     TcpCongestion(#[source] std::io::Error),
+    /// The runtime shut down while the server was reading its files.
+    #[error("the async runtime shut down during start-up")]
+    RuntimeShutdown,
     /// The transport configuration does not fit QUIC.
     #[error("invalid transport configuration")]
     Transport(#[from] QuicError),
@@ -279,7 +282,10 @@ impl Server {
         };
         let StartupFiles { store, client_ca, site } = match files.await {
             Ok(r) => r?,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => return Err(ServerError::RuntimeShutdown),
+            },
         };
         let certs = CertSummary {
             ca_path: store.ca_path.clone(),
