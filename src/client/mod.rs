@@ -25,13 +25,31 @@ use crate::web::Body;
 /// Errors from the clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL cannot be fetched: unparseable, not `https://`, or without a host.
+    /// The URL is not a URL.
+    #[error("bad URL {url:?}")]
+    UrlSyntax {
+        /// The URL as given.
+        url: String,
+        /// What the URL parser found.
+        #[source]
+        source: url::ParseError,
+    },
+    /// The URL is a URL but not one of an HTTP request (e.g. characters `http` refuses).
+    #[error("bad URL {url:?}")]
+    Uri {
+        /// The URL as given.
+        url: String,
+        /// What `http` found.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The URL cannot be fetched here: not `https://`, or without a host.
     #[error("bad URL {url:?}: {reason}")]
     BadUrl {
         /// The URL as given.
         url: String,
         /// What is wrong with it.
-        reason: String,
+        reason: &'static str,
     },
     /// The host name did not resolve.
     #[error("cannot resolve {host}")]
@@ -157,8 +175,8 @@ pub struct Target {
 impl Target {
     /// Parse an `https://` URL.
     pub fn parse(url: &str) -> Result<Target, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
-        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let bad = |reason| ClientError::BadUrl { url: url.to_string(), reason };
+        let parsed = url::Url::parse(url).map_err(|source| ClientError::UrlSyntax { url: url.to_string(), source })?;
         if parsed.scheme() != "https" {
             return Err(bad("only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)"));
         }
@@ -169,7 +187,8 @@ impl Target {
             None => return Err(bad("no host")),
         };
         let port = parsed.port().unwrap_or(443);
-        let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri =
+            parsed.as_str().parse().map_err(|source| ClientError::Uri { url: url.to_string(), source })?;
         Ok(Target { host, port, uri, addr: None })
     }
 
