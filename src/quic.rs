@@ -2,11 +2,11 @@
 //! service registered for the ALPN its handshake settled on.
 //!
 //! This module knows no application protocol: [`crate::server`] registers the services
-//! ([`QuicService`]) in a [`QuicContext`]; the endpoint enforces what is common to them
+//! (`QuicService`) in a `QuicContext`; the endpoint enforces what is common to them
 //! (connection limit, Retry, handshake deadline, per-connection qlog) and tells each service
 //! when the handshake completes ([`HandshakeDone`]). quinn fixes a connection's transport
 //! parameters when it is accepted, before the ALPN is known, so every ALPN served on one
-//! endpoint shares [`transport_config`]. [`FollowDestination`] is the UDP socket under an
+//! endpoint shares [`transport_config`]. `FollowDestination` is the UDP socket under an
 //! endpoint that advertises a preferred address.
 
 use std::io;

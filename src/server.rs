@@ -141,6 +141,9 @@ impl MqttQuicListener {
     }
 }
 
+/// Backlog of the HTTP/2 and HTTP/1.1 listener.
+const HTTP_BACKLOG: i32 = 1024;
+
 /// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
 /// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
 fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
@@ -154,7 +157,7 @@ fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, 
         if same_ephemeral {
             tcp_addr.set_port(udp.local_addr().map_err(bind_err("UDP", quic))?.port());
         }
-        match crate::tcp::bind_tcp(tcp_addr, crate::tcp::HTTP_BACKLOG) {
+        match crate::tcp::bind_tcp(tcp_addr, HTTP_BACKLOG) {
             Ok(listener) => return Ok((udp, listener)),
             Err(e) => last_err = Some(bind_err("TCP", tcp_addr)(e)),
         }

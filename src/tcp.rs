@@ -1,6 +1,6 @@
-//! TCP plumbing: the one way quiclab binds a listening socket ([`bind_tcp`], for HTTP and MQTT
+//! TCP plumbing: the one way quiclab binds a listening socket (`bind_tcp`, for HTTP and MQTT
 //! alike), `TCP_CONGESTION`, and the TLS/TCP listener that accepts, sets TCP_NODELAY,
-//! completes TLS within a deadline and hands each connection to its [`TcpService`] (which
+//! completes TLS within a deadline and hands each connection to its `TcpService` (which
 //! [`crate::server`] registers; this module knows no application protocol).
 
 use std::io;
@@ -34,9 +34,6 @@ pub(crate) fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<(
         Err(io::Error::new(e.kind(), format!("TCP_CONGESTION={name}: {e}")))
     }
 }
-
-/// Backlog of the HTTP listener.
-pub(crate) const HTTP_BACKLOG: i32 = 1024;
 
 /// Bind a TCP listener with SO_REUSEADDR and a backlog of `backlog` connections; an
 /// unspecified IPv6 address is bound dual-stack (IPV6_V6ONLY off). Call within a runtime.

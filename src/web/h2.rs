@@ -1,6 +1,7 @@
 //! HTTP/2 and HTTP/1.1 over TLS/TCP: hyper serving the same [`Site`] as HTTP/3.
 //!
-//! The protocol is chosen by the ALPN the TLS handshake settled on (`h2`, else HTTP/1.1).
+//! The protocol is the one the TLS handshake settled on (ALPN `h2`, else HTTP/1.1; the
+//! listener's service in [`crate::server`] reads it into [`ConnInfo::protocol`]).
 //! Every response carries `Alt-Svc: h3=":PORT"` (RFC 7838 §3) advertising the QUIC endpoint.
 
 use std::convert::Infallible;
