@@ -1,6 +1,6 @@
 //! Every tunable knob of the server, with its default and the reason for that default.
 //!
-//! The CLI (`cli.rs`), the examples, the tests and the lab all build their servers from
+//! The CLI, the examples, the tests and the lab all build their servers from
 //! [`ServerConfig`], so a default lives in exactly one place. [`ServerConfig::summary`]
 //! prints the effective configuration at startup, so every run says what it ran with.
 

@@ -10,11 +10,12 @@
 //! | `main.rs`, `cli/` | the binary, not part of this library: the command-line parser, signal handling, and the code that runs each command on this library's plain parameter structs |
 //! | [`config`] | every tunable knob, its default and the reason for it |
 //! | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
-//! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN |
-//! | [`tcp`] | the TLS/TCP listener dispatching by ALPN (`h2`, `http/1.1`) |
-//! | [`server`] | starts both listeners from one [`config::ServerConfig`]; graceful shutdown |
+//! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN to registered services |
+//! | [`tcp`] | TCP listening sockets and the TLS/TCP listener handing connections to one service |
+//! | [`server`] | starts the listeners from one [`config::ServerConfig`], registers the services by ALPN; graceful shutdown |
 //! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
-//! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
+//! | [`conn`] | per-connection and per-request facts every service is handed (protocol, addresses, path, 0-RTT) |
+//! | [`stats`] | kernel TCP statistics (`TCP_INFO`, `TCP_CONGESTION`) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
 //! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, password updates for `mqtt passwd` |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
@@ -28,6 +29,7 @@
 
 pub mod client;
 pub mod config;
+pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lab;

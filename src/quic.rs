@@ -1,33 +1,64 @@
-//! The QUIC endpoint: one quinn endpoint on one UDP port, dispatching connections by ALPN.
+//! The QUIC endpoint: one quinn endpoint on one UDP port, handing each connection to the
+//! service registered for the ALPN its handshake settled on.
 //!
-//! quinn fixes a connection's transport parameters when it is accepted, before the ALPN is
-//! known, so every ALPN served on this endpoint shares [`transport_config`].
+//! This module knows no application protocol: [`crate::server`] registers the services
+//! (`QuicService`) in a `QuicContext`; the endpoint enforces what is common to them
+//! (connection limit, Retry, handshake deadline, per-connection qlog) and tells each service
+//! when the handshake completes ([`HandshakeDone`]). quinn fixes a connection's transport
+//! parameters when it is accepted, before the ALPN is known, so every ALPN served on one
+//! endpoint shares [`transport_config`]. `FollowDestination` is the UDP socket under an
+//! endpoint that advertises a preferred address.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Congestion, TransportConfig};
-use crate::stats::{ConnInfo, Protocol};
-use crate::web::Site;
+use crate::config::{Congestion, TransportConfig};
+use crate::conn::HandshakeDone;
 
-/// Application close code for a connection whose ALPN has no handler. rustls already refuses
+/// Application close code for a connection whose ALPN has no service. rustls already refuses
 /// ALPNs the endpoint does not offer (`no_application_protocol`, RFC 9001 §8.1); this only
-/// covers an offered ALPN whose service is switched off. 0x0101 is H3_GENERAL_PROTOCOL_ERROR
+/// covers an offered ALPN with no service registered. 0x0101 is H3_GENERAL_PROTOCOL_ERROR
 /// (RFC 9114 §8.1), the closest generic code.
-pub const CLOSE_UNKNOWN_ALPN: u32 = 0x0101;
+pub(crate) const CLOSE_UNKNOWN_ALPN: u32 = 0x0101;
 
-/// Resolves when the connection's handshake completes; polled without waiting it tells whether a
-/// request accepted now arrived in 0-RTT (see [`crate::web::h3`]).
-pub type HandshakeDone = futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
+/// Why quiclab's transport settings cannot be quinn's, or a connection's qlog cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// A flow-control window is beyond what a QUIC variable-length integer holds (2^62 - 1).
+    #[error("{what} {value} is too large")]
+    WindowTooLarge {
+        /// Which window (`stream window`, `connection window`).
+        what: &'static str,
+        /// The value asked for, in bytes.
+        value: u64,
+    },
+    /// The idle timeout is beyond what QUIC's `max_idle_timeout` parameter holds.
+    #[error("idle timeout {0:?} is too large")]
+    IdleTimeoutTooLarge(Duration),
+    /// A connection's qlog file could not be created.
+    #[error("cannot create qlog file {path}")]
+    QlogFile {
+        /// The file asked for.
+        path: PathBuf,
+        /// Why it could not be created.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// quinn transport parameters from quiclab's configuration.
-pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, String> {
-    let varint = |v: u64, what: &str| quinn::VarInt::from_u64(v).map_err(|_| format!("{what} {v} is too large"));
+pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, QuicError> {
+    let varint =
+        |value: u64, what| quinn::VarInt::from_u64(value).map_err(|_| QuicError::WindowTooLarge { what, value });
     let mut tc = quinn::TransportConfig::default();
     tc.stream_receive_window(varint(t.stream_window, "stream window")?)
         .receive_window(varint(t.conn_window, "connection window")?)
@@ -36,7 +67,7 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, S
         .initial_rtt(t.initial_rtt)
         .keep_alive_interval(t.keep_alive)
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| "idle timeout too large".to_string())?,
+            quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| QuicError::IdleTimeoutTooLarge(t.idle_timeout))?,
         ));
     match t.congestion {
         Congestion::Cubic => tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
@@ -48,7 +79,7 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, S
 
 /// Bind a UDP socket with large buffers; an unspecified IPv6 address is bound dual-stack
 /// (IPv4-mapped too).
-pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
     if addr.is_ipv6() {
@@ -65,52 +96,79 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// Socket buffer size asked for on QUIC sockets.
 const UDP_BUFFER: usize = 4 << 20;
 
-/// What every QUIC connection handler needs.
-pub struct QuicContext {
-    /// The test site (ALPN `h3`); `None` on a listener that serves MQTT only.
-    pub site: Option<Arc<Site>>,
+/// An application protocol served on the endpoint, registered for its ALPN.
+pub(crate) trait QuicService: Send + Sync {
+    /// Serve `conn` until it ends. `local` is the server's address on the connection;
+    /// `handshake_done` resolves when the handshake completes: until then, what arrives on
+    /// the connection is 0-RTT early data. The endpoint closes a connection whose handshake
+    /// does not complete within its deadline.
+    fn serve(
+        &self,
+        conn: quinn::Connection,
+        local: SocketAddr,
+        handshake_done: HandshakeDone,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// The services of one endpoint: ALPN → service.
+pub(crate) type QuicServices = Vec<(&'static [u8], Arc<dyn QuicService>)>;
+
+/// What the endpoint's accept loop needs.
+pub(crate) struct QuicContext {
+    /// The services, by ALPN.
+    pub(crate) services: QuicServices,
     /// The endpoint's bound address (its port is every connection's local port).
-    pub local: SocketAddr,
-    /// The congestion controller configured, for `/conn`.
-    pub congestion: Congestion,
-    /// Fires on graceful shutdown.
-    pub shutdown: CancellationToken,
+    pub(crate) local: SocketAddr,
+    /// Fires on graceful shutdown: the accept loop stops.
+    pub(crate) shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// One permit per connection (`max_connections`).
-    pub permits: Arc<tokio::sync::Semaphore>,
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
     /// Stateless Retry for every new client.
-    pub retry: bool,
+    pub(crate) retry: bool,
     /// Per-connection qlog files, with the server configuration to clone for each.
-    pub qlog: Option<QlogSetup>,
+    pub(crate) qlog: Option<QlogSetup>,
     /// How long the handshake may take.
-    pub handshake_timeout: std::time::Duration,
-    /// The MQTT broker, for ALPN `mqtt` (None: MQTT off).
-    pub mqtt: Option<crate::mqtt::Broker>,
+    pub(crate) handshake_timeout: Duration,
 }
 
 /// What is needed to give each connection its own qlog (quinn takes the qlog writer in the
 /// TransportConfig, so each connection needs its own config through `Incoming::accept_with`).
-pub struct QlogSetup {
-    pub dir: std::path::PathBuf,
-    pub server_config: quinn::ServerConfig,
-    pub transport: TransportConfig,
-    pub counter: std::sync::atomic::AtomicU64,
+pub(crate) struct QlogSetup {
+    /// The directory the files go to (it exists).
+    pub(crate) dir: PathBuf,
+    /// The endpoint's server configuration, cloned for each connection.
+    pub(crate) server_config: quinn::ServerConfig,
+    /// The transport parameters, rebuilt for each connection around its qlog writer.
+    pub(crate) transport: TransportConfig,
+    /// Numbers the files of connections that start in the same millisecond.
+    pub(crate) counter: AtomicU64,
 }
 
 impl QlogSetup {
-    fn config_for(&self, remote: SocketAddr) -> Result<Arc<quinn::ServerConfig>, String> {
-        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// A server configuration writing `remote`'s qlog to a new file. The file is created on a
+    /// blocking thread, off the accept path.
+    async fn config_for(&self, remote: SocketAddr) -> Result<Arc<quinn::ServerConfig>, QuicError> {
+        let mut tc = transport_config(&self.transport)?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let stamp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let name = format!("{stamp}-{n}-{}.qlog", remote.to_string().replace([':', '[', ']'], "_"));
         let path = self.dir.join(name);
-        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let create = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::File::create(path))
+        };
+        let file = match create.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        }
+        .map_err(|source| QuicError::QlogFile { path, source })?;
         let mut q = quinn::QlogConfig::default();
         q.writer(Box::new(std::io::BufWriter::new(file)))
             .title(Some(format!("quiclab server, client {remote}")))
             .start_time(std::time::Instant::now());
-        let mut tc = transport_config(&self.transport)?;
         tc.qlog_stream(q.into_stream());
         let mut sc = self.server_config.clone();
         sc.transport_config(Arc::new(tc));
@@ -119,7 +177,7 @@ impl QlogSetup {
 }
 
 /// Accept connections until shutdown, each in its own task.
-pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<QuicContext>) {
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<QuicContext>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -146,10 +204,11 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
         return;
     }
     let accepted = match &ctx.qlog {
-        Some(q) => match q.config_for(remote) {
+        Some(q) => match q.config_for(remote).await {
             Ok(cfg) => incoming.accept_with(cfg),
             Err(e) => {
-                tracing::warn!(%remote, error = %e, "cannot write qlog; accepting without it");
+                let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(%remote, error = %e, %cause, "cannot write qlog; accepting without it");
                 incoming.accept()
             }
         },
@@ -182,7 +241,12 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
         },
     };
     let local = SocketAddr::new(conn.local_ip().unwrap_or(ctx.local.ip()), ctx.local.port());
-    let alpn_str = alpn.as_deref().map(|a| String::from_utf8_lossy(a).into_owned());
+    let service = ctx.services.iter().find(|(a, _)| Some(*a) == alpn.as_deref()).map(|(_, s)| s);
+    let Some(service) = service else {
+        tracing::info!(%remote, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "no service for this ALPN; closing");
+        conn.close(CLOSE_UNKNOWN_ALPN.into(), b"unsupported ALPN");
+        return;
+    };
     // A client that never completes its handshake is closed after the deadline.
     let deadline = {
         let (conn, done, t) = (conn.clone(), handshake_done.clone(), ctx.handshake_timeout);
@@ -194,48 +258,11 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
             std::future::pending::<()>().await
         }
     };
-    let service = async {
-        match alpn.as_deref() {
-            Some(config::ALPN_H3) if ctx.site.is_some() => {
-                let Some(site) = ctx.site.clone() else { return };
-                tracing::debug!(%remote, "HTTP/3 connection");
-                let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::H3)
-                    .with_congestion(ctx.congestion.to_string());
-                // Boxed: the handshake-stage state above is not carried through the
-                // connection's whole life (memory per idle connection).
-                let f = Box::pin(crate::web::h3::serve_connection(
-                    site,
-                    Arc::new(info),
-                    conn.clone(),
-                    handshake_done.clone(),
-                    ctx.shutdown.clone(),
-                ));
-                f.await;
-            }
-            Some(crate::mqtt::config::ALPN_MQTT) if ctx.mqtt.is_some() => {
-                if let Some(broker) = &ctx.mqtt {
-                    tracing::debug!(%remote, "MQTT over QUIC connection");
-                    // Early data is read at once; the broker core decides which early packets
-                    // are safe to act on before the handshake completes (docs/mqtt-over-quic.md
-                    // §6.7) and holds the rest.
-                    let info = ConnInfo::quic(conn.clone(), local, alpn_str, Protocol::Mqtt);
-                    Box::pin(crate::mqtt::quic::serve_connection(
-                        conn.clone(),
-                        broker.clone(),
-                        Arc::new(info),
-                        handshake_done.clone(),
-                    ))
-                    .await;
-                }
-            }
-            other => {
-                tracing::info!(%remote, alpn = ?other.map(String::from_utf8_lossy), "no handler for this ALPN; closing");
-                conn.close(CLOSE_UNKNOWN_ALPN.into(), b"unsupported ALPN");
-            }
-        }
-    };
+    // Boxed by the service: the handshake-stage state above is not carried through the
+    // connection's whole life (memory per idle connection).
+    let serve = service.serve(conn, local, handshake_done);
     tokio::select! {
-        _ = service => {}
+        _ = serve => {}
         _ = deadline => {}
     }
 }
@@ -247,7 +274,7 @@ async fn handle_incoming(incoming: quinn::Incoming, ctx: Arc<QuicContext>) {
 /// socket) would get its answers from the old address and drop them. This wrapper remembers,
 /// per client address, which preferred IP the client last sent to, and sends from that IP.
 #[derive(Debug)]
-pub struct FollowDestination {
+pub(crate) struct FollowDestination {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
     preferred: Vec<std::net::IpAddr>,
     /// Client address → the preferred IP it last sent to. Bounded: cleared when it grows past
@@ -259,7 +286,7 @@ impl FollowDestination {
     const MAX_ENTRIES: usize = 65_536;
 
     /// Wrap `socket`; `preferred` are the advertised addresses.
-    pub fn new(socket: Arc<dyn quinn::AsyncUdpSocket>, preferred: &[SocketAddr]) -> Self {
+    pub(crate) fn new(socket: Arc<dyn quinn::AsyncUdpSocket>, preferred: &[SocketAddr]) -> Self {
         FollowDestination {
             inner: socket,
             preferred: preferred.iter().map(|a| a.ip().to_canonical()).collect(),
@@ -322,5 +349,20 @@ impl quinn::AsyncUdpSocket for FollowDestination {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_config_refuses_what_quic_cannot_carry() {
+        let t = TransportConfig { stream_window: 1 << 62, ..Default::default() };
+        let e = transport_config(&t).err();
+        assert!(matches!(e, Some(QuicError::WindowTooLarge { what: "stream window", value }) if value == 1 << 62));
+        let t = TransportConfig { idle_timeout: Duration::from_secs(u64::MAX), ..Default::default() };
+        assert!(matches!(transport_config(&t).err(), Some(QuicError::IdleTimeoutTooLarge(_))));
+        assert!(transport_config(&TransportConfig::default()).is_ok());
     }
 }

@@ -1,17 +1,29 @@
 //! A running quiclab server: the QUIC endpoint and the TLS/TCP listener, started together from
 //! one [`ServerConfig`], stopped together with a bounded graceful shutdown.
 //!
+//! This is where transports meet applications: the endpoint ([`crate::quic`]) and the TLS/TCP
+//! listener ([`crate::tcp`]) know no application protocol; [`Server::start`] registers HTTP/3
+//! ([`crate::web::h3`]) and MQTT over QUIC ([`crate::mqtt::quic`]) by ALPN on the endpoint,
+//! and HTTP/2 / HTTP/1.1 ([`crate::web::h2`]) on the TLS/TCP listener. MQTT over TCP and TLS
+//! runs on listeners of its own ([`crate::mqtt::tcp`]); [`MqttQuicListener`] is a QUIC
+//! endpoint serving MQTT only.
+//!
 //! `quiclab serve`, the tests, the examples and the lab all start servers through
 //! [`Server::start`], so they run the very same code.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, ServerConfig};
+use crate::config::{self, Congestion, ServerConfig};
+use crate::conn::{ConnInfo, HandshakeDone, Protocol};
+use crate::quic::{QuicError, QuicService, QuicServices};
+use crate::tcp::{TcpService, TlsConn};
 use crate::tls::{self, CertStore, TlsError};
 use crate::web::h2::H2Options;
 use crate::web::Site;
@@ -19,19 +31,47 @@ use crate::web::Site;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The certificates could not be loaded or created, or a TLS configuration not built.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {proto} {addr}: {source}")]
+    /// A listening socket could not be bound (or its address not read back).
+    #[error("cannot listen on {proto} {addr}")]
     Bind {
+        /// What the socket was for (`UDP`, `TCP`, `MQTT/QUIC`, ...).
         proto: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Setup(std::io::Error),
-    #[error("invalid transport configuration: {0}")]
-    Transport(String),
+    /// The static-file root (`--root`) cannot be used.
+    #[error("cannot serve files from --root {path}")]
+    Root {
+        /// The root asked for.
+        path: PathBuf,
+        /// Why it cannot be resolved.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The qlog directory (`--qlog-dir`) cannot be created.
+    #[error("cannot create --qlog-dir {path}")]
+    QlogDir {
+        /// The directory asked for.
+        path: PathBuf,
+        /// Why it cannot be created.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP congestion controller asked for cannot be set on the listener.
+    #[error("cannot set the TCP congestion control")]
+    TcpCongestion(#[source] std::io::Error),
+    /// The runtime shut down while the server was reading its files.
+    #[error("the async runtime shut down during start-up")]
+    RuntimeShutdown,
+    /// The transport configuration does not fit QUIC.
+    #[error("invalid transport configuration")]
+    Transport(#[from] QuicError),
 }
 
 /// What the server presents, for the startup banner and `quiclab certs`.
@@ -50,9 +90,13 @@ pub struct CertSummary {
 /// A QUIC listener that serves MQTT only (ALPN `mqtt`), with transport parameters of its own
 /// (docs/mqtt-over-quic.md §1.2, §4.2): `serve --mqtt-quic` and `mqtt broker --quic`.
 pub struct MqttQuicListener {
+    /// The UDP address to bind.
     pub addr: SocketAddr,
+    /// Its own transport parameters ([`ServerConfig::mqtt_quic_transport`]).
     pub transport: config::TransportConfig,
+    /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// How long a handshake may take.
     pub handshake_timeout: std::time::Duration,
     /// Stateless Retry for every new client.
     pub retry: bool,
@@ -76,27 +120,29 @@ impl MqttQuicListener {
         let clients = crate::mqtt::client_auth(broker.config(), self.client_ca.as_ref());
         let qtls = tls::quic_server_config_with(store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
-        sc.transport_config(Arc::new(crate::quic::transport_config(&self.transport).map_err(ServerError::Transport)?));
+        sc.transport_config(Arc::new(crate::quic::transport_config(&self.transport)?));
         let udp = crate::quic::bind_udp(addr).map_err(bind_err)?;
         let ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), udp, Arc::new(quinn::TokioRuntime))
             .map_err(bind_err)?;
         let local = ep.local_addr().map_err(bind_err)?;
+        let mqtt: Arc<dyn QuicService> = Arc::new(MqttOverQuic { broker });
         let ctx = Arc::new(crate::quic::QuicContext {
-            site: None,
+            services: vec![(crate::mqtt::config::ALPN_MQTT, mqtt)],
             local,
-            congestion: self.transport.congestion,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
             retry: self.retry,
             qlog: None,
             handshake_timeout: self.handshake_timeout,
-            mqtt: Some(broker),
         });
         tracker.spawn(crate::quic::accept_loop(ep, ctx));
         Ok(local)
     }
 }
+
+/// Backlog of the HTTP/2 and HTTP/1.1 listener.
+const HTTP_BACKLOG: i32 = 1024;
 
 /// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
 /// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
@@ -111,12 +157,108 @@ fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, 
         if same_ephemeral {
             tcp_addr.set_port(udp.local_addr().map_err(bind_err("UDP", quic))?.port());
         }
-        match crate::tcp::bind_tcp(tcp_addr) {
+        match crate::tcp::bind_tcp(tcp_addr, HTTP_BACKLOG) {
             Ok(listener) => return Ok((udp, listener)),
             Err(e) => last_err = Some(bind_err("TCP", tcp_addr)(e)),
         }
     }
     Err(last_err.unwrap_or_else(|| bind_err("TCP", tcp)(std::io::ErrorKind::AddrInUse.into())))
+}
+
+/// What [`Server::start`] reads from files before it binds anything.
+struct StartupFiles {
+    store: CertStore,
+    client_ca: Option<tls::ClientCa>,
+    site: Arc<Site>,
+}
+
+/// Load or create the certificates, load the MQTT client CA, resolve the static-file root and
+/// create the qlog directory (blocking file work).
+fn load_files(cfg: &ServerConfig) -> Result<StartupFiles, ServerError> {
+    let store = match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => CertStore::load(c, k)?,
+        _ => CertStore::load_or_create(&cfg.certs_dir)?,
+    };
+    // MQTT client certificates: the CA is loaded once for every listener that asks.
+    let client_ca = match cfg.mqtt.client_ca_file(&cfg.certs_dir) {
+        Some(path) if cfg.mqtt.enabled => Some(tls::ClientCa::load(&path)?),
+        _ => None,
+    };
+    let site = Site::new(cfg.limits.clone(), cfg.root.as_deref())
+        .map_err(|source| ServerError::Root { path: cfg.root.clone().unwrap_or_default(), source })?;
+    if let Some(dir) = &cfg.qlog_dir {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::QlogDir { path: dir.clone(), source })?;
+    }
+    Ok(StartupFiles { store, client_ca, site })
+}
+
+/// HTTP/3 on the QUIC endpoint (ALPN `h3`).
+struct Http3 {
+    site: Arc<Site>,
+    /// The endpoint's congestion controller, for `/conn`.
+    congestion: Congestion,
+    shutdown: CancellationToken,
+}
+
+impl QuicService for Http3 {
+    fn serve(
+        &self,
+        conn: quinn::Connection,
+        local: SocketAddr,
+        handshake_done: HandshakeDone,
+    ) -> BoxFuture<'static, ()> {
+        tracing::debug!(remote = %conn.remote_address(), "HTTP/3 connection");
+        let alpn = Some(String::from_utf8_lossy(config::ALPN_H3).into_owned());
+        let info = ConnInfo::quic(conn.clone(), local, alpn, Protocol::H3).with_congestion(self.congestion.to_string());
+        Box::pin(crate::web::h3::serve_connection(
+            self.site.clone(),
+            Arc::new(info),
+            conn,
+            handshake_done,
+            self.shutdown.clone(),
+        ))
+    }
+}
+
+/// MQTT over QUIC (ALPN `mqtt`).
+struct MqttOverQuic {
+    broker: crate::mqtt::Broker,
+}
+
+impl QuicService for MqttOverQuic {
+    fn serve(
+        &self,
+        conn: quinn::Connection,
+        local: SocketAddr,
+        handshake_done: HandshakeDone,
+    ) -> BoxFuture<'static, ()> {
+        tracing::debug!(remote = %conn.remote_address(), "MQTT over QUIC connection");
+        // Early data is read at once; the broker core decides which early packets are safe to
+        // act on before the handshake completes (docs/mqtt-over-quic.md §6.7) and holds the rest.
+        let alpn = Some(String::from_utf8_lossy(crate::mqtt::config::ALPN_MQTT).into_owned());
+        let info = ConnInfo::quic(conn.clone(), local, alpn, Protocol::Mqtt);
+        Box::pin(crate::mqtt::quic::serve_connection(conn, self.broker.clone(), Arc::new(info), handshake_done))
+    }
+}
+
+/// HTTP/2 (ALPN `h2`), else HTTP/1.1, on the TLS/TCP listener.
+struct HttpOverTcp {
+    site: Arc<Site>,
+    opts: Arc<H2Options>,
+    shutdown: CancellationToken,
+}
+
+impl TcpService for HttpOverTcp {
+    fn serve(&self, conn: TlsConn) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let protocol = match conn.alpn.as_deref() {
+            Some(config::ALPN_H2) => Protocol::H2,
+            _ => Protocol::Http11,
+        };
+        let alpn = conn.alpn.map(|a| String::from_utf8_lossy(&a).into_owned());
+        let info = Arc::new(ConnInfo::tcp(conn.fd, conn.local, conn.remote, alpn, protocol, conn.resumed));
+        let (site, opts, shutdown) = (self.site.clone(), self.opts.clone(), self.shutdown.clone());
+        crate::web::h2::serve_connection(site, info, conn.stream, opts, shutdown)
+    }
 }
 
 /// A running server.
@@ -135,9 +277,18 @@ pub struct Server {
 impl Server {
     /// Load or create certificates, bind both listeners and start serving.
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
-        let store = match (&cfg.cert, &cfg.key) {
-            (Some(c), Some(k)) => CertStore::load(c, k)?,
-            _ => CertStore::load_or_create(&cfg.certs_dir)?,
+        // Certificates, the client CA, the static-file root and the qlog directory are file
+        // work: done on a blocking thread.
+        let files = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || load_files(&cfg))
+        };
+        let StartupFiles { store, client_ca, site } = match files.await {
+            Ok(r) => r?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => return Err(ServerError::RuntimeShutdown),
+            },
         };
         let certs = CertSummary {
             ca_path: store.ca_path.clone(),
@@ -145,12 +296,6 @@ impl Server {
             spki_sha256: store.spki_sha256()?,
             created: store.created,
         };
-        // MQTT client certificates: the CA is loaded once for every listener that asks.
-        let client_ca = match cfg.mqtt.client_ca_file(&cfg.certs_dir) {
-            Some(path) if cfg.mqtt.enabled => Some(tls::ClientCa::load(&path)?),
-            _ => None,
-        };
-        let site = Site::new(cfg.limits.clone(), cfg.root.as_deref()).map_err(ServerError::Setup)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
@@ -164,8 +309,7 @@ impl Server {
         let quic_clients = client_ca.as_ref().map_or(tls::ClientAuth::Off, tls::ClientAuth::Optional);
         let quic_tls = tls::quic_server_config_with(&store, alpns, quic_clients)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        server_config
-            .transport_config(Arc::new(crate::quic::transport_config(&cfg.transport).map_err(ServerError::Transport)?));
+        server_config.transport_config(Arc::new(crate::quic::transport_config(&cfg.transport)?));
         let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
         for addr in &cfg.preferred_addresses {
             match addr {
@@ -194,24 +338,16 @@ impl Server {
         let tcp_addr = listener.local_addr().map_err(bind_err("TCP", cfg.tcp_listen))?;
         if let Some(cc) = &cfg.tcp_congestion {
             use std::os::fd::AsRawFd;
-            crate::tcp::set_congestion(listener.as_raw_fd(), cc).map_err(ServerError::Setup)?;
+            crate::tcp::set_congestion(listener.as_raw_fd(), cc).map_err(ServerError::TcpCongestion)?;
         }
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=3600", quic_addr.port())).ok();
 
-        let qlog = match &cfg.qlog_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    ServerError::Setup(std::io::Error::new(e.kind(), format!("--qlog-dir {}: {e}", dir.display())))
-                })?;
-                Some(crate::quic::QlogSetup {
-                    dir: dir.clone(),
-                    server_config: server_config_copy,
-                    transport: cfg.transport.clone(),
-                    counter: Default::default(),
-                })
-            }
-            None => None,
-        };
+        let qlog = cfg.qlog_dir.as_ref().map(|dir| crate::quic::QlogSetup {
+            dir: dir.clone(),
+            server_config: server_config_copy,
+            transport: cfg.transport.clone(),
+            counter: Default::default(),
+        });
         // MQTT over TCP and TLS: same certificate, its own listeners, same shutdown and tracker.
         let mqtt = if cfg.mqtt.enabled {
             let clients = crate::mqtt::client_auth(&cfg.mqtt, client_ca.as_ref());
@@ -222,17 +358,22 @@ impl Server {
         } else {
             None
         };
+        // The endpoint's services, by ALPN.
+        let h3: Arc<dyn QuicService> =
+            Arc::new(Http3 { site: site.clone(), congestion: cfg.transport.congestion, shutdown: shutdown.clone() });
+        let mut services: QuicServices = vec![(config::ALPN_H3, h3)];
+        if let Some(m) = &mqtt {
+            services.push((crate::mqtt::config::ALPN_MQTT, Arc::new(MqttOverQuic { broker: m.broker.clone() })));
+        }
         let quic_ctx = Arc::new(crate::quic::QuicContext {
-            site: Some(site.clone()),
+            services,
             local: quic_addr,
-            congestion: cfg.transport.congestion,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             retry: cfg.retry,
             qlog,
             handshake_timeout: cfg.limits.handshake_timeout,
-            mqtt: mqtt.as_ref().map(|m| m.broker.clone()),
         });
         // MQTT over QUIC on a dedicated listener, with transport parameters of its own
         // (docs/mqtt-over-quic.md §1.2, §4.2).
@@ -248,14 +389,18 @@ impl Server {
             };
             mqtt_quic_addr = Some(listener.start(&store, m.broker.clone(), &shutdown, &tracker)?);
         }
-        let tcp_ctx = Arc::new(crate::tcp::TcpContext {
+        let http = HttpOverTcp {
             site,
-            tls: tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls)),
-            h2: Arc::new(H2Options {
+            opts: Arc::new(H2Options {
                 alt_svc,
                 transport: cfg.transport.clone(),
                 max_header_bytes: cfg.limits.max_header_bytes,
             }),
+            shutdown: shutdown.clone(),
+        };
+        let tcp_ctx = Arc::new(crate::tcp::TcpContext {
+            service: http,
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls)),
             handshake_timeout: cfg.limits.handshake_timeout,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

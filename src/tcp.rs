@@ -1,23 +1,22 @@
-//! The TLS/TCP listener: accepts, sets TCP_NODELAY, completes TLS within a deadline, and
-//! dispatches by ALPN (`h2` → HTTP/2, `http/1.1` or none → HTTP/1.1).
+//! TCP plumbing: the one way quiclab binds a listening socket (`bind_tcp`, for HTTP and MQTT
+//! alike), `TCP_CONGESTION`, and the TLS/TCP listener that accepts, sets TCP_NODELAY,
+//! completes TLS within a deadline and hands each connection to its `TcpService` (which
+//! [`crate::server`] registers; this module knows no application protocol).
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config;
-use crate::stats::{ConnInfo, Protocol};
-use crate::web::h2::H2Options;
-use crate::web::Site;
-
 /// Set a TCP socket's congestion control algorithm (`TCP_CONGESTION`, e.g. `cubic`, `reno`).
 /// A listener's setting is inherited by the sockets it accepts.
-pub fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
+pub(crate) fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
     // SAFETY: `name` outlives the call and its length is passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -36,8 +35,9 @@ pub fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
     }
 }
 
-/// Bind a TCP listener; an unspecified IPv6 address is bound dual-stack.
-pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Bind a TCP listener with SO_REUSEADDR and a backlog of `backlog` connections; an
+/// unspecified IPv6 address is bound dual-stack (IPV6_V6ONLY off). Call within a runtime.
+pub(crate) fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProto::TCP))?;
     if addr.is_ipv6() {
@@ -46,24 +46,50 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(1024)?;
+    sock.listen(backlog)?;
     TcpListener::from_std(sock.into())
 }
 
-/// What every TLS/TCP connection handler needs.
-pub struct TcpContext {
-    pub site: Arc<Site>,
-    pub tls: tokio_rustls::TlsAcceptor,
-    pub h2: Arc<H2Options>,
-    pub handshake_timeout: Duration,
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
+/// A TLS/TCP connection as the listener hands it over.
+pub(crate) struct TlsConn {
+    /// The TLS stream, handshake done.
+    pub(crate) stream: TlsStream<TcpStream>,
+    /// A duplicate of the socket's descriptor, for `TCP_INFO` while the stream is in use.
+    pub(crate) fd: OwnedFd,
+    /// The server's address on the connection.
+    pub(crate) local: SocketAddr,
+    /// The client's address.
+    pub(crate) remote: SocketAddr,
+    /// The ALPN the handshake settled on.
+    pub(crate) alpn: Option<Vec<u8>>,
+    /// Whether TLS resumed a session.
+    pub(crate) resumed: bool,
+}
+
+/// The application protocol a TLS/TCP listener serves.
+pub(crate) trait TcpService: Send + Sync + 'static {
+    /// Serve one connection until it ends.
+    fn serve(&self, conn: TlsConn) -> impl std::future::Future<Output = ()> + Send + 'static;
+}
+
+/// What the TLS/TCP accept loop needs.
+pub(crate) struct TcpContext<S> {
+    /// Serves every connection.
+    pub(crate) service: S,
+    /// TLS for every connection.
+    pub(crate) tls: tokio_rustls::TlsAcceptor,
+    /// How long the TLS handshake may take.
+    pub(crate) handshake_timeout: Duration,
+    /// Fires on graceful shutdown: the accept loop stops.
+    pub(crate) shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
     /// One permit per connection (`max_connections`).
-    pub permits: Arc<tokio::sync::Semaphore>,
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Accept connections until shutdown, each in its own task.
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
+pub(crate) async fn accept_loop<S: TcpService>(listener: TcpListener, ctx: Arc<TcpContext<S>>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -91,7 +117,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
     }
 }
 
-async fn handle(stream: tokio::net::TcpStream, remote: SocketAddr, ctx: Arc<TcpContext>) {
+async fn handle<S: TcpService>(stream: TcpStream, remote: SocketAddr, ctx: Arc<TcpContext<S>>) {
     // Without TCP_NODELAY the first request waits behind the ACK of the handshake (Nagle).
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%remote, error = %e, "TCP_NODELAY failed");
@@ -122,12 +148,6 @@ async fn handle(stream: tokio::net::TcpStream, remote: SocketAddr, ctx: Arc<TcpC
         }
     };
     let alpn = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
-    let protocol = match alpn.as_deref() {
-        Some(config::ALPN_H2) => Protocol::H2,
-        _ => Protocol::Http11,
-    };
-    let alpn = alpn.map(|a| String::from_utf8_lossy(&a).into_owned());
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let info = Arc::new(ConnInfo::tcp(fd, local, remote, alpn, protocol, resumed));
-    crate::web::h2::serve_connection(ctx.site.clone(), info, tls, ctx.h2.clone(), ctx.shutdown.clone()).await;
+    ctx.service.serve(TlsConn { stream: tls, fd, local, remote, alpn, resumed }).await;
 }

@@ -28,25 +28,39 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// Errors from loading or creating certificates and TLS configurations.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    /// A certificate or key file could not be read or written.
+    #[error("{path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read or written.
         #[source]
         source: io::Error,
     },
+    /// A file holds no PEM block of the kind wanted.
     #[error("{path}: no PEM {what} found")]
-    Pem { path: PathBuf, what: &'static str },
-    #[error("certificate generation failed: {0}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for (`certificate`, `private key`).
+        what: &'static str,
+    },
+    /// rcgen could not generate or sign a certificate.
+    #[error("certificate generation failed")]
     Rcgen(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
+    /// rustls refused the configuration (e.g. a key that does not match the certificate).
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
+    /// A certificate is not the DER X.509 it should be; the text says where it went wrong.
     #[error("certificate is not valid DER X.509: {0}")]
     BadCertificate(&'static str),
-    #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
+    /// The rustls configuration cannot drive QUIC (it offers no TLS 1.3 cipher suite QUIC's
+    /// Initial packets can use).
+    #[error("QUIC TLS configuration")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// The client-certificate verifier could not be built from the client CA file (e.g. it
     /// holds no usable CA certificate).
-    #[error("client CA: {0}")]
+    #[error("client CA")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
     /// A client certificate name (`quiclab certs --client NAME`) that cannot be a file name
     /// part and a user name.
@@ -125,7 +139,7 @@ fn key_log() -> Arc<dyn rustls::KeyLog> {
 }
 
 /// The crypto provider used everywhere (ring; see Cargo.toml for why not aws-lc-rs).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -145,7 +159,7 @@ pub struct CertStore {
 
 impl CertStore {
     /// Paths of the development files inside `dir`.
-    pub fn dev_paths(dir: &Path) -> DevPaths {
+    fn dev_paths(dir: &Path) -> DevPaths {
         DevPaths {
             ca: dir.join("ca.pem"),
             ca_key: dir.join("ca-key.pem"),
@@ -187,7 +201,7 @@ impl CertStore {
 }
 
 /// The files of the development certificate set.
-pub struct DevPaths {
+struct DevPaths {
     pub ca: PathBuf,
     pub ca_key: PathBuf,
     pub cert: PathBuf,
@@ -195,7 +209,7 @@ pub struct DevPaths {
 }
 
 /// Read every certificate in a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -286,7 +300,7 @@ pub struct ClientCertFiles {
 /// with `--mqtt-use-identity-as-username`) and part of two file names, so it is 1 to 64
 /// characters (RFC 5280's upper bound for a CN) of `A-Z a-z 0-9 . _ @ -`, not starting with
 /// `.` or `-`: no path separators, no MQTT wildcards (`+`, `#`), nothing a shell would mangle.
-pub fn check_client_name(name: &str) -> Result<(), TlsError> {
+fn check_client_name(name: &str) -> Result<(), TlsError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
     let ok = (1..=64).contains(&name.len()) && name.chars().all(ok_char) && !name.starts_with(['.', '-']);
     if ok {
@@ -488,7 +502,7 @@ pub fn quic_server_config_with(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let mut cfg = server_config(store, &[&rustls::version::TLS13], alpn, clients)?;
     cfg.max_early_data_size = u32::MAX;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    Ok(quinn::crypto::rustls::QuicServerConfig::try_from(cfg)?)
 }
 
 /// TLS for the TCP listener: TLS 1.3 and 1.2, ALPN in preference order.

@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_pattern, send, TestServer, BOTH};
 use quiclab::client::HttpVersion;
-use quiclab::stats::Protocol;
+use quiclab::conn::Protocol;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_over_both_protocols() {

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{alpn_list, ClientError, ClientOptions, HttpVersion};
-use crate::stats::Protocol;
+use crate::conn::Protocol;
 use crate::web::{Body, BodyError};
 
 /// Holds the TLS configuration (and its session cache) and the HTTP/2 windows.
@@ -42,7 +42,7 @@ impl H2Client {
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| ClientError::Other(format!("bad server name {server_name:?}: {e}")))?;
+            .map_err(|source| ClientError::ServerName { name: server_name.to_string(), source })?;
         let tls = self.tls.connect(name, tcp).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::config::ALPN_H2);
         let io = TokioIo::new(tls);

@@ -24,10 +24,9 @@ impl H3Client {
     /// A client with `opts`' trust and transport settings.
     pub fn new(opts: &ClientOptions) -> Result<H3Client, ClientError> {
         let (tls, tickets) = crate::tls::client_config_with_tickets(&opts.trust, &alpn_list(HttpVersion::H3), true)?;
-        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Other(format!("QUIC TLS configuration: {e}")))?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(crate::tls::TlsError::Quic)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic_tls));
-        config.transport_config(Arc::new(crate::quic::transport_config(&opts.transport).map_err(ClientError::Other)?));
+        config.transport_config(Arc::new(crate::quic::transport_config(&opts.transport)?));
         Ok(H3Client { config, tickets, v4: Default::default(), v6: Default::default() })
     }
 
@@ -124,8 +123,8 @@ impl H3Client {
         drop(resp);
         let again = clone_request(&retry);
         let same_connection = async {
-            if conn.close_reason().is_some() {
-                return Err(ClientError::Other("closed".into()));
+            if let Some(reason) = conn.close_reason() {
+                return Err(ClientError::QuicConnection(reason));
             }
             let mut h3 = H3Connection::new(conn.clone(), handshake).await?;
             h3.endpoint = Some(endpoint);
@@ -198,7 +197,7 @@ impl std::fmt::Display for ZeroRtt {
 }
 
 /// A copy of a request (method, URI, version, headers, body).
-pub fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
+pub(crate) fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
     let mut out = Request::new(req.body().clone());
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();

@@ -18,41 +18,109 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 
-use crate::stats::Protocol;
+use crate::conn::Protocol;
 use crate::tls::{TlsError, Trust};
 use crate::web::Body;
 
 /// Errors from the clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The URL is not a URL.
+    #[error("bad URL {url:?}")]
+    UrlSyntax {
+        /// The URL as given.
+        url: String,
+        /// What the URL parser found.
+        #[source]
+        source: url::ParseError,
+    },
+    /// The URL is a URL but not one of an HTTP request (e.g. characters `http` refuses).
+    #[error("bad URL {url:?}")]
+    Uri {
+        /// The URL as given.
+        url: String,
+        /// What `http` found.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The URL cannot be fetched here: not `https://`, or without a host.
     #[error("bad URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("cannot resolve {host}: {source}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The host name did not resolve.
+    #[error("cannot resolve {host}")]
     Resolve {
+        /// The host name.
         host: String,
+        /// Why it did not resolve (no addresses: `NotFound`).
         #[source]
         source: std::io::Error,
     },
+    /// The TLS configuration could not be built (trusted CAs, client certificate).
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("socket: {0}")]
+    /// The transport configuration does not fit QUIC.
+    #[error("invalid transport configuration")]
+    Transport(#[from] crate::quic::QuicError),
+    /// The host name cannot be sent as a TLS server name.
+    #[error("bad server name {name:?}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why rustls refuses it.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// A socket operation failed (bind, connect, rebind, socket options).
+    #[error("socket")]
     Io(#[from] std::io::Error),
-    #[error("QUIC connect: {0}")]
+    /// quinn refused to start a connection (e.g. an address it cannot send to).
+    #[error("QUIC connect")]
     QuicConnect(#[from] quinn::ConnectError),
-    #[error("QUIC connection: {0}")]
+    /// The QUIC connection failed or was closed.
+    #[error("QUIC connection")]
     QuicConnection(#[from] quinn::ConnectionError),
-    #[error("HTTP/3: {0}")]
+    /// The HTTP/3 connection failed.
+    #[error("HTTP/3")]
     H3Connection(#[from] ::h3::error::ConnectionError),
-    #[error("HTTP/3 stream: {0}")]
+    /// An HTTP/3 request stream failed.
+    #[error("HTTP/3 stream")]
     H3Stream(#[from] ::h3::error::StreamError),
-    #[error("HTTP/2: {0}")]
+    /// hyper failed (HTTP/2 or HTTP/1.1).
+    #[error("HTTP/2")]
     Hyper(#[from] hyper::Error),
-    #[error("response body: {0}")]
-    Body(crate::web::BodyError),
+    /// The request could not be built from its parts.
+    #[error("bad request")]
+    Request(#[from] http::Error),
+    /// The response body failed part-way.
+    #[error("response body")]
+    Body(#[source] crate::web::BodyError),
+    /// A response body ended before its `Content-Length` (RFC 9110 §8.6).
+    #[error("body incomplete: {got} of {want} bytes")]
+    BodyIncomplete {
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced.
+        want: u64,
+    },
+    /// No connection within the connect timeout.
     #[error("no connection to {addr} within {after:?}")]
-    ConnectTimeout { addr: SocketAddr, after: Duration },
-    #[error("{0}")]
-    Other(String),
+    ConnectTimeout {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// What was asked for exists only over QUIC (0-RTT, connection migration).
+    #[error("{what} needs HTTP/3 (QUIC)")]
+    NeedsHttp3 {
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 /// Which HTTP version to speak.
@@ -107,8 +175,8 @@ pub struct Target {
 impl Target {
     /// Parse an `https://` URL.
     pub fn parse(url: &str) -> Result<Target, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl { url: url.to_string(), reason: reason.to_string() };
-        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let bad = |reason| ClientError::BadUrl { url: url.to_string(), reason };
+        let parsed = url::Url::parse(url).map_err(|source| ClientError::UrlSyntax { url: url.to_string(), source })?;
         if parsed.scheme() != "https" {
             return Err(bad("only https:// URLs are supported (HTTP/3 and HTTP/2 here always use TLS)"));
         }
@@ -119,7 +187,8 @@ impl Target {
             None => return Err(bad("no host")),
         };
         let port = parsed.port().unwrap_or(443);
-        let uri: http::Uri = parsed.as_str().parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri =
+            parsed.as_str().parse().map_err(|source| ClientError::Uri { url: url.to_string(), source })?;
         Ok(Target { host, port, uri, addr: None })
     }
 
@@ -147,34 +216,42 @@ impl Target {
 
 /// A client: reuses its TLS configuration (and so its session cache) across connections.
 pub struct Client {
-    version: HttpVersion,
     connect_timeout: Duration,
-    h3: Option<h3::H3Client>,
-    h2: Option<h2::H2Client>,
+    inner: Inner,
+}
+
+/// The client of one HTTP version.
+enum Inner {
+    H3(h3::H3Client),
+    H2(h2::H2Client),
 }
 
 impl Client {
     /// A client speaking `version`.
     pub fn new(version: HttpVersion, opts: &ClientOptions) -> Result<Client, ClientError> {
-        Ok(match version {
-            HttpVersion::H3 => {
-                Client { version, connect_timeout: opts.connect_timeout, h3: Some(h3::H3Client::new(opts)?), h2: None }
-            }
-            HttpVersion::H2 => {
-                Client { version, connect_timeout: opts.connect_timeout, h3: None, h2: Some(h2::H2Client::new(opts)?) }
-            }
-        })
+        let inner = match version {
+            HttpVersion::H3 => Inner::H3(h3::H3Client::new(opts)?),
+            HttpVersion::H2 => Inner::H2(h2::H2Client::new(opts)?),
+        };
+        Ok(Client { connect_timeout: opts.connect_timeout, inner })
+    }
+
+    /// The HTTP/3 client, when this client speaks HTTP/3.
+    fn h3(&self) -> Option<&h3::H3Client> {
+        match &self.inner {
+            Inner::H3(c) => Some(c),
+            Inner::H2(_) => None,
+        }
     }
 
     /// Open a connection to `target`.
     pub async fn connect(&self, target: &Target) -> Result<HttpConnection, ClientError> {
         let addr = target.resolve().await?;
         let connect = async {
-            match (&self.h3, &self.h2) {
-                (Some(c), _) => Ok(HttpConnection::H3(c.connect(addr, &target.host).await?)),
-                (_, Some(c)) => Ok(HttpConnection::H2(c.connect(addr, &target.host).await?)),
-                _ => Err(ClientError::Other(format!("client for {:?} not configured", self.version))),
-            }
+            Ok(match &self.inner {
+                Inner::H3(c) => HttpConnection::H3(c.connect(addr, &target.host).await?),
+                Inner::H2(c) => HttpConnection::H2(c.connect(addr, &target.host).await?),
+            })
         };
         tokio::time::timeout(self.connect_timeout, connect)
             .await
@@ -268,7 +345,7 @@ pub fn request(target: &Target, method: http::Method, body: Bytes) -> Result<Req
         .uri(target.uri.clone())
         .header(http::header::USER_AGENT, concat!("quiclab/", env!("CARGO_PKG_VERSION")))
         .body(body)
-        .map_err(|e| ClientError::Other(e.to_string()))
+        .map_err(ClientError::Request)
 }
 
 /// Connect, send one request, read the whole response, close: what `quiclab get` does.
@@ -323,14 +400,14 @@ pub async fn fetch_with(
     opts: &FetchOptions,
 ) -> Result<Fetched, ClientError> {
     let start = Instant::now();
-    let tickets_before = client.h3.as_ref().map(|h| h.tickets().received());
-    let (conn, resp, zero_rtt) = match (&client.h3, opts.zero_rtt) {
+    let tickets_before = client.h3().map(|h| h.tickets().received());
+    let (conn, resp, zero_rtt) = match (client.h3(), opts.zero_rtt) {
         (Some(h3), true) => {
             let addr = target.resolve().await?;
             let (conn, resp, z) = h3.send_0rtt(addr, &target.host, req).await?;
             (HttpConnection::H3(conn), resp, Some(z))
         }
-        (None, true) => return Err(ClientError::Other("0-RTT is only implemented for HTTP/3".into())),
+        (None, true) => return Err(ClientError::NeedsHttp3 { what: "0-RTT" }),
         _ => {
             let conn = client.connect(target).await?;
             let resp = conn.send(req).await?;
@@ -371,7 +448,7 @@ pub async fn fetch_with(
     }
     let total = start.elapsed();
     let protocol = conn.protocol();
-    if let (Some(h3), Some(before), true) = (&client.h3, tickets_before, opts.zero_rtt) {
+    if let (Some(h3), Some(before), true) = (client.h3(), tickets_before, opts.zero_rtt) {
         // The server's session tickets follow the handshake; a connection closed before they
         // arrive leaves the next one nothing to resume from.
         if !h3.tickets().wait_beyond(before, Duration::from_secs(1)).await {
@@ -393,8 +470,8 @@ pub async fn fetch_with(
 /// RFC 9000 §9). The server sees a new address and validates it. Every connection of the
 /// client's endpoint for that address family moves with it.
 pub fn rebind(client: &Client, conn: &HttpConnection) -> Result<(), ClientError> {
-    let (Some(h3), HttpConnection::H3(c)) = (&client.h3, conn) else {
-        return Err(ClientError::Other("rebinding is only possible for HTTP/3 (QUIC)".into()));
+    let (Some(h3), HttpConnection::H3(c)) = (client.h3(), conn) else {
+        return Err(ClientError::NeedsHttp3 { what: "rebinding" });
     };
     let addr = c.quic().remote_address();
     let endpoint = h3.endpoint_for(addr)?;

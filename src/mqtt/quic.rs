@@ -30,7 +30,7 @@ use super::broker::{ChannelEnd, CloseReason};
 use super::codec::{self, Decoder, Packet};
 use super::driver::{Attachment, Broker};
 use super::{ChannelId, CONTROL_CHANNEL};
-use crate::stats::ConnInfo;
+use crate::conn::{ConnInfo, HandshakeDone};
 
 /// Application error codes (spec §5).
 pub mod code {
@@ -86,7 +86,7 @@ pub async fn serve_connection(
     conn: quinn::Connection,
     broker: Broker,
     info: Arc<ConnInfo>,
-    handshake_done: crate::quic::HandshakeDone,
+    handshake_done: HandshakeDone,
 ) {
     let remote = conn.remote_address();
     // Client certificate (docs/mqtt.md "Client certificates"), before the core sees anything.
@@ -102,7 +102,7 @@ pub async fn serve_connection(
         };
         let mut certs = chain(&conn);
         if certs.is_none() && handshake_done.clone().now_or_never().is_none() {
-            // Bounded by the handshake deadline of crate::quic (it closes the connection).
+            // Bounded by the endpoint's handshake deadline (crate::quic closes the connection).
             handshake_done.clone().await;
             if let Some(why) = conn.close_reason() {
                 // E.g. the dedicated listener's mandatory verifier refused the certificate.

@@ -420,19 +420,14 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Bind a TCP listener; `[::]` is dual-stack (IPV6_V6ONLY off), like the HTTP listeners.
-/// Backlog 4096: a benchmark connecting thousands of clients at once is not refused.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(false)?;
-    }
-    sock.set_reuse_address(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    TcpListener::from_std(sock.into())
+/// Backlog of the MQTT listeners: a benchmark connecting thousands of clients at once is not
+/// refused.
+const BACKLOG: i32 = 4096;
+
+/// Bind an MQTT listener: [`crate::tcp::bind_tcp`] (`[::]` dual-stack, like the HTTP
+/// listener) with a backlog of [`BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    crate::tcp::bind_tcp(addr, BACKLOG)
 }
 
 /// A running broker and the addresses its listeners are bound to.

@@ -1,11 +1,11 @@
 //! Representations and the HTTP semantics around them: safe path resolution under `--root`,
 //! validators (`ETag`, `Last-Modified`), conditional requests (304, 412), ranges (206, 416,
 //! `multipart/byteranges`) and HEAD. Built-in pages, `/bytes/N` and static files all go
-//! through [`serve`], so they behave alike on every transport.
+//! through [`serve`], so they behave alike on every transport. Static files are found and
+//! their metadata read on a blocking thread (`find_file`); their bytes are read with
+//! `tokio::fs`.
 
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use http::{Method, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 
-use super::routes::{empty, full, text, PatternBody};
+use super::body::{empty, full, text, Chain, PatternBody};
 use super::{Body, BodyError};
 
 /// Where a representation's bytes come from.
@@ -204,34 +204,6 @@ async fn multipart(rep: &Representation, ranges: &[(u64, u64)], mut base: Header
     with_headers(StatusCode::PARTIAL_CONTENT, base, Chain::new(bodies).boxed_unsync())
 }
 
-/// Bodies played one after the other.
-struct Chain {
-    bodies: std::collections::VecDeque<Body>,
-}
-
-impl Chain {
-    fn new(bodies: Vec<Body>) -> Self {
-        Chain { bodies: bodies.into() }
-    }
-}
-
-impl http_body::Body for Chain {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        while let Some(front) = self.bodies.front_mut() {
-            match Pin::new(front).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    self.bodies.pop_front();
-                }
-                other => return other,
-            }
-        }
-        Poll::Ready(None)
-    }
-}
-
 enum Precondition {
     Proceed,
     NotModified,
@@ -376,16 +348,22 @@ pub fn parse_range(value: &[u8], len: u64, limits: RangeLimits) -> RangeOutcome 
 /// Why a request path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// `%2F` or `%5C`: a separator smuggled into one segment.
     #[error("path contains an encoded slash or backslash")]
     EncodedSeparator,
+    /// `.` or `..`, plain or percent-encoded.
     #[error("path contains a dot segment")]
     DotSegment,
+    /// A NUL, a backslash, a bad escape or an escape that is not UTF-8.
     #[error("path contains a NUL, a backslash or invalid percent-encoding")]
     BadCharacter,
+    /// `//` inside the path.
     #[error("path contains an empty segment (an absolute path inside the path)")]
     EmptySegment,
+    /// The path resolves outside the root (through a symbolic link).
     #[error("path leaves the root through a symbolic link")]
     EscapesRoot,
+    /// Nothing (or no regular file) at the path.
     #[error("no such file")]
     NotFound,
 }
@@ -470,8 +448,25 @@ pub fn resolve(root: &Path, segments: &[String]) -> Result<PathBuf, PathError> {
     Ok(canon)
 }
 
+/// Resolve `segments` under `root` ([`resolve`]) and read the file's metadata
+/// ([`file_representation`]), on a blocking thread. The file is returned with its
+/// representation, or with why its metadata could not be read.
+pub(crate) async fn find_file(
+    root: &Path,
+    segments: &[String],
+) -> Result<(PathBuf, std::io::Result<Representation>), PathError> {
+    let (root, segments) = (root.to_path_buf(), segments.to_vec());
+    let found = tokio::task::spawn_blocking(move || {
+        let file = resolve(&root, &segments)?;
+        let rep = file_representation(&file);
+        Ok((file, rep))
+    });
+    // The closure does not panic; a runtime shutting down is "not found".
+    found.await.unwrap_or(Err(PathError::NotFound))
+}
+
 /// The representation of a file: strong ETag from size and modification time.
-pub fn file_representation(path: &Path) -> Result<Representation, std::io::Error> {
+fn file_representation(path: &Path) -> Result<Representation, std::io::Error> {
     let meta = std::fs::metadata(path)?;
     let modified = meta.modified().ok();
     let mtime_ns =
@@ -487,7 +482,7 @@ pub fn file_representation(path: &Path) -> Result<Representation, std::io::Error
 }
 
 /// Content-Type from the file extension.
-pub fn content_type_for(path: &Path) -> &'static str {
+fn content_type_for(path: &Path) -> &'static str {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",

@@ -1,6 +1,7 @@
 //! HTTP/2 and HTTP/1.1 over TLS/TCP: hyper serving the same [`Site`] as HTTP/3.
 //!
-//! The protocol is chosen by the ALPN the TLS handshake settled on (`h2`, else HTTP/1.1).
+//! The protocol is the one the TLS handshake settled on (ALPN `h2`, else HTTP/1.1; the
+//! listener's service in [`crate::server`] reads it into [`ConnInfo::protocol`]).
 //! Every response carries `Alt-Svc: h3=":PORT"` (RFC 7838 §3) advertising the QUIC endpoint.
 
 use std::convert::Infallible;
@@ -16,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BodyError, Site};
 use crate::config::TransportConfig;
-use crate::stats::{ConnInfo, Protocol, RequestInfo};
+use crate::conn::{ConnInfo, Protocol, RequestInfo};
 
 /// How the TLS/TCP listener serves HTTP on a connection.
 #[derive(Debug, Clone)]
-pub struct H2Options {
+pub(crate) struct H2Options {
     /// Value of the `Alt-Svc` header, e.g. `h3=":4433"`.
     pub alt_svc: Option<HeaderValue>,
     /// Windows and stream limit, kept equal to the QUIC ones so the comparison is fair.
@@ -29,9 +30,28 @@ pub struct H2Options {
     pub max_header_bytes: u32,
 }
 
+/// Run a hyper connection (HTTP/2 or HTTP/1.1: two types with the same method) to its end;
+/// when `shutdown` fires first, start its graceful shutdown (HTTP/2 GOAWAY or HTTP/1.1
+/// `Connection: close`) and let the requests in flight finish. A macro, not a generic
+/// function: behind a generic function rustc cannot prove hyper's connection future `Send`
+/// (a higher-ranked lifetime limitation), which the listener's task needs.
+macro_rules! until_shutdown {
+    ($conn:expr, $shutdown:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// Serve HTTP/2 (or HTTP/1.1) on a TLS stream until the client is done, or `shutdown`
 /// fires: then HTTP/2 GOAWAY (RFC 9113 §6.8) or `Connection: close`, and in-flight requests finish.
-pub async fn serve_connection<IO>(
+pub(crate) async fn serve_connection<IO>(
     site: Arc<Site>,
     conn: Arc<ConnInfo>,
     io: IO,
@@ -66,30 +86,14 @@ pub async fn serve_connection<IO>(
                 .initial_stream_window_size(window(t.stream_window))
                 .initial_connection_window_size(window(t.conn_window))
                 .max_header_list_size(opts.max_header_bytes);
-            let conn = b.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, service), shutdown)
         }
         _ => {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .max_buf_size((opts.max_header_bytes as usize).max(8192))
                 .header_read_timeout(std::time::Duration::from_secs(30));
-            let conn = b.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, service), shutdown)
         }
     };
     if let Err(e) = result {

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio_util::sync::CancellationToken;
 
 use super::{Body, BodyError, Site};
-use crate::stats::{ConnInfo, RequestInfo};
+use crate::conn::{ConnInfo, RequestInfo};
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -27,11 +27,11 @@ type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// Serve HTTP/3 on an accepted QUIC connection until the peer closes it, the connection fails,
 /// or `shutdown` fires (then GOAWAY, RFC 9114 §5.2, and the requests in flight finish).
-pub async fn serve_connection(
+pub(crate) async fn serve_connection(
     site: Arc<Site>,
     conn: Arc<ConnInfo>,
     quic: quinn::Connection,
-    handshake_done: crate::quic::HandshakeDone,
+    handshake_done: crate::conn::HandshakeDone,
     shutdown: CancellationToken,
 ) {
     let remote = quic.remote_address();

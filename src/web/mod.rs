@@ -4,7 +4,19 @@
 //! body. The HTTP/3 loop ([`h3`]) and hyper ([`h2`]) only translate between their stream types
 //! and these; everything a client can observe about the site is decided here, so a comparison
 //! of the two transports compares transports, not two sites.
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | [`routes`] | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
+//! | [`files`] | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
+//! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
+//! | [`h3`] | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
+//! | [`h2`] | HTTP/2 and HTTP/1.1 over TLS/TCP (hyper), with graceful shutdown |
+//!
+//! The listeners do not know this module: [`crate::server`] registers [`h3`] on the QUIC
+//! endpoint and [`h2`] on the TLS/TCP listener.
 
+mod body;
 pub mod files;
 pub mod h2;
 pub mod h3;
@@ -17,7 +29,7 @@ use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::config::Limits;
-use crate::stats::RequestInfo;
+use crate::conn::RequestInfo;
 
 /// Errors a body stream can carry (transport resets, limits).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,7 +41,7 @@ pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 pub const EARLY_DATA_HEADER: &str = "quiclab-early-data";
 
 /// Methods served from early data: safe ones, whose replay changes nothing (RFC 9110 §9.2.1).
-pub fn is_replay_safe(m: &http::Method) -> bool {
+fn is_replay_safe(m: &http::Method) -> bool {
     matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 
@@ -45,11 +57,10 @@ pub struct Site {
 
 impl Site {
     /// A site enforcing `limits`, serving files from `root` if given.
+    /// Blocking: resolves `root` on the file system.
     pub fn new(limits: Limits, root: Option<&std::path::Path>) -> std::io::Result<Arc<Site>> {
         let root = match root {
-            Some(r) => Some(
-                r.canonicalize().map_err(|e| std::io::Error::new(e.kind(), format!("--root {}: {e}", r.display())))?,
-            ),
+            Some(r) => Some(r.canonicalize()?),
             None => None,
         };
         Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now() }))
@@ -82,8 +93,8 @@ impl Site {
             tracing::info!(method = %req.method(), path = req.uri().path(), remote = %info.conn.remote(),
                 "425 Too Early: unsafe method in 0-RTT early data");
             let path = req.uri().path().to_string();
-            routes::drain_in_background(req.into_body(), self.limits.max_body, path);
-            routes::text(http::StatusCode::TOO_EARLY, "too early: retry after the handshake\n")
+            body::drain_in_background(req.into_body(), self.limits.max_body, path);
+            body::text(http::StatusCode::TOO_EARLY, "too early: retry after the handshake\n")
         } else {
             routes::route(self, req, &info).await
         };

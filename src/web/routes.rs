@@ -1,4 +1,4 @@
-//! The site's endpoints and the body helpers they share.
+//! The site's endpoints: the router and the built-in pages.
 //!
 //! | path          | what it returns |
 //! |---------------|-----------------|
@@ -8,33 +8,20 @@
 //! | `/headers`    | the request headers as a JSON object |
 //! | `/status/N`   | an empty-ish response with status N (200..=599) |
 //! | `/delay/MS`   | a small body after MS milliseconds (capped) |
-//! | `/conn`       | JSON about the connection the request came on ([`crate::stats::ConnInfo::snapshot`]) |
+//! | `/conn`       | JSON about the connection the request came on ([`crate::conn::ConnInfo::snapshot`]) |
 //!
 //! `/`, `/bytes/N` and static files under `--root` carry validators and honour conditional
 //! and range requests ([`files::serve`]).
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full};
 
-use super::{files, Body, BodyError, Site};
+/// Byte `i` of the `/bytes/N` pattern (the body is [`super::body`]'s).
+pub use super::body::pattern_byte;
+use super::body::{drain_in_background, empty, full, read_body, text, BodyTooLarge};
+use super::{files, Body, Site};
 use crate::config::parse_size;
-use crate::stats::RequestInfo;
-
-/// Period of the `/bytes/N` pattern: a prime, so a chunk delivered at the wrong offset (chunk
-/// sizes are powers of two) never matches by accident.
-pub const PATTERN_PERIOD: u64 = 251;
-
-/// Byte `i` of the `/bytes/N` pattern.
-pub fn pattern_byte(i: u64) -> u8 {
-    (i % PATTERN_PERIOD) as u8
-}
+use crate::conn::RequestInfo;
 
 /// Route a request: reject unsafe paths, then static files under the root, then the
 /// built-in endpoints. Unknown paths get 404; known paths with a method they do not support
@@ -71,12 +58,12 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     }
 
     if let Some(root) = site.root() {
-        match files::resolve(root, &segments) {
-            Ok(file) => {
+        match files::find_file(root, &segments).await {
+            Ok((file, rep)) => {
                 if !get_or_head {
                     return method_not_allowed();
                 }
-                return match files::file_representation(&file) {
+                return match rep {
                     Ok(rep) => files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
                     Err(e) => {
                         tracing::warn!(file = %file.display(), error = %e, "cannot read file");
@@ -105,8 +92,8 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
         }
         ["bytes", n] => match bytes_representation(site, n) {
             Ok(rep) => return files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
-            Err(msg) => {
-                let mut resp = Response::new(full(msg));
+            Err(e) => {
+                let mut resp = Response::new(full(e.to_string()));
                 *resp.status_mut() = StatusCode::BAD_REQUEST;
                 resp
             }
@@ -148,79 +135,6 @@ fn method_not_allowed() -> Response<Body> {
 fn no_store(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
-}
-
-/// A body holding `data`.
-pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
-}
-
-/// A request body was larger than the limit.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub struct BodyTooLarge(pub u64);
-
-/// Read a body to its end, refusing more than `limit` bytes.
-pub async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if buf.len() as u64 + data.len() as u64 > limit {
-                return Err(Box::new(BodyTooLarge(limit)));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
-/// Read and discard a request body in the background, up to `limit` bytes.
-pub(crate) fn drain_in_background(mut body: Body, limit: u64, path: String) {
-    use futures_util::FutureExt;
-    if http_body::Body::is_end_stream(&body) {
-        return;
-    }
-    // Most requests that ignore their body have none, and its end has already arrived with the
-    // headers: look once without waiting before paying for a task.
-    let mut seen = 0u64;
-    match body.frame().now_or_never() {
-        Some(None) => return,
-        Some(Some(Err(_))) => return,
-        Some(Some(Ok(f))) => seen += f.into_data().map(|d| d.len() as u64).unwrap_or(0),
-        None => {}
-    }
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Ok(data) = f.into_data() {
-                        seen += data.len() as u64;
-                        if seen > limit {
-                            tracing::warn!(%path, limit, "request body over the limit on a route that ignores it; stopped reading");
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%path, error = %e, "request body ended with an error");
-                    return;
-                }
-            }
-        }
-    });
 }
 
 async fn echo(site: &Site, req: Request<Body>) -> Response<Body> {
@@ -279,20 +193,35 @@ document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : ''
 </html>
 "#;
 
+/// Why `/bytes/N` is refused; the text is the body of the 400 answer.
+#[derive(Debug, thiserror::Error)]
+enum BadBytes {
+    /// N is not a size.
+    #[error("bad size: use /bytes/N with N like 1024, 64k or 50M\n")]
+    Unparseable,
+    /// N is above the site's `max_bytes`.
+    #[error("{n} bytes is above the cap of {max}\n")]
+    AboveCap {
+        /// The size asked for.
+        n: u64,
+        /// The cap.
+        max: u64,
+    },
+}
+
 /// `/bytes/N`: the pattern is a pure function of N, so its ETag is too and it never changes.
-/// Errors are the text of a 400 response.
-fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, String> {
+fn bytes_representation(site: &Site, arg: &str) -> Result<files::Representation, BadBytes> {
     let n = match parse_size(arg) {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(arg, error = %e, "bad /bytes size");
-            return Err("bad size: use /bytes/N with N like 1024, 64k or 50M\n".into());
+            return Err(BadBytes::Unparseable);
         }
     };
     let max = site.limits().max_bytes;
     if n > max {
         tracing::info!(n, max, "/bytes request above the cap");
-        return Err(format!("{n} bytes is above the cap of {max}\n"));
+        return Err(BadBytes::AboveCap { n, max });
     }
     Ok(files::Representation {
         len: n,
@@ -358,73 +287,4 @@ async fn delay(site: &Site, arg: &str) -> Response<Body> {
     let mut resp = Response::new(full(format!("delayed {ms} ms\n")));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
-}
-
-/// Chunk size of pattern bodies: 64 KiB, a few QUIC/TLS records, large enough to amortise
-/// per-frame costs.
-const CHUNK: usize = 64 << 10;
-
-/// `PATTERN_PERIOD + CHUNK` bytes of the pattern; any chunk is a zero-copy slice of it.
-fn pattern_source() -> &'static Bytes {
-    static SRC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    SRC.get_or_init(|| (0..PATTERN_PERIOD + CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
-}
-
-/// A body streaming pattern bytes `[start, end)`, one chunk at a time, never buffered whole.
-#[derive(Debug)]
-pub struct PatternBody {
-    pos: u64,
-    end: u64,
-}
-
-impl PatternBody {
-    /// Pattern bytes from offset `start` (inclusive) to `end` (exclusive).
-    pub fn new(start: u64, end: u64) -> Self {
-        PatternBody { pos: start, end: end.max(start) }
-    }
-}
-
-impl http_body::Body for PatternBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if self.pos >= self.end {
-            return Poll::Ready(None);
-        }
-        let len = (self.end - self.pos).min(CHUNK as u64) as usize;
-        let off = (self.pos % PATTERN_PERIOD) as usize;
-        self.pos += len as u64;
-        Poll::Ready(Some(Ok(Frame::data(pattern_source().slice(off..off + len)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pos >= self.end
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.end - self.pos)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn pattern_body_is_the_pattern() {
-        let body = PatternBody::new(0, 200_000).boxed_unsync();
-        let data = read_body(body, u64::MAX).await.unwrap();
-        assert_eq!(data.len(), 200_000);
-        assert!(data.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
-        let tail = read_body(PatternBody::new(70_000, 70_010).boxed_unsync(), u64::MAX).await.unwrap();
-        assert_eq!(&tail[..], &(70_000..70_010).map(pattern_byte).collect::<Vec<_>>()[..]);
-    }
-
-    #[tokio::test]
-    async fn read_body_enforces_limit() {
-        let err = read_body(full(vec![0u8; 11]), 10).await.unwrap_err();
-        assert!(err.is::<BodyTooLarge>());
-        assert_eq!(read_body(full(vec![1u8; 10]), 10).await.unwrap().len(), 10);
-    }
 }
