@@ -17,7 +17,7 @@
 //! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
 //! | [`stats`] | per-connection and per-request transport facts (protocol, path, 0-RTT) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
-//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, `mqtt pub/sub/bench/broker/passwd` |
+//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, `mqtt pub/sub/broker/passwd` (the load generator against mosquitto is `benches/mqtt.rs`) |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
 //! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //!

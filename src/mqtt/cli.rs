@@ -1,4 +1,4 @@
-//! `quiclab mqtt pub|sub|bench|broker`, and the MQTT flags of `quiclab serve`.
+//! `quiclab mqtt pub|sub|broker|passwd`, and the MQTT flags of `quiclab serve`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
-use super::bench::BenchArgs;
 use super::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
 use super::codec::{QoS, SubscribeReturnCode};
 use super::config::{MqttConfig, ALPN_MQTT};
@@ -24,8 +23,6 @@ pub enum MqttCommand {
     Pub(PubArgs),
     /// Subscribe and print each message: topic, QoS, retain flag and payload, tab-separated.
     Sub(SubArgs),
-    /// Benchmark quiclab's broker against mosquitto (both started on loopback, pinned).
-    Bench(BenchArgs),
     /// Run the broker alone (the same core and transports `quiclab serve` runs).
     Broker(BrokerArgs),
     /// Manage a password file in mosquitto's format (as `mosquitto_passwd`): add or change a
@@ -499,7 +496,6 @@ pub async fn run(cmd: MqttCommand) -> Result<i32, MqttError> {
     match cmd {
         MqttCommand::Pub(a) => publish(a).await,
         MqttCommand::Sub(a) => subscribe(a).await,
-        MqttCommand::Bench(a) => super::bench::run(a).await,
         MqttCommand::Broker(a) => broker(a).await,
         MqttCommand::Passwd(a) => passwd(a),
     }

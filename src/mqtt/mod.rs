@@ -1,5 +1,5 @@
 //! MQTT: a broker whose protocol logic is a sans-IO core, its TCP and TLS transports, an async
-//! client, and the `quiclab mqtt pub|sub|bench` commands.
+//! client, and the `quiclab mqtt pub|sub|broker|passwd` commands.
 //!
 //! | module | what it holds |
 //! |--------|---------------|
@@ -12,15 +12,13 @@
 //! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task, per-channel bounded [`Outbox`]es |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP and TLS (CLI, tests, benchmarks) |
-//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `bench`, `broker`, `passwd` |
-//! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
+//! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `broker`, `passwd` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
 
 pub mod acl;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;
