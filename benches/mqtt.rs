@@ -813,23 +813,27 @@ async fn measure(
     expected_per_publish: u64,
 ) -> Result<RunResult, BenchError> {
     tokio::time::sleep(a.warmup).await;
-    let p0 = shared.published.load(Ordering::Relaxed);
     let w0 = sample(b, shared)?;
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(a.duration).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let w1 = sample(b, shared)?;
-    let p1 = shared.published.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
-    // Let the last deliveries arrive before reading the histograms and the totals.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let published_total = shared.published.load(Ordering::Relaxed);
-    let delivered_total = shared.delivered.load(Ordering::Relaxed);
+    // Wait for the last deliveries (at most half a second: QoS 0 may be dropped) before reading
+    // the histograms and the totals.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let (published_total, delivered_total) = loop {
+        let published = shared.published.load(Ordering::Relaxed);
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        if delivered >= published * expected_per_publish || Instant::now() >= deadline {
+            break (published, delivered);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let secs = (w1.t - w0.t).as_secs_f64();
     let delivered = w1.delivered - w0.delivered;
     let cpu = w1.broker_cpu - w0.broker_cpu;
     let h = merged(hists);
-    let _ = (p0, p1);
     // Everything published in the whole run (warm-up included) against everything delivered,
     // after publishing stopped and the last messages had time to arrive.
     let expected = published_total * expected_per_publish;
