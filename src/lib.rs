@@ -17,7 +17,7 @@
 //! | [`conn`] | per-connection and per-request facts every service is handed (protocol, addresses, path, 0-RTT) |
 //! | [`stats`] | kernel TCP statistics (`TCP_INFO`, `TCP_CONGESTION`) |
 //! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
-//! | [`mqtt`] | the MQTT broker: sans-IO core, codec, TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats, password updates for `mqtt passwd` |
+//! | [`mqtt`] | the MQTT broker: the sans-IO core (crate `mqtt_core`, re-exported), TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats (the load generator against mosquitto is `benches/mqtt.rs`) |
 //! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
 //! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //!

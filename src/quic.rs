@@ -79,7 +79,7 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, Q
 
 /// Bind a UDP socket with large buffers; an unspecified IPv6 address is bound dual-stack
 /// (IPv4-mapped too).
-pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
     if addr.is_ipv6() {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use common::TestServer;
 use quiclab::mqtt::acl::AclFile;
 use quiclab::mqtt::auth::PasswordFile;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode};
 use quiclab::mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode, TopicName};
 use quiclab::mqtt::{Message, MqttError};
 use quiclab::tls::Trust;
@@ -62,11 +62,9 @@ const VIAS: [Via; 4] = [Via::Tcp, Via::Tls, Via::Quic(StreamMode::Single), Via::
 
 fn url(ts: &TestServer, via: Via) -> MqttUrl {
     match via {
-        Via::Tcp => MqttUrl::tcp(ts.server.mqtt_tcp_addr().unwrap()),
-        Via::Tls => MqttUrl::tls_localhost(ts.server.mqtt_tls_addr().unwrap().port()),
-        Via::Quic(_) => {
-            MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: ts.server.quic_addr().port() }
-        }
+        Via::Tcp => ts.mqtt_tcp_url(),
+        Via::Tls => ts.mqtt_tls_url(),
+        Via::Quic(_) => ts.mqtt_quic_url(),
     }
 }
 

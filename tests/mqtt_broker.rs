@@ -2,6 +2,8 @@
 //! client: every QoS both ways, retained, persistent sessions, wills, takeover, bad input,
 //! bounded queues for slow subscribers, shutdown.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -172,13 +174,10 @@ async fn unacked_qos1_is_redelivered_with_dup_after_reconnect() {
     };
     assert!(!first.dup);
     drop((r, w));
-    // Wait until the broker has seen the connection go.
-    for _ in 0..100 {
-        if !b.l.broker.session("slowpoke").unwrap().online {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_until("the broker sees the connection go", Duration::from_secs(5), || {
+        b.l.broker.session("slowpoke").is_some_and(|s| !s.online)
+    })
+    .await;
     let (mut r, mut w) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
     w.send(&o.connect_packet().unwrap()).await.unwrap();
     assert!(matches!(r.next().await.unwrap(), Some(Packet::Connack(c)) if c.session_present));

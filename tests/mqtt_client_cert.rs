@@ -14,29 +14,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{mqtt_quic_url, TestServer};
 use quiclab::client::HttpVersion;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, QuicSetup, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, QuicSetup};
 use quiclab::mqtt::codec::{Connect, Packet};
 use quiclab::mqtt::quic::code;
 use quiclab::tls::{issue_client_cert, ClientIdentity, Trust};
 
-fn broker(ts: &TestServer) -> &quiclab::mqtt::Broker {
-    ts.server.mqtt_broker().expect("MQTT is on")
-}
-
-fn quic_url(port: u16) -> MqttUrl {
-    MqttUrl { transport: Transport::Quic, host: "localhost".into(), port }
-}
-
 /// The three listeners that can ask for a certificate: TLS, QUIC shared with HTTP/3, dedicated
 /// QUIC.
 fn urls(ts: &TestServer) -> [(&'static str, MqttUrl); 3] {
-    [
-        ("tls", MqttUrl::tls_localhost(ts.server.mqtt_tls_addr().expect("TLS listener").port())),
-        ("quic-shared", quic_url(ts.server.quic_addr().port())),
-        ("quic-dedicated", quic_url(ts.server.mqtt_quic_addr().expect("dedicated listener").port())),
-    ]
+    [("tls", ts.mqtt_tls_url()), ("quic-shared", ts.mqtt_quic_url()), ("quic-dedicated", ts.mqtt_quic_dedicated_url())]
 }
 
 fn opts(ts: &TestServer, id: &str, cert: Option<&ClientIdentity>) -> ClientOptions {
@@ -94,13 +82,13 @@ async fn required_certificate_on_tls_and_both_quic_listeners() {
             let r = Client::connect(&url, &opts(&ts, &format!("{name}-x"), cert)).await;
             assert!(r.is_err(), "{name}: {what} must be refused");
         }
-        assert_eq!(broker(&ts).stats().core.connects_accepted, k as u64, "{name}: nothing refused got a CONNACK");
+        assert_eq!(ts.broker().stats().core.connects_accepted, k as u64, "{name}: nothing refused got a CONNACK");
         let id = format!("{name}-alice");
         let c = Client::connect(&url, &opts(&ts, &id, Some(&ids.alice))).await.expect("alice is let in");
-        let s = broker(&ts).session(&id).expect("alice's session");
+        let s = ts.broker().session(&id).expect("alice's session");
         assert_eq!(s.identity.as_deref(), Some("alice"), "{name}: the core has the certificate's CN");
         c.disconnect().await.unwrap();
-        assert_eq!(broker(&ts).stats().core.connects_accepted, k as u64 + 1, "{name}");
+        assert_eq!(ts.broker().stats().core.connects_accepted, k as u64 + 1, "{name}");
     }
     ts.stop().await;
 }
@@ -109,7 +97,7 @@ async fn required_certificate_on_tls_and_both_quic_listeners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_a_certificate_gets_certificate_required() {
     let ts = start(true, false).await;
-    let url = MqttUrl::tls_localhost(ts.server.mqtt_tls_addr().unwrap().port());
+    let url = ts.mqtt_tls_url();
     let e = Client::connect(&url, &opts(&ts, "none", None)).await.err().expect("refused");
     // RFC 8446 §4.4.2.4: certificate_required alert.
     assert!(e.to_string().contains("CertificateRequired"), "{e}");
@@ -121,7 +109,7 @@ async fn tls_without_a_certificate_gets_certificate_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_quic_port_closes_with_protocol_error() {
     let ts = start(true, false).await;
-    let url = quic_url(ts.server.quic_addr().port());
+    let url = ts.mqtt_quic_url();
     let link = QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("the handshake succeeds");
     // A CONNECT sent anyway is never answered.
     if let Ok((mut send, _recv)) = link.open_stream().await {
@@ -138,8 +126,8 @@ async fn shared_quic_port_closes_with_protocol_error() {
         }
         other => panic!("expected an application close, got {other}"),
     }
-    assert!(broker(&ts).session("sneaky").is_none());
-    assert_eq!(broker(&ts).stats().core.connects_accepted, 0);
+    assert!(ts.broker().session("sneaky").is_none());
+    assert_eq!(ts.broker().stats().core.connects_accepted, 0);
     ts.stop().await;
 }
 
@@ -148,7 +136,7 @@ async fn shared_quic_port_closes_with_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_quic_listener_refuses_in_the_handshake() {
     let ts = start(true, false).await;
-    let url = quic_url(ts.server.mqtt_quic_addr().unwrap().port());
+    let url = ts.mqtt_quic_dedicated_url();
     let err = match QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await {
         // The client may finish its side of the handshake before the server's verdict arrives.
         Ok(link) => tokio::time::timeout(Duration::from_secs(5), link.connection().closed()).await.expect("closed"),
@@ -176,11 +164,11 @@ async fn client_ca_alone_makes_the_certificate_optional_but_verified() {
     for (name, url) in urls(&ts) {
         let anon = format!("{name}-anon");
         let c = Client::connect(&url, &opts(&ts, &anon, None)).await.expect("no certificate is fine");
-        assert_eq!(broker(&ts).session(&anon).unwrap().identity, None, "{name}");
+        assert_eq!(ts.broker().session(&anon).unwrap().identity, None, "{name}");
         c.disconnect().await.unwrap();
         let id = format!("{name}-alice");
         let c = Client::connect(&url, &opts(&ts, &id, Some(&ids.alice))).await.expect("alice");
-        assert_eq!(broker(&ts).session(&id).unwrap().identity.as_deref(), Some("alice"), "{name}");
+        assert_eq!(ts.broker().session(&id).unwrap().identity.as_deref(), Some("alice"), "{name}");
         c.disconnect().await.unwrap();
         let r = Client::connect(&url, &opts(&ts, &format!("{name}-mallory"), Some(&ids.mallory))).await;
         assert!(r.is_err(), "{name}: a certificate from another CA is refused even when optional");
@@ -231,7 +219,7 @@ async fn zero_rtt_works_with_a_client_certificate() {
     let ts = start(true, false).await;
     let ids = ids(&ts);
     for port in [ts.server.quic_addr().port(), ts.server.mqtt_quic_addr().unwrap().port()] {
-        let url = quic_url(port);
+        let url = mqtt_quic_url(port);
         let setup = QuicSetup::with_identity(&Trust::CaFile(ts.ca()), Some(&ids.alice)).unwrap();
         let zero =
             |id: &str| ClientOptions { zero_rtt: true, quic: Some(setup.clone()), ..opts(&ts, id, Some(&ids.alice)) };
@@ -241,7 +229,7 @@ async fn zero_rtt_works_with_a_client_certificate() {
         let id = format!("second-{port}");
         let c = Client::connect(&url, &zero(&id)).await.unwrap();
         assert_eq!(c.early_data(), EarlyData::Accepted, "port {port}: 0-RTT with a client certificate");
-        assert_eq!(broker(&ts).session(&id).unwrap().identity.as_deref(), Some("alice"), "port {port}");
+        assert_eq!(ts.broker().session(&id).unwrap().identity.as_deref(), Some("alice"), "port {port}");
         c.disconnect().await.unwrap();
     }
     ts.stop().await;

@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicLink, Transport};
+use common::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
+use common::{mqtt_quic_url, TestServer};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicLink};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter};
 use quiclab::tls::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,7 +112,7 @@ struct RawQuic {
 
 impl RawQuic {
     async fn connect(ts: &TestServer) -> RawQuic {
-        let url = MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: ts.server.quic_addr().port() };
+        let url = ts.mqtt_quic_url();
         let link = QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection");
         let (send, recv) = link.open_stream().await.expect("control stream");
         RawQuic { _link: link, send, recv: Arc::new(tokio::sync::Mutex::new(recv)) }
@@ -147,10 +148,7 @@ async fn still_serves(ts: &TestServer, url: &MqttUrl, tag: &str) {
 }
 
 fn urls(ts: &TestServer) -> [(&'static str, MqttUrl); 2] {
-    [
-        ("tcp", MqttUrl::tcp(ts.server.mqtt_tcp_addr().expect("MQTT/TCP listener"))),
-        ("quic", MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: ts.server.quic_addr().port() }),
-    ]
+    [("tcp", ts.mqtt_tcp_url()), ("quic", ts.mqtt_quic_url())]
 }
 
 /// With the default limit (128 levels) the deep SUBSCRIBE closes that client, no SUBACK, over
@@ -245,55 +243,46 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
     ts.stop().await;
 }
 
-/// `quiclab mqtt broker` in its own process, for its resident memory.
+/// `quiclab mqtt broker` in its own process, for its resident memory; ready once MQTT over QUIC
+/// accepts a CONNECT (`common::proc`).
 struct BrokerProcess {
-    child: Child,
-    quic: std::net::SocketAddr,
+    proc: ChildServer,
+    quic: SocketAddr,
     dir: tempfile::TempDir,
 }
 
 impl BrokerProcess {
-    fn start() -> BrokerProcess {
+    async fn start() -> BrokerProcess {
+        const WHAT: &str = "quiclab mqtt broker";
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiclab"))
-            .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--certs"])
-            .arg(dir.path().join("certs"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn quiclab mqtt broker");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut quic = None;
-        for line in lines.by_ref() {
-            let line = line.expect("banner line");
-            if let Some(addr) = line.strip_prefix("mqtt quic ") {
-                quic = Some(addr.trim().parse().expect("an address after 'mqtt quic'"));
-            }
-            if line.starts_with("effective configuration") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        BrokerProcess { child, quic: quic.expect("the broker prints its QUIC address"), dir }
+        let certs = dir.path().join("certs");
+        let trust = Trust::CaFile(certs.join("ca.pem"));
+        let spawn = || {
+            let (tcp, quic) = (loopback(free_tcp_port()?), loopback(free_udp_port()?));
+            let child = Command::new(env!("CARGO_BIN_EXE_quiclab"))
+                .args(["mqtt", "broker", "--tcp", &tcp.to_string(), "--quic", &quic.to_string(), "--certs"])
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|source| ProcError::Spawn { what: WHAT.into(), source })?;
+            Ok((child, quic))
+        };
+        let ready = |quic: SocketAddr| {
+            let trust = trust.clone();
+            async move { mqtt_accepts(&mqtt_quic_url(quic.port()), &trust).await }
+        };
+        let (proc, quic) = spawn_ready(WHAT, Duration::from_secs(20), spawn, ready).await.expect("the broker starts");
+        BrokerProcess { proc, quic, dir }
     }
 
     /// Resident memory now, KiB (`VmRSS` of /proc/PID/status).
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB")
+        self.proc.rss_kib().expect("VmRSS of the broker")
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.is_running()
     }
 }
 
@@ -338,7 +327,7 @@ async fn a_quic_client_that_never_reads_is_bounded() {
     /// Stated bound on the broker's growth (docs/mqtt.md): 2 streams × (1.25 MB receive window
     /// + outbox + one write batch) plus allocator slack.
     const BOUND_KIB: u64 = 12 * 1024;
-    let mut b = BrokerProcess::start();
+    let mut b = BrokerProcess::start().await;
     let conn = stingy_client(&b).await;
     let (mut ctl, mut ctl_r) = conn.open_bi().await.expect("control stream");
     ctl.write_all(&bytes_of(&[connect("never-reads", true)])).await.expect("CONNECT");
@@ -354,8 +343,16 @@ async fn a_quic_client_that_never_reads_is_bounded() {
     }
     assert!(matches!(got[0], Packet::Connack(_)), "{got:?}");
     let (mut data, _data_r) = conn.open_bi().await.expect("data stream");
-    // Let the broker settle after the handshake before the baseline.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The baseline once the broker has answered a PINGREQ: everything before it is handled.
+    ctl.write_all(&bytes_of(&[Packet::Pingreq])).await.expect("PINGREQ");
+    while !got.iter().any(|p| matches!(p, Packet::Pingresp)) {
+        let c = tokio::time::timeout(Duration::from_secs(5), ctl_r.read_chunk(64, true))
+            .await
+            .expect("PINGRESP within 5 s")
+            .expect("read")
+            .expect("open");
+        d.feed(&c.bytes, &mut got).expect("PINGRESP decodes");
+    }
     let before = b.rss_kib();
 
     let pings = bytes_of(&vec![Packet::Pingreq; N]);
@@ -365,7 +362,8 @@ async fn a_quic_client_that_never_reads_is_bounded() {
     let publishes = bytes_of(&publishes);
     let (sent_pings, sent_pubs) =
         tokio::join!(write_until_stalled(&mut ctl, &pings), write_until_stalled(&mut data, &publishes));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both writers saw 2 s without progress: the broker has stopped reading and holds what it
+    // took.
     let after = b.rss_kib();
     let growth = after.saturating_sub(before);
     eprintln!(
@@ -379,7 +377,7 @@ async fn a_quic_client_that_never_reads_is_bounded() {
     assert!(growth < BOUND_KIB, "broker RSS grew by {growth} KiB (bound {BOUND_KIB} KiB)");
 
     // Everyone else is still served.
-    let url = MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: b.quic.port() };
+    let url = mqtt_quic_url(b.quic.port());
     let opts = |id: &str| ClientOptions {
         client_id: id.into(),
         trust: Trust::CaFile(b.dir.path().join("certs/ca.pem")),

@@ -12,19 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicLink, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, QuicLink, StreamMode};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::mqtt::quic::code;
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
-
-fn quic_url(ts: &TestServer) -> MqttUrl {
-    MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: ts.server.quic_addr().port() }
-}
-
-fn tcp_url(ts: &TestServer) -> MqttUrl {
-    MqttUrl::tcp(ts.server.mqtt_tcp_addr().unwrap())
-}
 
 fn opts(ts: &TestServer, id: &str) -> ClientOptions {
     ClientOptions { client_id: id.into(), trust: Trust::CaFile(ts.ca()), ..ClientOptions::default() }
@@ -43,7 +35,7 @@ async fn recv(c: &mut Client) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_qos_retained_wildcards_in_both_stream_modes() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     for mode in MODES {
         let tag = format!("{mode:?}");
         let mut p = Client::connect(&url, &opts_mode(&ts, &format!("p-{tag}"), mode)).await.expect("connect");
@@ -89,7 +81,7 @@ async fn every_qos_retained_wildcards_in_both_stream_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_and_takeover_in_both_stream_modes() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     for mode in MODES {
         let tag = format!("{mode:?}");
         let mut watcher = Client::connect(&url, &opts_mode(&ts, &format!("w-{tag}"), mode)).await.unwrap();
@@ -122,7 +114,7 @@ async fn will_and_takeover_in_both_stream_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_topic_mode_keeps_each_topic_on_its_stream() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     let mut s = Client::connect(&url, &opts_mode(&ts, "pt-sub", StreamMode::PerTopic)).await.unwrap();
     s.subscribe(&[("a", QoS::Level1), ("b/#", QoS::Level1), ("c", QoS::Level0)]).await.unwrap();
     let streams: Vec<u64> =
@@ -163,7 +155,7 @@ async fn per_topic_mode_keeps_each_topic_on_its_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_topic_mode_over_tcp_is_refused_with_a_clear_error() {
     let ts = TestServer::start().await;
-    let err = match Client::connect(&tcp_url(&ts), &opts_mode(&ts, "x", StreamMode::PerTopic)).await {
+    let err = match Client::connect(&ts.mqtt_tcp_url(), &opts_mode(&ts, "x", StreamMode::PerTopic)).await {
         Ok(_) => panic!("per-topic over TCP must be refused"),
         Err(e) => e.to_string(),
     };
@@ -176,7 +168,7 @@ async fn per_topic_mode_over_tcp_is_refused_with_a_clear_error() {
 async fn tcp_and_quic_single_stream_give_identical_outcomes() {
     let ts = TestServer::start().await;
     let mut outcomes = Vec::new();
-    for (tag, url) in [("tcp", tcp_url(&ts)), ("quic", quic_url(&ts))] {
+    for (tag, url) in [("tcp", ts.mqtt_tcp_url()), ("quic", ts.mqtt_quic_url())] {
         let mut s = Client::connect(&url, &opts(&ts, &format!("s-{tag}"))).await.unwrap();
         s.subscribe(&[(&format!("{tag}/#"), QoS::Level2)]).await.unwrap();
         let mut p = Client::connect(&url, &opts(&ts, &format!("p-{tag}"))).await.unwrap();
@@ -199,7 +191,7 @@ async fn tcp_and_quic_single_stream_give_identical_outcomes() {
 /// A hand-driven multi-stream client: the library's QUIC connection (ALPN `mqtt`), raw quinn
 /// streams and quiclab's codec.
 async fn raw_connect(ts: &TestServer) -> QuicLink {
-    QuicLink::connect(&quic_url(ts), None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection")
+    QuicLink::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection")
 }
 
 fn bytes_of(packets: &[Packet]) -> Vec<u8> {
@@ -296,7 +288,7 @@ async fn connect_on_a_data_stream_is_a_protocol_error() {
         other => panic!("{other:?}"),
     }
     // Others are served as usual.
-    let mut ok = Client::connect(&quic_url(&ts), &opts(&ts, "fine")).await.unwrap();
+    let mut ok = Client::connect(&ts.mqtt_quic_url(), &opts(&ts, "fine")).await.unwrap();
     ok.ping().await.unwrap();
     ts.stop().await;
 }

@@ -16,21 +16,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, StreamEnd, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, QuicLink, StreamEnd, StreamMode};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
 
-fn quic_url(ts: &TestServer) -> MqttUrl {
-    MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: ts.server.quic_addr().port() }
-}
-
 fn opts(ts: &TestServer, id: &str, streams: StreamMode) -> ClientOptions {
     ClientOptions { client_id: id.into(), trust: Trust::CaFile(ts.ca()), streams, ..ClientOptions::default() }
-}
-
-fn broker(ts: &TestServer) -> &quiclab::mqtt::Broker {
-    ts.server.mqtt_broker().expect("MQTT is on")
 }
 
 async fn recv_one(c: &mut Client) -> (Option<u64>, String) {
@@ -80,7 +72,7 @@ async fn collect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_stream_ending_mid_flow_loses_no_acknowledged_message() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     const N: usize = 40; // more than the in-flight window (20): some wait in the queue
     for how in [StreamEnd::Finish, StreamEnd::Reset, StreamEnd::StopSending] {
         for qos in [QoS::Level1, QoS::Level2] {
@@ -99,7 +91,7 @@ async fn a_data_stream_ending_mid_flow_loses_no_acknowledged_message() {
             // in flight or queued.
             let first = take(&mut sub, 5).await;
             assert!(first.iter().all(|(s, _)| *s == Some(data_stream)), "{case}: {first:?}");
-            let moved_before = broker(&ts).stats().core.moved_channel_closed;
+            let moved_before = ts.broker().stats().core.moved_channel_closed;
             sub.end_stream(&filter, how).await.unwrap();
             let mut seen = first.iter().map(|(_, p)| p.clone()).collect();
             let rest = collect(&mut sub, &mut seen, N).await;
@@ -117,13 +109,13 @@ async fn a_data_stream_ending_mid_flow_loses_no_acknowledged_message() {
             }
             // The rest came on the control stream (no other data stream matches).
             assert!(rest.iter().any(|(s, _)| *s == Some(0)), "{case}: re-sent on the control stream: {rest:?}");
-            let stats = broker(&ts).stats();
+            let stats = ts.broker().stats();
             assert!(stats.core.moved_channel_closed > moved_before, "{case}: messages moved, {stats:?}");
             assert_eq!(stats.core.dropped_queue_full, 0, "{case}");
             // Settled: nothing left in flight or queued for the subscriber.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let s = broker(&ts).session(&format!("sub-{case}")).unwrap();
+                let s = ts.broker().session(&format!("sub-{case}")).unwrap();
                 if (s.inflight, s.queued, s.dropped) == (0, 0, 0) {
                     break;
                 }
@@ -143,7 +135,7 @@ async fn a_data_stream_ending_mid_flow_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_session_resumes_over_quic_with_nothing_lost() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     let persistent = ClientOptions { clean_session: false, ..opts(&ts, "dev-p", StreamMode::PerTopic) };
     let mut sub = Client::connect(&url, &persistent).await.unwrap();
     sub.subscribe(&[("p/#", QoS::Level1), ("q2", QoS::Level2)]).await.unwrap();
@@ -180,12 +172,12 @@ async fn a_persistent_session_resumes_over_quic_with_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_moves_keeps_its_session_and_every_message() {
     let ts = TestServer::start().await;
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     for mode in [StreamMode::Single, StreamMode::PerTopic] {
         let tag = format!("{mode:?}");
         let mut sub = Client::connect(&url, &opts(&ts, &format!("mover-{tag}"), mode)).await.unwrap();
         sub.subscribe(&[(&format!("flow/{tag}"), QoS::Level1)]).await.unwrap();
-        let before = broker(&ts).stats();
+        let before = ts.broker().stats();
         let publisher = {
             let (url, o, topic) = (url.clone(), opts(&ts, &format!("src-{tag}"), mode), format!("flow/{tag}"));
             tokio::spawn(async move {
@@ -207,7 +199,7 @@ async fn a_client_that_moves_keeps_its_session_and_every_message() {
         }
         publisher.await.unwrap();
         assert_eq!(got, (0..1000).map(|i| i.to_string()).collect::<Vec<_>>(), "{tag}: every message, in order");
-        let after = broker(&ts).stats();
+        let after = ts.broker().stats();
         assert_eq!(after.quic_path_changes - before.quic_path_changes, 1, "{tag}: one path change");
         assert_eq!(
             after.core.connects_accepted - before.core.connects_accepted,
@@ -259,7 +251,7 @@ impl RawStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_data_stream_does_not_hold_up_another() {
     let ts = TestServer::start().await;
-    let link = QuicLink::connect(&quic_url(&ts), None, &Trust::CaFile(ts.ca())).await.unwrap();
+    let link = QuicLink::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.unwrap();
     let conn = link.connection();
     let mut control = RawStream::open(conn).await;
     control.send(&Packet::Connect(Connect::new("hol-sub".into(), 60))).await;
@@ -273,13 +265,13 @@ async fn a_stalled_data_stream_does_not_hold_up_another() {
         assert!(matches!(s.next(Duration::from_secs(5)).await, Some(Packet::Suback(_))), "SUBACK on its own stream");
     }
     // Fill stream A: 4 MB of QoS 1 messages, never read (the stream window is 1.25 MB).
-    let url = quic_url(&ts);
+    let url = ts.mqtt_quic_url();
     let mut publ = Client::connect(&url, &opts(&ts, "hol-pub", StreamMode::PerTopic)).await.unwrap();
     let big = vec![b'a'; 16 * 1024];
     for _ in 0..256 {
         publ.publish("hol/a", QoS::Level1, false, big.clone()).await.unwrap();
     }
-    let s = broker(&ts).session("hol-sub").unwrap();
+    let s = ts.broker().session("hol-sub").unwrap();
     assert!(s.inflight >= 20 && s.queued > 0, "stream A is stalled with a full window and a queue: {s:?}");
     // Stream B still delivers, at once.
     for i in 0..50u32 {
@@ -313,19 +305,19 @@ async fn a_rejected_early_connect_is_sent_again_after_the_handshake() {
     let setup = quiclab::mqtt::client::QuicSetup::new(&Trust::CaFile(a.ca())).unwrap();
     let zero =
         |id: &str| ClientOptions { zero_rtt: true, quic: Some(setup.clone()), ..opts(&a, id, StreamMode::Single) };
-    let c = Client::connect(&quic_url(&a), &zero("first")).await.unwrap();
+    let c = Client::connect(&a.mqtt_quic_url(), &zero("first")).await.unwrap();
     assert_eq!(c.early_data(), EarlyData::NoTicket);
     c.disconnect().await.unwrap();
-    let c = Client::connect(&quic_url(&a), &zero("second")).await.unwrap();
+    let c = Client::connect(&a.mqtt_quic_url(), &zero("second")).await.unwrap();
     assert_eq!(c.early_data(), EarlyData::Accepted, "the ticket works where it came from");
     c.disconnect().await.unwrap();
-    let mut c = Client::connect(&quic_url(&b), &zero("elsewhere")).await.unwrap();
+    let mut c = Client::connect(&b.mqtt_quic_url(), &zero("elsewhere")).await.unwrap();
     assert_eq!(c.early_data(), EarlyData::Rejected, "another server's store does not know the ticket");
     c.subscribe(&[("after/rejection", QoS::Level1)]).await.unwrap();
-    let mut p = Client::connect(&quic_url(&b), &opts(&a, "pub", StreamMode::Single)).await.unwrap();
+    let mut p = Client::connect(&b.mqtt_quic_url(), &opts(&a, "pub", StreamMode::Single)).await.unwrap();
     p.publish("after/rejection", QoS::Level1, false, "fine").await.unwrap();
     assert_eq!(recv_one(&mut c).await.1, "fine");
-    assert_eq!(broker(&b).stats().core.connects_accepted, 2, "one CONNECT per connection, none doubled");
+    assert_eq!(b.broker().stats().core.connects_accepted, 2, "one CONNECT per connection, none doubled");
     p.disconnect().await.unwrap();
     c.disconnect().await.unwrap();
     b.stop().await;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
+use quiclab::mqtt::client::{Client, ClientOptions, StreamMode};
 use quiclab::mqtt::codec::QoS;
 use quiclab::tls::Trust;
 
@@ -29,8 +29,7 @@ async fn keepalive_beyond_the_quic_idle_timeout_on_the_dedicated_listener() {
         c.mqtt_quic_keep_alive = Duration::from_millis(300);
     })
     .await;
-    let addr = ts.server.mqtt_quic_addr().expect("dedicated listener");
-    let url = MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: addr.port() };
+    let url = ts.mqtt_quic_dedicated_url();
     // Both stream modes, quiet side by side.
     let mut quiet = Vec::new();
     for streams in [StreamMode::Single, StreamMode::PerTopic] {

@@ -12,14 +12,12 @@
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC (CLI, tests, lab, benchmark) |
-//! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
 
 pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
 
-pub mod bench;
 pub mod client;
 pub mod driver;
 pub mod quic;

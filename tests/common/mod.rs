@@ -1,11 +1,22 @@
 //! Shared helpers for the integration tests: an in-process server on ephemeral loopback ports
-//! with its own certificates, and clients that trust its CA.
+//! with its own certificates, clients that trust its CA, its HTTP and MQTT URLs, and waiting for
+//! a condition with a deadline.
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | this file | [`TestServer`], HTTP requests ([`send`]), URLs, [`wait_until`] |
+//! | [`proc`] | child server processes: free ports, readiness by connecting, `/proc` figures (also used by `benches/mqtt.rs`) |
 #![allow(dead_code)]
+
+pub mod proc;
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use quiclab::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
 use quiclab::config::ServerConfig;
+use quiclab::mqtt::client::{MqttUrl, Transport};
 use quiclab::server::Server;
 use quiclab::tls::Trust;
 
@@ -56,6 +67,31 @@ impl TestServer {
         (conn, target)
     }
 
+    /// MQTT over TCP (the server's MQTT/TCP listener).
+    pub fn mqtt_tcp_url(&self) -> MqttUrl {
+        MqttUrl::tcp(self.server.mqtt_tcp_addr().expect("an MQTT/TCP listener"))
+    }
+
+    /// MQTT over TLS, server name `localhost`.
+    pub fn mqtt_tls_url(&self) -> MqttUrl {
+        MqttUrl::tls_localhost(self.server.mqtt_tls_addr().expect("an MQTT/TLS listener").port())
+    }
+
+    /// MQTT over QUIC on the QUIC port shared with HTTP/3.
+    pub fn mqtt_quic_url(&self) -> MqttUrl {
+        mqtt_quic_url(self.server.quic_addr().port())
+    }
+
+    /// MQTT over QUIC on the dedicated listener (`mqtt_quic_listen`).
+    pub fn mqtt_quic_dedicated_url(&self) -> MqttUrl {
+        mqtt_quic_url(self.server.mqtt_quic_addr().expect("a dedicated MQTT/QUIC listener").port())
+    }
+
+    /// The server's MQTT broker.
+    pub fn broker(&self) -> &quiclab::mqtt::Broker {
+        self.server.mqtt_broker().expect("MQTT is on")
+    }
+
     pub async fn stop(self) {
         self.server.shutdown().await;
     }
@@ -96,5 +132,20 @@ pub fn assert_pattern(body: &[u8], start: u64) {
     for (i, b) in body.iter().enumerate() {
         let want = quiclab::web::routes::pattern_byte(start + i as u64);
         assert_eq!(*b, want, "byte {} (offset {}) is {b}, want {want}", i, start + i as u64);
+    }
+}
+
+/// `mqtt+quic://localhost:PORT`: MQTT over QUIC, server name `localhost`.
+pub fn mqtt_quic_url(port: u16) -> MqttUrl {
+    MqttUrl { transport: Transport::Quic, host: "localhost".into(), port }
+}
+
+/// Wait until `cond` holds, checking every 10 ms; panics naming `what` if it does not within
+/// `timeout`. For states that have no event to wait on (a broker noticing a closed socket).
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

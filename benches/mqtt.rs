@@ -1,11 +1,18 @@
-//! `quiclab mqtt bench`: one Rust load generator run against quiclab's broker and against
-//! Debian's mosquitto, same client code, same run.
+//! The MQTT load generator: one Rust client run against quiclab's broker and against Debian's
+//! mosquitto, same client code, same run (release build: `cargo bench` uses the `bench` profile,
+//! which inherits `release`).
+//!
+//! Run: `cargo bench --bench mqtt -- [OPTIONS]` (`-- --help` lists them), e.g.
+//! `cargo bench --bench mqtt -- --scenario p2p --broker quiclab --duration 5s`.
+//! Results go to standard output as Markdown tables (copied into docs/BENCHMARKS.md).
 //!
 //! * Each broker runs as its own process, started here on loopback and pinned to one core
 //!   (`--broker-cpu`, `sched_setaffinity` before `exec`); the generator runs on one thread pinned
 //!   to the other core (`--load-cpu`) with a single-threaded runtime. quiclab's broker is
-//!   `quiclab mqtt broker` (the same core and transport `quiclab serve` runs); mosquitto gets a
-//!   generated config with `set_tcp_nodelay true`.
+//!   `quiclab mqtt broker` (the same core and transport `quiclab serve` runs; by default the
+//!   binary cargo built beside this bench); mosquitto gets a generated config with
+//!   `set_tcp_nodelay true`. A broker is ready when an MQTT CONNECT succeeds on each of its
+//!   listeners (`tests/common/proc.rs`, shared with the integration tests).
 //! * Broker CPU comes from `/proc/PID/stat` (user + system, all threads), memory from
 //!   `/proc/PID/status` (`VmRSS`), sampled at the edges of the measurement window.
 //! * Transports (`--transport`): MQTT over TCP, TLS, QUIC in single-stream mode, and QUIC with
@@ -21,6 +28,10 @@
 //! * End-to-end latency: the payload carries the send time; the subscriber records
 //!   receive − send in an HDR histogram (microseconds).
 
+#[path = "../tests/common/proc.rs"]
+mod proc;
+
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,19 +40,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
+use quiclab::config::parse_duration;
+use quiclab::lab::report::md_table;
+use quiclab::mqtt::client::{
+    self as mqtt_client, framed, BoxRead, BoxWrite, Halves, MqttUrl, PacketReader, PacketWriter, QuicLink, ReadStream,
+    Transport, WriteStream,
+};
+use quiclab::mqtt::codec::{Connect, ConnectReturnCode, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicName};
+use quiclab::mqtt::MqttError;
+use quiclab::tls::Trust;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::client::{framed, BoxRead, BoxWrite, Halves, PacketReader, PacketWriter, ReadStream, WriteStream};
-use super::codec::{Connect, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName};
-use super::MqttError;
-use crate::config::parse_duration;
+/// How long a broker may take to accept its first MQTT CONNECT on every listener.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which measurement to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scenario {
+enum Scenario {
     /// Point-to-point: N publishers → N subscribers, QoS 1.
     P2p,
     /// Fan-out: 1 publisher → M subscribers on one topic, QoS 0.
@@ -56,7 +75,7 @@ pub enum Scenario {
 
 /// How the generator reaches the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
-pub enum BenchTransport {
+enum BenchTransport {
     /// MQTT over TCP.
     Tcp,
     /// MQTT over TLS 1.3 over TCP.
@@ -84,126 +103,183 @@ impl BenchTransport {
 
 /// Which brokers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Brokers {
+enum Brokers {
     Quiclab,
     Mosquitto,
     Both,
 }
 
-/// `quiclab mqtt bench`.
-#[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
+/// quiclab's MQTT broker against mosquitto, both
+/// started on loopback and pinned to a core.
+#[derive(Debug, Parser, Clone)]
+#[command(name = "mqtt", bin_name = "cargo bench --bench mqtt --")]
+struct BenchArgs {
     /// Scenario(s) to run.
     #[arg(long, value_enum, default_value = "all")]
-    pub scenario: Scenario,
+    scenario: Scenario,
     /// Broker(s) to measure.
     #[arg(long, value_enum, default_value = "both")]
-    pub broker: Brokers,
+    broker: Brokers,
     /// Transports, comma-separated (mosquitto runs tcp and tls only; quic-per-topic is measured
     /// in the throughput scenarios, where it differs from quic).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,tls,quic,quic-per-topic")]
-    pub transport: Vec<BenchTransport>,
+    transport: Vec<BenchTransport>,
     /// Length of each measurement window (after the warm-up).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
-    pub duration: Duration,
+    duration: Duration,
     /// Warm-up before each measurement window.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
-    pub warmup: Duration,
+    warmup: Duration,
     /// Point-to-point: number of publisher/subscriber pairs.
     #[arg(long, value_name = "N", default_value_t = 100)]
-    pub pairs: usize,
+    pairs: usize,
     /// Fan-out: number of subscribers.
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub subscribers: usize,
+    subscribers: usize,
     /// Closed loop: messages in flight per publisher.
     #[arg(long, value_name = "N", default_value_t = 10)]
-    pub inflight: usize,
+    inflight: usize,
     /// Payload bytes (at least 16: send time and sequence number).
     #[arg(long, value_name = "BYTES", default_value_t = 16)]
-    pub payload: usize,
+    payload: usize,
     /// Open loop, point-to-point: messages per second, all publishers together.
     #[arg(long, value_name = "MSGS", default_value_t = 20_000)]
-    pub p2p_rate: u64,
+    p2p_rate: u64,
     /// Open loop, fan-out: publishes per second (each delivered to every subscriber).
     #[arg(long, value_name = "MSGS", default_value_t = 20)]
-    pub fanout_rate: u64,
+    fanout_rate: u64,
     /// Idle scenario: clients to connect.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub idle_clients: usize,
+    idle_clients: usize,
     /// Handshake scenario: connections to open (each up to CONNACK, then closed).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub handshakes: usize,
+    handshakes: usize,
     /// Handshake scenario: connections in flight at a time.
     #[arg(long, value_name = "N", default_value_t = 100)]
-    pub handshake_concurrency: usize,
+    handshake_concurrency: usize,
     /// Core for the broker process.
     #[arg(long, value_name = "CPU", default_value_t = 0)]
-    pub broker_cpu: usize,
+    broker_cpu: usize,
     /// Core for the load generator.
     #[arg(long, value_name = "CPU", default_value_t = 1)]
-    pub load_cpu: usize,
+    load_cpu: usize,
     /// Do not pin broker and generator to cores.
     #[arg(long)]
-    pub no_pin: bool,
+    no_pin: bool,
     /// The mosquitto binary.
     #[arg(long, value_name = "PATH", default_value = "/usr/sbin/mosquitto")]
-    pub mosquitto: PathBuf,
-    /// The quiclab binary whose `mqtt broker` is measured (default: this executable).
-    #[arg(long, value_name = "PATH")]
-    pub quiclab_bin: Option<PathBuf>,
+    mosquitto: PathBuf,
+    /// The quiclab binary whose `mqtt broker` is measured (default: the one cargo built with
+    /// this bench).
+    #[arg(long, value_name = "PATH", default_value = env!("CARGO_BIN_EXE_quiclab"))]
+    quiclab_bin: PathBuf,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench` to every benchmark binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What can stop the benchmark.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    /// `--broker-cpu` and `--load-cpu` are not two different cores of this machine.
+    #[error("--broker-cpu {broker} and --load-cpu {load} must be two different cores below {ncpu} (or use --no-pin)")]
+    Cpus { broker: usize, load: usize, ncpu: usize },
+    /// `--payload` leaves no room for the send time and the sequence number.
+    #[error("--payload must be at least 16 bytes (send time and sequence number), not {0}")]
+    PayloadTooSmall(usize),
+    /// The mosquitto binary is not there.
+    #[error("{} not found; install it with: apt-get install -y mosquitto (or use --broker quiclab)", .0.display())]
+    NoMosquitto(PathBuf),
+    /// A broker process could not be started or measured.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// An MQTT connection, packet or certificate operation of the library failed.
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    /// The development certificates or a TLS configuration could not be made.
+    #[error(transparent)]
+    Tls(#[from] quiclab::tls::TlsError),
+    /// A file, socket or thread operation failed.
+    #[error("cannot {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening a QUIC stream failed.
+    #[error("cannot open a QUIC stream")]
+    QuicStream(#[source] quinn::ConnectionError),
+    /// The broker answered with something else than the packet the generator waits for.
+    #[error("{client}: expected {expected}, got {got}")]
+    Unexpected { client: String, expected: &'static str, got: String },
+    /// A transport was asked of a broker that does not serve it.
+    #[error("{broker} does not serve MQTT over {transport}")]
+    NoTransport { broker: &'static str, transport: &'static str },
+    /// The generator thread panicked.
+    #[error("the generator thread panicked")]
+    GeneratorPanicked,
+    /// The JSON report could not be made.
+    #[error("cannot encode the JSON report")]
+    Json(#[source] serde_json::Error),
+}
+
+/// [`BenchError::Io`] with what was being done.
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
 }
 
 /// One measured run.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RunResult {
-    pub scenario: String,
-    pub broker: String,
-    pub transport: String,
+struct RunResult {
+    scenario: String,
+    broker: String,
+    transport: String,
     /// "closed" (throughput) or "open" (paced, latency).
-    pub mode: String,
-    pub seconds: f64,
-    pub delivered: u64,
-    pub delivered_per_s: f64,
-    pub broker_cpu_s: f64,
-    pub msgs_per_broker_cpu_s: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
+    mode: String,
+    seconds: f64,
+    delivered: u64,
+    delivered_per_s: f64,
+    broker_cpu_s: f64,
+    msgs_per_broker_cpu_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
     /// Deliveries expected over the whole run and not seen half a second after publishing
     /// stopped (QoS 0 may be dropped by design; QoS 1 must not be).
-    pub lost: u64,
-    pub generator_cpu_s: f64,
+    lost: u64,
+    generator_cpu_s: f64,
 }
 
 /// The idle-clients measurement.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct IdleResult {
-    pub broker: String,
-    pub transport: String,
-    pub clients: usize,
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
-    pub kib_per_client: f64,
+struct IdleResult {
+    broker: String,
+    transport: String,
+    clients: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    kib_per_client: f64,
 }
 
 /// The handshake measurement.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct HandshakeResult {
-    pub broker: String,
-    pub transport: String,
-    pub handshakes: usize,
-    pub concurrency: usize,
-    pub failed: usize,
-    pub seconds: f64,
-    pub per_s: f64,
+struct HandshakeResult {
+    broker: String,
+    transport: String,
+    handshakes: usize,
+    concurrency: usize,
+    failed: usize,
+    seconds: f64,
+    per_s: f64,
     /// Broker CPU per handshake, microseconds.
-    pub broker_cpu_us_each: f64,
+    broker_cpu_us_each: f64,
     /// Time from starting the connection to CONNACK.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -214,122 +290,30 @@ struct Report {
     handshakes: Vec<HandshakeResult>,
 }
 
-fn err(s: impl Into<String>) -> MqttError {
-    MqttError::Other(s.into())
-}
-
 // ---------------------------------------------------------------------------------------------
-// Processes: pinning, CPU and memory from /proc.
+// Broker processes: pinning, readiness, CPU and memory from /proc.
 
 fn cpu_set(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit set; all-zero is a valid (empty) value.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is checked against CPU_SETSIZE by the caller.
+    // SAFETY: `cpu` is checked against the number of CPUs (far below CPU_SETSIZE) in `main`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     set
 }
 
 /// Pin the calling thread to `cpu`.
-fn pin_current_thread(cpu: usize) -> Result<(), MqttError> {
+fn pin_current_thread(cpu: usize) -> Result<(), BenchError> {
     let set = cpu_set(cpu);
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
-        return Err(err(format!("sched_setaffinity(cpu {cpu}): {}", std::io::Error::last_os_error())));
+        return Err(io_err(format!("pin the generator to cpu {cpu}"))(std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// User + system CPU seconds of a process (all its threads).
-fn proc_cpu_seconds(pid: u32) -> Result<f64, MqttError> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| err(format!("/proc/{pid}/stat: {e}")))?;
-    // The command name may contain spaces: fields start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| err("bad /proc stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3; utime and stime are fields 14 and 15 (1-based, proc(5)).
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or_else(|| err("no utime"))?;
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or_else(|| err("no stime"))?;
-    Ok((utime + stime) / clock_ticks())
-}
-
-/// Resident set size of a process, KiB.
-fn proc_rss_kib(pid: u32) -> Result<u64, MqttError> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| err(format!("/proc/{pid}/status: {e}")))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| err("no VmRSS"))
-}
-
-struct BrokerProc {
-    name: &'static str,
-    child: Child,
-    tcp: SocketAddr,
-    tls: SocketAddr,
-    /// MQTT over QUIC (quiclab only).
-    quic: Option<SocketAddr>,
-    /// Keeps the broker's stdout open (quiclab prints its banner there).
-    _stdout: Option<std::process::ChildStdout>,
-    _dir: Option<tempfile_dir::Dir>,
-}
-
-impl BrokerProc {
-    fn addr(&self, t: BenchTransport) -> Option<SocketAddr> {
-        match t {
-            BenchTransport::Tcp => Some(self.tcp),
-            BenchTransport::Tls => Some(self.tls),
-            BenchTransport::Quic | BenchTransport::QuicPerTopic => self.quic,
-        }
-    }
-}
-
-/// A private temporary directory (removed on drop), without a dev-dependency.
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(prefix: &str) -> std::io::Result<Dir> {
-            let base = std::env::temp_dir();
-            for i in 0..1000u32 {
-                let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
-                match std::fs::create_dir(&p) {
-                    Ok(()) => return Ok(Dir(p)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(std::io::Error::other("no free temporary directory name"))
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn spawn_pinned(mut cmd: Command, cpu: Option<usize>) -> Result<Child, MqttError> {
+/// Start `cmd` pinned to `cpu` (if any), killed when this process dies.
+fn spawn_pinned(mut cmd: Command, cpu: Option<usize>, what: &str) -> Result<Child, ProcError> {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
     // calls (sched_setaffinity, prctl).
@@ -346,153 +330,144 @@ fn spawn_pinned(mut cmd: Command, cpu: Option<usize>) -> Result<Child, MqttError
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| err(format!("cannot start {:?}: {e}", cmd.get_program())))
+    cmd.spawn().map_err(|source| ProcError::Spawn { what: what.to_string(), source })
 }
 
-fn free_port() -> Result<u16, MqttError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// A broker's listeners.
+#[derive(Debug, Clone, Copy)]
+struct Listeners {
+    tcp: SocketAddr,
+    tls: SocketAddr,
+    /// MQTT over QUIC (quiclab only).
+    quic: Option<SocketAddr>,
 }
 
-fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> Result<(), MqttError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(err(format!("{what} exited early: {status}")));
-        }
-        if Instant::now() > deadline {
-            return Err(err(format!("{what} is not listening on {addr} after 10 s")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+impl Listeners {
+    /// Fresh loopback ports (the race with other processes is retried by `spawn_ready`).
+    fn pick(quic: bool) -> Result<Listeners, ProcError> {
+        let quic = if quic { Some(loopback(free_udp_port()?)) } else { None };
+        Ok(Listeners { tcp: loopback(free_tcp_port()?), tls: loopback(free_tcp_port()?), quic })
     }
-}
 
-/// Read the broker's banner until its last line, so every listener is bound before the first
-/// client connects.
-fn wait_banner(child: &mut Child, what: &str) -> Result<std::process::ChildStdout, MqttError> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().ok_or_else(|| err(format!("{what}: no stdout")))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = std::io::BufReader::new(stdout);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(None);
-                    return;
-                }
-                Ok(_) if line.starts_with("effective configuration") => {
-                    let _ = tx.send(Some(reader.into_inner()));
-                    return;
-                }
-                Ok(_) => {}
+    /// Ready when every listener accepts an MQTT CONNECT.
+    async fn accept_mqtt(self, trust: Trust) -> bool {
+        let mut urls = vec![MqttUrl::tcp(self.tcp), MqttUrl::tls_localhost(self.tls.port())];
+        if let Some(q) = self.quic {
+            urls.push(MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: q.port() });
+        }
+        for url in &urls {
+            if !mqtt_accepts(url, &trust).await {
+                return false;
             }
         }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(out)) => Ok(out),
-        Ok(None) => Err(err(format!("{what} exited before it was listening"))),
-        Err(_) => Err(err(format!("{what} printed no banner within 20 s"))),
+        true
     }
 }
 
-fn free_udp_port() -> Result<u16, MqttError> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?.port())
+struct BrokerProc {
+    name: &'static str,
+    proc: ChildServer,
+    listeners: Listeners,
+    /// mosquitto's configuration and key copy.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl BrokerProc {
-    fn quiclab(bin: &Path, cpu: Option<usize>, max_connections: usize, certs: &Path) -> Result<BrokerProc, MqttError> {
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (tcp, tls, quic) = (local(free_port()?), local(free_port()?), local(free_udp_port()?));
-        let mut cmd = Command::new(bin);
-        cmd.args(["mqtt", "broker", "--tcp", &tcp.to_string(), "--tls", &tls.to_string()])
-            .args(["--quic", &quic.to_string()])
-            .arg("--certs")
-            .arg(certs)
-            .args(["--mqtt-max-connections", &max_connections.to_string()])
-            .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = spawn_pinned(cmd, cpu)?;
-        let stdout = wait_banner(&mut child, "quiclab mqtt broker")?;
-        Ok(BrokerProc { name: "quiclab", child, tcp, tls, quic: Some(quic), _stdout: Some(stdout), _dir: None })
+    fn addr(&self, t: BenchTransport) -> Option<SocketAddr> {
+        match t {
+            BenchTransport::Tcp => Some(self.listeners.tcp),
+            BenchTransport::Tls => Some(self.listeners.tls),
+            BenchTransport::Quic | BenchTransport::QuicPerTopic => self.listeners.quic,
+        }
     }
 
-    fn mosquitto(bin: &Path, cpu: Option<usize>, certs: &Path) -> Result<BrokerProc, MqttError> {
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (tcp, tls) = (local(free_port()?), local(free_port()?));
-        let dir = tempfile_dir::Dir::new("quiclab-bench-mosquitto")?;
+    async fn quiclab(
+        bin: &Path,
+        cpu: Option<usize>,
+        max_connections: usize,
+        certs: &Path,
+    ) -> Result<BrokerProc, BenchError> {
+        const WHAT: &str = "quiclab mqtt broker";
+        let trust = Trust::CaFile(certs.join("ca.pem"));
+        let spawn = || {
+            let l = Listeners::pick(true)?;
+            let mut cmd = Command::new(bin);
+            cmd.args(["mqtt", "broker", "--tcp", &l.tcp.to_string(), "--tls", &l.tls.to_string()]);
+            if let Some(quic) = l.quic {
+                cmd.args(["--quic", &quic.to_string()]);
+            }
+            cmd.arg("--certs")
+                .arg(certs)
+                .args(["--mqtt-max-connections", &max_connections.to_string()])
+                .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            Ok((spawn_pinned(cmd, cpu, WHAT)?, l))
+        };
+        let (proc, listeners) = spawn_ready(WHAT, READY_TIMEOUT, spawn, |l| l.accept_mqtt(trust.clone())).await?;
+        Ok(BrokerProc { name: "quiclab", proc, listeners, _dir: None })
+    }
+
+    async fn mosquitto(bin: &Path, cpu: Option<usize>, certs: &Path) -> Result<BrokerProc, BenchError> {
+        const WHAT: &str = "mosquitto";
+        let dir = tempfile::Builder::new()
+            .prefix("quiclab-bench-mosquitto")
+            .tempdir()
+            .map_err(io_err("create a directory for mosquitto"))?;
         // mosquitto started as root drops to its own user: give it a readable copy of the
         // (throwaway, generated) key, in a directory it can enter.
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::copy(certs.join("cert.pem"), &cert)?;
-        std::fs::copy(certs.join("key.pem"), &key)?;
+        std::fs::copy(certs.join("cert.pem"), &cert).map_err(io_err("copy cert.pem for mosquitto"))?;
+        std::fs::copy(certs.join("key.pem"), &key).map_err(io_err("copy key.pem for mosquitto"))?;
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            let perms = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+            perms(&key, 0o644).map_err(io_err("make mosquitto's key copy readable"))?;
+            perms(dir.path(), 0o755).map_err(io_err("open mosquitto's directory"))?;
         }
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "# generated by quiclab mqtt bench\n\
-                 per_listener_settings false\n\
-                 allow_anonymous true\n\
-                 set_tcp_nodelay true\n\
-                 max_connections -1\n\
-                 persistence false\n\
-                 log_dest stderr\n\
-                 log_type error\n\
-                 log_type warning\n\
-                 listener {} 127.0.0.1\n\
-                 listener {} 127.0.0.1\n\
-                 certfile {}\n\
-                 keyfile {}\n",
-                tcp.port(),
-                tls.port(),
-                cert.display(),
-                key.display(),
-            ),
-        )?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
-        let mut child = spawn_pinned(cmd, cpu)?;
-        wait_listening(tcp, &mut child, "mosquitto")?;
-        wait_listening(tls, &mut child, "mosquitto (TLS)")?;
-        Ok(BrokerProc { name: "mosquitto", child, tcp, tls, quic: None, _stdout: None, _dir: Some(dir) })
+        let trust = Trust::CaFile(certs.join("ca.pem"));
+        let spawn = || {
+            let l = Listeners::pick(false)?;
+            std::fs::write(
+                &conf,
+                format!(
+                    "# generated by benches/mqtt.rs\n\
+                     per_listener_settings false\n\
+                     allow_anonymous true\n\
+                     set_tcp_nodelay true\n\
+                     max_connections -1\n\
+                     persistence false\n\
+                     log_dest stderr\n\
+                     log_type error\n\
+                     log_type warning\n\
+                     listener {} 127.0.0.1\n\
+                     listener {} 127.0.0.1\n\
+                     certfile {}\n\
+                     keyfile {}\n",
+                    l.tcp.port(),
+                    l.tls.port(),
+                    cert.display(),
+                    key.display(),
+                ),
+            )
+            .map_err(|source| ProcError::Spawn { what: format!("{WHAT} (writing {})", conf.display()), source })?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+            Ok((spawn_pinned(cmd, cpu, WHAT)?, l))
+        };
+        let (proc, listeners) = spawn_ready(WHAT, READY_TIMEOUT, spawn, |l| l.accept_mqtt(trust.clone())).await?;
+        Ok(BrokerProc { name: "mosquitto", proc, listeners, _dir: Some(dir) })
     }
 
-    fn cpu(&self) -> Result<f64, MqttError> {
-        proc_cpu_seconds(self.child.id())
+    fn cpu(&self) -> Result<f64, BenchError> {
+        Ok(self.proc.cpu_seconds()?)
     }
 
-    fn rss(&self) -> Result<u64, MqttError> {
-        proc_rss_kib(self.child.id())
-    }
-}
-
-impl Drop for BrokerProc {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child, by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn rss(&self) -> Result<u64, BenchError> {
+        Ok(self.proc.rss_kib()?)
     }
 }
 
@@ -521,15 +496,15 @@ struct Gen {
 }
 
 impl Gen {
-    fn new(certs: &Path) -> Result<Gen, MqttError> {
-        let trust = crate::tls::Trust::CaFile(certs.join("ca.pem"));
-        let tls = crate::tls::client_config(&trust, &[], false)?;
-        let mut quic_cfg = super::client::client_config(&trust)?;
+    fn new(certs: &Path) -> Result<Gen, BenchError> {
+        let trust = Trust::CaFile(certs.join("ca.pem"));
+        let tls = quiclab::tls::client_config(&trust, &[], false)?;
+        let mut quic_cfg = mqtt_client::client_config(&trust)?;
         // No client keep-alive: idle clients stay silent (the broker's listener pings).
         quic_cfg.transport_config(Arc::new(quinn::TransportConfig::default()));
-        let udp = crate::quic::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let mut quic =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp, Arc::new(quinn::TokioRuntime))?;
+        let udp = quiclab::quic::bind_udp(loopback(0)).map_err(io_err("bind the generator's UDP socket"))?;
+        let mut quic = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp, Arc::new(quinn::TokioRuntime))
+            .map_err(io_err("make the generator's QUIC endpoint"))?;
         quic.set_default_client_config(quic_cfg.clone());
         Ok(Gen { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), quic, quic_cfg })
     }
@@ -539,33 +514,29 @@ fn boxed(r: impl ReadStream + 'static, w: impl WriteStream + 'static) -> (Reader
     framed(r, w, 1 << 20)
 }
 
-fn quic_io(e: impl std::fmt::Display) -> MqttError {
-    MqttError::Io(std::io::Error::other(format!("QUIC: {e}")))
-}
-
 /// Connect over `t` and complete CONNECT/CONNACK (clean session).
-async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive: u16) -> Result<Conn, MqttError> {
-    let addr = b.addr(t).ok_or_else(|| err(format!("{} does not serve MQTT over {}", b.name, t.name())))?;
+async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive: u16) -> Result<Conn, BenchError> {
+    let addr = b.addr(t).ok_or(BenchError::NoTransport { broker: b.name, transport: t.name() })?;
+    let tcp_err = || io_err(format!("connect to {} over {} at {addr}", b.name, t.name()));
     let (mut r, mut w, quic) = match t {
         BenchTransport::Tcp => {
-            let sock = TcpStream::connect(addr).await?;
-            sock.set_nodelay(true)?;
+            let sock = TcpStream::connect(addr).await.map_err(tcp_err())?;
+            sock.set_nodelay(true).map_err(tcp_err())?;
             let (r, w) = sock.into_split();
             let (r, w) = boxed(r, w);
             (r, w, None)
         }
         BenchTransport::Tls => {
-            let sock = TcpStream::connect(addr).await?;
-            sock.set_nodelay(true)?;
-            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| err(e.to_string()))?;
-            let tls = g.tls.connect(name, sock).await?;
+            let sock = TcpStream::connect(addr).await.map_err(tcp_err())?;
+            sock.set_nodelay(true).map_err(tcp_err())?;
+            let tls = g.tls.connect(localhost(), sock).await.map_err(tcp_err())?;
             let (r, w) = tokio::io::split(tls);
             let (r, w) = boxed(r, w);
             (r, w, None)
         }
         BenchTransport::Quic | BenchTransport::QuicPerTopic => {
-            let conn = super::client::QuicLink::connect_on(&g.quic, &g.quic_cfg, addr, "localhost").await?;
-            let (send, recv) = conn.open_bi().await.map_err(quic_io)?;
+            let conn = QuicLink::connect_on(&g.quic, &g.quic_cfg, addr, "localhost").await?;
+            let (send, recv) = conn.open_bi().await.map_err(BenchError::QuicStream)?;
             let (r, w) = boxed(recv, send);
             (r, w, Some(conn))
         }
@@ -574,11 +545,13 @@ async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive
     c.clean_session = true;
     w.send(&Packet::Connect(c)).await?;
     match r.next().await? {
-        Some(Packet::Connack(c)) if c.code == super::codec::ConnectReturnCode::Accepted => {}
-        other => return Err(err(format!("{id}: expected CONNACK, got {other:?}"))),
+        Some(Packet::Connack(c)) if c.code == ConnectReturnCode::Accepted => {}
+        other => {
+            return Err(BenchError::Unexpected { client: id.into(), expected: "CONNACK", got: format!("{other:?}") })
+        }
     }
     if let (BenchTransport::QuicPerTopic, Some(q)) = (t, &quic) {
-        let (send, recv) = q.open_bi().await.map_err(quic_io)?;
+        let (send, recv) = q.open_bi().await.map_err(BenchError::QuicStream)?;
         let (dr, dw) = boxed(recv, send);
         return Ok(Conn { r: dr, w: dw, _control: Some((r, w)), quic });
     }
@@ -619,14 +592,20 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
-async fn subscribe(r: &mut Reader, w: &mut Writer, filter: &str, qos: QoS) -> Result<(), MqttError> {
-    let f = TopicFilter::try_from(filter).map_err(|e| err(e.to_string()))?;
+async fn subscribe(r: &mut Reader, w: &mut Writer, filter: &str, qos: QoS) -> Result<(), BenchError> {
+    let f = mqtt_client::filter(filter)?;
     w.send(&Packet::Subscribe(Subscribe::new(Pid::default(), vec![(f, qos)]))).await?;
     loop {
         match r.next().await? {
             Some(Packet::Suback(_)) => return Ok(()),
             Some(_) => continue,
-            None => return Err(err("closed before SUBACK")),
+            None => {
+                return Err(BenchError::Unexpected {
+                    client: format!("subscriber to {filter}"),
+                    expected: "SUBACK",
+                    got: "the end of the connection".into(),
+                })
+            }
         }
     }
 }
@@ -814,12 +793,12 @@ struct Window {
     own_cpu: f64,
 }
 
-fn sample(b: &BrokerProc, shared: &Shared) -> Result<Window, MqttError> {
+fn sample(b: &BrokerProc, shared: &Shared) -> Result<Window, BenchError> {
     Ok(Window {
         t: Instant::now(),
         delivered: shared.delivered.load(Ordering::Relaxed),
         broker_cpu: b.cpu()?,
-        own_cpu: proc_cpu_seconds(std::process::id())?,
+        own_cpu: proc::proc_cpu_seconds(std::process::id())?,
     })
 }
 
@@ -832,25 +811,29 @@ async fn measure(
     scenario: &str,
     (transport, mode): (BenchTransport, &str),
     expected_per_publish: u64,
-) -> Result<RunResult, MqttError> {
+) -> Result<RunResult, BenchError> {
     tokio::time::sleep(a.warmup).await;
-    let p0 = shared.published.load(Ordering::Relaxed);
     let w0 = sample(b, shared)?;
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(a.duration).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let w1 = sample(b, shared)?;
-    let p1 = shared.published.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
-    // Let the last deliveries arrive before reading the histograms and the totals.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let published_total = shared.published.load(Ordering::Relaxed);
-    let delivered_total = shared.delivered.load(Ordering::Relaxed);
+    // Wait for the last deliveries (at most half a second: QoS 0 may be dropped) before reading
+    // the histograms and the totals.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let (published_total, delivered_total) = loop {
+        let published = shared.published.load(Ordering::Relaxed);
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        if delivered >= published * expected_per_publish || Instant::now() >= deadline {
+            break (published, delivered);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let secs = (w1.t - w0.t).as_secs_f64();
     let delivered = w1.delivered - w0.delivered;
     let cpu = w1.broker_cpu - w0.broker_cpu;
     let h = merged(hists);
-    let _ = (p0, p1);
     // Everything published in the whole run (warm-up included) against everything delivered,
     // after publishing stopped and the last messages had time to arrive.
     let expected = published_total * expected_per_publish;
@@ -872,11 +855,11 @@ async fn measure(
     })
 }
 
-fn topic(s: &str) -> Result<TopicName, MqttError> {
-    TopicName::try_from(s).map_err(|e| err(e.to_string()))
+fn topic(s: &str) -> Result<TopicName, BenchError> {
+    Ok(mqtt_client::topic(s)?)
 }
 
-async fn p2p(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bool) -> Result<RunResult, MqttError> {
+async fn p2p(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bool) -> Result<RunResult, BenchError> {
     let shared = Shared::new();
     let mut tasks = Vec::new();
     let mut hists = Vec::new();
@@ -908,7 +891,13 @@ async fn p2p(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bo
     res
 }
 
-async fn fanout(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bool) -> Result<RunResult, MqttError> {
+async fn fanout(
+    a: &BenchArgs,
+    b: &BrokerProc,
+    g: &Gen,
+    t: BenchTransport,
+    open: bool,
+) -> Result<RunResult, BenchError> {
     let shared = Shared::new();
     let mut tasks = Vec::new();
     let mut hists = Vec::new();
@@ -942,7 +931,7 @@ async fn fanout(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open:
     res
 }
 
-async fn idle(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Result<IdleResult, MqttError> {
+async fn idle(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Result<IdleResult, BenchError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = b.rss()?;
     let mut conns = Vec::with_capacity(a.idle_clients);
@@ -952,7 +941,7 @@ async fn idle(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Resu
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = b.rss()?;
-    close_all(conns).await;
+    close_all(g, conns).await;
     Ok(IdleResult {
         broker: b.name.into(),
         transport: t.name().into(),
@@ -963,19 +952,23 @@ async fn idle(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Resu
     })
 }
 
-/// Close QUIC connections explicitly (dropping them would leave the broker to time them out).
-async fn close_all(conns: Vec<Conn>) {
+/// Close QUIC connections explicitly (dropping them would leave the broker to time them out)
+/// and wait until the generator's endpoint has sent every CONNECTION_CLOSE (at most a second).
+async fn close_all(g: &Gen, conns: Vec<Conn>) {
+    let quic = conns.iter().any(|c| c.quic.is_some());
     for c in conns {
         if let Some(q) = &c.quic {
             q.close(0u32.into(), b"bench done");
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    if quic {
+        let _ = tokio::time::timeout(Duration::from_secs(1), g.quic.wait_idle()).await;
+    }
 }
 
 /// `--handshakes` connections up to CONNACK, `--handshake-concurrency` in flight at a time; each
 /// is closed as soon as it is up (QUIC: CONNECTION_CLOSE; TCP: FIN).
-async fn handshakes(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Result<HandshakeResult, MqttError> {
+async fn handshakes(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Result<HandshakeResult, BenchError> {
     let next = std::cell::Cell::new(0usize);
     let failed = std::cell::Cell::new(0usize);
     let mut hist = new_histogram();
@@ -1027,17 +1020,18 @@ async fn handshakes(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -
     })
 }
 
-fn start_broker(a: &BenchArgs, which: &str, bin: &Path, certs: &Path) -> Result<BrokerProc, MqttError> {
+async fn start_broker(a: &BenchArgs, which: &str, certs: &Path) -> Result<BrokerProc, BenchError> {
     let cpu = (!a.no_pin).then_some(a.broker_cpu);
     match which {
         "quiclab" => {
-            BrokerProc::quiclab(bin, cpu, a.idle_clients.max(a.subscribers).max(a.handshake_concurrency) + 1000, certs)
+            let max_connections = a.idle_clients.max(a.subscribers).max(a.handshake_concurrency) + 1000;
+            BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs).await
         }
-        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs),
+        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs).await,
     }
 }
 
-async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
+async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
     let brokers: &[&str] = match a.broker {
         Brokers::Quiclab => &["quiclab"],
         Brokers::Mosquitto => &["mosquitto"],
@@ -1051,8 +1045,11 @@ async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
         Scenario::Handshake => &[Scenario::Handshake],
     };
     // One development CA and certificate for every broker and transport.
-    let certs = tempfile_dir::Dir::new("quiclab-bench-certs")?;
-    crate::tls::CertStore::load_or_create(certs.path())?;
+    let certs = tempfile::Builder::new()
+        .prefix("quiclab-bench-certs")
+        .tempdir()
+        .map_err(io_err("create a directory for the certificates"))?;
+    quiclab::tls::CertStore::load_or_create(certs.path())?;
     let g = Gen::new(certs.path())?;
     let mut report = Report::default();
     for s in scenarios {
@@ -1067,13 +1064,13 @@ async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
                 let tn = t.name();
                 match s {
                     Scenario::Idle => {
-                        let b = start_broker(&a, which, &bin, certs.path())?;
+                        let b = start_broker(&a, which, certs.path()).await?;
                         let r = idle(&a, &b, &g, t).await?;
                         eprintln!("idle {which} {tn}: {:.2} KiB per client", r.kib_per_client);
                         report.idle.push(r);
                     }
                     Scenario::Handshake => {
-                        let b = start_broker(&a, which, &bin, certs.path())?;
+                        let b = start_broker(&a, which, certs.path()).await?;
                         let r = handshakes(&a, &b, &g, t).await?;
                         eprintln!(
                             "handshake {which} {tn}: {} in {:.2} s ({:.0}/s), {:.0} µs broker CPU each, {} failed",
@@ -1083,7 +1080,7 @@ async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
                     }
                     _ => {
                         for open in [false, true] {
-                            let b = start_broker(&a, which, &bin, certs.path())?;
+                            let b = start_broker(&a, which, certs.path()).await?;
                             let r = if *s == Scenario::P2p {
                                 p2p(&a, &b, &g, t, open).await?
                             } else {
@@ -1103,52 +1100,103 @@ async fn bench_all(a: BenchArgs, bin: PathBuf) -> Result<Report, MqttError> {
     Ok(report)
 }
 
+/// The name the brokers' development certificate is for.
+fn localhost() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").expect("`localhost` is a valid DNS name")
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+/// The report as Markdown tables (`quiclab::lab::report::md_table`).
 fn markdown(report: &Report) -> String {
-    let mut s = String::new();
-    s += "| scenario | loop | broker | transport | delivered msg/s | broker CPU (cores) | msg per broker CPU-s | p50 | p99 | lost |\n";
-    s += "|---|---|---|---|---:|---:|---:|---:|---:|---:|\n";
-    for r in &report.runs {
-        s += &format!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
-            r.scenario,
-            r.mode,
-            r.broker,
-            r.transport,
-            r.delivered_per_s,
-            r.broker_cpu_s / r.seconds,
-            r.msgs_per_broker_cpu_s,
-            r.p50_us as f64 / 1000.0,
-            r.p99_us as f64 / 1000.0,
-            r.lost
-        );
-    }
+    let rows: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.scenario.clone(),
+                r.mode.clone(),
+                r.broker.clone(),
+                r.transport.clone(),
+                format!("{:.0}", r.delivered_per_s),
+                format!("{:.2}", r.broker_cpu_s / r.seconds),
+                format!("{:.0}", r.msgs_per_broker_cpu_s),
+                ms(r.p50_us as f64),
+                ms(r.p99_us as f64),
+                r.lost.to_string(),
+            ]
+        })
+        .collect();
+    let mut s = md_table(
+        &[
+            "scenario",
+            "loop",
+            "broker",
+            "transport",
+            "delivered msg/s",
+            "broker CPU (cores)",
+            "msg per broker CPU-s",
+            "p50",
+            "p99",
+            "lost",
+        ],
+        &rows,
+    );
     if !report.idle.is_empty() {
-        s += "\n| idle clients | broker | transport | RSS before | RSS after | KiB per client |\n|---|---|---|---:|---:|---:|\n";
-        for r in &report.idle {
-            s += &format!(
-                "| {} | {} | {} | {} KiB | {} KiB | {:.2} |\n",
-                r.clients, r.broker, r.transport, r.rss_before_kib, r.rss_after_kib, r.kib_per_client
-            );
-        }
+        let rows: Vec<Vec<String>> = report
+            .idle
+            .iter()
+            .map(|r| {
+                vec![
+                    r.clients.to_string(),
+                    r.broker.clone(),
+                    r.transport.clone(),
+                    format!("{} KiB", r.rss_before_kib),
+                    format!("{} KiB", r.rss_after_kib),
+                    format!("{:.2}", r.kib_per_client),
+                ]
+            })
+            .collect();
+        s += "\n";
+        s += &md_table(&["idle clients", "broker", "transport", "RSS before", "RSS after", "KiB per client"], &rows);
     }
     if !report.handshakes.is_empty() {
-        s += "\n| handshakes | in flight | broker | transport | seconds | per s | broker CPU each | p50 to CONNACK | p99 | failed |\n";
-        s += "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|\n";
-        for r in &report.handshakes {
-            s += &format!(
-                "| {} | {} | {} | {} | {:.2} | {:.0} | {:.0} µs | {:.2} ms | {:.2} ms | {} |\n",
-                r.handshakes,
-                r.concurrency,
-                r.broker,
-                r.transport,
-                r.seconds,
-                r.per_s,
-                r.broker_cpu_us_each,
-                r.p50_ms,
-                r.p99_ms,
-                r.failed
-            );
-        }
+        let rows: Vec<Vec<String>> = report
+            .handshakes
+            .iter()
+            .map(|r| {
+                vec![
+                    r.handshakes.to_string(),
+                    r.concurrency.to_string(),
+                    r.broker.clone(),
+                    r.transport.clone(),
+                    format!("{:.2}", r.seconds),
+                    format!("{:.0}", r.per_s),
+                    format!("{:.0} µs", r.broker_cpu_us_each),
+                    format!("{:.2} ms", r.p50_ms),
+                    format!("{:.2} ms", r.p99_ms),
+                    r.failed.to_string(),
+                ]
+            })
+            .collect();
+        s += "\n";
+        s += &md_table(
+            &[
+                "handshakes",
+                "in flight",
+                "broker",
+                "transport",
+                "seconds",
+                "per s",
+                "broker CPU each",
+                "p50 to CONNACK",
+                "p99",
+                "failed",
+            ],
+            &rows,
+        );
     }
     // Ratios of runs measured side by side: quiclab / mosquitto on the same transport, and
     // quiclab's QUIC transports / its TLS (the issue's goal: ≥ 0.7 msg per CPU-s).
@@ -1159,57 +1207,36 @@ fn markdown(report: &Report) -> String {
             .find(|m| m.broker == broker && m.transport == transport && m.scenario == q.scenario && m.mode == q.mode)
     };
     let ratio_row = |label: String, q: &RunResult, m: &RunResult| {
-        format!(
-            "| {label} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
-            q.scenario,
-            q.mode,
-            q.delivered_per_s / m.delivered_per_s.max(1e-9),
-            q.msgs_per_broker_cpu_s / m.msgs_per_broker_cpu_s.max(1e-9),
-            q.p99_us as f64 / (m.p99_us as f64).max(1.0)
-        )
+        vec![
+            label,
+            q.scenario.clone(),
+            q.mode.clone(),
+            format!("{:.2}", q.delivered_per_s / m.delivered_per_s.max(1e-9)),
+            format!("{:.2}", q.msgs_per_broker_cpu_s / m.msgs_per_broker_cpu_s.max(1e-9)),
+            format!("{:.2}", q.p99_us as f64 / (m.p99_us as f64).max(1.0)),
+        ]
     };
-    let mut ratios = String::new();
+    let mut ratios = Vec::new();
     for q in report.runs.iter().filter(|r| r.broker == "quiclab") {
         if let Some(m) = find("mosquitto", &q.transport, q) {
-            ratios += &ratio_row(format!("quiclab / mosquitto, {}", q.transport), q, m);
+            ratios.push(ratio_row(format!("quiclab / mosquitto, {}", q.transport), q, m));
         }
     }
     for q in report.runs.iter().filter(|r| r.broker == "quiclab" && r.transport.starts_with("quic")) {
         if let Some(m) = find("quiclab", "tls", q) {
-            ratios += &ratio_row(format!("quiclab {} / quiclab tls", q.transport), q, m);
+            ratios.push(ratio_row(format!("quiclab {} / quiclab tls", q.transport), q, m));
         }
     }
     if !ratios.is_empty() {
-        s += "\n| ratio | scenario | loop | msg/s | msg per broker CPU-s | p99 |\n|---|---|---|---:|---:|---:|\n";
-        s += &ratios;
+        s += "\n";
+        s += &md_table(&["ratio", "scenario", "loop", "msg/s", "msg per broker CPU-s", "p99"], &ratios);
     }
     s
 }
 
-/// Run the benchmark (blocking work on its own pinned thread); prints the configuration and a
-/// Markdown table.
-pub async fn run(a: BenchArgs) -> Result<i32, MqttError> {
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if !a.no_pin && (a.broker_cpu >= ncpu || a.load_cpu >= ncpu || a.broker_cpu == a.load_cpu) {
-        return Err(err(format!(
-            "--broker-cpu {} and --load-cpu {} must be two different cores below {ncpu} (or use --no-pin)",
-            a.broker_cpu, a.load_cpu
-        )));
-    }
-    if a.payload < 16 {
-        return Err(err("--payload must be at least 16 bytes (send time and sequence number)"));
-    }
-    let bin = match &a.quiclab_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?,
-    };
-    if a.broker != Brokers::Quiclab && !a.mosquitto.exists() {
-        return Err(err(format!(
-            "{} not found; install it with: apt-get install -y mosquitto (or use --broker quiclab)",
-            a.mosquitto.display()
-        )));
-    }
-    let config = vec![
+/// The configuration lines printed before the run and kept in the JSON report.
+fn describe(a: &BenchArgs) -> Vec<(String, String)> {
+    vec![
         ("scenario".to_string(), format!("{:?}", a.scenario)),
         ("brokers".into(), format!("{:?}", a.broker)),
         ("duration".into(), format!("{:?} (+{:?} warm-up)", a.duration, a.warmup)),
@@ -1230,10 +1257,26 @@ pub async fn run(a: BenchArgs) -> Result<i32, MqttError> {
                 format!("broker on cpu {}, generator on cpu {}", a.broker_cpu, a.load_cpu)
             },
         ),
-        ("quiclab broker".into(), format!("{} mqtt broker", bin.display())),
+        ("quiclab broker".into(), format!("{} mqtt broker", a.quiclab_bin.display())),
         ("mosquitto".into(), a.mosquitto.display().to_string()),
-    ];
-    println!("quiclab mqtt bench: configuration");
+    ]
+}
+
+/// Check the options, run every measurement on the pinned generator thread, print the
+/// configuration and the Markdown tables, write the JSON report if asked.
+fn run(a: BenchArgs) -> Result<(), BenchError> {
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if !a.no_pin && (a.broker_cpu >= ncpu || a.load_cpu >= ncpu || a.broker_cpu == a.load_cpu) {
+        return Err(BenchError::Cpus { broker: a.broker_cpu, load: a.load_cpu, ncpu });
+    }
+    if a.payload < 16 {
+        return Err(BenchError::PayloadTooSmall(a.payload));
+    }
+    if a.broker != Brokers::Quiclab && !a.mosquitto.exists() {
+        return Err(BenchError::NoMosquitto(a.mosquitto.clone()));
+    }
+    let config = describe(&a);
+    println!("benches/mqtt.rs: configuration");
     for (k, v) in &config {
         println!("  {k:<36} {v}");
     }
@@ -1242,24 +1285,35 @@ pub async fn run(a: BenchArgs) -> Result<i32, MqttError> {
     // The generator gets its own thread (pinned) and a single-threaded runtime.
     let handle = std::thread::Builder::new()
         .name("mqtt-bench".into())
-        .spawn(move || -> Result<Report, MqttError> {
+        .spawn(move || -> Result<Report, BenchError> {
             if let Some(cpu) = pin {
                 pin_current_thread(cpu)?;
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(bench_all(a, bin))
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io_err("start the generator's runtime"))?;
+            rt.block_on(bench_all(a))
         })
-        .map_err(|e| err(format!("cannot start the generator thread: {e}")))?;
-    let report = tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .map_err(|_| err("the generator thread panicked"))??;
-    let mut report = report;
+        .map_err(io_err("start the generator thread"))?;
+    let mut report = handle.join().map_err(|_| BenchError::GeneratorPanicked)??;
     report.config = config;
     println!("\n{}", markdown(&report));
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let text = serde_json::to_string_pretty(&report).map_err(BenchError::Json)?;
+        std::fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
     }
-    Ok(0)
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(BenchArgs::parse()) {
+        eprintln!("error: {e}");
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            eprintln!("  caused by: {c}");
+            cause = c.source();
+        }
+        std::process::exit(1);
+    }
 }
