@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, StreamEnd, StreamMode, Transport};
+use quiclab::mqtt::client::{
+    Client, ClientOptions, EarlyData, MqttUrl, QuicConnection, StreamEnd, StreamMode, Transport,
+};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
@@ -259,8 +261,8 @@ impl RawStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_data_stream_does_not_hold_up_another() {
     let ts = TestServer::start().await;
-    let link = QuicLink::connect(&quic_url(&ts), None, &Trust::CaFile(ts.ca())).await.unwrap();
-    let conn = link.connection();
+    let quic = QuicConnection::connect(&quic_url(&ts), None, &Trust::CaFile(ts.ca())).await.unwrap();
+    let conn = quic.connection();
     let mut control = RawStream::open(conn).await;
     control.send(&Packet::Connect(Connect::new("hol-sub".into(), 60))).await;
     assert!(matches!(control.next(Duration::from_secs(5)).await, Some(Packet::Connack(_))));

@@ -303,9 +303,13 @@ impl StreamTask {
                     decoder.extend(&chunk);
                 };
                 if control {
-                    // Spec §3.1: the control stream is gone, so is the connection (unless the
-                    // writer already closed it after DISCONNECT).
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // Spec §3.1: the control stream is gone, so is the connection. If the core
+                    // already closed the channel (DISCONNECT came before the end), the writer
+                    // is flushing what is queued and closes the connection with the right code
+                    // once the client acknowledged it, within CLOSE_LINGER: wait for that.
+                    if att.is_closing(CONTROL_CHANNEL) {
+                        let _ = tokio::time::timeout(CLOSE_LINGER, conn.closed()).await;
+                    }
                     close(&conn, code::CONTROL_STREAM_CLOSED, "control stream closed");
                     return;
                 }

@@ -83,8 +83,8 @@ pub enum AclLineProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
+    #[error("cannot read {}", path.display())]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -160,7 +160,8 @@ fn valid_filter(s: &str) -> bool {
 impl AclFile {
     /// Read and check `path`; any bad line refuses the whole file.
     pub fn load(path: &Path) -> Result<AclFile, AclError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AclError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AclError::Read { path: path.to_path_buf(), source })?;
         AclFile::parse(path, &text)
     }
 
