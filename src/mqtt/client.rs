@@ -112,23 +112,13 @@ pub type BoxStream = Pin<Box<dyn Stream>>;
 
 /// Open the transport (TCP, TCP_NODELAY on; plus TLS for `mqtts://`) within `timeout`.
 pub async fn connect_stream(url: &MqttUrl, trust: &Trust, timeout: Duration) -> Result<BoxStream, MqttError> {
-    connect_stream_to(url, None, trust, timeout).await
+    connect_stream_with(url, None, trust, None, timeout).await
 }
 
 /// [`connect_stream`], connecting to `ip` instead of resolving the URL's host (which still names
-/// the server for TLS), like `quiclab get --connect-to`.
-pub async fn connect_stream_to(
-    url: &MqttUrl,
-    ip: Option<std::net::IpAddr>,
-    trust: &Trust,
-    timeout: Duration,
-) -> Result<BoxStream, MqttError> {
-    connect_stream_with(url, ip, trust, None, timeout).await
-}
-
-/// [`connect_stream_to`], presenting the client certificate `identity` over TLS and QUIC when
-/// the broker asks for one.
-pub async fn connect_stream_with(
+/// the server for TLS, like `quiclab get --connect-to`) and presenting the client certificate
+/// `identity` over TLS and QUIC when the broker asks for one.
+pub(crate) async fn connect_stream_with(
     url: &MqttUrl,
     ip: Option<std::net::IpAddr>,
     trust: &Trust,
@@ -263,7 +253,7 @@ impl QuicConnection {
 
     /// [`QuicConnection::connect`] with a given endpoint and configuration (e.g. one presenting a
     /// client certificate, [`QuicSetup::with_identity`]).
-    pub async fn connect_setup(
+    pub(crate) async fn connect_setup(
         url: &MqttUrl,
         ip: Option<std::net::IpAddr>,
         setup: QuicSetup,
@@ -311,7 +301,10 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, MqttError> {
 }
 
 /// [`client_config`], presenting the client certificate `identity` when the broker asks.
-pub fn client_config_with(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<quinn::ClientConfig, MqttError> {
+pub(crate) fn client_config_with(
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+) -> Result<quinn::ClientConfig, MqttError> {
     let (tls, _) = crate::tls::client_config_with_identity(trust, identity, &[super::config::ALPN_MQTT], true)?;
     let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
@@ -324,40 +317,23 @@ pub fn client_config_with(trust: &Trust, identity: Option<&ClientIdentity>) -> R
 /// MQTT over QUIC in single-stream mode (docs/mqtt-over-quic.md §2.2): the control stream
 /// (the first bidirectional stream) carries every packet, so the byte-stream client works
 /// unchanged over it.
-pub struct QuicStream {
+pub(crate) struct QuicStream {
     io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
-    quic: QuicConnection,
+    /// Keeps the connection and its endpoint open while the stream is in use.
+    _quic: QuicConnection,
 }
 
 impl QuicStream {
-    /// Connect with ALPN `mqtt` and open the control stream.
-    pub async fn connect(url: &MqttUrl, trust: &Trust) -> Result<QuicStream, MqttError> {
-        Self::connect_to(url, None, trust).await
-    }
-
-    /// [`QuicStream::connect`] to `ip` instead of the URL's host (still the TLS name).
-    pub async fn connect_to(
-        url: &MqttUrl,
-        ip: Option<std::net::IpAddr>,
-        trust: &Trust,
-    ) -> Result<QuicStream, MqttError> {
-        Self::connect_on(url, ip, QuicSetup::new(trust)?).await
-    }
-
-    /// [`QuicStream::connect_to`] with a given endpoint and configuration.
-    pub async fn connect_on(
+    /// Connect to `url` (or to `ip` at its port) with the endpoint and configuration of
+    /// `setup`, and open the control stream.
+    async fn connect_on(
         url: &MqttUrl,
         ip: Option<std::net::IpAddr>,
         setup: QuicSetup,
     ) -> Result<QuicStream, MqttError> {
         let quic = QuicConnection::connect_setup(url, ip, setup).await?;
         let (send, recv) = quic.open_stream().await?;
-        Ok(QuicStream { io: tokio::io::join(recv, send), quic })
-    }
-
-    /// The QUIC connection (for statistics, rebinding, or more streams).
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.quic.conn
+        Ok(QuicStream { io: tokio::io::join(recv, send), _quic: quic })
     }
 }
 

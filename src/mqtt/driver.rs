@@ -37,7 +37,7 @@ use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 /// the core's per-connection data, under the broker's lock (no allocation or lock of its own:
 /// an idle connection costs less). One task (the channel's writer) waits on it.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     items: VecDeque<Packet>,
     close: Option<Box<CloseReason>>,
     /// The channel's writer, waiting for packets.
@@ -49,7 +49,7 @@ pub struct Outbox {
 /// Bytes of packets a writer takes from an outbox per batch (at least one packet): bounds the
 /// encoded buffer a stalled writer holds. 256 KiB: many small packets per write, one maximum-
 /// size packet at a time.
-pub const WRITE_BUDGET: usize = 256 << 10;
+pub(crate) const WRITE_BUDGET: usize = 256 << 10;
 
 impl Outbox {
     fn wake(&mut self) {
@@ -205,7 +205,7 @@ impl std::fmt::Debug for Broker {
 /// Why a connection could not be attached.
 #[derive(Debug, thiserror::Error)]
 #[error("too many MQTT connections ({0} open)")]
-pub struct TooManyConnections(pub usize);
+pub(crate) struct TooManyConnections(pub usize);
 
 impl Broker {
     /// Start a broker. Must be called within a tokio runtime (it spawns the timer task).
@@ -253,7 +253,7 @@ impl Broker {
     }
 
     /// Register a new network connection (one session attachment, channel 0 open).
-    pub fn attach(&self, peer: Option<SocketAddr>) -> Result<Attachment, TooManyConnections> {
+    pub(crate) fn attach(&self, peer: Option<SocketAddr>) -> Result<Attachment, TooManyConnections> {
         let permit = match self.inner.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -351,7 +351,7 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
 
 /// One network connection attached to the broker. Dropping it tells the core the connection is
 /// gone (the will is published unless the client sent DISCONNECT).
-pub struct Attachment {
+pub(crate) struct Attachment {
     broker: Broker,
     conn: ConnId,
     _permit: OwnedSemaphorePermit,

@@ -8,10 +8,10 @@
 //! | module | what it holds |
 //! |--------|---------------|
 //! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`] | re-exported from `mqtt_core` |
-//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded [`Outbox`]es |
+//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
-//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC (CLI, tests, lab, benchmark) |
+//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
 //! | [`cli`] | clap types and runners for `quiclab mqtt pub`, `sub`, `broker`, `passwd` |
 //! | [`bench`] | the load generator: quiclab vs mosquitto, pinned, CPU and RSS from `/proc` |
 //!
@@ -31,7 +31,7 @@ pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, Session
 pub use cli::{run, MqttCommand};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
-pub use driver::{Attachment, Broker, BrokerStats, Outbox};
+pub use driver::{Broker, BrokerStats};
 pub use mqtt_core::{ChannelId, ConnId, CONTROL_CHANNEL};
 pub use session::Message;
 pub use tcp::serve_tcp;

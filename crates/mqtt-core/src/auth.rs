@@ -32,7 +32,7 @@ use ring::{digest, hmac, pbkdf2};
 
 /// Iterations `mosquitto_passwd` 2.0.11 writes (`PW_DEFAULT_ITERATIONS`); the same here so a
 /// file is indistinguishable from one it made.
-pub const DEFAULT_ITERATIONS: u32 = 101;
+pub(crate) const DEFAULT_ITERATIONS: u32 = 101;
 
 /// [`DEFAULT_ITERATIONS`] as the type PBKDF2 takes (checked at compile time).
 const ITERATIONS: NonZeroU32 = match NonZeroU32::new(DEFAULT_ITERATIONS) {
@@ -40,9 +40,9 @@ const ITERATIONS: NonZeroU32 = match NonZeroU32::new(DEFAULT_ITERATIONS) {
     None => panic!("DEFAULT_ITERATIONS is 0"),
 };
 /// Salt bytes `mosquitto_passwd` 2.0.11 writes (16 base64 characters).
-pub const SALT_LEN: usize = 12;
+pub(crate) const SALT_LEN: usize = 12;
 /// PBKDF2 output bytes `mosquitto_passwd` 2.0.11 writes (SHA-512's size; 88 base64 characters).
-pub const HASH_LEN: usize = 64;
+pub(crate) const HASH_LEN: usize = 64;
 
 /// What is wrong with one line of a password file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,7 +138,7 @@ impl fmt::Debug for Hash {
 
 /// The outcome of checking a user name and password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Accepted,
     /// The file has no such user.
     UnknownUser,
@@ -222,7 +222,7 @@ fn encode(h: &Hash) -> String {
 
 /// The line `user:$7$101$SALT$HASH` for a new password, exactly as `mosquitto_passwd` 2.0.11
 /// writes it (fresh random salt).
-pub fn hash_line(user: &str, password: &[u8]) -> Result<String, PasswordFileError> {
+pub(crate) fn hash_line(user: &str, password: &[u8]) -> Result<String, PasswordFileError> {
     check_user_name(user)?;
     Ok(format!("{user}:{}", encode(&new_pbkdf2(password, ITERATIONS)?)))
 }
@@ -284,7 +284,7 @@ impl PasswordFile {
     }
 
     /// Check `user` and `password` (`None`: the CONNECT carried no password).
-    pub fn check(&self, user: &str, password: Option<&[u8]>) -> Verdict {
+    pub(crate) fn check(&self, user: &str, password: Option<&[u8]>) -> Verdict {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h, true),
             None => (&self.decoy, false),

@@ -5,7 +5,9 @@
 //! a caller's vector: packets to send (each with its connection and channel), connections to
 //! close, and timer deadlines to arm. No sockets, no tokio, no clock: a test drives it with
 //! made-up instants and needs no sleeps, and every transport (TCP, TLS, and the QUIC stream
-//! mapping of a later issue) runs the very same code.
+//! mapping of docs/mqtt-over-quic.md) runs the very same code. The driver keeps its own data
+//! per connection in the core ([`BrokerCore::conn_data`]); connections and sessions live in
+//! two tables keyed by [`ConnId`] and by session handle, never one for the other.
 //!
 //! **Connections and channels.** A connection is one session attachment; a channel is one byte
 //! stream of it. TCP and TLS have a single channel, [`CONTROL_CHANNEL`]; the QUIC mapping gives
@@ -197,7 +199,7 @@ pub struct CoreStats {
 
 /// Subscriber key in the topic trie: a session and the channel its SUBSCRIBE came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubKey {
+pub(crate) struct SubKey {
     pub session: SessionId,
     pub channel: ChannelId,
 }
@@ -434,8 +436,9 @@ impl<D> BrokerCore<D> {
         }
     }
 
-    /// Whether `conn` is early (see [`BrokerCore::set_early`]).
-    pub fn is_early(&self, conn: ConnId) -> bool {
+    /// Whether `conn` is early (see [`BrokerCore::set_early`]); for the tests.
+    #[cfg(test)]
+    pub(crate) fn is_early(&self, conn: ConnId) -> bool {
         self.conns.get(conn).is_some_and(|c| c.early.is_some())
     }
 
@@ -466,7 +469,7 @@ impl<D> BrokerCore<D> {
 
     /// Bytes an early connection may hold (§6.10): one packet of the maximum size plus 64 KiB,
     /// so a first flight of CONNECT, a few SUBSCRIBEs and one PUBLISH of any allowed size fits.
-    pub fn early_hold_limit(&self) -> usize {
+    pub(crate) fn early_hold_limit(&self) -> usize {
         self.cfg.max_packet_size.saturating_add(EARLY_HOLD_SLACK)
     }
 

@@ -18,7 +18,7 @@
 //! 5. encodes packets straight into the caller's buffer (no intermediate allocation per packet).
 //!
 //! The packet types are `mqtt-proto`'s v3 types, re-exported. MQTT 5 (a later issue) adds a
-//! second decoder beside [`decode_v3`] selected by the CONNECT's protocol level; the framing
+//! second decoder beside `decode_v3` selected by the CONNECT's protocol level; the framing
 //! ([`frame_head`]) is the same for both versions.
 
 use bytes::BytesMut;
@@ -146,7 +146,7 @@ pub fn frame_head(buf: &[u8], max_packet: usize) -> Result<Option<FrameHead>, Co
 }
 
 /// Decode one complete v3.1.1 (or 3.1) frame: exactly the bytes of one packet, header included.
-pub fn decode_v3(frame: &[u8], head: FrameHead) -> Result<Packet, CodecError> {
+pub(crate) fn decode_v3(frame: &[u8], head: FrameHead) -> Result<Packet, CodecError> {
     let body = frame
         .get(head.header_len..head.total_len())
         .ok_or_else(|| CodecError::Malformed(format!("frame of {} bytes shorter than its header says", frame.len())))?;

@@ -363,7 +363,7 @@ impl Session {
 /// Stable handle of a session: a key of the core's session slab, so a stale handle never
 /// reaches a new session that reused the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(Slot);
+pub(crate) struct SessionId(Slot);
 
 impl SlabKey for SessionId {
     fn from_slot(slot: Slot) -> SessionId {
