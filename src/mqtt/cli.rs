@@ -634,7 +634,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, MqttError> {
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    let started = super::tcp::start(&cfg, tls, &shutdown, &tracker).map_err(|e| MqttError::Other(e.to_string()))?;
+    let started = super::tcp::start(&cfg, tls, &shutdown, &tracker)?;
     let quic = match (a.quic, &store) {
         (Some(addr), Some(store)) => {
             let defaults = crate::config::ServerConfig::default();

@@ -434,8 +434,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
 
     /// Encode `p` into the write buffer.
     pub fn queue(&mut self, p: &Packet) -> Result<(), MqttError> {
-        codec::encode(p, &mut self.buf)?;
-        Ok(())
+        codec::encode(p, &mut self.buf).map_err(MqttError::Encode)
     }
 
     /// Queue raw bytes (tests of malformed input).

@@ -86,6 +86,9 @@ pub enum MqttError {
     /// The peer sent bytes that are not a valid MQTT packet.
     #[error("malformed packet from the peer")]
     Codec(#[from] codec::CodecError),
+    /// A packet this client built cannot be encoded (e.g. larger than MQTT allows).
+    #[error("cannot encode a packet")]
+    Encode(#[source] codec::CodecError),
     /// The broker answered CONNECT with this refusal.
     #[error("connection refused by the broker: CONNACK {0:?}")]
     Refused(codec::ConnectReturnCode),
@@ -133,6 +136,9 @@ pub enum MqttError {
     /// [`client::Client::end_stream`] for a topic or filter that has no data stream.
     #[error("no data stream carries {0:?}")]
     NoSuchStream(String),
+    /// An MQTT listener could not be bound (`quiclab mqtt broker`).
+    #[error(transparent)]
+    Listen(#[from] tcp::BindError),
     /// A password file could not be read, parsed or written (`--mqtt-password-file`, `passwd`).
     #[error(transparent)]
     PasswordFile(#[from] auth::PasswordFileError),
