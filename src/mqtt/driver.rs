@@ -1,12 +1,12 @@
 //! The async driver around the sans-IO core: [`Broker`] is a cheaply clonable handle to one
 //! [`BrokerCore`] behind a mutex, plus a task that fires its timers; transports attach
-//! connections to it ([`Broker::attach`]) and feed it decoded packets, and it routes the core's
-//! output into per-channel [`Outbox`]es that the transports' connection tasks write out.
+//! connections to it (`Broker::attach`) and feed it decoded packets, and it routes the core's
+//! output into per-channel `Outbox`es that the transports' connection tasks write out.
 //!
 //! One mutex for the whole core: every operation on it is short (no I/O, no encoding under the
 //! lock), and on the two cores of this machine a sharded design would mostly add overhead.
 //!
-//! Bounded memory per channel: an [`Outbox`] holds at most `channel_queue` packets when a QoS 0
+//! Bounded memory per channel: an `Outbox` holds at most `channel_queue` packets when a QoS 0
 //! delivery arrives; beyond that QoS 0 deliveries are dropped and counted. QoS 1/2 deliveries
 //! are never dropped here: the core holds at most `max_inflight` of them in flight per channel
 //! (docs/mqtt-over-quic.md §6.12) and keeps the rest in the session, within
@@ -14,8 +14,8 @@
 //! connection's own input (acks, SUBACK, PINGRESP) are bounded by the transport reading no more
 //! input while the channel's outbox is over its bound: TCP and TLS read only when the outbox is
 //! empty; the QUIC transport hands a channel's packets over a slice at a time and waits while
-//! that channel's outbox holds `channel_queue` packets or more ([`Attachment::poll_room`],
-//! counted in [`BrokerStats::reads_paused`]). A writer takes at most [`WRITE_BUDGET`] bytes of
+//! that channel's outbox holds `channel_queue` packets or more (`Attachment::poll_room`,
+//! counted in [`BrokerStats::reads_paused`]). A writer takes at most `WRITE_BUDGET` bytes of
 //! packets per batch, so what it has encoded but not yet written is bounded too.
 
 use std::collections::VecDeque;
