@@ -152,7 +152,7 @@ pub struct BrokerStats {
     pub reads_paused: u64,
 }
 
-/// The driver's data per connection ([`BrokerCore::conn_data`]): the outboxes of its
+/// The driver's data per connection ([`BrokerCore::conn_data_mut`]): the outboxes of its
 /// channels, kept in the core beside the connection's state.
 #[derive(Default)]
 struct Outboxes {

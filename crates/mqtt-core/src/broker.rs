@@ -6,7 +6,7 @@
 //! close, and timer deadlines to arm. No sockets, no tokio, no clock: a test drives it with
 //! made-up instants and needs no sleeps, and every transport (TCP, TLS, and the QUIC stream
 //! mapping of docs/mqtt-over-quic.md) runs the very same code. The driver keeps its own data
-//! per connection in the core ([`BrokerCore::conn_data`]); connections and sessions live in
+//! per connection in the core ([`BrokerCore::conn_data_mut`]); connections and sessions live in
 //! two tables keyed by [`ConnId`] and by session handle, never one for the other.
 //!
 //! **Connections and channels.** A connection is one session attachment; a channel is one byte
@@ -267,7 +267,7 @@ const EARLY_HOLD_SLACK: usize = 64 << 10;
 const MAX_SESSION_INFLIGHT: usize = 65_000;
 
 /// The broker state machine. See the module documentation. `D` is whatever the driver keeps
-/// per connection (its outboxes, [`BrokerCore::conn_data`]); the core only stores it.
+/// per connection (its outboxes, [`BrokerCore::conn_data_mut`]); the core only stores it.
 pub struct BrokerCore<D = ()> {
     cfg: MqttConfig,
     conns: Slab<ConnId, Conn<D>>,
@@ -386,11 +386,6 @@ impl<D> BrokerCore<D> {
 
     /// The driver's data for `conn` (given to [`BrokerCore::open`]), while the connection
     /// exists.
-    pub fn conn_data(&self, conn: ConnId) -> Option<&D> {
-        self.conns.get(conn).map(|c| &c.data)
-    }
-
-    /// Mutable access to the driver's data for `conn`.
     pub fn conn_data_mut(&mut self, conn: ConnId) -> Option<&mut D> {
         self.conns.get_mut(conn).map(|c| &mut c.data)
     }
