@@ -46,8 +46,8 @@ use proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, Ch
 use quiclab::config::parse_duration;
 use quiclab::lab::report::md_table;
 use quiclab::mqtt::client::{
-    self as mqtt_client, framed, BoxRead, BoxWrite, Halves, MqttUrl, PacketReader, PacketWriter, QuicLink, ReadStream,
-    Transport, WriteStream,
+    self as mqtt_client, framed, BoxRead, BoxWrite, Halves, MqttUrl, PacketReader, PacketWriter, QuicConnection,
+    ReadStream, Transport, WriteStream,
 };
 use quiclab::mqtt::codec::{Connect, ConnectReturnCode, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicName};
 use quiclab::mqtt::MqttError;
@@ -535,7 +535,7 @@ async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive
             (r, w, None)
         }
         BenchTransport::Quic | BenchTransport::QuicPerTopic => {
-            let conn = QuicLink::connect_on(&g.quic, &g.quic_cfg, addr, "localhost").await?;
+            let conn = QuicConnection::connect_on(&g.quic, &g.quic_cfg, addr, "localhost").await?;
             let (send, recv) = conn.open_bi().await.map_err(BenchError::QuicStream)?;
             let (r, w) = boxed(recv, send);
             (r, w, Some(conn))

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{mqtt_quic_url, TestServer};
 use quiclab::client::HttpVersion;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicLink, QuicSetup};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicConnection, QuicSetup};
 use quiclab::mqtt::codec::{Connect, Packet};
 use quiclab::mqtt::quic::code;
 use quiclab::tls::{issue_client_cert, ClientIdentity, Trust};
@@ -110,15 +110,15 @@ async fn tls_without_a_certificate_gets_certificate_required() {
 async fn shared_quic_port_closes_with_protocol_error() {
     let ts = start(true, false).await;
     let url = ts.mqtt_quic_url();
-    let link = QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("the handshake succeeds");
+    let quic = QuicConnection::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("the handshake succeeds");
     // A CONNECT sent anyway is never answered.
-    if let Ok((mut send, _recv)) = link.open_stream().await {
+    if let Ok((mut send, _recv)) = quic.open_stream().await {
         let connect = Packet::Connect(Connect::new("sneaky".into(), 60));
         let mut buf = Vec::new();
         quiclab::mqtt::codec::encode(&connect, &mut buf).unwrap();
         let _ = send.write_all(&buf).await;
     }
-    let closed = tokio::time::timeout(Duration::from_secs(5), link.connection().closed()).await.expect("closed");
+    let closed = tokio::time::timeout(Duration::from_secs(5), quic.connection().closed()).await.expect("closed");
     match closed {
         quinn::ConnectionError::ApplicationClosed(a) => {
             assert_eq!(a.error_code, quinn::VarInt::from_u32(code::PROTOCOL_ERROR));
@@ -137,9 +137,9 @@ async fn shared_quic_port_closes_with_protocol_error() {
 async fn dedicated_quic_listener_refuses_in_the_handshake() {
     let ts = start(true, false).await;
     let url = ts.mqtt_quic_dedicated_url();
-    let err = match QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await {
+    let err = match QuicConnection::connect(&url, None, &Trust::CaFile(ts.ca())).await {
         // The client may finish its side of the handshake before the server's verdict arrives.
-        Ok(link) => tokio::time::timeout(Duration::from_secs(5), link.connection().closed()).await.expect("closed"),
+        Ok(quic) => tokio::time::timeout(Duration::from_secs(5), quic.connection().closed()).await.expect("closed"),
         Err(e) => {
             let s = e.to_string();
             assert!(s.contains("116") || s.contains("certificate"), "{s}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
 use common::{mqtt_quic_url, TestServer};
-use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicLink};
+use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicConnection};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter};
 use quiclab::tls::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,7 +105,7 @@ impl RawTcp {
 
 /// One raw MQTT-over-QUIC control stream.
 struct RawQuic {
-    _link: QuicLink,
+    _quic: QuicConnection,
     send: quinn::SendStream,
     recv: Arc<tokio::sync::Mutex<quinn::RecvStream>>,
 }
@@ -113,9 +113,9 @@ struct RawQuic {
 impl RawQuic {
     async fn connect(ts: &TestServer) -> RawQuic {
         let url = ts.mqtt_quic_url();
-        let link = QuicLink::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection");
-        let (send, recv) = link.open_stream().await.expect("control stream");
-        RawQuic { _link: link, send, recv: Arc::new(tokio::sync::Mutex::new(recv)) }
+        let quic = QuicConnection::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection");
+        let (send, recv) = quic.open_stream().await.expect("control stream");
+        RawQuic { _quic: quic, send, recv: Arc::new(tokio::sync::Mutex::new(recv)) }
     }
 
     async fn send(&mut self, packets: &[Packet]) {
@@ -298,7 +298,7 @@ async fn stingy_client(b: &BrokerProcess) -> quinn::Connection {
     transport.receive_window(quinn::VarInt::from_u32(64 << 10));
     cfg.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
-    QuicLink::connect_on(&endpoint, &cfg, b.quic, "localhost").await.expect("QUIC connection")
+    QuicConnection::connect_on(&endpoint, &cfg, b.quic, "localhost").await.expect("QUIC connection")
 }
 
 /// Write `data` until done or until no byte has been taken for 2 s (flow control stopped us);

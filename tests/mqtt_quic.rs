@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, QuicLink, StreamMode};
+use quiclab::mqtt::client::{Client, ClientOptions, QuicConnection, StreamMode};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::mqtt::quic::code;
 use quiclab::mqtt::Message;
@@ -190,8 +190,8 @@ async fn tcp_and_quic_single_stream_give_identical_outcomes() {
 
 /// A hand-driven multi-stream client: the library's QUIC connection (ALPN `mqtt`), raw quinn
 /// streams and quiclab's codec.
-async fn raw_connect(ts: &TestServer) -> QuicLink {
-    QuicLink::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection")
+async fn raw_connect(ts: &TestServer) -> QuicConnection {
+    QuicConnection::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.expect("QUIC connection")
 }
 
 fn bytes_of(packets: &[Packet]) -> Vec<u8> {
@@ -223,8 +223,8 @@ async fn read_packets(recv: &mut quinn::RecvStream, want: usize) -> Vec<Packet> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_stream_acks_and_deliveries_follow_their_streams() {
     let ts = TestServer::start().await;
-    let link = raw_connect(&ts).await;
-    let c = link.connection();
+    let quic = raw_connect(&ts).await;
+    let c = quic.connection();
     // First flight: CONNECT on the control stream, SUBSCRIBE on data stream A and PUBLISH on
     // data stream B, all written before CONNACK (spec §2.7).
     let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
@@ -273,8 +273,8 @@ async fn multi_stream_acks_and_deliveries_follow_their_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_on_a_data_stream_is_a_protocol_error() {
     let ts = TestServer::start().await;
-    let link = raw_connect(&ts).await;
-    let c = link.connection();
+    let quic = raw_connect(&ts).await;
+    let c = quic.connection();
     let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
     ctl_s.write_all(&bytes_of(&[connect_packet("bad")])).await.unwrap();
     assert!(matches!(read_packets(&mut ctl_r, 1).await[0], Packet::Connack(_)));

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, QuicLink, StreamEnd, StreamMode};
+use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, QuicConnection, StreamEnd, StreamMode};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
@@ -251,7 +251,7 @@ impl RawStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_data_stream_does_not_hold_up_another() {
     let ts = TestServer::start().await;
-    let link = QuicLink::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.unwrap();
+    let link = QuicConnection::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.unwrap();
     let conn = link.connection();
     let mut control = RawStream::open(conn).await;
     control.send(&Packet::Connect(Connect::new("hol-sub".into(), 60))).await;

@@ -228,7 +228,8 @@ impl Conn {
                 let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
                 let mut cfg = mc::client_config(&t.trust).map_err(mqtt_err)?;
                 cfg.transport_config(Arc::new(crate::quic::transport_config(&t.transport).map_err(io)?));
-                let conn = mc::QuicLink::connect_on(&endpoint, &cfg, t.quic, &t.server_name).await.map_err(mqtt_err)?;
+                let conn =
+                    mc::QuicConnection::connect_on(&endpoint, &cfg, t.quic, &t.server_name).await.map_err(mqtt_err)?;
                 let (send, recv) = conn.open_bi().await.map_err(io)?;
                 let mut data = Vec::with_capacity(streams);
                 for _ in 0..streams {

@@ -1,4 +1,5 @@
-//! An async MQTT 3.1.1 client over TCP and TLS, for the CLI, the tests and the benchmarks.
+//! An async MQTT 3.1.1 client over TCP, TLS and QUIC, for the CLI, the tests, the lab and the
+//! benchmark.
 //!
 //! Two levels:
 //! * [`connect_stream`] + [`PacketReader`] / [`PacketWriter`]: framed packets over a stream,
@@ -111,23 +112,13 @@ pub type BoxStream = Pin<Box<dyn Stream>>;
 
 /// Open the transport (TCP, TCP_NODELAY on; plus TLS for `mqtts://`) within `timeout`.
 pub async fn connect_stream(url: &MqttUrl, trust: &Trust, timeout: Duration) -> Result<BoxStream, MqttError> {
-    connect_stream_to(url, None, trust, timeout).await
+    connect_stream_with(url, None, trust, None, timeout).await
 }
 
 /// [`connect_stream`], connecting to `ip` instead of resolving the URL's host (which still names
-/// the server for TLS), like `quiclab get --connect-to`.
-pub async fn connect_stream_to(
-    url: &MqttUrl,
-    ip: Option<std::net::IpAddr>,
-    trust: &Trust,
-    timeout: Duration,
-) -> Result<BoxStream, MqttError> {
-    connect_stream_with(url, ip, trust, None, timeout).await
-}
-
-/// [`connect_stream_to`], presenting the client certificate `identity` over TLS and QUIC when
-/// the broker asks for one.
-pub async fn connect_stream_with(
+/// the server for TLS, like `quiclab get --connect-to`) and presenting the client certificate
+/// `identity` over TLS and QUIC when the broker asks for one.
+pub(crate) async fn connect_stream_with(
     url: &MqttUrl,
     ip: Option<std::net::IpAddr>,
     trust: &Trust,
@@ -241,35 +232,35 @@ async fn resolve(url: &MqttUrl, ip: Option<std::net::IpAddr>) -> Result<SocketAd
     }
 }
 
-fn quic_err(e: impl fmt::Display) -> MqttError {
-    MqttError::Io(std::io::Error::other(format!("QUIC: {e}")))
-}
-
 /// A QUIC connection to a broker (ALPN `mqtt`) and the client endpoint it runs on.
-pub struct QuicLink {
+pub struct QuicConnection {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
 }
 
-impl QuicLink {
+impl QuicConnection {
     /// Connect to `url` (or to `ip` at the URL's port; the URL's host still names the server
     /// for TLS) with ALPN `mqtt`, on an endpoint of its own. The client sends QUIC PINGs every
     /// 10 s, so the connection outlives the server's idle timeout on the shared HTTP/3 port
     /// (spec §4.3).
-    pub async fn connect(url: &MqttUrl, ip: Option<std::net::IpAddr>, trust: &Trust) -> Result<QuicLink, MqttError> {
+    pub async fn connect(
+        url: &MqttUrl,
+        ip: Option<std::net::IpAddr>,
+        trust: &Trust,
+    ) -> Result<QuicConnection, MqttError> {
         Self::connect_setup(url, ip, QuicSetup::new(trust)?).await
     }
 
-    /// [`QuicLink::connect`] with a given endpoint and configuration (e.g. one presenting a
+    /// [`QuicConnection::connect`] with a given endpoint and configuration (e.g. one presenting a
     /// client certificate, [`QuicSetup::with_identity`]).
-    pub async fn connect_setup(
+    pub(crate) async fn connect_setup(
         url: &MqttUrl,
         ip: Option<std::net::IpAddr>,
         setup: QuicSetup,
-    ) -> Result<QuicLink, MqttError> {
+    ) -> Result<QuicConnection, MqttError> {
         let addr = resolve(url, ip).await?;
         let conn = Self::connect_on(&setup.endpoint, &setup.config, addr, &url.host).await?;
-        Ok(QuicLink { conn, endpoint: setup.endpoint })
+        Ok(QuicConnection { conn, endpoint: setup.endpoint })
     }
 
     /// Connect on an existing endpoint (the benchmark runs thousands of connections on one).
@@ -279,16 +270,12 @@ impl QuicLink {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<quinn::Connection, MqttError> {
-        endpoint
-            .connect_with(cfg.clone(), addr, server_name)
-            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?
-            .await
-            .map_err(quic_err)
+        Ok(endpoint.connect_with(cfg.clone(), addr, server_name)?.await?)
     }
 
     /// Open a bidirectional stream: the first is the control stream, later ones data streams.
     pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), MqttError> {
-        self.conn.open_bi().await.map_err(quic_err)
+        Ok(self.conn.open_bi().await?)
     }
 
     /// The QUIC connection (statistics, more streams).
@@ -308,10 +295,12 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, MqttError> {
 }
 
 /// [`client_config`], presenting the client certificate `identity` when the broker asks.
-pub fn client_config_with(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<quinn::ClientConfig, MqttError> {
+pub(crate) fn client_config_with(
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+) -> Result<quinn::ClientConfig, MqttError> {
     let (tls, _) = crate::tls::client_config_with_identity(trust, identity, &[super::config::ALPN_MQTT], true)?;
-    let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| MqttError::Unsupported(format!("QUIC TLS configuration: {e}")))?;
+    let qtls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(qtls));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
@@ -322,40 +311,23 @@ pub fn client_config_with(trust: &Trust, identity: Option<&ClientIdentity>) -> R
 /// MQTT over QUIC in single-stream mode (docs/mqtt-over-quic.md §2.2): the control stream
 /// (the first bidirectional stream) carries every packet, so the byte-stream client works
 /// unchanged over it.
-pub struct QuicStream {
+pub(crate) struct QuicStream {
     io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
-    link: QuicLink,
+    /// Keeps the connection and its endpoint open while the stream is in use.
+    _quic: QuicConnection,
 }
 
 impl QuicStream {
-    /// Connect with ALPN `mqtt` and open the control stream.
-    pub async fn connect(url: &MqttUrl, trust: &Trust) -> Result<QuicStream, MqttError> {
-        Self::connect_to(url, None, trust).await
-    }
-
-    /// [`QuicStream::connect`] to `ip` instead of the URL's host (still the TLS name).
-    pub async fn connect_to(
-        url: &MqttUrl,
-        ip: Option<std::net::IpAddr>,
-        trust: &Trust,
-    ) -> Result<QuicStream, MqttError> {
-        Self::connect_on(url, ip, QuicSetup::new(trust)?).await
-    }
-
-    /// [`QuicStream::connect_to`] with a given endpoint and configuration.
-    pub async fn connect_on(
+    /// Connect to `url` (or to `ip` at its port) with the endpoint and configuration of
+    /// `setup`, and open the control stream.
+    async fn connect_on(
         url: &MqttUrl,
         ip: Option<std::net::IpAddr>,
         setup: QuicSetup,
     ) -> Result<QuicStream, MqttError> {
-        let link = QuicLink::connect_setup(url, ip, setup).await?;
-        let (send, recv) = link.open_stream().await?;
-        Ok(QuicStream { io: tokio::io::join(recv, send), link })
-    }
-
-    /// The QUIC connection (for statistics, rebinding, or more streams).
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.link.conn
+        let quic = QuicConnection::connect_setup(url, ip, setup).await?;
+        let (send, recv) = quic.open_stream().await?;
+        Ok(QuicStream { io: tokio::io::join(recv, send), _quic: quic })
     }
 }
 
@@ -456,8 +428,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
 
     /// Encode `p` into the write buffer.
     pub fn queue(&mut self, p: &Packet) -> Result<(), MqttError> {
-        codec::encode(p, &mut self.buf)?;
-        Ok(())
+        codec::encode(p, &mut self.buf).map_err(MqttError::Encode)
     }
 
     /// Queue raw bytes (tests of malformed input).
@@ -624,14 +595,14 @@ impl ClientOptions {
 /// Build a topic name, with the protocol's checks (no wildcards, no U+0000, not empty).
 pub fn topic(name: &str) -> Result<TopicName, MqttError> {
     if name.is_empty() {
-        return Err(MqttError::Other("a topic name cannot be empty".into()));
+        return Err(MqttError::EmptyTopic);
     }
-    TopicName::try_from(name).map_err(|e| MqttError::Other(format!("topic {name:?}: {e}")))
+    TopicName::try_from(name).map_err(|source| MqttError::BadTopic { topic: name.to_string(), source })
 }
 
 /// Build a topic filter, with the protocol's checks.
 pub fn filter(f: &str) -> Result<TopicFilter, MqttError> {
-    TopicFilter::try_from(f).map_err(|e| MqttError::Other(format!("topic filter {f:?}: {e}")))
+    TopicFilter::try_from(f).map_err(|source| MqttError::BadFilter { filter: f.to_string(), source })
 }
 
 /// How the client lays MQTT onto QUIC streams (docs/mqtt-over-quic.md §2).
@@ -691,7 +662,7 @@ pub struct Client {
     channels: Vec<Channel>,
     /// Per-topic mode: topic or filter → its data stream's index in `channels`.
     by_topic: HashMap<String, usize>,
-    quic: Option<QuicLink>,
+    quic: Option<QuicConnection>,
     mode: StreamMode,
     max_packet: usize,
     next_pid: u16,
@@ -781,34 +752,31 @@ impl Client {
         url: &MqttUrl,
         opts: &ClientOptions,
         connect: &Packet,
-    ) -> Result<(Channel, Option<QuicLink>, EarlyData), MqttError> {
+    ) -> Result<(Channel, Option<QuicConnection>, EarlyData), MqttError> {
         let setup = match &opts.quic {
             Some(s) => s.clone(),
             None => QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?,
         };
         let addr = resolve(url, opts.connect_to).await?;
-        let connecting = setup
-            .endpoint
-            .connect_with(setup.config.clone(), addr, &url.host)
-            .map_err(|e| MqttError::Unsupported(format!("QUIC connect: {e}")))?;
+        let connecting = setup.endpoint.connect_with(setup.config.clone(), addr, &url.host)?;
         let (conn, accepted) = if opts.zero_rtt {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => (conn, Some(accepted)),
-                Err(connecting) => (connecting.await.map_err(quic_err)?, None),
+                Err(connecting) => (connecting.await?, None),
             }
         } else {
-            (connecting.await.map_err(quic_err)?, None)
+            (connecting.await?, None)
         };
-        let link = QuicLink { conn, endpoint: setup.endpoint };
-        let open = |link: &QuicLink| {
-            let conn = link.conn.clone();
+        let quic = QuicConnection { conn, endpoint: setup.endpoint };
+        let open = |quic: &QuicConnection| {
+            let conn = quic.conn.clone();
             async move {
-                let (send, recv) = conn.open_bi().await.map_err(quic_err)?;
+                let (send, recv) = conn.open_bi().await?;
                 let id = u64::from(send.id());
                 Ok::<_, MqttError>(Channel::new(framed(recv, send, opts.max_packet_size), Some(id)))
             }
         };
-        let mut control = open(&link).await?;
+        let mut control = open(&quic).await?;
         let early = match accepted {
             None if opts.zero_rtt => EarlyData::NoTicket,
             None => EarlyData::Off,
@@ -817,14 +785,14 @@ impl Client {
                 let sent = control.writer.send(connect).await;
                 if accepted.await {
                     sent?;
-                    return Ok((control, Some(link), EarlyData::Accepted));
+                    return Ok((control, Some(quic), EarlyData::Accepted));
                 }
-                control = open(&link).await?;
+                control = open(&quic).await?;
                 EarlyData::Rejected
             }
         };
         control.writer.send(connect).await?;
-        Ok((control, Some(link), early))
+        Ok((control, Some(quic), early))
     }
 
     /// The CONNACK's session-present flag.
@@ -843,7 +811,7 @@ impl Client {
     }
 
     /// The QUIC connection, over `mqtt+quic://`.
-    pub fn quic(&self) -> Option<&QuicLink> {
+    pub fn quic(&self) -> Option<&QuicConnection> {
         self.quic.as_ref()
     }
 
@@ -851,10 +819,10 @@ impl Client {
     /// a NAT rebinding would: the connection continues on the new path (RFC 9000 §9). Returns
     /// the old and the new local address.
     pub fn rebind(&self) -> Result<(SocketAddr, SocketAddr), MqttError> {
-        let link = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("rebinding needs mqtt+quic://".into()))?;
-        let old = link.endpoint.local_addr()?;
-        link.endpoint.rebind(std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?)?;
-        let new = link.endpoint.local_addr()?;
+        let quic = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("rebinding needs mqtt+quic://".into()))?;
+        let old = quic.endpoint.local_addr()?;
+        quic.endpoint.rebind(std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?)?;
+        let new = quic.endpoint.local_addr()?;
         tracing::debug!(%old, %new, "mqtt+quic: client moved to a new local socket");
         Ok((old, new))
     }
@@ -867,7 +835,7 @@ impl Client {
         let ch = self
             .by_topic
             .remove(topic_or_filter)
-            .ok_or_else(|| MqttError::Other(format!("no data stream carries {topic_or_filter:?}")))?;
+            .ok_or_else(|| MqttError::NoSuchStream(topic_or_filter.to_string()))?;
         let c = &mut self.channels[ch];
         c.writable = false;
         match how {
@@ -927,8 +895,8 @@ impl Client {
                 return Ok(i);
             }
         }
-        let link = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("per-topic mode without QUIC".into()))?;
-        let (send, recv) = link.open_stream().await?;
+        let quic = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("per-topic mode without QUIC".into()))?;
+        let (send, recv) = quic.open_stream().await?;
         let id = u64::from(send.id());
         self.channels.push(Channel::new(framed(recv, send, self.max_packet), Some(id)));
         let i = self.channels.len() - 1;

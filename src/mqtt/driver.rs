@@ -1,12 +1,12 @@
 //! The async driver around the sans-IO core: [`Broker`] is a cheaply clonable handle to one
 //! [`BrokerCore`] behind a mutex, plus a task that fires its timers; transports attach
-//! connections to it ([`Broker::attach`]) and feed it decoded packets, and it routes the core's
-//! output into per-channel [`Outbox`]es that the transports' connection tasks write out.
+//! connections to it (`Broker::attach`) and feed it decoded packets, and it routes the core's
+//! output into per-channel `Outbox`es that the transports' connection tasks write out.
 //!
 //! One mutex for the whole core: every operation on it is short (no I/O, no encoding under the
 //! lock), and on the two cores of this machine a sharded design would mostly add overhead.
 //!
-//! Bounded memory per channel: an [`Outbox`] holds at most `channel_queue` packets when a QoS 0
+//! Bounded memory per channel: an `Outbox` holds at most `channel_queue` packets when a QoS 0
 //! delivery arrives; beyond that QoS 0 deliveries are dropped and counted. QoS 1/2 deliveries
 //! are never dropped here: the core holds at most `max_inflight` of them in flight per channel
 //! (docs/mqtt-over-quic.md §6.12) and keeps the rest in the session, within
@@ -14,8 +14,8 @@
 //! connection's own input (acks, SUBACK, PINGRESP) are bounded by the transport reading no more
 //! input while the channel's outbox is over its bound: TCP and TLS read only when the outbox is
 //! empty; the QUIC transport hands a channel's packets over a slice at a time and waits while
-//! that channel's outbox holds `channel_queue` packets or more ([`Attachment::poll_room`],
-//! counted in [`BrokerStats::reads_paused`]). A writer takes at most [`WRITE_BUDGET`] bytes of
+//! that channel's outbox holds `channel_queue` packets or more (`Attachment::poll_room`,
+//! counted in [`BrokerStats::reads_paused`]). A writer takes at most `WRITE_BUDGET` bytes of
 //! packets per batch, so what it has encoded but not yet written is bounded too.
 
 use std::collections::VecDeque;
@@ -37,7 +37,7 @@ use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 /// the core's per-connection data, under the broker's lock (no allocation or lock of its own:
 /// an idle connection costs less). One task (the channel's writer) waits on it.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     items: VecDeque<Packet>,
     close: Option<Box<CloseReason>>,
     /// The channel's writer, waiting for packets.
@@ -49,7 +49,7 @@ pub struct Outbox {
 /// Bytes of packets a writer takes from an outbox per batch (at least one packet): bounds the
 /// encoded buffer a stalled writer holds. 256 KiB: many small packets per write, one maximum-
 /// size packet at a time.
-pub const WRITE_BUDGET: usize = 256 << 10;
+pub(crate) const WRITE_BUDGET: usize = 256 << 10;
 
 impl Outbox {
     fn wake(&mut self) {
@@ -152,16 +152,17 @@ pub struct BrokerStats {
     pub reads_paused: u64,
 }
 
-/// The driver's data per connection, kept in the core beside the connection's state.
+/// The driver's data per connection ([`BrokerCore::conn_data_mut`]): the outboxes of its
+/// channels, kept in the core beside the connection's state.
 #[derive(Default)]
-struct Link {
+struct Outboxes {
     control: Outbox,
     /// Data channels' outboxes (none for TCP and TLS).
     #[allow(clippy::box_collection)] // one pointer for the common case of no data channels
     data: Option<Box<Vec<(ChannelId, Outbox)>>>,
 }
 
-impl Link {
+impl Outboxes {
     /// The outbox of `ch`, if the channel is open (the control channel always is).
     fn outbox(&mut self, ch: ChannelId) -> Option<&mut Outbox> {
         if ch == CONTROL_CHANNEL {
@@ -172,7 +173,7 @@ impl Link {
 }
 
 struct State {
-    core: BrokerCore<Link>,
+    core: BrokerCore<Outboxes>,
     actions: Vec<Action>,
 }
 
@@ -204,7 +205,7 @@ impl std::fmt::Debug for Broker {
 /// Why a connection could not be attached.
 #[derive(Debug, thiserror::Error)]
 #[error("too many MQTT connections ({0} open)")]
-pub struct TooManyConnections(pub usize);
+pub(crate) struct TooManyConnections(pub usize);
 
 impl Broker {
     /// Start a broker. Must be called within a tokio runtime (it spawns the timer task).
@@ -252,7 +253,7 @@ impl Broker {
     }
 
     /// Register a new network connection (one session attachment, channel 0 open).
-    pub fn attach(&self, peer: Option<SocketAddr>) -> Result<Attachment, TooManyConnections> {
+    pub(crate) fn attach(&self, peer: Option<SocketAddr>) -> Result<Attachment, TooManyConnections> {
         let permit = match self.inner.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -262,7 +263,7 @@ impl Broker {
         };
         let mut st = self.lock();
         let State { core, actions } = &mut *st;
-        let conn = core.open(peer, Link::default(), Instant::now(), actions);
+        let conn = core.open(peer, Outboxes::default(), now(), actions);
         self.dispatch(&mut st);
         Ok(Attachment { broker: self.clone(), conn, _permit: permit })
     }
@@ -283,8 +284,8 @@ impl Broker {
         for a in actions.drain(..) {
             match a {
                 Action::Send { conn, channel, packet } => {
-                    let Some(link) = core.link_mut(conn) else { continue };
-                    let Some(outbox) = link.outbox(channel) else { continue };
+                    let Some(outboxes) = core.conn_data_mut(conn) else { continue };
+                    let Some(outbox) = outboxes.outbox(channel) else { continue };
                     if !outbox.push(packet, cap) {
                         let n = self.inner.dropped_qos0.fetch_add(1, Ordering::Relaxed) + 1;
                         // Counted always; logged at 1, 2, 4, 8, ... drops (broker-wide).
@@ -299,13 +300,13 @@ impl Broker {
                     }
                 }
                 Action::Close { conn, reason } => {
-                    let Some(link) = core.link_mut(conn) else { continue };
-                    if let Some(data) = &mut link.data {
+                    let Some(outboxes) = core.conn_data_mut(conn) else { continue };
+                    if let Some(data) = &mut outboxes.data {
                         for (_, o) in data.iter_mut() {
                             o.close(reason.clone());
                         }
                     }
-                    link.control.close(reason);
+                    outboxes.control.close(reason);
                 }
                 Action::Timer { .. } => wake = true,
             }
@@ -314,6 +315,12 @@ impl Broker {
             self.inner.timer_wake.notify_one();
         }
     }
+}
+
+/// The time now on tokio's clock, as the core takes it: tests that pause tokio's time drive the
+/// core's timers too (the timer task sleeps on the same clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
@@ -337,14 +344,14 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
         let broker = Broker { inner };
         let mut st = broker.lock();
         let State { core, actions, .. } = &mut *st;
-        core.handle_timeout(Instant::now(), actions);
+        core.handle_timeout(now(), actions);
         broker.dispatch(&mut st);
     }
 }
 
 /// One network connection attached to the broker. Dropping it tells the core the connection is
 /// gone (the will is published unless the client sent DISCONNECT).
-pub struct Attachment {
+pub(crate) struct Attachment {
     broker: Broker,
     conn: ConnId,
     _permit: OwnedSemaphorePermit,
@@ -364,10 +371,17 @@ impl Attachment {
     /// Only the latest waker is kept: one writer per channel.
     pub fn poll_outbox(&self, channel: ChannelId, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.broker.lock();
-        match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+        match st.core.conn_data_mut(self.conn).and_then(|o| o.outbox(channel)) {
             Some(o) => o.poll_ready(cx),
             None => Poll::Ready(()),
         }
+    }
+
+    /// Whether `channel` is closing: the core asked for its close (its writer writes what is
+    /// queued, then acts on it), or the channel or the connection is gone.
+    pub fn is_closing(&self, channel: ChannelId) -> bool {
+        let mut st = self.broker.lock();
+        st.core.conn_data_mut(self.conn).and_then(|o| o.outbox(channel)).is_none_or(|o| o.close.is_some())
     }
 
     /// Ready while `channel`'s outbox holds fewer than `channel_queue` packets (or the channel
@@ -380,7 +394,7 @@ impl Attachment {
         let mut paused = false;
         let poll = {
             let mut st = self.broker.lock();
-            match st.core.link_mut(self.conn).and_then(|l| l.outbox(channel)) {
+            match st.core.conn_data_mut(self.conn).and_then(|o| o.outbox(channel)) {
                 Some(o) => o.poll_room(bound, cx, &mut paused),
                 None => Poll::Ready(()),
             }
@@ -405,13 +419,13 @@ impl Attachment {
     /// [`CloseReason::Shutdown`]). A data channel's outbox is freed once it has returned one.
     pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
         let mut st = self.broker.lock();
-        let Some(link) = st.core.link_mut(self.conn) else { return Some(CloseReason::Shutdown) };
-        let reason = match link.outbox(channel) {
+        let Some(outboxes) = st.core.conn_data_mut(self.conn) else { return Some(CloseReason::Shutdown) };
+        let reason = match outboxes.outbox(channel) {
             Some(o) => o.drain(batch, max, WRITE_BUDGET),
             None => return Some(CloseReason::Shutdown),
         };
         if reason.is_some() && channel != CONTROL_CHANNEL {
-            if let Some(data) = link.data.as_mut() {
+            if let Some(data) = outboxes.data.as_mut() {
                 data.retain(|(c, _)| *c != channel);
             }
         }
@@ -421,7 +435,7 @@ impl Attachment {
     /// Hand the core the packets decoded from one read on `channel` (drained from `packets`),
     /// then the decoding error that ended that read, if any.
     pub fn handle(&self, channel: ChannelId, packets: &mut Vec<Packet>, err: Option<&CodecError>) {
-        let now = Instant::now();
+        let now = now();
         let mut st = self.broker.lock();
         let State { core, actions, .. } = &mut *st;
         for p in packets.drain(..) {
@@ -449,8 +463,8 @@ impl Attachment {
             return;
         }
         let mut st = self.broker.lock();
-        let Some(link) = st.core.link_mut(self.conn) else { return };
-        let data = link.data.get_or_insert_with(Default::default);
+        let Some(outboxes) = st.core.conn_data_mut(self.conn) else { return };
+        let data = outboxes.data.get_or_insert_with(Default::default);
         if !data.iter().any(|(c, _)| *c == channel) {
             data.push((channel, Outbox::default()));
         }
@@ -465,14 +479,14 @@ impl Attachment {
     /// side.
     pub fn close_channel(&self, channel: ChannelId, end: ChannelEnd) {
         let mut st = self.broker.lock();
-        if let Some(data) = st.core.link_mut(self.conn).and_then(|l| l.data.as_mut()) {
+        if let Some(data) = st.core.conn_data_mut(self.conn).and_then(|o| o.data.as_mut()) {
             match data.iter_mut().find(|(c, _)| *c == channel) {
                 Some((_, o)) if end == ChannelEnd::Finished && o.ready() => o.close(CloseReason::Shutdown),
                 _ => data.retain(|(c, _)| *c != channel),
             }
         }
         let State { core, actions, .. } = &mut *st;
-        core.close_channel(self.conn, channel, end, Instant::now(), actions);
+        core.close_channel(self.conn, channel, end, now(), actions);
         self.broker.dispatch(&mut st);
     }
 
@@ -496,7 +510,7 @@ impl Attachment {
     pub fn handshake_complete(&self) {
         let mut st = self.broker.lock();
         let State { core, actions, .. } = &mut *st;
-        core.handshake_complete(self.conn, Instant::now(), actions);
+        core.handshake_complete(self.conn, now(), actions);
         self.broker.dispatch(&mut st);
     }
 }
@@ -505,7 +519,59 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         let mut st = self.broker.lock();
         let State { core, actions, .. } = &mut *st;
-        core.closed(self.conn, Instant::now(), actions);
+        core.closed(self.conn, now(), actions);
         self.broker.dispatch(&mut st);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mqtt::codec::Connect;
+
+    /// What the writer of `att`'s control channel finds once its outbox wakes it: the packets
+    /// and the close reason.
+    async fn control_output(att: &Attachment) -> (Vec<Packet>, Option<CloseReason>) {
+        std::future::poll_fn(|cx| att.poll_outbox(CONTROL_CHANNEL, cx)).await;
+        let mut batch = Vec::new();
+        let reason = att.drain(CONTROL_CHANNEL, &mut batch, usize::MAX);
+        (batch, reason)
+    }
+
+    /// The driver reads tokio's clock: with time paused, the CONNECT deadline fires as soon as
+    /// the runtime is idle, without a real wait.
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_fires_on_tokio_paused_clock() {
+        let cfg = MqttConfig { connect_timeout: Duration::from_secs(30), ..MqttConfig::default() };
+        let broker = Broker::new(cfg);
+        let (start, real) = (tokio::time::Instant::now(), std::time::Instant::now());
+        let att = broker.attach(None).expect("attached");
+        let (packets, reason) = control_output(&att).await;
+        assert!(packets.is_empty(), "{packets:?}");
+        assert_eq!(reason, Some(CloseReason::ConnectTimeout));
+        assert!(start.elapsed() >= Duration::from_secs(30), "tokio's clock advanced to the deadline");
+        assert!(real.elapsed() < Duration::from_secs(10), "no real wait: {:?}", real.elapsed());
+    }
+
+    /// The same for keepalive: a client silent for 1.5 × its keepalive is closed (§3.1.2-24).
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_expires_on_tokio_paused_clock() {
+        let broker = Broker::new(MqttConfig::default());
+        let real = std::time::Instant::now();
+        let att = broker.attach(None).expect("attached");
+        let mut connect = vec![Packet::Connect(Connect::new("ka".into(), 20))];
+        att.handle(CONTROL_CHANNEL, &mut connect, None);
+        let (packets, reason) = control_output(&att).await;
+        assert!(matches!(packets.as_slice(), [Packet::Connack(_)]), "{packets:?}");
+        assert_eq!(reason, None);
+        let start = tokio::time::Instant::now();
+        let (packets, reason) = control_output(&att).await;
+        assert!(packets.is_empty(), "{packets:?}");
+        assert_eq!(reason, Some(CloseReason::KeepaliveTimeout));
+        assert!(start.elapsed() >= Duration::from_secs(30), "1.5 × 20 s of tokio's clock");
+        assert!(real.elapsed() < Duration::from_secs(10), "no real wait: {:?}", real.elapsed());
+        assert!(att.is_closing(CONTROL_CHANNEL));
     }
 }

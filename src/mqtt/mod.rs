@@ -8,10 +8,10 @@
 //! | module | what it holds |
 //! |--------|---------------|
 //! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`] | re-exported from `mqtt_core` |
-//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded [`Outbox`]es |
+//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
-//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC (CLI, tests, lab, benchmark) |
+//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
@@ -26,7 +26,7 @@ pub mod tcp;
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
-pub use driver::{Attachment, Broker, BrokerStats, Outbox};
+pub use driver::{Broker, BrokerStats};
 pub use mqtt_core::{ChannelId, ConnId, CONTROL_CHANNEL};
 pub use session::Message;
 pub use tcp::serve_tcp;
@@ -72,30 +72,76 @@ pub(crate) fn cert_identity(
 /// Errors of the MQTT client and commands.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
+    /// A socket, file or terminal operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A TLS configuration could not be built (certificates, keys, trust anchors).
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The peer sent bytes that are not a valid MQTT packet.
     #[error("malformed packet from the peer")]
     Codec(#[from] codec::CodecError),
+    /// A packet this client built cannot be encoded (e.g. larger than MQTT allows).
+    #[error("cannot encode a packet")]
+    Encode(#[source] codec::CodecError),
+    /// The broker answered CONNECT with this refusal.
     #[error("connection refused by the broker: CONNACK {0:?}")]
     Refused(codec::ConnectReturnCode),
+    /// The peer broke the protocol; the message says how.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Waiting took too long; the message says for what.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A broker URL that cannot be used; the message says why.
     #[error("bad URL {0}")]
     BadUrl(String),
+    /// The operation needs what this connection lacks (e.g. QUIC); the message names it.
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// The broker closed the connection.
     #[error("the broker closed the connection")]
     Closed,
+    /// A QUIC connection could not be started (e.g. an invalid server name).
+    #[error("cannot start a QUIC connection")]
+    QuicConnect(#[from] quinn::ConnectError),
+    /// The QUIC connection failed or was closed (its Display names the peer's error code).
+    #[error(transparent)]
+    Quic(#[from] quinn::ConnectionError),
+    /// The TLS configuration offers no cipher suite QUIC can start with.
+    #[error("the TLS configuration cannot be used for QUIC")]
+    QuicTls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// An empty topic name (MQTT 3.1.1 §4.7.3-1).
+    #[error("a topic name cannot be empty")]
+    EmptyTopic,
+    /// Not a valid topic name (wildcards or U+0000, §4.7).
+    #[error("{topic:?} is not a valid topic name")]
+    BadTopic {
+        topic: String,
+        #[source]
+        source: mqtt_proto::Error,
+    },
+    /// Not a valid topic filter (§4.7.1).
+    #[error("{filter:?} is not a valid topic filter")]
+    BadFilter {
+        filter: String,
+        #[source]
+        source: mqtt_proto::Error,
+    },
+    /// [`client::Client::end_stream`] for a topic or filter that has no data stream.
+    #[error("no data stream carries {0:?}")]
+    NoSuchStream(String),
+    /// An MQTT listener could not be bound (`quiclab mqtt broker`).
+    #[error(transparent)]
+    Listen(#[from] tcp::BindError),
     /// A password file could not be read, parsed or written (`--mqtt-password-file`, `passwd`).
     #[error(transparent)]
     PasswordFile(#[from] auth::PasswordFileError),
     /// An ACL file could not be read or parsed (`--mqtt-acl-file`).
     #[error(transparent)]
     Acl(#[from] acl::AclError),
+    /// A message for the user with no underlying error (command-line usage, a refused
+    /// subscription).
     #[error("{0}")]
     Other(String),
 }

@@ -1,7 +1,7 @@
 //! MQTT over QUIC: the stream mapping of `docs/mqtt-over-quic.md`, over the same broker core as
 //! TCP and TLS (only the transport differs).
 //!
-//! One QUIC connection is one [`Attachment`]; each client-initiated bidirectional stream is one
+//! One QUIC connection is one `Attachment`; each client-initiated bidirectional stream is one
 //! channel of it: the first (stream 0) is the control stream ([`CONTROL_CHANNEL`]), later ones
 //! are data streams (channel = the stream's index). Each stream runs a reader (bytes → packets →
 //! core) and a writer (the channel's outbox → bytes).
@@ -13,11 +13,15 @@
 //!   the connection and holds the rest until the handshake completes (spec §6.7–6.11).
 //! * A data stream's end — FIN, RESET_STREAM or STOP_SENDING — is reported to the core as a
 //!   [`ChannelEnd`], which parks its subscriptions and moves its messages (spec §6.1–6.4).
+//! * The control stream's end closes the connection with CONTROL_STREAM_CLOSED (spec §3.1); if
+//!   the core had already closed it (DISCONNECT first), the writer's close with the core's
+//!   reason is awaited instead, which comes once the client acknowledged the last packets
+//!   (bounded by `CLOSE_LINGER`). No fixed delays.
 //! * A change of the client's address is noticed on every read and logged (`path_changed`).
 //! * Back-pressure, as over TCP: a stream's reader decodes and hands over its input a slice
 //!   at a time, and waits while that channel's outbox is full (`channel_queue` packets), so a
 //!   client that sends PINGREQ or QoS 1 PUBLISH and never reads makes the broker buffer at
-//!   most an outbox, one read ([`READ_CHUNK`]) and one write batch per stream; then QUIC flow
+//!   most an outbox, one read (`READ_CHUNK`) and one write batch per stream; then QUIC flow
 //!   control stops the client.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -303,9 +307,13 @@ impl StreamTask {
                     decoder.extend(&chunk);
                 };
                 if control {
-                    // Spec §3.1: the control stream is gone, so is the connection (unless the
-                    // writer already closed it after DISCONNECT).
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // Spec §3.1: the control stream is gone, so is the connection. If the core
+                    // already closed the channel (DISCONNECT came before the end), the writer
+                    // is flushing what is queued and closes the connection with the right code
+                    // once the client acknowledged it, within CLOSE_LINGER: wait for that.
+                    if att.is_closing(CONTROL_CHANNEL) {
+                        let _ = tokio::time::timeout(CLOSE_LINGER, conn.closed()).await;
+                    }
                     close(&conn, code::CONTROL_STREAM_CLOSED, "control stream closed");
                     return;
                 }

@@ -412,7 +412,7 @@ fn conn_loop(wire: Wire, att: Attachment) -> impl std::future::Future<Output = (
 
 /// A listener address could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {proto} {addr}: {source}")]
+#[error("cannot listen on {proto} {addr}")]
 pub struct BindError {
     pub proto: &'static str,
     pub addr: SocketAddr,

@@ -25,7 +25,7 @@
 //! (its acl_file check for subscriptions is a "FIXME") and only checks each message for read as
 //! it is delivered. quiclab checks each message the same way, and in addition refuses with 0x80
 //! a filter through which the rules could never let a message pass
-//! ([`ClientAcl::may_subscribe`]), so a client learns at once. The messages delivered are the
+//! (`ClientAcl::may_subscribe`), so a client learns at once. The messages delivered are the
 //! same on both brokers.
 
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ use crate::topic::filter_matches;
 
 /// What a rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Read,
     Write,
     ReadWrite,
@@ -83,8 +83,8 @@ pub enum AclLineProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
+    #[error("cannot read {}", path.display())]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -160,7 +160,8 @@ fn valid_filter(s: &str) -> bool {
 impl AclFile {
     /// Read and check `path`; any bad line refuses the whole file.
     pub fn load(path: &Path) -> Result<AclFile, AclError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AclError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AclError::Read { path: path.to_path_buf(), source })?;
         AclFile::parse(path, &text)
     }
 
@@ -244,7 +245,7 @@ impl AclFile {
 
     /// The rules that apply to a client, with `%c` and `%u` filled in: computed once per
     /// connection, so checking a message allocates nothing.
-    pub fn for_client(&self, user: Option<&str>, client_id: &str) -> ClientAcl {
+    pub(crate) fn for_client(&self, user: Option<&str>, client_id: &str) -> ClientAcl {
         let own = match user {
             None => Some(self.anonymous.clone()),
             Some(u) => self.users.get(u).cloned(),
@@ -270,7 +271,7 @@ impl AclFile {
 
 /// The rules of one client (see [`AclFile::for_client`]).
 #[derive(Debug)]
-pub struct ClientAcl {
+pub(crate) struct ClientAcl {
     own: Option<Arc<RuleList>>,
     patterns: RuleList,
     /// The client id or user name contains `+` or `#` and the file has patterns.

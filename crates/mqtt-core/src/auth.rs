@@ -32,11 +32,17 @@ use ring::{digest, hmac, pbkdf2};
 
 /// Iterations `mosquitto_passwd` 2.0.11 writes (`PW_DEFAULT_ITERATIONS`); the same here so a
 /// file is indistinguishable from one it made.
-pub const DEFAULT_ITERATIONS: u32 = 101;
+pub(crate) const DEFAULT_ITERATIONS: u32 = 101;
+
+/// [`DEFAULT_ITERATIONS`] as the type PBKDF2 takes (checked at compile time).
+const ITERATIONS: NonZeroU32 = match NonZeroU32::new(DEFAULT_ITERATIONS) {
+    Some(n) => n,
+    None => panic!("DEFAULT_ITERATIONS is 0"),
+};
 /// Salt bytes `mosquitto_passwd` 2.0.11 writes (16 base64 characters).
-pub const SALT_LEN: usize = 12;
+pub(crate) const SALT_LEN: usize = 12;
 /// PBKDF2 output bytes `mosquitto_passwd` 2.0.11 writes (SHA-512's size; 88 base64 characters).
-pub const HASH_LEN: usize = 64;
+pub(crate) const HASH_LEN: usize = 64;
 
 /// What is wrong with one line of a password file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,9 +80,16 @@ pub enum LineProblem {
 /// Errors of password files.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordFileError {
-    /// The file could not be read, written or renamed into place.
-    #[error("{}: {source}", path.display())]
-    Io {
+    /// The file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new file could not be written beside the old one or renamed into place.
+    #[error("cannot write {}", path.display())]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -116,7 +129,7 @@ impl fmt::Debug for Hash {
 
 /// The outcome of checking a user name and password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Accepted,
     /// The file has no such user.
     UnknownUser,
@@ -200,10 +213,9 @@ fn encode(h: &Hash) -> String {
 
 /// The line `user:$7$101$SALT$HASH` for a new password, exactly as `mosquitto_passwd` 2.0.11
 /// writes it (fresh random salt).
-pub fn hash_line(user: &str, password: &[u8]) -> Result<String, PasswordFileError> {
+pub(crate) fn hash_line(user: &str, password: &[u8]) -> Result<String, PasswordFileError> {
     check_user_name(user)?;
-    let iterations = NonZeroU32::new(DEFAULT_ITERATIONS).ok_or(PasswordFileError::Random)?;
-    Ok(format!("{user}:{}", encode(&new_pbkdf2(password, iterations)?)))
+    Ok(format!("{user}:{}", encode(&new_pbkdf2(password, ITERATIONS)?)))
 }
 
 fn check_user_name(user: &str) -> Result<(), PasswordFileError> {
@@ -217,7 +229,7 @@ impl PasswordFile {
     /// Read and check `path`; any bad line refuses the whole file.
     pub fn load(path: &Path) -> Result<PasswordFile, PasswordFileError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| PasswordFileError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|source| PasswordFileError::Read { path: path.to_path_buf(), source })?;
         PasswordFile::parse(path, &text)
     }
 
@@ -238,8 +250,7 @@ impl PasswordFile {
         }
         let cmp_key = hmac::Key::new(hmac::HMAC_SHA512, &random_bytes(32)?);
         // The decoy costs what a mosquitto_passwd entry costs.
-        let iterations = NonZeroU32::new(DEFAULT_ITERATIONS).ok_or(PasswordFileError::Random)?;
-        let decoy = new_pbkdf2(&random_bytes(16)?, iterations)?;
+        let decoy = new_pbkdf2(&random_bytes(16)?, ITERATIONS)?;
         Ok(PasswordFile { path: path.to_path_buf(), users, cmp_key, decoy })
     }
 
@@ -264,7 +275,7 @@ impl PasswordFile {
     }
 
     /// Check `user` and `password` (`None`: the CONNECT carried no password).
-    pub fn check(&self, user: &str, password: Option<&[u8]>) -> Verdict {
+    pub(crate) fn check(&self, user: &str, password: Option<&[u8]>) -> Verdict {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h, true),
             None => (&self.decoy, false),
@@ -306,10 +317,10 @@ pub enum PasswdOp {
 /// is written to a temporary file beside it with mode 0600 and renamed into place.
 pub fn update_file(path: &Path, user: &str, op: &PasswdOp) -> Result<(), PasswordFileError> {
     check_user_name(user)?;
-    let io = |source| PasswordFileError::Io { path: path.to_path_buf(), source };
     let old = match op {
         PasswdOp::Set { create: true, .. } => String::new(),
-        _ => std::fs::read_to_string(path).map_err(io)?,
+        _ => std::fs::read_to_string(path)
+            .map_err(|source| PasswordFileError::Read { path: path.to_path_buf(), source })?,
     };
     // The existing file must be one we can read (a typo would otherwise be rewritten).
     PasswordFile::parse(path, &old)?;
@@ -335,7 +346,7 @@ pub fn update_file(path: &Path, user: &str, op: &PasswdOp) -> Result<(), Passwor
     }
     let mut text = lines.join("\n");
     text.push('\n');
-    write_private(path, text.as_bytes()).map_err(io)
+    write_private(path, text.as_bytes()).map_err(|source| PasswordFileError::Write { path: path.to_path_buf(), source })
 }
 
 /// Write `bytes` to `path` atomically: a 0600 temporary file in the same directory, synced,
@@ -347,7 +358,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => PathBuf::from("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let suffix = B64.encode(random_bytes(6).map_err(|e| std::io::Error::other(e.to_string()))?).replace('/', "_");
+    let suffix = B64.encode(random_bytes(6).map_err(std::io::Error::other)?).replace('/', "_");
     let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
@@ -471,7 +482,7 @@ bob:$7$101$zU1B8nBHC9PWLC5R$8+30DMmqC2R1WwdNwC2CZLZXUrhH0suFHMGDlZWY6XONNB0w7qwl
         let missing = dir.path().join("none");
         assert!(matches!(
             update_file(&missing, "x", &PasswdOp::Set { create: false, password: b"x".to_vec() }),
-            Err(PasswordFileError::Io { .. })
+            Err(PasswordFileError::Read { .. })
         ));
         std::fs::write(&path, "garbage\n").unwrap();
         assert!(matches!(

@@ -5,7 +5,9 @@
 //! a caller's vector: packets to send (each with its connection and channel), connections to
 //! close, and timer deadlines to arm. No sockets, no tokio, no clock: a test drives it with
 //! made-up instants and needs no sleeps, and every transport (TCP, TLS, and the QUIC stream
-//! mapping of a later issue) runs the very same code.
+//! mapping of docs/mqtt-over-quic.md) runs the very same code. The driver keeps its own data
+//! per connection in the core ([`BrokerCore::conn_data_mut`]); connections and sessions live in
+//! two tables keyed by [`ConnId`] and by session handle, never one for the other.
 //!
 //! **Connections and channels.** A connection is one session attachment; a channel is one byte
 //! stream of it. TCP and TLS have a single channel, [`CONTROL_CHANNEL`]; the QUIC mapping gives
@@ -53,7 +55,8 @@ use crate::codec::{
     Subscribe, SubscribeReturnCode, TopicFilter, Unsubscribe,
 };
 use crate::config::MqttConfig;
-use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Slab};
+use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId};
+use crate::slab::Slab;
 use crate::topic::{filter_matches, RetainTree, SubTree, Subscriber};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
@@ -196,13 +199,13 @@ pub struct CoreStats {
 
 /// Subscriber key in the topic trie: a session and the channel its SUBSCRIBE came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubKey {
+pub(crate) struct SubKey {
     pub session: SessionId,
     pub channel: ChannelId,
 }
 
 #[derive(Debug)]
-struct Conn<L> {
+struct Conn<D> {
     session: Option<SessionId>,
     /// Arrival of the last packet (before CONNECT: when the connection was opened).
     last_seen: Instant,
@@ -220,7 +223,7 @@ struct Conn<L> {
     /// `use_identity_as_username`.
     identity: Option<Box<str>>,
     /// The driver's own data for this connection (its outboxes).
-    link: L,
+    data: D,
 }
 
 /// What an early connection holds until its handshake completes (docs/mqtt-over-quic.md §6.8).
@@ -263,12 +266,12 @@ const EARLY_HOLD_SLACK: usize = 64 << 10;
 /// there are 65,535 of them. Beyond this, deliveries wait in their channel's queue.
 const MAX_SESSION_INFLIGHT: usize = 65_000;
 
-/// The broker state machine. See the module documentation. `L` is whatever the driver keeps
-/// per connection (its outboxes); the core only stores it.
-pub struct BrokerCore<L = ()> {
+/// The broker state machine. See the module documentation. `D` is whatever the driver keeps
+/// per connection (its outboxes, [`BrokerCore::conn_data_mut`]); the core only stores it.
+pub struct BrokerCore<D = ()> {
     cfg: MqttConfig,
-    conns: Slab<Conn<L>>,
-    sessions: Slab<Session>,
+    conns: Slab<ConnId, Conn<D>>,
+    sessions: Slab<SessionId, Session>,
     by_client: HashMap<Arc<str>, SessionId>,
     subs: SubTree<SubKey>,
     retained: RetainTree<Message>,
@@ -305,11 +308,6 @@ fn sync_control_route(tree: &mut SubTree<SubKey>, sid: SessionId, s: &Session, f
     }
 }
 
-/// The slab key of a connection id.
-fn ck(conn: ConnId) -> SessionId {
-    SessionId::unpack(conn)
-}
-
 fn qos_u8(q: QoS) -> u8 {
     q as u8
 }
@@ -331,8 +329,8 @@ fn pid(v: u16) -> Pid {
     Pid::try_from(v).unwrap_or_default()
 }
 
-impl<L> BrokerCore<L> {
-    pub fn new(mut cfg: MqttConfig) -> BrokerCore<L> {
+impl<D> BrokerCore<D> {
+    pub fn new(mut cfg: MqttConfig) -> BrokerCore<D> {
         cfg.max_inflight = cfg.max_inflight.clamp(1, 65_000);
         // Sized for max_connections up front (virtual memory until used): growing by copies
         // would leave the old tables' memory resident in the heap.
@@ -382,27 +380,19 @@ impl<L> BrokerCore<L> {
             inflight: s.fr().inflight.len(),
             awaiting_rel: s.fr().awaiting_rel.len(),
             dropped: s.dropped,
-            identity: s
-                .conn
-                .and_then(|c| self.conns.get(ck(c)))
-                .and_then(|c| c.identity.as_deref())
-                .map(str::to_string),
+            identity: s.conn.and_then(|c| self.conns.get(c)).and_then(|c| c.identity.as_deref()).map(str::to_string),
         })
     }
 
-    /// The driver's data for `conn`, while the connection exists.
-    pub fn link(&self, conn: ConnId) -> Option<&L> {
-        self.conns.get(ck(conn)).map(|c| &c.link)
-    }
-
-    /// Mutable access to the driver's data for `conn`.
-    pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut L> {
-        self.conns.get_mut(ck(conn)).map(|c| &mut c.link)
+    /// The driver's data for `conn` (given to [`BrokerCore::open`]), while the connection
+    /// exists.
+    pub fn conn_data_mut(&mut self, conn: ConnId) -> Option<&mut D> {
+        self.conns.get_mut(conn).map(|c| &mut c.data)
     }
 
     /// A new network connection: returns its id and arms the CONNECT deadline (§3.1).
     /// (`peer` is only logged: the core keeps no per-connection address.)
-    pub fn open(&mut self, peer: Option<SocketAddr>, link: L, now: Instant, out: &mut Vec<Action>) -> ConnId {
+    pub fn open(&mut self, peer: Option<SocketAddr>, data: D, now: Instant, out: &mut Vec<Action>) -> ConnId {
         let conn = Conn {
             session: None,
             last_seen: now,
@@ -412,9 +402,9 @@ impl<L> BrokerCore<L> {
             closing: false,
             early: None,
             identity: None,
-            link,
+            data,
         };
-        let id = self.conns.insert(conn).pack();
+        let id = self.conns.insert(conn);
         tracing::debug!(conn = id, ?peer, "mqtt: new connection");
         self.arm(id, now + self.cfg.connect_timeout, out);
         id
@@ -425,7 +415,7 @@ impl<L> BrokerCore<L> {
     /// packets whose effects die with the connection are acted on; the rest are held
     /// (docs/mqtt-over-quic.md §6.7-6.11). Call it right after [`BrokerCore::open`].
     pub fn set_early(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(ck(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             if !c.closing && c.early.is_none() {
                 c.early = Some(Box::default());
             }
@@ -436,20 +426,21 @@ impl<L> BrokerCore<L> {
     /// CN). Call it before handing the connection any packet; `None` (or never calling it)
     /// means the client presented no certificate.
     pub fn set_cert_identity(&mut self, conn: ConnId, identity: Option<&str>) {
-        if let Some(c) = self.conns.get_mut(ck(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.identity = identity.map(Into::into);
         }
     }
 
-    /// Whether `conn` is early (see [`BrokerCore::set_early`]).
-    pub fn is_early(&self, conn: ConnId) -> bool {
-        self.conns.get(ck(conn)).is_some_and(|c| c.early.is_some())
+    /// Whether `conn` is early (see [`BrokerCore::set_early`]); for the tests.
+    #[cfg(test)]
+    pub(crate) fn is_early(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.early.is_some())
     }
 
     /// The QUIC handshake of `conn` completed: it is no longer early, and the packets it held
     /// are processed now, in arrival order (docs/mqtt-over-quic.md §6.11).
     pub fn handshake_complete(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(early) = c.early.take() else { return };
         if c.closing {
             return;
@@ -473,7 +464,7 @@ impl<L> BrokerCore<L> {
 
     /// Bytes an early connection may hold (§6.10): one packet of the maximum size plus 64 KiB,
     /// so a first flight of CONNECT, a few SUBSCRIBEs and one PUBLISH of any allowed size fits.
-    pub fn early_hold_limit(&self) -> usize {
+    pub(crate) fn early_hold_limit(&self) -> usize {
         self.cfg.max_packet_size.saturating_add(EARLY_HOLD_SLACK)
     }
 
@@ -500,7 +491,7 @@ impl<L> BrokerCore<L> {
     fn hold(&mut self, conn: ConnId, h: Held, out: &mut Vec<Action>) {
         let limit = self.early_hold_limit();
         let cost = h.cost();
-        let Some(early) = self.conns.get_mut(ck(conn)).and_then(|c| c.early.as_deref_mut()) else { return };
+        let Some(early) = self.conns.get_mut(conn).and_then(|c| c.early.as_deref_mut()) else { return };
         if early.bytes.saturating_add(cost) > limit {
             let held = early.held.len();
             self.stats.limit_early_hold += 1;
@@ -521,7 +512,7 @@ impl<L> BrokerCore<L> {
     }
 
     fn arm(&mut self, conn: ConnId, at: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         if c.armed.is_some_and(|a| a <= at) {
             return; // an earlier check is pending; it re-arms from last_seen when it fires
         }
@@ -545,7 +536,7 @@ impl<L> BrokerCore<L> {
                 break;
             }
             self.timers.pop();
-            let Some(c) = self.conns.get_mut(ck(conn)) else { continue };
+            let Some(c) = self.conns.get_mut(conn) else { continue };
             if c.armed != Some(at) {
                 continue; // superseded by an earlier entry
             }
@@ -584,19 +575,19 @@ impl<L> BrokerCore<L> {
     /// The transport is gone (EOF, I/O error, or after a Close). Publishes the will unless the
     /// client sent DISCONNECT (§3.1.2-8, §3.14.4-3).
     pub fn closed(&mut self, conn: ConnId, _now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get(ck(conn)) else { return };
+        let Some(c) = self.conns.get(conn) else { return };
         if !c.closing {
             if let Some(s) = c.session.and_then(|sid| self.sessions.get(sid)) {
                 tracing::debug!(conn, client_id = &*s.client_id, "mqtt: connection lost without DISCONNECT");
             }
             self.detach(conn, true, out);
         }
-        self.conns.remove(ck(conn));
+        self.conns.remove(conn);
     }
 
     /// Close every connection (broker shutdown). Wills are not published.
     pub fn shutdown(&mut self, out: &mut Vec<Action>) {
-        let ids: Vec<ConnId> = self.conns.iter_keys().filter(|(_, c)| !c.closing).map(|(id, _)| id.pack()).collect();
+        let ids: Vec<ConnId> = self.conns.iter_keys().filter(|(_, c)| !c.closing).map(|(id, _)| id).collect();
         for id in ids {
             self.close(id, CloseReason::Shutdown, false, out);
         }
@@ -619,7 +610,7 @@ impl<L> BrokerCore<L> {
         if channel == CONTROL_CHANNEL {
             return;
         }
-        let Some(c) = self.conns.get(ck(conn)) else { return };
+        let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
         }
@@ -646,7 +637,7 @@ impl<L> BrokerCore<L> {
         _now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(c) = self.conns.get(ck(conn)) else { return };
+        let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
         }
@@ -669,7 +660,7 @@ impl<L> BrokerCore<L> {
 
     /// A decoded packet from `channel` of `conn`.
     pub fn handle(&mut self, conn: ConnId, channel: ChannelId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get(ck(conn)) else { return };
+        let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
         }
@@ -681,13 +672,13 @@ impl<L> BrokerCore<L> {
             if nothing_held && self.acts_early(session, channel, &packet) {
                 self.stats.early_acted += 1;
             } else {
-                if let Some(c) = self.conns.get_mut(ck(conn)) {
+                if let Some(c) = self.conns.get_mut(conn) {
                     c.last_seen = now;
                 }
                 return self.hold(conn, Held::Packet(channel, packet), out);
             }
         }
-        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         c.last_seen = now;
         let Some(sid) = c.session else {
             match packet {
@@ -717,7 +708,7 @@ impl<L> BrokerCore<L> {
             Packet::Pingreq => out.push(Action::Send { conn, channel, packet: Packet::Pingresp }),
             Packet::Disconnect => {
                 // MQTT 3.1.1 §3.14.4-3: discard the will; §3.14.4-1: close the connection.
-                if let Some(c) = self.conns.get_mut(ck(conn)) {
+                if let Some(c) = self.conns.get_mut(conn) {
                     c.will = None;
                 }
                 self.close(conn, CloseReason::Disconnect, false, out);
@@ -762,7 +753,7 @@ impl<L> BrokerCore<L> {
 
     /// Emit Close, detach the session, publish the will if asked.
     fn close(&mut self, conn: ConnId, reason: CloseReason, publish_will: bool, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get(ck(conn)) else { return };
+        let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
         }
@@ -775,7 +766,7 @@ impl<L> BrokerCore<L> {
     /// §6.6). Held early packets are dropped. Then publish the will if asked, unless the
     /// connection was still early (§6.11).
     fn detach(&mut self, conn: ConnId, publish_will: bool, out: &mut Vec<Action>) {
-        let Some(c) = self.conns.get_mut(ck(conn)) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         c.closing = true;
         let will = c.will.take();
         let early = c.early.take();
@@ -1008,7 +999,7 @@ impl<L> BrokerCore<L> {
     }
 
     fn client_id_of(&self, conn: ConnId) -> Option<Arc<str>> {
-        let sid = self.conns.get(ck(conn))?.session?;
+        let sid = self.conns.get(conn)?.session?;
         Some(self.sessions.get(sid)?.client_id.clone())
     }
 
@@ -1025,7 +1016,7 @@ impl<L> BrokerCore<L> {
     fn authenticate(&self, conn: ConnId, p: &Connect) -> Result<Option<Box<str>>, (ConnectReturnCode, String)> {
         let user = p.username.as_deref();
         let shown = user.unwrap_or("(none)");
-        let identity = self.conns.get(ck(conn)).and_then(|c| c.identity.clone());
+        let identity = self.conns.get(conn).and_then(|c| c.identity.clone());
         if self.cfg.require_certificate && identity.is_none() {
             // TLS and QUIC refuse a client without a certificate before it gets here; what
             // arrives without one came over plain TCP, which cannot carry one. One policy for
@@ -1214,7 +1205,7 @@ impl<L> BrokerCore<L> {
         let will = p
             .last_will
             .map(|w| Box::new(Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain }));
-        if let Some(c) = self.conns.get_mut(ck(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.session = Some(sid);
             c.expiry_ms = expiry_ms;
             c.will = will;

@@ -18,8 +18,8 @@
 //! 5. encodes packets straight into the caller's buffer (no intermediate allocation per packet).
 //!
 //! The packet types are `mqtt-proto`'s v3 types, re-exported. MQTT 5 (a later issue) adds a
-//! second decoder beside [`decode_v3`] selected by the CONNECT's protocol level; the framing
-//! ([`frame_len`]) is the same for both versions.
+//! second decoder beside `decode_v3` selected by the CONNECT's protocol level; the framing
+//! ([`frame_head`]) is the same for both versions.
 
 use bytes::BytesMut;
 pub use mqtt_proto::v3::{
@@ -58,9 +58,19 @@ pub enum CodecError {
     /// The packet's content did not fill its Remaining Length exactly.
     #[error("{kind:?}: Remaining Length {declared} but the content is {used} bytes")]
     LengthMismatch { kind: PacketType, declared: usize, used: usize },
-    /// Any other violation, named.
+    /// Any other violation of the format: the message names it (and the section of MQTT 3.1.1).
     #[error("{0}")]
     Malformed(String),
+    /// A violation `mqtt-proto`'s decoder found that has no message of ours.
+    #[error("malformed {kind:?}")]
+    Proto {
+        kind: PacketType,
+        #[source]
+        source: mqtt_proto::Error,
+    },
+    /// `mqtt-proto` could not encode a packet this process built.
+    #[error("cannot encode the packet")]
+    Encode(#[source] mqtt_proto::Error),
 }
 
 impl CodecError {
@@ -93,7 +103,7 @@ impl CodecError {
             E::InvalidRemainingLength => {
                 CodecError::Malformed(format!("{kind:?} content overruns its Remaining Length"))
             }
-            other => CodecError::Malformed(format!("{kind:?}: {other}")),
+            source => CodecError::Proto { kind, source },
         }
     }
 }
@@ -135,13 +145,8 @@ pub fn frame_head(buf: &[u8], max_packet: usize) -> Result<Option<FrameHead>, Co
     Err(CodecError::BadRemainingLength)
 }
 
-/// Length of the complete frame at the front of `buf`, or `None` if more bytes are needed.
-pub fn frame_len(buf: &[u8], max_packet: usize) -> Result<Option<usize>, CodecError> {
-    Ok(frame_head(buf, max_packet)?.map(|h| h.total_len()).filter(|&n| n <= buf.len()))
-}
-
 /// Decode one complete v3.1.1 (or 3.1) frame: exactly the bytes of one packet, header included.
-pub fn decode_v3(frame: &[u8], head: FrameHead) -> Result<Packet, CodecError> {
+pub(crate) fn decode_v3(frame: &[u8], head: FrameHead) -> Result<Packet, CodecError> {
     let body = frame
         .get(head.header_len..head.total_len())
         .ok_or_else(|| CodecError::Malformed(format!("frame of {} bytes shorter than its header says", frame.len())))?;
@@ -355,7 +360,7 @@ fn put_body<E: Encodable>(out: &mut Vec<u8>, first: u8, body: &E) -> Result<(), 
     out.reserve(len + 5);
     out.push(first);
     put_var_int(out, len);
-    body.encode(out).map_err(|e| CodecError::Malformed(format!("encode: {e}")))
+    body.encode(out).map_err(CodecError::Encode)
 }
 
 fn put_pid(out: &mut Vec<u8>, first: u8, pid: Pid) {

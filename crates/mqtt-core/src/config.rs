@@ -103,7 +103,7 @@ pub struct MqttConfig {
     pub password_file: Option<Arc<PasswordFile>>,
     /// Whether a CONNECT without a user name is accepted (`--mqtt-allow-anonymous`). `None`
     /// (default): yes without a password file, no with one, as mosquitto 2 with a
-    /// `password_file`; see [`MqttConfig::anonymous_allowed`]. Refused: CONNACK 0x05.
+    /// `password_file`; see `MqttConfig::anonymous_allowed`. Refused: CONNACK 0x05.
     pub allow_anonymous: Option<bool>,
     /// Topic rules in mosquitto's `acl_file` syntax (`--mqtt-acl-file`). `None` (default):
     /// every client may publish and subscribe to everything.
@@ -176,7 +176,7 @@ impl MqttConfig {
 
     /// Whether clients without a user name are let in: `allow_anonymous`, or by default only
     /// when there is no password file.
-    pub fn anonymous_allowed(&self) -> bool {
+    pub(crate) fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 

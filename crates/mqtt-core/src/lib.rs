@@ -18,9 +18,11 @@
 //! | [`config`] | [`MqttConfig`]: every knob of the broker, its default and the reason for it |
 //! | [`auth`] | password files in mosquitto's format (`$7$` PBKDF2-SHA512, `$6$`) |
 //! | [`acl`] | access control lists in mosquitto's `acl_file` syntax (`topic`, `user`, `pattern`) |
+//! | `slab` (private) | the generational table of connections and of sessions, one key type each |
 //!
 //! Dependencies inside the crate run one way: `broker` → `session` → `acl` → `topic` → `codec`;
-//! `config` names `auth`, `acl` and `codec` types; `auth` stands alone.
+//! `broker` and `session` → `slab`; `config` names `auth`, `acl` and `codec` types; `auth`
+//! stands alone.
 
 #![deny(clippy::disallowed_methods)]
 
@@ -30,6 +32,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod session;
+mod slab;
 pub mod topic;
 
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::acl::ClientAcl;
 use crate::codec::{QoS, TopicFilter, TopicName};
+use crate::slab::{SlabKey, Slot};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// An application message as the broker stores and forwards it, independent of protocol
@@ -359,100 +360,17 @@ impl Session {
     }
 }
 
-/// Stable handle of a session: index plus generation, so a stale handle never reaches a new
-/// session that reused the slot.
+/// Stable handle of a session: a key of the core's session slab, so a stale handle never
+/// reaches a new session that reused the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId {
-    idx: u32,
-    gen: u32,
-}
+pub(crate) struct SessionId(Slot);
 
-impl SessionId {
-    /// As one integer (generation in the high half): the connection ids of the core.
-    pub(crate) fn pack(self) -> u64 {
-        (self.gen as u64) << 32 | self.idx as u64
+impl SlabKey for SessionId {
+    fn from_slot(slot: Slot) -> SessionId {
+        SessionId(slot)
     }
 
-    pub(crate) fn unpack(v: u64) -> SessionId {
-        SessionId { idx: v as u32, gen: (v >> 32) as u32 }
-    }
-}
-
-/// A slab: a vector of slots with a free list; keys carry a generation. Unlike a hash map it
-/// touches memory only for the slots in use.
-/// Entries are boxed: the slot table stays small (the boxes fill the small holes that the
-/// runtime's 128-byte-aligned per-connection allocations leave in the heap).
-#[derive(Debug)]
-pub(crate) struct Slab<T> {
-    slots: Vec<(u32, Option<Box<T>>)>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl<T> Default for Slab<T> {
-    fn default() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
-    }
-}
-
-impl<T> Slab<T> {
-    /// Reserve room for `n` entries up front: the memory is only touched as slots are used,
-    /// and the slab never copies itself while growing to `n` (copies would leave freed,
-    /// still-resident heap behind).
-    pub fn with_capacity(n: usize) -> Slab<T> {
-        Slab { slots: Vec::with_capacity(n), free: Vec::new(), len: 0 }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn insert(&mut self, v: T) -> SessionId {
-        self.len += 1;
-        if let Some(idx) = self.free.pop() {
-            let slot = &mut self.slots[idx as usize];
-            slot.0 = slot.0.wrapping_add(1);
-            slot.1 = Some(Box::new(v));
-            return SessionId { idx, gen: slot.0 };
-        }
-        let idx = self.slots.len() as u32;
-        self.slots.push((0, Some(Box::new(v))));
-        SessionId { idx, gen: 0 }
-    }
-
-    pub fn get(&self, id: SessionId) -> Option<&T> {
-        match self.slots.get(id.idx as usize) {
-            Some((gen, Some(v))) if *gen == id.gen => Some(&**v),
-            _ => None,
-        }
-    }
-
-    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut T> {
-        match self.slots.get_mut(id.idx as usize) {
-            Some((gen, Some(v))) if *gen == id.gen => Some(&mut **v),
-            _ => None,
-        }
-    }
-
-    pub fn remove(&mut self, id: SessionId) -> Option<T> {
-        match self.slots.get_mut(id.idx as usize) {
-            Some((gen, v @ Some(_))) if *gen == id.gen => {
-                self.len -= 1;
-                self.free.push(id.idx);
-                v.take().map(|b| *b)
-            }
-            _ => None,
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().filter_map(|(_, v)| v.as_deref())
-    }
-
-    pub fn iter_keys(&self) -> impl Iterator<Item = (SessionId, &T)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (gen, v))| v.as_deref().map(|v| (SessionId { idx: i as u32, gen: *gen }, v)))
+    fn slot(self) -> Slot {
+        self.0
     }
 }
