@@ -253,14 +253,34 @@ impl fmt::Display for Congestion {
 }
 
 impl std::str::FromStr for Congestion {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         match s.to_ascii_lowercase().as_str() {
             "cubic" => Ok(Congestion::Cubic),
             "newreno" | "reno" => Ok(Congestion::NewReno),
             "bbr" => Ok(Congestion::Bbr),
-            other => Err(format!("unknown congestion controller {other:?} (cubic, newreno, bbr)")),
+            _ => Err(BadValue::new("a congestion controller", s, "cubic, newreno, bbr")),
         }
+    }
+}
+
+/// A knob's value that does not parse (a flag, a query parameter): what was expected, what
+/// came, and an example of the right form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not {what}: {value:?} ({hint})")]
+pub struct BadValue {
+    /// What the value should have been ("a size", "a duration").
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// The accepted forms, by example.
+    pub hint: &'static str,
+}
+
+impl BadValue {
+    /// `value` is not `what`; `hint` shows the accepted forms.
+    pub fn new(what: &'static str, value: &str, hint: &'static str) -> BadValue {
+        BadValue { what, value: value.to_string(), hint }
     }
 }
 
@@ -309,7 +329,7 @@ impl Default for TransportConfig {
 }
 
 /// Parse a byte count with an optional `k`, `M` or `G` suffix (powers of 1024): `1k` = 1024.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, BadValue> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
@@ -317,14 +337,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?} (use e.g. 1024, 64k, 50M)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    let n: u64 = num.parse().map_err(|_| BadValue::new("a size", s, "use e.g. 1024, 64k, 50M"))?;
+    n.checked_mul(mult).ok_or_else(|| BadValue::new("a size that fits in 64 bits", s, "at most 15G or so"))
 }
 
 /// Parse a duration: `250ms`, `2s`, `1.5s`, or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     let s = s.trim();
-    let bad = || format!("not a duration: {s:?} (use e.g. 250ms, 2s)");
+    let bad = || BadValue::new("a duration", s, "use e.g. 250ms, 2s");
     if let Some(ms) = s.strip_suffix("ms") {
         let v: f64 = ms.trim().parse().map_err(|_| bad())?;
         return Duration::try_from_secs_f64(v / 1000.0).map_err(|_| bad());
