@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use quiclab::lab::{
-    impair, Direction, Impairment, LabServer, Link, LinkArgs, LinkConfig, LossModel, QueueLimit, SelfCheckOptions,
+    impair, Direction, Impairment, LabServer, Link, LinkArgs, LinkConfig, LossModel, QueueLimit, SelfCheck, SelfCheckOptions,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,7 +72,7 @@ fn ping(link: &Link, count: u32) -> Vec<f64> {
 fn delay_20ms_each_way_measured_by_ping() {
     let _g = serial();
     let link = start(LinkConfig::symmetric(Impairment::delay(Duration::from_millis(20)), 1));
-    let check = link.self_check(&SelfCheckOptions::default()).expect("self-check runs");
+    let check = SelfCheck::run(&link, &SelfCheckOptions::default()).expect("self-check runs");
     eprint!("{}", check.summary());
     assert!(check.passed, "self-check failed");
     let rtts = ping(&link, 20);

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::link::{Impairment, Link, LinkConfig};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
@@ -103,7 +103,7 @@ pub async fn run_handshake(args: HandshakeArgs) -> Result<i32, LabError> {
 /// Build the link, start the server, measure every case. Blocking: it drives its own runtimes.
 pub fn measure(args: &HandshakeArgs) -> Result<HandshakeResults, LabError> {
     let link = Link::start(LinkConfig::symmetric(Impairment::delay(args.rtt / 2), args.seed))?;
-    let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 100, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }

@@ -32,7 +32,7 @@ use super::impair::Direction;
 use super::impair::LossModel;
 use super::link::{Impairment, Link, LinkConfig, LinkStats};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
@@ -320,7 +320,7 @@ fn captures_section(r: &HolResults) -> String {
 pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
     let base = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Arc::new(Link::start(LinkConfig::symmetric(base.clone(), args.seed))?);
-    let check = link.self_check(&SelfCheckOptions { probes: 200, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 200, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
@@ -730,56 +730,17 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     md += &captures_section(r);
     dir.write_markdown(&md)?;
 
-    // Latency CDF per loss rate, one line per arm.
-    for &loss in &c.loss {
-        let series: Vec<Series> = Arm::ALL
-            .iter()
-            .map(|&arm| {
-                let all: Vec<f64> = r
-                    .runs
-                    .iter()
-                    .filter(|x| x.arm == arm && x.loss == loss)
-                    .flat_map(|x| x.request_ms.clone())
-                    .collect();
-                Series::cdf(arm.name(), &all)
-            })
-            .collect();
-        let name = format!("cdf-loss-{:.2}pct.svg", loss * 100.0);
-        report::plot(
-            &dir.path(&name),
-            &format!("Request completion, loss {:.2}%", loss * 100.0),
-            "ms",
-            "fraction",
-            &series,
-        )?;
-    }
-    // p99 and run completion versus loss, one line per protocol and arm.
-    let vs_loss = |f: &dyn Fn(&ArmSummary) -> f64| -> Vec<Series> {
-        Arm::ALL
-            .iter()
-            .map(|&arm| {
-                Series::line(
-                    arm.name(),
-                    r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, f(s))).collect(),
-                )
-            })
-            .collect()
-    };
-    report::plot(
-        &dir.path("p99-vs-loss.svg"),
-        "Request p99 vs loss",
-        "loss (%)",
-        "ms",
-        &vs_loss(&|s| s.request_p99_ms),
-    )?;
-    let runs: Vec<Series> = Arm::ALL
-        .iter()
-        .map(|&arm| {
-            let pts: Vec<(f64, report::Ci)> =
-                r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, s.run_ms)).collect();
-            Series::with_ci(arm.name(), &pts)
-        })
-        .collect();
-    report::plot(&dir.path("run-vs-loss.svg"), "Run completion vs loss (median, 95% CI)", "loss (%)", "ms", &runs)?;
+    // Latency CDF per loss rate, one line per arm; p99 and run completion versus loss.
+    let arms = report::Arms { all: &Arm::ALL, name: Arm::name };
+    arms.cdf_per_loss(&dir, "", "Request completion", "ms", &c.loss, |arm, loss| {
+        r.runs.iter().filter(|x| x.arm == arm && x.loss == loss).flat_map(|x| x.request_ms.iter().copied()).collect()
+    })?;
+    let of_arm = |arm: Arm| r.arms.iter().filter(move |s| s.arm == arm);
+    arms.plot(&dir.path("p99-vs-loss.svg"), "Request p99 vs loss", "loss (%)", "ms", |arm, label| {
+        Series::line(label, of_arm(arm).map(|s| (s.loss * 100.0, s.request_p99_ms)).collect())
+    })?;
+    arms.plot(&dir.path("run-vs-loss.svg"), "Run completion vs loss (median, 95% CI)", "loss (%)", "ms", |arm, label| {
+        Series::with_ci(label, &of_arm(arm).map(|s| (s.loss * 100.0, s.run_ms)).collect::<Vec<_>>())
+    })?;
     Ok(())
 }

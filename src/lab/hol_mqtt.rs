@@ -669,41 +669,20 @@ pub fn write_section(
     }
     *md += "\nPlots: `mqtt-cdf-loss-*.svg` (latency CDF per loss rate), `mqtt-p99-vs-loss.svg`.\n";
 
-    for &loss in losses {
-        let series: Vec<Series> = MqttArm::ALL
-            .iter()
-            .map(|&arm| {
-                let all: Vec<f64> = m
-                    .runs
-                    .iter()
-                    .filter(|r| r.arm == arm && r.loss == loss)
-                    .flat_map(|r| r.latency_ms.iter().copied())
-                    .collect();
-                Series::cdf(arm.name(), &all)
-            })
-            .collect();
-        report::plot(
-            &dir.path(&format!("mqtt-cdf-loss-{:.2}pct.svg", loss * 100.0)),
-            &format!("MQTT message latency, loss {:.2}%", loss * 100.0),
-            "ms",
-            "fraction",
-            &series,
-        )?;
-    }
-    let p99: Vec<Series> = MqttArm::ALL
-        .iter()
-        .map(|&arm| {
-            let pts: Vec<(f64, report::Ci)> =
-                m.arms.iter().filter(|a| a.arm == arm).map(|a| (a.loss * 100.0, a.run_p99_ms)).collect();
-            Series::with_ci(arm.name(), &pts)
-        })
-        .collect();
-    report::plot(
+    let arms = report::Arms { all: &MqttArm::ALL, name: MqttArm::name };
+    arms.cdf_per_loss(dir, "mqtt-", "MQTT message latency", "ms", losses, |arm, loss| {
+        m.runs.iter().filter(|r| r.arm == arm && r.loss == loss).flat_map(|r| r.latency_ms.iter().copied()).collect()
+    })?;
+    arms.plot(
         &dir.path("mqtt-p99-vs-loss.svg"),
         "MQTT latency p99 vs loss (median of runs, 95% CI)",
         "loss (%)",
         "ms",
-        &p99,
+        |arm, label| {
+            let pts: Vec<(f64, report::Ci)> =
+                m.arms.iter().filter(|a| a.arm == arm).map(|a| (a.loss * 100.0, a.run_p99_ms)).collect();
+            Series::with_ci(label, &pts)
+        },
     )?;
     Ok(())
 }

@@ -175,11 +175,6 @@ impl LossModel {
         }
     }
 
-    /// Whether the model can lose packets at all.
-    pub fn is_lossy(&self) -> bool {
-        self.mean_loss() > 0.0 || matches!(*self, LossModel::GilbertElliott { loss_good, .. } if loss_good > 0.0)
-    }
-
     /// Check that every probability is in `0..=1`.
     pub fn validate(&self) -> Result<(), String> {
         let check = |name: &str, v: f64| {

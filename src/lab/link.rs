@@ -48,7 +48,7 @@ use super::impair::{stream_id, Bottleneck, DelayModel, Direction, LossGen, LossM
 use super::netns::{NetNs, NsThread};
 use super::packet::{Ipv4Info, Nat, NatMapping, NatVerdict, RebindMode};
 use super::pcap::{Capture, CaptureSummary, Stream};
-use super::report::{ser_duration_ms, Percentiles};
+use super::report::{new_histogram, ser_duration_ms, Percentiles, HISTOGRAM_MAX_NS};
 use super::tun::{self, Tun};
 use super::LabError;
 
@@ -313,11 +313,6 @@ impl Counters {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // Nanoseconds from 1 ns to 100 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
-}
-
 /// What the delay line records about the packets it released.
 struct Egress {
     lateness: Histogram<u64>,
@@ -483,19 +478,6 @@ pub struct DirStats {
 }
 
 impl DirStats {
-    /// The egress rate in bits per second between two instants given as offsets from the link's
-    /// start, counting whole buckets (round `from` up and `to` down to 100 ms).
-    pub fn egress_rate_bps(&self, from: Duration, to: Duration) -> f64 {
-        let b = BUCKET.as_nanos();
-        let first = from.as_nanos().div_ceil(b) as usize;
-        let last = ((to.as_nanos() / b) as usize).min(self.egress_bytes_per_100ms.len());
-        if last <= first {
-            return 0.0;
-        }
-        let bytes: u64 = self.egress_bytes_per_100ms[first..last].iter().sum();
-        bytes as f64 * 8.0 / ((last - first) as f64 * BUCKET.as_secs_f64())
-    }
-
     /// The egress rate over the longest run of buckets in which the direction carried at least
     /// `min_fraction` of `rate_bps`, skipping `skip` buckets at each end of that run (slow start
     /// and the tail). Returns `(rate, seconds measured)`.
@@ -715,7 +697,7 @@ impl Link {
             wake: Condvar::new(),
             seq: AtomicU64::new(0),
             counters: Counters::default(),
-            egress: Mutex::new(Egress { lateness: new_histogram(), buckets: Vec::new() }),
+            egress: Mutex::new(Egress { lateness: new_histogram(HISTOGRAM_MAX_NS), buckets: Vec::new() }),
         };
         let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let shared = Arc::new(Shared {
@@ -826,17 +808,6 @@ impl Link {
         self.client.prepare_command(cmd);
     }
 
-    /// Make `cmd` start in the server namespace (see [`NetNs::prepare_command`]).
-    pub fn server_command(&self, cmd: &mut std::process::Command) {
-        self.server.prepare_command(cmd);
-    }
-
-    /// Start `cmd` in the client namespace.
-    pub fn spawn_in_client(&self, cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
-        self.client.prepare_command(cmd);
-        cmd.spawn()
-    }
-
     /// Replace one direction's impairment from now on. Its random streams restart at the
     /// current phase; counters keep running.
     pub fn set_impairment(&self, d: Direction, imp: Impairment) -> Result<(), LabError> {
@@ -923,15 +894,6 @@ impl Link {
             rebinds: mutex(&self.shared.rebinds).clone(),
             nat_mappings: mutex(&self.shared.nat).mappings().to_vec(),
         }
-    }
-
-    /// Measure RTT and loss across the link and compare them with the configuration (see
-    /// [`super::selfcheck`]). Ends by starting phase 0, so the run that follows starts afresh.
-    pub fn self_check(
-        &self,
-        opts: &super::selfcheck::SelfCheckOptions,
-    ) -> Result<super::selfcheck::SelfCheck, LabError> {
-        super::selfcheck::run(self, opts)
     }
 
     /// Start writing every datagram the relay forwards, both directions, to the pcap file

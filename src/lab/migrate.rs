@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::link::{Impairment, Link, LinkConfig};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
@@ -125,7 +125,7 @@ fn timeline(d: &Download, rebind_ms: f64) -> String {
 pub fn measure(args: &MigrateArgs) -> Result<MigrateResults, LabError> {
     let imp = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Link::start(LinkConfig::symmetric(imp, args.seed))?;
-    let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 100, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
