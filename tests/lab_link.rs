@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use quiclab::lab::{
-    impair, Direction, Impairment, LabServer, Link, LinkArgs, LinkConfig, LossModel, QueueLimit, SelfCheck, SelfCheckOptions,
+    impair, Direction, Impairment, LabServer, Link, LinkArgs, LinkConfig, LossModel, QueueLimit, SelfCheck,
+    SelfCheckOptions,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());

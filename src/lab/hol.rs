@@ -267,10 +267,12 @@ pub struct Fairness {
 /// Run the sweep and write its outputs; the exit status.
 pub async fn run_hol(args: HolArgs) -> Result<i32, LabError> {
     let args = args.effective();
-    let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
-        .await
-        .map_err(std::io::Error::other)??;
-    write_outputs(&args.out, &r)?;
+    let (r, args) = tokio::task::spawn_blocking(move || {
+        let r = measure(&args)?;
+        write_outputs(&args.out, &r)?;
+        Ok::<_, LabError>((r, args))
+    })
+    .await??;
     for a in r.mqtt.iter().flat_map(|m| &m.arms) {
         println!(
             "loss {:>5.2}%: {:<28} p50 {:>6.1} ms, p90 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms, late {:>5.1}%, lost {} of {}",
@@ -533,7 +535,6 @@ async fn one_run(
     quic: SocketAddr,
     tcp: SocketAddr,
 ) -> Result<RunResult, LabError> {
-    let io = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
     let addr = if arm.version() == HttpVersion::H3 { quic } else { tcp };
     let path = format!("/bytes/{}", a.size);
     let uri: http::Uri = format!("https://localhost:{}{path}", addr.port()).parse().map_err(std::io::Error::other)?;
@@ -542,12 +543,12 @@ async fn one_run(
     // Paired seeds: every arm of run `run` replays the same random stream (phase = run + 10,
     // clear of the self-check's phases). Connection set-up outside the timed part gets its own.
     link.begin_phase(1000 + run as u32);
-    let client = Client::new(arm.version(), opts).map_err(io)?;
+    let client = Client::new(arm.version(), opts)?;
     let mut conns = Vec::with_capacity(n_conns);
     let start = Instant::now();
     if !a.include_handshake {
         for _ in 0..n_conns {
-            conns.push(Arc::new(client.connect(&target).await.map_err(io)?));
+            conns.push(Arc::new(client.connect(&target).await?));
         }
         link.begin_phase(10 + run as u32);
     } else {
@@ -574,9 +575,9 @@ async fn one_run(
     let mut request_ms = Vec::with_capacity(results.len());
     let mut used = Vec::new();
     for r in results {
-        let (ms, len, conn) = r.map_err(io)?;
+        let (ms, len, conn) = r?;
         if len as u64 != a.size {
-            return Err(LabError::Io(std::io::Error::other(format!("short body: {len} of {}", a.size))));
+            return Err(LabError::Experiment(format!("short body: {len} of {}", a.size)));
         }
         request_ms.push(ms);
         if a.include_handshake && (!arm.one() || used.is_empty()) {
@@ -592,7 +593,7 @@ async fn one_run(
     let conn_target = Target { uri: conn_uri, ..target.clone() };
     let mut server_conn = Vec::new();
     for c in used.iter().take(if arm.one() { 1 } else { a.requests }) {
-        let req = client::request(&conn_target, http::Method::GET, Bytes::new()).map_err(io)?;
+        let req = client::request(&conn_target, http::Method::GET, Bytes::new())?;
         if let Ok(resp) = c.send(req).await {
             if let Ok(b) = resp.into_body().collect().await {
                 server_conn.push(serde_json::from_slice(&b.to_bytes()).unwrap_or_default());
@@ -739,8 +740,12 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     arms.plot(&dir.path("p99-vs-loss.svg"), "Request p99 vs loss", "loss (%)", "ms", |arm, label| {
         Series::line(label, of_arm(arm).map(|s| (s.loss * 100.0, s.request_p99_ms)).collect())
     })?;
-    arms.plot(&dir.path("run-vs-loss.svg"), "Run completion vs loss (median, 95% CI)", "loss (%)", "ms", |arm, label| {
-        Series::with_ci(label, &of_arm(arm).map(|s| (s.loss * 100.0, s.run_ms)).collect::<Vec<_>>())
-    })?;
+    arms.plot(
+        &dir.path("run-vs-loss.svg"),
+        "Run completion vs loss (median, 95% CI)",
+        "loss (%)",
+        "ms",
+        |arm, label| Series::with_ci(label, &of_arm(arm).map(|s| (s.loss * 100.0, s.run_ms)).collect::<Vec<_>>()),
+    )?;
     Ok(())
 }

@@ -58,11 +58,11 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// Prefix length on both devices: 198.18.0.0/15 holds both sides (and the client's rebinding
 /// aliases 198.18.0.2, ...).
-pub const PREFIX_LEN: u8 = 15;
+pub(crate) const PREFIX_LEN: u8 = 15;
 /// Name of the TUN device in each namespace.
-pub const DEVICE: &str = "qlab0";
+pub(crate) const DEVICE: &str = "qlab0";
 /// Width of the egress-rate buckets.
-pub const BUCKET: Duration = Duration::from_millis(100);
+pub(crate) const BUCKET: Duration = Duration::from_millis(100);
 /// Most buckets kept per direction (one hour); later traffic is still counted in the totals.
 const MAX_BUCKETS: usize = 36_000;
 
@@ -156,7 +156,7 @@ fn fmt_ms(d: Duration) -> String {
 }
 
 /// `10 Mbit/s`, `1.5 Gbit/s`, `640 kbit/s`.
-pub fn fmt_rate(bps: f64) -> String {
+pub(crate) fn fmt_rate(bps: f64) -> String {
     if bps >= 1e9 {
         format!("{:.4} Gbit/s", bps / 1e9)
     } else if bps >= 1e6 {

@@ -302,7 +302,7 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
         })
         .map_err(LabError::Io)?;
     let code = tokio::select! {
-        status = &mut done_rx => signal_exit_code(status.map_err(|_| LabError::Io(std::io::Error::other("command waiter vanished")))??),
+        status = &mut done_rx => signal_exit_code(status.map_err(|_| LabError::Experiment("the command's waiter thread vanished".into()))??),
         sig = signals.recv() => {
             run.interrupted = true;
             // SAFETY: signalling our own child, which the waiter has not reaped yet.
@@ -333,9 +333,7 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
             s.dropped_stale_nat,
             s.lateness_us.p50,
             s.lateness_us.p99,
-            run.measured_rate_bps
-                .get(d.name())
-                .map_or(String::new(), |r| format!("; busy rate {}", fmt_rate(*r)))
+            run.measured_rate_bps.get(d.name()).map_or(String::new(), |r| format!("; busy rate {}", fmt_rate(*r)))
         );
     }
     for r in &stats.rebinds {

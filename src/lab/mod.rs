@@ -113,6 +113,10 @@ pub enum LabError {
     /// The lab configuration is invalid (the message says which setting and why).
     #[error("{0}")]
     Config(String),
+    /// An experiment could not run as designed: a server answered what it did not expect, or a
+    /// precondition of the measurement did not hold (the message says which).
+    #[error("{0}")]
+    Experiment(String),
     /// The self-check failed twice: the link does not do what it was configured to do (the
     /// message is the self-check's summary).
     #[error("the link failed its self-check twice; refusing to run and report:\n{0}")]
@@ -138,6 +142,9 @@ pub enum LabError {
     /// Setting up TLS (certificates, configurations, the key log) failed.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A QUIC connection of an experiment failed.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
     /// A worker task of the lab panicked or was cancelled.
     #[error("a lab worker task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -378,9 +378,10 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Draw `series` as lines into the SVG file `path` (800×500).
 pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), ReportError> {
-    use plotters::prelude::*;
     use plotters::drawing::DrawingAreaErrorKind;
-    let err = |e: DrawingAreaErrorKind<std::io::Error>| ReportError::Plot { path: path.to_path_buf(), source: Box::new(e) };
+    use plotters::prelude::*;
+    let err =
+        |e: DrawingAreaErrorKind<std::io::Error>| ReportError::Plot { path: path.to_path_buf(), source: Box::new(e) };
     let (x0, x1) = span(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let (y0, y1) = span(
         series
@@ -418,12 +419,7 @@ pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Se
         }
     }
     if series.len() > 1 || series.iter().any(|s| !s.name.is_empty()) {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
