@@ -402,9 +402,10 @@ impl Shared {
                 Direction::Up => nat.outbound(pkt, &info),
                 Direction::Down => nat.inbound(pkt, &info),
             };
+            // Each drop and forward is counted after its capture: a count seen means a packet captured.
             if verdict == NatVerdict::Stale {
-                c.stale.fetch_add(1, Ordering::Relaxed);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
+                c.stale.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
@@ -412,9 +413,9 @@ impl Shared {
             let mut p = mutex(&ds.pipeline);
             c.considered.fetch_add(1, Ordering::Relaxed);
             if p.loss.drop_next() {
-                c.lost.fetch_add(1, Ordering::Relaxed);
                 drop(p);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
+                c.lost.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let depart = match p.bottleneck.as_mut() {
@@ -422,9 +423,9 @@ impl Shared {
                 Some(b) => match b.admit(now, pkt.len() as u32) {
                     Some(t) => t,
                     None => {
-                        c.queue_drops.fetch_add(1, Ordering::Relaxed);
                         drop(p);
                         self.capture(Stream::Dropped, now, || pkt.to_vec());
+                        c.queue_drops.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 },
@@ -658,8 +659,7 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
         let c = &ds.counters;
         match dst.send(&pkt.data) {
             Ok(()) => {
-                c.packets_out.fetch_add(1, Ordering::Relaxed);
-                c.bytes_out.fetch_add(pkt.data.len() as u64, Ordering::Relaxed);
+                let len = pkt.data.len() as u64;
                 let mut eg = mutex(&ds.egress);
                 let _ = eg.lateness.record((sent_at - pkt.release).max(1));
                 let bucket = (sent_at / BUCKET.as_nanos() as u64) as usize;
@@ -671,6 +671,8 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
                 }
                 drop(eg);
                 shared.capture(Stream::Forwarded, sent_at, || pkt.data);
+                c.packets_out.fetch_add(1, Ordering::Relaxed);
+                c.bytes_out.fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => {
                 if c.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
