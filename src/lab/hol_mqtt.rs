@@ -492,9 +492,9 @@ pub(crate) async fn one_run(
 /// this process's descriptors as the TCP socket listening on `addr`. Writing the server
 /// namespace's default (`net.ipv4.tcp_congestion_control`) is refused by this kernel (EIO).
 /// Returns the controller read back from the listener. Call it before any client connects.
-pub(crate) fn set_listener_congestion(addr: SocketAddr, name: &str) -> Result<String, String> {
+pub(crate) fn set_listener_congestion(addr: SocketAddr, name: &str) -> std::io::Result<String> {
     use std::os::fd::BorrowedFd;
-    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| format!("/proc/self/fd: {e}"))?;
+    let dir = std::fs::read_dir("/proc/self/fd")?;
     for entry in dir.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         // SAFETY: only getsockname/getsockopt/setsockopt on the descriptor, for the duration of
@@ -506,11 +506,11 @@ pub(crate) fn set_listener_congestion(addr: SocketAddr, name: &str) -> Result<St
             && sock.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
             && is_listener(fd);
         if listening {
-            crate::tcp::set_congestion(fd, name).map_err(|e| e.to_string())?;
-            return crate::stats::tcp_congestion(fd).map_err(|e| e.to_string());
+            crate::tcp::set_congestion(fd, name)?;
+            return crate::stats::tcp_congestion(fd);
         }
     }
-    Err(format!("no TCP listener on {addr} in this process"))
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no TCP listener on {addr} in this process")))
 }
 
 /// SO_ACCEPTCONN: is the socket listening?

@@ -343,7 +343,8 @@ pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
     if let Some(s) = server {
         s.shutdown().await;
     }
-    drop(link);
+    // Stopping the relay joins its threads: off the runtime.
+    tokio::task::spawn_blocking(move || drop(link)).await?;
     if let Some(dir) = &args.out {
         write_link_report_blocking(dir, run).await?;
         eprintln!("results in {}", dir.display());
