@@ -912,7 +912,7 @@ impl Link {
             return Err(LabError::Config("a capture is already running on this link".into()));
         }
         let capture = Capture::start(path, self.shared.wall_epoch_ns)
-            .map_err(|e| LabError::Io(std::io::Error::new(e.kind(), format!("capture {}: {e}", path.display()))))?;
+            .map_err(|source| LabError::Capture { path: path.to_path_buf(), source })?;
         *slot = Some(capture);
         self.shared.capturing.store(true, Ordering::SeqCst);
         Ok(())

@@ -133,6 +133,15 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// A capture file could not be created.
+    #[error("cannot start the capture {path}")]
+    Capture {
+        /// The pcap file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An HTTP client of an experiment failed.
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),

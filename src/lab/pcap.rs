@@ -96,7 +96,7 @@ pub struct PcapFile {
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     /// The file could not be read.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Not a pcap file, or a damaged one.
     #[error("not a valid pcap file: {0}")]
