@@ -474,7 +474,7 @@ pub struct DirStats {
     pub realized_loss: f64,
     /// How late the delay line released packets against their scheduled time, in microseconds.
     pub lateness_us: Percentiles,
-    /// Bytes written into the other namespace per [`BUCKET`] (100 ms), from the link's start.
+    /// Bytes written into the other namespace per 100 ms bucket, from the link's start.
     pub egress_bytes_per_100ms: Vec<u64>,
 }
 

@@ -188,7 +188,7 @@ fn signal_exit_code(status: std::process::ExitStatus) -> i32 {
 /// `quiclab lab link`: start the link and the quiclab server in the server namespace, pass the
 /// self-check, run COMMAND in the client namespace and return its exit status. On SIGINT or
 /// SIGTERM, COMMAND is sent SIGTERM (SIGKILL 2 s later), everything is torn down and the status
-/// is 128 + the signal. Call [`prepare_process`] first, before any runtime exists.
+/// is 128 + the signal. Call [`crate::lab::prepare_process`] first, before any runtime exists.
 pub async fn run_link(args: LinkArgs) -> Result<i32, LabError> {
     let cfg = args.link_config()?;
     let mut signals = Signals::new();

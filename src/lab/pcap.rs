@@ -1,7 +1,7 @@
 //! Packet captures of the link's relay, in the classic libpcap format.
 //!
 //! [`super::Link::start_capture`] makes the relay hand every packet it forwards, in both
-//! directions, to a [`Capture`]: a dedicated writer thread fed by a bounded channel that writes
+//! directions, to a `Capture`: a dedicated writer thread fed by a bounded channel that writes
 //! through a `BufWriter`. The relay never waits for it: when the channel is full the record is
 //! dropped and counted ([`CaptureSummary::overflow`]).
 //!

@@ -3,7 +3,7 @@
 //! SVG plots, per-arm plots of a loss sweep, and progress bars.
 //!
 //! It stays inside the lab (rather than a top-level module) because its bootstrap draws from the
-//! lab's seeded generator ([`super::impair::Rng`]), so a report is as reproducible as the link;
+//! lab's seeded generator (`impair::Rng`), so a report is as reproducible as the link;
 //! it imports nothing else from the lab, and nothing in it is lab-specific to use: the MQTT
 //! load generator in `benches/` uses it as `quiclab::lab::report`.
 //!
