@@ -159,6 +159,31 @@ pub enum LossModel {
 /// `z` for a two-sided 99.9% normal interval.
 const Z_999: f64 = 3.290_526_731_491_926;
 
+/// Why an impairment (of one direction) is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidImpairment {
+    /// A loss probability outside 0..=1.
+    #[error("{name} must be between 0 and 100%, got {value}")]
+    Probability {
+        /// Which probability (`loss`, `burst-loss p`, ...).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A rate limit of 0.
+    #[error("rate must be above 0")]
+    ZeroRate,
+    /// A queue limit without a rate limit to queue for.
+    #[error("a queue limit needs a rate (--rate)")]
+    QueueWithoutRate,
+    /// A queue limit of 0.
+    #[error("queue limit must be above 0")]
+    ZeroQueue,
+    /// A delay or jitter above 60 s.
+    #[error("delay and jitter are limited to 60 s")]
+    TooLong,
+}
+
 impl LossModel {
     /// The long-run fraction of packets lost.
     pub fn mean_loss(&self) -> f64 {
@@ -176,12 +201,12 @@ impl LossModel {
     }
 
     /// Check that every probability is in `0..=1`.
-    pub fn validate(&self) -> Result<(), String> {
-        let check = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
+    pub fn validate(&self) -> Result<(), InvalidImpairment> {
+        let check = |name: &'static str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
                 Ok(())
             } else {
-                Err(format!("{name} must be between 0 and 100%, got {v}"))
+                Err(InvalidImpairment::Probability { name, value })
             }
         };
         match *self {

@@ -44,7 +44,9 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::impair::{stream_id, Bottleneck, DelayModel, Direction, LossGen, LossModel, Purpose, QueueLimit};
+use super::impair::{
+    stream_id, Bottleneck, DelayModel, Direction, InvalidImpairment, LossGen, LossModel, Purpose, QueueLimit,
+};
 use super::netns::{NetNs, NsThread};
 use super::packet::{Ipv4Info, Nat, NatMapping, NatVerdict, RebindMode};
 use super::pcap::{Capture, CaptureSummary, Stream};
@@ -101,19 +103,19 @@ impl Impairment {
     }
 
     /// Check the values make sense together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidImpairment> {
         self.loss.validate()?;
         if self.rate_bps == Some(0) {
-            return Err("rate must be above 0".into());
+            return Err(InvalidImpairment::ZeroRate);
         }
         if self.queue.is_some() && self.rate_bps.is_none() {
-            return Err("a queue limit needs a rate (--rate)".into());
+            return Err(InvalidImpairment::QueueWithoutRate);
         }
         if matches!(self.queue, Some(QueueLimit::Bytes(0) | QueueLimit::Packets(0))) {
-            return Err("queue limit must be above 0".into());
+            return Err(InvalidImpairment::ZeroQueue);
         }
         if self.delay > Duration::from_secs(60) || self.jitter > Duration::from_secs(60) {
-            return Err("delay and jitter are limited to 60 s".into());
+            return Err(InvalidImpairment::TooLong);
         }
         Ok(())
     }
@@ -212,7 +214,7 @@ impl LinkConfig {
     /// Check both directions.
     pub fn validate(&self) -> Result<(), LabError> {
         for d in Direction::BOTH {
-            self.get(d).validate().map_err(|e| LabError::Config(format!("{} direction: {e}", d.name())))?;
+            self.get(d).validate().map_err(|source| LabError::Impairment { direction: d.name(), source })?;
         }
         if !(576..=9000).contains(&self.mtu) {
             return Err(LabError::Config(format!("MTU {} outside 576..=9000", self.mtu)));
@@ -813,7 +815,7 @@ impl Link {
     /// Replace one direction's impairment from now on. Its random streams restart at the
     /// current phase; counters keep running.
     pub fn set_impairment(&self, d: Direction, imp: Impairment) -> Result<(), LabError> {
-        imp.validate().map_err(|e| LabError::Config(format!("{} direction: {e}", d.name())))?;
+        imp.validate().map_err(|source| LabError::Impairment { direction: d.name(), source })?;
         let mut cfg = mutex(&self.config);
         let phase = self.current_phase();
         *mutex(&self.shared.dirs[d.index()].pipeline) = Pipeline::new(&imp, cfg.seed, d, phase);

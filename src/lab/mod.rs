@@ -74,7 +74,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use impair::{Direction, LossModel, QueueLimit};
+pub use impair::{Direction, InvalidImpairment, LossModel, QueueLimit};
 pub use link::{DirStats, Impairment, Link, LinkConfig, LinkStats, CLIENT_IP, SERVER_IP};
 pub use link_cmd::run_link;
 pub use netns::{prepare_process, NetNs, NsThread, Privilege};
@@ -109,6 +109,15 @@ pub enum LabError {
         /// The system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// One direction's impairment is refused.
+    #[error("the {direction} direction's impairment is invalid")]
+    Impairment {
+        /// `up` or `down`.
+        direction: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: impair::InvalidImpairment,
     },
     /// The lab configuration is invalid (the message says which setting and why).
     #[error("{0}")]
