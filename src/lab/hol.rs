@@ -340,7 +340,7 @@ pub fn measure(args: &HolArgs) -> Result<HolResults, LabError> {
     let key_log = if args.pcap {
         std::fs::create_dir_all(&pcap_dir)?;
         let path = pcap_dir.join("keys.log");
-        crate::tls::set_key_log_file(&path).map_err(|e| LabError::Config(format!("key log: {e}")))?;
+        crate::tls::set_key_log_file(&path)?;
         Some(path)
     } else {
         None
