@@ -33,7 +33,8 @@ fn quick_mqtt_sweep_has_every_point_and_no_lost_message() {
     assert_eq!(args.duration, std::time::Duration::from_secs(3), "--quick publishes 3 s per run");
     let t = std::time::Instant::now();
     let r = measure(&args).expect("hol run (needs root or a user namespace)");
-    assert!(t.elapsed() < std::time::Duration::from_secs(300), "--quick --mqtt took {:?}", t.elapsed());
+    // How long it takes is reported, not asserted: on a shared machine it is no property of the code.
+    eprintln!("--quick --mqtt took {:?}", t.elapsed());
     assert!(r.self_check.contains("ok"), "{}", r.self_check);
     assert_eq!(r.runs.len(), 2 * 3 * 4, "the HTTP arms still ran");
 

@@ -12,30 +12,22 @@
 //! interrupts it with SIGINT, one runs it as user `nobody` so it takes the rootless path, one
 //! checks its exit status, environment and results folder.
 
+#[path = "common/lab.rs"]
+mod lab_common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiclab::lab::{
-    impair, Direction, Impairment, LabServer, Link, LinkConfig, LossModel, QueueLimit, SelfCheckOptions,
+    impair, Direction, Impairment, Link, LinkConfig, LossModel, QueueLimit, SelfCheck, SelfCheckOptions,
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn start(cfg: LinkConfig) -> Link {
-    match Link::start(cfg) {
-        Ok(l) => l,
-        Err(e) => panic!("{e}\n(these tests need root, or run them as `unshare -rn cargo test --test lab_link`)"),
-    }
-}
+use lab_common::{serial, start_link as start};
 
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -71,7 +63,7 @@ fn ping(link: &Link, count: u32) -> Vec<f64> {
 fn delay_20ms_each_way_measured_by_ping() {
     let _g = serial();
     let link = start(LinkConfig::symmetric(Impairment::delay(Duration::from_millis(20)), 1));
-    let check = link.self_check(&SelfCheckOptions::default()).expect("self-check runs");
+    let check = SelfCheck::run(&link, &SelfCheckOptions::default()).expect("self-check runs");
     eprint!("{}", check.summary());
     assert!(check.passed, "self-check failed");
     let rtts = ping(&link, 20);
@@ -270,12 +262,7 @@ fn rate_10mbit_held_for_tcp_and_quic() {
 
     // QUIC: the quiclab server's /bytes/N over HTTP/3, fetched by quiclab's own client.
     let link = start(LinkConfig::symmetric(imp, 4));
-    let certs = tempfile::tempdir().unwrap();
-    let mut sc = quiclab::config::ServerConfig::new();
-    sc.quic_listen = SocketAddr::from((link.server_ip(), 0));
-    sc.tcp_listen = sc.quic_listen;
-    sc.certs_dir = certs.path().join("certs");
-    let server = LabServer::start(&link, sc).expect("lab server");
+    let server = lab_common::start_server(&link, |_| {});
     let url = format!("https://{}:{}/bytes/{bytes}", link.server_ip(), server.quic_addr().port());
     let len = link
         .run_in_client_ns(move || {
@@ -548,14 +535,14 @@ fn sigint_mid_run_leaves_nothing_behind() {
     let _ = stderr.read_to_string(&mut rest);
     eprintln!("{log}{rest}");
     assert_eq!(status.code(), Some(130), "exit status after SIGINT");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
+    lab_common::wait_until(&format!("COMMAND (pid {sleep_pid}) to end with quiclab"), Duration::from_secs(5), || {
         !std::path::Path::new(&format!("/proc/{sleep_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{sleep_pid}/comm")).map_or(true, |c| c.trim() != "sleep"),
-        "COMMAND (pid {sleep_pid}) outlived quiclab"
-    );
-    let in_use = namespaces_in_use();
-    assert!(ids.iter().all(|id| !in_use.contains(id)), "namespaces {ids:?} still in use after exit");
+            || std::fs::read_to_string(format!("/proc/{sleep_pid}/comm")).map_or(true, |c| c.trim() != "sleep")
+    });
+    lab_common::wait_until(&format!("the namespaces {ids:?} to be released"), Duration::from_secs(5), || {
+        let in_use = namespaces_in_use();
+        ids.iter().all(|id| !in_use.contains(id))
+    });
     assert!(!std::path::Path::new("/sys/class/net/qlab0").exists(), "a lab device leaked into this namespace");
 }
 

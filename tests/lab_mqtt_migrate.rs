@@ -5,32 +5,28 @@
 //! reconnect, its persistent session handing over what it missed. Timing-sensitive: its own
 //! test binary, one test.
 
-use std::net::SocketAddr;
+#[path = "common/lab.rs"]
+mod lab_common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use quiclab::config::ServerConfig;
-use quiclab::lab::link::{Impairment, Link, LinkConfig};
-use quiclab::lab::server::LabServer;
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode, Transport};
 use quiclab::mqtt::codec::QoS;
 use quiclab::tls::Trust;
 
 const MESSAGES: usize = 300;
+/// The rebinding happens once each subscriber has this many messages: in the middle of the flow.
+const REBIND_AFTER: usize = 50;
 
 #[test]
 fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
-    let link = Link::start(LinkConfig::symmetric(Impairment::delay(Duration::from_millis(10)), 11)).expect("link");
-    let certs = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::new();
+    let link = lab_common::delay_link(Duration::from_millis(10), 11);
     let ip = link.server_ip();
-    cfg.quic_listen = SocketAddr::new(ip.into(), 4433);
-    cfg.tcp_listen = cfg.quic_listen;
-    cfg.certs_dir = certs.path().to_path_buf();
-    cfg.mqtt.tcp_listen = Some(SocketAddr::new(ip.into(), 1883));
-    cfg.mqtt.tls_listen = None;
-    let server = LabServer::start(&link, cfg).expect("server");
+    let server = lab_common::start_server(&link, |_| {});
     let mqtt = server.mqtt().expect("MQTT on").clone();
-    let ca = certs.path().join("ca.pem");
+    let ca = server.ca.clone();
     let quic_url = MqttUrl { transport: Transport::Quic, host: "localhost".into(), port: server.quic_addr().port() };
     let tcp_url = MqttUrl::tcp(mqtt.tcp.expect("MQTT over TCP"));
     let opts = move |id: &str, keep_alive: u16| ClientOptions {
@@ -43,9 +39,13 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
         ..ClientOptions::default()
     };
     let paths_before = mqtt.broker.stats().quic_path_changes;
+    // Events from the subscribers: both subscribed; messages received so far on each.
+    let (subscribed_tx, subscribed_rx) = mpsc::channel();
+    let (quic_count, tcp_count) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     // Both subscribers in the client's namespace, behind the relay's NAT.
     let subscribers = {
         let (opts, quic_url, tcp_url) = (opts.clone(), quic_url.clone(), tcp_url.clone());
+        let (quic_count, tcp_count) = (quic_count.clone(), tcp_count.clone());
         link.spawn_in_client_ns("mqtt-migrate-subs", move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -55,12 +55,15 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
                 let tcp_opts = ClientOptions { streams: StreamMode::Single, ..opts("tcp-sub", 1) };
                 let mut tcp = Client::connect(&tcp_url, &tcp_opts).await.unwrap();
                 tcp.subscribe(&[("flow/tcp", QoS::Level1)]).await.unwrap();
-                let ready = Instant::now();
+                subscribed_tx.send(()).unwrap();
                 let quic_task = async {
                     let mut got = Vec::new();
                     while got.len() < MESSAGES {
                         match quic.recv_timeout(Duration::from_secs(10)).await {
-                            Ok(Some(m)) => got.push(String::from_utf8(m.payload.to_vec()).unwrap()),
+                            Ok(Some(m)) => {
+                                got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+                                quic_count.store(got.len(), Ordering::Relaxed);
+                            }
                             other => panic!("MQTT over QUIC lost its session after {} messages: {other:?}", got.len()),
                         }
                     }
@@ -77,6 +80,7 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
                                 // QoS 1: a message re-sent after the reconnect may come twice.
                                 if !got.contains(&p) {
                                     got.push(p);
+                                    tcp_count.store(got.len(), Ordering::Relaxed);
                                 }
                             }
                             Ok(None) | Err(_) => {
@@ -89,14 +93,14 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
                     }
                     (got, reconnects)
                 };
-                let (q, t) = tokio::join!(quic_task, tcp_task);
-                (ready, q, t)
+                tokio::join!(quic_task, tcp_task)
             })
         })
         .unwrap()
     };
-    // The publisher in the server's namespace (the NAT is on the client's side).
-    std::thread::sleep(Duration::from_millis(500));
+    // The publisher in the server's namespace (the NAT is on the client's side), once both
+    // subscriptions are in place.
+    subscribed_rx.recv_timeout(Duration::from_secs(30)).expect("both subscribers subscribed");
     let publisher = {
         let (quic_url, opts) = (quic_url.clone(), opts.clone());
         link.spawn_in_server_ns("mqtt-migrate-pub", move || {
@@ -108,6 +112,7 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
                 for i in 0..MESSAGES {
                     p.publish("flow/quic", QoS::Level1, false, format!("{i}")).await.unwrap();
                     p.publish("flow/tcp", QoS::Level1, false, format!("{i}")).await.unwrap();
+                    // Pacing (not synchronisation): spread the flow over time.
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }
                 p.disconnect().await.unwrap();
@@ -115,10 +120,12 @@ fn a_nat_rebinding_moves_mqtt_over_quic_and_kills_mqtt_over_tcp() {
         })
         .unwrap()
     };
-    std::thread::sleep(Duration::from_millis(600));
+    lab_common::wait_until("the first messages on both subscribers", Duration::from_secs(30), || {
+        quic_count.load(Ordering::Relaxed) >= REBIND_AFTER && tcp_count.load(Ordering::Relaxed) >= REBIND_AFTER
+    });
     link.schedule_rebind(Duration::ZERO);
     publisher.join();
-    let (_ready, quic_got, (tcp_got, reconnects)) = subscribers.join();
+    let (quic_got, (tcp_got, reconnects)) = subscribers.join();
     let want: Vec<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
     assert_eq!(quic_got, want, "MQTT over QUIC: every message, in order, on the same connection");
     assert_eq!(mqtt.broker.stats().quic_path_changes - paths_before, 1, "the broker saw one path change");

@@ -7,30 +7,21 @@
 //! They need root (CI runs as root) or `unshare -rn cargo test --test lab_pcap`. They run
 //! serially (one lock) because the key log is process-wide.
 
+#[path = "common/lab.rs"]
+mod lab_common;
+
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use quiclab::client::{self, Client, ClientOptions, HttpVersion, Target};
 use quiclab::lab::packet::Ipv4Info;
 use quiclab::lab::pcap::{self, PcapFile, LINKTYPE_RAW};
-use quiclab::lab::{Impairment, LabServer, Link, LinkConfig, LossModel};
+use quiclab::lab::{Impairment, LabServer, LinkConfig, LossModel};
 use quiclab::tls::{self, Trust};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn start(cfg: LinkConfig) -> Link {
-    match Link::start(cfg) {
-        Ok(l) => l,
-        Err(e) => panic!("{e}\n(these tests need root, or run them as `unshare -rn cargo test --test lab_pcap`)"),
-    }
-}
+use lab_common::{serial, start_link as start};
 
 const UDP: u8 = 17;
 const TCP: u8 = 6;
@@ -87,8 +78,8 @@ fn captures_h3_and_h2_with_their_key_log() {
         })
         .unwrap();
     assert_eq!(sizes, [2000, 2000]);
-    // Let the last packets (closes, FINs, ACKs) cross the 5 ms link before stopping.
-    std::thread::sleep(Duration::from_millis(100));
+    // Let the packets in the relay (closes, FINs, ACKs) cross the 5 ms link before stopping.
+    lab_common::wait_until_drained(&link, 0);
     let summary = link.stop_capture().expect("a capture was running");
     assert!(!link.capturing());
     assert!(link.stop_capture().is_none());
@@ -172,7 +163,7 @@ fn drops_go_to_their_own_file() {
         }
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    lab_common::wait_until_drained(&link, N as u64);
     let summary = link.stop_capture().unwrap();
     let stats = link.stats();
     let to_discard = |f: &PcapFile| flows(f).iter().filter(|(p, _, d)| *p == UDP && *d == server).count();

@@ -4,15 +4,15 @@
 //! `early_data`); a POST in early data gets 425 and succeeds on the retry after the handshake;
 //! a full handshake's request is not early.
 
+#[path = "common/lab.rs"]
+mod lab_common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quiclab::client::h3::ZeroRtt;
 use quiclab::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
-use quiclab::config::ServerConfig;
-use quiclab::lab::link::{Impairment, Link, LinkConfig};
-use quiclab::lab::server::LabServer;
 use quiclab::tls::Trust;
 
 fn target(addr: SocketAddr, path: &str) -> Target {
@@ -22,16 +22,10 @@ fn target(addr: SocketAddr, path: &str) -> Target {
 
 #[test]
 fn early_data_is_early_on_the_server_and_unsafe_methods_wait() {
-    let link = Link::start(LinkConfig::symmetric(Impairment::delay(Duration::from_millis(10)), 3)).expect("link");
-    let certs = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::new();
-    let addr = SocketAddr::new(link.server_ip().into(), 4433);
-    cfg.quic_listen = addr;
-    cfg.tcp_listen = addr;
-    cfg.certs_dir = certs.path().to_path_buf();
-    let server = LabServer::start(&link, cfg).expect("server");
+    let link = lab_common::delay_link(Duration::from_millis(10), 3);
+    let server = lab_common::start_server(&link, |_| {});
     let quic = server.quic_addr();
-    let ca = certs.path().join("ca.pem");
+    let ca = server.ca.clone();
     let t = link
         .spawn_in_client_ns("zero-rtt-test", move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

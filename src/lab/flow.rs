@@ -92,7 +92,9 @@ pub struct FlowConfigRecord {
 /// Run the demonstration and write its outputs; the exit status.
 pub async fn run_flow(args: FlowParams) -> Result<i32, LabError> {
     let result = measure(&args).await?;
-    write_outputs(&args.out, &result)?;
+    // Writes files and draws a plot: off the runtime.
+    let out = args.out.clone();
+    let result = tokio::task::spawn_blocking(move || write_outputs(&out, &result).map(|()| result)).await??;
     let (lo, hi) = result.expected_range;
     println!(
         "window W = {} B; stalled stream consumed {} B; server blocked at consumed + {} B (expected {}..={}); \
@@ -120,19 +122,24 @@ struct ServerLog {
 /// Run one transfer on loopback and measure it.
 pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     if args.streams < 2 {
-        return Err(LabError::Io(std::io::Error::other("--streams must be at least 2")));
+        return Err(LabError::Config("--streams must be at least 2".into()));
     }
     if args.stall_after >= args.size {
-        return Err(LabError::Io(std::io::Error::other("--stall-after must be smaller than --size")));
+        return Err(LabError::Config("--stall-after must be smaller than --size".into()));
     }
-    let dir = tempfile_dir()?;
-    let store = crate::tls::CertStore::load_or_create(&dir).map_err(std::io::Error::other)?;
+    let dir = std::env::temp_dir().join(format!("quiclab-flow-{}", std::process::id()));
+    tokio::fs::create_dir_all(&dir).await?;
+    // Reads or generates certificates and keys: blocking file work, off the runtime.
+    let store = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || crate::tls::CertStore::load_or_create(&dir)).await??
+    };
     let ca = dir.join("ca.pem");
 
     // Server: quiclab's transport defaults, one endpoint on loopback.
-    let tls = crate::tls::quic_server_config(&store, &[ALPN]).map_err(std::io::Error::other)?;
+    let tls = crate::tls::quic_server_config(&store, &[ALPN])?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(tls));
-    let tc = crate::quic::transport_config(&TransportConfig::default()).map_err(std::io::Error::other)?;
+    let tc = crate::quic::transport_config(&TransportConfig::default())?;
     sc.transport_config(Arc::new(tc));
     let server = quinn::Endpoint::server(sc, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let server_addr = server.local_addr()?;
@@ -179,26 +186,21 @@ pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     });
 
     // Client: windows from the arguments.
-    let client_tls =
-        crate::tls::client_config(&crate::tls::Trust::CaFile(ca), &[ALPN], true).map_err(std::io::Error::other)?;
+    let client_tls = crate::tls::client_config(&crate::tls::Trust::CaFile(ca), &[ALPN], true)?;
     let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(std::io::Error::other)?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic_tls));
     let transport =
         TransportConfig { stream_window: args.stream_window, conn_window: args.conn_window, ..Default::default() };
-    cc.transport_config(Arc::new(crate::quic::transport_config(&transport).map_err(std::io::Error::other)?));
+    cc.transport_config(Arc::new(crate::quic::transport_config(&transport)?));
     let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let conn = client
-        .connect_with(cc, server_addr, "localhost")
-        .map_err(std::io::Error::other)?
-        .await
-        .map_err(std::io::Error::other)?;
+    let conn = client.connect_with(cc, server_addr, "localhost").map_err(std::io::Error::other)?.await?;
 
     let start = Instant::now();
     let stalled = 0usize;
     let stall_window: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
     let mut readers = Vec::new();
     for idx in 0..args.streams {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
+        let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&(idx as u32).to_be_bytes()).await.map_err(std::io::Error::other)?;
         let _ = send.finish();
         let (stall_after, stall, window) = (args.stall_after, args.stall, stall_window.clone());
@@ -228,12 +230,9 @@ pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     let mut client_series = Vec::new();
     let mut completed_ms = Vec::new();
     for r in readers {
-        let (got, series, done) = r.await.map_err(std::io::Error::other)?;
+        let (got, series, done) = r.await?;
         if got != args.size {
-            return Err(LabError::Io(std::io::Error::other(format!(
-                "a stream ended after {got} of {} bytes",
-                args.size
-            ))));
+            return Err(LabError::Experiment(format!("a stream ended after {got} of {} bytes", args.size)));
         }
         client_series.push(series);
         completed_ms.push(done);
@@ -246,7 +245,7 @@ pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     let (t0, t1) = stall_window
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .ok_or_else(|| std::io::Error::other("the stall never happened"))?;
+        .ok_or_else(|| LabError::Experiment("the stall never happened".into()))?;
     let logs = logs.lock().unwrap_or_else(|e| e.into_inner());
     let slog = &logs[stalled].series;
     // The server's offset at the end of the stall: the last write that completed before the
@@ -281,16 +280,10 @@ pub async fn measure(args: &FlowParams) -> Result<FlowResult, LabError> {
     })
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, LabError> {
-    let dir = std::env::temp_dir().join(format!("quiclab-flow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 /// Write `flow.json`, `flow.md` and `flow.svg` into `out`.
 pub fn write_outputs(out: &std::path::Path, r: &FlowResult) -> Result<(), LabError> {
     let dir = report::ResultsDir::create(out)?;
-    dir.write("flow.json", serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
+    dir.write("flow.json", serde_json::to_vec_pretty(r).map_err(report::ReportError::Json)?)?;
     let mut md = String::from("# Per-stream flow control\n\n");
     md += &format!(
         "Stream window W = {} B. The client stopped reading stream {} after {} B for {:.0} ms; the server's \

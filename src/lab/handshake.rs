@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::link::{Impairment, Link, LinkConfig};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, FetchOptions, HttpVersion, Target};
@@ -76,11 +76,13 @@ pub struct HandshakeResults {
 
 /// Run the measurement and write its outputs; the exit status.
 pub async fn run_handshake(args: HandshakeParams) -> Result<i32, LabError> {
-    let results = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
-        .await
-        .map_err(std::io::Error::other)??;
+    let results = tokio::task::spawn_blocking(move || {
+        let r = measure(&args)?;
+        write_outputs(&args.out, &r)?;
+        Ok::<_, LabError>((r, args))
+    })
+    .await??;
     let (results, args) = results;
-    write_outputs(&args.out, &results)?;
     for c in &results.cases {
         println!(
             "{:<22} median {:>7.2} ms = {:.2} RTT (theory {:.0}, excess {:+.2})",
@@ -98,7 +100,7 @@ pub async fn run_handshake(args: HandshakeParams) -> Result<i32, LabError> {
 /// Build the link, start the server, measure every case. Blocking: it drives its own runtimes.
 pub fn measure(args: &HandshakeParams) -> Result<HandshakeResults, LabError> {
     let link = Link::start(LinkConfig::symmetric(Impairment::delay(args.rtt / 2), args.seed))?;
-    let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 100, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
@@ -148,7 +150,6 @@ async fn client_cases(
         Ok(Target { host: "localhost".into(), port: addr.port(), uri, addr: Some(addr) })
     };
     let rtt_ms = rtt.as_secs_f64() * 1000.0;
-    let err = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
 
     let mut h2 = Vec::new();
     let mut h3 = Vec::new();
@@ -163,17 +164,16 @@ async fn client_cases(
         |transport, port| crate::mqtt::client::MqttUrl { transport, host: "localhost".to_string(), port };
     let t2 = target(tcp)?;
     let t3 = target(quic)?;
-    let resuming = Client::new(HttpVersion::H3, &opts).map_err(err)?;
+    let resuming = Client::new(HttpVersion::H3, &opts)?;
     let zero = FetchOptions { zero_rtt: true, rebind_after: None };
     // Warm-up: a ticket for the first 0-RTT run.
-    let req = client::request(&t3, http::Method::GET, Bytes::new()).map_err(err)?;
-    client::fetch_with(&resuming, &t3, req, &zero).await.map_err(err)?;
+    let req = client::request(&t3, http::Method::GET, Bytes::new())?;
+    client::fetch_with(&resuming, &t3, req, &zero).await?;
     // MQTT over QUIC 0-RTT: one endpoint whose tickets carry over; CONNECT with a clean session
     // and no client id (the broker assigns one), which the broker acts on in early data
     // (docs/mqtt-over-quic.md §6.7). Warm-up for the first ticket.
-    let mqtt_err = |e: crate::mqtt::MqttError| LabError::Io(std::io::Error::other(e.to_string()));
     let mqtt_zero = crate::mqtt::client::ClientOptions {
-        quic: Some(crate::mqtt::client::QuicSetup::new(&mqtt_opts.trust).map_err(mqtt_err)?),
+        quic: Some(crate::mqtt::client::QuicSetup::new(&mqtt_opts.trust)?),
         zero_rtt: true,
         ..mqtt_opts.clone()
     };
@@ -181,11 +181,11 @@ async fn client_cases(
     connack_ms(&quic_url, &mqtt_zero, Some(server_ip)).await?;
     for _ in 0..runs {
         // Interleaved, so drift on a shared machine hits every case alike.
-        let fresh = Client::new(HttpVersion::H2, &opts).map_err(err)?;
-        h2.push(ttfb(&fresh, &t2, &FetchOptions::default()).await.map_err(err)?.0);
-        let fresh = Client::new(HttpVersion::H3, &opts).map_err(err)?;
-        h3.push(ttfb(&fresh, &t3, &FetchOptions::default()).await.map_err(err)?.0);
-        let (ms, z) = ttfb(&resuming, &t3, &zero).await.map_err(err)?;
+        let fresh = Client::new(HttpVersion::H2, &opts)?;
+        h2.push(ttfb(&fresh, &t2, &FetchOptions::default()).await?.0);
+        let fresh = Client::new(HttpVersion::H3, &opts)?;
+        h3.push(ttfb(&fresh, &t3, &FetchOptions::default()).await?.0);
+        let (ms, z) = ttfb(&resuming, &t3, &zero).await?;
         h3_0.push(ms);
         zero_rtt.push(z.map(|z| z.to_string()).unwrap_or_default());
         use crate::mqtt::client::Transport;
@@ -218,9 +218,7 @@ async fn connack_early(
     server_ip: std::net::IpAddr,
 ) -> Result<(f64, String), LabError> {
     let opts = crate::mqtt::client::ClientOptions { connect_to: Some(server_ip), ..opts.clone() };
-    let c = crate::mqtt::client::Client::connect(url, &opts)
-        .await
-        .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
+    let c = crate::mqtt::client::Client::connect(url, &opts).await?;
     let out = (c.connack_after().as_secs_f64() * 1000.0, c.early_data().to_string());
     let _ = c.disconnect().await;
     Ok(out)
@@ -235,9 +233,7 @@ async fn connack_ms(
 ) -> Result<f64, LabError> {
     let start = std::time::Instant::now();
     let opts = crate::mqtt::client::ClientOptions { connect_to: resolve, ..opts.clone() };
-    let c = crate::mqtt::client::Client::connect(url, &opts)
-        .await
-        .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
+    let c = crate::mqtt::client::Client::connect(url, &opts).await?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     let _ = c.disconnect().await;
     Ok(ms)

@@ -32,7 +32,7 @@ use super::impair::Direction;
 use super::impair::LossModel;
 use super::link::{Impairment, Link, LinkConfig, LinkStats};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpConnection, HttpVersion, Target};
@@ -249,10 +249,12 @@ pub struct Fairness {
 /// Run the sweep and write its outputs; the exit status.
 pub async fn run_hol(args: HolParams) -> Result<i32, LabError> {
     let args = args.effective();
-    let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
-        .await
-        .map_err(std::io::Error::other)??;
-    write_outputs(&args.out, &r)?;
+    let (r, args) = tokio::task::spawn_blocking(move || {
+        let r = measure(&args)?;
+        write_outputs(&args.out, &r)?;
+        Ok::<_, LabError>((r, args))
+    })
+    .await??;
     for a in r.mqtt.iter().flat_map(|m| &m.arms) {
         println!(
             "loss {:>5.2}%: {:<28} p50 {:>6.1} ms, p90 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms, late {:>5.1}%, lost {} of {}",
@@ -302,7 +304,7 @@ fn captures_section(r: &HolResults) -> String {
 pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     let base = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Arc::new(Link::start(LinkConfig::symmetric(base.clone(), args.seed))?);
-    let check = link.self_check(&SelfCheckOptions { probes: 200, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 200, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
@@ -320,7 +322,7 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     let key_log = if args.pcap {
         std::fs::create_dir_all(&pcap_dir)?;
         let path = pcap_dir.join("keys.log");
-        crate::tls::set_key_log_file(&path).map_err(|e| LabError::Config(format!("key log: {e}")))?;
+        crate::tls::set_key_log_file(&path)?;
         Some(path)
     } else {
         None
@@ -515,7 +517,6 @@ async fn one_run(
     quic: SocketAddr,
     tcp: SocketAddr,
 ) -> Result<RunResult, LabError> {
-    let io = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
     let addr = if arm.version() == HttpVersion::H3 { quic } else { tcp };
     let path = format!("/bytes/{}", a.size);
     let uri: http::Uri = format!("https://localhost:{}{path}", addr.port()).parse().map_err(std::io::Error::other)?;
@@ -524,12 +525,12 @@ async fn one_run(
     // Paired seeds: every arm of run `run` replays the same random stream (phase = run + 10,
     // clear of the self-check's phases). Connection set-up outside the timed part gets its own.
     link.begin_phase(1000 + run as u32);
-    let client = Client::new(arm.version(), opts).map_err(io)?;
+    let client = Client::new(arm.version(), opts)?;
     let mut conns = Vec::with_capacity(n_conns);
     let start = Instant::now();
     if !a.include_handshake {
         for _ in 0..n_conns {
-            conns.push(Arc::new(client.connect(&target).await.map_err(io)?));
+            conns.push(Arc::new(client.connect(&target).await?));
         }
         link.begin_phase(10 + run as u32);
     } else {
@@ -556,9 +557,9 @@ async fn one_run(
     let mut request_ms = Vec::with_capacity(results.len());
     let mut used = Vec::new();
     for r in results {
-        let (ms, len, conn) = r.map_err(io)?;
+        let (ms, len, conn) = r?;
         if len as u64 != a.size {
-            return Err(LabError::Io(std::io::Error::other(format!("short body: {len} of {}", a.size))));
+            return Err(LabError::Experiment(format!("short body: {len} of {}", a.size)));
         }
         request_ms.push(ms);
         if a.include_handshake && (!arm.one() || used.is_empty()) {
@@ -574,7 +575,7 @@ async fn one_run(
     let conn_target = Target { uri: conn_uri, ..target.clone() };
     let mut server_conn = Vec::new();
     for c in used.iter().take(if arm.one() { 1 } else { a.requests }) {
-        let req = client::request(&conn_target, http::Method::GET, Bytes::new()).map_err(io)?;
+        let req = client::request(&conn_target, http::Method::GET, Bytes::new())?;
         if let Ok(resp) = c.send(req).await {
             if let Ok(b) = resp.into_body().collect().await {
                 server_conn.push(serde_json::from_slice(&b.to_bytes()).unwrap_or_default());
@@ -712,56 +713,21 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     md += &captures_section(r);
     dir.write_markdown(&md)?;
 
-    // Latency CDF per loss rate, one line per arm.
-    for &loss in &c.loss {
-        let series: Vec<Series> = Arm::ALL
-            .iter()
-            .map(|&arm| {
-                let all: Vec<f64> = r
-                    .runs
-                    .iter()
-                    .filter(|x| x.arm == arm && x.loss == loss)
-                    .flat_map(|x| x.request_ms.clone())
-                    .collect();
-                Series::cdf(arm.name(), &all)
-            })
-            .collect();
-        let name = format!("cdf-loss-{:.2}pct.svg", loss * 100.0);
-        report::plot(
-            &dir.path(&name),
-            &format!("Request completion, loss {:.2}%", loss * 100.0),
-            "ms",
-            "fraction",
-            &series,
-        )?;
-    }
-    // p99 and run completion versus loss, one line per protocol and arm.
-    let vs_loss = |f: &dyn Fn(&ArmSummary) -> f64| -> Vec<Series> {
-        Arm::ALL
-            .iter()
-            .map(|&arm| {
-                Series::line(
-                    arm.name(),
-                    r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, f(s))).collect(),
-                )
-            })
-            .collect()
-    };
-    report::plot(
-        &dir.path("p99-vs-loss.svg"),
-        "Request p99 vs loss",
+    // Latency CDF per loss rate, one line per arm; p99 and run completion versus loss.
+    let arms = report::Arms { all: &Arm::ALL, name: Arm::name };
+    arms.cdf_per_loss(&dir, "", "Request completion", "ms", &c.loss, |arm, loss| {
+        r.runs.iter().filter(|x| x.arm == arm && x.loss == loss).flat_map(|x| x.request_ms.iter().copied()).collect()
+    })?;
+    let of_arm = |arm: Arm| r.arms.iter().filter(move |s| s.arm == arm);
+    arms.plot(&dir.path("p99-vs-loss.svg"), "Request p99 vs loss", "loss (%)", "ms", |arm, label| {
+        Series::line(label, of_arm(arm).map(|s| (s.loss * 100.0, s.request_p99_ms)).collect())
+    })?;
+    arms.plot(
+        &dir.path("run-vs-loss.svg"),
+        "Run completion vs loss (median, 95% CI)",
         "loss (%)",
         "ms",
-        &vs_loss(&|s| s.request_p99_ms),
+        |arm, label| Series::with_ci(label, &of_arm(arm).map(|s| (s.loss * 100.0, s.run_ms)).collect::<Vec<_>>()),
     )?;
-    let runs: Vec<Series> = Arm::ALL
-        .iter()
-        .map(|&arm| {
-            let pts: Vec<(f64, report::Ci)> =
-                r.arms.iter().filter(|s| s.arm == arm).map(|s| (s.loss * 100.0, s.run_ms)).collect();
-            Series::with_ci(arm.name(), &pts)
-        })
-        .collect();
-    report::plot(&dir.path("run-vs-loss.svg"), "Run completion vs loss (median, 95% CI)", "loss (%)", "ms", &runs)?;
     Ok(())
 }

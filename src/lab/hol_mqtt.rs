@@ -33,12 +33,12 @@ use crate::mqtt::MqttError;
 use crate::tls::Trust;
 
 /// Smallest payload: send time (8 bytes), sequence number (4), topic index (2).
-pub const MIN_PAYLOAD: usize = 14;
+pub(crate) const MIN_PAYLOAD: usize = 14;
 
 /// The broker's per-channel in-flight window in this experiment: high enough never to bind (the
 /// default, 20 per channel, would give MQTT/TCP 20 slots and MQTT/QUIC 20 per stream, a
 /// difference of MQTT's flow control rather than of the transport).
-pub const BROKER_MAX_INFLIGHT: usize = 65_000;
+pub(crate) const BROKER_MAX_INFLIGHT: usize = 65_000;
 
 /// The two MQTT arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,7 +175,7 @@ pub struct MqttResults {
 
 /// Everything one run needs to reach the broker.
 #[derive(Clone)]
-pub struct MqttTarget {
+pub(crate) struct MqttTarget {
     /// The broker's server-namespace address (IP for both; the TCP port is MQTT's, 1883).
     pub tcp: SocketAddr,
     /// The QUIC endpoint the broker shares with HTTP/3 (ALPN `mqtt`).
@@ -187,14 +187,6 @@ pub struct MqttTarget {
     pub transport: crate::config::TransportConfig,
     /// TCP_CONGESTION for the clients' TCP sockets.
     pub tcp_congestion: String,
-}
-
-fn io(e: impl std::fmt::Display) -> LabError {
-    LabError::Io(std::io::Error::other(e.to_string()))
-}
-
-fn mqtt_err(e: MqttError) -> LabError {
-    io(format!("MQTT: {e}"))
 }
 
 const MAX_PACKET: usize = 1 << 20;
@@ -212,7 +204,7 @@ impl Conn {
     /// Connect, send CONNECT, wait for CONNACK; over QUIC also open `streams` data streams.
     async fn open(t: &MqttTarget, arm: MqttArm, client_id: &str, streams: usize) -> Result<Conn, LabError> {
         let opts = ClientOptions { client_id: client_id.into(), keep_alive: 0, ..Default::default() };
-        let connect = opts.connect_packet().map_err(mqtt_err)?;
+        let connect = opts.connect_packet()?;
         let mut c = match arm {
             MqttArm::Tcp => {
                 use std::os::fd::AsRawFd;
@@ -226,24 +218,23 @@ impl Conn {
             }
             MqttArm::QuicPerTopic => {
                 let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-                let mut cfg = mc::client_config(&t.trust).map_err(mqtt_err)?;
-                cfg.transport_config(Arc::new(crate::quic::transport_config(&t.transport).map_err(io)?));
-                let conn =
-                    mc::QuicConnection::connect_on(&endpoint, &cfg, t.quic, &t.server_name).await.map_err(mqtt_err)?;
-                let (send, recv) = conn.open_bi().await.map_err(io)?;
+                let mut cfg = mc::client_config(&t.trust)?;
+                cfg.transport_config(Arc::new(crate::quic::transport_config(&t.transport)?));
+                let conn = mc::QuicConnection::connect_on(&endpoint, &cfg, t.quic, &t.server_name).await?;
+                let (send, recv) = conn.open_bi().await?;
                 let mut data = Vec::with_capacity(streams);
                 for _ in 0..streams {
-                    let (s, r) = conn.open_bi().await.map_err(io)?;
+                    let (s, r) = conn.open_bi().await?;
                     data.push(framed(r, s, MAX_PACKET));
                 }
                 let congestion = format!("{:?}", t.transport.congestion).to_lowercase();
                 Conn { control: framed(recv, send, MAX_PACKET), data, quic: Some((endpoint, conn)), congestion }
             }
         };
-        c.control.1.send(&connect).await.map_err(mqtt_err)?;
-        match c.control.0.next().await.map_err(mqtt_err)? {
+        c.control.1.send(&connect).await?;
+        match c.control.0.next().await? {
             Some(Packet::Connack(a)) if a.code == ConnectReturnCode::Accepted => Ok(c),
-            other => Err(io(format!("expected CONNACK (accepted), got {other:?}"))),
+            other => Err(LabError::Experiment(format!("expected CONNACK (accepted), got {other:?}"))),
         }
     }
 }
@@ -356,7 +347,7 @@ async fn publish_topic(
 /// One run of one arm: connect and subscribe (outside the timed part, on its own random
 /// stream), then publish for the configured time on the run's paired random stream and wait
 /// until every message arrived and every PUBACK came back (or a deadline passed).
-pub async fn one_run(
+pub(crate) async fn one_run(
     link: &Link,
     t: &MqttTarget,
     s: &MqttSettings,
@@ -379,26 +370,24 @@ pub async fn one_run(
     if arm == MqttArm::Tcp {
         let filters = (0..k).map(|i| Ok((mc::filter(&topic_name(i))?, qos))).collect::<Result<Vec<_>, MqttError>>();
         let pid = Pid::try_from(1).unwrap_or_default();
-        sub.control
-            .1
-            .send(&Packet::Subscribe(Subscribe::new(pid, filters.map_err(mqtt_err)?)))
-            .await
-            .map_err(mqtt_err)?;
+        sub.control.1.send(&Packet::Subscribe(Subscribe::new(pid, filters?))).await?;
         pending.push((usize::MAX, pid));
     } else {
         for (i, (_, w)) in sub.data.iter_mut().enumerate() {
             let pid = Pid::try_from(1).unwrap_or_default();
-            let f = mc::filter(&topic_name(i)).map_err(mqtt_err)?;
-            w.send(&Packet::Subscribe(Subscribe::new(pid, vec![(f, qos)]))).await.map_err(mqtt_err)?;
+            let f = mc::filter(&topic_name(i))?;
+            w.send(&Packet::Subscribe(Subscribe::new(pid, vec![(f, qos)]))).await?;
             pending.push((i, pid));
         }
     }
     for (i, pid) in pending {
         let r = if i == usize::MAX { &mut sub.control.0 } else { &mut sub.data[i].0 };
-        let got = tokio::time::timeout(Duration::from_secs(10), r.next()).await.map_err(|_| io("no SUBACK in 10 s"))?;
-        match got.map_err(mqtt_err)? {
+        let got = tokio::time::timeout(Duration::from_secs(10), r.next())
+            .await
+            .map_err(|_| LabError::Experiment("no SUBACK in 10 s".into()))?;
+        match got? {
             Some(Packet::Suback(a)) if a.pid == pid => {}
-            other => return Err(io(format!("expected SUBACK, got {other:?}"))),
+            other => return Err(LabError::Experiment(format!("expected SUBACK, got {other:?}"))),
         }
     }
 
@@ -443,7 +432,7 @@ pub async fn one_run(
         writers.iter().enumerate().map(|(i, w)| publish_topic(w.clone(), i, s.clone(), t0, sent.clone())),
     );
     for r in publishers.await {
-        r.map_err(mqtt_err)?;
+        r?;
     }
     // Drain: until every message is in (at most 10 s more) and every PUBACK back (5 s more).
     let _ = tokio::time::timeout(Duration::from_secs(10), all_in).await;
@@ -473,9 +462,9 @@ pub async fn one_run(
         let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     }
     if congestion != sub_cc {
-        return Err(io(format!("publisher ran {congestion}, subscriber {sub_cc}")));
+        return Err(LabError::Experiment(format!("publisher ran {congestion}, subscriber {sub_cc}")));
     }
-    let rec = Arc::try_unwrap(rec).map_err(|_| io("recorder still shared"))?;
+    let rec = Arc::try_unwrap(rec).map_err(|_| LabError::Experiment("recorder still shared".into()))?;
     let rec = rec.into_inner().unwrap_or_else(|e| e.into_inner());
     let (sent, acked) = (sent.load(Ordering::Relaxed), acked.load(Ordering::Relaxed));
     let received = rec.seen.len() as u64;
@@ -503,9 +492,9 @@ pub async fn one_run(
 /// this process's descriptors as the TCP socket listening on `addr`. Writing the server
 /// namespace's default (`net.ipv4.tcp_congestion_control`) is refused by this kernel (EIO).
 /// Returns the controller read back from the listener. Call it before any client connects.
-pub fn set_listener_congestion(addr: SocketAddr, name: &str) -> Result<String, String> {
+pub(crate) fn set_listener_congestion(addr: SocketAddr, name: &str) -> std::io::Result<String> {
     use std::os::fd::BorrowedFd;
-    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| format!("/proc/self/fd: {e}"))?;
+    let dir = std::fs::read_dir("/proc/self/fd")?;
     for entry in dir.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         // SAFETY: only getsockname/getsockopt/setsockopt on the descriptor, for the duration of
@@ -517,11 +506,11 @@ pub fn set_listener_congestion(addr: SocketAddr, name: &str) -> Result<String, S
             && sock.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
             && is_listener(fd);
         if listening {
-            crate::tcp::set_congestion(fd, name).map_err(|e| e.to_string())?;
-            return crate::stats::tcp_congestion(fd).map_err(|e| e.to_string());
+            crate::tcp::set_congestion(fd, name)?;
+            return crate::stats::tcp_congestion(fd);
         }
     }
-    Err(format!("no TCP listener on {addr} in this process"))
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no TCP listener on {addr} in this process")))
 }
 
 /// SO_ACCEPTCONN: is the socket listening?
@@ -536,7 +525,7 @@ fn is_listener(fd: i32) -> bool {
 }
 
 /// Pool the runs of each arm at each loss rate.
-pub fn summarize(runs: &[MqttRunResult], s: &MqttSettings, losses: &[f64], seed: u64) -> Vec<MqttArmSummary> {
+pub(crate) fn summarize(runs: &[MqttRunResult], s: &MqttSettings, losses: &[f64], seed: u64) -> Vec<MqttArmSummary> {
     let mut out = Vec::new();
     for &loss in losses {
         for arm in MqttArm::ALL {
@@ -568,7 +557,7 @@ pub fn summarize(runs: &[MqttRunResult], s: &MqttSettings, losses: &[f64], seed:
 }
 
 /// The differences between the arms that no setting removes.
-pub fn remaining_differences(tcp_client: &str, tcp_broker: &str, quic: &str) -> Vec<String> {
+pub(crate) fn remaining_differences(tcp_client: &str, tcp_broker: &str, quic: &str) -> Vec<String> {
     let mut v = Vec::new();
     if tcp_client != quic.replace("newreno", "reno") || tcp_broker != tcp_client {
         v.push(format!(
@@ -588,7 +577,7 @@ pub fn remaining_differences(tcp_client: &str, tcp_broker: &str, quic: &str) -> 
 }
 
 /// Append the MQTT section to `report.md` and write its plots.
-pub fn write_section(
+pub(crate) fn write_section(
     dir: &report::ResultsDir,
     m: &MqttResults,
     losses: &[f64],
@@ -670,46 +659,25 @@ pub fn write_section(
     }
     *md += "\nPlots: `mqtt-cdf-loss-*.svg` (latency CDF per loss rate), `mqtt-p99-vs-loss.svg`.\n";
 
-    for &loss in losses {
-        let series: Vec<Series> = MqttArm::ALL
-            .iter()
-            .map(|&arm| {
-                let all: Vec<f64> = m
-                    .runs
-                    .iter()
-                    .filter(|r| r.arm == arm && r.loss == loss)
-                    .flat_map(|r| r.latency_ms.iter().copied())
-                    .collect();
-                Series::cdf(arm.name(), &all)
-            })
-            .collect();
-        report::plot(
-            &dir.path(&format!("mqtt-cdf-loss-{:.2}pct.svg", loss * 100.0)),
-            &format!("MQTT message latency, loss {:.2}%", loss * 100.0),
-            "ms",
-            "fraction",
-            &series,
-        )?;
-    }
-    let p99: Vec<Series> = MqttArm::ALL
-        .iter()
-        .map(|&arm| {
-            let pts: Vec<(f64, report::Ci)> =
-                m.arms.iter().filter(|a| a.arm == arm).map(|a| (a.loss * 100.0, a.run_p99_ms)).collect();
-            Series::with_ci(arm.name(), &pts)
-        })
-        .collect();
-    report::plot(
+    let arms = report::Arms { all: &MqttArm::ALL, name: MqttArm::name };
+    arms.cdf_per_loss(dir, "mqtt-", "MQTT message latency", "ms", losses, |arm, loss| {
+        m.runs.iter().filter(|r| r.arm == arm && r.loss == loss).flat_map(|r| r.latency_ms.iter().copied()).collect()
+    })?;
+    arms.plot(
         &dir.path("mqtt-p99-vs-loss.svg"),
         "MQTT latency p99 vs loss (median of runs, 95% CI)",
         "loss (%)",
         "ms",
-        &p99,
+        |arm, label| {
+            let pts: Vec<(f64, report::Ci)> =
+                m.arms.iter().filter(|a| a.arm == arm).map(|a| (a.loss * 100.0, a.run_p99_ms)).collect();
+            Series::with_ci(label, &pts)
+        },
     )?;
     Ok(())
 }
 
 /// The broker's address for MQTT over TCP in the lab (port 1883 on the server's link address).
-pub fn broker_tcp_listen(server_ip: IpAddr) -> SocketAddr {
+pub(crate) fn broker_tcp_listen(server_ip: IpAddr) -> SocketAddr {
     SocketAddr::new(server_ip, crate::mqtt::config::DEFAULT_TCP_PORT)
 }

@@ -33,7 +33,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 /// Implemented here rather than taken from a crate so that a recorded seed reproduces the same
 /// draws whatever dependency versions a later build resolves to.
 #[derive(Debug, Clone)]
-pub struct Rng {
+pub(crate) struct Rng {
     s: [u64; 4],
 }
 
@@ -159,6 +159,31 @@ pub enum LossModel {
 /// `z` for a two-sided 99.9% normal interval.
 const Z_999: f64 = 3.290_526_731_491_926;
 
+/// Why an impairment (of one direction) is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidImpairment {
+    /// A loss probability outside 0..=1.
+    #[error("{name} must be between 0 and 100%, got {value}")]
+    Probability {
+        /// Which probability (`loss`, `burst-loss p`, ...).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A rate limit of 0.
+    #[error("rate must be above 0")]
+    ZeroRate,
+    /// A queue limit without a rate limit to queue for.
+    #[error("a queue limit needs a rate (--rate)")]
+    QueueWithoutRate,
+    /// A queue limit of 0.
+    #[error("queue limit must be above 0")]
+    ZeroQueue,
+    /// A delay or jitter above 60 s.
+    #[error("delay and jitter are limited to 60 s")]
+    TooLong,
+}
+
 impl LossModel {
     /// The long-run fraction of packets lost.
     pub fn mean_loss(&self) -> f64 {
@@ -175,18 +200,13 @@ impl LossModel {
         }
     }
 
-    /// Whether the model can lose packets at all.
-    pub fn is_lossy(&self) -> bool {
-        self.mean_loss() > 0.0 || matches!(*self, LossModel::GilbertElliott { loss_good, .. } if loss_good > 0.0)
-    }
-
     /// Check that every probability is in `0..=1`.
-    pub fn validate(&self) -> Result<(), String> {
-        let check = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
+    pub fn validate(&self) -> Result<(), InvalidImpairment> {
+        let check = |name: &'static str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
                 Ok(())
             } else {
-                Err(format!("{name} must be between 0 and 100%, got {v}"))
+                Err(InvalidImpairment::Probability { name, value })
             }
         };
         match *self {
@@ -239,7 +259,7 @@ impl LossModel {
 ///
 /// Computed from the probability mass function outward from the mode (ratios of successive
 /// terms), so it neither underflows for large `n` nor needs a log-gamma function.
-pub fn binomial_interval(n: u64, p: f64, confidence: f64) -> (u64, u64) {
+pub(crate) fn binomial_interval(n: u64, p: f64, confidence: f64) -> (u64, u64) {
     if n == 0 || p <= 0.0 {
         return (0, 0);
     }
@@ -373,7 +393,7 @@ impl std::fmt::Display for QueueLimit {
 /// dropped (tail drop). An empty queue always admits, so a limit smaller than one packet still
 /// passes traffic one packet at a time.
 #[derive(Debug, Clone)]
-pub struct Bottleneck {
+pub(crate) struct Bottleneck {
     rate_bps: u64,
     limit: QueueLimit,
     busy_until: u64,
@@ -426,7 +446,7 @@ impl Bottleneck {
 
 /// Propagation delay with uniform jitter, in order unless reordering is allowed.
 #[derive(Debug, Clone)]
-pub struct DelayModel {
+pub(crate) struct DelayModel {
     delay_ns: u64,
     jitter_ns: u64,
     reorder: bool,
@@ -456,19 +476,17 @@ impl DelayModel {
         }
         t
     }
-
-    /// The median one-way delay this model gives an isolated packet (no reordering clamp), found
-    /// by drawing `draws` samples from a fixed stream: exact for any jitter, including jitter
-    /// larger than the delay, where the distribution is clipped at zero.
-    pub fn isolated_delays(delay_ns: u64, jitter_ns: u64, draws: usize, stream: u64) -> Vec<u64> {
-        let mut m = DelayModel::new(delay_ns, jitter_ns, true, 0x5e1f_c4ec, stream);
-        (0..draws).map(|_| m.release(0)).collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One-way delays of `draws` isolated packets (no reordering clamp) from a fixed stream.
+    fn isolated_delays(delay_ns: u64, jitter_ns: u64, draws: usize, stream: u64) -> Vec<u64> {
+        let mut m = DelayModel::new(delay_ns, jitter_ns, true, 0x5e1f_c4ec, stream);
+        (0..draws).map(|_| m.release(0)).collect()
+    }
 
     #[test]
     fn rng_streams_are_reproducible_and_distinct() {
@@ -600,7 +618,7 @@ mod tests {
             *r >= base - 5_000_000 && *r <= base + 5_000_000
         }));
         // Jitter larger than the delay is clipped at zero.
-        let v = DelayModel::isolated_delays(1_000_000, 3_000_000, 10_000, 1);
+        let v = isolated_delays(1_000_000, 3_000_000, 10_000, 1);
         assert!(v.iter().all(|&x| x <= 4_000_000));
         assert!(v.iter().filter(|&&x| x == 0).count() > 2_000);
     }

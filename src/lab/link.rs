@@ -44,11 +44,13 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::impair::{stream_id, Bottleneck, DelayModel, Direction, LossGen, LossModel, Purpose, QueueLimit};
+use super::impair::{
+    stream_id, Bottleneck, DelayModel, Direction, InvalidImpairment, LossGen, LossModel, Purpose, QueueLimit,
+};
 use super::netns::{NetNs, NsThread};
 use super::packet::{Ipv4Info, Nat, NatMapping, NatVerdict, RebindMode};
 use super::pcap::{Capture, CaptureSummary, Stream};
-use super::report::{ser_duration_ms, Percentiles};
+use super::report::{new_histogram, ser_duration_ms, Percentiles, HISTOGRAM_MAX_NS};
 use super::tun::{self, Tun};
 use super::LabError;
 
@@ -58,11 +60,11 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// Prefix length on both devices: 198.18.0.0/15 holds both sides (and the client's rebinding
 /// aliases 198.18.0.2, ...).
-pub const PREFIX_LEN: u8 = 15;
+pub(crate) const PREFIX_LEN: u8 = 15;
 /// Name of the TUN device in each namespace.
-pub const DEVICE: &str = "qlab0";
+pub(crate) const DEVICE: &str = "qlab0";
 /// Width of the egress-rate buckets.
-pub const BUCKET: Duration = Duration::from_millis(100);
+pub(crate) const BUCKET: Duration = Duration::from_millis(100);
 /// Most buckets kept per direction (one hour); later traffic is still counted in the totals.
 const MAX_BUCKETS: usize = 36_000;
 
@@ -101,19 +103,19 @@ impl Impairment {
     }
 
     /// Check the values make sense together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidImpairment> {
         self.loss.validate()?;
         if self.rate_bps == Some(0) {
-            return Err("rate must be above 0".into());
+            return Err(InvalidImpairment::ZeroRate);
         }
         if self.queue.is_some() && self.rate_bps.is_none() {
-            return Err("a queue limit needs a rate (--rate)".into());
+            return Err(InvalidImpairment::QueueWithoutRate);
         }
         if matches!(self.queue, Some(QueueLimit::Bytes(0) | QueueLimit::Packets(0))) {
-            return Err("queue limit must be above 0".into());
+            return Err(InvalidImpairment::ZeroQueue);
         }
         if self.delay > Duration::from_secs(60) || self.jitter > Duration::from_secs(60) {
-            return Err("delay and jitter are limited to 60 s".into());
+            return Err(InvalidImpairment::TooLong);
         }
         Ok(())
     }
@@ -156,7 +158,7 @@ fn fmt_ms(d: Duration) -> String {
 }
 
 /// `10 Mbit/s`, `1.5 Gbit/s`, `640 kbit/s`.
-pub fn fmt_rate(bps: f64) -> String {
+pub(crate) fn fmt_rate(bps: f64) -> String {
     if bps >= 1e9 {
         format!("{:.4} Gbit/s", bps / 1e9)
     } else if bps >= 1e6 {
@@ -212,7 +214,7 @@ impl LinkConfig {
     /// Check both directions.
     pub fn validate(&self) -> Result<(), LabError> {
         for d in Direction::BOTH {
-            self.get(d).validate().map_err(|e| LabError::Config(format!("{} direction: {e}", d.name())))?;
+            self.get(d).validate().map_err(|source| LabError::Impairment { direction: d.name(), source })?;
         }
         if !(576..=9000).contains(&self.mtu) {
             return Err(LabError::Config(format!("MTU {} outside 576..=9000", self.mtu)));
@@ -313,11 +315,6 @@ impl Counters {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // Nanoseconds from 1 ns to 100 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
-}
-
 /// What the delay line records about the packets it released.
 struct Egress {
     lateness: Histogram<u64>,
@@ -407,9 +404,10 @@ impl Shared {
                 Direction::Up => nat.outbound(pkt, &info),
                 Direction::Down => nat.inbound(pkt, &info),
             };
+            // Each drop and forward is counted after its capture: a count seen means a packet captured.
             if verdict == NatVerdict::Stale {
-                c.stale.fetch_add(1, Ordering::Relaxed);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
+                c.stale.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
@@ -417,9 +415,9 @@ impl Shared {
             let mut p = mutex(&ds.pipeline);
             c.considered.fetch_add(1, Ordering::Relaxed);
             if p.loss.drop_next() {
-                c.lost.fetch_add(1, Ordering::Relaxed);
                 drop(p);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
+                c.lost.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let depart = match p.bottleneck.as_mut() {
@@ -427,9 +425,9 @@ impl Shared {
                 Some(b) => match b.admit(now, pkt.len() as u32) {
                     Some(t) => t,
                     None => {
-                        c.queue_drops.fetch_add(1, Ordering::Relaxed);
                         drop(p);
                         self.capture(Stream::Dropped, now, || pkt.to_vec());
+                        c.queue_drops.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 },
@@ -478,24 +476,11 @@ pub struct DirStats {
     pub realized_loss: f64,
     /// How late the delay line released packets against their scheduled time, in microseconds.
     pub lateness_us: Percentiles,
-    /// Bytes written into the other namespace per [`BUCKET`] (100 ms), from the link's start.
+    /// Bytes written into the other namespace per 100 ms bucket, from the link's start.
     pub egress_bytes_per_100ms: Vec<u64>,
 }
 
 impl DirStats {
-    /// The egress rate in bits per second between two instants given as offsets from the link's
-    /// start, counting whole buckets (round `from` up and `to` down to 100 ms).
-    pub fn egress_rate_bps(&self, from: Duration, to: Duration) -> f64 {
-        let b = BUCKET.as_nanos();
-        let first = from.as_nanos().div_ceil(b) as usize;
-        let last = ((to.as_nanos() / b) as usize).min(self.egress_bytes_per_100ms.len());
-        if last <= first {
-            return 0.0;
-        }
-        let bytes: u64 = self.egress_bytes_per_100ms[first..last].iter().sum();
-        bytes as f64 * 8.0 / ((last - first) as f64 * BUCKET.as_secs_f64())
-    }
-
     /// The egress rate over the longest run of buckets in which the direction carried at least
     /// `min_fraction` of `rate_bps`, skipping `skip` buckets at each end of that run (slow start
     /// and the tail). Returns `(rate, seconds measured)`.
@@ -676,8 +661,7 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
         let c = &ds.counters;
         match dst.send(&pkt.data) {
             Ok(()) => {
-                c.packets_out.fetch_add(1, Ordering::Relaxed);
-                c.bytes_out.fetch_add(pkt.data.len() as u64, Ordering::Relaxed);
+                let len = pkt.data.len() as u64;
                 let mut eg = mutex(&ds.egress);
                 let _ = eg.lateness.record((sent_at - pkt.release).max(1));
                 let bucket = (sent_at / BUCKET.as_nanos() as u64) as usize;
@@ -689,6 +673,8 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
                 }
                 drop(eg);
                 shared.capture(Stream::Forwarded, sent_at, || pkt.data);
+                c.packets_out.fetch_add(1, Ordering::Relaxed);
+                c.bytes_out.fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => {
                 if c.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -715,7 +701,7 @@ impl Link {
             wake: Condvar::new(),
             seq: AtomicU64::new(0),
             counters: Counters::default(),
-            egress: Mutex::new(Egress { lateness: new_histogram(), buckets: Vec::new() }),
+            egress: Mutex::new(Egress { lateness: new_histogram(HISTOGRAM_MAX_NS), buckets: Vec::new() }),
         };
         let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let shared = Arc::new(Shared {
@@ -826,21 +812,10 @@ impl Link {
         self.client.prepare_command(cmd);
     }
 
-    /// Make `cmd` start in the server namespace (see [`NetNs::prepare_command`]).
-    pub fn server_command(&self, cmd: &mut std::process::Command) {
-        self.server.prepare_command(cmd);
-    }
-
-    /// Start `cmd` in the client namespace.
-    pub fn spawn_in_client(&self, cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
-        self.client.prepare_command(cmd);
-        cmd.spawn()
-    }
-
     /// Replace one direction's impairment from now on. Its random streams restart at the
     /// current phase; counters keep running.
     pub fn set_impairment(&self, d: Direction, imp: Impairment) -> Result<(), LabError> {
-        imp.validate().map_err(|e| LabError::Config(format!("{} direction: {e}", d.name())))?;
+        imp.validate().map_err(|source| LabError::Impairment { direction: d.name(), source })?;
         let mut cfg = mutex(&self.config);
         let phase = self.current_phase();
         *mutex(&self.shared.dirs[d.index()].pipeline) = Pipeline::new(&imp, cfg.seed, d, phase);
@@ -925,15 +900,6 @@ impl Link {
         }
     }
 
-    /// Measure RTT and loss across the link and compare them with the configuration (see
-    /// [`super::selfcheck`]). Ends by starting phase 0, so the run that follows starts afresh.
-    pub fn self_check(
-        &self,
-        opts: &super::selfcheck::SelfCheckOptions,
-    ) -> Result<super::selfcheck::SelfCheck, LabError> {
-        super::selfcheck::run(self, opts)
-    }
-
     /// Start writing every datagram the relay forwards, both directions, to the pcap file
     /// `path` (nanosecond timestamps, `LINKTYPE_RAW`, whole packets), and every datagram it drops
     /// (loss, full queue, stale NAT) to [`super::pcap::dropped_path`]`(path)`
@@ -948,7 +914,7 @@ impl Link {
             return Err(LabError::Config("a capture is already running on this link".into()));
         }
         let capture = Capture::start(path, self.shared.wall_epoch_ns)
-            .map_err(|e| LabError::Io(std::io::Error::new(e.kind(), format!("capture {}: {e}", path.display()))))?;
+            .map_err(|source| LabError::Capture { path: path.to_path_buf(), source })?;
         *slot = Some(capture);
         self.shared.capturing.store(true, Ordering::SeqCst);
         Ok(())

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::link::{Impairment, Link, LinkConfig};
 use super::report::{self, Series};
-use super::selfcheck::SelfCheckOptions;
+use super::selfcheck::{SelfCheck, SelfCheckOptions};
 use super::server::LabServer;
 use super::LabError;
 use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
@@ -80,10 +80,12 @@ pub struct MigrateResults {
 
 /// Run and write the outputs; the exit status (0 when QUIC survived and both completed).
 pub async fn run_migrate(args: MigrateParams) -> Result<i32, LabError> {
-    let (r, args) = tokio::task::spawn_blocking(move || measure(&args).map(|r| (r, args)))
-        .await
-        .map_err(std::io::Error::other)??;
-    write_outputs(&args.out, &r)?;
+    let (r, args) = tokio::task::spawn_blocking(move || {
+        let r = measure(&args)?;
+        write_outputs(&args.out, &r)?;
+        Ok::<_, LabError>((r, args))
+    })
+    .await??;
     println!("NAT rebinding {:.0} ms into each download of {} bytes:", r.rebind_at_ms, r.size);
     for d in &r.downloads {
         println!("{}", timeline(d, r.rebind_at_ms));
@@ -118,7 +120,7 @@ fn timeline(d: &Download, rebind_ms: f64) -> String {
 pub fn measure(args: &MigrateParams) -> Result<MigrateResults, LabError> {
     let imp = Impairment { rate_bps: Some(args.rate), ..Impairment::delay(args.rtt / 2) };
     let link = Link::start(LinkConfig::symmetric(imp, args.seed))?;
-    let check = link.self_check(&SelfCheckOptions { probes: 100, ..Default::default() })?;
+    let check = SelfCheck::run(&link, &SelfCheckOptions { probes: 100, ..Default::default() })?;
     if !check.passed {
         return Err(LabError::SelfCheckFailed(check.summary()));
     }
@@ -157,7 +159,6 @@ async fn download(
     size: u64,
     started: std::sync::mpsc::Sender<()>,
 ) -> Result<Download, LabError> {
-    let io = |e: client::ClientError| LabError::Io(std::io::Error::other(e.to_string()));
     let opts = ClientOptions { trust: Trust::CaFile(ca), ..Default::default() };
     let target = |path: &str| -> Result<Target, LabError> {
         let uri: http::Uri =
@@ -166,8 +167,8 @@ async fn download(
     };
     let protocol = if version == HttpVersion::H3 { "HTTP/3" } else { "HTTP/2" };
     let t_bytes = target(&format!("/bytes/{size}"))?;
-    let client = Client::new(version, &opts).map_err(io)?;
-    let conn = client.connect(&t_bytes).await.map_err(io)?;
+    let client = Client::new(version, &opts)?;
+    let conn = client.connect(&t_bytes).await?;
     let start = Instant::now();
     let ms = |start: Instant| start.elapsed().as_secs_f64() * 1000.0;
     let mut series = vec![(0.0, 0u64)];
@@ -175,7 +176,7 @@ async fn download(
     let mut ok_content = true;
     let mut error = None;
     let _ = started.send(());
-    match conn.send(client::request(&t_bytes, http::Method::GET, Bytes::new()).map_err(io)?).await {
+    match conn.send(client::request(&t_bytes, http::Method::GET, Bytes::new())?).await {
         Ok(resp) => {
             let mut body = resp.into_body();
             loop {
@@ -214,7 +215,7 @@ async fn download(
     if !d.connection_broke {
         // Ask the server, on the same connection, how many path changes it saw.
         let t_conn = target("/conn")?;
-        if let Ok(resp) = conn.send(client::request(&t_conn, http::Method::GET, Bytes::new()).map_err(io)?).await {
+        if let Ok(resp) = conn.send(client::request(&t_conn, http::Method::GET, Bytes::new())?).await {
             if let Ok(body) = resp.into_body().collect().await {
                 let j: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
                 d.server_path_changes = j["path_changes"].as_u64();
@@ -225,9 +226,9 @@ async fn download(
         // A new connection, resuming where the old one stopped (RFC 9110 §14.2).
         while got < size && d.reconnects < 3 {
             d.reconnects += 1;
-            let fresh = Client::new(version, &opts).map_err(io)?;
+            let fresh = Client::new(version, &opts)?;
             let Ok(conn2) = fresh.connect(&t_bytes).await else { continue };
-            let mut req = client::request(&t_bytes, http::Method::GET, Bytes::new()).map_err(io)?;
+            let mut req = client::request(&t_bytes, http::Method::GET, Bytes::new())?;
             if let Ok(v) = http::HeaderValue::from_str(&format!("bytes={got}-")) {
                 req.headers_mut().insert(http::header::RANGE, v);
             }

@@ -1,35 +1,48 @@
-//! The lab: an emulated lossy, delayed link between two network namespaces, and the report kit
-//! every experiment uses.
+//! The lab: an emulated lossy, delayed link between two network namespaces, the experiments
+//! that run over it, and the report kit they (and the MQTT benchmark) write results with.
+//!
+//! The link and what it is built from:
 //!
 //! * [`link`]: the link emulator, a TUN relay inside this process between a client and a server
 //!   namespace, so kernel TCP and QUIC cross the very same path ([`Link`]);
 //! * [`impair`]: the sans-IO models (seeded loss, Gilbert–Elliott, rate and tail-drop queue,
 //!   delay and jitter);
 //! * [`packet`]: IPv4 parsing and the NAT that emulates a rebinding;
-//! * [`netns`]: namespaces held by file descriptors, threads and processes inside them, and
-//!   rootless mode ([`prepare_process`]);
-//! * [`tun`]: TUN devices by ioctl;
-//! * [`selfcheck`]: the RTT and loss check every run passes before it reports;
+//! * `netns` (private): namespaces held by file descriptors, threads and processes inside them,
+//!   and rootless mode ([`prepare_process`], [`NetNs`], [`NsThread`], [`Privilege`]);
+//! * `tun` (private): TUN devices by ioctl;
+//! * `selfcheck` (private): the RTT and loss check every run passes before it reports
+//!   ([`SelfCheck::run`], [`SelfCheckOptions`]);
 //! * [`server`]: the quiclab server inside the server namespace ([`LabServer`]);
 //! * [`pcap`]: captures of what the relay forwards (and drops), for `hol --pcap`;
-//! * [`report`]: percentiles, bootstrap intervals, `results.json`, `report.md`, SVG plots;
 //! * [`units`]: parsers for rates, loss and queue limits.
 //!
-//! `quiclab lab link [impairments] -- COMMAND` ([`run_link`]) puts it together: start the link,
-//! the server in the server namespace, pass the self-check, run COMMAND in the client namespace
-//! with `QUICLAB_SERVER`/`QUICLAB_PORT`, and report what the link did. `docs/lab.md` describes the
-//! method.
+//! The report kit: [`report`]: histograms, percentiles, bootstrap intervals, Markdown tables,
+//! `results.json`, `report.md`, SVG plots (also used by `benches/`).
+//!
+//! The commands and experiments:
+//!
+//! * `link_cmd` (private): `quiclab lab link [impairments] -- COMMAND` ([`run_link`]): start the
+//!   link, the server in the server namespace, pass the self-check, run COMMAND in the client
+//!   namespace with `QUICLAB_SERVER`/`QUICLAB_PORT`, and report what the link did;
+//! * [`hol`]: head-of-line blocking under loss, HTTP/2 vs HTTP/3 (and [`hol_mqtt`]: MQTT over
+//!   TCP vs MQTT over QUIC, one stream per topic, on the same sweep);
+//! * [`handshake`]: time to first byte in round trips, HTTP/2, HTTP/3 1-RTT and 0-RTT;
+//! * [`migrate`]: a NAT rebinding in the middle of an HTTP/3 and an HTTP/2 download;
+//! * [`flow`]: per-stream flow control on loopback (no link).
+//!
+//! `docs/lab.md` describes the method.
 //!
 //! # Using the link from an experiment
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use quiclab::lab::{Impairment, Link, LinkConfig, LossModel, SelfCheckOptions};
+//! use quiclab::lab::{Impairment, Link, LinkConfig, LossModel, SelfCheck, SelfCheckOptions};
 //!
 //! # fn main() -> Result<(), quiclab::lab::LabError> {
 //! let imp = Impairment { delay: Duration::from_millis(25), loss: LossModel::Random { p: 0.02 }, ..Impairment::none() };
 //! let link = Link::start(LinkConfig::symmetric(imp, 42))?;
-//! assert!(link.self_check(&SelfCheckOptions::default())?.passed);
+//! assert!(SelfCheck::run(&link, &SelfCheckOptions::default())?.passed);
 //! let server_ip = link.server_ip();
 //! let rtt = link.run_in_client_ns(move || {
 //!     // Sockets created here live in the client namespace; build a runtime if needed.
@@ -46,41 +59,36 @@ pub mod hol;
 pub mod hol_mqtt;
 pub mod impair;
 pub mod link;
+mod link_cmd;
 pub mod migrate;
-pub mod netns;
+mod netns;
 pub mod packet;
 pub mod pcap;
 pub mod report;
-pub mod selfcheck;
+mod selfcheck;
 pub mod server;
-pub mod tun;
+mod tun;
 pub mod units;
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
-pub use impair::{Direction, LossModel, QueueLimit};
+pub use impair::{Direction, InvalidImpairment, LossModel, QueueLimit};
 pub use link::{DirStats, Impairment, Link, LinkConfig, LinkStats, CLIENT_IP, SERVER_IP};
-pub use netns::{prepare_process, NetNs, Privilege};
+pub use link_cmd::run_link;
+pub use netns::{prepare_process, NetNs, NsThread, Privilege};
 pub use packet::RebindMode;
-pub use selfcheck::{SelfCheck, SelfCheckOptions};
+pub use selfcheck::{CheckAttempt, LossCheck, SelfCheck, SelfCheckOptions};
 pub use server::LabServer;
-
-use crate::config::ServerConfig;
-use report::{md_table, plot, ResultsDir, Series};
 
 /// What can make a lab command fail.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     /// Creating or entering a network namespace failed.
     #[error(
-        "cannot {what}: {source} (the lab needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN, or an unprivileged \
-         user where user namespaces are enabled: see /proc/sys/user/max_user_namespaces)"
+        "cannot {what} (the lab needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN, or an unprivileged user where \
+         user namespaces are enabled: see /proc/sys/user/max_user_namespaces)"
     )]
     Namespace {
         /// The step that failed.
@@ -91,8 +99,8 @@ pub enum LabError {
     },
     /// Rootless mode could not enter a user + network namespace.
     #[error(
-        "rootless mode: cannot enter a user + network namespace: {source} (user namespaces may be disabled: \
-         check /proc/sys/user/max_user_namespaces, kernel.unprivileged_userns_clone and \
+        "rootless mode: cannot enter a user + network namespace (user namespaces may be disabled: check \
+         /proc/sys/user/max_user_namespaces, kernel.unprivileged_userns_clone and \
          kernel.apparmor_restrict_unprivileged_userns; or run as root)"
     )]
     Rootless {
@@ -100,17 +108,31 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    /// Invalid lab configuration.
+    /// One direction's impairment is refused.
+    #[error("the {direction} direction's impairment is invalid")]
+    Impairment {
+        /// `up` or `down`.
+        direction: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: impair::InvalidImpairment,
+    },
+    /// The lab configuration is invalid (the message says which setting and why).
     #[error("{0}")]
     Config(String),
-    /// The self-check failed twice: the link does not do what it was configured to do.
+    /// An experiment could not run as designed: a server answered what it did not expect, or a
+    /// precondition of the measurement did not hold (the message says which).
+    #[error("{0}")]
+    Experiment(String),
+    /// The self-check failed twice: the link does not do what it was configured to do (the
+    /// message is the self-check's summary).
     #[error("the link failed its self-check twice; refusing to run and report:\n{0}")]
     SelfCheckFailed(String),
-    /// The quiclab server could not start.
+    /// The quiclab server in the server namespace could not start.
     #[error("the lab server could not start")]
     Server(#[from] crate::server::ServerError),
     /// The command could not be started.
-    #[error("cannot run {program:?}: {source}")]
+    #[error("cannot run {program:?}")]
     Command {
         /// The program.
         program: String,
@@ -118,10 +140,37 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    /// Writing the results.
+    /// A capture file could not be created.
+    #[error("cannot start the capture {path}")]
+    Capture {
+        /// The pcap file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP client of an experiment failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// An MQTT client of an experiment failed.
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    /// Setting up TLS (certificates, configurations, the key log) failed.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// QUIC transport parameters that quinn cannot carry.
+    #[error(transparent)]
+    Transport(#[from] crate::quic::QuicError),
+    /// A QUIC connection of an experiment failed.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// A worker task of the lab panicked or was cancelled.
+    #[error("a lab worker task failed")]
+    Task(#[from] tokio::task::JoinError),
+    /// Writing the results failed.
     #[error(transparent)]
     Report(#[from] report::ReportError),
-    /// Any other system error.
+    /// A system call or socket operation failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -258,336 +307,4 @@ impl LinkParams {
         cfg.validate()?;
         Ok(cfg)
     }
-}
-
-/// Everything `quiclab lab link` records in `results.json`.
-#[derive(Debug, Serialize)]
-pub struct LinkRun {
-    /// `"lab link"`.
-    pub kind: &'static str,
-    /// The command run in the client namespace.
-    pub command: Vec<String>,
-    /// The link's configuration (the seed included).
-    pub config: LinkConfig,
-    /// Root or rootless.
-    pub privilege: Privilege,
-    /// `net:[inode]` of the client and server namespaces.
-    pub namespaces: BTreeMapStr,
-    /// Client and server addresses, and the server's ports.
-    pub addresses: BTreeMapStr,
-    /// The self-check (absent when skipped).
-    pub self_check: Option<SelfCheck>,
-    /// The relay's counters over the run (after the self-check).
-    pub link: Option<LinkStats>,
-    /// The bottleneck rate measured while each direction was busy (≥ 50% of the limit), in
-    /// bit/s, when a rate was set.
-    pub measured_rate_bps: BTreeMapF64,
-    /// COMMAND's exit status (128 + signal when killed by one).
-    pub exit_code: Option<i32>,
-    /// Whether quiclab was interrupted (SIGINT/SIGTERM).
-    pub interrupted: bool,
-    /// Start time, seconds since the Unix epoch.
-    pub started_unix: f64,
-    /// From the start of COMMAND to its end.
-    #[serde(rename = "duration_ms", serialize_with = "report::ser_duration_ms")]
-    pub duration: Duration,
-    /// quiclab, kernel and crate versions.
-    pub versions: report::Versions,
-}
-
-type BTreeMapStr = std::collections::BTreeMap<&'static str, String>;
-type BTreeMapF64 = std::collections::BTreeMap<&'static str, f64>;
-
-fn measured_rates(cfg: &LinkConfig, stats: &LinkStats) -> BTreeMapF64 {
-    let mut m = BTreeMapF64::new();
-    for d in Direction::BOTH {
-        if let Some(rate) = cfg.get(d).rate_bps {
-            let (r, secs) = stats.get(d).busy_rate_bps(rate as f64, 0.5, 2);
-            if secs > 0.0 {
-                m.insert(d.name(), r);
-            }
-        }
-    }
-    m
-}
-
-/// Write `results.json`, `report.md` and the plots of a `lab link` run into `dir`.
-pub fn write_link_report(dir: &std::path::Path, run: &LinkRun) -> Result<(), LabError> {
-    let out = ResultsDir::create(dir)?;
-    out.write_json(run)?;
-    let mut md = String::from("# quiclab lab link\n\n");
-    md.push_str(&format!(
-        "Command: `{}`  \nSeed: {}  \nMode: {:?}  \nExit status: {}{}\n\n",
-        run.command.join(" "),
-        run.config.seed,
-        run.privilege,
-        run.exit_code.map_or("none".into(), |c| c.to_string()),
-        if run.interrupted { " (interrupted)" } else { "" }
-    ));
-    md.push_str("## Configuration\n\n");
-    let rows: Vec<Vec<String>> =
-        Direction::BOTH.iter().map(|d| vec![d.name().to_string(), run.config.get(*d).describe()]).collect();
-    md.push_str(&md_table(&["direction", "impairment"], &rows));
-    if let Some(sc) = &run.self_check {
-        md.push_str("\n## Self-check\n\n");
-        let rows: Vec<Vec<String>> = sc
-            .attempts
-            .iter()
-            .map(|a| {
-                vec![
-                    a.attempt.to_string(),
-                    format!("{:.3}", a.rtt_expected_ms),
-                    format!("{:.3}", a.rtt_measured_ms),
-                    format!("{}/{} ({}..={})", a.up.lost, a.up.sent, a.up.accepted.0, a.up.accepted.1),
-                    format!("{}/{} ({}..={})", a.down.lost, a.down.sent, a.down.accepted.0, a.down.accepted.1),
-                    if a.passed { "pass" } else { "FAIL" }.to_string(),
-                ]
-            })
-            .collect();
-        md.push_str(&md_table(
-            &["attempt", "RTT expected ms", "RTT median ms", "lost up (accepted)", "lost down (accepted)", "verdict"],
-            &rows,
-        ));
-        let samples = &sc.last().rtt_samples_ms;
-        if !samples.is_empty() {
-            plot(
-                &out.path("selfcheck_rtt_cdf.svg"),
-                "Self-check RTT",
-                "RTT (ms)",
-                "fraction of probes",
-                &[Series::cdf("measured", samples)],
-            )?;
-            md.push_str("\n![self-check RTT CDF](selfcheck_rtt_cdf.svg)\n");
-        }
-    }
-    if let Some(stats) = &run.link {
-        md.push_str("\n## The link during the run\n\n");
-        let rows: Vec<Vec<String>> = Direction::BOTH
-            .iter()
-            .map(|d| {
-                let s = stats.get(*d);
-                vec![
-                    d.name().to_string(),
-                    s.packets_in.to_string(),
-                    s.bytes_in.to_string(),
-                    format!("{} ({:.3}%)", s.dropped_loss, s.realized_loss * 100.0),
-                    s.dropped_queue.to_string(),
-                    s.dropped_stale_nat.to_string(),
-                    format!("{:.1} / {:.1}", s.lateness_us.p50, s.lateness_us.p99),
-                    run.measured_rate_bps.get(d.name()).map_or("-".into(), |r| link::fmt_rate(*r)),
-                ]
-            })
-            .collect();
-        md.push_str(&md_table(
-            &[
-                "direction",
-                "packets",
-                "bytes",
-                "lost (realized)",
-                "queue drops",
-                "stale NAT",
-                "lateness p50 / p99 µs",
-                "busy rate",
-            ],
-            &rows,
-        ));
-        for r in &stats.rebinds {
-            md.push_str(&format!("\nRebinding {} at {:.3} s.", r.generation, r.at.as_secs_f64()));
-        }
-        let series: Vec<Series> = Direction::BOTH
-            .iter()
-            .map(|d| {
-                let s = stats.get(*d);
-                let points = s
-                    .egress_bytes_per_100ms
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| ((i as f64 + 0.5) * 0.1, *b as f64 * 8.0 / 0.1 / 1e6))
-                    .collect();
-                Series::line(d.name(), points)
-            })
-            .collect();
-        if series.iter().any(|s| !s.points.is_empty()) {
-            plot(&out.path("throughput.svg"), "Relay egress", "time since link start (s)", "Mbit/s", &series)?;
-            md.push_str("\n\n![relay egress](throughput.svg)\n");
-        }
-    }
-    out.write_markdown(&md)?;
-    Ok(())
-}
-
-fn signal_exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-/// `quiclab lab link`: start the link and the quiclab server in the server namespace, pass the
-/// self-check, run COMMAND in the client namespace and return its exit status. When `interrupt`
-/// completes with a signal number (the CLI's SIGINT/SIGTERM), COMMAND is sent SIGTERM (SIGKILL
-/// 2 s later), everything is torn down and the status is 128 + that number; pass
-/// [`std::future::pending`] to run uninterrupted. Call [`prepare_process`] first, before any
-/// runtime exists.
-pub async fn run_link(args: LinkParams, interrupt: impl std::future::Future<Output = i32>) -> Result<i32, LabError> {
-    let cfg = args.link_config()?;
-    let Some((program, program_args)) = args.command.split_first() else {
-        return Err(LabError::Config("lab link: no COMMAND to run".into()));
-    };
-    let mut interrupt = std::pin::pin!(interrupt);
-    let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let link = Arc::new(Link::start(cfg.clone())?);
-    let privilege = netns::privilege();
-    eprintln!("quiclab lab link: {:?} mode, seed {}", privilege, cfg.seed);
-    eprintln!("  up   (client → server): {}", cfg.up.describe());
-    eprintln!("  down (server → client): {}", cfg.down.describe());
-    eprintln!(
-        "  client {} in {}, server {} in {}",
-        link.client_ip(),
-        link.client_ns().id(),
-        link.server_ip(),
-        link.server_ns().id()
-    );
-    let server = if args.no_server {
-        None
-    } else {
-        let mut sc = ServerConfig::new();
-        sc.quic_listen = SocketAddr::new(SERVER_IP.into(), args.port);
-        sc.tcp_listen = sc.quic_listen;
-        sc.certs_dir = args.certs.clone();
-        sc.shutdown_grace = Duration::from_secs(1);
-        Some(LabServer::start(&link, sc)?)
-    };
-    let command: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let mut run = LinkRun {
-        kind: "lab link",
-        command: command.clone(),
-        config: cfg.clone(),
-        privilege,
-        namespaces: [("client", link.client_ns().id()), ("server", link.server_ns().id())].into(),
-        addresses: [
-            ("client", CLIENT_IP.to_string()),
-            ("server", SERVER_IP.to_string()),
-            ("quic", server.as_ref().map_or("-".into(), |s| s.quic_addr().to_string())),
-            ("tcp", server.as_ref().map_or("-".into(), |s| s.tcp_addr().to_string())),
-        ]
-        .into(),
-        self_check: None,
-        link: None,
-        measured_rate_bps: BTreeMapF64::new(),
-        exit_code: None,
-        interrupted: false,
-        started_unix,
-        duration: Duration::ZERO,
-        versions: report::versions(),
-    };
-
-    if !args.skip_self_check {
-        let opts = SelfCheckOptions { probes: args.self_check_probes, progress: true, ..Default::default() };
-        let l = link.clone();
-        let check = tokio::select! {
-            r = tokio::task::spawn_blocking(move || l.self_check(&opts)) => {
-                r.map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))??
-            }
-            sig = &mut interrupt => {
-                if let Some(s) = server { s.shutdown().await; }
-                return Ok(128 + sig);
-            }
-        };
-        eprint!("{}", check.summary());
-        let passed = check.passed;
-        let summary = check.summary();
-        run.self_check = Some(check);
-        if !passed {
-            if let Some(dir) = &args.out {
-                write_link_report(dir, &run)?;
-            }
-            if let Some(s) = server {
-                s.shutdown().await;
-            }
-            return Err(LabError::SelfCheckFailed(summary));
-        }
-    } else {
-        eprintln!("self-check skipped: results are unchecked");
-    }
-
-    for at in &args.rebind_at {
-        link.schedule_rebind(*at);
-    }
-    let port = server.as_ref().map_or(args.port, |s| s.quic_addr().port());
-    let ca = server
-        .as_ref()
-        .and_then(|s| s.certs().ca_path.clone())
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
-    eprintln!("QUICLAB_SERVER={SERVER_IP} QUICLAB_PORT={port}");
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(program_args)
-        .env("QUICLAB_SERVER", SERVER_IP.to_string())
-        .env("QUICLAB_PORT", port.to_string())
-        .env("QUICLAB_CLIENT", CLIENT_IP.to_string());
-    if let Some(ca) = &ca {
-        cmd.env("QUICLAB_CA", ca);
-    }
-    link.client_command(&mut cmd);
-    let t0 = std::time::Instant::now();
-    // std rather than tokio::process: spawned from this (long-lived) thread, which the child's
-    // PR_SET_PDEATHSIG is tied to, and reaped by a waiter thread.
-    let mut child =
-        cmd.spawn().map_err(|source| LabError::Command { program: program.to_string_lossy().into_owned(), source })?;
-    let pid = child.id() as i32;
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("lab-command-wait".into())
-        .spawn(move || {
-            let _ = done_tx.send(child.wait());
-        })
-        .map_err(LabError::Io)?;
-    let code = tokio::select! {
-        status = &mut done_rx => signal_exit_code(status.map_err(|_| LabError::Io(std::io::Error::other("command waiter vanished")))??),
-        sig = &mut interrupt => {
-            run.interrupted = true;
-            // SAFETY: signalling our own child, which the waiter has not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            if tokio::time::timeout(Duration::from_secs(2), &mut done_rx).await.is_err() {
-                // SAFETY: as above; still not reaped after 2 s.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let _ = done_rx.await;
-            }
-            128 + sig
-        }
-    };
-    run.duration = t0.elapsed();
-    run.exit_code = Some(code);
-    let stats = link.stats();
-    run.measured_rate_bps = measured_rates(&cfg, &stats);
-    for d in Direction::BOTH {
-        let s = stats.get(d);
-        eprintln!(
-            "link {:<4}: {} packets, {} bytes in; lost {} ({:.3}% realized), queue drops {}, stale NAT {}; \
-             lateness p50 {:.1} µs, p99 {:.1} µs{}",
-            d.name(),
-            s.packets_in,
-            s.bytes_in,
-            s.dropped_loss,
-            s.realized_loss * 100.0,
-            s.dropped_queue,
-            s.dropped_stale_nat,
-            s.lateness_us.p50,
-            s.lateness_us.p99,
-            run.measured_rate_bps
-                .get(d.name())
-                .map_or(String::new(), |r| format!("; busy rate {}", link::fmt_rate(*r)))
-        );
-    }
-    for r in &stats.rebinds {
-        eprintln!("rebinding {} at {:.3} s", r.generation, r.at.as_secs_f64());
-    }
-    run.link = Some(stats);
-    if let Some(s) = server {
-        s.shutdown().await;
-    }
-    drop(link);
-    if let Some(dir) = &args.out {
-        write_link_report(dir, &run)?;
-        eprintln!("results in {}", dir.display());
-    }
-    Ok(code)
 }

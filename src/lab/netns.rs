@@ -42,11 +42,6 @@ impl<T> NsThread<T> {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
-
-    /// Whether the thread has finished.
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
 }
 
 fn ns_error(what: &'static str) -> impl FnOnce(io::Error) -> LabError {
@@ -56,7 +51,7 @@ fn ns_error(what: &'static str) -> impl FnOnce(io::Error) -> LabError {
 impl NetNs {
     /// Create a new, empty network namespace (only a down loopback device in it) and run
     /// `setup` inside it before returning, on the same throwaway thread.
-    pub fn create_with<R: Send + 'static>(
+    pub(crate) fn create_with<R: Send + 'static>(
         label: &'static str,
         setup: impl FnOnce() -> io::Result<R> + Send + 'static,
     ) -> Result<(NetNs, R), LabError> {
@@ -95,20 +90,10 @@ impl NetNs {
         self.label
     }
 
-    /// Move the calling thread into this namespace. Only for threads the caller owns and that
-    /// will not be reused by anyone else (see the module docs); prefer [`NetNs::spawn`].
-    pub fn enter_current_thread(&self) -> io::Result<()> {
-        // SAFETY: setns with a namespace fd we own; affects only the calling thread.
-        if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Run `f` on a new OS thread inside this namespace. The thread may build its own tokio
     /// runtime; threads it starts inherit the namespace. Returns once the thread has entered the
     /// namespace (or failed to).
-    pub fn spawn<T: Send + 'static>(
+    pub(crate) fn spawn<T: Send + 'static>(
         &self,
         name: &str,
         f: impl FnOnce() -> T + Send + 'static,
@@ -118,7 +103,7 @@ impl NetNs {
         let handle = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                // SAFETY: as in enter_current_thread; this thread is ours.
+                // SAFETY: setns with a namespace fd we own; it affects only this thread, which is ours.
                 let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
                 drop(fd);
                 if r != 0 {
@@ -140,7 +125,7 @@ impl NetNs {
     }
 
     /// Run `f` inside this namespace on a new thread and wait for its result.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, LabError> {
+    pub(crate) fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, LabError> {
         Ok(self.spawn(&format!("in-{}", self.label), f)?.join())
     }
 
@@ -190,10 +175,10 @@ fn fd_inode(fd: &OwnedFd) -> io::Result<u64> {
 }
 
 /// Environment variable marking the re-executed process in rootless mode.
-pub const ROOTLESS_MARK: &str = "QUICLAB_LAB_USERNS";
+pub(crate) const ROOTLESS_MARK: &str = "QUICLAB_LAB_USERNS";
 /// Set to `1` to use rootless mode even when running as root (testing, or root without
 /// `CAP_SYS_ADMIN`/`CAP_NET_ADMIN` is detected anyway).
-pub const FORCE_ROOTLESS: &str = "QUICLAB_ROOTLESS";
+pub(crate) const FORCE_ROOTLESS: &str = "QUICLAB_ROOTLESS";
 
 /// Whether the process holds `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` (bits 21 and 12 of `CapEff`).
 fn has_namespace_caps() -> bool {
@@ -216,7 +201,7 @@ pub enum Privilege {
 }
 
 /// The mode this process is in (after [`prepare_process`]).
-pub fn privilege() -> Privilege {
+pub(crate) fn privilege() -> Privilege {
     if std::env::var_os(ROOTLESS_MARK).is_some() {
         Privilege::Rootless
     } else {

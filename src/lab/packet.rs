@@ -11,11 +11,9 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 /// IP protocol number of TCP (RFC 9293).
-pub const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP (RFC 768).
-pub const PROTO_UDP: u8 = 17;
-/// IP protocol number of ICMP (RFC 792).
-pub const PROTO_ICMP: u8 = 1;
+pub(crate) const PROTO_UDP: u8 = 17;
 
 /// The facts of an IPv4 packet the relay uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +111,7 @@ fn patch_l4(pkt: &mut [u8], at: Option<usize>, udp: bool, old: u16, new: u16) {
 
 /// Which address field to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
+pub(crate) enum Field {
     /// The source address/port.
     Source,
     /// The destination address/port.
@@ -122,7 +120,7 @@ pub enum Field {
 
 /// Replace the source or destination address of `pkt`, fixing the IPv4 header checksum and the
 /// TCP/UDP checksum, whose pseudo-header covers the addresses (RFC 9293 §3.1, RFC 768).
-pub fn rewrite_addr(pkt: &mut [u8], info: &Ipv4Info, field: Field, new: Ipv4Addr) {
+pub(crate) fn rewrite_addr(pkt: &mut [u8], info: &Ipv4Info, field: Field, new: Ipv4Addr) {
     let at = match field {
         Field::Source => 12,
         Field::Destination => 16,
@@ -142,7 +140,7 @@ pub fn rewrite_addr(pkt: &mut [u8], info: &Ipv4Info, field: Field, new: Ipv4Addr
 
 /// Replace the source or destination port of a TCP/UDP first fragment, fixing its checksum.
 /// Returns false (and changes nothing) for packets without ports.
-pub fn rewrite_port(pkt: &mut [u8], info: &Ipv4Info, field: Field, new: u16) -> bool {
+pub(crate) fn rewrite_port(pkt: &mut [u8], info: &Ipv4Info, field: Field, new: u16) -> bool {
     let Some(l4) = info.l4_checksum_offset(pkt) else { return false };
     let at = info.header_len + if field == Field::Source { 0 } else { 2 };
     let old = get16(pkt, at);
@@ -192,7 +190,7 @@ impl std::str::FromStr for RebindMode {
 
 /// What the NAT decided about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NatVerdict {
+pub(crate) enum NatVerdict {
     /// Forward (possibly rewritten).
     Forward,
     /// Addressed to a mapping that no longer exists: a real NAT drops it.
@@ -231,7 +229,7 @@ const NAT_LOG_MAX: usize = 1_000;
 /// mode; in address mode its IP addresses are translated but not the header quoted inside an
 /// ICMP error.
 #[derive(Debug)]
-pub struct Nat {
+pub(crate) struct Nat {
     mode: RebindMode,
     client: Ipv4Addr,
     generation: u32,

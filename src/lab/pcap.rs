@@ -1,7 +1,7 @@
 //! Packet captures of the link's relay, in the classic libpcap format.
 //!
 //! [`super::Link::start_capture`] makes the relay hand every packet it forwards, in both
-//! directions, to a [`Capture`]: a dedicated writer thread fed by a bounded channel that writes
+//! directions, to a `Capture`: a dedicated writer thread fed by a bounded channel that writes
 //! through a `BufWriter`. The relay never waits for it: when the channel is full the record is
 //! dropped and counted ([`CaptureSummary::overflow`]).
 //!
@@ -29,23 +29,23 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// pcap magic for microsecond timestamps, as written in the file's byte order.
-pub const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
+pub(crate) const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
 /// pcap magic for nanosecond timestamps.
-pub const MAGIC_NANOS: u32 = 0xa1b2_3c4d;
+pub(crate) const MAGIC_NANOS: u32 = 0xa1b2_3c4d;
 /// `LINKTYPE_RAW`: the packet begins with an IPv4 or IPv6 header.
 pub const LINKTYPE_RAW: u32 = 101;
 /// Snap length written in the header: larger than any datagram the link carries (MTU ≤ 9000).
-pub const SNAPLEN: u32 = 65_535;
+pub(crate) const SNAPLEN: u32 = 65_535;
 /// Records the channel to the writer holds before the relay starts dropping capture records.
 /// 16384 full-size packets are ~24 MB: several seconds of a 10 Mbit/s link, far more than the
 /// writer ever lags behind.
-pub const CHANNEL_RECORDS: usize = 16_384;
+pub(crate) const CHANNEL_RECORDS: usize = 16_384;
 /// The writer flushes its buffer after this long without a record, so a file being read while
 /// the capture runs (or after a crash) is at most this stale.
 const IDLE_FLUSH: Duration = Duration::from_millis(250);
 
 /// The 24-byte global header (RFC draft-ietf-opsawg-pcap §4), little endian, nanoseconds.
-pub fn global_header() -> [u8; 24] {
+pub(crate) fn global_header() -> [u8; 24] {
     let mut h = [0u8; 24];
     h[0..4].copy_from_slice(&MAGIC_NANOS.to_le_bytes());
     h[4..6].copy_from_slice(&2u16.to_le_bytes()); // version 2.4
@@ -57,7 +57,7 @@ pub fn global_header() -> [u8; 24] {
 }
 
 /// Write one record (16-byte header + data) with a timestamp in nanoseconds since the Unix epoch.
-pub fn write_record(w: &mut impl Write, ts_ns: u64, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_record(w: &mut impl Write, ts_ns: u64, data: &[u8]) -> io::Result<()> {
     let caplen = data.len().min(SNAPLEN as usize);
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&((ts_ns / 1_000_000_000) as u32).to_le_bytes());
@@ -96,7 +96,7 @@ pub struct PcapFile {
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     /// The file could not be read.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Not a pcap file, or a damaged one.
     #[error("not a valid pcap file: {0}")]

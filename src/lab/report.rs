@@ -1,7 +1,14 @@
-//! The report kit every experiment uses: percentiles, bootstrap confidence intervals, a results
-//! folder with `results.json`, `report.md` and SVG plots, and progress bars.
+//! The report kit every experiment and benchmark uses: histograms and percentiles, bootstrap
+//! confidence intervals, Markdown tables, a results folder with `results.json`, `report.md` and
+//! SVG plots, per-arm plots of a loss sweep, and progress bars.
 //!
-//! * Percentiles come from [`hdrhistogram`] at 3 significant digits (0.1% relative error).
+//! It stays inside the lab (rather than a top-level module) because its bootstrap draws from the
+//! lab's seeded generator (`impair::Rng`), so a report is as reproducible as the link;
+//! it imports nothing else from the lab, and nothing in it is lab-specific to use: the MQTT
+//! load generator in `benches/` uses it as `quiclab::lab::report`.
+//!
+//! * Histograms ([`new_histogram`]) and percentiles come from [`hdrhistogram`] at 3 significant
+//!   digits (0.1% relative error).
 //! * Confidence intervals are percentile bootstraps (Efron & Tibshirani 1993, ch. 13) that
 //!   resample **runs**, not requests: requests within one run share a connection, a congestion
 //!   window and a loss pattern, so they are not independent, and resampling them would give
@@ -24,8 +31,8 @@ use super::impair::Rng;
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// A file or the folder.
-    #[error("{path}: {source}")]
+    /// Creating the folder or writing a file in it failed.
+    #[error("cannot write {path}")]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -33,17 +40,33 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
-    /// JSON encoding.
-    #[error("results.json: {0}")]
-    Json(#[from] serde_json::Error),
-    /// Drawing a plot.
-    #[error("plot {path}: {message}")]
+    /// The results could not be encoded as JSON.
+    #[error("cannot encode results.json")]
+    Json(#[source] serde_json::Error),
+    /// plotters could not draw a plot.
+    #[error("cannot draw the plot {path}")]
     Plot {
         /// The SVG file.
         path: PathBuf,
         /// plotters' error.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Largest value a histogram of nanoseconds needs: 100 s.
+pub const HISTOGRAM_MAX_NS: u64 = 100_000_000_000;
+/// Largest value a histogram of microseconds needs: 100 s.
+pub const HISTOGRAM_MAX_US: u64 = 100_000_000;
+
+/// An empty histogram of integer values from 1 to `highest` (e.g. [`HISTOGRAM_MAX_NS`] or
+/// [`HISTOGRAM_MAX_US`]) at 3 significant digits (0.1% relative error). Recording a value above
+/// `highest` fails (`record` returns an error, `saturating_record` clamps); read it back with
+/// [`Percentiles::from_histogram`].
+pub fn new_histogram(highest: u64) -> Histogram<u64> {
+    // hdrhistogram needs highest >= 2 * lowest; 3 significant digits is always valid.
+    Histogram::new_with_bounds(1, highest.max(2), 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid"))
 }
 
 /// Serialize a duration as fractional milliseconds.
@@ -284,7 +307,7 @@ impl ResultsDir {
 
     /// Write `results.json` (pretty-printed).
     pub fn write_json(&self, value: &impl Serialize) -> Result<PathBuf, ReportError> {
-        let text = serde_json::to_string_pretty(value)?;
+        let text = serde_json::to_string_pretty(value).map_err(ReportError::Json)?;
         self.write("results.json", text + "\n")
     }
 
@@ -355,8 +378,10 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Draw `series` as lines into the SVG file `path` (800×500).
 pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), ReportError> {
+    use plotters::drawing::DrawingAreaErrorKind;
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot { path: path.to_path_buf(), message: e.to_string() };
+    let err =
+        |e: DrawingAreaErrorKind<std::io::Error>| ReportError::Plot { path: path.to_path_buf(), source: Box::new(e) };
     let (x0, x1) = span(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let (y0, y1) = span(
         series
@@ -364,20 +389,20 @@ pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Se
             .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.bars.iter().flatten().flat_map(|(lo, hi)| [*lo, *hi]))),
     );
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0.min(0.0)..y1)
-        .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+        .map_err(err)?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(err)?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
+            .map_err(err)?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         if let Some(bars) = &s.bars {
@@ -388,21 +413,66 @@ pub fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Se
                     vec![(x - whisker, *lo), (x + whisker, *lo)],
                     vec![(x - whisker, *hi), (x + whisker, *hi)],
                 ] {
-                    chart.draw_series(std::iter::once(PathElement::new(seg, color))).map_err(|e| err(&e))?;
+                    chart.draw_series(std::iter::once(PathElement::new(seg, color))).map_err(err)?;
                 }
             }
         }
     }
     if series.len() > 1 || series.iter().any(|s| !s.name.is_empty()) {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
     }
-    root.present().map_err(|e| err(&e))?;
+    root.present().map_err(err)?;
     Ok(())
+}
+
+/// The arms of a loss sweep (the variants an experiment compares on the same link, e.g. HTTP/2
+/// vs HTTP/3), for plots with one line per arm.
+#[derive(Debug, Clone, Copy)]
+pub struct Arms<'a, A> {
+    /// Every arm, in legend order.
+    pub all: &'a [A],
+    /// An arm's legend label.
+    pub name: fn(A) -> &'static str,
+}
+
+impl<A: Copy> Arms<'_, A> {
+    /// Draw one line per arm into the SVG file `path`: `series(arm, label)` builds it.
+    pub fn plot(
+        &self,
+        path: &Path,
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        series: impl Fn(A, &'static str) -> Series,
+    ) -> Result<(), ReportError> {
+        let lines: Vec<Series> = self.all.iter().map(|&a| series(a, (self.name)(a))).collect();
+        plot(path, title, x_label, y_label, &lines)
+    }
+
+    /// One CDF plot per loss rate (a fraction), one line per arm:
+    /// `{file_prefix}cdf-loss-{loss %, 2 decimals}pct.svg` in `dir`, titled
+    /// "`{title}`, loss X%"; `samples(arm, loss)` are the arm's samples at that loss rate.
+    pub fn cdf_per_loss(
+        &self,
+        dir: &ResultsDir,
+        file_prefix: &str,
+        title: &str,
+        x_label: &str,
+        losses: &[f64],
+        samples: impl Fn(A, f64) -> Vec<f64>,
+    ) -> Result<(), ReportError> {
+        for &loss in losses {
+            let pct = loss * 100.0;
+            self.plot(
+                &dir.path(&format!("{file_prefix}cdf-loss-{pct:.2}pct.svg")),
+                &format!("{title}, loss {pct:.2}%"),
+                x_label,
+                "fraction",
+                |arm, label| Series::cdf(label, &samples(arm, loss)),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A progress bar on standard error for `total` steps; drawn only when standard error is a

@@ -129,6 +129,12 @@ pub struct SelfCheck {
 }
 
 impl SelfCheck {
+    /// Measure RTT and loss across `link` and compare them with its configuration (at most
+    /// `opts.attempts` attempts). Ends by starting phase 0, so the run that follows starts afresh.
+    pub fn run(link: &Link, opts: &SelfCheckOptions) -> Result<SelfCheck, LabError> {
+        check(link, opts)
+    }
+
     /// The attempt that decided the outcome.
     pub fn last(&self) -> &CheckAttempt {
         self.attempts.last().expect("at least one attempt")
@@ -208,8 +214,7 @@ fn median(v: &mut [u64]) -> u64 {
     }
 }
 
-/// Run the self-check on `link` (at most `opts.attempts` attempts), then start phase 0.
-pub fn run(link: &Link, opts: &SelfCheckOptions) -> Result<SelfCheck, LabError> {
+fn check(link: &Link, opts: &SelfCheckOptions) -> Result<SelfCheck, LabError> {
     let mut attempts = Vec::new();
     for a in 1..=opts.attempts.max(1) {
         link.begin_phase(a);

@@ -14,7 +14,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
-    name: String,
 }
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
@@ -53,12 +52,7 @@ impl Tun {
         // SAFETY: TUNSETIFF reads and writes the ifreq we pass.
         check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
             .map_err(|e| io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")))?;
-        Ok(Tun { fd, name: name.to_string() })
-    }
-
-    /// The device's name.
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Tun { fd })
     }
 
     /// The descriptor packets are read from and written to.

@@ -1,6 +1,6 @@
 //! MQTT over QUIC 0-RTT over the lab's link (25 ms each way, so early data really arrives
-//! before the handshake completes), docs/mqtt-over-quic.md §6.7–6.11. Timing-sensitive: its own
-//! test binary, one test.
+//! before the handshake completes), docs/mqtt-over-quic.md §6.7–6.11. A timing binary: it
+//! asserts when answers arrive, in RTTs of the emulated link; one test.
 //!
 //! * A resumed connection sends CONNECT (clean session, unknown id), SUBSCRIBE and a QoS 1
 //!   PUBLISH in its first flight. CONNACK and SUBACK come back after about one RTT (acted on at
@@ -12,13 +12,13 @@
 //!   resumption, so the 0-RTT packets are never decrypted. Nothing is published, taken over or
 //!   wiped. The original connection's ServerHello carries it (the positive control).
 
+#[path = "common/lab.rs"]
+mod lab_common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiclab::config::ServerConfig;
-use quiclab::lab::link::{Impairment, Link, LinkConfig};
-use quiclab::lab::server::LabServer;
 use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicSetup, StreamMode, Transport};
 use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::tls::Trust;
@@ -211,25 +211,18 @@ fn early_mqtt_packets_follow_the_hold_rules_and_a_replayed_flight_is_refused() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let link = Link::start(LinkConfig::symmetric(Impairment::delay(ONE_WAY), 7)).expect("link");
-    let certs = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::new();
-    let addr = SocketAddr::new(link.server_ip().into(), 4433);
-    cfg.quic_listen = addr;
-    cfg.tcp_listen = addr;
-    cfg.certs_dir = certs.path().to_path_buf();
-    cfg.mqtt.tcp_listen = Some(SocketAddr::new(link.server_ip().into(), 1883));
-    cfg.mqtt.tls_listen = None;
-    // A replay never completes its handshake: the server gives up on it after 1 s, so the next
-    // replay (same connection IDs) is a new connection again.
-    cfg.limits.handshake_timeout = Duration::from_secs(1);
-    // ... and its closed connection drains in 3 PTOs, which without an RTT sample start from
-    // the initial RTT estimate: close to the link's, not quinn's 333 ms.
-    cfg.transport.initial_rtt = RTT * 2;
-    let server = LabServer::start(&link, cfg).expect("server");
+    let link = lab_common::delay_link(ONE_WAY, 7);
+    let server = lab_common::start_server(&link, |cfg| {
+        // A replay never completes its handshake: the server gives up on it after 1 s, so the
+        // next replay (same connection IDs) is a new connection again.
+        cfg.limits.handshake_timeout = Duration::from_secs(1);
+        // ... and its closed connection drains in 3 PTOs, which without an RTT sample start from
+        // the initial RTT estimate: close to the link's, not quinn's 333 ms.
+        cfg.transport.initial_rtt = RTT * 2;
+    });
     let broker = server.mqtt().expect("MQTT on").broker.clone();
     let quic = server.quic_addr();
-    let ca = certs.path().join("ca.pem");
+    let ca = server.ca.clone();
     let t = link
         .spawn_in_client_ns("mqtt-0rtt-test", move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
