@@ -44,7 +44,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
 use quiclab::config::parse_duration;
-use quiclab::lab::report::md_table;
+use quiclab::lab::report::{md_table, new_histogram, HISTOGRAM_MAX_US};
 use quiclab::mqtt::client::{
     self as mqtt_client, framed, BoxRead, BoxWrite, Halves, MqttUrl, PacketReader, PacketWriter, QuicConnection,
     ReadStream, Transport, WriteStream,
@@ -587,11 +587,6 @@ impl Shared {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs .. 100 s, 3 significant digits. The bounds are valid constants.
-    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
-}
-
 async fn subscribe(r: &mut Reader, w: &mut Writer, filter: &str, qos: QoS) -> Result<(), BenchError> {
     let f = mqtt_client::filter(filter)?;
     w.send(&Packet::Subscribe(Subscribe::new(Pid::default(), vec![(f, qos)]))).await?;
@@ -659,7 +654,7 @@ async fn run_subscriber(conn: Conn, shared: Arc<Shared>, hist: Arc<Mutex<Histogr
 
 /// All subscribers' histograms together.
 fn merged(hists: &[Arc<Mutex<Histogram<u64>>>]) -> Histogram<u64> {
-    let mut all = new_histogram();
+    let mut all = new_histogram(HISTOGRAM_MAX_US);
     for h in hists {
         if let Ok(h) = h.lock() {
             let _ = all.add(&*h);
@@ -866,7 +861,7 @@ async fn p2p(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bo
     for i in 0..a.pairs {
         let mut c = connect(g, b, t, &format!("bench-sub-{i}"), 0).await?;
         subscribe(&mut c.r, &mut c.w, &format!("bench/p2p/{i}"), QoS::Level1).await?;
-        let h = Arc::new(Mutex::new(new_histogram()));
+        let h = Arc::new(Mutex::new(new_histogram(HISTOGRAM_MAX_US)));
         hists.push(h.clone());
         tasks.push(tokio::spawn(run_subscriber(c, shared.clone(), h)));
     }
@@ -904,7 +899,7 @@ async fn fanout(
     for i in 0..a.subscribers {
         let mut c = connect(g, b, t, &format!("bench-fan-{i}"), 0).await?;
         subscribe(&mut c.r, &mut c.w, "bench/fan", QoS::Level0).await?;
-        let h = Arc::new(Mutex::new(new_histogram()));
+        let h = Arc::new(Mutex::new(new_histogram(HISTOGRAM_MAX_US)));
         hists.push(h.clone());
         tasks.push(tokio::spawn(run_subscriber(c, shared.clone(), h)));
     }
@@ -971,7 +966,7 @@ async fn close_all(g: &Gen, conns: Vec<Conn>) {
 async fn handshakes(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport) -> Result<HandshakeResult, BenchError> {
     let next = std::cell::Cell::new(0usize);
     let failed = std::cell::Cell::new(0usize);
-    let mut hist = new_histogram();
+    let mut hist = new_histogram(HISTOGRAM_MAX_US);
     let cpu0 = b.cpu()?;
     let t0 = Instant::now();
     let worker = || async {

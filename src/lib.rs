@@ -5,21 +5,28 @@
 //!
 //! # Layout
 //!
-//! | module | what it holds |
-//! |--------|---------------|
-//! | `main.rs`, `cli/` | the binary, not part of this library: the command-line parser, signal handling, and the code that runs each command on this library's plain parameter structs |
-//! | [`config`] | every tunable knob, its default and the reason for it |
-//! | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
-//! | [`quic`] | the quinn endpoint, transport parameters, accept loop dispatching by ALPN to registered services |
-//! | [`tcp`] | TCP listening sockets and the TLS/TCP listener handing connections to one service |
-//! | [`server`] | starts the listeners from one [`config::ServerConfig`], registers the services by ALPN; graceful shutdown |
-//! | [`web`] | the test site: one transport-independent service; [`web::h3`] and [`web::h2`] adapt it |
-//! | [`conn`] | per-connection and per-request facts every service is handed (protocol, addresses, path, 0-RTT) |
-//! | [`stats`] | kernel TCP statistics (`TCP_INFO`, `TCP_CONGESTION`) |
-//! | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
-//! | [`mqtt`] | the MQTT broker: the sans-IO core (crate `mqtt_core`, re-exported), TCP/TLS and QUIC transports (the stream mapping of docs/mqtt-over-quic.md), client, password files and ACLs in mosquitto's formats (the load generator against mosquitto is `benches/mqtt.rs`) |
-//! | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, report kit |
-//! | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
+//! The library, by layer (lowest last; a module imports only from its own layer and below, never
+//! in a cycle: docs/ARCHITECTURE.md, checked by `tests/layout.rs`):
+//!
+//! | layer | module | what it holds |
+//! |-------|--------|---------------|
+//! | binary | `main.rs`, `cli/` | not part of this library: clap types (one file per subcommand), the one signal handler, exit codes; it runs each command on this library's plain parameter structs |
+//! | experiments | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, the five experiments, the report kit (also used by `benches/`) |
+//! | | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
+//! | server | [`server`] | starts the listeners from one [`config::ServerConfig`], registers the services by ALPN; graceful shutdown |
+//! | protocols | [`web`] | the test site: one transport-independent service, adapted to HTTP/3 (`web::h3`) and HTTP/2 and HTTP/1.1 (`web::h2`) |
+//! | | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
+//! | | [`mqtt`] | the MQTT transports around the sans-IO core (TCP, TLS, the QUIC stream mapping of docs/mqtt-over-quic.md), the driver, the client; the core's modules re-exported |
+//! | transports | [`quic`] | the quinn endpoint, transport parameters, the accept loop handing each connection to the service registered for its ALPN |
+//! | | `tcp` | TCP listening sockets, the TLS/TCP listener handing connections to one service |
+//! | plumbing | [`config`] | every tunable knob, its default and the reason for it |
+//! | | [`tls`] | development certificates (rcgen), client certificates (verify, present, issue), rustls configs for QUIC and TCP, `SSLKEYLOGFILE` |
+//! | | [`conn`] | per-connection and per-request facts every service is handed (protocol, addresses, path, 0-RTT, handshake done) |
+//! | | `stats` | kernel TCP statistics (`TCP_INFO`, `TCP_CONGESTION`) |
+//! | core | `mqtt_core` (crates/mqtt-core) | sans-IO MQTT: codec, topic tries, sessions, the broker state machine, password files, ACLs; no tokio, no sockets, no clock |
+//!
+//! Modules are private unless the examples, tests or benches need them; the MQTT load generator is
+//! `benches/mqtt.rs`, sharing `tests/common/` with the tests.
 //!
 //! # Rules
 //!
@@ -36,7 +43,7 @@ pub mod lab;
 pub mod mqtt;
 pub mod quic;
 pub mod server;
-pub mod stats;
-pub mod tcp;
+pub(crate) mod stats;
+pub(crate) mod tcp;
 pub mod tls;
 pub mod web;

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     // The server: both listeners, every service registered by ALPN.
     &["server"],
     // Experiments and tools built on servers and clients.
-    &["lab", "report", "fuzzing"],
+    &["lab", "fuzzing"],
 ];
 
 fn src_dir() -> PathBuf {

@@ -178,12 +178,12 @@ pub enum RebindMode {
 }
 
 impl std::str::FromStr for RebindMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::config::BadValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "port" => Ok(RebindMode::Port),
             "address" | "addr" => Ok(RebindMode::Address),
-            other => Err(format!("unknown rebinding {other:?} (port, address)")),
+            _ => Err(crate::config::BadValue::new("a rebinding mode", s, "port, address")),
         }
     }
 }

@@ -2,32 +2,37 @@
 //! parameters and queue limits.
 
 use super::impair::{LossModel, QueueLimit};
+use crate::config::BadValue;
 
 /// Parse a rate in bits per second: `10mbit`, `10Mbit/s`, `500kbit`, `1.5gbit`, `64000bit`
 /// (SI prefixes: k = 1000). tc's `kbps`/`mbps` (bytes per second) are refused as ambiguous.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
+pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix("/s").unwrap_or(&t);
     if t.ends_with("bps") {
-        return Err(format!("ambiguous rate {s:?}: write bits per second as e.g. 10mbit (tc's mbps means megabytes)"));
+        return Err(BadValue::new(
+            "an unambiguous rate",
+            s,
+            "write bits per second as e.g. 10mbit; tc's mbps means megabytes",
+        ));
     }
     let units = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)];
     let (num, mult) = units
         .iter()
         .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n, *m)))
-        .ok_or_else(|| format!("not a rate: {s:?} (use e.g. 10mbit, 500kbit, 1gbit)"))?;
-    let v: f64 = num.trim().parse().map_err(|_| format!("not a rate: {s:?} (use e.g. 10mbit, 500kbit, 1gbit)"))?;
+        .ok_or_else(|| BadValue::new("a rate", s, "use e.g. 10mbit, 500kbit, 1gbit"))?;
+    let v: f64 = num.trim().parse().map_err(|_| BadValue::new("a rate", s, "use e.g. 10mbit, 500kbit, 1gbit"))?;
     let bps = v * mult;
     if !(1.0..=1e12).contains(&bps) {
-        return Err(format!("rate {s:?} out of range (1 bit/s to 1 Tbit/s)"));
+        return Err(BadValue::new("a rate from 1 bit/s to 1 Tbit/s", s, "use e.g. 10mbit"));
     }
     Ok(bps.round() as u64)
 }
 
 /// Parse a probability: `2%`, `0.5%`, or a fraction with a decimal point (`0.02`), or `0`.
-pub fn parse_probability(s: &str) -> Result<f64, String> {
+pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
     let t = s.trim();
-    let bad = || format!("not a probability: {s:?} (use a percentage like 2% or a fraction like 0.02)");
+    let bad = || BadValue::new("a probability", s, "use a percentage like 2% or a fraction like 0.02");
     let v = if let Some(p) = t.strip_suffix('%') {
         p.trim().parse::<f64>().map_err(|_| bad())? / 100.0
     } else if t == "0" || t.contains('.') {
@@ -36,13 +41,13 @@ pub fn parse_probability(s: &str) -> Result<f64, String> {
         return Err(bad());
     };
     if !(0.0..=1.0).contains(&v) {
-        return Err(format!("probability {s:?} outside 0..100%"));
+        return Err(BadValue::new("a probability within 0..100%", s, "use e.g. 2%"));
     }
     Ok(v)
 }
 
 /// Parse random loss: a probability (see [`parse_probability`]).
-pub fn parse_loss(s: &str) -> Result<LossModel, String> {
+pub fn parse_loss(s: &str) -> Result<LossModel, BadValue> {
     let p = parse_probability(s)?;
     Ok(if p == 0.0 { LossModel::None } else { LossModel::Random { p } })
 }
@@ -50,32 +55,34 @@ pub fn parse_loss(s: &str) -> Result<LossModel, String> {
 /// Parse Gilbert–Elliott parameters in netem's `gemodel` order: `P,R[,LOSS_BAD[,LOSS_GOOD]]`,
 /// e.g. `1%,30%` (the simple Gilbert model: everything lost in Bad, nothing in Good) or
 /// `1%,30%,80%,0.1%`.
-pub fn parse_burst_loss(s: &str) -> Result<LossModel, String> {
+pub fn parse_burst_loss(s: &str) -> Result<LossModel, BadValue> {
     let parts: Vec<&str> = s.split(',').collect();
     if !(2..=4).contains(&parts.len()) {
-        return Err(format!("burst loss {s:?}: expected P,R[,LOSS_BAD[,LOSS_GOOD]], e.g. 1%,30%"));
+        return Err(BadValue::new("burst loss parameters", s, "expected P,R[,LOSS_BAD[,LOSS_GOOD]], e.g. 1%,30%"));
     }
     let p = parse_probability(parts[0])?;
     let r = parse_probability(parts[1])?;
     let loss_bad = parts.get(2).map(|v| parse_probability(v)).transpose()?.unwrap_or(1.0);
     let loss_good = parts.get(3).map(|v| parse_probability(v)).transpose()?.unwrap_or(0.0);
     if p > 0.0 && r == 0.0 {
-        return Err(format!("burst loss {s:?}: R = 0 would stay in Bad forever"));
+        return Err(BadValue::new("a burst loss that leaves the Bad state", s, "R = 0 would stay in Bad forever"));
     }
     Ok(LossModel::GilbertElliott { p, r, loss_bad, loss_good })
 }
 
 /// Parse a queue limit: bytes with an optional k/M suffix (`64k`, powers of 1024), or packets
 /// with a `p`, `pkt` or `packets` suffix (`100p`).
-pub fn parse_queue(s: &str) -> Result<QueueLimit, String> {
+pub fn parse_queue(s: &str) -> Result<QueueLimit, BadValue> {
     let t = s.trim().to_ascii_lowercase();
     for suffix in ["packets", "pkts", "pkt", "p"] {
         if let Some(n) = t.strip_suffix(suffix) {
-            let n: u64 = n.trim().parse().map_err(|_| format!("not a packet count: {s:?} (e.g. 100p)"))?;
+            let n: u64 = n.trim().parse().map_err(|_| BadValue::new("a packet count", s, "e.g. 100p"))?;
             return Ok(QueueLimit::Packets(n));
         }
     }
-    crate::config::parse_size(&t).map(QueueLimit::Bytes).map_err(|e| format!("{e}, or packets like 100p"))
+    crate::config::parse_size(&t)
+        .map(QueueLimit::Bytes)
+        .map_err(|_| BadValue::new("a queue limit", s, "bytes like 64k, or packets like 100p"))
 }
 
 #[cfg(test)]

@@ -1,26 +1,28 @@
 //! The test site: ONE transport-independent service for HTTP/3 and HTTP/2 alike.
 //!
 //! [`Site::handle`] maps `(http::Request, RequestInfo)` to an `http::Response` with a streaming
-//! body. The HTTP/3 loop ([`h3`]) and hyper ([`h2`]) only translate between their stream types
+//! body. The HTTP/3 loop (`h3`) and hyper (`h2`) only translate between their stream types
 //! and these; everything a client can observe about the site is decided here, so a comparison
 //! of the two transports compares transports, not two sites.
 //!
 //! | module | what it holds |
 //! |--------|---------------|
-//! | [`routes`] | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
-//! | [`files`] | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
+//! | `routes` | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
+//! | `files` | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
 //! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
-//! | [`h3`] | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
-//! | [`h2`] | HTTP/2 and HTTP/1.1 over TLS/TCP (hyper), with graceful shutdown |
+//! | `h3` | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
+//! | `h2` | HTTP/2 and HTTP/1.1 over TLS/TCP (hyper), with graceful shutdown |
 //!
-//! The listeners do not know this module: [`crate::server`] registers [`h3`] on the QUIC
-//! endpoint and [`h2`] on the TLS/TCP listener.
+//! The listeners do not know this module: [`crate::server`] registers `h3` on the QUIC
+//! endpoint and `h2` on the TLS/TCP listener.
 
 mod body;
-pub mod files;
-pub mod h2;
-pub mod h3;
-pub mod routes;
+pub(crate) mod files;
+pub(crate) mod h2;
+pub(crate) mod h3;
+pub(crate) mod routes;
+
+pub use routes::pattern_byte;
 
 use std::sync::Arc;
 

@@ -130,7 +130,7 @@ pub const BOTH: [HttpVersion; 2] = [HttpVersion::H3, HttpVersion::H2];
 /// Check that `body` is the `/bytes` pattern from offset `start`.
 pub fn assert_pattern(body: &[u8], start: u64) {
     for (i, b) in body.iter().enumerate() {
-        let want = quiclab::web::routes::pattern_byte(start + i as u64);
+        let want = quiclab::web::pattern_byte(start + i as u64);
         assert_eq!(*b, want, "byte {} (offset {}) is {b}, want {want}", i, start + i as u64);
     }
 }
