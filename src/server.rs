@@ -2,9 +2,9 @@
 //! one [`ServerConfig`], stopped together with a bounded graceful shutdown.
 //!
 //! This is where transports meet applications: the endpoint ([`crate::quic`]) and the TLS/TCP
-//! listener ([`crate::tcp`]) know no application protocol; [`Server::start`] registers HTTP/3
-//! ([`crate::web::h3`]) and MQTT over QUIC ([`crate::mqtt::quic`]) by ALPN on the endpoint,
-//! and HTTP/2 / HTTP/1.1 ([`crate::web::h2`]) on the TLS/TCP listener. MQTT over TCP and TLS
+//! listener (`tcp`) know no application protocol; [`Server::start`] registers HTTP/3
+//! (`web::h3`) and MQTT over QUIC ([`crate::mqtt::quic`]) by ALPN on the endpoint,
+//! and HTTP/2 / HTTP/1.1 (`web::h2`) on the TLS/TCP listener. MQTT over TCP and TLS
 //! runs on listeners of its own ([`crate::mqtt::tcp`]); [`MqttQuicListener`] is a QUIC
 //! endpoint serving MQTT only.
 //!

@@ -8,7 +8,7 @@
 //! Timings follow curl's `-w time_*` convention: every figure counts from the moment the
 //! connection attempt started, so `ttfb` includes the handshake.
 
-pub mod h2;
+pub(crate) mod h2;
 pub mod h3;
 
 use std::net::SocketAddr;

@@ -280,7 +280,7 @@ enum OpenBug {
     WillTooDeep,
 }
 
-/// The campaign's entry point: the harness below, minus the scenarios of [`AVOID_OPEN_BUGS`].
+/// The campaign's entry point: the harness below, minus the scenarios of `AVOID_OPEN_BUGS`.
 pub fn mqtt_broker(data: &[u8]) {
     run(data, AVOID_OPEN_BUGS)
 }

@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |--------|---------------|
 //! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`] | re-exported from `mqtt_core` |
-//! | [`driver`] | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
+//! | `driver` | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
@@ -19,7 +19,7 @@
 pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
 
 pub mod client;
-pub mod driver;
+pub(crate) mod driver;
 pub mod quic;
 pub mod tcp;
 
@@ -140,8 +140,4 @@ pub enum MqttError {
     /// An ACL file could not be read or parsed (`--mqtt-acl-file`).
     #[error(transparent)]
     Acl(#[from] acl::AclError),
-    /// A message for the user with no underlying error (command-line usage, a refused
-    /// subscription).
-    #[error("{0}")]
-    Other(String),
 }

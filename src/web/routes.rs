@@ -16,7 +16,7 @@
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
-/// Byte `i` of the `/bytes/N` pattern (the body is [`super::body`]'s).
+/// Byte `i` of the `/bytes/N` pattern (the body is `web::body`'s).
 pub use super::body::pattern_byte;
 use super::body::{drain_in_background, empty, full, read_body, text, BodyTooLarge};
 use super::{files, Body, Site};
