@@ -655,7 +655,14 @@ impl<D> BrokerCore<D> {
         if let CodecError::TooLarge { .. } = err {
             self.stats.limit_packet_size += 1;
         }
-        self.violation(conn, format!("malformed packet: {err}"), out);
+        // The decoder's detail (mqtt-proto's words) is the error's source: name it in the log too.
+        let mut why = err.to_string();
+        let mut cause = std::error::Error::source(err);
+        while let Some(c) = cause {
+            why = format!("{why}: {c}");
+            cause = c.source();
+        }
+        self.violation(conn, format!("malformed packet: {why}"), out);
     }
 
     /// A decoded packet from `channel` of `conn`.
