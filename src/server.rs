@@ -74,6 +74,13 @@ pub enum ServerError {
     Transport(#[from] QuicError),
 }
 
+impl ServerError {
+    /// `map_err` for a failed bind (or address read-back) of a `proto` socket on `addr`.
+    fn bind(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> ServerError + Copy {
+        move |source| ServerError::Bind { proto, addr, source }
+    }
+}
+
 /// What the server presents, for the startup banner and `quiclab certs`.
 #[derive(Debug, Clone)]
 pub struct CertSummary {
@@ -116,7 +123,7 @@ impl MqttQuicListener {
         tracker: &TaskTracker,
     ) -> Result<SocketAddr, ServerError> {
         let addr = self.addr;
-        let bind_err = |source| ServerError::Bind { proto: "MQTT/QUIC", addr, source };
+        let bind_err = ServerError::bind("MQTT/QUIC", addr);
         let clients = crate::mqtt::client_auth(broker.config(), self.client_ca.as_ref());
         let qtls = tls::quic_server_config_with(store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qtls));
@@ -147,7 +154,7 @@ const HTTP_BACKLOG: i32 = 1024;
 /// Bind the UDP socket and the TCP listener. When both ask for the same address with port 0,
 /// find one ephemeral port free for both, so `Alt-Svc` and the banner name a single port.
 fn bind_pair(quic: SocketAddr, tcp: SocketAddr) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), ServerError> {
-    let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
+    let bind_err = ServerError::bind;
     let same_ephemeral = quic == tcp && quic.port() == 0;
     let attempts = if same_ephemeral { 50 } else { 1 };
     let mut last_err = None;
@@ -310,7 +317,7 @@ impl Server {
         let quic_tls = tls::quic_server_config_with(&store, alpns, quic_clients)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server_config.transport_config(Arc::new(crate::quic::transport_config(&cfg.transport)?));
-        let bind_err = |proto, addr| move |source| ServerError::Bind { proto, addr, source };
+        let bind_err = ServerError::bind;
         for addr in &cfg.preferred_addresses {
             match addr {
                 SocketAddr::V4(a) => server_config.preferred_address_v4(Some(*a)),
