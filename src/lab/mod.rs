@@ -15,6 +15,7 @@
 //!   ([`SelfCheck::run`], [`SelfCheckOptions`]);
 //! * [`server`]: the quiclab server inside the server namespace ([`LabServer`]);
 //! * [`pcap`]: captures of what the relay forwards (and drops), for `hol --pcap`;
+//! * [`tap`]: the same packets in memory, for analyses of one run;
 //! * [`units`]: parsers for rates, loss and queue limits.
 //!
 //! The report kit: [`report`]: histograms, percentiles, bootstrap intervals, Markdown tables,
@@ -67,6 +68,7 @@ pub mod pcap;
 pub mod report;
 mod selfcheck;
 pub mod server;
+pub mod tap;
 mod tun;
 pub mod units;
 

@@ -222,6 +222,127 @@ pub fn bootstrap_ci(
     }
 }
 
+/// A percentile-bootstrap interval of the **median of per-run paired differences**: `diffs[r]`
+/// is one run's `a − b`, both arms measured on the same seed (the same loss draws) in that run,
+/// so the run, not the request, is the resampling unit and the pairing removes the variance the
+/// two arms share. 10,000 resamples, seeded.
+pub fn paired_ci(diffs: &[f64], confidence: f64, seed: u64) -> Ci {
+    let runs: Vec<Vec<f64>> = diffs.iter().filter(|d| d.is_finite()).map(|d| vec![*d]).collect();
+    bootstrap_ci(&runs, median, confidence, 10_000, seed)
+}
+
+/// What an interval of a difference `a − b` supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The whole interval is below 0: `a` is lower.
+    ALower,
+    /// The whole interval is above 0: `b` is lower.
+    BLower,
+    /// The interval contains 0: no difference resolved at this many runs.
+    NotResolved,
+}
+
+impl Verdict {
+    /// The verdict an interval of `a − b` supports (an interval touching 0 resolves nothing).
+    pub fn of(ci: &Ci) -> Verdict {
+        if !(ci.lo.is_finite() && ci.hi.is_finite()) || ci.runs < 2 {
+            Verdict::NotResolved
+        } else if ci.hi < 0.0 {
+            Verdict::ALower
+        } else if ci.lo > 0.0 {
+            Verdict::BLower
+        } else {
+            Verdict::NotResolved
+        }
+    }
+}
+
+/// A published comparison: the interval of `a − b` and the one sentence it supports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// What was compared, e.g. `request latency p50 at 2% loss`.
+    pub what: String,
+    /// Name of arm `a`.
+    pub a: String,
+    /// Name of arm `b`.
+    pub b: String,
+    /// Unit of the difference (`ms`, `%`).
+    pub unit: String,
+    /// Median of the per-run differences `a − b`, with its interval.
+    pub diff: Ci,
+    /// What the interval supports.
+    pub verdict: Verdict,
+    /// The sentence, generated from the numbers and nothing else.
+    pub sentence: String,
+}
+
+impl Finding {
+    /// The finding for per-run paired differences `a − b` (`diffs[r]` from run `r`).
+    pub fn paired(
+        what: impl Into<String>,
+        a: impl Into<String>,
+        b: impl Into<String>,
+        unit: &str,
+        diffs: &[f64],
+        seed: u64,
+    ) -> Finding {
+        Finding::from_ci(what, a, b, unit, paired_ci(diffs, 0.95, seed))
+    }
+
+    /// The finding an interval of `a − b` supports.
+    pub fn from_ci(what: impl Into<String>, a: impl Into<String>, b: impl Into<String>, unit: &str, diff: Ci) -> Finding {
+        let (what, a, b) = (what.into(), a.into(), b.into());
+        let verdict = Verdict::of(&diff);
+        let pct = (diff.confidence * 100.0).round();
+        let sentence = match verdict {
+            Verdict::ALower => format!(
+                "{what}: {a} lower than {b} by {:.1} {unit} ({pct}% CI {:.1} to {:.1}, {} runs)",
+                -diff.estimate, -diff.hi, -diff.lo, diff.runs
+            ),
+            Verdict::BLower => format!(
+                "{what}: {b} lower than {a} by {:.1} {unit} ({pct}% CI {:.1} to {:.1}, {} runs)",
+                diff.estimate, diff.lo, diff.hi, diff.runs
+            ),
+            Verdict::NotResolved => format!(
+                "{what}: no difference resolved between {a} and {b} ({a} − {b} = {:.1} {unit}, {pct}% CI {:.1} to {:.1} \
+                 spans 0, {} runs)",
+                diff.estimate, diff.lo, diff.hi, diff.runs
+            ),
+        };
+        Finding { what, a, b, unit: unit.to_string(), diff, verdict, sentence }
+    }
+}
+
+/// Where the code that produced a result came from: `git rev-parse HEAD` and whether the work
+/// tree had uncommitted changes, read at run time from the source folder this binary was built
+/// from (`None` when that folder or git is not there).
+#[derive(Debug, Clone, Serialize)]
+pub struct Commit {
+    /// The commit id.
+    pub id: String,
+    /// Whether `git status --porcelain` listed changes (tracked files only).
+    pub dirty: bool,
+}
+
+/// The commit of the source this binary was built from, if it can be read.
+pub fn commit() -> Option<Commit> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let id = git(&["rev-parse", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(Commit { id, dirty })
+}
+
 /// Versions of what produced a result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Versions {
@@ -231,6 +352,8 @@ pub struct Versions {
     pub kernel: String,
     /// Versions of the protocol crates, as locked in `Cargo.lock` when this binary was built.
     pub crates: BTreeMap<&'static str, String>,
+    /// The source commit, when the binary runs beside its source tree.
+    pub commit: Option<Commit>,
 }
 
 const LOCKFILE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"));
@@ -260,7 +383,7 @@ pub fn versions() -> Versions {
     } else {
         "unknown".into()
     };
-    Versions { quiclab: env!("CARGO_PKG_VERSION"), kernel, crates }
+    Versions { quiclab: env!("CARGO_PKG_VERSION"), kernel, crates, commit: commit() }
 }
 
 /// A Markdown table.
@@ -539,5 +662,26 @@ mod tests {
         assert!(std::fs::read_to_string(out.path("report.md")).unwrap().contains("| 1 | 2 |"));
         assert!(versions().crates.contains_key("quinn"));
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn findings_say_only_what_the_interval_supports() {
+        // H2 − H3 per run: clearly positive → "H3 lower".
+        let pos: Vec<f64> = (0..20).map(|r| 40.0 + f64::from(r % 5)).collect();
+        let f = Finding::paired("p50 at 2% loss", "HTTP/2", "HTTP/3", "ms", &pos, 7);
+        assert_eq!(f.verdict, Verdict::BLower, "{f:?}");
+        assert!(f.sentence.contains("HTTP/3 lower than HTTP/2 by 42.0 ms"), "{}", f.sentence);
+        // Differences around 0: the interval spans 0 and the sentence says so.
+        let mixed: Vec<f64> = (0..20).map(|r| if r % 2 == 0 { 30.0 } else { -30.0 } + f64::from(r)).collect();
+        let f = Finding::paired("p50 at 2% loss", "HTTP/2", "HTTP/3", "ms", &mixed, 7);
+        assert_eq!(f.verdict, Verdict::NotResolved, "{f:?}");
+        assert!(f.sentence.contains("no difference resolved") && f.sentence.contains("spans 0"), "{}", f.sentence);
+        // Clearly negative → "HTTP/2 lower"; one run resolves nothing.
+        let neg: Vec<f64> = pos.iter().map(|d| -d).collect();
+        assert_eq!(Finding::paired("x", "a", "b", "ms", &neg, 1).verdict, Verdict::ALower);
+        assert_eq!(Finding::paired("x", "a", "b", "ms", &[5.0], 1).verdict, Verdict::NotResolved);
+        // An interval touching 0 is not resolved.
+        let ci = Ci { estimate: 1.0, lo: 0.0, hi: 2.0, confidence: 0.95, resamples: 10, runs: 9 };
+        assert_eq!(Verdict::of(&ci), Verdict::NotResolved);
     }
 }
