@@ -22,8 +22,9 @@ pub(crate) enum LabCommand {
     /// link (delay, jitter, loss, rate limit, NAT rebinding): netem for people who can't use
     /// netem. Works as root and rootless.
     Link(LinkArgs),
-    /// Head-of-line blocking under loss: N concurrent requests on one connection vs N
-    /// connections, HTTP/2 vs HTTP/3, across a sweep of loss rates (`--quick`: under 2 minutes).
+    /// Head-of-line blocking under loss, HTTP/2 vs HTTP/3 (and MQTT over TCP vs QUIC): workloads
+    /// that expose it, a loss sweep in random order with paired seeds, per-stream stall times,
+    /// and conclusions generated from intervals.
     Hol(HolArgs),
     /// Time to first byte on a fresh connection in round trips: HTTP/2 over TCP + TLS 1.3,
     /// HTTP/3 1-RTT, HTTP/3 0-RTT.
@@ -145,13 +146,16 @@ pub(crate) struct LinkArgs {
 
 /// `quiclab lab hol` options.
 #[derive(Args, Debug)]
+#[command(after_help = "Workloads: small (many small responses at once on one connection), sequential (one small \
+request at a time), page (an HTML document, then 30 subresources at once), bulk (N large responses on one connection \
+vs N connections: a difference-of-differences), mqtt (MQTT/TCP vs MQTT/QUIC on one stream vs a stream per topic). \
+Every workload runs at every loss point, RUNS times, each run on its own link seed shared by its arms, in a random \
+interleaved order. report.md opens with conclusions generated from paired per-run differences and their 95% \
+intervals. Method: docs/lab.md.")]
 pub(crate) struct HolArgs {
-    /// Concurrent requests per run (N).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub(crate) requests: usize,
-    /// Size of each response (S).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100k")]
-    pub(crate) size: u64,
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "small,sequential,page")]
+    pub(crate) workload: Vec<hol::Workload>,
     /// Loss rates to sweep, per direction, comma-separated (`0,1%,2%`).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = units::parse_probability,
           default_value = "0,0.5%,1%,2%,4%")]
@@ -162,45 +166,82 @@ pub(crate) struct HolArgs {
     /// Bottleneck rate each way.
     #[arg(long, value_name = "RATE", value_parser = units::parse_rate, default_value = "10mbit")]
     pub(crate) rate: u64,
-    /// Runs per loss rate (each arm, paired seeds).
-    #[arg(long, value_name = "R", default_value_t = 8)]
+    /// Tail-drop queue in front of the rate: bytes (64k) or packets (100p). Default: 100 ms at
+    /// the rate, at least 16 full-size packets.
+    #[arg(long, value_name = "SIZE|Np", value_parser = units::parse_queue)]
+    pub(crate) queue: Option<QueueLimit>,
+    /// Runs per workload and loss point (every arm once per run, on the run's own link seed).
+    #[arg(long, value_name = "R", default_value_t = 20)]
     pub(crate) runs: usize,
-    /// Count connection set-up in the timed part.
+    /// Congestion control on both sides: cubic, bbr or newreno (Linux TCP_CONGESTION and
+    /// quinn's controller of the same name).
+    #[arg(long, value_name = "cubic|bbr|newreno", default_value = "cubic")]
+    pub(crate) cc: quiclab::config::Congestion,
+    /// QUIC's initial congestion window: linux (set to what Linux TCP starts with on the link,
+    /// 10 × MSS read from TCP_INFO) or quinn (quinn's own default).
+    #[arg(long, value_name = "linux|quinn", default_value = "linux")]
+    pub(crate) initial_window: hol::InitialWindow,
+    /// Skip the per-stream stall analysis (it taps the relay and decrypts every packet of a run
+    /// with the TLS key log).
+    #[arg(long)]
+    pub(crate) no_stall: bool,
+    /// `small`: responses requested together per round.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub(crate) small_requests: usize,
+    /// `small`: bytes per response.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4k")]
+    pub(crate) small_size: u64,
+    /// `small`: rounds per run (the next round starts when every response of the last is in).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) small_rounds: usize,
+    /// `sequential`: requests per run, one at a time.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub(crate) sequential_requests: usize,
+    /// `sequential`: bytes per response.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4k")]
+    pub(crate) sequential_size: u64,
+    /// `page`: page loads per run.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) page_loads: usize,
+    /// `bulk`: concurrent requests (N).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub(crate) requests: usize,
+    /// `bulk`: size of each response (S).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "100k")]
+    pub(crate) size: u64,
+    /// `bulk`: count connection set-up in the timed part.
     #[arg(long)]
     pub(crate) include_handshake: bool,
-    /// A short preset that finishes in under two minutes: loss 0 and 2%, 3 runs, 8 × 64 KiB,
-    /// 40 ms, 20 Mbit/s.
+    /// A short preset: loss 0 and 2%, 3 runs, 40 ms, 20 Mbit/s, every workload cut down.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Results folder (created if missing).
     #[arg(long, value_name = "DIR", default_value = "hol-results")]
     pub(crate) out: std::path::PathBuf,
-    /// Seed of the link's random streams.
+    /// Seed of the link's random streams and of the run order.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
-    /// Also compare MQTT over TCP with MQTT over QUIC (one data stream per topic): K topics from
-    /// one publisher to one subscriber through the broker, same sweep, paired seeds.
+    /// Add the mqtt workload (the same as listing it in --workload).
     #[arg(long)]
     pub(crate) mqtt: bool,
-    /// Run only the MQTT arms (implies `--mqtt`).
+    /// Run only the mqtt workload.
     #[arg(long)]
     pub(crate) mqtt_only: bool,
-    /// Capture the relay's traffic, one pcap per loss rate (`OUT/pcap/loss-2.00pct.pcap`, packets the
-    /// relay dropped in `*.dropped.pcap`), and write the TLS key log to `OUT/pcap/keys.log`, so
-    /// Wireshark or tshark decrypts HTTP/2, HTTP/3 and MQTT over QUIC.
+    /// Capture the relay's traffic of the whole sweep (`OUT/pcap/sweep.pcap`, dropped packets in
+    /// `sweep.dropped.pcap`, each run's span in results.json) and keep the TLS key log
+    /// (`OUT/pcap/keys.log`), so Wireshark or tshark decrypts HTTP/2, HTTP/3 and MQTT over QUIC.
     #[arg(long)]
     pub(crate) pcap: bool,
-    /// `--mqtt`: topics (K), each on its own QUIC stream.
+    /// `mqtt`: topics (K).
     #[arg(long, value_name = "K", default_value_t = 8)]
     pub(crate) topics: usize,
-    /// `--mqtt`: messages per second per topic (QoS 1, pipelined).
+    /// `mqtt`: messages per second per topic (QoS 1, pipelined).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub(crate) msg_rate: u32,
-    /// `--mqtt`: payload bytes per message (at least 14: send time, sequence, topic).
+    /// `mqtt`: payload bytes per message (at least 14: send time, sequence, topic).
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub(crate) payload: usize,
-    /// `--mqtt`: how long the publisher publishes per run (`--quick`: 3 s). 5 s × 8 topics × 50
-    /// msg/s = 2,000 messages per run keeps the default sweep with `--mqtt` under 30 minutes.
+    /// `mqtt`: how long the publisher publishes per run (`--quick`: 3 s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) duration: Duration,
 }
@@ -310,19 +351,32 @@ impl From<LinkArgs> for lab::LinkParams {
 
 impl From<HolArgs> for hol::HolParams {
     fn from(a: HolArgs) -> Self {
+        let mut workloads = if a.mqtt_only { vec![hol::Workload::Mqtt] } else { a.workload };
+        if a.mqtt && !workloads.contains(&hol::Workload::Mqtt) {
+            workloads.push(hol::Workload::Mqtt);
+        }
         hol::HolParams {
-            requests: a.requests,
-            size: a.size,
+            workloads,
             loss: a.loss,
             rtt: a.rtt,
             rate: a.rate,
+            queue: a.queue,
             runs: a.runs,
+            cc: a.cc,
+            initial_window: a.initial_window,
+            stall: !a.no_stall,
+            small_requests: a.small_requests,
+            small_size: a.small_size,
+            small_rounds: a.small_rounds,
+            sequential_requests: a.sequential_requests,
+            sequential_size: a.sequential_size,
+            page_loads: a.page_loads,
+            requests: a.requests,
+            size: a.size,
             include_handshake: a.include_handshake,
             quick: a.quick,
             out: a.out,
             seed: a.seed,
-            mqtt: a.mqtt,
-            mqtt_only: a.mqtt_only,
             pcap: a.pcap,
             topics: a.topics,
             msg_rate: a.msg_rate,
