@@ -682,6 +682,9 @@ impl Harness {
     fn drain(&mut self) {
         let actions = std::mem::take(&mut self.out);
         for a in actions {
+            if trace() {
+                eprintln!("mqtt_broker   -> {a:?}");
+            }
             match a {
                 Action::Timer { .. } => {}
                 Action::Close { conn, reason } => {
@@ -702,6 +705,15 @@ impl Harness {
             panic!("Send to unknown connection {conn:#x}: {packet:?}")
         };
         let max_inflight = self.cfg.max_inflight;
+        // Acks an early-data connection sent for the same client id are still held: the core acts
+        // on them at its handshake, against whatever session then exists (a fresh one included).
+        let held_elsewhere = |cid: &str| {
+            self.conns.iter().enumerate().any(|(j, o)| j != i && o.acks_held && o.intended.as_deref() == Some(cid))
+        };
+        let held = match (&packet, self.conns[i].intended.as_deref()) {
+            (Packet::Connack(_), Some(cid)) => held_elsewhere(cid),
+            _ => false,
+        };
         let c = &mut self.conns[i];
         assert!(!c.closing, "Send to {conn:#x} after its Close: {packet:?}");
         assert!(ch == CONTROL_CHANNEL || c.channels.contains(&ch), "Send on channel {ch} never opened: {packet:?}");
@@ -718,7 +730,7 @@ impl Harness {
                     let cid = c.intended.clone().unwrap_or_default();
                     c.connected = Some(cid.clone());
                     if !ack.session_present {
-                        let tainted = c.acks_held;
+                        let tainted = c.acks_held || held;
                         self.sessions.insert(cid, SessionModel { tainted, ..SessionModel::default() });
                     }
                 }
