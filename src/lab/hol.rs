@@ -384,7 +384,7 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
                 ..Default::default()
             };
             let (mut out, mut mqtt_out, mut captures) = (Vec::new(), Vec::new(), Vec::new());
-            for &loss in &a.loss {
+            for (li, &loss) in a.loss.iter().enumerate() {
                 let imp = Impairment {
                     loss: if loss > 0.0 { LossModel::Random { p: loss } } else { LossModel::None },
                     ..base.clone()
@@ -400,13 +400,13 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
                         pb.inc(1);
                     }
                     if let Some(t) = &mt {
-                        // Alternate which MQTT arm goes first, so neither always follows HTTP.
+                        // Placeholder until the lead's scheduler: rotate the MQTT arms' order per run;
+                        // one link random stream per (loss, run), below hol_mqtt::SETUP_PHASE_BIT.
                         let mut arms = super::hol_mqtt::MqttArm::ALL;
-                        if run % 2 == 1 {
-                            arms.reverse();
-                        }
+                        arms.rotate_left(run % super::hol_mqtt::MqttArm::ALL.len());
+                        let phase = 0x100 + (li * a.runs + run) as u32;
                         for arm in arms {
-                            mqtt_out.push(super::hol_mqtt::one_run(&l, t, &ms, arm, loss, run).await?);
+                            mqtt_out.push(super::hol_mqtt::one_run(&l, t, &ms, arm, loss, run, phase).await?);
                             pb.inc(1);
                         }
                     }
@@ -487,6 +487,7 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
                     conn_window: transport.conn_window,
                 },
                 arms: super::hol_mqtt::summarize(&mqtt_runs, &settings, &args.loss, args.seed),
+                findings: super::hol_mqtt::findings(&mqtt_runs, args.seed),
                 runs: mqtt_runs,
                 settings,
             }
