@@ -26,14 +26,14 @@
 //! p50, p99, mean latency): the report states only what those intervals support.
 //!
 //! Random streams: the scheduler (in [`super::hol`]) decides the arm order and gives every
-//! (loss, run) pair its own `phase`, the same for all three arms of the pair; [`one_run`] replays
+//! (loss, run) pair its own `phase`, the same for all three arms of the pair; `one_run` replays
 //! link random stream `phase` in the timed part and `phase | SETUP_PHASE_BIT` while connecting
 //! and subscribing, so the set-up's packets (which differ between arms) do not shift the timed
 //! part's loss draws.
 //!
 //! Loss is reported honestly: a run's realized loss per direction counts every datagram the
 //! relay dropped (the loss model, the bottleneck queue, stale NAT mappings) over the datagrams
-//! offered ([`all_drops_loss`]), with queue drops in their own column, since an arm that
+//! offered (`all_drops_loss`), with queue drops in their own column, since an arm that
 //! overflows the queue meets more loss than configured.
 //!
 //! Both clients are raw framed streams (not [`crate::mqtt::Client`], whose `publish` waits for
@@ -113,7 +113,7 @@ impl MqttArm {
 
 /// Added to a run's `phase` for its untimed set-up (connect, subscribe): the set-up replays
 /// link random stream `phase | SETUP_PHASE_BIT`, the timed part stream `phase`. Phases the
-/// scheduler hands out must therefore stay below this bit ([`one_run`] refuses others).
+/// scheduler hands out must therefore stay below this bit (`one_run` refuses others).
 pub const SETUP_PHASE_BIT: u32 = 0x4000_0000;
 
 /// What one MQTT run does (from [`super::hol::HolParams`]).
@@ -196,10 +196,10 @@ pub struct MqttRunResult {
     pub metrics: MqttRunMetrics,
     /// Realized loss per direction, client → server and server → client: every datagram the
     /// relay dropped (loss model, queue, stale NAT) over the datagrams offered
-    /// ([`all_drops_loss`]).
+    /// (`all_drops_loss`).
     pub realized_loss_up: f64,
     pub realized_loss_down: f64,
-    /// The loss model's own drops over its draws, per direction ([`model_loss`]).
+    /// The loss model's own drops over its draws, per direction (`model_loss`).
     pub model_loss_up: f64,
     pub model_loss_down: f64,
     /// Datagrams the bottleneck queue dropped (tail drop), per direction.
