@@ -222,13 +222,39 @@ pub fn bootstrap_ci(
     }
 }
 
-/// A percentile-bootstrap interval of the **median of per-run paired differences**: `diffs[r]`
-/// is one run's `a − b`, both arms measured on the same seed (the same loss draws) in that run,
-/// so the run, not the request, is the resampling unit and the pairing removes the variance the
-/// two arms share. 10,000 resamples, seeded.
-pub fn paired_ci(diffs: &[f64], confidence: f64, seed: u64) -> Ci {
-    let runs: Vec<Vec<f64>> = diffs.iter().filter(|d| d.is_finite()).map(|d| vec![*d]).collect();
-    bootstrap_ci(&runs, median, confidence, 10_000, seed)
+/// The interval of the **median of per-run paired differences**: `diffs[r]` is one run's
+/// `a − b`, both arms measured on the same link seed in that run, so the run is the unit and the
+/// pairing removes what the two arms share. Distribution-free (the sign test inverted, e.g.
+/// Hollander & Wolfe, *Nonparametric Statistical Methods*, §3.6): the interval between the k-th
+/// smallest and the k-th largest difference, with the largest k for which the binomial(n, ½)
+/// tails leave coverage of at least `confidence`; its exact coverage is recorded in
+/// [`Ci::confidence`]. Unlike a percentile bootstrap it does not claim more than a few runs can
+/// give: below 6 runs no interval reaches 95%, and the result spans everything
+/// (`lo = −∞`, `hi = +∞`), so [`Verdict::of`] says "not resolved". Non-finite differences (a run
+/// without the measure) are left out.
+pub fn paired_ci(diffs: &[f64], confidence: f64, _seed: u64) -> Ci {
+    let mut d: Vec<f64> = diffs.iter().copied().filter(|x| x.is_finite()).collect();
+    d.sort_by(f64::total_cmp);
+    let n = d.len();
+    let estimate = median(&d);
+    let alpha = 1.0 - confidence;
+    // P(B ≤ j) for B ~ Binomial(n, 1/2), cumulatively.
+    let mut best: Option<(usize, f64)> = None;
+    let (mut cdf, mut pmf) = (0.0f64, 0.5f64.powi(n as i32));
+    for j in 0..n / 2 {
+        cdf += pmf;
+        // Interval [d(j+1), d(n−j)] (1-based) misses the median with probability 2·P(B ≤ j).
+        if 2.0 * cdf <= alpha {
+            best = Some((j, 1.0 - 2.0 * cdf));
+        } else {
+            break;
+        }
+        pmf *= (n - j) as f64 / (j + 1) as f64;
+    }
+    match best {
+        Some((j, coverage)) => Ci { estimate, lo: d[j], hi: d[n - 1 - j], confidence: coverage, resamples: 0, runs: n },
+        None => Ci { estimate, lo: f64::NEG_INFINITY, hi: f64::INFINITY, confidence: 1.0, resamples: 0, runs: n },
+    }
 }
 
 /// What an interval of a difference `a − b` supports.
@@ -278,6 +304,9 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The confidence every finding asks for.
+    pub const CONFIDENCE: f64 = 0.95;
+
     /// The finding for per-run paired differences `a − b` (`diffs[r]` from run `r`).
     pub fn paired(
         what: impl Into<String>,
@@ -287,7 +316,7 @@ impl Finding {
         diffs: &[f64],
         seed: u64,
     ) -> Finding {
-        Finding::from_ci(what, a, b, unit, paired_ci(diffs, 0.95, seed))
+        Finding::from_ci(what, a, b, unit, paired_ci(diffs, Finding::CONFIDENCE, seed))
     }
 
     /// The finding an interval of `a − b` supports.
@@ -300,7 +329,7 @@ impl Finding {
     ) -> Finding {
         let (what, a, b) = (what.into(), a.into(), b.into());
         let verdict = Verdict::of(&diff);
-        let pct = (diff.confidence * 100.0).round();
+        let pct = format!("{:.1}", diff.confidence * 100.0);
         let sentence = match verdict {
             Verdict::ALower => format!(
                 "{what}: {a} lower than {b} by {:.1} {unit} ({pct}% CI {:.1} to {:.1}, {} runs)",
@@ -309,6 +338,13 @@ impl Finding {
             Verdict::BLower => format!(
                 "{what}: {b} lower than {a} by {:.1} {unit} ({pct}% CI {:.1} to {:.1}, {} runs)",
                 diff.estimate, diff.lo, diff.hi, diff.runs
+            ),
+            Verdict::NotResolved if !diff.lo.is_finite() => format!(
+                "{what}: not resolved: {} runs cannot give a {:.0}% interval of the median difference \
+                 ({a} − {b} = {:.1} {unit} at the median)",
+                diff.runs,
+                Finding::CONFIDENCE * 100.0,
+                diff.estimate
             ),
             Verdict::NotResolved => format!(
                 "{what}: no difference resolved between {a} and {b} ({a} − {b} = {:.1} {unit}, {pct}% CI {:.1} to {:.1} \
@@ -689,5 +725,28 @@ mod tests {
         // An interval touching 0 is not resolved.
         let ci = Ci { estimate: 1.0, lo: 0.0, hi: 2.0, confidence: 0.95, resamples: 10, runs: 9 };
         assert_eq!(Verdict::of(&ci), Verdict::NotResolved);
+    }
+
+    #[test]
+    fn paired_interval_is_the_sign_test_interval() {
+        // n = 20 at 95%: 2·P(B ≤ 5) = 0.041 ≤ 0.05 < 2·P(B ≤ 6) = 0.115, so [d(6), d(15)].
+        let d: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let ci = paired_ci(&d, 0.95, 0);
+        assert_eq!((ci.lo, ci.hi, ci.runs), (6.0, 15.0, 20));
+        assert!((ci.confidence - 0.9586).abs() < 1e-3, "{ci:?}");
+        assert_eq!(ci.estimate, 10.5);
+        // Six runs all the same sign: [min, max] covers 96.9%, resolved.
+        let six = [3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let ci = paired_ci(&six, 0.95, 0);
+        assert_eq!((ci.lo, ci.hi), (3.0, 8.0));
+        assert_eq!(Verdict::of(&ci), Verdict::BLower);
+        // Five runs cannot reach 95% whatever they say: not resolved, and the sentence says why.
+        let f = Finding::paired("x", "a", "b", "ms", &six[..5], 0);
+        assert_eq!(f.verdict, Verdict::NotResolved);
+        assert!(f.sentence.contains("5 runs cannot give a 95% interval"), "{}", f.sentence);
+        // Runs without the measure (NaN) are left out.
+        let mut with_nan = six.to_vec();
+        with_nan.push(f64::NAN);
+        assert_eq!(paired_ci(&with_nan, 0.95, 0).runs, 6);
     }
 }

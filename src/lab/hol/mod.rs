@@ -439,7 +439,7 @@ pub async fn run_hol(args: HolParams) -> Result<i32, LabError> {
             println!("{} {:>5.2}%: {}", p.workload.name(), p.loss * 100.0, f.sentence);
         }
     }
-    for f in r.mqtt.iter().flat_map(mqtt_findings) {
+    for f in r.mqtt.iter().flat_map(|m| &m.findings) {
         println!("mqtt: {}", f.sentence);
     }
     println!("results in {}", args.out.display());
@@ -595,7 +595,7 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
                 if let Some(t) = &mt {
                     for &i in &block.mqtt_arms {
                         let arm = super::hol_mqtt::MqttArm::ALL[i];
-                        let r = mqtt_one_run(&l, t, &ms, arm, block, block.phase).await?;
+                        let r = super::hol_mqtt::one_run(&l, t, &ms, arm, block.loss, block.run, block.phase).await?;
                         mqtt_out.push(r);
                         pb.inc(1);
                     }
@@ -805,16 +805,6 @@ fn tap_start(_link: &Link, _limit: usize) {}
 fn tap_take(_link: &Link) -> super::tap::Tap {
     super::tap::Tap::default()
 }
-async fn mqtt_one_run(
-    link: &Link,
-    t: &super::hol_mqtt::MqttTarget,
-    s: &super::hol_mqtt::MqttSettings,
-    arm: super::hol_mqtt::MqttArm,
-    block: &Block,
-    _phase: u32,
-) -> Result<super::hol_mqtt::MqttRunResult, LabError> {
-    super::hol_mqtt::one_run(link, t, s, arm, block.loss, block.run).await
-}
 #[allow(clippy::too_many_arguments)]
 fn mqtt_results(
     runs: Vec<super::hol_mqtt::MqttRunResult>,
@@ -837,10 +827,8 @@ fn mqtt_results(
             conn_window: transport.conn_window,
         },
         arms: super::hol_mqtt::summarize(&runs, &settings, losses, seed),
+        findings: super::hol_mqtt::findings(&runs, seed),
         runs,
         settings,
     }
-}
-fn mqtt_findings(_m: &super::hol_mqtt::MqttResults) -> std::slice::Iter<'_, report::Finding> {
-    [].iter()
 }

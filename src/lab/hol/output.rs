@@ -109,7 +109,7 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     }
     if let Some(m) = &r.mqtt {
         md += "\n### `mqtt`\n\n";
-        for f in super::mqtt_findings(m) {
+        for f in &m.findings {
             md += &format!("- {}\n", f.sentence);
         }
     }

@@ -11,8 +11,9 @@ use super::{Arm, Workload};
 use crate::lab::impair::Rng;
 
 /// The link phase of a block's untimed set-up (connections, subscriptions) is its timed phase
-/// with this bit set: its own random stream, never one a timed part uses.
-pub(crate) const SETUP_PHASE: u32 = 0x4000_0000;
+/// with this bit set: its own random stream, never one a timed part uses (the MQTT arms apply
+/// the same bit themselves).
+pub(crate) use crate::lab::hol_mqtt::SETUP_PHASE_BIT as SETUP_PHASE;
 
 /// First phase a block uses (the self-check uses phases 1 and 2, and 0 is the idle link's).
 const FIRST_PHASE: u32 = 16;
