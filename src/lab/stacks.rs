@@ -544,9 +544,12 @@ impl StackFacts {
             ],
             [
                 "ACKs".into(),
-                format!("delayed ACK (Linux, ≥ 40 ms min delack); SACK {}", sysctl("net.ipv4.tcp_sack")),
+                format!(
+                    "delayed ACKs between TCP_DELACK_MIN 40 ms and TCP_DELACK_MAX 200 ms; SACK {}",
+                    sysctl("net.ipv4.tcp_sack")
+                ),
                 q.ack.value.clone(),
-                format!("{}; {}", l.sysctls.source, q.ack.source),
+                format!("kernel constants (include/net/tcp.h); {}; {}", l.sysctls.source, q.ack.source),
             ],
             [
                 "loss detection".into(),
