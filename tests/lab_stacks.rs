@@ -123,6 +123,7 @@ fn equalized_run(cc: Congestion) {
         "{diffs:?}"
     );
     let md = facts.markdown();
+    eprintln!("{md}\nremaining differences: {diffs:#?}");
     assert!(md.contains(&format!("{window} B")), "{md}");
     drop(server);
 }

@@ -96,8 +96,11 @@ impl HyStart {
 pub struct TcpEnd {
     /// The socket's state (the server end: read right after `accept`, before any data).
     pub established: Established,
-    /// The namespace's `/proc/sys/net/ipv4/tcp_*` and `/proc/sys/net/core/default_qdisc`.
+    /// The namespace's `/proc/sys/net/ipv4/tcp_*`.
     pub sysctls: Vec<(String, Option<String>)>,
+    /// The root qdisc of the link's device in this namespace (`tc qdisc show dev qlab0`, run
+    /// from a thread inside the namespace; `None` if `tc` is missing or says nothing).
+    pub qdisc: Option<String>,
 }
 
 /// What a TCP connection across the link showed on both ends.
@@ -202,7 +205,7 @@ pub fn quinn_first_pto(initial_rtt: Duration) -> Duration {
 }
 
 /// The sysctls read in each namespace (`/proc/sys/net/...`; all per network namespace).
-const SYSCTLS: [&str; 9] = [
+const SYSCTLS: [&str; 8] = [
     "ipv4/tcp_congestion_control",
     "ipv4/tcp_sack",
     "ipv4/tcp_timestamps",
@@ -211,8 +214,17 @@ const SYSCTLS: [&str; 9] = [
     "ipv4/tcp_early_retrans",
     "ipv4/tcp_slow_start_after_idle",
     "ipv4/tcp_no_metrics_save",
-    "core/default_qdisc",
 ];
+
+/// The kind of the root qdisc of the link's device in the calling thread's namespace (the
+/// child `tc` inherits the thread's network namespace). `net.core.default_qdisc` is not read:
+/// it exists only in the initial namespace.
+fn read_qdisc() -> Option<String> {
+    let out = std::process::Command::new("tc").args(["qdisc", "show", "dev", super::link::DEVICE]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(" root"))?;
+    line.split_whitespace().nth(1).map(String::from)
+}
 
 /// Read [`SYSCTLS`] in the calling thread's network namespace.
 fn read_sysctls() -> Vec<(String, Option<String>)> {
@@ -274,7 +286,7 @@ pub fn tcp_probe(link: &Link, cc: Option<&str>) -> Result<TcpProbe, LabError> {
         let mut b = [0u8; 1];
         sock.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
         sock.write_all(&b).map_err(|e| format!("write: {e}"))?;
-        Ok(TcpEnd { established, sysctls: read_sysctls() })
+        Ok(TcpEnd { established, sysctls: read_sysctls(), qdisc: read_qdisc() })
     })?;
     let addr = match addr_rx.recv_timeout(PROBE_TIMEOUT) {
         Ok(Ok(a)) => a,
@@ -301,7 +313,7 @@ pub fn tcp_probe(link: &Link, cc: Option<&str>) -> Result<TcpProbe, LabError> {
         s.write_all(b"x").map_err(|e| format!("write: {e}"))?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
-        Ok(TcpEnd { established, sysctls: read_sysctls() })
+        Ok(TcpEnd { established, sysctls: read_sysctls(), qdisc: read_qdisc() })
     })?;
     let server = server.join();
     match (server, client) {
@@ -387,10 +399,11 @@ pub fn from_parts(
     let s = &probe.server.established;
     let sysctl = |name: &str| probe.server.sysctls.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.clone());
     let linux_cc = s.congestion.clone();
-    let pacing = match (linux_cc.as_deref(), sysctl("net.core.default_qdisc").as_deref()) {
+    let pacing = match (linux_cc.as_deref(), probe.server.qdisc.as_deref()) {
         (Some("bbr"), _) => "yes: BBR sets a pacing rate, enforced by TCP's internal pacing without fq".to_string(),
-        (_, Some("fq")) => "yes: default qdisc fq paces at TCP's pacing rate".to_string(),
-        (_, q) => format!("no: {} does not pace and the controller is not BBR", q.unwrap_or("the qdisc")),
+        (_, Some("fq")) => "yes: the device's qdisc fq paces at TCP's pacing rate".to_string(),
+        (_, Some(q)) => format!("no: qdisc {q} does not pace and the controller is not BBR"),
+        (_, None) => "unknown: the device's qdisc was not read (no `tc`)".to_string(),
     };
     let linux = LinuxFacts {
         congestion_server: sourced(linux_cc.clone(), "getsockopt TCP_CONGESTION, server's socket"),
@@ -412,7 +425,11 @@ pub fn from_parts(
             probe.server.sysctls.clone(),
             "/proc/sys/net/..., read from a thread in the server namespace (per namespace)",
         ),
-        pacing: sourced(pacing, "controller read back and net.core.default_qdisc"),
+        pacing: sourced(
+            pacing,
+            "controller read back; `tc qdisc show dev qlab0` in the server namespace (Linux paces only with \
+             BBR, since 4.13 without fq, or under the fq qdisc)",
+        ),
         cipher_suite: sourced(
             tcp_conn.and_then(|e| e.get("cipher_suite")).and_then(|v| v.as_str()).map(String::from),
             "/conn `established.cipher_suite`: rustls ServerConnection::negotiated_cipher_suite()",
@@ -570,9 +587,9 @@ impl StackFacts {
             ],
             [
                 "ECN".into(),
-                format!("tcp_ecn {}", sysctl("net.ipv4.tcp_ecn")),
-                "not read".into(),
-                l.sysctls.source.clone(),
+                format!("tcp_ecn {} (0 off, 1 on, 2 only when the peer asks)", sysctl("net.ipv4.tcp_ecn")),
+                "ECT(0) on sent packets while the path's ECN validates (`sending_ecn: true`)".into(),
+                format!("{}; quinn-proto 0.11.19 connection/paths.rs", l.sysctls.source),
             ],
             [
                 "idle / metrics".into(),
@@ -684,10 +701,11 @@ mod tests {
             rto_ms: Some(1000.0),
             ..Default::default()
         };
-        let sysctls = vec![("net.core.default_qdisc".to_string(), Some("pfifo_fast".to_string()))];
+        let sysctls = vec![("net.ipv4.tcp_sack".to_string(), Some("1".to_string()))];
+        let qdisc = Some("pfifo_fast".to_string());
         TcpProbe {
-            server: TcpEnd { established: est.clone(), sysctls: sysctls.clone() },
-            client: TcpEnd { established: est, sysctls },
+            server: TcpEnd { established: est.clone(), sysctls: sysctls.clone(), qdisc: qdisc.clone() },
+            client: TcpEnd { established: est, sysctls, qdisc },
         }
     }
 
