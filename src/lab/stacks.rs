@@ -397,7 +397,6 @@ pub fn from_parts(
         }
     };
     let s = &probe.server.established;
-    let sysctl = |name: &str| probe.server.sysctls.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.clone());
     let linux_cc = s.congestion.clone();
     let pacing = match (linux_cc.as_deref(), probe.server.qdisc.as_deref()) {
         (Some("bbr"), _) => "yes: BBR sets a pacing rate, enforced by TCP's internal pacing without fq".to_string(),
