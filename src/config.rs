@@ -151,6 +151,10 @@ impl ServerConfig {
         line("max_uni_streams", &t.max_uni_streams);
         line("idle_timeout_ms", &t.idle_timeout.as_millis());
         line("initial_rtt_ms", &t.initial_rtt.as_millis());
+        match t.initial_window {
+            Some(w) => line("initial_window", &w),
+            None => line("initial_window", &"(quinn's default for the controller)"),
+        }
         line("max_connections", &self.max_connections);
         line("retry", &self.retry);
         line("tcp_congestion", &self.tcp_congestion.as_deref().unwrap_or("(kernel default)"));
@@ -311,6 +315,12 @@ pub struct TransportConfig {
     /// RTT assumed before the first sample. 333 ms: RFC 9002 §6.2.2's recommended value and
     /// quinn's default.
     pub initial_rtt: Duration,
+    /// The congestion controller's initial window, bytes. `None` (the default): quinn's own,
+    /// which depends on the controller (quinn-proto 0.11.19: Cubic and NewReno
+    /// `14720.clamp(2 * 1200, 10 * 1200)` = 12,000 B; BBR 200 × 1200 = 240,000 B). The lab sets
+    /// it to Linux TCP's initial window (`lab::stacks::equalized_initial_window`) so both stacks
+    /// start from the same window.
+    pub initial_window: Option<u64>,
 }
 
 impl Default for TransportConfig {
@@ -324,6 +334,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive: None,
             initial_rtt: Duration::from_millis(333),
+            initial_window: None,
         }
     }
 }

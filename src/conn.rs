@@ -84,13 +84,101 @@ pub struct ConnInfo {
     pub resumed: Option<bool>,
     /// The QUIC congestion controller configured (TCP reports its own via `TCP_CONGESTION`).
     pub congestion: Option<String>,
+    /// The connection as it was when established, before any response data.
+    pub established: Established,
     paths: PathTracker,
+}
+
+/// A connection's state when it was established, before the server sent any response data:
+/// what the lab reports as each stack's starting point (`/conn` key `established`).
+///
+/// QUIC: read from `quinn::Connection::stats()` when the service is handed the connection
+/// (the handshake's own packets are in flight or acknowledged; no stream data has been sent).
+/// TCP: read from `TCP_INFO` and `TCP_CONGESTION` on the accepted socket before the TLS
+/// handshake, so slow start has not yet grown the window by the handshake's acknowledged
+/// segments; the cipher suite after the TLS handshake.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Established {
+    /// Initial congestion window in bytes (QUIC `path.cwnd`; TCP `tcpi_snd_cwnd × tcpi_snd_mss`).
+    pub cwnd_bytes: Option<u64>,
+    /// TCP: `tcpi_snd_cwnd` (segments). `None` for QUIC, whose window is counted in bytes.
+    pub cwnd_segments: Option<u32>,
+    /// Largest payload per packet: TCP `tcpi_snd_mss`; QUIC `path.current_mtu` (the UDP
+    /// payload size quinn currently sends, 1200 until MTU discovery raises it).
+    pub mss: Option<u32>,
+    /// The congestion controller read back: TCP with `TCP_CONGESTION`; QUIC by the type of
+    /// `quinn::Connection::congestion_state()` (`cubic`, `newreno`, `bbr`).
+    pub congestion: Option<String>,
+    /// QUIC: the controller's configured initial window (`Controller::initial_window()` of the
+    /// live connection's controller), bytes. `None` for TCP.
+    pub initial_window: Option<u64>,
+    /// TCP: the retransmission timeout at establishment (`tcpi_rto`), milliseconds.
+    pub rto_ms: Option<f64>,
+    /// The negotiated TLS cipher suite, from the connection (rustls
+    /// `negotiated_cipher_suite()`). `None` for QUIC: quinn 0.11.12 exposes only the ALPN and
+    /// server name of its rustls session (`quinn::crypto::rustls::HandshakeData`).
+    pub cipher_suite: Option<String>,
+    /// Where each value was read, for the report.
+    pub source: &'static str,
+}
+
+/// The name of a quinn congestion controller, told by its type.
+pub(crate) fn quic_controller_name(cc: Box<dyn quinn::congestion::Controller>) -> Option<&'static str> {
+    let any = cc.into_any();
+    if any.is::<quinn::congestion::Cubic>() {
+        Some("cubic")
+    } else if any.is::<quinn::congestion::NewReno>() {
+        Some("newreno")
+    } else if any.is::<quinn::congestion::Bbr>() {
+        Some("bbr")
+    } else {
+        None
+    }
+}
+
+impl Established {
+    /// Read a TCP socket's state now (call it on the accepted socket before the TLS handshake);
+    /// the cipher suite is filled in after the handshake.
+    pub(crate) fn tcp(fd: std::os::fd::RawFd) -> Established {
+        let info = TcpInfo::read(fd).ok();
+        Established {
+            cwnd_bytes: info.as_ref().map(|i| u64::from(i.snd_cwnd) * u64::from(i.snd_mss)),
+            cwnd_segments: info.as_ref().map(|i| i.snd_cwnd),
+            mss: info.as_ref().map(|i| i.snd_mss),
+            congestion: tcp_congestion(fd).ok(),
+            initial_window: None,
+            rto_ms: info.as_ref().map(|i| f64::from(i.rto_us) / 1000.0),
+            cipher_suite: None,
+            source: "TCP_INFO and TCP_CONGESTION on the accepted socket before the TLS handshake; \
+                     cipher suite from rustls ServerConnection::negotiated_cipher_suite()",
+        }
+    }
+
+    /// Read a QUIC connection's state now.
+    pub(crate) fn quic(conn: &quinn::Connection) -> Established {
+        let st = conn.stats();
+        let cc = conn.congestion_state();
+        let initial_window = cc.initial_window();
+        Established {
+            cwnd_bytes: Some(st.path.cwnd),
+            cwnd_segments: None,
+            mss: Some(u32::from(st.path.current_mtu)),
+            congestion: quic_controller_name(cc).map(String::from),
+            initial_window: Some(initial_window),
+            rto_ms: None,
+            cipher_suite: None,
+            source: "quinn::Connection::stats().path (cwnd, current_mtu) and congestion_state() \
+                     (controller type, initial_window()) when the service is handed the connection; \
+                     cipher suite not exposed by quinn 0.11.12",
+        }
+    }
 }
 
 impl ConnInfo {
     /// Describe a QUIC connection.
     pub fn quic(conn: quinn::Connection, local: SocketAddr, alpn: Option<String>, protocol: Protocol) -> ConnInfo {
         let remote = conn.remote_address();
+        let established = Established::quic(&conn);
         ConnInfo {
             protocol,
             alpn,
@@ -98,6 +186,7 @@ impl ConnInfo {
             transport: Transport::Quic(conn),
             resumed: None,
             congestion: None,
+            established,
             paths: PathTracker::new(remote),
         }
     }
@@ -118,6 +207,7 @@ impl ConnInfo {
             transport: Transport::Tcp(Arc::new(fd)),
             resumed: Some(resumed),
             congestion: None,
+            established: Established::default(),
             paths: PathTracker::new(remote),
         }
     }
@@ -125,6 +215,12 @@ impl ConnInfo {
     /// Record the congestion controller name (QUIC connections).
     pub fn with_congestion(mut self, name: impl Into<String>) -> Self {
         self.congestion = Some(name.into());
+        self
+    }
+
+    /// Record the state read at establishment (TCP: [`Established::tcp`] before the handshake).
+    pub fn with_established(mut self, established: Established) -> Self {
+        self.established = established;
         self
     }
 
@@ -142,6 +238,7 @@ impl ConnInfo {
             "early_data": early_data,
             "resumed": self.resumed,
             "path_changes": self.path_changes(),
+            "established": self.established,
         });
         let Value::Object(map) = &mut v else { return v };
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;

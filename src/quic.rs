@@ -69,10 +69,30 @@ pub fn transport_config(t: &TransportConfig) -> Result<quinn::TransportConfig, Q
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|_| QuicError::IdleTimeoutTooLarge(t.idle_timeout))?,
         ));
+    // The initial window, when set, goes to whichever controller is chosen (each has its own
+    // config type with the same `initial_window` knob).
     match t.congestion {
-        Congestion::Cubic => tc.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
-        Congestion::NewReno => tc.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
-        Congestion::Bbr => tc.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Cubic => {
+            let mut c = quinn::congestion::CubicConfig::default();
+            if let Some(w) = t.initial_window {
+                c.initial_window(w);
+            }
+            tc.congestion_controller_factory(Arc::new(c))
+        }
+        Congestion::NewReno => {
+            let mut c = quinn::congestion::NewRenoConfig::default();
+            if let Some(w) = t.initial_window {
+                c.initial_window(w);
+            }
+            tc.congestion_controller_factory(Arc::new(c))
+        }
+        Congestion::Bbr => {
+            let mut c = quinn::congestion::BbrConfig::default();
+            if let Some(w) = t.initial_window {
+                c.initial_window(w);
+            }
+            tc.congestion_controller_factory(Arc::new(c))
+        }
     };
     Ok(tc)
 }

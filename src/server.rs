@@ -262,7 +262,10 @@ impl TcpService for HttpOverTcp {
             _ => Protocol::Http11,
         };
         let alpn = conn.alpn.map(|a| String::from_utf8_lossy(&a).into_owned());
-        let info = Arc::new(ConnInfo::tcp(conn.fd, conn.local, conn.remote, alpn, protocol, conn.resumed));
+        let info = Arc::new(
+            ConnInfo::tcp(conn.fd, conn.local, conn.remote, alpn, protocol, conn.resumed)
+                .with_established(conn.established),
+        );
         let (site, opts, shutdown) = (self.site.clone(), self.opts.clone(), self.shutdown.clone());
         crate::web::h2::serve_connection(site, info, conn.stream, opts, shutdown)
     }

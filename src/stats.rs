@@ -7,6 +7,8 @@
 pub(crate) struct TcpInfo {
     /// Smoothed RTT, microseconds.
     pub(crate) rtt_us: u32,
+    /// Current retransmission timeout, microseconds (`tcpi_rto`).
+    pub(crate) rto_us: u32,
     /// Minimum RTT seen, microseconds (Linux 4.6+).
     pub(crate) min_rtt_us: Option<u32>,
     /// Congestion window, in segments.
@@ -103,6 +105,7 @@ impl TcpInfo {
         }
         Ok(TcpInfo {
             rtt_us: raw.rtt,
+            rto_us: raw.rto,
             min_rtt_us: has(end_of!(min_rtt)).then_some(raw.min_rtt),
             snd_cwnd: raw.snd_cwnd,
             snd_mss: raw.snd_mss,

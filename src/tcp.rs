@@ -64,6 +64,8 @@ pub(crate) struct TlsConn {
     pub(crate) alpn: Option<Vec<u8>>,
     /// Whether TLS resumed a session.
     pub(crate) resumed: bool,
+    /// The socket's state at establishment and the negotiated cipher suite.
+    pub(crate) established: crate::conn::Established,
 }
 
 /// The application protocol a TLS/TCP listener serves.
@@ -136,6 +138,11 @@ async fn handle<S: TcpService>(stream: TcpStream, remote: SocketAddr, ctx: Arc<T
             }
         }
     };
+    // The initial window, MSS and RTO before the TLS handshake's segments are acknowledged.
+    let mut established = {
+        use std::os::fd::AsRawFd;
+        crate::conn::Established::tcp(fd.as_raw_fd())
+    };
     let tls = match tokio::time::timeout(ctx.handshake_timeout, ctx.tls.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -149,5 +156,6 @@ async fn handle<S: TcpService>(stream: TcpStream, remote: SocketAddr, ctx: Arc<T
     };
     let alpn = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    ctx.service.serve(TlsConn { stream: tls, fd, local, remote, alpn, resumed }).await;
+    established.cipher_suite = tls.get_ref().1.negotiated_cipher_suite().map(|cs| format!("{:?}", cs.suite()));
+    ctx.service.serve(TlsConn { stream: tls, fd, local, remote, alpn, resumed, established }).await;
 }

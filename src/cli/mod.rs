@@ -120,6 +120,7 @@ impl TransportArgs {
             keep_alive: None,
             idle_timeout: self.idle_timeout,
             initial_rtt: self.initial_rtt,
+            initial_window: None,
         }
     }
 }

@@ -40,11 +40,16 @@ impl H2Client {
             crate::tcp::set_congestion(socket.as_raw_fd(), cc)?;
         }
         let tcp = socket.connect(addr).await?;
+        let congestion = {
+            use std::os::fd::AsRawFd;
+            crate::stats::tcp_congestion(tcp.as_raw_fd()).ok()
+        };
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|source| ClientError::ServerName { name: server_name.to_string(), source })?;
         let tls = self.tls.connect(name, tcp).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::config::ALPN_H2);
+        let cipher_suite = tls.get_ref().1.negotiated_cipher_suite().map(|cs| format!("{:?}", cs.suite()));
         let io = TokioIo::new(tls);
         let sender = if h2 {
             let t = &self.transport;
@@ -70,7 +75,7 @@ impl H2Client {
             });
             Sender::H1(tokio::sync::Mutex::new(sender))
         };
-        Ok(H2Connection { sender, handshake: start.elapsed() })
+        Ok(H2Connection { sender, handshake: start.elapsed(), cipher_suite, congestion })
     }
 }
 
@@ -83,12 +88,24 @@ enum Sender {
 pub struct H2Connection {
     sender: Sender,
     handshake: Duration,
+    cipher_suite: Option<String>,
+    congestion: Option<String>,
 }
 
 impl H2Connection {
     /// Time TCP + TLS (+ the HTTP/2 preface) took.
     pub fn handshake_time(&self) -> Duration {
         self.handshake
+    }
+
+    /// The TLS cipher suite rustls negotiated.
+    pub fn cipher_suite(&self) -> Option<String> {
+        self.cipher_suite.clone()
+    }
+
+    /// The socket's TCP controller, read back with `TCP_CONGESTION` after connecting.
+    pub fn congestion(&self) -> Option<String> {
+        self.congestion.clone()
     }
 
     /// The protocol the server chose.

@@ -158,7 +158,8 @@ async fn send_on(
         stream.send_data(body).await?;
     }
     stream.finish().await?;
-    let resp = stream.recv_response().await?;
+    let mut resp = stream.recv_response().await?;
+    resp.extensions_mut().insert(super::StreamId(stream.id().into_inner()));
     let (_send, recv) = stream.split();
     let body = futures_util::stream::unfold(Some(recv), |state| async move {
         let mut recv = state?;
@@ -270,6 +271,12 @@ impl H3Connection {
     /// Time the QUIC handshake took.
     pub fn handshake_time(&self) -> Duration {
         self.handshake
+    }
+
+    /// The congestion controller in use, read back from the connection (the type of
+    /// `quinn::Connection::congestion_state()`).
+    pub fn congestion(&self) -> Option<String> {
+        crate::conn::quic_controller_name(self.conn.congestion_state()).map(String::from)
     }
 
     /// Send a request; the response body streams.

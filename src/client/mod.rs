@@ -22,6 +22,15 @@ use crate::conn::Protocol;
 use crate::tls::{TlsError, Trust};
 use crate::web::Body;
 
+/// The transport stream a response came on, in the response's extensions
+/// (`response.extensions().get::<StreamId>()`), so a request can be matched to what a packet
+/// trace shows. HTTP/3: the QUIC stream id (RFC 9000 §2.1; client bidirectional streams are
+/// 0, 4, 8, ...), from h3's `RequestStream::id()`. HTTP/2 responses carry none: hyper 1.x
+/// keeps its h2 stream handles private and exposes no stream id, and guessing it from the
+/// order of requests would break on refused or retried streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(pub u64);
+
 /// Errors from the clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -279,6 +288,25 @@ impl HttpConnection {
         match self {
             HttpConnection::H3(_) => Protocol::H3,
             HttpConnection::H2(c) => c.protocol(),
+        }
+    }
+
+    /// The TLS cipher suite negotiated, read from the connection's rustls session (e.g.
+    /// `TLS13_AES_128_GCM_SHA256`). `None` for HTTP/3: quinn 0.11.12 does not expose its
+    /// rustls session's cipher suite (`HandshakeData` holds only ALPN and server name).
+    pub fn cipher_suite(&self) -> Option<String> {
+        match self {
+            HttpConnection::H3(_) => None,
+            HttpConnection::H2(c) => c.cipher_suite(),
+        }
+    }
+
+    /// The congestion controller read back from the connection: HTTP/3 the quinn controller's
+    /// type (`cubic`, `newreno`, `bbr`), HTTP/2 the socket's `TCP_CONGESTION`.
+    pub fn congestion(&self) -> Option<String> {
+        match self {
+            HttpConnection::H3(c) => c.congestion(),
+            HttpConnection::H2(c) => c.congestion(),
         }
     }
 

@@ -68,6 +68,7 @@ pub mod pcap;
 pub mod report;
 mod selfcheck;
 pub mod server;
+pub mod stacks;
 pub mod tap;
 mod tun;
 pub mod units;
