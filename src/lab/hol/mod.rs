@@ -407,7 +407,7 @@ pub struct HolResults {
     /// The self-check of every loss point, before the sweep.
     pub self_checks: Vec<PointCheck>,
     /// What the two stacks ran with, read from the code and the sockets.
-    pub stacks: serde_json::Value,
+    pub stacks: super::stacks::StackFacts,
     /// The blocks in the order they ran.
     pub schedule: Vec<Block>,
     pub runs: Vec<RunResult>,
@@ -450,15 +450,6 @@ fn sysctl_no_metrics_save() -> std::io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_no_metrics_save", "1")
 }
 
-/// Linux's name of a congestion controller.
-fn linux_cc(cc: Congestion) -> &'static str {
-    match cc {
-        Congestion::Cubic => "cubic",
-        Congestion::NewReno => "reno",
-        Congestion::Bbr => "bbr",
-    }
-}
-
 /// The impairment of one loss point.
 fn impairment(base: &Impairment, loss: f64) -> Impairment {
     Impairment { loss: if loss > 0.0 { LossModel::Random { p: loss } } else { LossModel::None }, ..base.clone() }
@@ -496,15 +487,22 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     // Linux caches ssthresh per destination and would carry it from one run into the next.
     let metrics = link.run_in_server_ns(sysctl_no_metrics_save)?.is_ok()
         && link.run_in_client_ns(sysctl_no_metrics_save)?.is_ok();
-    let tcp_cc = linux_cc(args.cc);
-    if !link.run_in_client_ns(move || probe_congestion(tcp_cc))? {
-        return Err(LabError::Config(format!(
-            "this kernel refuses TCP_CONGESTION={tcp_cc} in the lab's namespaces (see \
+    let tcp_cc = super::stacks::linux_congestion_name(args.cc);
+    let refused = |e: String| {
+        LabError::Config(format!(
+            "TCP_CONGESTION={tcp_cc} does not hold in the lab's namespaces ({e}; see \
              /proc/sys/net/ipv4/tcp_available_congestion_control); choose another --cc"
-        )));
+        ))
+    };
+    match super::stacks::probe_congestion(&link, tcp_cc) {
+        Ok((server, client)) if server == tcp_cc && client == tcp_cc => {}
+        Ok((server, client)) => {
+            return Err(refused(format!("read back {server} on the server, {client} on the client")))
+        }
+        Err(e) => return Err(e),
     }
     let quic_initial_window = match args.initial_window {
-        InitialWindow::Linux => Some(linux_initial_window(&link)?),
+        InitialWindow::Linux => Some(super::stacks::equalized_initial_window(&link)?),
         InitialWindow::Quinn => None,
     };
 
@@ -522,8 +520,11 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     if let Some(path) = &key_log {
         crate::tls::set_key_log_file(path)?;
     }
-    let transport = crate::config::TransportConfig { congestion: args.cc, ..Default::default() };
-    let transport = with_initial_window(transport, quic_initial_window);
+    let transport = crate::config::TransportConfig {
+        congestion: args.cc,
+        initial_window: quic_initial_window,
+        ..Default::default()
+    };
     let max_bytes = args.size.max(1 << 20);
     let (t, mqtt, server_ip) = (transport.clone(), args.has(Workload::Mqtt), link.server_ip());
     let server = LabServer::start_default(&link, &certs, move |cfg| {
@@ -616,7 +617,12 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
 
     let arms = analysis::summarize(&runs, args);
     let findings = analysis::findings(&runs, args);
-    let stacks = stacks_record(&runs, args, quic_initial_window);
+    // The stacks as they ran: the server's account of one HTTP/2 and one HTTP/3 connection.
+    let sample: Vec<serde_json::Value> = [Arm::H2One, Arm::H3One]
+        .iter()
+        .filter_map(|&arm| runs.iter().find(|r| r.arm == arm).and_then(|r| r.server_conn.first().cloned()))
+        .collect();
+    let stacks = super::stacks::read(&link, args.cc, &transport, &sample)?;
     Ok(HolResults {
         config: HolConfigRecord {
             workloads: args.workloads.clone(),
@@ -664,32 +670,6 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
 fn self_check_options(_imp: &Impairment) -> SelfCheckOptions {
     // MERGE: SelfCheckOptions::for_impairment(imp).
     SelfCheckOptions { probes: 500, ..Default::default() }
-}
-
-/// Linux's initial window on the link, bytes.
-fn linux_initial_window(_link: &Link) -> Result<u64, LabError> {
-    // MERGE: stacks::equalized_initial_window(link).
-    Ok(14_480)
-}
-
-fn with_initial_window(t: crate::config::TransportConfig, _w: Option<u64>) -> crate::config::TransportConfig {
-    // MERGE: TransportConfig::initial_window.
-    t
-}
-
-/// What the stacks ran with.
-fn stacks_record(_runs: &[RunResult], _args: &HolParams, quic_initial_window: Option<u64>) -> serde_json::Value {
-    // MERGE: stacks::read(...).
-    serde_json::json!({ "quic_initial_window": quic_initial_window })
-}
-
-/// Can this namespace set TCP_CONGESTION=`name`?
-fn probe_congestion(name: &str) -> bool {
-    use std::os::fd::AsRawFd;
-    match std::net::TcpListener::bind("127.0.0.1:0") {
-        Ok(l) => crate::tcp::set_congestion(l.as_raw_fd(), name).is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// What every HTTP run of a sweep shares.

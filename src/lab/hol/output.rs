@@ -147,7 +147,24 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
     }
 
     md += "\n## Stacks\n\n";
-    md += &stacks_markdown(&r.stacks);
+    md += &r.stacks.markdown();
+    md += "\nDifferences that remain:\n\n";
+    for d in r.stacks.remaining_differences() {
+        md += &format!("- {d}\n");
+    }
+    let suites: std::collections::BTreeSet<(&str, &str)> = r
+        .runs
+        .iter()
+        .flat_map(|x| {
+            let proto = if matches!(x.arm, Arm::H2One | Arm::H2Many) { "HTTP/2" } else { "HTTP/3" };
+            x.stall.iter().flat_map(move |s| s.cipher_suites.iter().map(move |c| (proto, c.as_str())))
+        })
+        .collect();
+    if !suites.is_empty() {
+        md += "\nCipher suites that opened the packets (stall analysis): ";
+        md += &suites.iter().map(|(p, c)| format!("{p} {c}")).collect::<Vec<_>>().join(", ");
+        md += "\n";
+    }
 
     md += "\n## Self-check at every loss point\n\n";
     for p in &r.self_checks {
@@ -211,9 +228,4 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
         )?;
     }
     Ok(())
-}
-
-/// The stacks section (MERGE: stacks' own markdown).
-fn stacks_markdown(v: &serde_json::Value) -> String {
-    format!("```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default())
 }

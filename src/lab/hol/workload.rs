@@ -87,11 +87,6 @@ impl WorkloadShape {
     }
 }
 
-// MERGE: replaced by the client's StreamId extension.
-fn stream_id_of<B>(_resp: &http::Response<B>) -> Option<u64> {
-    None
-}
-
 fn elapsed_ms(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1000.0
 }
@@ -109,7 +104,7 @@ async fn fetch(
     let req = client::request(&t, http::Method::GET, Bytes::new())?;
     let start = elapsed_ms(t0);
     let resp = conn.send(req).await?;
-    let stream_id = stream_id_of(&resp);
+    let stream_id = resp.extensions().get::<client::StreamId>().map(|s| s.0);
     let body = resp.into_body().collect().await.map_err(ClientError::Body)?.to_bytes();
     let end = elapsed_ms(t0);
     if body.len() as u64 != size {
