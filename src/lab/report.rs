@@ -291,7 +291,13 @@ impl Finding {
     }
 
     /// The finding an interval of `a − b` supports.
-    pub fn from_ci(what: impl Into<String>, a: impl Into<String>, b: impl Into<String>, unit: &str, diff: Ci) -> Finding {
+    pub fn from_ci(
+        what: impl Into<String>,
+        a: impl Into<String>,
+        b: impl Into<String>,
+        unit: &str,
+        diff: Ci,
+    ) -> Finding {
         let (what, a, b) = (what.into(), a.into(), b.into());
         let verdict = Verdict::of(&diff);
         let pct = (diff.confidence * 100.0).round();
