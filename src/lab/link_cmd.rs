@@ -98,12 +98,45 @@ pub fn write_link_report(dir: &Path, run: &LinkRun) -> Result<(), LabError> {
                     format!("{:.3}", a.rtt_measured_ms),
                     format!("{}/{} ({}..={})", a.up.lost, a.up.sent, a.up.accepted.0, a.up.accepted.1),
                     format!("{}/{} ({}..={})", a.down.lost, a.down.sent, a.down.accepted.0, a.down.accepted.1),
+                    format!(
+                        "{:.0} / {:.0} ({})",
+                        a.lateness_up_us.p99,
+                        a.lateness_down_us.p99,
+                        if a.lateness_ok { "ok" } else { "over" }
+                    ),
+                    if a.rate.is_empty() {
+                        a.rate_skipped.clone().unwrap_or_else(|| "-".into())
+                    } else {
+                        a.rate
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {} (full-queue delay p90 {:.1} ms of {:.1}) {}",
+                                    r.direction.name(),
+                                    fmt_rate(r.received_rate_bps),
+                                    r.queue_delay_p90_ms,
+                                    r.queue_delay_expected_ms,
+                                    if r.passed { "ok" } else { "FAIL" }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
                     if a.passed { "pass" } else { "FAIL" }.to_string(),
                 ]
             })
             .collect();
         md.push_str(&md_table(
-            &["attempt", "RTT expected ms", "RTT median ms", "lost up (accepted)", "lost down (accepted)", "verdict"],
+            &[
+                "attempt",
+                "RTT expected ms",
+                "RTT median ms",
+                "lost up (accepted)",
+                "lost down (accepted)",
+                "lateness p99 up / down µs",
+                "rate / queue",
+                "verdict",
+            ],
             &rows,
         ));
         let samples = &sc.last().rtt_samples_ms;

@@ -18,10 +18,15 @@
 //!   drain. Both namespaces live in this process, so each datagram carries its send time on the
 //!   same monotonic clock the receiver reads, and one-way delay is measured directly. Checked:
 //!   the receive rate over the busy period (first to last arrival; the queue never empties in
-//!   between) within 5% of the configured rate; the largest queueing delay (one-way delay − the
-//!   configured delay) within max(2 ms, 5%) + jitter of the full queue's drain time
-//!   (whole MTU-sized datagrams that fit the limit · 8 / rate); and queue drops > 0, i.e. the
-//!   probe did saturate. The link's random loss stays on: it acts before the bottleneck, so at
+//!   between) within 5% of the configured rate; the full queue's delay within max(2 ms, 5%) +
+//!   jitter of its drain time (whole MTU-sized datagrams that fit the limit · 8 / rate); and
+//!   queue drops > 0, i.e. the probe did saturate. The full queue's delay is read as the 90th
+//!   percentile of queueing delay (one-way delay − the configured delay), not the maximum: while
+//!   the queue is full (most of the probe: it fills in the first sixth) every admitted datagram
+//!   waits between one datagram's time short of the drain time and the drain time, so the 90th
+//!   percentile sits on that plateau, while the maximum also carries the single worst scheduling
+//!   hiccup of the sender, the relay and the receiver (measured up to 27 ms above the plateau on
+//!   this 2-core VM under a load average of 8). The maximum is recorded beside it. The link's random loss stays on: it acts before the bottleneck, so at
 //!   twice the rate the queue still saturates and the lost datagrams only reduce the count.
 //! * **Relay lateness**: the attempt's own release lateness p99, per direction, at most
 //!   [`LATENESS_P99_LIMIT_US`].
@@ -241,11 +246,15 @@ pub struct RateCheck {
     pub rate_ok: bool,
     /// Drain time of a full queue: whole datagrams that fit the limit · 8 / rate, in ms.
     pub queue_delay_expected_ms: f64,
-    /// Largest one-way delay minus the configured delay, in ms.
+    /// The full queue's delay as measured: 90th percentile of one-way delay minus the
+    /// configured delay, in ms (see the module doc).
+    pub queue_delay_p90_ms: f64,
+    /// Largest one-way delay minus the configured delay, in ms (not checked: it also holds the
+    /// worst scheduling hiccup).
     pub queue_delay_max_ms: f64,
     /// Accepted difference: max(2 ms, 5% of expected) + the configured jitter.
     pub queue_delay_tolerance_ms: f64,
-    /// `queue_delay_max_ms` within tolerance of the expectation.
+    /// `queue_delay_p90_ms` within tolerance of the expectation.
     pub queue_delay_ok: bool,
     /// Saturated, rate and queue delay all ok.
     pub passed: bool,
@@ -307,18 +316,20 @@ impl SelfCheck {
             ));
             for r in &a.rate {
                 s.push_str(&format!(
-                    "  rate/queue {}: received {} over {:.0} ms (configured {}, ± {:.0}%) {}; max queueing delay \
-                     {:.2} ms (expected {:.2} ± {:.2}) {}; {} sent, {} received, {} queue drops, {} loss drops: {}\n",
+                    "  rate/queue {}: received {} over {:.0} ms (configured {}, ± {:.0}%) {}; full-queue delay p90 \
+                     {:.2} ms (expected {:.2} ± {:.2}) {}, max {:.2} ms; {} sent, {} received, {} queue drops, {} loss \
+                     drops: {}\n",
                     r.direction.name(),
                     super::link::fmt_rate(r.received_rate_bps),
                     r.busy_ms,
                     super::link::fmt_rate(r.rate_bps as f64),
                     r.rate_tolerance * 100.0,
                     verdict(r.rate_ok),
-                    r.queue_delay_max_ms,
+                    r.queue_delay_p90_ms,
                     r.queue_delay_expected_ms,
                     r.queue_delay_tolerance_ms,
                     verdict(r.queue_delay_ok),
+                    r.queue_delay_max_ms,
                     r.sent,
                     r.received,
                     r.dropped_queue,
@@ -659,13 +670,17 @@ fn rate_probe(link: &Link, cfg: &LinkConfig, d: Direction) -> Result<RateCheck, 
         got.iter().map(|g| u64::from(g.2)).sum::<u64>().saturating_sub(got.first().map_or(0, |g| u64::from(g.2)));
     let received_rate_bps = if busy_ns == 0 { 0.0 } else { bytes as f64 * 8.0 / (busy_ns as f64 / 1e9) };
     let delay_ns = imp.delay.as_nanos() as u64;
-    let max_queue_ns = got.iter().map(|g| g.0.saturating_sub(g.1).saturating_sub(delay_ns)).max().unwrap_or(0);
+    let mut queued: Vec<u64> = got.iter().map(|g| g.0.saturating_sub(g.1).saturating_sub(delay_ns)).collect();
+    queued.sort_unstable();
+    let max_queue_ns = queued.last().copied().unwrap_or(0);
+    let p90_ns = queued.get(queued.len() * 9 / 10).copied().unwrap_or(max_queue_ns);
+    let p90_ms = p90_ns as f64 / 1e6;
     let expected_ms = queue_ns as f64 / 1e6;
     let tolerance_ms = (expected_ms * 0.05).max(2.0) + imp.jitter.as_secs_f64() * 1e3;
     let max_ms = max_queue_ns as f64 / 1e6;
     let saturated = dropped_queue > 0;
     let rate_ok = (received_rate_bps - rate as f64).abs() <= RATE_TOLERANCE * rate as f64;
-    let queue_delay_ok = (max_ms - expected_ms).abs() <= tolerance_ms;
+    let queue_delay_ok = (p90_ms - expected_ms).abs() <= tolerance_ms;
     Ok(RateCheck {
         direction: d,
         rate_bps: rate,
@@ -683,6 +698,7 @@ fn rate_probe(link: &Link, cfg: &LinkConfig, d: Direction) -> Result<RateCheck, 
         rate_tolerance: RATE_TOLERANCE,
         rate_ok,
         queue_delay_expected_ms: expected_ms,
+        queue_delay_p90_ms: p90_ms,
         queue_delay_max_ms: max_ms,
         queue_delay_tolerance_ms: tolerance_ms,
         queue_delay_ok,
