@@ -13,7 +13,8 @@
 //!   model ([`super::impair::LossModel::interval_999`]).
 //!
 //! * **Rate and queue** per direction that has a bottleneck (rate at most
-//!   [`RATE_PROBE_MAX_BPS`]): a short saturating probe ([`RateCheck`]) sends MTU-sized UDP
+//!   [`RATE_PROBE_MAX_BPS`], full queue draining in at most [`MAX_QUEUE_DRAIN`]; otherwise the
+//!   attempt says why it was skipped): a short saturating probe ([`RateCheck`]) sends MTU-sized UDP
 //!   datagrams at twice the rate, long enough to fill the queue and keep it full, then lets it
 //!   drain. Both namespaces live in this process, so each datagram carries its send time on the
 //!   same monotonic clock the receiver reads, and one-way delay is measured directly. Checked:
@@ -208,6 +209,9 @@ pub struct CheckAttempt {
 /// Fastest bottleneck the rate probe checks: above it a user-space sender on this machine
 /// class cannot be trusted to offer twice the rate, so the check is skipped (and says so).
 pub const RATE_PROBE_MAX_BPS: u64 = 100_000_000;
+/// Longest full-queue drain time the rate probe checks: a deeper queue would not fill (at twice
+/// the rate it fills in one drain time) within the probe's 1.5 s of sending, so it is skipped.
+pub const MAX_QUEUE_DRAIN: Duration = Duration::from_secs(1);
 /// Accepted relative error of the received rate.
 const RATE_TOLERANCE: f64 = 0.05;
 
@@ -518,6 +522,16 @@ fn attempt(link: &Link, number: u32, opts: &SelfCheckOptions) -> Result<CheckAtt
                         super::link::fmt_rate(RATE_PROBE_MAX_BPS as f64)
                     ))
                 }
+                Some(r) if queue_drain_ns(&cfg, d) > MAX_QUEUE_DRAIN.as_nanos() as u64 => {
+                    rate_skipped = Some(format!(
+                        "{}: the queue ({}) takes {:.1} s to drain at {}, more than the probe's {} s",
+                        d.name(),
+                        cfg.get(d).effective_queue().map_or_else(String::new, |q| q.to_string()),
+                        queue_drain_ns(&cfg, d) as f64 / 1e9,
+                        super::link::fmt_rate(r as f64),
+                        MAX_QUEUE_DRAIN.as_secs()
+                    ))
+                }
                 Some(_) => rate.push(rate_probe(link, &cfg, d)?),
             }
         }
@@ -560,6 +574,17 @@ fn attempt(link: &Link, number: u32, opts: &SelfCheckOptions) -> Result<CheckAtt
     })
 }
 
+/// Drain time of direction `d`'s full queue of MTU-sized datagrams, in ns (0 without a rate).
+fn queue_drain_ns(cfg: &LinkConfig, d: Direction) -> u64 {
+    let imp = cfg.get(d);
+    let (Some(rate), Some(queue)) = (imp.rate_bps, imp.effective_queue()) else { return 0 };
+    let fit = match queue {
+        QueueLimit::Bytes(b) => (b / u64::from(cfg.mtu)).max(1),
+        QueueLimit::Packets(p) => p,
+    };
+    fit.saturating_mul(Bottleneck::new(rate, QueueLimit::Packets(1)).serialization_ns(cfg.mtu))
+}
+
 /// Saturate direction `d`'s bottleneck for a moment and measure what came out (see the module
 /// doc). The sender and receiver stamp times from one `Instant`, valid in both namespaces.
 fn rate_probe(link: &Link, cfg: &LinkConfig, d: Direction) -> Result<RateCheck, LabError> {
@@ -569,11 +594,8 @@ fn rate_probe(link: &Link, cfg: &LinkConfig, d: Direction) -> Result<RateCheck, 
     let wire = cfg.mtu;
     let payload = (wire - 28) as usize;
     let ser_ns = Bottleneck::new(rate, QueueLimit::Packets(1)).serialization_ns(wire);
-    let fit = match queue {
-        QueueLimit::Bytes(b) => (b / u64::from(wire)).max(1),
-        QueueLimit::Packets(p) => p,
-    };
-    let queue_ns = fit.saturating_mul(ser_ns);
+    // At most MAX_QUEUE_DRAIN (the caller skips deeper queues).
+    let queue_ns = queue_drain_ns(cfg, d).min(MAX_QUEUE_DRAIN.as_nanos() as u64);
     // At twice the rate the queue fills in one drain time; keep it full about four more.
     let send =
         Duration::from_nanos(queue_ns.saturating_mul(5)).clamp(Duration::from_millis(600), Duration::from_millis(1500));
