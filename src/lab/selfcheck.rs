@@ -733,6 +733,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn probe_counts_resolve_the_configured_loss() {
+        assert_eq!(probes_for(&LossModel::None, 10_000), 500);
+        assert_eq!(probes_for(&LossModel::None, 200), 200);
+        for model in [
+            LossModel::Random { p: 0.02 },
+            LossModel::Random { p: 0.003 },
+            LossModel::GilbertElliott { p: 0.01, r: 0.25, loss_bad: 1.0, loss_good: 0.0 },
+        ] {
+            let n = probes_for(&model, 10_000);
+            let (lo, hi) = model.interval_999(n as u64);
+            let m = model.mean_loss();
+            assert!(n < 10_000 && n as f64 >= 12.0 / m && n >= 500, "{model:?}: {n}");
+            assert!(lo >= 1 && (hi as f64) < 2.0 * m * n as f64, "{model:?}: {n} probes, {lo}..={hi}");
+        }
+        // Too rare to resolve within the cap: the cap.
+        assert_eq!(probes_for(&LossModel::Random { p: 0.0005 }, 10_000), 10_000);
+        // The spacing follows the rate: 5% of 100 kbit/s for a 92-byte probe is 147 ms.
+        let slow = Impairment { rate_bps: Some(100_000), ..Impairment::none() };
+        assert_eq!(probe_spacing_ns(&slow), 20 * 7_360_000);
+        // ... and the 20 s cap then allows 135 probes.
+        assert_eq!(SelfCheckOptions::for_impairment(&slow).probes, 135);
+    }
+
+    #[test]
     fn prediction_matches_configuration() {
         let mut cfg = LinkConfig::symmetric(Impairment::delay(Duration::from_millis(20)), 1);
         let mut v = predicted_rtts(&cfg, 2_000_000, 500, 4);
