@@ -362,9 +362,15 @@ struct Shared {
     spin_ns: u64,
 }
 
-/// A running tap: what it kept and the bound on it.
+/// Records per chunk of a running tap.
+const TAP_CHUNK: usize = 4096;
+
+/// A running tap: what it kept and the bound on it. Records are kept in fixed-capacity chunks
+/// so a push never reallocates (and copies) everything kept so far while the relay holds the
+/// lock; [`Link::take_tap`] joins them, off the relay's threads.
 struct TapState {
-    tap: Tap,
+    chunks: Vec<Vec<TapPacket>>,
+    overflow: u64,
     /// Bytes of datagram data kept so far.
     kept_bytes: usize,
     /// Most bytes of datagram data kept; later datagrams are only counted (`tap.overflow`).
@@ -384,11 +390,16 @@ impl Shared {
         let mut slot = mutex(&self.tap);
         let Some(t) = slot.as_mut() else { return };
         if t.kept_bytes.saturating_add(data.len()) > t.limit_bytes {
-            t.tap.overflow += 1;
+            t.overflow += 1;
             return;
         }
         t.kept_bytes += data.len();
-        t.tap.packets.push(TapPacket { at_ns, direction, fate, data: data.to_vec() });
+        if t.chunks.last().is_none_or(|c| c.len() == TAP_CHUNK) {
+            t.chunks.push(Vec::with_capacity(TAP_CHUNK));
+        }
+        if let Some(c) = t.chunks.last_mut() {
+            c.push(TapPacket { at_ns, direction, fate, data: data.to_vec() });
+        }
     }
 
     /// Hand a packet to the capture, if one runs. Never blocks on the writer.
@@ -1017,14 +1028,15 @@ impl Link {
     /// lock around a `Vec` push. A tap already running is replaced (its packets are discarded).
     /// Runs alongside a capture.
     pub fn start_tap(&self, limit_bytes: usize) {
-        *mutex(&self.shared.tap) = Some(TapState { tap: Tap::default(), kept_bytes: 0, limit_bytes });
+        *mutex(&self.shared.tap) = Some(TapState { chunks: Vec::new(), overflow: 0, kept_bytes: 0, limit_bytes });
         self.shared.tapping.store(true, Ordering::SeqCst);
     }
 
     /// End the tap and return what it recorded (`Tap::default()` if none ran).
     pub fn take_tap(&self) -> Tap {
         self.shared.tapping.store(false, Ordering::SeqCst);
-        mutex(&self.shared.tap).take().map(|t| t.tap).unwrap_or_default()
+        let Some(t) = mutex(&self.shared.tap).take() else { return Tap::default() };
+        Tap { packets: t.chunks.into_iter().flatten().collect(), overflow: t.overflow }
     }
 
     /// Stop the relay and wait for its threads (also done on drop).
