@@ -29,7 +29,12 @@
 //!
 //! [`Link::start_capture`] records what the relay forwards (each datagram as the delay line writes
 //! it into the other namespace, after NAT) to a pcap file, and what it drops to a second one; see
-//! [`super::pcap`].
+//! [`super::pcap`]. [`Link::start_tap`] keeps the same datagrams, at the same points, in memory
+//! ([`super::tap`]), bounded by a byte limit; the two may run together.
+//!
+//! Loss is counted honestly per direction ([`DirStats`]): `realized_loss` is every drop (loss
+//! model, queue, stale NAT) over the IPv4 datagrams offered, `model_loss` the loss model's own
+//! rate, `queue_loss` the tail drops. [`LATENESS_P99_LIMIT_US`] gates the delay line's timing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

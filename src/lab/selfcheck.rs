@@ -66,7 +66,7 @@ pub struct SelfCheckOptions {
     pub attempts: u32,
     /// Show a progress bar on standard error (only drawn on a terminal).
     pub progress: bool,
-    /// Run the saturating rate and queue probe ([`RateCheck`]) in each direction that has a
+    /// Run the saturating rate and queue probe (`RateCheck`) in each direction that has a
     /// rate (about 1–2.5 s per direction).
     pub rate_probe: bool,
 }
@@ -95,7 +95,7 @@ impl SelfCheckOptions {
     /// loses nothing, or twice the configured rate, fails. For Bernoulli p that is about
     /// 12/p to 15/p probes (2%: 750; 1%: 1,500; 0.5%: 3,000). Probes stay at most 5% of the
     /// rate and at least 2 ms apart (as [`SelfCheckOptions::default`]), and the count is
-    /// capped so the probes take at most [`FOR_IMPAIRMENT_MAX_DURATION`] (20 s: 10,000 probes
+    /// capped so the probes take at most `FOR_IMPAIRMENT_MAX_DURATION` (20 s: 10,000 probes
     /// at 2 ms). What the cap gives up: below about m = 0.15% (at 2 ms spacing) n·m falls
     /// under 15 and the interval no longer excludes 2·m, so the check still catches a link
     /// that loses nothing or far too much but cannot resolve a factor of two. No loss: 500.
