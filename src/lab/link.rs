@@ -29,7 +29,12 @@
 //!
 //! [`Link::start_capture`] records what the relay forwards (each datagram as the delay line writes
 //! it into the other namespace, after NAT) to a pcap file, and what it drops to a second one; see
-//! [`super::pcap`].
+//! [`super::pcap`]. [`Link::start_tap`] keeps the same datagrams, at the same points, in memory
+//! ([`super::tap`]), bounded by a byte limit; the two may run together.
+//!
+//! Loss is counted honestly per direction ([`DirStats`]): `realized_loss` is every drop (loss
+//! model, queue, stale NAT) over the IPv4 datagrams offered, `model_loss` the loss model's own
+//! rate, `queue_loss` the tail drops. [`LATENESS_P99_LIMIT_US`] gates the delay line's timing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,6 +56,7 @@ use super::netns::{NetNs, NsThread};
 use super::packet::{Ipv4Info, Nat, NatMapping, NatVerdict, RebindMode};
 use super::pcap::{Capture, CaptureSummary, Stream};
 use super::report::{new_histogram, ser_duration_ms, Percentiles, HISTOGRAM_MAX_NS};
+use super::tap::{Fate, Tap, TapPacket};
 use super::tun::{self, Tun};
 use super::LabError;
 
@@ -67,6 +73,14 @@ pub(crate) const DEVICE: &str = "qlab0";
 pub(crate) const BUCKET: Duration = Duration::from_millis(100);
 /// Most buckets kept per direction (one hour); later traffic is still counted in the totals.
 const MAX_BUCKETS: usize = 36_000;
+/// The relay-lateness gate: a direction whose release lateness p99 exceeds this many
+/// microseconds is flagged ([`DirStats::lateness_ok`]) and fails the self-check.
+///
+/// 1000 µs. On this 2-core VM an idle relay releases within a few µs at p50 and below ~100 µs
+/// at p99; with two compilers on the two cores p99 rose to a few ms (docs/lab.md, "Timing").
+/// 1 ms is ten times the unloaded p99 yet small beside the delays the experiments configure
+/// (10–50 ms one way), so a cell past it ran on a machine too busy to trust its timing.
+pub const LATENESS_P99_LIMIT_US: f64 = 1000.0;
 
 fn mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -338,6 +352,9 @@ struct Shared {
     /// Whether `capture` holds a capture (checked before taking its lock).
     capturing: AtomicBool,
     capture: RwLock<Option<Capture>>,
+    /// Whether `tap` holds a running tap (checked before taking its lock).
+    tapping: AtomicBool,
+    tap: Mutex<Option<TapState>>,
     stop: AtomicBool,
     dirs: [DirShared; 2],
     nat: Mutex<Nat>,
@@ -350,9 +367,44 @@ struct Shared {
     spin_ns: u64,
 }
 
+/// Records per chunk of a running tap.
+const TAP_CHUNK: usize = 4096;
+
+/// A running tap: what it kept and the bound on it. Records are kept in fixed-capacity chunks
+/// so a push never reallocates (and copies) everything kept so far while the relay holds the
+/// lock; [`Link::take_tap`] joins them, off the relay's threads.
+struct TapState {
+    chunks: Vec<Vec<TapPacket>>,
+    overflow: u64,
+    /// Bytes of datagram data kept so far.
+    kept_bytes: usize,
+    /// Most bytes of datagram data kept; later datagrams are only counted (`tap.overflow`).
+    limit_bytes: usize,
+}
+
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Hand a packet to the tap, if one runs: kept while within the byte limit, else counted.
+    fn tap(&self, direction: Direction, fate: Fate, at_ns: u64, data: &[u8]) {
+        if !self.tapping.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut slot = mutex(&self.tap);
+        let Some(t) = slot.as_mut() else { return };
+        if t.kept_bytes.saturating_add(data.len()) > t.limit_bytes {
+            t.overflow += 1;
+            return;
+        }
+        t.kept_bytes += data.len();
+        if t.chunks.last().is_none_or(|c| c.len() == TAP_CHUNK) {
+            t.chunks.push(Vec::with_capacity(TAP_CHUNK));
+        }
+        if let Some(c) = t.chunks.last_mut() {
+            c.push(TapPacket { at_ns, direction, fate, data: data.to_vec() });
+        }
     }
 
     /// Hand a packet to the capture, if one runs. Never blocks on the writer.
@@ -406,6 +458,7 @@ impl Shared {
             };
             // Each drop and forward is counted after its capture: a count seen means a packet captured.
             if verdict == NatVerdict::Stale {
+                self.tap(d, Fate::DroppedStaleNat, now, pkt);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
                 c.stale.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -416,6 +469,7 @@ impl Shared {
             c.considered.fetch_add(1, Ordering::Relaxed);
             if p.loss.drop_next() {
                 drop(p);
+                self.tap(d, Fate::DroppedLoss, now, pkt);
                 self.capture(Stream::Dropped, now, || pkt.to_vec());
                 c.lost.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -426,6 +480,7 @@ impl Shared {
                     Some(t) => t,
                     None => {
                         drop(p);
+                        self.tap(d, Fate::DroppedQueue, now, pkt);
                         self.capture(Stream::Dropped, now, || pkt.to_vec());
                         c.queue_drops.fetch_add(1, Ordering::Relaxed);
                         return;
@@ -472,8 +527,17 @@ pub struct DirStats {
     pub write_errors: u64,
     /// The largest datagram read: at most the MTU, since the devices take no offloads.
     pub largest_packet: u64,
-    /// `dropped_loss / loss_draws`.
+    /// IPv4 datagrams that entered the direction's pipeline (`packets_in − dropped_non_ipv4`):
+    /// the denominator of every loss fraction below except `model_loss`.
+    pub offered: u64,
+    /// Every drop over what was offered: `(dropped_loss + dropped_queue + dropped_stale_nat) /
+    /// offered` (0 when nothing was offered). The loss the traffic actually met.
     pub realized_loss: f64,
+    /// What the loss model did: `dropped_loss / loss_draws` (0 without draws). This is what the
+    /// self-check compares with the configured rate; it leaves out queue and NAT drops.
+    pub model_loss: f64,
+    /// Tail drops at the bottleneck's queue over what was offered: `dropped_queue / offered`.
+    pub queue_loss: f64,
     /// How late the delay line released packets against their scheduled time, in microseconds.
     pub lateness_us: Percentiles,
     /// Bytes written into the other namespace per 100 ms bucket, from the link's start.
@@ -481,6 +545,12 @@ pub struct DirStats {
 }
 
 impl DirStats {
+    /// Whether the relay released this direction's packets on time: lateness p99 at most
+    /// [`LATENESS_P99_LIMIT_US`] (true when nothing was released).
+    pub fn lateness_ok(&self) -> bool {
+        self.lateness_us.p99 <= LATENESS_P99_LIMIT_US || self.packets_out == 0
+    }
+
     /// The egress rate over the longest run of buckets in which the direction carried at least
     /// `min_fraction` of `rate_bps`, skipping `skip` buckets at each end of that run (slow start
     /// and the tail). Returns `(rate, seconds measured)`.
@@ -531,6 +601,11 @@ pub struct LinkStats {
 }
 
 impl LinkStats {
+    /// Both directions pass the lateness gate ([`DirStats::lateness_ok`]).
+    pub fn lateness_ok(&self) -> bool {
+        self.up.lateness_ok() && self.down.lateness_ok()
+    }
+
     /// One direction.
     pub fn get(&self, d: Direction) -> &DirStats {
         match d {
@@ -672,6 +747,7 @@ fn delay_line_loop(shared: Arc<Shared>, d: Direction, dst: Arc<Tun>) {
                     eg.buckets[bucket] += pkt.data.len() as u64;
                 }
                 drop(eg);
+                shared.tap(d, Fate::Forwarded, sent_at, &pkt.data);
                 shared.capture(Stream::Forwarded, sent_at, || pkt.data);
                 c.packets_out.fetch_add(1, Ordering::Relaxed);
                 c.bytes_out.fetch_add(len, Ordering::Relaxed);
@@ -709,6 +785,8 @@ impl Link {
             wall_epoch_ns: wall.as_nanos() as u64,
             capturing: AtomicBool::new(false),
             capture: RwLock::new(None),
+            tapping: AtomicBool::new(false),
+            tap: Mutex::new(None),
             stop: AtomicBool::new(false),
             dirs: [dir_shared(Direction::Up), dir_shared(Direction::Down)],
             nat: Mutex::new(Nat::new(config.rebind, CLIENT_IP)),
@@ -872,20 +950,27 @@ impl Link {
             let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let eg = mutex(&ds.egress);
             let (draws, lost) = (get(&c.considered), get(&c.lost));
+            let (packets_in, non_ipv4) = (get(&c.packets_in), get(&c.non_ipv4));
+            let (queue, stale) = (get(&c.queue_drops), get(&c.stale));
+            let offered = packets_in.saturating_sub(non_ipv4);
+            let frac = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
             DirStats {
                 direction: d,
-                packets_in: get(&c.packets_in),
+                packets_in,
                 bytes_in: get(&c.bytes_in),
-                dropped_non_ipv4: get(&c.non_ipv4),
-                dropped_stale_nat: get(&c.stale),
+                dropped_non_ipv4: non_ipv4,
+                dropped_stale_nat: stale,
                 loss_draws: draws,
                 dropped_loss: lost,
-                dropped_queue: get(&c.queue_drops),
+                dropped_queue: queue,
                 packets_out: get(&c.packets_out),
                 bytes_out: get(&c.bytes_out),
                 write_errors: get(&c.write_errors),
                 largest_packet: get(&c.largest),
-                realized_loss: if draws == 0 { 0.0 } else { lost as f64 / draws as f64 },
+                offered,
+                realized_loss: frac(lost + queue + stale, offered),
+                model_loss: frac(lost, draws),
+                queue_loss: frac(queue, offered),
                 lateness_us: Percentiles::from_histogram(&eg.lateness, 1e-3),
                 egress_bytes_per_100ms: eg.buckets.clone(),
             }
@@ -938,6 +1023,25 @@ impl Link {
             tracing::warn!("capture {}: write error: {e}", summary.path.display());
         }
         Some(summary)
+    }
+
+    /// Start an in-memory tap of every datagram the relay handles, both directions, at the same
+    /// points the pcap capture records them: a forwarded datagram when the delay line writes it
+    /// (after the NAT, `at_ns` = that time), a dropped one when the relay read it, with the
+    /// [`Fate`] of the drop. At most `limit_bytes` of datagram data are kept; later datagrams
+    /// are counted in [`Tap::overflow`] only. The relay never waits for anything but a short
+    /// lock around a `Vec` push. A tap already running is replaced (its packets are discarded).
+    /// Runs alongside a capture.
+    pub fn start_tap(&self, limit_bytes: usize) {
+        *mutex(&self.shared.tap) = Some(TapState { chunks: Vec::new(), overflow: 0, kept_bytes: 0, limit_bytes });
+        self.shared.tapping.store(true, Ordering::SeqCst);
+    }
+
+    /// End the tap and return what it recorded (`Tap::default()` if none ran).
+    pub fn take_tap(&self) -> Tap {
+        self.shared.tapping.store(false, Ordering::SeqCst);
+        let Some(t) = mutex(&self.shared.tap).take() else { return Tap::default() };
+        Tap { packets: t.chunks.into_iter().flatten().collect(), overflow: t.overflow }
     }
 
     /// Stop the relay and wait for its threads (also done on drop).

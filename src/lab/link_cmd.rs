@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use super::impair::Direction;
-use super::link::{fmt_rate, Link, LinkConfig, LinkStats, CLIENT_IP, SERVER_IP};
+use super::link::{fmt_rate, Link, LinkConfig, LinkStats, CLIENT_IP, LATENESS_P99_LIMIT_US, SERVER_IP};
 use super::netns::{self, Privilege};
 use super::report::{self, md_table, plot, ResultsDir, Series};
 use super::selfcheck::{SelfCheck, SelfCheckOptions};
@@ -98,12 +98,45 @@ pub fn write_link_report(dir: &Path, run: &LinkRun) -> Result<(), LabError> {
                     format!("{:.3}", a.rtt_measured_ms),
                     format!("{}/{} ({}..={})", a.up.lost, a.up.sent, a.up.accepted.0, a.up.accepted.1),
                     format!("{}/{} ({}..={})", a.down.lost, a.down.sent, a.down.accepted.0, a.down.accepted.1),
+                    format!(
+                        "{:.0} / {:.0} ({})",
+                        a.lateness_up_us.p99,
+                        a.lateness_down_us.p99,
+                        if a.lateness_ok { "ok" } else { "over" }
+                    ),
+                    if a.rate.is_empty() {
+                        a.rate_skipped.clone().unwrap_or_else(|| "-".into())
+                    } else {
+                        a.rate
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{} {} (full-queue delay p90 {:.1} ms of {:.1}) {}",
+                                    r.direction.name(),
+                                    fmt_rate(r.received_rate_bps),
+                                    r.queue_delay_p90_ms,
+                                    r.queue_delay_expected_ms,
+                                    if r.passed { "ok" } else { "FAIL" }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
                     if a.passed { "pass" } else { "FAIL" }.to_string(),
                 ]
             })
             .collect();
         md.push_str(&md_table(
-            &["attempt", "RTT expected ms", "RTT median ms", "lost up (accepted)", "lost down (accepted)", "verdict"],
+            &[
+                "attempt",
+                "RTT expected ms",
+                "RTT median ms",
+                "lost up (accepted)",
+                "lost down (accepted)",
+                "lateness p99 up / down µs",
+                "rate / queue",
+                "verdict",
+            ],
             &rows,
         ));
         let samples = &sc.last().rtt_samples_ms;
@@ -126,24 +159,35 @@ pub fn write_link_report(dir: &Path, run: &LinkRun) -> Result<(), LabError> {
                 let s = stats.get(*d);
                 vec![
                     d.name().to_string(),
-                    s.packets_in.to_string(),
+                    s.offered.to_string(),
                     s.bytes_in.to_string(),
-                    format!("{} ({:.3}%)", s.dropped_loss, s.realized_loss * 100.0),
-                    s.dropped_queue.to_string(),
+                    format!("{} ({:.3}%)", s.dropped_loss, s.model_loss * 100.0),
+                    format!("{} ({:.3}%)", s.dropped_queue, s.queue_loss * 100.0),
                     s.dropped_stale_nat.to_string(),
-                    format!("{:.1} / {:.1}", s.lateness_us.p50, s.lateness_us.p99),
+                    format!("{:.3}%", s.realized_loss * 100.0),
+                    format!(
+                        "{:.1} / {:.1}{}",
+                        s.lateness_us.p50,
+                        s.lateness_us.p99,
+                        if s.lateness_ok() { "" } else { " (over the limit)" }
+                    ),
                     run.measured_rate_bps.get(d.name()).map_or("-".into(), |r| fmt_rate(*r)),
                 ]
             })
             .collect();
+        md.push_str(&format!(
+            "Realized loss counts every drop (loss model, queue, stale NAT) over the IPv4 packets \
+             offered; relay lateness p99 above {LATENESS_P99_LIMIT_US} µs is flagged.\n\n"
+        ));
         md.push_str(&md_table(
             &[
                 "direction",
-                "packets",
+                "packets offered",
                 "bytes",
-                "lost (realized)",
-                "queue drops",
+                "loss-model drops (of draws)",
+                "queue drops (of offered)",
                 "stale NAT",
+                "realized loss (every drop / offered)",
                 "lateness p50 / p99 µs",
                 "busy rate",
             ],
@@ -328,17 +372,20 @@ pub async fn run_link(args: LinkParams, interrupt: impl std::future::Future<Outp
     for d in Direction::BOTH {
         let s = stats.get(d);
         eprintln!(
-            "link {:<4}: {} packets, {} bytes in; lost {} ({:.3}% realized), queue drops {}, stale NAT {}; \
-             lateness p50 {:.1} µs, p99 {:.1} µs{}",
+            "link {:<4}: {} packets offered, {} bytes in; loss-model drops {} ({:.3}% of draws), queue drops {} \
+             ({:.3}%), stale NAT {}; realized loss {:.3}% (every drop); lateness p50 {:.1} µs, p99 {:.1} µs{}{}",
             d.name(),
-            s.packets_in,
+            s.offered,
             s.bytes_in,
             s.dropped_loss,
-            s.realized_loss * 100.0,
+            s.model_loss * 100.0,
             s.dropped_queue,
+            s.queue_loss * 100.0,
             s.dropped_stale_nat,
+            s.realized_loss * 100.0,
             s.lateness_us.p50,
             s.lateness_us.p99,
+            if s.lateness_ok() { "" } else { " (over the lateness limit)" },
             run.measured_rate_bps.get(d.name()).map_or(String::new(), |r| format!("; busy rate {}", fmt_rate(*r)))
         );
     }
