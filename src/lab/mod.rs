@@ -68,6 +68,7 @@ pub mod pcap;
 pub mod report;
 mod selfcheck;
 pub mod server;
+pub(crate) mod stall;
 pub mod tap;
 mod tun;
 pub mod units;
