@@ -115,6 +115,7 @@ impl KeyLog {
     }
 
     /// Number of client randoms.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
