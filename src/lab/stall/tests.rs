@@ -209,3 +209,107 @@ fn garbage_never_panics() {
     let a = analyze(&packets, &keys, SERVER);
     assert!(a.connections.iter().all(|c| c.cipher_suite.is_none() && c.streams.is_empty()), "{a:#?}");
 }
+
+/// The lab's own pcap files (forwarded and `.dropped`) as tap packets, times from the first.
+fn tap_from_pcap(path: &std::path::Path, server: Ipv4Addr) -> Vec<TapPacket> {
+    let mut out = Vec::new();
+    for (file, fate) in
+        [(path.to_path_buf(), Fate::Forwarded), (crate::lab::pcap::dropped_path(path), Fate::DroppedLoss)]
+    {
+        for r in crate::lab::pcap::read(&file).expect("pcap").records {
+            let up = r.data.get(16..20) == Some(&server.octets()[..]);
+            let direction = if up { Direction::Up } else { Direction::Down };
+            out.push(TapPacket { at_ns: r.ts_ns, direction, fate, data: r.data });
+        }
+    }
+    let t0 = out.iter().map(|p| p.at_ns).min().unwrap_or(0);
+    for p in &mut out {
+        p.at_ns -= t0;
+    }
+    out
+}
+
+/// Over the real lab link with 2% loss each way: a few responses over HTTP/2 and over HTTP/3
+/// (one connection each), captured by the relay, decrypted with the process's key log. Every
+/// response's stream is found with at least its body's bytes delivered, and both connections
+/// name their cipher suite. Needs the lab's namespaces (root or user namespaces).
+#[test]
+fn end_to_end_over_the_lab_link() {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use crate::client::{self, Client, ClientOptions, HttpVersion, Target};
+    use crate::lab::{Impairment, LabServer, Link, LinkConfig, LossModel};
+    use crate::tls::{self, Trust};
+
+    let imp = Impairment { loss: LossModel::Random { p: 0.02 }, ..Impairment::delay(Duration::from_millis(10)) };
+    let link = Link::start(LinkConfig::symmetric(imp, 15)).expect("the lab link (needs root or user namespaces)");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let certs = dir.path().join("certs");
+    let server = LabServer::start_default(&link, &certs, |_| {}).expect("server");
+    let (quic, tcp) = (server.quic_addr(), server.tcp_addr());
+    let (cap, keys) = (dir.path().join("run.pcap"), dir.path().join("keys.log"));
+    tls::set_key_log_file(&keys).expect("key log");
+    link.start_capture(&cap).expect("capture");
+    const SIZES: [usize; 3] = [30_000, 60_000, 90_000];
+    let ca = certs.join("ca.pem");
+    link.run_in_client_ns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            for (version, addr) in [(HttpVersion::H3, quic), (HttpVersion::H2, tcp)] {
+                let opts = ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
+                let c = Client::new(version, &opts).expect("client");
+                let uri = |n: usize| -> http::Uri {
+                    format!("https://localhost:{}/bytes/{n}", addr.port()).parse().expect("uri")
+                };
+                let t = Target { host: "localhost".into(), port: addr.port(), uri: uri(0), addr: Some(addr) };
+                let conn = c.connect(&t).await.expect("connect");
+                // The three requests together, on the one connection.
+                let fetches = SIZES.map(|n| {
+                    let t = Target { uri: uri(n), ..t.clone() };
+                    let conn = &conn;
+                    async move {
+                        let req = client::request(&t, http::Method::GET, Bytes::new()).expect("request");
+                        let resp = conn.send(req).await.expect("response");
+                        let body = resp.into_body().collect().await.expect("body").to_bytes();
+                        assert_eq!(body.len(), n, "{version:?}");
+                    }
+                });
+                futures_util::future::join_all(fetches).await;
+                conn.close().await;
+            }
+        })
+    })
+    .expect("client namespace");
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = link.stop_capture().expect("a capture was running");
+    assert_eq!(summary.overflow, 0);
+    tls::clear_key_log_file();
+    drop(server);
+
+    let server_ip = link.server_ip();
+    let packets = tap_from_pcap(&cap, server_ip);
+    let log = KeyLog::parse(&std::fs::read_to_string(&keys).expect("key log"));
+    let a = analyze(&packets, &log, server_ip);
+    eprintln!("{}", serde_json::to_string_pretty(&a).unwrap_or_default());
+    for proto in [Protocol::H2, Protocol::H3] {
+        let c = a
+            .connections
+            .iter()
+            .find(|c| c.protocol == proto && c.cipher_suite.is_some())
+            .unwrap_or_else(|| panic!("no decrypted {proto:?} connection: {a:#?}"));
+        assert_eq!(c.undecryptable, 0, "{c:#?}");
+        // HTTP/2: streams 1, 3, 5; HTTP/3: the client's bidirectional streams 0, 4, 8.
+        let ids: [u64; 3] = if proto == Protocol::H2 { [1, 3, 5] } else { [0, 4, 8] };
+        for (id, n) in ids.into_iter().zip(SIZES) {
+            let s = stream(c, id);
+            assert!(s.delivered_bytes >= n as u64, "{proto:?} stream {id}: {s:#?}");
+            assert!(s.collateral_stall_ms <= s.stall_ms + 1e-9);
+            if proto == Protocol::H3 {
+                assert_eq!(s.collateral_stall_ms, 0.0);
+            }
+        }
+    }
+}
