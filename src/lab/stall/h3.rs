@@ -12,6 +12,8 @@ use super::{finish_streams, ConnStall, KeyLog, Limits, Protocol, MAX_CONNECTIONS
 const MAX_CID: usize = 20;
 /// The DCID length quinn uses by default, tried first for unknown DCIDs.
 const QUINN_CID_LEN: usize = 8;
+/// Unknown DCIDs remembered as undecryptable (further ones are tried again, then dropped).
+const MAX_FAILED_DCIDS: usize = 4096;
 
 struct Conn {
     client_random: [u8; 32],
@@ -83,8 +85,11 @@ pub(crate) struct Quic {
     by_dcid: HashMap<Vec<u8>, usize>,
     /// DCID lengths seen in long headers (tried first for an unknown DCID).
     dcid_lens: BTreeSet<usize>,
-    /// DCIDs no key opened (not retried; bounded like the connections).
+    /// DCIDs no key opened (not retried), at most [`MAX_FAILED_DCIDS`].
     failed: BTreeSet<Vec<u8>>,
+    /// Key-log secrets not yet matched to a connection, with their derived keys.
+    candidates: Vec<Conn>,
+    candidates_built: bool,
 }
 
 impl Quic {
@@ -97,7 +102,7 @@ impl Quic {
         while let Some(&first) = rest.first() {
             if first & 0x80 != 0 {
                 let Some(h) = long_header(rest) else { return };
-                if h.dcid.len() <= MAX_CID && self.dcid_lens.len() < 32 {
+                if h.dcid.len() <= MAX_CID {
                     self.dcid_lens.insert(h.dcid.len());
                 }
                 match h.len {
@@ -149,15 +154,28 @@ impl Quic {
         }
     }
 
-    /// Find the keys of a packet with an unknown DCID: every length (those seen in long headers
-    /// and quinn's first), against the known connections, then every unused
-    /// SERVER_TRAFFIC_SECRET_0 of the key log with every suite its length allows.
+    /// Find the keys of a packet with an unknown DCID: each DCID length seen in a long header
+    /// (and quinn's default, 8), against the known connections, then against every unused
+    /// SERVER_TRAFFIC_SECRET_0 of the key log with every suite its length allows (those
+    /// candidates are derived once, on the first unknown DCID). A DCID nothing opens is
+    /// remembered and not tried again.
     fn trial(&mut self, pkt: &[u8], port: u16, keys: &KeyLog, lim: &mut Limits) -> Option<(usize, Vec<u8>)> {
+        if !self.candidates_built {
+            self.candidates_built = true;
+            for (cr, secret) in keys.with_label("SERVER_TRAFFIC_SECRET_0") {
+                for &suite in Suite::for_secret_len(secret.len()) {
+                    if self.candidates.len() >= MAX_CONNECTIONS {
+                        lim.connections += 1;
+                        break;
+                    }
+                    self.candidates.extend(Conn::new(*cr, suite, secret, port));
+                }
+            }
+        }
         let mut lens: Vec<usize> = self.dcid_lens.iter().copied().collect();
-        lens.push(QUINN_CID_LEN);
-        lens.extend(0..=MAX_CID);
-        let mut seen = BTreeSet::new();
-        lens.retain(|l| seen.insert(*l));
+        if !lens.contains(&QUINN_CID_LEN) {
+            lens.push(QUINN_CID_LEN);
+        }
         for &l in &lens {
             let Some(dcid) = pkt.get(1..1 + l) else { continue };
             if self.failed.contains(dcid) {
@@ -170,29 +188,29 @@ impl Quic {
                     return Some((ci, p));
                 }
             }
-            for (cr, secret) in keys.with_label("SERVER_TRAFFIC_SECRET_0") {
-                if self.conns.iter().any(|c| &c.client_random == cr) {
-                    continue;
-                }
-                for &suite in Suite::for_secret_len(secret.len()) {
-                    let Some(mut c) = Conn::new(*cr, suite, secret, port) else { continue };
-                    if let Some(p) = c.open(pkt, l) {
-                        if self.conns.len() >= MAX_CONNECTIONS {
-                            lim.connections += 1;
-                            return None;
-                        }
-                        c.packets += 1;
-                        self.conns.push(c);
-                        let ci = self.conns.len() - 1;
-                        self.bind(dcid, ci);
-                        return Some((ci, p));
+            for k in 0..self.candidates.len() {
+                if let Some(p) = self.candidates[k].open(pkt, l) {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        lim.connections += 1;
+                        return None;
                     }
+                    let mut c = self.candidates.swap_remove(k);
+                    // The same client random under another suite is not a candidate any more.
+                    self.candidates.retain(|o| o.client_random != c.client_random);
+                    c.client_port = port;
+                    c.packets += 1;
+                    self.conns.push(c);
+                    let ci = self.conns.len() - 1;
+                    self.bind(dcid, ci);
+                    return Some((ci, p));
                 }
             }
         }
-        if self.failed.len() < MAX_CONNECTIONS {
-            if let Some(d) = pkt.get(1..1 + QUINN_CID_LEN) {
-                self.failed.insert(d.to_vec());
+        for &l in &lens {
+            if let Some(d) = pkt.get(1..1 + l) {
+                if self.failed.len() < MAX_FAILED_DCIDS {
+                    self.failed.insert(d.to_vec());
+                }
             }
         }
         None

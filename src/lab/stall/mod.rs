@@ -21,13 +21,19 @@
 //!   (`quic.rs`). The unit is the newly arrived part of a STREAM frame; it is deliverable when
 //!   every earlier offset of its stream has arrived. Long-header packets are skipped.
 //!
-//! Stall of a unit = deliverable − arrival. Per stream, `stall_ms` is the union of its units'
-//! stall intervals; `collateral_stall_ms` the part of it during which no missing blocking byte
-//! belonged to the stream (for HTTP/2 a byte of a record carrying the stream; for HTTP/3 it is 0
-//! because a stream's units only wait for the stream's own offsets: the code computes it the
-//! same way for both and the tests check it). `lost_bytes` counts the stream's bytes in dropped
+//! Stall of a unit = deliverable − arrival (0 if in order). Per stream, `stall_ms` is the
+//! length of the union of its units' stall intervals; `collateral_stall_ms` the part of it
+//! during which no missing blocking byte belonged to the stream. Each unit carries, beside its
+//! stall interval, the part of it during which one of ITS stream's bytes was still missing
+//! (HTTP/2: until the latest completion of the records before it that carry the stream;
+//! HTTP/3: the whole interval, since a stream's units wait only for the stream's own earlier
+//! offsets), and collateral = |union of stall intervals| − |union of those parts|. For HTTP/3
+//! that is 0 by construction; the unit tests, the end-to-end test and the `lab_stall` fuzz
+//! target check that the figure comes out 0. `lost_bytes` counts the stream's bytes in dropped
 //! packets (those are decrypted too; for HTTP/2 a dropped segment's bytes are split over the
-//! record's streams in proportion to their shares).
+//! streams of the records it overlaps in proportion to their shares of each record, so TLS
+//! overhead is included). A byte never delivered (its retransmission not in the packets) gives
+//! its waiting units no stall interval: the analysis counts only stalls that ended.
 //!
 //! Why hand-written: no maintained crate parses QUIC 1-RTT frames from a capture (quinn-proto's
 //! frame code is private) or reassembles and decrypts TLS records from one; the walkers here
@@ -38,7 +44,11 @@
 //! [`MAX_PENDING_RANGES`] out-of-order pieces and [`MAX_PENDING_BYTES`] bytes held per
 //! reassembly (a TCP connection or a QUIC stream), [`MAX_RECORD`] bytes buffered for one TLS
 //! record, [`MAX_STALL_INTERVALS`] stall intervals kept per stream, [`MAX_DROPPED_RANGES`]
-//! dropped TCP ranges waiting for their records. Nothing panics on packet bytes.
+//! dropped TCP ranges waiting for their records. Held bytes are copies of packet bytes, each
+//! kept at most once (pieces are clipped against what is held), so they never exceed the input.
+//! An unknown QUIC DCID is tried against each DCID length seen in a long header and quinn's 8
+//! (not all 21 lengths: the trial costs an AEAD per key-log entry), and at most 4096 DCIDs
+//! nothing opened are remembered. Nothing panics on packet bytes.
 //!
 //! Pure functions, no I/O; times are milliseconds since the link started.
 
