@@ -11,9 +11,11 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
+mod lab_stall;
 mod mqtt_broker;
 
 pub use self::http::http_parse;
+pub use self::lab_stall::lab_stall;
 pub use self::mqtt_broker::{mqtt_broker, mqtt_broker_strict};
 pub use self::mqtt_codec::mqtt_codec;
 pub use self::topic_tree::topic_tree;

@@ -71,3 +71,8 @@ fn http_parse() {
 fn mqtt_broker_will_too_deep_session_online() {
     replay_one("mqtt_broker", "will-too-deep-session-online.bin", quiclab::fuzzing::mqtt_broker_strict);
 }
+
+#[test]
+fn lab_stall() {
+    replay("lab_stall", quiclab::fuzzing::lab_stall);
+}

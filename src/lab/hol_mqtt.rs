@@ -980,6 +980,9 @@ mod tests {
             write_errors: 0,
             largest_packet: 0,
             realized_loss: 0.0,
+            offered: packets_in - non_ipv4,
+            model_loss: 0.0,
+            queue_loss: 0.0,
             lateness_us: report::Percentiles::default(),
             egress_bytes_per_100ms: Vec::new(),
         }

@@ -69,6 +69,7 @@ pub mod report;
 mod selfcheck;
 pub mod server;
 pub mod stacks;
+pub(crate) mod stall;
 pub mod tap;
 mod tun;
 pub mod units;

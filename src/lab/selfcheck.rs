@@ -551,7 +551,10 @@ fn attempt(link: &Link, number: u32, opts: &SelfCheckOptions) -> Result<CheckAtt
         (measured as f64 / 1e6 - expected_ms).abs() <= tolerance_ms
     };
     let lateness_ok = stats.lateness_ok();
-    let passed = rtt_ok && up.ok && down.ok && lateness_ok && rate.iter().all(|r| r.passed);
+    // Relay lateness is recorded and flagged (summary, `lateness_ok`), not failed on: a loaded
+    // machine delays the relay without making its figures wrong, and experiments flag each run
+    // above the limit themselves (`lab hol` leaves such runs out of its findings).
+    let passed = rtt_ok && up.ok && down.ok && rate.iter().all(|r| r.passed);
     Ok(CheckAttempt {
         attempt: number,
         probes: n as u64,

@@ -99,14 +99,12 @@ fn run_p99(r: &RunResult) -> f64 {
     report::quantile(&r.requests.iter().map(|q| q.latency_ms()).collect::<Vec<_>>(), 0.99)
 }
 
-/// Mean latency of the requests none of whose bytes the link dropped: what head-of-line
-/// blocking does to responses that lost nothing themselves. NaN without the stall analysis.
-fn unlost_mean_latency(r: &RunResult) -> f64 {
-    let v: Vec<f64> = r.requests.iter().filter(|q| q.lost_bytes == Some(0)).map(|q| q.latency_ms()).collect();
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        report::mean(&v)
+/// Mean stall of the response streams none of whose bytes the link dropped: what head-of-line
+/// blocking does to responses that lost nothing themselves. NaN without such streams.
+fn unlost_stall(r: &RunResult) -> f64 {
+    match &r.stall {
+        Some(s) if s.unlost_streams > 0 => s.unlost_stall_ms / s.unlost_streams as f64,
+        _ => f64::NAN,
     }
 }
 
@@ -175,7 +173,7 @@ pub fn summarize(runs: &[RunResult], a: &HolParams) -> Vec<ArmSummary> {
 }
 
 /// The runs of one block, by arm, when every arm of the workload ran.
-fn pairs<'a>(runs: &'a [RunResult], w: Workload, loss: f64, n: usize) -> (Vec<Vec<&'a RunResult>>, usize) {
+fn pairs(runs: &[RunResult], w: Workload, loss: f64, n: usize) -> (Vec<Vec<&RunResult>>, usize) {
     let mut out = Vec::new();
     let mut late = 0;
     for run in 0..n {
@@ -233,10 +231,10 @@ pub fn findings(runs: &[RunResult], a: &HolParams) -> Vec<PointFindings> {
                     f.push(Finding::paired("stall per response stream", h2, h3, "ms", &d, seed(2)));
                 }
                 if matches!(w, Workload::Small | Workload::Page) {
-                    let d = diff(&unlost_mean_latency, Arm::H2One, Arm::H3One);
+                    let d = diff(&unlost_stall, Arm::H2One, Arm::H3One);
                     if !d.is_empty() {
                         f.push(Finding::paired(
-                            "mean latency of responses that lost no bytes themselves",
+                            "stall per response stream that lost no bytes itself",
                             h2,
                             h3,
                             "ms",

@@ -298,15 +298,7 @@ pub struct RealizedLoss {
 
 impl RealizedLoss {
     fn of(d: &super::link::DirStats) -> RealizedLoss {
-        // MERGE: from DirStats' own fields once the link reports every drop.
-        let offered = d.packets_in.saturating_sub(d.dropped_non_ipv4);
-        let drops = d.dropped_loss + d.dropped_queue + d.dropped_stale_nat;
-        RealizedLoss {
-            all: if offered == 0 { 0.0 } else { drops as f64 / offered as f64 },
-            model: if d.loss_draws == 0 { 0.0 } else { d.dropped_loss as f64 / d.loss_draws as f64 },
-            queue_drops: d.dropped_queue,
-            offered,
-        }
+        RealizedLoss { all: d.realized_loss, model: d.model_loss, queue_drops: d.dropped_queue, offered: d.offered }
     }
 }
 
@@ -323,6 +315,10 @@ pub struct RunStall {
     pub collateral_stall_ms: f64,
     /// Response bytes in packets the link dropped.
     pub lost_bytes: u64,
+    /// Streams none of whose bytes the link dropped.
+    pub unlost_streams: usize,
+    /// Their stall, summed, ms: head-of-line blocking suffered by streams that lost nothing.
+    pub unlost_stall_ms: f64,
     /// Cipher suites that opened the connections' packets.
     pub cipher_suites: Vec<String>,
     /// Packets of the run the analysis could not open or parse.
@@ -667,9 +663,8 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
 }
 
 /// The self-check options for one loss point.
-fn self_check_options(_imp: &Impairment) -> SelfCheckOptions {
-    // MERGE: SelfCheckOptions::for_impairment(imp).
-    SelfCheckOptions { probes: 500, ..Default::default() }
+fn self_check_options(imp: &Impairment) -> SelfCheckOptions {
+    SelfCheckOptions::for_impairment(imp)
 }
 
 /// What every HTTP run of a sweep shares.
@@ -695,7 +690,7 @@ impl RunEnv<'_> {
         let n_conns = if arm.one() { 1 } else { shape.requests };
         let handshake_timed = a.include_handshake && block.workload == Workload::Bulk;
         if a.stall {
-            tap_start(link, TAP_LIMIT_BYTES);
+            link.start_tap(TAP_LIMIT_BYTES);
         }
         let span_start = link.elapsed();
         link.begin_phase(block.phase | schedule::SETUP_PHASE);
@@ -737,8 +732,9 @@ impl RunEnv<'_> {
         }
         let span_end = link.elapsed();
         let stall = if a.stall {
-            let tap = tap_take(link);
-            Some(analyze_stall(&tap, self.key_log, link, timed_start_ms, &mut requests))
+            let tap = link.take_tap();
+            let span = (timed_start_ms, timed_start_ms + run_ms);
+            Some(analyze_stall(&tap, self.key_log, link, span, &mut requests))
         } else {
             None
         };
@@ -763,28 +759,54 @@ impl RunEnv<'_> {
     }
 }
 
-fn lateness_ok(_s: &LinkStats) -> bool {
-    // MERGE: LinkStats::lateness_ok.
-    true
+fn lateness_ok(s: &LinkStats) -> bool {
+    s.lateness_ok()
 }
 
-/// Join the stall analysis of a run's packets to its requests (by stream id).
+/// The stall analysis of a run's packets, summed over the streams whose responses arrived in
+/// the timed part (the `/conn` requests after it are left out).
 fn analyze_stall(
     tap: &super::tap::Tap,
-    _key_log: Option<&std::path::Path>,
-    _link: &Link,
-    _timed_start_ms: f64,
+    key_log: Option<&std::path::Path>,
+    link: &Link,
+    (timed_start_ms, timed_end_ms): (f64, f64),
     _requests: &mut [RequestRecord],
 ) -> RunStall {
-    // MERGE: stall::analyze.
-    RunStall { tap_overflow: tap.overflow, ..Default::default() }
+    let text = key_log.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    let keys = super::stall::KeyLog::parse(&text);
+    let a = super::stall::analyze(&tap.packets, &keys, link.server_ip());
+    let mut out = RunStall { tap_overflow: tap.overflow, ..Default::default() };
+    let mut suites = std::collections::BTreeSet::new();
+    for c in &a.connections {
+        if let Some(cs) = c.cipher_suite {
+            suites.insert(cs.to_string());
+        }
+        out.unreadable_packets += c.undecryptable + c.frame_errors;
+        // Request streams only: client-initiated bidirectional QUIC streams (id % 4 == 0: not
+        // HTTP/3's control and QPACK streams), odd HTTP/2 streams (not the connection's stream 0).
+        let request = |id: u64| if c.protocol == super::stall::Protocol::H3 { id % 4 == 0 } else { id % 2 == 1 };
+        for st in c.streams.iter().filter(|st| request(st.id)) {
+            let in_timed = |t: f64| t >= timed_start_ms && t <= timed_end_ms;
+            if st.delivered_bytes == 0 || !st.first_arrival_ms.is_some_and(in_timed) {
+                continue;
+            }
+            out.streams += 1;
+            out.stall_ms += st.stall_ms;
+            out.collateral_stall_ms += st.collateral_stall_ms;
+            out.lost_bytes += st.lost_bytes;
+            if st.stall_ms > 0.0 {
+                out.stalled_streams += 1;
+            }
+            if st.lost_bytes == 0 {
+                out.unlost_streams += 1;
+                out.unlost_stall_ms += st.stall_ms;
+            }
+        }
+    }
+    out.cipher_suites = suites.into_iter().collect();
+    out
 }
 
-// MERGE shims: replaced by the helpers' APIs when their branches land.
-fn tap_start(_link: &Link, _limit: usize) {}
-fn tap_take(_link: &Link) -> super::tap::Tap {
-    super::tap::Tap::default()
-}
 #[allow(clippy::too_many_arguments)]
 fn mqtt_results(
     runs: Vec<super::hol_mqtt::MqttRunResult>,

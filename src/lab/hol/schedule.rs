@@ -95,7 +95,7 @@ mod tests {
         phases.sort_unstable();
         phases.dedup();
         assert_eq!(phases.len(), p.len());
-        assert!(phases.iter().all(|&ph| ph >= FIRST_PHASE && ph < SETUP_PHASE));
+        assert!(phases.iter().all(|ph| (FIRST_PHASE..SETUP_PHASE).contains(ph)));
         // Interleaved: the first ten blocks are not all one loss point or one workload.
         let first: Vec<&Block> = p.iter().take(10).collect();
         assert!(first.iter().any(|b| b.loss_index != first[0].loss_index));
