@@ -218,7 +218,7 @@ impl ConnInfo {
         self
     }
 
-    /// Record the state read at establishment (TCP: [`Established::tcp`] before the handshake).
+    /// Record the state read at establishment (TCP: `Established::tcp`, before the handshake).
     pub fn with_established(mut self, established: Established) -> Self {
         self.established = established;
         self

@@ -16,6 +16,10 @@
 //! * [`server`]: the quiclab server inside the server namespace ([`LabServer`]);
 //! * [`pcap`]: captures of what the relay forwards (and drops), for `hol --pcap`;
 //! * [`tap`]: the same packets in memory, for analyses of one run;
+//! * `stall` (private): per-stream stall times from a run's packets and the TLS key log (HTTP/2
+//!   over TLS/TCP, HTTP/3 over QUIC), for `hol`;
+//! * [`stacks`]: what Linux TCP and quinn run with, read from the sockets, the kernel and the
+//!   configuration in use, and the initial window that equalizes them;
 //! * [`units`]: parsers for rates, loss and queue limits.
 //!
 //! The report kit: [`report`]: histograms, percentiles, bootstrap intervals, Markdown tables,
@@ -26,8 +30,8 @@
 //! * `link_cmd` (private): `quiclab lab link [impairments] -- COMMAND` ([`run_link`]): start the
 //!   link, the server in the server namespace, pass the self-check, run COMMAND in the client
 //!   namespace with `QUICLAB_SERVER`/`QUICLAB_PORT`, and report what the link did;
-//! * [`hol`]: head-of-line blocking under loss, HTTP/2 vs HTTP/3 (and [`hol_mqtt`]: MQTT over
-//!   TCP vs MQTT over QUIC, one stream per topic, on the same sweep);
+//! * [`hol`]: head-of-line blocking under loss, HTTP/2 vs HTTP/3, over workloads that expose it
+//!   (and [`hol_mqtt`]: MQTT over TCP vs MQTT over QUIC on one stream vs a stream per topic);
 //! * [`handshake`]: time to first byte in round trips, HTTP/2, HTTP/3 1-RTT and 0-RTT;
 //! * [`migrate`]: a NAT rebinding in the middle of an HTTP/3 and an HTTP/2 download;
 //! * [`flow`]: per-stream flow control on loopback (no link).
@@ -83,7 +87,7 @@ pub use link::{DirStats, Impairment, Link, LinkConfig, LinkStats, CLIENT_IP, SER
 pub use link_cmd::run_link;
 pub use netns::{prepare_process, NetNs, NsThread, Privilege};
 pub use packet::RebindMode;
-pub use selfcheck::{CheckAttempt, LossCheck, SelfCheck, SelfCheckOptions};
+pub use selfcheck::{CheckAttempt, LossCheck, RateCheck, SelfCheck, SelfCheckOptions};
 pub use server::LabServer;
 
 /// What can make a lab command fail.

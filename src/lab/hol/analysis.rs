@@ -22,7 +22,7 @@ pub struct ArmSummary {
     /// The pooled median and p99 with 95% intervals that resample runs.
     pub latency_p50: Ci,
     pub latency_p99: Ci,
-    /// The workload's per-run headline metric ([`metric_name`]): median over runs, 95% CI.
+    /// The workload's per-run headline metric (`metric_name`): median over runs, 95% CI.
     pub metric: Ci,
     /// Realized loss, every drop over datagrams offered, mean over runs: up, down.
     pub loss_up: f64,
