@@ -960,7 +960,7 @@ pub(crate) fn broker_tcp_listen(server_ip: IpAddr) -> SocketAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::lab::impair::Direction;
     use crate::lab::report::Verdict;
@@ -988,7 +988,7 @@ mod tests {
         }
     }
 
-    fn link() -> LinkStats {
+    pub(crate) fn link() -> LinkStats {
         LinkStats {
             phase_start: Duration::ZERO,
             taken_at: Duration::ZERO,

@@ -266,3 +266,78 @@ pub fn findings(runs: &[RunResult], a: &HolParams) -> Vec<PointFindings> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::hol::{RealizedLoss, RequestRecord};
+
+    fn run(arm: Arm, run: usize, latency: f64) -> RunResult {
+        let q = RequestRecord {
+            object: 0,
+            round: 0,
+            conn: 0,
+            size: 4096,
+            start_ms: 0.0,
+            end_ms: latency,
+            stream_id: None,
+            lost_bytes: None,
+            stall_ms: None,
+            collateral_stall_ms: None,
+        };
+        let loss = RealizedLoss { all: 0.0, model: 0.0, queue_drops: 0, offered: 0 };
+        RunResult {
+            workload: Workload::Sequential,
+            arm,
+            loss: 0.02,
+            run,
+            order: run,
+            phase: 16 + run as u32,
+            requests: vec![q],
+            run_ms: latency,
+            loss_up: loss,
+            loss_down: loss,
+            lateness_ok: true,
+            link: crate::lab::hol_mqtt::tests::link(),
+            server_conn: Vec::new(),
+            stall: None,
+            link_span_ms: (0.0, 0.0),
+        }
+    }
+
+    fn params(runs: usize) -> HolParams {
+        let mut p = crate::lab::hol::tests_params();
+        p.workloads = vec![Workload::Sequential];
+        p.loss = vec![0.02];
+        p.runs = runs;
+        p.stall = false;
+        p
+    }
+
+    #[test]
+    fn conclusions_follow_the_interval() {
+        // HTTP/2 slower by 20 ms in every one of 12 runs: resolved, HTTP/3 lower.
+        let runs: Vec<RunResult> =
+            (0..12).flat_map(|r| [run(Arm::H2One, r, 70.0 + r as f64), run(Arm::H3One, r, 50.0 + r as f64)]).collect();
+        let f = findings(&runs, &params(12));
+        assert_eq!(f[0].pairs, 12);
+        assert_eq!(f[0].findings[0].verdict, report::Verdict::BLower, "{:?}", f[0].findings[0]);
+        assert!(f[0].findings[0].sentence.contains("HTTP/3 lower than HTTP/2 by 20.0 ms"));
+        // Differences of alternating sign: the interval spans 0 and the report says "not resolved".
+        let runs: Vec<RunResult> = (0..12)
+            .flat_map(|r| {
+                let d = if r % 2 == 0 { 15.0 } else { -15.0 };
+                [run(Arm::H2One, r, 60.0 + d), run(Arm::H3One, r, 60.0)]
+            })
+            .collect();
+        let f = findings(&runs, &params(12));
+        assert_eq!(f[0].findings[0].verdict, report::Verdict::NotResolved);
+        assert!(f[0].findings[0].sentence.contains("no difference resolved"), "{}", f[0].findings[0].sentence);
+        // A run over the lateness limit leaves its block out, and the count says so.
+        let mut runs: Vec<RunResult> =
+            (0..12).flat_map(|r| [run(Arm::H2One, r, 70.0), run(Arm::H3One, r, 50.0)]).collect();
+        runs[0].lateness_ok = false;
+        let f = findings(&runs, &params(12));
+        assert_eq!((f[0].pairs, f[0].excluded_late), (11, 1));
+    }
+}

@@ -834,3 +834,36 @@ fn mqtt_results(
         settings,
     }
 }
+
+/// Parameters for unit tests: the `--quick` shape with every field set.
+#[cfg(test)]
+pub(crate) fn tests_params() -> HolParams {
+    HolParams {
+        workloads: vec![Workload::Small],
+        loss: vec![0.0],
+        rtt: Duration::from_millis(50),
+        rate: 10_000_000,
+        queue: None,
+        runs: 3,
+        cc: Congestion::Cubic,
+        initial_window: InitialWindow::Linux,
+        stall: true,
+        small_requests: 100,
+        small_size: 4096,
+        small_rounds: 3,
+        sequential_requests: 30,
+        sequential_size: 4096,
+        page_loads: 2,
+        requests: 20,
+        size: 100_000,
+        include_handshake: false,
+        quick: false,
+        out: std::path::PathBuf::from("unused"),
+        seed: 1,
+        pcap: false,
+        topics: 8,
+        msg_rate: 50,
+        payload: 100,
+        duration: Duration::from_secs(5),
+    }
+}
