@@ -33,7 +33,7 @@
 //!
 //! Loss is reported honestly: a run's realized loss per direction counts every datagram the
 //! relay dropped (the loss model, the bottleneck queue, stale NAT mappings) over the datagrams
-//! offered (`all_drops_loss`), with queue drops in their own column, since an arm that
+//! offered (the link's `DirStats::realized_loss`), with queue drops in their own column, since an arm that
 //! overflows the queue meets more loss than configured.
 //!
 //! Both clients are raw framed streams (not [`crate::mqtt::Client`], whose `publish` waits for
@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use super::link::{DirStats, Link, LinkStats};
+use super::link::{Link, LinkStats};
 use super::report::{self, Series};
 use super::LabError;
 use crate::mqtt::client::{self as mc, framed, BoxRead, BoxWrite, ClientOptions, PacketReader, PacketWriter};
@@ -196,7 +196,7 @@ pub struct MqttRunResult {
     pub metrics: MqttRunMetrics,
     /// Realized loss per direction, client → server and server → client: every datagram the
     /// relay dropped (loss model, queue, stale NAT) over the datagrams offered
-    /// (`all_drops_loss`).
+    /// (`DirStats::realized_loss`).
     pub realized_loss_up: f64,
     pub realized_loss_down: f64,
     /// The loss model's own drops over its draws, per direction (`model_loss`).
@@ -460,29 +460,6 @@ async fn publish_topic(
     Ok(())
 }
 
-/// All drops over offered datagrams in one direction: (loss model + bottleneck queue + stale
-/// NAT) / (datagrams read − non-IPv4 ones, which never enter the link). 0 when nothing was
-/// offered.
-// TODO(lead): switch to `DirStats::realized_loss` once the link reports every drop itself.
-pub(crate) fn all_drops_loss(d: &DirStats) -> f64 {
-    let offered = d.packets_in.saturating_sub(d.dropped_non_ipv4);
-    let dropped = d.dropped_loss + d.dropped_queue + d.dropped_stale_nat;
-    if offered == 0 {
-        0.0
-    } else {
-        dropped as f64 / offered as f64
-    }
-}
-
-/// The loss model's own rate in one direction: its drops over its draws (0 with no draws).
-pub(crate) fn model_loss(d: &DirStats) -> f64 {
-    if d.loss_draws == 0 {
-        0.0
-    } else {
-        d.dropped_loss as f64 / d.loss_draws as f64
-    }
-}
-
 /// One run of one arm: connect and subscribe (outside the timed part, on link random stream
 /// `phase | SETUP_PHASE_BIT`), then publish for the configured time on random stream `phase`
 /// (the scheduler gives every arm of one (loss, run) pair the same `phase`, and every pair its
@@ -636,10 +613,10 @@ pub(crate) async fn one_run(
         latency_ms: rec.latency_ms,
         topic_max_ms: rec.topic_max_ms,
         metrics,
-        realized_loss_up: all_drops_loss(&stats.up),
-        realized_loss_down: all_drops_loss(&stats.down),
-        model_loss_up: model_loss(&stats.up),
-        model_loss_down: model_loss(&stats.down),
+        realized_loss_up: stats.up.realized_loss,
+        realized_loss_down: stats.down.realized_loss,
+        model_loss_up: stats.up.model_loss,
+        model_loss_down: stats.down.model_loss,
         queue_drops_up: stats.up.dropped_queue,
         queue_drops_down: stats.down.dropped_queue,
         link: stats,
@@ -963,6 +940,7 @@ pub(crate) fn broker_tcp_listen(server_ip: IpAddr) -> SocketAddr {
 pub(crate) mod tests {
     use super::*;
     use crate::lab::impair::Direction;
+    use crate::lab::link::DirStats;
     use crate::lab::report::Verdict;
 
     fn dir(direction: Direction, packets_in: u64, non_ipv4: u64, loss: u64, queue: u64, nat: u64) -> DirStats {
@@ -1024,19 +1002,6 @@ pub(crate) mod tests {
             link: link(),
             congestion: "cubic".into(),
         }
-    }
-
-    #[test]
-    fn realized_loss_counts_every_drop_over_offered() {
-        // 1000 read, 10 not IPv4: 990 offered; 20 random + 30 queue + 5 stale NAT dropped.
-        let d = dir(Direction::Up, 1000, 10, 20, 30, 5);
-        assert!((all_drops_loss(&d) - 55.0 / 990.0).abs() < 1e-12);
-        assert!((model_loss(&d) - 20.0 / 985.0).abs() < 1e-12);
-        // No random loss, a tiny queue: realized loss is the queue's drops, not 0.
-        let q = dir(Direction::Down, 500, 0, 0, 25, 0);
-        assert_eq!(model_loss(&q), 0.0);
-        assert!((all_drops_loss(&q) - 0.05).abs() < 1e-12);
-        assert_eq!(all_drops_loss(&dir(Direction::Up, 0, 0, 0, 0, 0)), 0.0);
     }
 
     #[test]
