@@ -22,7 +22,7 @@
 //! controller, loss recovery, pacing, ACK policy, encryption) held fixed; TCP − QUIC one stream
 //! is the transport with head-of-line blocking on both sides; TCP − QUIC per topic is the
 //! comparison an MQTT user sees. [`findings`] turns each into a paired per-run difference with a
-//! bootstrap interval ([`report::Finding`]), per loss point and metric (share of late messages,
+//! sign-test interval ([`report::Finding`]), per loss point and metric (share of late messages,
 //! p50, p99, mean latency): the report states only what those intervals support.
 //!
 //! Random streams: the scheduler (in [`super::hol`]) decides the arm order and gives every
@@ -889,7 +889,8 @@ pub(crate) fn write_section(
     );
     *md += "\n### Paired differences\n\n\
             Per loss point, run r of every arm replayed the same link random stream; each sentence is generated \
-            from the median of the per-run differences a − b and its 95% bootstrap interval, and says \
+            from the median of the per-run differences a − b and its distribution-free 95% interval (the sign \
+            test inverted; fewer than 6 runs give none), and says \
             \"no difference resolved\" when the interval spans 0.\n\n";
     for f in &m.findings {
         *md += &format!("- {}\n", f.sentence);
@@ -974,6 +975,7 @@ pub(crate) mod tests {
             down: dir(Direction::Down, 0, 0, 0, 0, 0),
             rebinds: Vec::new(),
             nat_mappings: Vec::new(),
+            cpu_latency_qos: false,
         }
     }
 

@@ -598,6 +598,9 @@ pub struct LinkStats {
     pub rebinds: Vec<RebindEvent>,
     /// NAT mappings set up by rebindings.
     pub nat_mappings: Vec<NatMapping>,
+    /// Whether the CPUs were held out of deep idle while the link ran (root; see
+    /// `hold_cpu_latency`): without it expect more release lateness in a VM.
+    pub cpu_latency_qos: bool,
 }
 
 impl LinkStats {
@@ -626,6 +629,21 @@ pub struct Link {
     threads: Vec<JoinHandle<()>>,
     stop_event: OwnedFd,
     phase: AtomicU32,
+    /// The PM QoS request that keeps the CPUs out of deep idle while the link runs
+    /// ([`hold_cpu_latency`]); dropping it ends the request.
+    cpu_latency: Option<std::fs::File>,
+}
+
+/// Ask the kernel to keep every CPU out of idle states with an exit latency above 0 µs, for as
+/// long as the returned file stays open (the PM QoS interface, `/dev/cpu_dma_latency`). In a VM
+/// whose idle CPUs halt, a delay line woken from an idle CPU was sometimes milliseconds late; with
+/// the request the guest polls instead of halting. Needs root; `None` otherwise (the run says so
+/// in [`LinkStats::cpu_latency_qos`]).
+fn hold_cpu_latency() -> Option<std::fs::File> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/cpu_dma_latency").ok()?;
+    f.write_all(&0i32.to_ne_bytes()).ok()?;
+    Some(f)
 }
 
 impl std::fmt::Debug for Link {
@@ -806,6 +824,7 @@ impl Link {
             threads: Vec::new(),
             stop_event,
             phase: AtomicU32::new(0),
+            cpu_latency: hold_cpu_latency(),
         };
         for (d, src, dst) in [
             (Direction::Up, client_tun.clone(), server_tun.clone()),
@@ -982,6 +1001,7 @@ impl Link {
             down: snap(Direction::Down),
             rebinds: mutex(&self.shared.rebinds).clone(),
             nat_mappings: mutex(&self.shared.nat).mappings().to_vec(),
+            cpu_latency_qos: self.cpu_latency.is_some(),
         }
     }
 

@@ -339,6 +339,9 @@ impl Finding {
                 "{what}: {b} lower than {a} by {:.1} {unit} ({pct}% CI {:.1} to {:.1}, {} runs)",
                 diff.estimate, diff.lo, diff.hi, diff.runs
             ),
+            Verdict::NotResolved if diff.runs == 0 => {
+                format!("{what}: not resolved: no run to compare ({a} − {b})")
+            }
             Verdict::NotResolved if !diff.lo.is_finite() => format!(
                 "{what}: not resolved: {} runs cannot give a {:.0}% interval of the median difference \
                  ({a} − {b} = {:.1} {unit} at the median)",
@@ -744,6 +747,10 @@ mod tests {
         let f = Finding::paired("x", "a", "b", "ms", &six[..5], 0);
         assert_eq!(f.verdict, Verdict::NotResolved);
         assert!(f.sentence.contains("5 runs cannot give a 95% interval"), "{}", f.sentence);
+        // No run at all (every block left out): said plainly, no NaN.
+        let f = Finding::paired("x", "a", "b", "ms", &[], 0);
+        assert_eq!(f.verdict, Verdict::NotResolved);
+        assert!(f.sentence.contains("no run to compare") && !f.sentence.contains("NaN"), "{}", f.sentence);
         // Runs without the measure (NaN) are left out.
         let mut with_nan = six.to_vec();
         with_nan.push(f64::NAN);

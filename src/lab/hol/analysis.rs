@@ -1,8 +1,9 @@
 //! From runs to numbers: per-arm summaries (pooled percentiles with intervals that resample
 //! runs) and the paired per-run differences every headline is built from. A run's arms share
 //! one link seed, so `H2(run r) − H3(run r)` removes what the two arms have in common (the same
-//! loss draws, the same moment of the sweep); the interval of the median difference is a
-//! bootstrap over runs ([`report::paired_ci`]), and the sentence is [`Finding`]'s, never ours.
+//! loss draws, the same moment of the sweep); the interval of the median difference is the
+//! sign-test interval over runs ([`report::paired_ci`]), and the sentence is [`Finding`]'s, never
+//! ours.
 
 use serde::Serialize;
 

@@ -704,6 +704,7 @@ impl RunEnv<'_> {
             conns.push(Arc::new(client.connect(&target).await?));
         }
         if !handshake_timed {
+            workload::warm_up(&conns, &target).await?;
             link.begin_phase(block.phase);
         }
         let t0 = if handshake_timed { t0 } else { Instant::now() };

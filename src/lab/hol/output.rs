@@ -91,8 +91,9 @@ pub fn write_outputs(out: &std::path::Path, r: &HolResults) -> Result<(), LabErr
         commit,
     );
 
-    md += "## Conclusions\n\nEach line is generated from the median of per-run paired differences and its 95% \
-           bootstrap interval over runs; where the interval spans 0 it says so.\n";
+    md += "## Conclusions\n\nEach line is generated from the median of per-run paired differences and its \
+           distribution-free 95% interval (the sign test inverted; fewer than 6 runs give none); where the \
+           interval spans 0 it says so. Every connection made one untimed request before the timed part.\n";
     for &w in c.workloads.iter().filter(|w| **w != Workload::Mqtt) {
         md += &format!("\n### `{}`: {}\n\n", w.name(), describe(r, w));
         for p in r.findings.iter().filter(|p| p.workload == w) {

@@ -113,6 +113,23 @@ async fn fetch(
     Ok((start, end, stream_id))
 }
 
+/// One untimed `GET /bytes/1` on every connection, all at once, before the timed part.
+///
+/// Why: a request written the moment the client's handshake completes can leave the client
+/// before its own TLS Finished, and quinn 0.11's server drops 1-RTT packets that arrive while
+/// its handshake is still open (quinn-proto `handle_packet`: "dropping short packet during
+/// handshake"), so on a rate-limited link the first HTTP/3 request was resent only at the probe
+/// timeout, two RTTs late, in every run. That is a handshake artefact, not head-of-line
+/// blocking; after one exchange both protocols start the timed part on a confirmed connection.
+pub(crate) async fn warm_up(conns: &[Arc<HttpConnection>], target: &Target) -> Result<(), LabError> {
+    let t0 = Instant::now();
+    let tasks = conns.iter().map(|c| fetch(c, target, 1, t0));
+    for r in futures_util::future::join_all(tasks).await {
+        r?;
+    }
+    Ok(())
+}
+
 /// Run the workload's timed part over `conns` (one, or one per request for the bulk control
 /// arms), from `t0`.
 pub(crate) async fn run(
