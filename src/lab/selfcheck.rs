@@ -29,8 +29,10 @@
 //!   hiccup of the sender, the relay and the receiver (measured up to 27 ms above the plateau on
 //!   this 2-core VM under a load average of 8). The maximum is recorded beside it. The link's random loss stays on: it acts before the bottleneck, so at
 //!   twice the rate the queue still saturates and the lost datagrams only reduce the count.
-//! * **Relay lateness**: the attempt's own release lateness p99, per direction, at most
-//!   [`LATENESS_P99_LIMIT_US`].
+//! * **Relay lateness**: the attempt's own release lateness p99, per direction, is compared with
+//!   [`LATENESS_P99_LIMIT_US`] and the verdict recorded (`lateness_ok`), but it does not fail the
+//!   check: a busy machine delays the relay without making the link's figures wrong, and the
+//!   experiments flag every run over the limit themselves.
 //!
 //! One re-test is allowed (a 99.9% interval is still wrong one time in a thousand). Each attempt
 //! draws from its own random streams, and the check ends by restarting all streams for the run.

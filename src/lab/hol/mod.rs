@@ -465,6 +465,9 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
     if args.workloads.is_empty() || args.loss.is_empty() || args.runs == 0 {
         return Err(LabError::Config("lab hol needs at least one workload, one loss rate and one run".into()));
     }
+    // Read now, not when the sweep ends: the commit and work-tree state that results.json names
+    // must be the ones this binary started from, whatever happens to the tree meanwhile.
+    let versions = report::versions();
     let base = Impairment { rate_bps: Some(args.rate), queue: args.queue, ..Impairment::delay(args.rtt / 2) };
     let link = Arc::new(Link::start(LinkConfig::symmetric(base.clone(), args.seed))?);
 
@@ -658,7 +661,7 @@ pub fn measure(args: &HolParams) -> Result<HolResults, LabError> {
         }),
         capture,
         key_log: if args.pcap { key_log } else { None },
-        versions: report::versions(),
+        versions,
     })
 }
 

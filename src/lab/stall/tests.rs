@@ -195,6 +195,37 @@ fn h3_loss_on_stream_4_never_stalls_stream_8() {
     assert_eq!(a.limits.quic_unattributed, 0);
 }
 
+/// The tap records a dropped packet when the relay refuses it and a forwarded one when it
+/// leaves the delay line, so after a burst of queue drops a packet number far ahead comes before
+/// earlier ones in the time line; the earlier ones decode a truncation window off unless the
+/// neighbouring windows are tried. Every packet here must open.
+#[test]
+fn h3_packet_numbers_far_apart_in_the_tap_still_open() {
+    let cr = [5u8; 32];
+    let secret = [6u8; 32];
+    let keys = KeyLog::parse(&key_line("SERVER_TRAFFIC_SECRET_0", &cr, &secret));
+    let s = Suite::ChaCha20Poly1305;
+    let k0 = QuicKeys::new(s, &secret).expect("keys");
+    let hp = HpKey::new(s, &secret).expect("hp");
+    let dcid = [0xd2; 8];
+    let dg = |pn: u64, frames: Vec<u8>| {
+        ipv4(SERVER, CLIENT, 17, &udp(4433, 50001, &quic_packet(&k0, &hp, &dcid, pn, false, &frames)))
+    };
+    let packets = vec![
+        pkt(10, Direction::Down, Fate::Forwarded, dg(0, stream_frame(4, 0, 100, false))),
+        pkt(11, Direction::Down, Fate::DroppedQueue, dg(40_000, stream_frame(4, 200, 100, true))),
+        pkt(30, Direction::Down, Fate::Forwarded, dg(1, stream_frame(4, 100, 100, false))),
+        pkt(60, Direction::Down, Fate::Forwarded, dg(40_001, stream_frame(4, 200, 100, true))),
+    ];
+    let a = analyze(&packets, &keys, SERVER);
+    assert_eq!(a.connections.len(), 1, "{a:#?}");
+    let c = &a.connections[0];
+    assert_eq!((c.packets, c.undecryptable), (4, 0), "{c:#?}");
+    let s4 = stream(c, 4);
+    assert_eq!((s4.delivered_bytes, s4.lost_bytes), (300, 100), "{s4:#?}");
+    assert_eq!(s4.complete_ms, Some(60.0));
+}
+
 #[test]
 fn garbage_never_panics() {
     let keys = KeyLog::parse(&key_line("SERVER_TRAFFIC_SECRET_0", &[1; 32], &[2; 32]));
