@@ -244,9 +244,11 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 /// The answer that opens the WebSocket: 101 on HTTP/1.1, 200 on HTTP/2 (RFC 8441 §5).
 fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Response<Body> {
     let mut resp = Response::new(body::empty());
+    if req.headers().contains_key(header::SEC_WEBSOCKET_KEY) {
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    }
     let h = resp.headers_mut();
     if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) {
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         if let Ok(v) = HeaderValue::from_str(&accept_key(key.as_bytes().trim_ascii())) {
