@@ -58,10 +58,11 @@ async fn ws_h1(ts: &TestServer, path: &str, subprotocol: Option<&str>) -> WebSoc
         req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
     }
     let io = tls(ts, b"http/1.1").await;
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, io, Some(client_config())))
-        .await
-        .expect("handshake in time")
-        .expect("WebSocket handshake");
+    let (ws, resp) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, io, Some(client_config())))
+            .await
+            .expect("handshake in time")
+            .expect("WebSocket handshake");
     assert_eq!(resp.status(), 101);
     if let Some(p) = subprotocol {
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), p);
@@ -157,12 +158,16 @@ where
     let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
     assert!(matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"are you there"), "{pong:?}");
     // RFC 6455 §5.4: a message in three fragments, a Ping between two of them; one message back.
-    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"frag"), OpCode::Data(Data::Text), false))).await.unwrap();
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"frag"), OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
     ws.send(Message::Ping(Bytes::from_static(b"mid"))).await.unwrap();
     ws.send(Message::Frame(Frame::message(Bytes::from_static(b"men"), OpCode::Data(Data::Continue), false)))
         .await
         .unwrap();
-    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"ted"), OpCode::Data(Data::Continue), true))).await.unwrap();
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"ted"), OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
     assert_eq!(next(&mut ws).await, Message::text("fragmented"));
     // Exactly the limit is echoed.
     let at_limit = vec![b'x'; LIMIT];

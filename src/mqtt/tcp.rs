@@ -124,7 +124,10 @@ async fn tls_conn(
 
 /// MQTT on an in-memory byte stream: the pipe behind a WebSocket (`mqtt::ws`). The same
 /// connection handler as TCP and TLS; `att` is already attached to the broker.
-pub(crate) fn serve_stream(io: tokio::io::DuplexStream, att: Attachment) -> impl std::future::Future<Output = ()> + Send {
+pub(crate) fn serve_stream(
+    io: tokio::io::DuplexStream,
+    att: Attachment,
+) -> impl std::future::Future<Output = ()> + Send {
     conn_loop(Wire::Pipe(Box::new(BufWire::new(io))), att)
 }
 

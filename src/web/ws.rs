@@ -230,7 +230,11 @@ fn check<B>(req: &Request<B>, protocol: Protocol, endpoint: Endpoint) -> Result<
 
 /// Whether a comma-separated header (any of its lines) lists `token`, ignoring case.
 fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2 item 5.4): base64(SHA-1(key + GUID)).
@@ -395,13 +399,19 @@ mod tests {
         assert_eq!(with("sec-websocket-key", "c2hvcnQ="), Some(StatusCode::BAD_REQUEST));
         assert_eq!(with("sec-websocket-key", "not base64!"), Some(StatusCode::BAD_REQUEST));
         // MQTT needs the subprotocol.
-        assert_eq!(check(&h1(GOOD), Protocol::Http11, Endpoint::Mqtt).err().map(|r| r.status), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            check(&h1(GOOD), Protocol::Http11, Endpoint::Mqtt).err().map(|r| r.status),
+            Some(StatusCode::BAD_REQUEST)
+        );
         let mut hs = GOOD.to_vec();
         hs.push(("sec-websocket-protocol", "mqttv3.1, mqtt"));
         assert!(matches!(check(&h1(&hs), Protocol::Http11, Endpoint::Mqtt), Ok(Some("mqtt"))));
         // Wrong method.
         let mut post = h1(GOOD);
         *post.method_mut() = Method::POST;
-        assert_eq!(check(&post, Protocol::Http11, Endpoint::Echo).err().map(|r| r.status), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            check(&post, Protocol::Http11, Endpoint::Echo).err().map(|r| r.status),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 }
