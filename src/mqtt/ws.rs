@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,7 @@ where
                 Ok(Message::Close(_)) => return End::PeerClosed,
                 Ok(_) => {}
                 Err(e) => {
-                    return match crate::web::ws::close_code(&e) {
+                    return match close_code(&e) {
                         Some((code, why)) => {
                             tracing::info!("mqtt+ws: {e}; closing with {}", u16::from(code));
                             End::Close(code, why)
@@ -127,5 +127,18 @@ where
     }
     if let Ok(mut ws) = rx.reunite(tx) {
         let _ = tokio::time::timeout(CLOSE_WAIT, ws.get_mut().shutdown()).await;
+    }
+}
+
+/// The close code (RFC 6455 §7.4.1) for a receive error, and the reason sent with it; `None`
+/// when the connection is gone and nothing can be sent. Also used by the `/ws` echo (`web::ws`
+/// imports this module, so the mapping lives here rather than there).
+pub(crate) fn close_code(e: &tungstenite::Error) -> Option<(CloseCode, &'static str)> {
+    use tungstenite::Error as E;
+    match e {
+        E::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        E::Utf8 { .. } => Some((CloseCode::Invalid, "invalid UTF-8 in a text message")),
+        E::Protocol(_) => Some((CloseCode::Protocol, "WebSocket protocol error")),
+        _ => None,
     }
 }

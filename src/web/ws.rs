@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -276,18 +276,6 @@ fn refuse(status: StatusCode, why: &'static str, version_hint: bool) -> Response
     resp
 }
 
-/// The close code (RFC 6455 §7.4.1) for a receive error, and the reason sent with it; `None`
-/// when the connection is gone and nothing can be sent.
-pub(crate) fn close_code(e: &tungstenite::Error) -> Option<(CloseCode, &'static str)> {
-    use tungstenite::Error as E;
-    match e {
-        E::Capacity(_) => Some((CloseCode::Size, "message too big")),
-        E::Utf8 { .. } => Some((CloseCode::Invalid, "invalid UTF-8 in a text message")),
-        E::Protocol(_) => Some((CloseCode::Protocol, "WebSocket protocol error")),
-        _ => None,
-    }
-}
-
 /// Send a Close frame, wait (bounded) for the peer's, then shut the byte stream down.
 pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, why: &'static str)
 where
@@ -337,7 +325,7 @@ where
                 continue;
             }
             Some(Err(e)) => {
-                match close_code(&e) {
+                match crate::mqtt::ws::close_code(&e) {
                     Some((code, why)) => {
                         tracing::info!(%remote, "WebSocket /ws: {e}; closing with {}", u16::from(code));
                         close(&mut ws, code, why).await;
