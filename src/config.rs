@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before open connections are closed hard.
     /// 5 s: long enough for an in-flight small request, short enough for Ctrl-C to feel prompt.
     pub shutdown_grace: Duration,
+    /// Largest WebSocket message (and frame) on `/ws` and `/mqtt`; a larger one closes the
+    /// WebSocket with 1009 (RFC 6455 §7.4.1). 1 MiB: many times what an MQTT or chat message
+    /// carries. Each open WebSocket may hold one message being reassembled; sessions at once are
+    /// bounded by `max_connections`.
+    pub ws_max_message: usize,
     /// The MQTT broker: listeners (TCP `[::]:1883`, TLS `[::]:8883`) and its limits.
     pub mqtt: mqtt_core::MqttConfig,
     /// A dedicated MQTT-over-QUIC listener (ALPN `mqtt`) with its own transport parameters
@@ -102,6 +107,7 @@ impl ServerConfig {
             tcp_congestion: None,
             qlog_dir: None,
             shutdown_grace: Duration::from_secs(5),
+            ws_max_message: 1 << 20,
             mqtt: mqtt_core::MqttConfig::default(),
             mqtt_quic_listen: None,
             mqtt_quic_idle_timeout: Duration::from_secs(300),
@@ -168,6 +174,7 @@ impl ServerConfig {
         }
         line("keylog", &std::env::var("SSLKEYLOGFILE").unwrap_or_else(|_| "(off; set SSLKEYLOGFILE)".into()));
         line("shutdown_grace_ms", &self.shutdown_grace.as_millis());
+        line("ws_max_message", &self.ws_max_message);
         s.push_str(&self.mqtt.summary());
         s
     }

@@ -405,6 +405,15 @@ impl Server {
                 alt_svc,
                 transport: cfg.transport.clone(),
                 max_header_bytes: cfg.limits.max_header_bytes,
+                // WebSockets on the same listener: `/ws`, and `/mqtt` on the same broker as
+                // MQTT over TCP, TLS and QUIC.
+                ws: Arc::new(crate::web::ws::WsOptions {
+                    max_message: cfg.ws_max_message,
+                    sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+                    broker: mqtt.as_ref().map(|m| m.broker.clone()),
+                    shutdown: shutdown.clone(),
+                    tracker: tracker.clone(),
+                }),
             }),
             shutdown: shutdown.clone(),
         };

@@ -55,6 +55,9 @@ pub(crate) struct ServeArgs {
     /// How long a graceful shutdown (SIGINT/SIGTERM) may take before connections are closed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) shutdown_grace: Duration,
+    /// Largest WebSocket message on /ws and /mqtt (k, M suffixes); larger ones close with 1009.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub(crate) ws_max_message: u64,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
     #[command(flatten)]
@@ -112,6 +115,7 @@ pub(crate) fn serve_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
     cfg.shutdown_grace = args.shutdown_grace;
+    cfg.ws_max_message = usize::try_from(args.ws_max_message).unwrap_or(usize::MAX);
     cfg.mqtt = args.mqtt.to_config()?;
     Ok(cfg)
 }

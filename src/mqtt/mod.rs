@@ -11,6 +11,7 @@
 //! | `driver` | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
+//! | `ws` | MQTT over WebSocket: the TCP handler run on the byte stream of a WebSocket's binary messages (the handshake is `web::ws`'s) |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
@@ -22,6 +23,7 @@ pub mod client;
 pub(crate) mod driver;
 pub mod quic;
 pub mod tcp;
+pub(crate) mod ws;
 
 pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 pub use client::{Client, ClientOptions, MqttUrl};

@@ -118,20 +118,50 @@ async fn tls_conn(
     if let Some(identity) = super::cert_identity(stream.get_ref().1.peer_certificates(), peer, "mqtt+tls") {
         att.set_cert_identity(Some(&identity));
     }
-    let wire = Wire::Tls(Box::new(TlsWire { stream, buf: vec![0; READ_CHUNK], got: None }));
+    let wire = Wire::Tls(Box::new(BufWire::new(stream)));
     conn_loop(wire, att).await
 }
 
-struct TlsWire {
-    stream: TlsStream<TcpStream>,
+/// MQTT on an in-memory byte stream: the pipe behind a WebSocket (`mqtt::ws`). The same
+/// connection handler as TCP and TLS; `att` is already attached to the broker.
+pub(crate) fn serve_stream(
+    io: tokio::io::DuplexStream,
+    att: Attachment,
+) -> impl std::future::Future<Output = ()> + Send {
+    conn_loop(Wire::Pipe(Box::new(BufWire::new(io))), att)
+}
+
+/// A stream read through a buffer of its own (TLS, the WebSocket pipe).
+struct BufWire<S> {
+    stream: S,
     buf: Vec<u8>,
-    /// Bytes read into `buf` by `wait_read` and not yet taken.
+    /// Bytes read into `buf` by `poll_read_ready` and not yet taken.
     got: Option<usize>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> BufWire<S> {
+    fn new(stream: S) -> Self {
+        BufWire { stream, buf: vec![0; READ_CHUNK], got: None }
+    }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.got.is_none() {
+            let mut rb = ReadBuf::new(&mut self.buf);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
+            self.got = Some(rb.filled().len());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn take<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<(usize, R)> {
+        self.got.take().map(|n| (n, f(&self.buf[..n])))
+    }
 }
 
 enum Wire {
     Plain(TcpStream),
-    Tls(Box<TlsWire>),
+    Tls(Box<BufWire<TlsStream<TcpStream>>>),
+    Pipe(Box<BufWire<tokio::io::DuplexStream>>),
 }
 
 thread_local! {
@@ -139,20 +169,14 @@ thread_local! {
 }
 
 impl Wire {
-    /// Ready when a read can make progress (for TLS: when it has read into its buffer). Polled
-    /// directly rather than through `readable()`, whose future would make every idle
-    /// connection's task 150 bytes larger.
+    /// Ready when a read can make progress (for TLS and the pipe: when it has read into its
+    /// buffer). Polled directly rather than through `readable()`, whose future would make every
+    /// idle connection's task 150 bytes larger.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Wire::Plain(s) => s.poll_read_ready(cx),
-            Wire::Tls(t) => {
-                if t.got.is_none() {
-                    let mut rb = ReadBuf::new(&mut t.buf);
-                    ready!(Pin::new(&mut t.stream).poll_read(cx, &mut rb))?;
-                    t.got = Some(rb.filled().len());
-                }
-                Poll::Ready(Ok(()))
-            }
+            Wire::Tls(t) => t.poll_read_ready(cx),
+            Wire::Pipe(p) => p.poll_read_ready(cx),
         }
     }
 
@@ -168,10 +192,8 @@ impl Wire {
                     Err(e) => Err(e),
                 }
             }),
-            Wire::Tls(t) => match t.got.take() {
-                Some(n) => Ok(Some((n, f(&t.buf[..n])))),
-                None => Ok(None),
-            },
+            Wire::Tls(t) => Ok(t.take(f)),
+            Wire::Pipe(p) => Ok(p.take(f)),
         }
     }
 
@@ -182,6 +204,7 @@ impl Wire {
             let n = match self {
                 Wire::Plain(s) => ready!(Pin::new(s).poll_write(cx, &data[*pos..]))?,
                 Wire::Tls(t) => ready!(Pin::new(&mut t.stream).poll_write(cx, &data[*pos..]))?,
+                Wire::Pipe(p) => ready!(Pin::new(&mut p.stream).poll_write(cx, &data[*pos..]))?,
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -191,14 +214,16 @@ impl Wire {
         Poll::Ready(Ok(()))
     }
 
+    /// Whether writes must be flushed (TLS buffers records; the pipe is flushed for symmetry).
     fn is_tls(&self) -> bool {
-        matches!(self, Wire::Tls(_))
+        !matches!(self, Wire::Plain(_))
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Wire::Plain(_) => Poll::Ready(Ok(())),
             Wire::Tls(t) => Pin::new(&mut t.stream).poll_flush(cx),
+            Wire::Pipe(p) => Pin::new(&mut p.stream).poll_flush(cx),
         }
     }
 
@@ -206,6 +231,7 @@ impl Wire {
         match self {
             Wire::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Wire::Tls(t) => Pin::new(&mut t.stream).poll_shutdown(cx),
+            Wire::Pipe(p) => Pin::new(&mut p.stream).poll_shutdown(cx),
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The protocol is the one the TLS handshake settled on (ALPN `h2`, else HTTP/1.1; the
 //! listener's service in [`crate::server`] reads it into [`ConnInfo::protocol`]).
-//! Every response carries `Alt-Svc: h3=":PORT"` (RFC 7838 §3) advertising the QUIC endpoint.
+//! Every response of the site carries `Alt-Svc: h3=":PORT"` (RFC 7838 §3) advertising the QUIC endpoint.
+//! WebSocket opening handshakes (`/ws`, `/mqtt`: HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) are
+//! answered by [`super::ws`] before the site sees the request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub(crate) struct H2Options {
     pub transport: TransportConfig,
     /// Largest request header section accepted.
     pub max_header_bytes: u32,
+    /// The WebSocket endpoints (`/ws`, `/mqtt`), served before the site sees a request.
+    pub ws: Arc<super::ws::WsOptions>,
 }
 
 /// Run a hyper connection (HTTP/2 or HTTP/1.1: two types with the same method) to its end;
@@ -67,7 +71,13 @@ pub(crate) async fn serve_connection<IO>(
         let site = site.clone();
         let info = RequestInfo::new(conn.clone());
         let alt_svc = svc_opts.alt_svc.clone();
+        // WebSocket opening handshakes (and every extended CONNECT) are answered here.
+        let ws = super::ws::intercept(req, &conn, &svc_opts.ws);
         async move {
+            let req = match ws {
+                Ok(resp) => return Ok::<_, Infallible>(resp),
+                Err(req) => req,
+            };
             let req = req.map(|b| b.map_err(|e| Box::new(e) as BodyError).boxed_unsync());
             let mut resp = site.handle(req, info).await;
             if let Some(v) = alt_svc {
@@ -85,7 +95,9 @@ pub(crate) async fn serve_connection<IO>(
                 .max_concurrent_streams(t.max_streams)
                 .initial_stream_window_size(window(t.stream_window))
                 .initial_connection_window_size(window(t.conn_window))
-                .max_header_list_size(opts.max_header_bytes);
+                .max_header_list_size(opts.max_header_bytes)
+                // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, for WebSockets over HTTP/2.
+                .enable_connect_protocol();
             until_shutdown!(b.serve_connection(io, service), shutdown)
         }
         _ => {
@@ -93,7 +105,8 @@ pub(crate) async fn serve_connection<IO>(
             b.timer(TokioTimer::new())
                 .max_buf_size((opts.max_header_bytes as usize).max(8192))
                 .header_read_timeout(std::time::Duration::from_secs(30));
-            until_shutdown!(b.serve_connection(io, service), shutdown)
+            // `with_upgrades`: after a WebSocket's 101 the connection is handed to `ws`.
+            until_shutdown!(b.serve_connection(io, service).with_upgrades(), shutdown)
         }
     };
     if let Err(e) = result {

@@ -39,6 +39,8 @@ pub(crate) async fn serve_connection(
     // Set-up and shutdown futures are boxed so the connection's long-lived state stays small.
     let mut builder = h3::server::builder();
     builder.max_field_section_size(site.limits().max_header_bytes as u64);
+    // Extended CONNECT (RFC 9220) stays off: h3 0.0.8 cannot parse `:protocol = websocket`, so
+    // advertising it would invite WebSocket clients only to reset their streams (docs/site.md).
     let mut h3conn: H3Conn = match Box::pin(builder.build(h3_quinn::Connection::new(quic))).await {
         Ok(c) => c,
         Err(e) => {

@@ -12,6 +12,7 @@
 //! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
 //! | `h3` | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
 //! | `h2` | HTTP/2 and HTTP/1.1 over TLS/TCP (hyper), with graceful shutdown |
+//! | `ws` | WebSocket on the TLS/TCP listener (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT): `/ws` echo, `/mqtt` handed to the broker |
 //!
 //! The listeners do not know this module: [`crate::server`] registers `h3` on the QUIC
 //! endpoint and `h2` on the TLS/TCP listener.
@@ -21,6 +22,7 @@ pub(crate) mod files;
 pub(crate) mod h2;
 pub(crate) mod h3;
 pub(crate) mod routes;
+pub(crate) mod ws;
 
 pub use routes::pattern_byte;
 

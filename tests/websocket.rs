@@ -1,0 +1,423 @@
+//! WebSocket on the TLS/TCP listener, with tokio-tungstenite as the client: the `/ws` echo over
+//! HTTP/1.1 (Upgrade) and HTTP/2 (hyper's extended CONNECT, RFC 8441), its limits and close
+//! codes, refused handshakes, and MQTT over WebSocket (`/mqtt`) on the same broker as MQTT/TCP.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use quiclab::mqtt::client::{self, Client, ClientOptions};
+use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
+use quiclab::tls::Trust;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// The server's message limit in these tests (`ServerConfig::ws_max_message`).
+const LIMIT: usize = 64 << 10;
+
+async fn start() -> TestServer {
+    TestServer::start_with(|c| c.ws_max_message = LIMIT).await
+}
+
+/// A TLS connection to the HTTP listener offering one ALPN.
+async fn tls(ts: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
+    let cfg = quiclab::tls::client_config(&Trust::CaFile(ts.ca()), &[alpn], false).expect("client TLS config");
+    let tcp = TcpStream::connect(ts.server.tcp_addr()).await.expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// The client's own limits: large enough never to be the side that refuses.
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20))
+}
+
+/// A WebSocket over HTTP/1.1 (tungstenite's client handshake checks Sec-WebSocket-Accept and,
+/// when one is offered, that the server selected the subprotocol).
+async fn ws_h1(ts: &TestServer, path: &str, subprotocol: Option<&str>) -> WebSocketStream<TlsStream<TcpStream>> {
+    let url = format!("wss://localhost:{}{path}", ts.server.tcp_addr().port());
+    let mut req = url.into_client_request().unwrap();
+    if let Some(p) = subprotocol {
+        req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let io = tls(ts, b"http/1.1").await;
+    let (ws, resp) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, io, Some(client_config())))
+            .await
+            .expect("handshake in time")
+            .expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    if let Some(p) = subprotocol {
+        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), p);
+    }
+    ws
+}
+
+type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// An HTTP/2 connection (hyper's client) to the HTTP listener.
+async fn h2_conn(ts: &TestServer) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let io = TokioIo::new(tls(ts, b"h2").await);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    // One ordinary request first: its answer comes after the server's SETTINGS, which must
+    // have enabled extended CONNECT (RFC 8441 §3) before the client may use it.
+    let url = format!("https://localhost:{}/", ts.server.tcp_addr().port());
+    let resp = send.send_request(http::Request::get(url).body(Empty::new()).unwrap()).await.expect("GET /");
+    assert_eq!(resp.status(), 200);
+    send
+}
+
+/// An extended CONNECT (RFC 8441 §4) for `path`: the response, upgradable on 200.
+async fn h2_connect(
+    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    ts: &TestServer,
+    path: &str,
+    subprotocol: Option<&str>,
+) -> http::Response<hyper::body::Incoming> {
+    let url = format!("https://localhost:{}{path}", ts.server.tcp_addr().port());
+    let mut b = http::Request::connect(url).header("sec-websocket-version", "13");
+    if let Some(p) = subprotocol {
+        b = b.header("sec-websocket-protocol", p);
+    }
+    let mut req = b.body(Empty::new()).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    tokio::time::timeout(WAIT, send.send_request(req)).await.expect("CONNECT answered in time").expect("CONNECT")
+}
+
+async fn ws_h2(ts: &TestServer, path: &str, subprotocol: Option<&str>) -> H2Ws {
+    let mut send = h2_conn(ts).await;
+    let resp = h2_connect(&mut send, ts, path, subprotocol).await;
+    assert_eq!(resp.status(), 200, "extended CONNECT refused");
+    if let Some(p) = subprotocol {
+        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), p);
+    }
+    let up = hyper::upgrade::on(resp).await.expect("upgrade");
+    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Client, Some(client_config())).await
+}
+
+/// The next message that is not a ping or pong.
+async fn next<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time");
+        match m {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// The close code the server sends next.
+async fn close_code<S>(ws: &mut WebSocketStream<S>) -> u16
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match next(ws).await {
+        Message::Close(Some(f)) => u16::from(f.code),
+        other => panic!("expected Close, got {other:?}"),
+    }
+}
+
+/// Text, binary, ping, a fragmented message, the size limit, invalid UTF-8 and the close
+/// handshake, on any WebSocket to `/ws` (each `open()` is a new one).
+async fn echo_suite<S, F, Fut>(open: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = WebSocketStream<S>>,
+{
+    let mut ws = open().await;
+    ws.send(Message::text("hello, WebSocket")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("hello, WebSocket"));
+    let bin: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    ws.send(Message::binary(bin.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(bin));
+    // RFC 6455 §5.5.3: a Pong with the Ping's payload.
+    ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    assert!(matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"are you there"), "{pong:?}");
+    // RFC 6455 §5.4: a message in three fragments, a Ping between two of them; one message back.
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"frag"), OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"mid"))).await.unwrap();
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"men"), OpCode::Data(Data::Continue), false)))
+        .await
+        .unwrap();
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"ted"), OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("fragmented"));
+    // Exactly the limit is echoed.
+    let at_limit = vec![b'x'; LIMIT];
+    ws.send(Message::binary(at_limit.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(at_limit));
+    // The client's close code comes back (RFC 6455 §5.5.1).
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(4000), reason: "bye".into() }))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 4000);
+
+    // One byte over the limit: 1009. Also as fragments that only together exceed it.
+    let mut ws = open().await;
+    ws.send(Message::binary(vec![0u8; LIMIT + 1])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+    let mut ws = open().await;
+    let half = Bytes::from(vec![b'y'; LIMIT / 2 + 1]);
+    ws.send(Message::Frame(Frame::message(half.clone(), OpCode::Data(Data::Binary), false))).await.unwrap();
+    ws.send(Message::Frame(Frame::message(half, OpCode::Data(Data::Continue), true))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+
+    // Invalid UTF-8 in a text message: 1007 (RFC 6455 §8.1).
+    let mut ws = open().await;
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"ok \xff\xfe"), OpCode::Data(Data::Text), true)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007);
+
+    // A continuation with no message begun: 1002.
+    let mut ws = open().await;
+    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"orphan"), OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, 1002);
+}
+
+#[tokio::test]
+async fn echo_over_http11() {
+    let ts = start().await;
+    echo_suite(|| ws_h1(&ts, "/ws", None)).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn echo_over_http2_extended_connect() {
+    let ts = start().await;
+    echo_suite(|| ws_h2(&ts, "/ws", None)).await;
+    // Several WebSockets share one HTTP/2 connection, each a stream.
+    let mut send = h2_conn(&ts).await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let resp = h2_connect(&mut send, &ts, "/ws", None).await;
+        assert_eq!(resp.status(), 200);
+        let up = hyper::upgrade::on(resp).await.unwrap();
+        sockets.push(WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Client, None).await);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send(Message::text(format!("stream {i}"))).await.unwrap();
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(next(ws).await, Message::text(format!("stream {i}")));
+    }
+    ts.stop().await;
+}
+
+/// Send a raw HTTP/1.1 request over TLS; the status and the response head.
+async fn raw_h1(ts: &TestServer, request: &str) -> (u16, String) {
+    let mut io = tls(ts, b"http/1.1").await;
+    io.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, io.read(&mut byte)).await.expect("answer in time").unwrap();
+        assert!(n > 0, "connection closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, head)
+}
+
+fn upgrade_request(method: &str, path: &str, extra: &[&str], skip: &str) -> String {
+    let mut lines = vec![
+        format!("{method} {path} HTTP/1.1"),
+        "Host: localhost".into(),
+        "Upgrade: websocket".into(),
+        "Connection: Upgrade".into(),
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".into(),
+        "Sec-WebSocket-Version: 13".into(),
+        "Content-Length: 0".into(),
+    ];
+    if !skip.is_empty() {
+        lines.retain(|l| !l.to_ascii_lowercase().starts_with(skip));
+    }
+    lines.extend(extra.iter().map(|s| s.to_string()));
+    lines.join("\r\n") + "\r\n\r\n"
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_refused() {
+    let ts = start().await;
+    // The RFC 6455 §1.3 example key gets the example's accept value.
+    let (status, head) = raw_h1(&ts, &upgrade_request("GET", "/ws", &[], "")).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    for (what, req, want) in [
+        ("no key", upgrade_request("GET", "/ws", &[], "sec-websocket-key"), 400),
+        ("a short key", upgrade_request("GET", "/ws", &["Sec-WebSocket-Key: c2hvcnQ="], "sec-websocket-key"), 400),
+        ("no Upgrade", upgrade_request("GET", "/ws", &[], "upgrade"), 400),
+        ("no Connection: Upgrade", upgrade_request("GET", "/ws", &[], "connection"), 400),
+        ("no version", upgrade_request("GET", "/ws", &[], "sec-websocket-version"), 400),
+        ("version 8", upgrade_request("GET", "/ws", &["Sec-WebSocket-Version: 8"], "sec-websocket-version"), 426),
+        ("POST", upgrade_request("POST", "/ws", &[], ""), 400),
+        ("MQTT without its subprotocol", upgrade_request("GET", "/mqtt", &[], ""), 400),
+    ] {
+        let (status, head) = raw_h1(&ts, &req).await;
+        assert_eq!(status, want, "{what}: {head}");
+        if want == 426 {
+            assert!(head.contains("sec-websocket-version: 13"), "{what}: {head}");
+        }
+    }
+    // HTTP/2: a GET to /ws, and an extended CONNECT to a path with no WebSocket.
+    let mut send = h2_conn(&ts).await;
+    let url = format!("https://localhost:{}/ws", ts.server.tcp_addr().port());
+    let resp = send.send_request(http::Request::get(url).body(Empty::new()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(h2_connect(&mut send, &ts, "/nowhere", None).await.status(), 404);
+    assert_eq!(h2_connect(&mut send, &ts, "/mqtt", None).await.status(), 400);
+    // The server still serves.
+    let mut ws = ws_h1(&ts, "/ws", None).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("still here"));
+    ts.stop().await;
+}
+
+/// MQTT packets over a WebSocket: encoded with quiclab's codec, decoded from binary messages.
+struct WsMqtt<S> {
+    ws: WebSocketStream<S>,
+    decoder: Decoder,
+    got: std::collections::VecDeque<Packet>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsMqtt<S> {
+    fn new(ws: WebSocketStream<S>) -> Self {
+        WsMqtt { ws, decoder: Decoder::new(1 << 20), got: Default::default() }
+    }
+
+    /// Send packets in one binary message, or one byte per message with `split`.
+    async fn send(&mut self, packets: &[Packet], split: bool) {
+        let mut bytes = Vec::new();
+        for p in packets {
+            codec::encode(p, &mut bytes).unwrap();
+        }
+        if split {
+            for b in bytes {
+                self.ws.feed(Message::binary(vec![b])).await.unwrap();
+            }
+            self.ws.flush().await.unwrap();
+        } else {
+            self.ws.send(Message::binary(bytes)).await.unwrap();
+        }
+    }
+
+    async fn recv(&mut self) -> Packet {
+        loop {
+            if let Some(p) = self.got.pop_front() {
+                return p;
+            }
+            match next(&mut self.ws).await {
+                Message::Binary(b) => {
+                    let mut out = Vec::new();
+                    self.decoder.feed(&b, &mut out).expect("valid MQTT from the broker");
+                    self.got.extend(out);
+                }
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Subscribe over a WebSocket, publish over MQTT/TCP and over a WebSocket (a CONNECT and a
+/// PUBLISH in one message), receive both; QoS 1 is acknowledged.
+async fn mqtt_suite<S, F, Fut>(ts: &TestServer, open: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = WebSocketStream<S>>,
+{
+    let mut sub = WsMqtt::new(open().await);
+    // CONNECT split over one message per byte (MQTT 3.1.1 §6.0 allows any split).
+    sub.send(&[Packet::Connect(Connect::new("ws-sub".into(), 30))], true).await;
+    assert!(matches!(sub.recv().await, Packet::Connack(c) if c.code == codec::ConnectReturnCode::Accepted));
+    let pid = Pid::try_from(1u16).unwrap();
+    sub.send(&[Packet::Subscribe(Subscribe::new(pid, vec![(client::filter("ws/#").unwrap(), QoS::Level1)]))], false)
+        .await;
+    assert!(matches!(sub.recv().await, Packet::Suback(_)));
+
+    // From MQTT over TCP, QoS 1.
+    let opts = ClientOptions { client_id: "tcp-pub".into(), connect_timeout: WAIT, ..ClientOptions::default() };
+    let mut tcp = Client::connect(&ts.mqtt_tcp_url(), &opts).await.expect("MQTT/TCP connect");
+    tcp.publish("ws/a", QoS::Level1, false, "from tcp").await.unwrap();
+    match sub.recv().await {
+        Packet::Publish(p) => {
+            assert_eq!(&p.payload[..], b"from tcp");
+            assert_eq!(&p.topic_name[..], "ws/a");
+            sub.send(&[Packet::Puback(p.qos_pid.pid().expect("QoS 1"))], false).await;
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+
+    // From another WebSocket: CONNECT, PUBLISH and DISCONNECT in one message.
+    let mut publ = WsMqtt::new(open().await);
+    let publish = Publish::new(QosPid::Level0, client::topic("ws/b").unwrap(), Bytes::from_static(b"from ws"));
+    publ.send(&[Packet::Connect(Connect::new("ws-pub".into(), 30)), Packet::Publish(publish)], false).await;
+    assert!(matches!(publ.recv().await, Packet::Connack(_)));
+    match sub.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"from ws"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    // DISCONNECT: the broker ends the connection and the WebSocket closes normally.
+    publ.send(&[Packet::Disconnect], false).await;
+    assert_eq!(close_code(&mut publ.ws).await, 1000);
+
+    // A text message breaks MQTT 3.1.1 §6.0: 1003.
+    sub.ws.send(Message::text("not MQTT")).await.unwrap();
+    assert_eq!(close_code(&mut sub.ws).await, 1003);
+    tcp.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_http11() {
+    let ts = start().await;
+    mqtt_suite(&ts, || ws_h1(&ts, "/mqtt", Some("mqtt"))).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_http2() {
+    let ts = start().await;
+    mqtt_suite(&ts, || ws_h2(&ts, "/mqtt", Some("mqtt"))).await;
+    ts.stop().await;
+}
+
+/// Shutdown closes open WebSockets with 1001 (going away).
+#[tokio::test]
+async fn shutdown_closes_with_going_away() {
+    let ts = start().await;
+    let mut ws = ws_h1(&ts, "/ws", None).await;
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("x"));
+    let stop = tokio::spawn(ts.stop());
+    assert_eq!(close_code(&mut ws).await, 1001);
+    drop(ws);
+    stop.await.unwrap();
+}
