@@ -64,7 +64,8 @@ impl Conn {
         let u = unprotect(pkt, dcid_len, &self.hp)?;
         let pn = decode_pn(self.largest, u.truncated_pn, u.pn_len);
         let win = 1u64 << (8 * u.pn_len as u32);
-        let candidates = [Some(pn), pn.checked_sub(win), pn.checked_add(win), pn.checked_sub(2 * win), pn.checked_add(2 * win)];
+        let candidates =
+            [Some(pn), pn.checked_sub(win), pn.checked_add(win), pn.checked_sub(2 * win), pn.checked_add(2 * win)];
         let (pn, plain) = candidates.into_iter().flatten().find_map(|pn| self.open_at(pkt, &u, pn).map(|p| (pn, p)))?;
         self.largest = Some(self.largest.map_or(pn, |l| l.max(pn)));
         Some(plain)
