@@ -8,6 +8,8 @@
 //! | module | what it holds |
 //! |--------|---------------|
 //! | `routes` | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
+//! | `httpbin` | httpbin-compatible endpoints (`/get`, `/anything`, redirects, cookies, `/drip`, ...) |
+//! | `coding` | content coding negotiated by `Accept-Encoding` (gzip, deflate, br, zstd) |
 //! | `files` | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
 //! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
 //! | `h3` | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
@@ -17,9 +19,11 @@
 //! endpoint and `h2` on the TLS/TCP listener.
 
 mod body;
+pub mod coding;
 pub(crate) mod files;
 pub(crate) mod h2;
 pub(crate) mod h3;
+mod httpbin;
 pub(crate) mod routes;
 
 pub use routes::pattern_byte;
