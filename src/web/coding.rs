@@ -262,11 +262,15 @@ pub fn finish(resp: Response<Body>, coding: Option<Coding>, head: bool) -> Respo
     Response::from_parts(parts, body)
 }
 
-/// The header changes of a coded answer: `Content-Encoding`, no `Content-Length` (the coded
-/// length is known only at the end), the coding-specific `ETag`.
-pub fn apply_headers(headers: &mut HeaderMap, coding: Coding) {
+/// `Content-Encoding` and no `Content-Length` (the coded length is known only at the end).
+pub fn mark_coded(headers: &mut HeaderMap, coding: Coding) {
     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
     headers.remove(CONTENT_LENGTH);
+}
+
+/// The header changes of a coded answer: [`mark_coded`], and the coding-specific `ETag`.
+pub fn apply_headers(headers: &mut HeaderMap, coding: Coding) {
+    mark_coded(headers, coding);
     if let Some(tag) = headers.get(ETAG).and_then(|v| v.to_str().ok()).map(|t| coded_etag(t, coding)) {
         if let Ok(v) = HeaderValue::from_str(&tag) {
             headers.insert(ETAG, v);

@@ -166,7 +166,7 @@ async fn serve_selected(
         RangeOutcome::Full => {
             base.insert(header::CONTENT_TYPE, rep.content_type.clone());
             if let Some(c) = coding {
-                coding::apply_headers(&mut base, c);
+                coding::mark_coded(&mut base, c); // the ETag in `base` is the coded one already
                 if head {
                     return with_headers(StatusCode::OK, base, coding::empty_unsized());
                 }

@@ -227,7 +227,6 @@ document.getElementById('protocol').textContent = nav ? nav.nextHopProtocol : ''
 </body>
 </html>
 "#;
-"#;
 
 /// Why `/bytes/N` is refused; the text is the body of the 400 answer.
 #[derive(Debug, thiserror::Error)]
