@@ -22,7 +22,27 @@ async fn every_endpoint_over_both_protocols() {
         let page = r.text();
         assert!(page.contains(r#"<span id="protocol"></span>"#), "index has an empty protocol span");
         assert!(page.contains("nextHopProtocol"));
-        for link in ["/bytes/", "/echo", "/headers", "/status/", "/delay-ms/", "/delay/", "/get", "/anything", "/redirect-to", "/cookies", "/drip", "/range/", "/etag/", "/gzip", "/brotli", "/deflate", "/uuid", "/bearer", "/base64/"] {
+        for link in [
+            "/bytes/",
+            "/echo",
+            "/headers",
+            "/status/",
+            "/delay-ms/",
+            "/delay/",
+            "/get",
+            "/anything",
+            "/redirect-to",
+            "/cookies",
+            "/drip",
+            "/range/",
+            "/etag/",
+            "/gzip",
+            "/brotli",
+            "/deflate",
+            "/uuid",
+            "/bearer",
+            "/base64/",
+        ] {
             assert!(page.contains(&format!("href=\"{link}")), "index links {link}");
         }
 

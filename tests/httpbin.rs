@@ -71,8 +71,9 @@ async fn request_dicts_have_httpbin_shapes() {
         let multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n\
 --XyZ\r\nContent-Disposition: form-data; name=\"up\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile body\r\n\
 --XyZ--\r\n";
-        let r = send(&conn, "PATCH", &url("/patch"), &[("content-type", "multipart/form-data; boundary=XyZ")], multipart)
-            .await;
+        let r =
+            send(&conn, "PATCH", &url("/patch"), &[("content-type", "multipart/form-data; boundary=XyZ")], multipart)
+                .await;
         let j = body_json(&r);
         assert_eq!((j["form"].clone(), j["files"].clone()), (json!({"field": "value"}), json!({"up": "file body"})));
         let r = send(&conn, "PATCH", &url("/patch"), &[("content-type", "multipart/form-data; boundary=XyZ")], b"junk")
@@ -163,8 +164,9 @@ async fn status_redirects_and_the_open_redirect_guard() {
             ("https://allowed.example/x", "301"),
             ("http://ALLOWED.example:8080/", "303"),
         ] {
-            let r = send(&conn, "POST", &url(&format!("/redirect-to?url={}&status_code={code}", enc(target))), &[], b"")
-                .await;
+            let r =
+                send(&conn, "POST", &url(&format!("/redirect-to?url={}&status_code={code}", enc(target))), &[], b"")
+                    .await;
             assert_eq!((r.status.as_str(), header(&r, "location")), (code, target), "{target}");
         }
         let r = get(&conn, &url("/redirect-to?url=/get"), &[]).await;
@@ -385,7 +387,11 @@ async fn content_coding_is_negotiated_for_files_and_generated_bodies() {
             let etag = header(&r, "etag");
             assert_eq!(etag, format!("{}-{token}\"", identity_etag.trim_end_matches('"')), "ETag differs per coding");
             if let Some(len) = r.headers.get("content-length") {
-                assert_eq!(len.to_str().unwrap(), r.body.len().to_string(), "{v:?}: a length, if any, is the coded one");
+                assert_eq!(
+                    len.to_str().unwrap(),
+                    r.body.len().to_string(),
+                    "{v:?}: a length, if any, is the coded one"
+                );
             }
         }
 
@@ -428,8 +434,12 @@ async fn content_coding_is_negotiated_for_files_and_generated_bodies() {
         assert_eq!(header(&r, "etag"), identity_etag);
         // An If-Range with the coded tag does not match the identity: the whole, coded.
         let gz_etag = format!("{}-gzip\"", identity_etag.trim_end_matches('"'));
-        let r = get(&conn, &url("/big.txt"), &[("accept-encoding", "gzip"), ("range", "bytes=5-9"), ("if-range", &gz_etag)])
-            .await;
+        let r = get(
+            &conn,
+            &url("/big.txt"),
+            &[("accept-encoding", "gzip"), ("range", "bytes=5-9"), ("if-range", &gz_etag)],
+        )
+        .await;
         assert_eq!((r.status.as_u16(), header(&r, "content-encoding")), (200, "gzip"));
 
         // Validators per coding: the coded tag revalidates the coded answer, the identity tag
@@ -453,15 +463,23 @@ async fn content_coding_is_negotiated_for_files_and_generated_bodies() {
         assert_eq!(header(&r, "content-encoding"), "gzip");
         let j: Value = serde_json::from_slice(&decode("gzip", &r.body).await).unwrap();
         assert_eq!((j["args"]["coded"].as_str(), j["headers"]["X-Pad"].as_str()), (Some("1"), Some(pad.as_str())));
-        let r = send(&conn, "POST", &url("/echo"), &[("content-type", "text/plain"), ("accept-encoding", "deflate")], text.as_bytes())
-            .await;
+        let r = send(
+            &conn,
+            "POST",
+            &url("/echo"),
+            &[("content-type", "text/plain"), ("accept-encoding", "deflate")],
+            text.as_bytes(),
+        )
+        .await;
         assert_eq!(decode(header(&r, "content-encoding"), &r.body).await, text.as_bytes());
         // Streamed and dripped bodies are sent as they come.
         let r = get(&conn, &url("/stream/5"), &[("accept-encoding", "gzip")]).await;
         assert!(r.headers.get("content-encoding").is_none());
 
         // /gzip, /deflate, /brotli: always coded, whatever the request accepts.
-        for (path, token, flag) in [("/gzip", "gzip", "gzipped"), ("/deflate", "deflate", "deflated"), ("/brotli", "br", "brotli")] {
+        for (path, token, flag) in
+            [("/gzip", "gzip", "gzipped"), ("/deflate", "deflate", "deflated"), ("/brotli", "br", "brotli")]
+        {
             let r = get(&conn, &url(path), &[]).await;
             assert_eq!((r.status.as_u16(), header(&r, "content-encoding")), (200, token), "{path}");
             let j: Value = serde_json::from_slice(&decode(token, &r.body).await).unwrap();

@@ -28,7 +28,9 @@ use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder,
 use async_compression::Level;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, VARY};
+use http::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, VARY,
+};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
@@ -182,7 +184,8 @@ pub fn coded_etag(etag: &str, coding: Coding) -> String {
 /// Add `Accept-Encoding` to `Vary`, keeping what is there.
 pub fn add_vary(headers: &mut HeaderMap) {
     let already = headers.get_all(VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"))
     });
     if !already {
         headers.append(VARY, HeaderValue::from_static("accept-encoding"));

@@ -232,9 +232,7 @@ fn multi(pairs: impl IntoIterator<Item = (String, Value)>) -> Value {
         m.entry(k).or_default().push(v);
     }
     Value::Object(
-        m.into_iter()
-            .map(|(k, mut v)| (k, if v.len() == 1 { v.remove(0) } else { Value::Array(v) }))
-            .collect(),
+        m.into_iter().map(|(k, mut v)| (k, if v.len() == 1 { v.remove(0) } else { Value::Array(v) })).collect(),
     )
 }
 
@@ -298,8 +296,7 @@ fn status(arg: &str) -> Response<Body> {
     }
     let mut codes = Vec::with_capacity(choices.len());
     for c in choices {
-        let code =
-            c.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
+        let code = c.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
         match code {
             Some(code) => codes.push(code),
             None => return text(StatusCode::BAD_REQUEST, USAGE),
@@ -596,7 +593,7 @@ impl Cx<'_> {
                 let same_origin = u.scheme() == "https"
                     && host == own.host().to_ascii_lowercase()
                     && u.port_or_known_default() == Some(own.port_u16().unwrap_or(443));
-                if same_origin || self.site.limits().redirect_hosts.iter().any(|h| *h == host) {
+                if same_origin || self.site.limits().redirect_hosts.contains(&host) {
                     Ok(())
                 } else {
                     Err("an absolute URL of another origin; only relative URLs, this origin and --redirect-allow hosts are followed")
@@ -682,7 +679,8 @@ impl Cx<'_> {
             };
             fields.append(name, value);
         }
-        let mut shown: Vec<(String, Value)> = pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let mut shown: Vec<(String, Value)> =
+            pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         if !fields.contains_key(header::CONTENT_TYPE) {
             fields.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             shown.push(("Content-Type".into(), Value::String("application/json".into())));
@@ -746,8 +744,18 @@ impl Cx<'_> {
         };
         let code = get("code").unwrap_or("200");
         let code = match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
-            Some(c) if (200..=599).contains(&c.as_u16()) && c != StatusCode::NO_CONTENT && c != StatusCode::NOT_MODIFIED => c,
-            _ => return bad(format!("code must be in 200..=599 and not 204 or 304 (they carry no content), not {code:?}\n")),
+            Some(c)
+                if (200..=599).contains(&c.as_u16())
+                    && c != StatusCode::NO_CONTENT
+                    && c != StatusCode::NOT_MODIFIED =>
+            {
+                c
+            }
+            _ => {
+                return bad(format!(
+                    "code must be in 200..=599 and not 204 or 304 (they carry no content), not {code:?}\n"
+                ))
+            }
         };
         tokio::time::sleep(delay).await;
         let chunks = numbytes.min(DRIP_MAX_CHUNKS);

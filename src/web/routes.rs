@@ -280,7 +280,6 @@ fn headers(headers: &http::HeaderMap) -> Response<Body> {
     no_store(json(&serde_json::Value::Object(obj)))
 }
 
-
 /// `/delay-ms/MS`: MS milliseconds (the httpbin `/delay/N` counts seconds).
 async fn delay_ms(site: &Site, arg: &str) -> Response<Body> {
     let max = site.limits().max_delay;
