@@ -507,3 +507,54 @@ async fn bodies_over_the_limit_get_413() {
     }
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_live_on_the_server_and_cookie_attributes_are_sent() {
+    let ts = TestServer::start().await;
+    for v in BOTH {
+        let (conn, _) = ts.connect(v).await;
+        let url = |p: &str| ts.url(v, p);
+
+        let r = get(&conn, &url("/session"), &[]).await;
+        let j = body_json(&r);
+        assert_eq!((j["session"].as_str(), j["visits"].as_u64()), (Some("new"), Some(1)));
+        let set = header(&r, "set-cookie").to_string();
+        for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=1800"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert_eq!(header(&r, "cache-control"), "no-store");
+        let cookie = set.split(';').next().unwrap().to_string();
+        for visit in 2..=3u64 {
+            let j = body_json(&get(&conn, &url("/session"), &[("cookie", &cookie)]).await);
+            assert_eq!((j["session"].as_str(), j["visits"].as_u64()), (Some("known"), Some(visit)));
+        }
+        // A forged or unknown id starts a new session; a malformed one too.
+        for bad in ["quiclab_session=00000000000000000000000000000000", "quiclab_session=../x"] {
+            let j = body_json(&get(&conn, &url("/session"), &[("cookie", bad)]).await);
+            assert_eq!(j["session"], "new", "{bad}");
+        }
+        let r = get(&conn, &url("/session/end"), &[("cookie", &cookie)]).await;
+        assert_eq!(body_json(&r)["ended"], true);
+        assert!(header(&r, "set-cookie").contains("Max-Age=0"));
+        let j = body_json(&get(&conn, &url("/session"), &[("cookie", &cookie)]).await);
+        assert_eq!(j["session"], "new", "ended sessions are forgotten");
+
+        let r = get(&conn, &url("/cookie-attributes"), &[]).await;
+        assert_eq!(r.status, 200);
+        let set: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        for want in [
+            "demo_secure=1; Path=/; Secure",
+            "demo_httponly=1; Path=/; HttpOnly",
+            "demo_strict=1; Path=/; SameSite=Strict",
+            "demo_none=1; Path=/; SameSite=None; Secure",
+            "demo_maxage=1; Path=/; Max-Age=60",
+            "demo_path=1; Path=/cookies",
+        ] {
+            assert!(set.contains(&want), "{want} not in {set:?}");
+        }
+        assert!(set.iter().any(|c| c.starts_with("demo_expires=1; Path=/; Expires=")), "{set:?}");
+        assert!(r.text().contains("document.cookie"));
+        conn.close().await;
+    }
+    ts.stop().await;
+}

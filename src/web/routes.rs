@@ -8,6 +8,7 @@
 //! | `/headers`    | the request headers as a JSON object |
 //! | `/delay-ms/MS` | a small body after MS milliseconds (capped) |
 //! | `/conn`       | JSON about the connection the request came on ([`crate::conn::ConnInfo::snapshot`]) |
+//! | `/session`, `/session/end`, `/cookie-attributes` | a server-side session and the `Set-Cookie` attributes, made visible ([`super::session`]) |
 //! | httpbin paths | `/get`, `/post`, `/anything`, `/status/N`, `/delay/N` (seconds), redirects, cookies, ... ([`super::httpbin`]) |
 //!
 //! `/`, `/bytes/N` and static files under `--root` carry validators and honour conditional
@@ -21,7 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 pub use super::body::pattern_byte;
 use super::body::{drain_in_background, empty, full, head_response, json, read_body, text, BodyTooLarge};
 use super::coding::{self, Coding};
-use super::{files, httpbin, Body, Site};
+use super::{files, httpbin, session, Body, Site};
 use crate::config::parse_size;
 use crate::conn::RequestInfo;
 
@@ -116,6 +117,9 @@ async fn route_uncoded(site: &Site, req: Request<Body>, info: &RequestInfo, codi
         ["headers"] => headers(&parts.headers),
         ["delay-ms", ms] => delay_ms(site, ms).await,
         ["conn"] => no_store(json(&info.conn.snapshot(info.early_data))),
+        ["session"] => session::session(site.sessions(), &parts.headers),
+        ["session", "end"] => session::end(site.sessions(), &parts.headers),
+        ["cookie-attributes"] => session::cookie_attributes(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if method == Method::HEAD {
@@ -128,7 +132,17 @@ async fn route_uncoded(site: &Site, req: Request<Body>, info: &RequestInfo, codi
 const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
 fn is_builtin(seg: &[&str]) -> bool {
-    matches!(seg, [] | ["index.html"] | ["bytes", _] | ["headers"] | ["delay-ms", _] | ["conn"])
+    matches!(
+        seg,
+        [] | ["index.html"]
+            | ["bytes", _]
+            | ["headers"]
+            | ["delay-ms", _]
+            | ["conn"]
+            | ["session"]
+            | ["session", "end"]
+            | ["cookie-attributes"]
+    )
 }
 
 fn range_limits(site: &Site) -> files::RangeLimits {
@@ -193,6 +207,8 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <li><a href="/headers">/headers</a>: the request headers as JSON</li>
 <li><a href="/delay-ms/500">/delay-ms/MS</a>: a response after MS milliseconds</li>
 <li><a href="/conn">/conn</a>: JSON about this connection (RTT, congestion window, losses, 0-RTT, path changes)</li>
+<li><a href="/session">/session</a>: a server-side session found by a cookie (visit count kept on the server); <a href="/session/end">/session/end</a></li>
+<li><a href="/cookie-attributes">/cookie-attributes</a>: one cookie per Set-Cookie attribute (Secure, HttpOnly, SameSite, Max-Age, Expires, Path) and what comes back</li>
 </ul>
 <h2>httpbin: requests</h2>
 <ul>
