@@ -228,3 +228,17 @@ def test_always_coded_endpoints(server: Server, version: str):
     r = fetch_coded(server, version, "/brotli", "br")
     assert r.headers["content-encoding"] == "br"
     assert r.json()["brotli"] is True
+
+
+@pytest.mark.parametrize("version", ["h3", "h2"])
+def test_session_cookie_round_trip(server: Server, version: str):
+    """/session: libcurl's cookie engine stores the HttpOnly session cookie and sends it back;
+    the visit count comes from the server's memory."""
+    requests, v = _curl_cffi()
+    origin = server.h3_origin if version == "h3" else server.tcp_origin
+    http_version = v.V3ONLY if version == "h3" else v.V2TLS
+    with requests.Session(verify=str(server.ca), http_version=http_version, timeout=TIMEOUT_S) as s:
+        visits = [s.get(origin + "/session").json()["visits"] for _ in range(3)]
+        assert visits == [1, 2, 3]
+        assert s.get(origin + "/session/end").json() == {"ended": True}
+        assert s.get(origin + "/session").json()["session"] == "new"
