@@ -145,6 +145,9 @@ impl ServerConfig {
         line("max_header_bytes", &self.limits.max_header_bytes);
         line("max_ranges", &self.limits.max_ranges);
         line("handshake_timeout_ms", &self.limits.handshake_timeout.as_millis());
+        if !self.limits.redirect_hosts.is_empty() {
+            line("redirect_allow", &self.limits.redirect_hosts.join(", "));
+        }
         match &self.root {
             Some(r) => line("root", &r.display()),
             None => line("root", &"(built-in pages only)"),
@@ -213,7 +216,9 @@ pub struct Limits {
     /// Largest request body read (`/echo`, and bodies drained on other routes). 16 MiB: room for
     /// upload experiments; a larger body gets `413 Content Too Large` (RFC 9110 §15.5.14).
     pub max_body: u64,
-    /// Largest `/delay/MS`. 60 s: beyond it requests would outlive common client timeouts.
+    /// Longest wait a request may ask for: `/delay/N` (seconds), `/delay-ms/MS`, and each of
+    /// `/drip`'s `duration` and `delay`. 60 s: beyond it requests would outlive common client
+    /// timeouts.
     pub max_delay: Duration,
     /// Largest request header section, in bytes, on both transports (HTTP/3
     /// `SETTINGS_MAX_FIELD_SECTION_SIZE`, RFC 9114 §7.2.4.1; hyper's max header list size for
@@ -225,6 +230,10 @@ pub struct Limits {
     /// Time a TLS/TCP client has to finish its handshake. 10 s: a hundred RTTs on the slowest lab
     /// link, while a connection that never finishes cannot hold a socket for long.
     pub handshake_timeout: Duration,
+    /// Hosts besides the request's own origin that `/redirect-to?url=` may send a client to
+    /// (exact host names, any port; lower case). Empty by default: the site is no open
+    /// redirector, so only relative and same-origin URLs are followed; others get 400.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Default for Limits {
@@ -236,6 +245,7 @@ impl Default for Limits {
             max_header_bytes: 64 << 10,
             max_ranges: 16,
             handshake_timeout: Duration::from_secs(10),
+            redirect_hosts: Vec::new(),
         }
     }
 }

@@ -22,7 +22,27 @@ async fn every_endpoint_over_both_protocols() {
         let page = r.text();
         assert!(page.contains(r#"<span id="protocol"></span>"#), "index has an empty protocol span");
         assert!(page.contains("nextHopProtocol"));
-        for link in ["/bytes/", "/echo", "/headers", "/status/", "/delay/"] {
+        for link in [
+            "/bytes/",
+            "/echo",
+            "/headers",
+            "/status/",
+            "/delay-ms/",
+            "/delay/",
+            "/get",
+            "/anything",
+            "/redirect-to",
+            "/cookies",
+            "/drip",
+            "/range/",
+            "/etag/",
+            "/gzip",
+            "/brotli",
+            "/deflate",
+            "/uuid",
+            "/bearer",
+            "/base64/",
+        ] {
             assert!(page.contains(&format!("href=\"{link}")), "index links {link}");
         }
 
@@ -67,7 +87,7 @@ async fn every_endpoint_over_both_protocols() {
         }
 
         let t = std::time::Instant::now();
-        let r = send(&conn, "GET", &url("/delay/50"), &[], b"").await;
+        let r = send(&conn, "GET", &url("/delay-ms/50"), &[], b"").await;
         assert_eq!(r.status, 200);
         assert!(t.elapsed() >= std::time::Duration::from_millis(50));
 
@@ -110,7 +130,7 @@ async fn limits_answer_with_4xx() {
         assert_eq!(send(&conn, "GET", &url("/bytes/12x"), &[], b"").await.status, 400);
         assert_eq!(send(&conn, "GET", &url("/bytes/99999999999999999999"), &[], b"").await.status, 400);
         assert_eq!(send(&conn, "POST", &url("/echo"), &[], &[1u8; 1001]).await.status, 413);
-        assert_eq!(send(&conn, "GET", &url("/delay/101"), &[], b"").await.status, 400);
+        assert_eq!(send(&conn, "GET", &url("/delay-ms/101"), &[], b"").await.status, 400);
         // The connection is still usable after every refusal.
         assert_eq!(send(&conn, "GET", &url("/bytes/10"), &[], b"").await.body.len(), 10);
         conn.close().await;

@@ -326,7 +326,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         let (conn, _) = ts.connect(v).await;
         let conn = std::sync::Arc::new(conn);
         conns.push(conn.clone());
-        let url = ts.url(v, "/delay/300");
+        let url = ts.url(v, "/delay-ms/300");
         tasks.push(tokio::spawn(async move { send(&conn, "GET", &url, &[], b"").await }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

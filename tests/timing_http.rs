@@ -13,7 +13,7 @@ async fn a_stream_flood_is_held_to_the_stream_limit_and_others_are_served() {
         let flooder = std::sync::Arc::new(flooder);
         let mut tasks = Vec::new();
         for _ in 0..200 {
-            let (c, url) = (flooder.clone(), ts.url(v, "/delay/100"));
+            let (c, url) = (flooder.clone(), ts.url(v, "/delay-ms/100"));
             tasks.push(tokio::spawn(async move { send(&c, "GET", &url, &[], b"").await.status }));
         }
         // Another client is answered at once, while the flood is held to 20 streams at a time.

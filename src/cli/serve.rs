@@ -75,7 +75,7 @@ pub(crate) struct LimitArgs {
     /// Largest request body read; larger bodies get 413.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
     pub(crate) max_body: u64,
-    /// Largest /delay/MS; longer delays get 400.
+    /// Longest /delay/N (seconds), /delay-ms/MS and /drip duration or delay; longer gets 400.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
     pub(crate) max_delay: Duration,
     /// Largest request header section (HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE, HTTP/2 max header list size).
@@ -87,6 +87,10 @@ pub(crate) struct LimitArgs {
     /// Time a client has to complete its TLS or QUIC handshake.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub(crate) handshake_timeout: Duration,
+    /// A host /redirect-to?url= may redirect to besides the request's own origin (repeat the
+    /// flag for more). None by default: only relative and same-origin URLs are followed.
+    #[arg(long, value_name = "HOST")]
+    pub(crate) redirect_allow: Vec<String>,
 }
 
 /// The server configuration `quiclab serve` runs with for these arguments (reads the MQTT
@@ -105,6 +109,7 @@ pub(crate) fn serve_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
         max_header_bytes: args.limits.max_header_bytes.min(u32::MAX as u64) as u32,
         max_ranges: args.limits.max_ranges,
         handshake_timeout: args.limits.handshake_timeout,
+        redirect_hosts: args.limits.redirect_allow.iter().map(|h| h.to_ascii_lowercase()).collect(),
     };
     cfg.transport = args.transport.to_config();
     cfg.root = args.root.clone();

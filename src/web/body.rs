@@ -1,6 +1,7 @@
 //! Bodies and the small helpers every part of the site shares: empty and whole bodies, a
 //! plain-text response, reading a request body under a limit or draining one nobody reads,
-//! the `/bytes/N` pattern as a streaming body, and bodies played one after the other.
+//! the `/bytes/N` pattern as a streaming body, bodies played one after the other, JSON answers
+//! and the HEAD form of an answer.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -39,6 +40,24 @@ pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+/// A JSON response (pretty-printed with two-space indents, as httpbin sends it).
+pub(crate) fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// RFC 9110 §9.3.2: the answer to HEAD has the header fields GET's has, and no content.
+pub(crate) fn head_response(resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(n) = http_body::Body::size_hint(&body).exact() {
+        parts.headers.entry(http::header::CONTENT_LENGTH).or_insert(n.into());
+    }
+    Response::from_parts(parts, empty())
 }
 
 /// A request body was larger than the limit.

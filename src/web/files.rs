@@ -3,7 +3,8 @@
 //! `multipart/byteranges`) and HEAD. Built-in pages, `/bytes/N` and static files all go
 //! through [`serve`], so they behave alike on every transport. Static files are found and
 //! their metadata read on a blocking thread (`find_file`); their bytes are read with
-//! `tokio::fs`.
+//! `tokio::fs`. Content coding of full answers and its interplay with ranges and `ETag`s is
+//! decided in [`serve_coded`] (rules in `super::coding`).
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 
 use super::body::{empty, full, text, Chain, PatternBody};
+use super::coding::{self, Coding};
 use super::{Body, BodyError};
 
 /// Where a representation's bytes come from.
@@ -88,10 +90,57 @@ pub struct RangeLimits {
     pub max_ranges: usize,
 }
 
-/// Serve `rep` for a GET or HEAD with the request's `headers`: 200, 206, 304, 412 or 416.
+/// Serve `rep` for a GET or HEAD with the request's `headers`: 200, 206, 304, 412 or 416,
+/// always in the identity coding.
 pub async fn serve(rep: &Representation, method: &Method, headers: &HeaderMap, limits: RangeLimits) -> Response<Body> {
+    serve_coded(rep, method, headers, limits, None).await
+}
+
+/// [`serve`], with the content coding negotiated for the request (`super::coding`). Where the
+/// representation is eligible (a compressible type, long enough), a full 200 is coded on the
+/// fly and carries the coding's own `ETag`, which the preconditions are evaluated against;
+/// a `Range` request is answered from the identity representation (206 without
+/// `Content-Encoding`, the identity `ETag`). Both carry `Vary: Accept-Encoding`.
+pub async fn serve_coded(
+    rep: &Representation,
+    method: &Method,
+    headers: &HeaderMap,
+    limits: RangeLimits,
+    coding: Option<Coding>,
+) -> Response<Body> {
+    let head = method == Method::HEAD;
+    let ranges = match headers.get(header::RANGE) {
+        // RFC 9110 §14.2: Range applies to GET only (HEAD answers as GET would, minus content).
+        Some(r) if (method == Method::GET || head) && if_range_holds(rep, headers) => {
+            parse_range(r.as_bytes(), rep.len, limits)
+        }
+        _ => RangeOutcome::Full,
+    };
+    let eligible = coding::eligible(&rep.content_type, rep.len);
+    // Ranges are served from the identity representation only (module doc of `coding`).
+    let coding = coding.filter(|_| eligible && ranges == RangeOutcome::Full);
+    let etag = match coding {
+        Some(c) => coding::coded_etag(&rep.etag, c),
+        None => rep.etag.clone(),
+    };
+    let mut resp = serve_selected(rep, &etag, headers, ranges, coding, head).await;
+    if eligible {
+        coding::add_vary(resp.headers_mut());
+    }
+    resp.extensions_mut().insert(coding::Decided);
+    resp
+}
+
+async fn serve_selected(
+    rep: &Representation,
+    etag: &str,
+    headers: &HeaderMap,
+    ranges: RangeOutcome,
+    coding: Option<Coding>,
+    head: bool,
+) -> Response<Body> {
     let mut base = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&rep.etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         base.insert(header::ETAG, v);
     }
     if let Some(lm) = rep.last_modified {
@@ -102,7 +151,7 @@ pub async fn serve(rep: &Representation, method: &Method, headers: &HeaderMap, l
     base.insert(header::CACHE_CONTROL, HeaderValue::from_static(rep.cache_control));
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-    match precondition(rep, headers) {
+    match precondition(rep, etag, headers) {
         Precondition::Proceed => {}
         Precondition::NotModified => {
             // RFC 9110 §15.4.5: 304 carries the validators and Cache-Control, no content.
@@ -113,17 +162,17 @@ pub async fn serve(rep: &Representation, method: &Method, headers: &HeaderMap, l
         }
     }
 
-    let head = method == Method::HEAD;
-    let ranges = match headers.get(header::RANGE) {
-        // RFC 9110 §14.2: Range applies to GET only (HEAD answers as GET would, minus content).
-        Some(r) if (method == Method::GET || head) && if_range_holds(rep, headers) => {
-            parse_range(r.as_bytes(), rep.len, limits)
-        }
-        _ => RangeOutcome::Full,
-    };
     match ranges {
         RangeOutcome::Full => {
             base.insert(header::CONTENT_TYPE, rep.content_type.clone());
+            if let Some(c) = coding {
+                coding::mark_coded(&mut base, c); // the ETag in `base` is the coded one already
+                if head {
+                    return with_headers(StatusCode::OK, base, coding::empty_unsized());
+                }
+                let body = rep.source.body(0, rep.len).await.map(|b| coding::encode_body(b, c));
+                return body_or_error(StatusCode::OK, base, body);
+            }
             base.insert(header::CONTENT_LENGTH, HeaderValue::from(rep.len));
             let body = if head { Ok(empty()) } else { rep.source.body(0, rep.len).await };
             body_or_error(StatusCode::OK, base, body)
@@ -211,10 +260,10 @@ enum Precondition {
 }
 
 /// RFC 9110 §13.2.2: evaluate preconditions in order.
-fn precondition(rep: &Representation, headers: &HeaderMap) -> Precondition {
+fn precondition(rep: &Representation, etag: &str, headers: &HeaderMap) -> Precondition {
     // 1. If-Match (strong comparison), else 2. If-Unmodified-Since.
     if let Some(v) = headers.get(header::IF_MATCH) {
-        if !etag_list_matches(v.as_bytes(), &rep.etag, false) {
+        if !etag_list_matches(v.as_bytes(), etag, false) {
             return Precondition::Failed;
         }
     } else if let (Some(v), Some(lm)) = (headers.get(header::IF_UNMODIFIED_SINCE), rep.last_modified) {
@@ -227,7 +276,7 @@ fn precondition(rep: &Representation, headers: &HeaderMap) -> Precondition {
     // 3. If-None-Match (weak comparison), else 4. If-Modified-Since (GET/HEAD only; the
     // routes that call this serve nothing else).
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
-        if etag_list_matches(v.as_bytes(), &rep.etag, true) {
+        if etag_list_matches(v.as_bytes(), etag, true) {
             return Precondition::NotModified;
         }
     } else if let (Some(v), Some(lm)) = (headers.get(header::IF_MODIFIED_SINCE), rep.last_modified) {

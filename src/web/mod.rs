@@ -8,6 +8,9 @@
 //! | module | what it holds |
 //! |--------|---------------|
 //! | `routes` | the router and the built-in pages (`/bytes/N`, `/echo`, `/headers`, `/conn`, ...) |
+//! | `httpbin` | httpbin-compatible endpoints (`/get`, `/anything`, redirects, cookies, `/drip`, ...) |
+//! | `coding` | content coding negotiated by `Accept-Encoding` (gzip, deflate, br, zstd) |
+//! | `session` | `/session` (a server-side session found by a cookie) and `/cookie-attributes` |
 //! | `files` | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
 //! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
 //! | `h3` | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
@@ -18,11 +21,14 @@
 //! endpoint and `h2` on the TLS/TCP listener.
 
 mod body;
+pub mod coding;
 pub(crate) mod files;
 pub(crate) mod h2;
 pub(crate) mod h3;
+mod httpbin;
 pub(crate) mod routes;
 pub(crate) mod ws;
+mod session;
 
 pub use routes::pattern_byte;
 
@@ -57,6 +63,8 @@ pub struct Site {
     root: Option<std::path::PathBuf>,
     /// When the site started: `Last-Modified` of the built-in pages.
     started: std::time::SystemTime,
+    /// Server-side sessions of `/session` (bounded: `session::MAX_SESSIONS`).
+    sessions: Arc<session::Sessions>,
 }
 
 impl Site {
@@ -67,7 +75,7 @@ impl Site {
             Some(r) => Some(r.canonicalize()?),
             None => None,
         };
-        Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now() }))
+        Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now(), sessions: Default::default() }))
     }
 
     /// The canonical static-file root.
@@ -78,6 +86,11 @@ impl Site {
     /// When the site started.
     pub fn started(&self) -> std::time::SystemTime {
         self.started
+    }
+
+    /// The server-side sessions of `/session`.
+    pub(crate) fn sessions(&self) -> &session::Sessions {
+        &self.sessions
     }
 
     /// The limits this site enforces.

@@ -6,27 +6,39 @@
 //! | `/bytes/N`    | N bytes (`k`, `M` suffixes) of a deterministic pattern: byte `i` is `i % 251` |
 //! | `/echo`       | the request body and its content type, for any method |
 //! | `/headers`    | the request headers as a JSON object |
-//! | `/status/N`   | an empty-ish response with status N (200..=599) |
-//! | `/delay/MS`   | a small body after MS milliseconds (capped) |
+//! | `/delay-ms/MS` | a small body after MS milliseconds (capped) |
 //! | `/conn`       | JSON about the connection the request came on ([`crate::conn::ConnInfo::snapshot`]) |
+//! | `/ws`, `/mqtt` | WebSocket echo and MQTT over WebSocket: answered before the router, by [`super::ws`] (TLS/TCP listener only) |
+//! | `/session`, `/session/end`, `/cookie-attributes` | a server-side session and the `Set-Cookie` attributes, made visible ([`super::session`]) |
+//! | httpbin paths | `/get`, `/post`, `/anything`, `/status/N`, `/delay/N` (seconds), redirects, cookies, ... ([`super::httpbin`]) |
 //!
 //! `/`, `/bytes/N` and static files under `--root` carry validators and honour conditional
-//! and range requests ([`files::serve`]).
+//! and range requests ([`files::serve_coded`]). Every answer goes through content coding
+//! ([`super::coding`]) before it leaves the router.
 
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
 /// Byte `i` of the `/bytes/N` pattern (the body is `web::body`'s).
 pub use super::body::pattern_byte;
-use super::body::{drain_in_background, empty, full, read_body, text, BodyTooLarge};
-use super::{files, Body, Site};
+use super::body::{drain_in_background, empty, full, head_response, json, read_body, text, BodyTooLarge};
+use super::coding::{self, Coding};
+use super::{files, httpbin, session, Body, Site};
 use crate::config::parse_size;
 use crate::conn::RequestInfo;
 
-/// Route a request: reject unsafe paths, then static files under the root, then the
-/// built-in endpoints. Unknown paths get 404; known paths with a method they do not support
-/// get 405 with `Allow` (RFC 9110 §15.5.6).
+/// Route a request and apply the content coding its `Accept-Encoding` negotiates.
 pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -> Response<Body> {
+    let coding = coding::negotiate(req.headers());
+    let head = req.method() == Method::HEAD;
+    let resp = route_uncoded(site, req, info, coding).await;
+    coding::finish(resp, coding, head)
+}
+
+/// Route a request: reject unsafe paths, then `/echo` and the httpbin endpoints, then static
+/// files under the root, then the built-in pages. Unknown paths get 404; known paths with a
+/// method they do not support get 405 with `Allow` (RFC 9110 §15.5.6).
+async fn route_uncoded(site: &Site, req: Request<Body>, info: &RequestInfo, coding: Option<Coding>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments = match files::check_path(&path) {
@@ -42,6 +54,10 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     if seg == ["echo"] {
         return echo(site, req).await;
     }
+    // The httpbin endpoints read bodies of their own, so they come before the drain below.
+    if let Some(allow) = httpbin::allow_for(&seg) {
+        return httpbin::serve(site, req, info, &seg, allow, coding).await;
+    }
 
     // Every other route ignores the request body; it is still read to its end in the
     // background, because an HTTP/3 stream dropped unread makes quinn send STOP_SENDING and
@@ -56,6 +72,7 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
         resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
         return resp;
     }
+    let limits = range_limits(site);
 
     if let Some(root) = site.root() {
         match files::find_file(root, &segments).await {
@@ -64,7 +81,7 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
                     return method_not_allowed();
                 }
                 return match rep {
-                    Ok(rep) => files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
+                    Ok(rep) => files::serve_coded(&rep, &method, &parts.headers, limits, coding).await,
                     Err(e) => {
                         tracing::warn!(file = %file.display(), error = %e, "cannot read file");
                         text(StatusCode::NOT_FOUND, "not found\n")
@@ -88,10 +105,10 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
     let resp = match seg.as_slice() {
         [] | ["index.html"] => {
             let rep = index(site, info);
-            return files::serve(&rep, &method, &parts.headers, range_limits(site)).await;
+            return files::serve_coded(&rep, &method, &parts.headers, limits, coding).await;
         }
         ["bytes", n] => match bytes_representation(site, n) {
-            Ok(rep) => return files::serve(&rep, &method, &parts.headers, range_limits(site)).await,
+            Ok(rep) => return files::serve_coded(&rep, &method, &parts.headers, limits, coding).await,
             Err(e) => {
                 let mut resp = Response::new(full(e.to_string()));
                 *resp.status_mut() = StatusCode::BAD_REQUEST;
@@ -99,27 +116,34 @@ pub(super) async fn route(site: &Site, req: Request<Body>, info: &RequestInfo) -
             }
         },
         ["headers"] => headers(&parts.headers),
-        ["status", n] => status(n),
-        ["delay", ms] => delay(site, ms).await,
+        ["delay-ms", ms] => delay_ms(site, ms).await,
         ["conn"] => no_store(json(&info.conn.snapshot(info.early_data))),
+        ["session"] => session::session(site.sessions(), &parts.headers),
+        ["session", "end"] => session::end(site.sessions(), &parts.headers),
+        ["cookie-attributes"] => session::cookie_attributes(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if method == Method::HEAD {
-        // RFC 9110 §9.3.2: the same header fields as GET, no content.
-        let (mut parts, body) = resp.into_parts();
-        if let Some(n) = http_body::Body::size_hint(&body).exact() {
-            parts.headers.entry(CONTENT_LENGTH).or_insert(n.into());
-        }
-        return Response::from_parts(parts, empty());
+        return head_response(resp);
     }
     resp
 }
 
-/// The methods every resource but `/echo` supports.
+/// The methods every built-in resource but `/echo` and the httpbin paths supports.
 const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
 fn is_builtin(seg: &[&str]) -> bool {
-    matches!(seg, [] | ["index.html"] | ["bytes", _] | ["headers"] | ["status", _] | ["delay", _] | ["conn"])
+    matches!(
+        seg,
+        [] | ["index.html"]
+            | ["bytes", _]
+            | ["headers"]
+            | ["delay-ms", _]
+            | ["conn"]
+            | ["session"]
+            | ["session", "end"]
+            | ["cookie-attributes"]
+    )
 }
 
 fn range_limits(site: &Site) -> files::RangeLimits {
@@ -171,19 +195,48 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>quiclab test site</title>
-<style>body{font-family:sans-serif;max-width:44em;margin:2em auto;line-height:1.5}code{background:#eee;padding:0 .2em}</style>
+<style>body{font-family:sans-serif;max-width:48em;margin:2em auto;line-height:1.5}code{background:#eee;padding:0 .2em}h2{font-size:1.1em;margin-top:1.5em}</style>
 </head>
 <body>
 <h1>quiclab test site</h1>
 <p>This page arrived over <strong><span id="protocol"></span></strong>
 (the server answered it over <code>{served_over}</code>).</p>
+<h2>quiclab</h2>
 <ul>
 <li><a href="/bytes/1M">/bytes/N</a>: N bytes (k, M suffixes) of a fixed pattern, byte i = i mod 251</li>
 <li><a href="/echo">/echo</a>: the request body and content type, back (any method)</li>
 <li><a href="/headers">/headers</a>: the request headers as JSON</li>
-<li><a href="/status/418">/status/N</a>: a response with status N</li>
-<li><a href="/delay/500">/delay/MS</a>: a response after MS milliseconds</li>
+<li><a href="/delay-ms/500">/delay-ms/MS</a>: a response after MS milliseconds</li>
 <li><a href="/conn">/conn</a>: JSON about this connection (RTT, congestion window, losses, 0-RTT, path changes)</li>
+<li><a href="/session">/session</a>: a server-side session found by a cookie (visit count kept on the server); <a href="/session/end">/session/end</a></li>
+<li><code>wss://</code>this host<code>/ws</code>: a WebSocket echo (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT; not HTTP/3 yet); <code>wss://</code>this host<code>/mqtt</code>: MQTT over WebSocket (subprotocol <code>mqtt</code>)</li>
+<li><a href="/cookie-attributes">/cookie-attributes</a>: one cookie per Set-Cookie attribute (Secure, HttpOnly, SameSite, Max-Age, Expires, Path) and what comes back</li>
+</ul>
+<h2>httpbin: requests</h2>
+<ul>
+<li><a href="/get?a=1">/get</a>, <a href="/post">/post</a>, <a href="/put">/put</a>, <a href="/patch">/patch</a>, <a href="/delete">/delete</a>: the request as JSON (args, headers, origin, url; data, files, form, json)</li>
+<li><a href="/anything/x?a=1">/anything</a>: the same for any method and any path below it</li>
+<li><a href="/ip">/ip</a>, <a href="/user-agent">/user-agent</a>, <a href="/uuid">/uuid</a></li>
+</ul>
+<h2>httpbin: status, redirects, auth</h2>
+<ul>
+<li><a href="/status/418">/status/N</a>: status N (or a random one of N,M,...)</li>
+<li><a href="/redirect/3">/redirect/N</a>, <a href="/relative-redirect/3">/relative-redirect/N</a>, <a href="/absolute-redirect/3">/absolute-redirect/N</a>: N redirects, then /get</li>
+<li><a href="/redirect-to?url=/get&amp;status_code=307">/redirect-to?url=U&amp;status_code=N</a>: one redirect, relative or same-origin only</li>
+<li><a href="/basic-auth/user/passwd">/basic-auth/USER/PASSWD</a>, <a href="/bearer">/bearer</a>: authentication</li>
+</ul>
+<h2>httpbin: cookies and headers</h2>
+<ul>
+<li><a href="/cookies">/cookies</a>, <a href="/cookies/set?k=v">/cookies/set?K=V</a>, <a href="/cookies/delete?k">/cookies/delete?K</a></li>
+<li><a href="/response-headers?X-Demo=1">/response-headers?K=V</a>: those header fields on the answer</li>
+</ul>
+<h2>httpbin: bodies, timing, caching, coding</h2>
+<ul>
+<li><a href="/stream/5">/stream/N</a>: N JSON lines; <a href="/drip?duration=2&amp;numbytes=10">/drip</a>: bytes dripped over time</li>
+<li><a href="/delay/1">/delay/N</a>: the request as JSON after N seconds</li>
+<li><a href="/range/1024">/range/N</a>: N bytes with ranges; <a href="/base64/SFRUUEJJTiBpcyBhd2Vzb21l">/base64/V</a>: V decoded</li>
+<li><a href="/cache">/cache</a>, <a href="/cache/60">/cache/N</a>, <a href="/etag/abc">/etag/T</a>: validators and freshness</li>
+<li><a href="/gzip">/gzip</a>, <a href="/deflate">/deflate</a>, <a href="/brotli">/brotli</a>: always coded</li>
 </ul>
 <script>
 var nav = performance.getEntriesByType('navigation')[0];
@@ -245,37 +298,11 @@ fn headers(headers: &http::HeaderMap) -> Response<Body> {
     no_store(json(&serde_json::Value::Object(obj)))
 }
 
-/// A JSON response.
-pub fn json(value: &serde_json::Value) -> Response<Body> {
-    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    body.push(b'\n');
-    let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn status(arg: &str) -> Response<Body> {
-    let code = arg.parse::<u16>().ok().filter(|c| (200..=599).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
-    let Some(code) = code else {
-        return text(StatusCode::BAD_REQUEST, "use /status/N with N in 200..=599\n");
-    };
-    // RFC 9110 §6.4.1: 204 and 304 carry no content.
-    if code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED {
-        let mut resp = Response::new(empty());
-        *resp.status_mut() = code;
-        return resp;
-    }
-    let line = format!("{} {}\n", code.as_u16(), code.canonical_reason().unwrap_or(""));
-    let mut resp = Response::new(full(line));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
-}
-
-async fn delay(site: &Site, arg: &str) -> Response<Body> {
+/// `/delay-ms/MS`: MS milliseconds (the httpbin `/delay/N` counts seconds).
+async fn delay_ms(site: &Site, arg: &str) -> Response<Body> {
     let max = site.limits().max_delay;
     let Ok(ms) = arg.parse::<u64>() else {
-        return text(StatusCode::BAD_REQUEST, "use /delay/MS with MS a whole number of milliseconds\n");
+        return text(StatusCode::BAD_REQUEST, "use /delay-ms/MS with MS a whole number of milliseconds\n");
     };
     let wait = std::time::Duration::from_millis(ms);
     if wait > max {
