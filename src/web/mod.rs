@@ -27,8 +27,8 @@ pub(crate) mod h2;
 pub(crate) mod h3;
 mod httpbin;
 pub(crate) mod routes;
-pub(crate) mod ws;
 mod session;
+pub(crate) mod ws;
 
 pub use routes::pattern_byte;
 
