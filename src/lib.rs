@@ -14,7 +14,7 @@
 //! | experiments | [`lab`] | the emulated link (TUN relay between two network namespaces), self-check, the five experiments, the report kit (also used by `benches/`) |
 //! | | `fuzzing` | entry points of the fuzz targets in `fuzz/` and their regression tests (`#[doc(hidden)]`; not a stable API) |
 //! | server | [`server`] | starts the listeners from one [`config::ServerConfig`], registers the services by ALPN; graceful shutdown |
-//! | protocols | [`web`] | the test site: one transport-independent service, adapted to HTTP/3 (`web::h3`) and HTTP/2 and HTTP/1.1 (`web::h2`), plus WebSockets on the TLS/TCP listener (`web::ws`: echo, MQTT over WebSocket) |
+//! | protocols | [`web`] | the test site: one transport-independent service, adapted to HTTP/3 (`web::h3`) and HTTP/2 and HTTP/1.1 (`web::h2`), plus WebSockets on the TLS/TCP listener (`web::ws`: echo, MQTT over WebSocket); httpbin-compatible endpoints (`web::httpbin`), content coding (`web::coding`) and the session demo (`web::session`) |
 //! | | [`client`] | HTTP/3 and HTTP/2 clients with timings, for `get`, tests, lab and benchmarks |
 //! | | [`mqtt`] | the MQTT transports around the sans-IO core (TCP, TLS, the QUIC stream mapping of docs/mqtt-over-quic.md), the driver, the client; the core's modules re-exported |
 //! | transports | [`quic`] | the quinn endpoint, transport parameters, the accept loop handing each connection to the service registered for its ALPN |

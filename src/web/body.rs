@@ -71,6 +71,11 @@ pub(crate) async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyE
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if buf.len() as u64 + data.len() as u64 > limit {
+                // Keep reading and discarding the rest in the background (up to `limit` more
+                // bytes), so a client still sending gets the 413 instead of a stream stopped under
+                // it: quinn stops an unread stream with code 0, which clients report as a failed
+                // request rather than as the answer.
+                drain_in_background(body, limit, "(a request body over the limit)".into());
                 return Err(Box::new(BodyTooLarge(limit)));
             }
             buf.extend_from_slice(&data);
