@@ -865,43 +865,36 @@ impl Cx<'_> {
         no_coding(resp)
     }
 
-    fn basic_auth(&self, user: &str, passwd: &str) -> Response<Body> {
-        let given = self
-            .parts
+    /// The credentials of an `Authorization: <scheme> <credentials>` header whose scheme is
+    /// `scheme` (case-insensitive, RFC 9110 §11.1), trimmed; `None` if absent or empty.
+    fn credentials(&self, scheme: &str) -> Option<&str> {
+        self.parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-            .and_then(|(_, cred)| base64::engine::general_purpose::STANDARD.decode(cred.trim()).ok())
-            .and_then(|b| String::from_utf8(b).ok());
-        let ok = given.as_deref().and_then(|c| c.split_once(':')) == Some((user, passwd));
-        if ok {
-            return json(&serde_json::json!({ "authenticated": true, "user": user }));
-        }
-        let mut resp = Response::new(empty());
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Fake Realm\""));
-        resp
+            .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
+            .map(|(_, c)| c.trim())
+            .filter(|c| !c.is_empty())
     }
 
+    /// `/basic-auth/USER/PASSWD` (RFC 7617).
+    fn basic_auth(&self, user: &str, passwd: &str) -> Response<Body> {
+        let given = self
+            .credentials("basic")
+            .and_then(|cred| base64::engine::general_purpose::STANDARD.decode(cred).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        if given.as_deref().and_then(|c| c.split_once(':')) == Some((user, passwd)) {
+            return json(&serde_json::json!({ "authenticated": true, "user": user }));
+        }
+        unauthorized("Basic realm=\"Fake Realm\"")
+    }
+
+    /// `/bearer` (RFC 6750 §2.1).
     fn bearer(&self) -> Response<Body> {
-        let token = self
-            .parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-            .map(|(_, token)| token.trim().to_string());
-        match token {
+        match self.credentials("bearer") {
             Some(t) => json(&serde_json::json!({ "authenticated": true, "token": t })),
-            None => {
-                let mut resp = Response::new(empty());
-                *resp.status_mut() = StatusCode::UNAUTHORIZED;
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                resp
-            }
+            None => unauthorized("Bearer"),
         }
     }
 
@@ -940,6 +933,14 @@ fn check_cookie(name: &str, value: &str) -> Result<(), &'static str> {
         return Err("a cookie value has no whitespace, '\"', ',', ';' or '\\'");
     }
     Ok(())
+}
+
+/// 401 with the challenge `challenge` (RFC 9110 §11.6.1, §15.5.2).
+fn unauthorized(challenge: &'static str) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
 }
 
 #[cfg(test)]
