@@ -535,15 +535,12 @@ fn rate_and_queue_check_passes_at_10mbit() {
     for r in &last.rate {
         assert!(r.saturated && r.rate_ok && r.queue_delay_ok, "{r:?}");
     }
-    // The lateness gate depends on the machine's load (p99 rose to 2-30 ms at a load average of
-    // 8 on 2 cores), so it is checked for consistency only: the check passes exactly when every
-    // part does.
-    assert_eq!(
-        last.passed,
-        last.rtt_ok && last.up.ok && last.down.ok && last.lateness_ok && last.rate.iter().all(|r| r.passed)
-    );
+    // Relay lateness depends on the machine's load (p99 rose to 2-30 ms at a load average of 8 on
+    // 2 cores), so it is flagged, not failed on: the check passes exactly when the link's own
+    // figures do, and the lateness verdict is recorded beside them.
+    assert_eq!(last.passed, last.rtt_ok && last.up.ok && last.down.ok && last.rate.iter().all(|r| r.passed));
+    assert!(check.passed, "the link's figures failed the self-check");
     assert_eq!(last.lateness_ok, last.lateness_up_us.p99 <= 1000.0 && last.lateness_down_us.p99 <= 1000.0);
-    assert!(!last.lateness_ok || check.passed, "self-check failed with the relay on time");
     let json = serde_json::to_value(&check).unwrap();
     assert!(json["attempts"][0]["rate"][0]["received_rate_bps"].is_number());
 }
