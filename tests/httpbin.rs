@@ -558,3 +558,86 @@ async fn sessions_live_on_the_server_and_cookie_attributes_are_sent() {
     }
     ts.stop().await;
 }
+
+/// `/cache-demo`: each case's caching headers, the RFC 9110 §13.2.2 order (an `If-None-Match`
+/// that matches wins over an `If-Modified-Since` that would not), and the server's record of
+/// what it received; `/mqtt.html` is served. The browser's side is tests/interop/test_browser_pages.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_demo_cases_and_the_servers_record() {
+    let ts = TestServer::start().await;
+    for v in BOTH {
+        let (conn, _) = ts.connect(v).await;
+        let url = |p: &str| ts.url(v, p);
+        let run = format!("t-{v:?}");
+        let res = |case: &str| url(&format!("/cache-demo/res/{case}/{run}"));
+
+        let r = get(&conn, &res("max-age"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 4096));
+        assert_eq!(header(&r, "cache-control"), "max-age=600");
+        assert!(r.headers.get("etag").is_none() && r.headers.get("last-modified").is_none(), "{:?}", r.headers);
+
+        let r = get(&conn, &res("expires"), &[]).await;
+        assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
+        let expires = httpdate::parse_http_date(header(&r, "expires")).unwrap();
+        assert!(expires > std::time::SystemTime::now() + Duration::from_secs(500));
+
+        let r = get(&conn, &res("pragma"), &[]).await;
+        assert_eq!(header(&r, "pragma"), "no-cache");
+        assert!(r.headers.get("expires").is_some() && r.headers.get("cache-control").is_none());
+
+        let r = get(&conn, &res("no-store"), &[]).await;
+        assert_eq!(header(&r, "cache-control"), "no-store");
+
+        // etag-wins: the tag matches, the date has moved on; the tag decides.
+        let first = get(&conn, &res("etag-wins"), &[]).await;
+        let (tag, lm) = (header(&first, "etag").to_string(), header(&first, "last-modified").to_string());
+        let again = get(&conn, &res("etag-wins"), &[("if-none-match", &tag), ("if-modified-since", &lm)]).await;
+        assert_eq!(again.status, 304);
+        assert!(
+            httpdate::parse_http_date(header(&again, "last-modified")).unwrap()
+                > httpdate::parse_http_date(&lm).unwrap()
+        );
+        let dated = get(&conn, &res("etag-wins"), &[("if-modified-since", &lm)]).await;
+        assert_eq!(dated.status, 200, "the date alone says modified");
+        let r = get(&conn, &res("last-modified"), &[]).await;
+        assert!(r.headers.get("etag").is_none());
+        let lm = header(&r, "last-modified").to_string();
+        assert_eq!(get(&conn, &res("last-modified"), &[("if-modified-since", &lm)]).await.status, 304);
+
+        let seen = body_json(&get(&conn, &url(&format!("/cache-demo/seen/{run}")), &[]).await);
+        let reqs = seen["requests"].as_array().unwrap();
+        let summary: Vec<(u64, u64)> =
+            reqs.iter().map(|r| (r["n"].as_u64().unwrap(), r["status"].as_u64().unwrap())).collect();
+        // One run id across cases: the record is per run, in arrival order.
+        assert_eq!(summary.len(), 9, "{seen}");
+        assert_eq!(summary[5], (6, 304));
+        assert_eq!(reqs[5]["decided_by"], "If-None-Match matched; If-Modified-Since ignored (RFC 9110 §13.2.2)");
+        assert_eq!(reqs[5]["if_none_match"], tag.as_str());
+        assert_eq!(reqs[6]["decided_by"], "modified since If-Modified-Since");
+        assert_eq!(reqs[8]["decided_by"], "not modified since If-Modified-Since");
+        assert_eq!(seen["limits"], json!({"runs": 1024, "requests_per_run": 16}));
+
+        for (path, status) in [
+            ("/cache-demo/seen/a%20b", 400),
+            ("/cache-demo/res/etag/x.y", 400),
+            ("/cache-demo/res/nope/x", 404),
+            ("/cache-demo/nope", 404),
+        ] {
+            assert_eq!(get(&conn, &url(path), &[]).await.status, status, "{path}");
+        }
+        assert_eq!(send(&conn, "POST", &url("/cache-demo"), &[], b"").await.status, 405);
+        let page = get(&conn, &url("/cache-demo"), &[]).await;
+        assert_eq!(page.status, 200);
+        for case in ["max-age", "expires", "etag", "last-modified", "etag-wins", "no-store", "pragma", "reload"] {
+            assert!(page.text().contains(&format!("id=\"case-{case}\"")), "{case}");
+        }
+        let one = get(&conn, &url("/cache-demo/etag"), &[]).await;
+        assert!(one.text().contains("id=\"case-etag\"") && !one.text().contains("id=\"case-no-store\""));
+
+        let mqtt = get(&conn, &url("/mqtt.html"), &[]).await;
+        assert_eq!(mqtt.status, 200);
+        assert!(mqtt.text().contains("new WebSocket(url, ['mqtt'])"));
+        conn.close().await;
+    }
+    ts.stop().await;
+}

@@ -233,6 +233,12 @@ async fn echo_over_http2_extended_connect() {
 
 /// Send a raw HTTP/1.1 request over TLS; the status and the response head.
 async fn raw_h1(ts: &TestServer, request: &str) -> (u16, String) {
+    let (status, head, _) = raw_h1_io(ts, request).await;
+    (status, head)
+}
+
+/// [`raw_h1`], keeping the connection (after a 101, the WebSocket's bytes follow on it).
+async fn raw_h1_io(ts: &TestServer, request: &str) -> (u16, String, TlsStream<TcpStream>) {
     let mut io = tls(ts, b"http/1.1").await;
     io.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -244,7 +250,7 @@ async fn raw_h1(ts: &TestServer, request: &str) -> (u16, String) {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    (status, head)
+    (status, head, io)
 }
 
 fn upgrade_request(method: &str, path: &str, extra: &[&str], skip: &str) -> String {
@@ -420,4 +426,117 @@ async fn shutdown_closes_with_going_away() {
     assert_eq!(close_code(&mut ws).await, 1001);
     drop(ws);
     stop.await.unwrap();
+}
+
+/// One raw frame: `first` is FIN, RSV and the opcode; client frames are masked unless `masked`
+/// is false (RFC 6455 §5.2, §5.3).
+fn raw_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut f = vec![first];
+    match payload.len() {
+        n @ 0..=125 => f.push(mask_bit | n as u8),
+        n @ 126..=65535 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if masked {
+        f.extend_from_slice(&key);
+    }
+    f.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }));
+    f
+}
+
+/// The code of the server's next Close frame on a raw connection (frames before it skipped).
+async fn raw_close_code(io: &mut TlsStream<TcpStream>) -> u16 {
+    loop {
+        let mut h = [0u8; 2];
+        tokio::time::timeout(WAIT, io.read_exact(&mut h)).await.expect("a frame in time").expect("a frame");
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked (RFC 6455 §5.1)");
+        let len = match h[1] & 0x7f {
+            126 => io.read_u16().await.unwrap() as usize,
+            127 => io.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        io.read_exact(&mut payload).await.unwrap();
+        if h[0] & 0x0f == 0x8 {
+            return if len >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+        }
+    }
+}
+
+/// The framing cases of the Autobahn fuzzing client that a server must fail (sections 1-7:
+/// masking, reserved bits and opcodes, control frame rules, close codes and payloads,
+/// interleaved messages), sent as raw bytes over HTTP/1.1, each on its own WebSocket. The
+/// Autobahn suite itself cannot run here: `wstest` needs Python 2 (docs/site.md, "WebSocket").
+#[tokio::test]
+async fn framing_violations_get_the_close_code_rfc_6455_names() {
+    let ts = start().await;
+    let close = |code: u16, reason: &[u8]| {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        raw_frame(0x88, &p, true)
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("an unmasked client frame (§5.1)", raw_frame(0x81, b"hi", false), 1002),
+        ("RSV1 without an extension (§5.2)", raw_frame(0xC1, b"hi", true), 1002),
+        ("RSV3 on a ping", raw_frame(0x99, b"", true), 1002),
+        ("reserved data opcode 0x3", raw_frame(0x83, b"", true), 1002),
+        ("reserved control opcode 0xB", raw_frame(0x8B, b"", true), 1002),
+        ("a ping of 126 bytes (§5.5: at most 125)", raw_frame(0x89, &[0u8; 126], true), 1002),
+        ("a fragmented ping (§5.5)", raw_frame(0x09, b"x", true), 1002),
+        ("a continuation with no message begun", raw_frame(0x80, b"x", true), 1002),
+        (
+            "a new text message inside a fragmented one",
+            [raw_frame(0x01, b"a", true), raw_frame(0x81, b"b", true)].concat(),
+            1002,
+        ),
+        ("a close payload of one byte (§5.5.1)", raw_frame(0x88, &[0x03], true), 1002),
+        ("close code 999", close(999, b""), 1002),
+        ("close code 1005 on the wire (§7.4.1)", close(1005, b""), 1002),
+        ("close code 1006 on the wire", close(1006, b""), 1002),
+        ("close code 1004 (reserved)", close(1004, b""), 1002),
+        ("close code 5000", close(5000, b""), 1002),
+        ("a close reason that is not UTF-8 (§5.5.1)", close(1000, &[0xff, 0xfe]), 1007),
+        ("a text message that is not UTF-8 (§8.1)", raw_frame(0x81, &[0xce, 0xba, 0xe1, 0xbd], true), 1007),
+        (
+            "text split inside a code point, then invalid",
+            [raw_frame(0x01, &[0xce], true), raw_frame(0x80, &[0xff], true)].concat(),
+            1007,
+        ),
+        // What a server must accept: the client's code comes back (§5.5.1).
+        ("close 1000", close(1000, b"bye"), 1000),
+        ("close 3000 (registered range)", close(3000, b""), 3000),
+        ("close 4999 (private range)", close(4999, b""), 4999),
+    ];
+    for (what, bytes, want) in cases {
+        let (status, head, mut io) = raw_h1_io(&ts, &upgrade_request("GET", "/ws", &[], "")).await;
+        assert_eq!(status, 101, "{what}: {head}");
+        io.write_all(&bytes).await.unwrap();
+        assert_eq!(raw_close_code(&mut io).await, want, "{what}");
+    }
+    // A text message in fragments with a ping between them is one message (§5.4).
+    let (_, _, mut io) = raw_h1_io(&ts, &upgrade_request("GET", "/ws", &[], "")).await;
+    let frames = [raw_frame(0x01, b"frag", true), raw_frame(0x89, b"p", true), raw_frame(0x80, b"ment", true)].concat();
+    io.write_all(&frames).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 + 1 + 2 + 8 {
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, io.read(&mut b)).await.expect("frames in time").unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(&got[..3], &[0x8A, 1, b'p'], "the pong comes first, with the ping's payload");
+    assert_eq!(&got[3..13], &[0x81, 8, b'f', b'r', b'a', b'g', b'm', b'e', b'n', b't']);
+    // The server still serves.
+    let mut ws = ws_h1(&ts, "/ws", None).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("still here"));
+    ts.stop().await;
 }

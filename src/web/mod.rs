@@ -11,6 +11,8 @@
 //! | `httpbin` | httpbin-compatible endpoints (`/get`, `/anything`, redirects, cookies, `/drip`, ...) |
 //! | `coding` | content coding negotiated by `Accept-Encoding` (gzip, deflate, br, zstd) |
 //! | `session` | `/session` (a server-side session found by a cookie) and `/cookie-attributes` |
+//! | `cache_demo` | `/cache-demo`: caching policies shown from the browser's and the server's side |
+//! | `mqtt_page` | `/mqtt.html`: a browser MQTT client over the `/mqtt` WebSocket |
 //! | `files` | representations, validators, conditional and range requests; static files under `--root` (looked up off the async threads) |
 //! | `body` | bodies and small helpers both of the above use (empty, whole, pattern, chained; reading and draining request bodies) |
 //! | `h3` | the HTTP/3 connection loop (h3 over h3-quinn), with 0-RTT detection |
@@ -21,11 +23,13 @@
 //! endpoint and `h2` on the TLS/TCP listener.
 
 mod body;
+mod cache_demo;
 pub mod coding;
 pub(crate) mod files;
 pub(crate) mod h2;
 pub(crate) mod h3;
 mod httpbin;
+mod mqtt_page;
 pub(crate) mod routes;
 mod session;
 pub(crate) mod ws;
@@ -65,6 +69,8 @@ pub struct Site {
     started: std::time::SystemTime,
     /// Server-side sessions of `/session` (bounded: `session::MAX_SESSIONS`).
     sessions: Arc<session::Sessions>,
+    /// What `/cache-demo` resources received (bounded: `cache_demo::MAX_RUNS`).
+    cache_log: Arc<cache_demo::CacheDemoLog>,
 }
 
 impl Site {
@@ -75,7 +81,13 @@ impl Site {
             Some(r) => Some(r.canonicalize()?),
             None => None,
         };
-        Ok(Arc::new(Site { limits, root, started: std::time::SystemTime::now(), sessions: Default::default() }))
+        Ok(Arc::new(Site {
+            limits,
+            root,
+            started: std::time::SystemTime::now(),
+            sessions: Default::default(),
+            cache_log: Default::default(),
+        }))
     }
 
     /// The canonical static-file root.
@@ -91,6 +103,11 @@ impl Site {
     /// The server-side sessions of `/session`.
     pub(crate) fn sessions(&self) -> &session::Sessions {
         &self.sessions
+    }
+
+    /// What the `/cache-demo` resources received.
+    fn cache_log(&self) -> &cache_demo::CacheDemoLog {
+        &self.cache_log
     }
 
     /// The limits this site enforces.

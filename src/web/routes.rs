@@ -10,6 +10,8 @@
 //! | `/conn`       | JSON about the connection the request came on ([`crate::conn::ConnInfo::snapshot`]) |
 //! | `/ws`, `/mqtt` | WebSocket echo and MQTT over WebSocket: answered before the router, by [`super::ws`] (TLS/TCP listener only) |
 //! | `/session`, `/session/end`, `/cookie-attributes` | a server-side session and the `Set-Cookie` attributes, made visible ([`super::session`]) |
+//! | `/cache-demo`, `/cache-demo/CASE` | strong caching, revalidation, `no-cache`/`no-store`/`Pragma`, shown from both ends ([`super::cache_demo`]) |
+//! | `/mqtt.html` | a browser MQTT client over `wss://…/mqtt` that subscribes and shows messages live ([`super::mqtt_page`]) |
 //! | httpbin paths | `/get`, `/post`, `/anything`, `/status/N`, `/delay/N` (seconds), redirects, cookies, ... ([`super::httpbin`]) |
 //!
 //! `/`, `/bytes/N` and static files under `--root` carry validators and honour conditional
@@ -23,7 +25,7 @@ use http::{Method, Request, Response, StatusCode};
 pub use super::body::pattern_byte;
 use super::body::{drain_in_background, empty, full, head_response, json, read_body, text, BodyTooLarge};
 use super::coding::{self, Coding};
-use super::{files, httpbin, session, Body, Site};
+use super::{cache_demo, files, httpbin, mqtt_page, session, Body, Site};
 use crate::config::parse_size;
 use crate::conn::RequestInfo;
 
@@ -121,6 +123,9 @@ async fn route_uncoded(site: &Site, req: Request<Body>, info: &RequestInfo, codi
         ["session"] => session::session(site.sessions(), &parts.headers),
         ["session", "end"] => session::end(site.sessions(), &parts.headers),
         ["cookie-attributes"] => session::cookie_attributes(),
+        ["cache-demo", "res", ..] => return cache_demo::serve(site, &seg, &method, &parts.headers).await,
+        ["cache-demo", ..] => cache_demo::serve(site, &seg, &method, &parts.headers).await,
+        ["mqtt.html"] => mqtt_page::page(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if method == Method::HEAD {
@@ -143,7 +148,8 @@ fn is_builtin(seg: &[&str]) -> bool {
             | ["session"]
             | ["session", "end"]
             | ["cookie-attributes"]
-    )
+            | ["mqtt.html"]
+    ) || cache_demo::is_demo_path(seg)
 }
 
 fn range_limits(site: &Site) -> files::RangeLimits {
@@ -211,6 +217,8 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <li><a href="/session">/session</a>: a server-side session found by a cookie (visit count kept on the server); <a href="/session/end">/session/end</a></li>
 <li><code>wss://</code>this host<code>/ws</code>: a WebSocket echo (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT; not HTTP/3 yet); <code>wss://</code>this host<code>/mqtt</code>: MQTT over WebSocket (subprotocol <code>mqtt</code>)</li>
 <li><a href="/cookie-attributes">/cookie-attributes</a>: one cookie per Set-Cookie attribute (Secure, HttpOnly, SameSite, Max-Age, Expires, Path) and what comes back</li>
+<li><a href="/cache-demo">/cache-demo</a>: strong caching (max-age, Expires), revalidation (ETag, Last-Modified, and why ETag wins), no-cache vs no-store, Pragma; each shown from the browser's and the server's side</li>
+<li><a href="/mqtt.html">/mqtt.html</a>: an MQTT client in the page, over <code>wss://</code>this host<code>/mqtt</code>: subscribe, publish, see messages live</li>
 </ul>
 <h2>httpbin: requests</h2>
 <ul>

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from browser import INSTALL, chromium_flags
 from conftest import Server, require_executable
 
 TIMEOUT_S = 50
-INSTALL = "apt-get install chromium   (Debian)"
 SPAN_RE = re.compile(r'<span id="protocol">([^<]*)</span>')
 
 
@@ -30,17 +30,7 @@ def dump_dom(server: Server, tmp_path: Path, url: str, *transport_flags: str) ->
     profile.mkdir()
     cmd = [
         exe,
-        "--headless",
-        "--no-sandbox",  # runs as root in CI
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        f"--ignore-certificate-errors-spki-list={server.spki}",
-        "--host-resolver-rules=MAP localhost 127.0.0.1",
+        *chromium_flags(server, profile),
         *transport_flags,
         # Let the page's script run before the DOM is dumped.
         "--virtual-time-budget=5000",
