@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// ([`ServerConfig::mqtt_quic_transport`]); MQTT over QUIC is always also served on the
     /// shared HTTP/3 port. `None` by default (EMQX's default port is 14567).
     pub mqtt_quic_listen: Option<SocketAddr>,
+    /// A plaintext listener for MQTT over WebSocket (`ws://HOST:PORT/mqtt`; also the `/ws` echo),
+    /// HTTP/1.1 only and nothing but the WebSocket endpoints. `None` by default (EMQX's default
+    /// port is 8083); `wss://` is always served on the HTTPS listener.
+    pub mqtt_ws_listen: Option<SocketAddr>,
     /// Idle timeout of the dedicated MQTT-over-QUIC listener. 300 s: 1.5 × a 200 s keepalive.
     pub mqtt_quic_idle_timeout: Duration,
     /// The dedicated listener's QUIC keep-alive PING interval. 60 s: well inside the idle timeout,
@@ -110,6 +114,7 @@ impl ServerConfig {
             ws_max_message: 1 << 20,
             mqtt: mqtt_core::MqttConfig::default(),
             mqtt_quic_listen: None,
+            mqtt_ws_listen: None,
             mqtt_quic_idle_timeout: Duration::from_secs(300),
             mqtt_quic_keep_alive: Duration::from_secs(60),
             mqtt_quic_max_streams: 50,
@@ -178,6 +183,10 @@ impl ServerConfig {
         line("keylog", &std::env::var("SSLKEYLOGFILE").unwrap_or_else(|_| "(off; set SSLKEYLOGFILE)".into()));
         line("shutdown_grace_ms", &self.shutdown_grace.as_millis());
         line("ws_max_message", &self.ws_max_message);
+        match &self.mqtt_ws_listen {
+            Some(a) => line("mqtt_ws_listen (plain)", a),
+            None => line("mqtt_ws_listen (plain)", &"(off)"),
+        }
         s.push_str(&self.mqtt.summary());
         s
     }

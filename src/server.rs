@@ -282,6 +282,7 @@ pub struct Server {
     certs: CertSummary,
     mqtt: Option<crate::mqtt::tcp::MqttListeners>,
     mqtt_quic_addr: Option<SocketAddr>,
+    mqtt_ws_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -399,21 +400,30 @@ impl Server {
             };
             mqtt_quic_addr = Some(listener.start(&store, m.broker.clone(), &shutdown, &tracker)?);
         }
+        // WebSockets: `/ws`, and `/mqtt` on the same broker as MQTT over TCP, TLS and QUIC; on
+        // the HTTPS listener and, with `--mqtt-ws`, a plaintext one. One session count for both.
+        let ws = Arc::new(crate::web::ws::WsOptions {
+            max_message: cfg.ws_max_message,
+            sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            broker: mqtt.as_ref().map(|m| m.broker.clone()),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let mut mqtt_ws_addr = None;
+        if let Some(addr) = cfg.mqtt_ws_listen {
+            let bind_err = ServerError::bind("TCP (ws://)", addr);
+            let plain = crate::tcp::bind_tcp(addr, HTTP_BACKLOG).map_err(bind_err)?;
+            mqtt_ws_addr = Some(plain.local_addr().map_err(bind_err)?);
+            let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+            tracker.spawn(crate::web::ws::plain_accept_loop(plain, ws.clone(), permits));
+        }
         let http = HttpOverTcp {
             site,
             opts: Arc::new(H2Options {
                 alt_svc,
                 transport: cfg.transport.clone(),
                 max_header_bytes: cfg.limits.max_header_bytes,
-                // WebSockets on the same listener: `/ws`, and `/mqtt` on the same broker as
-                // MQTT over TCP, TLS and QUIC.
-                ws: Arc::new(crate::web::ws::WsOptions {
-                    max_message: cfg.ws_max_message,
-                    sessions: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
-                    broker: mqtt.as_ref().map(|m| m.broker.clone()),
-                    shutdown: shutdown.clone(),
-                    tracker: tracker.clone(),
-                }),
+                ws,
             }),
             shutdown: shutdown.clone(),
         };
@@ -428,7 +438,18 @@ impl Server {
         tracker.spawn(crate::quic::accept_loop(endpoint.clone(), quic_ctx));
         tracker.spawn(crate::tcp::accept_loop(listener, tcp_ctx));
 
-        Ok(Server { quic_addr, tcp_addr, endpoint, shutdown, tracker, config: cfg, certs, mqtt, mqtt_quic_addr })
+        Ok(Server {
+            quic_addr,
+            tcp_addr,
+            endpoint,
+            shutdown,
+            tracker,
+            config: cfg,
+            certs,
+            mqtt,
+            mqtt_quic_addr,
+            mqtt_ws_addr,
+        })
     }
 
     /// The UDP address HTTP/3 is served on.
@@ -450,6 +471,12 @@ impl Server {
     /// The address MQTT over TCP is served on (`None` with `--no-mqtt`).
     pub fn mqtt_tcp_addr(&self) -> Option<SocketAddr> {
         self.mqtt.as_ref().and_then(|m| m.tcp)
+    }
+
+    /// The plaintext WebSocket listener's address (`ws://…/mqtt`, `ws://…/ws`), if one was asked
+    /// for (`--mqtt-ws`).
+    pub fn mqtt_ws_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_ws_addr
     }
 
     /// The address MQTT over TLS is served on.

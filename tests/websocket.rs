@@ -540,3 +540,51 @@ async fn framing_violations_get_the_close_code_rfc_6455_names() {
     assert_eq!(next(&mut ws).await, Message::text("still here"));
     ts.stop().await;
 }
+
+/// A WebSocket over plaintext HTTP/1.1 to the `--mqtt-ws` listener.
+async fn ws_plain(addr: std::net::SocketAddr, path: &str, subprotocol: Option<&str>) -> WebSocketStream<TcpStream> {
+    let mut req = format!("ws://127.0.0.1:{}{path}", addr.port()).into_client_request().unwrap();
+    if let Some(p) = subprotocol {
+        req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (ws, resp) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, tcp, Some(client_config())))
+            .await
+            .expect("handshake in time")
+            .expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// `--mqtt-ws`: MQTT over plaintext WebSocket (`ws://…/mqtt`) on the same broker, the echo, and
+/// nothing else: any other request gets 404.
+#[tokio::test]
+async fn plaintext_listener_serves_mqtt_and_the_echo_only() {
+    let ts = TestServer::start_with(|c| {
+        c.ws_max_message = LIMIT;
+        c.mqtt_ws_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let addr = ts.server.mqtt_ws_addr().expect("the plaintext listener is bound");
+    mqtt_suite(&ts, || ws_plain(addr, "/mqtt", Some("mqtt"))).await;
+
+    let mut ws = ws_plain(addr, "/ws", None).await;
+    ws.send(Message::text("plain echo")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("plain echo"));
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await.expect("answer in time").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("serves only WebSockets"), "{answer}");
+    // Without the subprotocol: 400, as on the HTTPS port.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(upgrade_request("GET", "/mqtt", &[], "").as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut answer)).await.expect("answer in time").unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 400");
+    ts.stop().await;
+}

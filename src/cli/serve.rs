@@ -46,6 +46,11 @@ pub(crate) struct ServeArgs {
     /// transport parameters (30 s idle timeout: clients must ping sooner).
     #[arg(long, value_name = "ADDR")]
     pub(crate) mqtt_quic: Option<SocketAddr>,
+    /// Also serve MQTT over plaintext WebSocket (ws://HOST:PORT/mqtt, subprotocol mqtt; and the
+    /// /ws echo) on this TCP address, e.g. [::]:8083 as EMQX does: HTTP/1.1, WebSocket
+    /// endpoints only. wss://…/mqtt is always served on the HTTPS port.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) mqtt_ws: Option<SocketAddr>,
     /// Send a stateless Retry to every new QUIC client (address validation; costs one RTT).
     #[arg(long)]
     pub(crate) retry: bool,
@@ -116,6 +121,7 @@ pub(crate) fn serve_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     cfg.qlog_dir = args.qlog_dir.clone();
     cfg.retry = args.retry;
     cfg.mqtt_quic_listen = args.mqtt_quic;
+    cfg.mqtt_ws_listen = args.mqtt_ws;
     cfg.tcp_congestion = args.tcp_congestion.clone();
     cfg.preferred_addresses = args.preferred_address.clone();
     cfg.max_connections = args.max_connections;
@@ -156,6 +162,18 @@ pub(crate) async fn run(args: ServeArgs) -> Result<i32, CliError> {
     }
     if let Some(a) = server.mqtt_quic_addr() {
         banner += &format!("  MQTT over QUIC   mqtt+quic://localhost:{}  (dedicated listener {a})\n", a.port());
+    }
+    let plain_ws = server.mqtt_ws_addr();
+    if server.mqtt_broker().is_some() {
+        banner +=
+            &format!("  MQTT over WS     wss://localhost:{}/mqtt  (subprotocol mqtt, on the HTTPS port)\n", t.port());
+        if let Some(a) = plain_ws {
+            banner += &format!("  MQTT over WS     ws://localhost:{}/mqtt  (plaintext listener {a})\n", a.port());
+        }
+    }
+    banner += &format!("  WebSocket echo   wss://localhost:{}/ws\n", t.port());
+    if let Some(a) = plain_ws {
+        banner += &format!("  WebSocket echo   ws://localhost:{}/ws  (plaintext listener {a})\n", a.port());
     }
     banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
     banner += &format!("effective configuration:\n{}", server.config().summary());

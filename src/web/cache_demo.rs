@@ -281,24 +281,9 @@ async fn resource(site: &Site, info: &CaseInfo, run: &str, method: &Method, head
     let data: Vec<u8> = (0..BODY_LEN as u64).map(super::body::pattern_byte).collect();
     let mut rep = Representation::memory(data, "application/octet-stream", "no-cache", base);
     rep.etag = format!("\"cache-demo-{}\"", info.name);
-    let (cache_control, keep_etag, last_modified, expires, pragma): (
-        Option<&'static str>,
-        bool,
-        Option<SystemTime>,
-        bool,
-        bool,
-    ) = match info.case {
-        Case::MaxAge | Case::Reload => (Some("max-age=600"), false, None, false, false),
-        Case::Expires => (None, false, None, true, false),
-        Case::Etag => (Some("no-cache"), true, None, false, false),
-        Case::LastModified => (Some("no-cache"), false, Some(base), false, false),
-        // Minute n after the base: later with every answer, never in the future.
-        Case::EtagWins => (Some("no-cache"), true, Some(base + Duration::from_secs(60 * n as u64)), false, false),
-        Case::NoStore => (Some("no-store"), true, None, false, false),
-        Case::Pragma => (None, true, None, true, true),
-    };
-    rep.last_modified = last_modified;
-    if let Some(cc) = cache_control {
+    let policy = Policy::of(info.case, base, n);
+    rep.last_modified = policy.last_modified;
+    if let Some(cc) = policy.cache_control {
         rep.cache_control = cc;
     }
     // One range at most: the demo is about caching, not ranges.
@@ -306,18 +291,18 @@ async fn resource(site: &Site, info: &CaseInfo, run: &str, method: &Method, head
     let mut resp = files::serve(&rep, method, headers, limits).await;
     let h = resp.headers_mut();
     h.remove(header::ACCEPT_RANGES);
-    if cache_control.is_none() {
+    if policy.cache_control.is_none() {
         h.remove(header::CACHE_CONTROL);
     }
-    if !keep_etag {
+    if !policy.etag {
         h.remove(header::ETAG);
     }
-    if expires {
+    if policy.expires {
         if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now + FRESH)) {
             h.insert(header::EXPIRES, v);
         }
     }
-    if pragma {
+    if policy.pragma {
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     }
     let status = resp.status();
@@ -333,6 +318,40 @@ async fn resource(site: &Site, info: &CaseInfo, run: &str, method: &Method, head
     };
     log.record(run, seen);
     resp
+}
+
+/// The caching headers of one case's resource.
+struct Policy {
+    cache_control: Option<&'static str>,
+    /// Whether the answer carries the `ETag`.
+    etag: bool,
+    last_modified: Option<SystemTime>,
+    /// Whether the answer carries `Expires`, [`FRESH`] ahead.
+    expires: bool,
+    /// Whether the answer carries `Pragma: no-cache`.
+    pragma: bool,
+}
+
+impl Policy {
+    /// `case`'s policy for the run's `n`-th request; `base` is a fixed date in the past.
+    fn of(case: Case, base: SystemTime, n: usize) -> Policy {
+        let none = Policy { cache_control: None, etag: false, last_modified: None, expires: false, pragma: false };
+        match case {
+            Case::MaxAge | Case::Reload => Policy { cache_control: Some("max-age=600"), ..none },
+            Case::Expires => Policy { expires: true, ..none },
+            Case::Etag => Policy { cache_control: Some("no-cache"), etag: true, ..none },
+            Case::LastModified => Policy { cache_control: Some("no-cache"), last_modified: Some(base), ..none },
+            // Minute n after the base: later with every answer, never in the future.
+            Case::EtagWins => Policy {
+                cache_control: Some("no-cache"),
+                etag: true,
+                last_modified: Some(base + Duration::from_secs(60 * n as u64)),
+                ..none
+            },
+            Case::NoStore => Policy { cache_control: Some("no-store"), etag: true, ..none },
+            Case::Pragma => Policy { etag: true, expires: true, pragma: true, ..none },
+        }
+    }
 }
 
 /// Why a demo request was answered `status`, in the order RFC 9110 §13.2.2 evaluates.

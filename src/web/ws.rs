@@ -1,4 +1,5 @@
-//! WebSocket (RFC 6455) on the TLS/TCP listener: `/ws` echoes, `/mqtt` carries MQTT.
+//! WebSocket (RFC 6455) on the TLS/TCP listener: `/ws` echoes, `/mqtt` carries MQTT. With
+//! `--mqtt-ws` the same endpoints are also served without TLS ([`plain_accept_loop`]).
 //!
 //! Both ways a WebSocket opens over TCP are served, on the same paths:
 //!
@@ -263,6 +264,88 @@ fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Response<Bo
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     resp
+}
+
+/// The plaintext WebSocket listener (`--mqtt-ws`, `ws://HOST:PORT/mqtt`, EMQX's port 8083
+/// convention): HTTP/1.1 without TLS, and nothing but the WebSocket endpoints; any other request
+/// gets 404. Connections are bounded by `permits` until they upgrade, WebSocket sessions by
+/// [`WsOptions::sessions`] (shared with the HTTPS listener). Runs until shutdown.
+pub(crate) async fn plain_accept_loop(
+    listener: tokio::net::TcpListener,
+    opts: Arc<WsOptions>,
+    permits: Arc<Semaphore>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = opts.shutdown.cancelled() => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: log, pause briefly, keep serving.
+                tracing::warn!(error = %e, "ws:// accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "ws:// connection limit reached; closing");
+            continue;
+        };
+        let opts2 = opts.clone();
+        opts.tracker.spawn(async move {
+            plain_connection(stream, remote, opts2).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One plaintext HTTP/1.1 connection of [`plain_accept_loop`], until it upgrades or ends.
+async fn plain_connection(stream: tokio::net::TcpStream, remote: SocketAddr, opts: Arc<WsOptions>) {
+    use std::os::fd::AsFd;
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%remote, error = %e, "TCP_NODELAY failed");
+    }
+    let Ok(local) = stream.local_addr() else { return };
+    let fd = match stream.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "could not duplicate the socket");
+            return;
+        }
+    };
+    let conn = Arc::new(ConnInfo::tcp(fd, local, remote, None, Protocol::Http11, false));
+    let svc_opts = opts.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let resp = match intercept(req, &conn, &svc_opts) {
+            Ok(resp) => resp,
+            Err(req) => {
+                tracing::info!(%remote, path = req.uri().path(), "ws:// listener: not a WebSocket endpoint (404)");
+                refuse(
+                    StatusCode::NOT_FOUND,
+                    "this plaintext listener serves only WebSockets: /mqtt (subprotocol mqtt) and /ws",
+                    false,
+                )
+            }
+        };
+        std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    // `with_upgrades`: after a 101 the connection is handed to the WebSocket task.
+    let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        _ = opts.shutdown.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "ws:// connection ended with an error");
+    }
 }
 
 /// A refused opening handshake: the status and a line saying why.

@@ -141,7 +141,13 @@ def server(quiclab_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("quiclab")
     certs = workdir / "certs"
     keylog = workdir / "keys.log"  # the tshark test decrypts captures with it
-    args = ["--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs", str(certs)]
+    args = [
+        "--listen", "127.0.0.1:0",
+        "--mqtt-tcp", "127.0.0.1:0",
+        "--mqtt-tls", "127.0.0.1:0",
+        "--mqtt-ws", "127.0.0.1:0",  # plaintext MQTT over WebSocket (test_paho_ws.py)
+        "--certs", str(certs),
+    ]
     try:
         launched = launch_serve(quiclab_bin, workdir, args, {"SSLKEYLOGFILE": str(keylog)})
         found = {k: r.search(launched.banner) for k, r in _ADDR_RE.items()}

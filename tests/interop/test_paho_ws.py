@@ -1,6 +1,7 @@
 """paho-mqtt (PyPI, 2.x) over WebSocket + TLS (`wss://localhost:PORT/mqtt`, subprotocol `mqtt`)
 against quiclab's broker: a QoS 1 round trip between two WebSocket clients, and across
-transports with a paho client on MQTT over TCP (one broker core serves both).
+transports with a paho client on MQTT over TCP (one broker core serves both); and over
+plaintext WebSocket (`ws://localhost:PORT/mqtt`, the `--mqtt-ws` listener).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ TIMEOUT_S = 15
 class Peer:
     """A paho client on its own network thread, and what its callbacks saw."""
 
-    def __init__(self, client_id: str, server: Server, websocket: bool):
+    def __init__(self, client_id: str, server: Server, websocket: bool, plain: bool = False):
         if paho is None:
             pytest.fail(f"paho-mqtt is not installed; install it with: {PIP_HINT}", pytrace=False)
         self.server = server
@@ -34,9 +35,11 @@ class Peer:
             transport="websockets" if websocket else "tcp",
         )
         self.websocket = websocket
+        self.plain = plain
         if websocket:
             self.c.ws_set_options(path="/mqtt")
-            self.c.tls_set(ca_certs=str(server.ca))
+            if not plain:
+                self.c.tls_set(ca_certs=str(server.ca))
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.published = threading.Event()
@@ -63,7 +66,9 @@ class Peer:
             raise AssertionError(f"timed out waiting for {what}; paho log: {self.log[-20:]}\n{self.server.log_tail()}")
 
     def connect(self) -> None:
-        if self.websocket:
+        if self.websocket and self.plain:
+            self.c.connect("127.0.0.1", mqtt_ws_port(self.server), keepalive=30)
+        elif self.websocket:
             self.c.connect("localhost", self.server.tcp_port, keepalive=30)
         else:
             port = mqtt_tcp_port(self.server)
@@ -80,6 +85,12 @@ class Peer:
 def mqtt_tcp_port(server: Server) -> int:
     m = re.search(r"\(MQTT/TCP \S+:(\d+)\)", server.banner)
     assert m, f"the banner names no MQTT/TCP listener:\n{server.banner}"
+    return int(m.group(1))
+
+
+def mqtt_ws_port(server: Server) -> int:
+    m = re.search(r"ws://localhost:(\d+)/mqtt", server.banner)
+    assert m, f"the banner names no plaintext MQTT-over-WebSocket listener (--mqtt-ws):\n{server.banner}"
     return int(m.group(1))
 
 
@@ -123,4 +134,13 @@ def test_websocket_and_tcp_share_one_broker(server: Server):
         Peer("paho-tcp-pub3", server, websocket=False),
         "ws/paho/three",
         b"tcp to wss",
+    )
+
+
+def test_plaintext_websocket_listener(server: Server):
+    _round_trip(
+        Peer("paho-ws-plain-sub", server, websocket=True, plain=True),
+        Peer("paho-wss-pub4", server, websocket=True),
+        "ws/paho/plain",
+        b"wss to ws",
     )
