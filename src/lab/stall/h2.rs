@@ -49,20 +49,31 @@ struct H2Walk {
     stream: u64,
 }
 
-fn add(shares: &mut Vec<(u64, u64)>, id: u64, n: u64) {
-    match shares.iter_mut().find(|(s, _)| *s == id) {
-        Some(x) => x.1 += n,
-        None => shares.push((id, n)),
+/// A run of a record's plaintext that belongs to one stream: (stream, offset, length).
+type Span = (u64, u64, u64);
+
+fn push_span(spans: &mut Vec<Span>, id: u64, at: u64, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match spans.last_mut() {
+        Some(last) if last.0 == id && last.1 + last.2 == at => last.2 += n,
+        _ => spans.push((id, at, n)),
     }
 }
 
 impl H2Walk {
-    fn walk(&mut self, mut d: &[u8], shares: &mut Vec<(u64, u64)>) {
+    /// Attribute each byte of one record's plaintext `d` to a stream, as spans in `d`'s offsets.
+    /// A frame header's bytes go to the frame's stream; the part of a header that ends a record
+    /// before the header is complete goes to stream 0.
+    fn walk(&mut self, mut d: &[u8], spans: &mut Vec<Span>) {
+        let mut at = 0u64;
         while !d.is_empty() {
             if self.remaining > 0 {
                 let take = (d.len() as u64).min(self.remaining);
-                add(shares, self.stream, take);
+                push_span(spans, self.stream, at, take);
                 self.remaining -= take;
+                at += take;
                 d = &d[take as usize..];
                 continue;
             }
@@ -76,22 +87,36 @@ impl H2Walk {
                 let sid = u64::from(u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
                 // DATA, HEADERS, CONTINUATION carry a stream's bytes; everything else is the connection's.
                 self.stream = if matches!(h[3], 0x0 | 0x1 | 0x9) { sid } else { 0 };
-                add(shares, self.stream, 9);
+                push_span(spans, self.stream, at, take as u64);
                 self.remaining = len;
                 self.have = 0;
+            } else {
+                push_span(spans, 0, at, take as u64);
             }
+            at += take as u64;
         }
     }
+}
+
+/// A piece of the record being assembled that TCP delivered in one go: its offsets in the
+/// record, when its bytes first reached the client, and when every TCP byte up to its end had.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    start: u64,
+    end: u64,
+    arrival: f64,
+    deliverable: f64,
 }
 
 struct Conn {
     client_port: u16,
     isn: u32,
     reasm: Reasm,
-    /// The record being assembled, its TCP offset and the latest first-arrival of its bytes.
+    /// The record being assembled, its TCP offset, and the pieces its bytes arrived in
+    /// (at most one per byte, so bounded by [`MAX_RECORD`]).
     buf: Vec<u8>,
     buf_pos: u64,
-    buf_arrival: f64,
+    pieces: Vec<Piece>,
     phase: Phase,
     suite: Option<Suite>,
     h2: H2Walk,
@@ -235,7 +260,7 @@ impl Conn {
             reasm: Reasm::default(),
             buf: Vec::new(),
             buf_pos: 0,
-            buf_arrival: f64::NEG_INFINITY,
+            pieces: Vec::new(),
             phase: Phase::Plain,
             suite: None,
             h2: H2Walk::default(),
@@ -267,21 +292,26 @@ impl Conn {
             if self.buf.is_empty() {
                 self.buf_pos = ch.start + (ch.data.len() - d.len()) as u64;
             }
+            let at = self.buf.len() as u64;
             self.buf.extend_from_slice(&d[..take]);
             d = &d[take..];
-            self.buf_arrival = self.buf_arrival.max(ch.arrival);
+            let piece = Piece { start: at, end: at + take as u64, arrival: ch.arrival, deliverable: now };
+            match self.pieces.last_mut() {
+                Some(p) if p.end == at && p.arrival == ch.arrival && p.deliverable == now => p.end = piece.end,
+                _ => self.pieces.push(piece),
+            }
             if self.buf.len() >= HEADER {
                 let len = usize::from(u16::from_be_bytes([self.buf[3], self.buf[4]]));
                 if len > MAX_RECORD {
                     lim.oversized_records += 1;
                     self.phase = Phase::Failed;
+                    self.pieces.clear();
                     continue;
                 }
                 if self.buf.len() == HEADER + len {
                     let rec = std::mem::take(&mut self.buf);
-                    let a = self.buf_arrival;
-                    self.buf_arrival = f64::NEG_INFINITY;
-                    self.record(&rec, a, now, cr, keys, lim);
+                    let pieces = std::mem::take(&mut self.pieces);
+                    self.record(&rec, &pieces, cr, keys, lim);
                 }
             }
         }
@@ -296,10 +326,10 @@ impl Conn {
         suites.into_iter().filter_map(|s| TlsKeys::new(s, secret)).find(|k| open_record(k, 0, rec).is_some())
     }
 
-    /// A complete record `rec` (header included) whose bytes all arrived by `a`, deliverable at `d`.
-    fn record(&mut self, rec: &[u8], a: f64, d: f64, cr: Option<&[u8; 32]>, keys: &KeyLog, lim: &mut Limits) {
+    /// A complete record `rec` (header included) and the pieces its bytes arrived in.
+    fn record(&mut self, rec: &[u8], pieces: &[Piece], cr: Option<&[u8; 32]>, keys: &KeyLog, lim: &mut Limits) {
         let (start, end) = (self.buf_pos, self.buf_pos + rec.len() as u64);
-        let mut shares = Vec::new();
+        let mut spans: Vec<Span> = Vec::new();
         if rec.first() == Some(&23) {
             let phase = std::mem::replace(&mut self.phase, Phase::Failed);
             let (opened, next) = match phase {
@@ -328,7 +358,7 @@ impl Conn {
                     self.suite = Some(k.suite);
                     self.phase = if app { Phase::App(k, seq) } else { Phase::Handshake(k, seq) };
                     if app && ty == 23 {
-                        self.h2.walk(&content, &mut shares);
+                        self.h2.walk(&content, &mut spans);
                     } else if app && ty == 22 && has_key_update(&content) {
                         let next = match &self.phase {
                             Phase::App(k, _) => k.next(),
@@ -341,24 +371,45 @@ impl Conn {
             }
         }
         self.delivered_bytes += rec.len() as u64;
-        if d > a {
-            self.stalled_bytes += rec.len() as u64;
+        for p in pieces {
+            if p.deliverable > p.arrival {
+                self.stalled_bytes += p.end - p.start;
+            }
+            self.stall.push(p.arrival, p.deliverable, lim);
         }
-        self.stall.push(a, d, lim);
-        let total: u64 = shares.iter().map(|s| s.1).sum();
-        for &(id, n) in &shares {
-            if !self.streams.contains_key(&id) && self.streams.len() >= MAX_STREAMS {
-                lim.streams += 1;
+        // Units: each piece's share of each stream, in the record's order, so a stream's bytes
+        // are taken in TCP order; plaintext byte i sits at record offset HEADER + i.
+        for p in pieces {
+            let (ps, pe) = (p.start.saturating_sub(HEADER as u64), p.end.saturating_sub(HEADER as u64));
+            for &(id, at, n) in &spans {
+                let bytes = pe.min(at + n).saturating_sub(ps.max(at));
+                if bytes == 0 {
+                    continue;
+                }
+                if !self.streams.contains_key(&id) && self.streams.len() >= MAX_STREAMS {
+                    lim.streams += 1;
+                    continue;
+                }
+                let s = self.streams.entry(id).or_default();
+                // Until the latest arrival of this stream's earlier bytes, one of them was missing.
+                let own_until = s.own_until;
+                s.unit(bytes, p.arrival, p.deliverable, own_until, lim);
+                s.own_until = s.own_until.max(p.arrival);
+            }
+        }
+        // The streams' bytes among the record's bytes that were dropped on the way (a range
+        // dropped twice counts twice; the record's header and tag belong to no stream).
+        for &(x, y) in &self.dropped {
+            let (ls, le) = (x.max(start), y.min(end));
+            if le <= ls {
                 continue;
             }
-            let s = self.streams.entry(id).or_default();
-            s.own_until = s.own_until.max(a);
-            let own_until = s.own_until;
-            s.unit(n, a, d, own_until, lim);
-            // This stream's share of the record's bytes that were dropped on the way.
-            let lost: u64 = self.dropped.iter().map(|&(x, y)| y.min(end).saturating_sub(x.max(start))).sum();
-            if total > 0 {
-                s.lost_bytes += (u128::from(lost) * u128::from(n) / u128::from(total)) as u64;
+            let (ps, pe) = ((ls - start).saturating_sub(HEADER as u64), (le - start).saturating_sub(HEADER as u64));
+            for &(id, at, n) in &spans {
+                let bytes = pe.min(at + n).saturating_sub(ps.max(at));
+                if let (true, Some(s)) = (bytes > 0, self.streams.get_mut(&id)) {
+                    s.lost_bytes += bytes;
+                }
             }
         }
         self.dropped.retain(|&(_, y)| y > end);

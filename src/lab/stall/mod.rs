@@ -13,8 +13,14 @@
 //!   SERVER_TRAFFIC_SECRET_0; KeyUpdate followed), the client random read from the ClientHello
 //!   in the other direction. HTTP/2 frames walked over the decrypted data attribute each byte
 //!   to a stream (DATA/HEADERS/CONTINUATION to theirs, every other frame to stream 0). The unit
-//!   is a record's share of a stream: it ARRIVES when the last of the record's bytes first
-//!   reaches the client and is DELIVERABLE when every TCP byte up to its end has.
+//!   is a stream's share of a piece of the byte stream that TCP delivered in one go (a segment,
+//!   or the part of it inside one record): it ARRIVES when its bytes first reach the client and
+//!   is DELIVERABLE when every TCP byte up to its end has. So the segments after a lost one
+//!   count as waiting even inside the same record, as the packets after a lost one do for
+//!   HTTP/3. The further wait for the REST of a record before it can be decrypted is not
+//!   counted: it waits for later bytes, not earlier ones, and is TLS's, as a QUIC packet's
+//!   AEAD is QUIC's. (Until this was changed the unit was a whole record, arriving with its
+//!   last byte, which hid every wait inside a record: HTTP/2's stall was a lower bound.)
 //! * **HTTP/3** (`h3.rs`): 1-RTT short-header packets, keys found by trial decryption against
 //!   every SERVER_TRAFFIC_SECRET_0 and cached per DCID, header protection removed, packet
 //!   numbers recovered (RFC 9000 A.3), key updates followed ("quic ku"); every frame walked
@@ -25,14 +31,14 @@
 //! length of the union of its units' stall intervals; `collateral_stall_ms` the part of it
 //! during which no missing blocking byte belonged to the stream. Each unit carries, beside its
 //! stall interval, the part of it during which one of ITS stream's bytes was still missing
-//! (HTTP/2: until the latest completion of the records before it that carry the stream;
+//! (HTTP/2: until the latest arrival of the stream's earlier bytes;
 //! HTTP/3: the whole interval, since a stream's units wait only for the stream's own earlier
 //! offsets), and collateral = |union of stall intervals| − |union of those parts|. For HTTP/3
 //! that is 0 by construction; the unit tests, the end-to-end test and the `lab_stall` fuzz
 //! target check that the figure comes out 0. `lost_bytes` counts the stream's bytes in dropped
-//! packets (those are decrypted too; for HTTP/2 a dropped segment's bytes are split over the
-//! streams of the records it overlaps in proportion to their shares of each record, so TLS
-//! overhead is included). A byte never delivered (its retransmission not in the packets) gives
+//! packets (those are decrypted too; for HTTP/2 a dropped segment's bytes are mapped through
+//! the records it overlaps to the frames they carry, so a record's header and tag count for no
+//! stream). A byte never delivered (its retransmission not in the packets) gives
 //! its waiting units no stall interval: the analysis counts only stalls that ended.
 //!
 //! Why hand-written: no maintained crate parses QUIC 1-RTT frames from a capture (quinn-proto's

@@ -152,7 +152,7 @@ pub(crate) struct StreamAcc {
     pub(crate) own: Intervals,
     pub(crate) first_arrival: Option<f64>,
     pub(crate) last_deliverable: Option<f64>,
-    /// H2: the latest completion time of this stream's records so far.
+    /// H2: the latest arrival of this stream's bytes so far.
     pub(crate) own_until: f64,
     /// H3: the reassembly of the stream's offsets, and its final size once a FIN is seen.
     pub(crate) reasm: Reasm,
