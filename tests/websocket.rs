@@ -53,11 +53,19 @@ fn client_config() -> WebSocketConfig {
 /// when one is offered, that the server selected the subprotocol).
 async fn ws_h1(ts: &TestServer, path: &str, subprotocol: Option<&str>) -> WebSocketStream<TlsStream<TcpStream>> {
     let url = format!("wss://localhost:{}{path}", ts.server.tcp_addr().port());
+    handshake_h1(&url, subprotocol, tls(ts, b"http/1.1").await).await
+}
+
+/// The HTTP/1.1 opening handshake for `url` on `io`, offering `subprotocol`; asserts 101 and the
+/// subprotocol's selection.
+async fn handshake_h1<S>(url: &str, subprotocol: Option<&str>, io: S) -> WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut req = url.into_client_request().unwrap();
     if let Some(p) = subprotocol {
         req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
     }
-    let io = tls(ts, b"http/1.1").await;
     let (ws, resp) =
         tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, io, Some(client_config())))
             .await
@@ -543,18 +551,8 @@ async fn framing_violations_get_the_close_code_rfc_6455_names() {
 
 /// A WebSocket over plaintext HTTP/1.1 to the `--mqtt-ws` listener.
 async fn ws_plain(addr: std::net::SocketAddr, path: &str, subprotocol: Option<&str>) -> WebSocketStream<TcpStream> {
-    let mut req = format!("ws://127.0.0.1:{}{path}", addr.port()).into_client_request().unwrap();
-    if let Some(p) = subprotocol {
-        req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
-    }
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (ws, resp) =
-        tokio::time::timeout(WAIT, tokio_tungstenite::client_async_with_config(req, tcp, Some(client_config())))
-            .await
-            .expect("handshake in time")
-            .expect("WebSocket handshake");
-    assert_eq!(resp.status(), 101);
-    ws
+    let url = format!("ws://127.0.0.1:{}{path}", addr.port());
+    handshake_h1(&url, subprotocol, TcpStream::connect(addr).await.expect("connect")).await
 }
 
 /// `--mqtt-ws`: MQTT over plaintext WebSocket (`ws://…/mqtt`) on the same broker, the echo, and

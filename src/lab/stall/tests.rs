@@ -78,36 +78,71 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
+/// One synthetic HTTP/2-over-TLS-1.3 connection as the tap sees it: the key log for client
+/// random `cr`, the handshake and application keys, and builders of its packets.
+struct H2Tap {
+    cr: [u8; 32],
+    keys: KeyLog,
+    hk: TlsKeys,
+    ak: TlsKeys,
+    cport: u16,
+    sport: u16,
+    isn: u32,
+}
+
+impl H2Tap {
+    fn new(cr: [u8; 32], hs: [u8; 32], app: [u8; 32], cport: u16, isn: u32) -> H2Tap {
+        let keys = KeyLog::parse(
+            &(key_line("SERVER_HANDSHAKE_TRAFFIC_SECRET", &cr, &hs) + &key_line("SERVER_TRAFFIC_SECRET_0", &cr, &app)),
+        );
+        let hk = TlsKeys::new(Suite::Aes128Gcm, &hs).expect("keys");
+        let ak = TlsKeys::new(Suite::Aes128Gcm, &app).expect("keys");
+        H2Tap { cr, keys, hk, ak, cport, sport: 443, isn }
+    }
+
+    /// The SYN-ACK at 1 ms and the ClientHello (carrying the client random) at 2 ms.
+    fn start(&self) -> Vec<TapPacket> {
+        let (sport, cport) = (self.sport, self.cport);
+        let mut hello = vec![22, 3, 1, 0, 47, 1, 0, 0, 43, 3, 3];
+        hello.extend_from_slice(&self.cr);
+        hello.extend_from_slice(&[0; 11]);
+        vec![
+            pkt(1, Direction::Down, Fate::Forwarded, ipv4(SERVER, CLIENT, 6, &tcp(sport, cport, self.isn, 0x12, &[]))),
+            pkt(2, Direction::Up, Fate::Forwarded, ipv4(CLIENT, SERVER, 6, &tcp(cport, sport, 1, 0x18, &hello))),
+        ]
+    }
+
+    /// ServerHello, the handshake's Finished and the server's SETTINGS (application record 0).
+    fn handshake_records(&self) -> [Vec<u8>; 3] {
+        [
+            vec![22, 3, 3, 0, 4, 2, 0, 0, 0],
+            tls_record(&self.hk, 0, 22, &[20, 0, 0, 0]),
+            tls_record(&self.ak, 0, 23, &h2_frame(4, 0, 0)),
+        ]
+    }
+
+    /// A server → client segment at sequence number `seq`.
+    fn down(&self, seq: u32, payload: &[u8]) -> Vec<u8> {
+        ipv4(SERVER, CLIENT, 6, &tcp(self.sport, self.cport, seq, 0x18, payload))
+    }
+}
+
 /// HTTP/2: a segment carrying a record of stream 1 is lost; stream 1's next record and stream
 /// 3's records arrive and wait for its retransmission: own stall for 1, collateral for 3.
 #[test]
 fn h2_loss_of_stream_1_stalls_stream_3_collaterally() {
-    let cr = [7u8; 32];
-    let (hs, app) = ([1u8; 32], [2u8; 32]);
-    let keys = KeyLog::parse(
-        &(key_line("SERVER_HANDSHAKE_TRAFFIC_SECRET", &cr, &hs) + &key_line("SERVER_TRAFFIC_SECRET_0", &cr, &app)),
-    );
-    let hk = TlsKeys::new(Suite::Aes128Gcm, &hs).expect("keys");
-    let ak = TlsKeys::new(Suite::Aes128Gcm, &app).expect("keys");
-    let server_hello = vec![22, 3, 3, 0, 4, 2, 0, 0, 0];
-    let records = [
-        server_hello,
-        tls_record(&hk, 0, 22, &[20, 0, 0, 0]),
-        tls_record(&ak, 0, 23, &h2_frame(4, 0, 0)), // SETTINGS
-        tls_record(&ak, 1, 23, &h2_frame(0, 1, 100)),
-        tls_record(&ak, 2, 23, &h2_frame(0, 1, 100)),
-        tls_record(&ak, 3, 23, &h2_frame(0, 3, 100)),
-        tls_record(&ak, 4, 23, &h2_frame(0, 3, 100)),
-    ];
-    let (cport, sport, isn) = (40000u16, 443u16, 1000u32);
-    let down = |seq: u32, payload: &[u8]| ipv4(SERVER, CLIENT, 6, &tcp(sport, cport, seq, 0x18, payload));
-    let mut hello = vec![22, 3, 1, 0, 47, 1, 0, 0, 43, 3, 3];
-    hello.extend_from_slice(&cr);
-    hello.extend_from_slice(&[0; 11]);
-    let mut packets = vec![
-        pkt(1, Direction::Down, Fate::Forwarded, ipv4(SERVER, CLIENT, 6, &tcp(sport, cport, isn, 0x12, &[]))),
-        pkt(2, Direction::Up, Fate::Forwarded, ipv4(CLIENT, SERVER, 6, &tcp(cport, sport, 1, 0x18, &hello))),
-    ];
+    let (cport, isn) = (40000u16, 1000u32);
+    let h = H2Tap::new([7; 32], [1; 32], [2; 32], cport, isn);
+    let ak = &h.ak;
+    let mut records = h.handshake_records().to_vec();
+    records.extend([
+        tls_record(ak, 1, 23, &h2_frame(0, 1, 100)),
+        tls_record(ak, 2, 23, &h2_frame(0, 1, 100)),
+        tls_record(ak, 3, 23, &h2_frame(0, 3, 100)),
+        tls_record(ak, 4, 23, &h2_frame(0, 3, 100)),
+    ]);
+    let down = |seq: u32, payload: &[u8]| h.down(seq, payload);
+    let mut packets = h.start();
     let mut seq = isn + 1;
     let mut lost_len = 0;
     for (i, r) in records.iter().enumerate() {
@@ -121,7 +156,7 @@ fn h2_loss_of_stream_1_stalls_stream_3_collaterally() {
         }
         seq += r.len() as u32;
     }
-    let a = analyze(&packets, &keys, SERVER);
+    let a = analyze(&packets, &h.keys, SERVER);
     assert_eq!(a.connections.len(), 1, "{a:#?}");
     let c = &a.connections[0];
     assert_eq!(c.protocol, Protocol::H2);
@@ -155,33 +190,16 @@ fn h2_loss_of_stream_1_stalls_stream_3_collaterally() {
 /// once its last byte arrived would show no stall at all here.
 #[test]
 fn h2_segments_after_a_loss_inside_one_record_wait() {
-    let cr = [9u8; 32];
-    let (hs, app) = ([3u8; 32], [4u8; 32]);
-    let keys = KeyLog::parse(
-        &(key_line("SERVER_HANDSHAKE_TRAFFIC_SECRET", &cr, &hs) + &key_line("SERVER_TRAFFIC_SECRET_0", &cr, &app)),
-    );
-    let hk = TlsKeys::new(Suite::Aes128Gcm, &hs).expect("keys");
-    let ak = TlsKeys::new(Suite::Aes128Gcm, &app).expect("keys");
+    let (cport, isn) = (40001u16, 5000u32);
+    let h = H2Tap::new([9; 32], [3; 32], [4; 32], cport, isn);
     let mut two = h2_frame(0, 1, 1000);
     two.extend_from_slice(&h2_frame(0, 3, 1000));
-    let big = tls_record(&ak, 1, 23, &two);
+    let big = tls_record(&h.ak, 1, 23, &two);
     assert_eq!(big.len(), 5 + 2018 + 1 + 16);
-    let records = [
-        vec![22, 3, 3, 0, 4, 2, 0, 0, 0],
-        tls_record(&hk, 0, 22, &[20, 0, 0, 0]),
-        tls_record(&ak, 0, 23, &h2_frame(4, 0, 0)), // SETTINGS
-    ];
-    let (cport, sport, isn) = (40001u16, 443u16, 5000u32);
-    let down = |seq: u32, payload: &[u8]| ipv4(SERVER, CLIENT, 6, &tcp(sport, cport, seq, 0x18, payload));
-    let mut hello = vec![22, 3, 1, 0, 47, 1, 0, 0, 43, 3, 3];
-    hello.extend_from_slice(&cr);
-    hello.extend_from_slice(&[0; 11]);
-    let mut packets = vec![
-        pkt(1, Direction::Down, Fate::Forwarded, ipv4(SERVER, CLIENT, 6, &tcp(sport, cport, isn, 0x12, &[]))),
-        pkt(2, Direction::Up, Fate::Forwarded, ipv4(CLIENT, SERVER, 6, &tcp(cport, sport, 1, 0x18, &hello))),
-    ];
+    let down = |seq: u32, payload: &[u8]| h.down(seq, payload);
+    let mut packets = h.start();
     let mut seq = isn + 1;
-    for r in &records {
+    for r in &h.handshake_records() {
         packets.push(pkt(5, Direction::Down, Fate::Forwarded, down(seq, r)));
         seq += r.len() as u32;
     }
@@ -192,7 +210,7 @@ fn h2_segments_after_a_loss_inside_one_record_wait() {
     packets.push(pkt(11, Direction::Down, Fate::Forwarded, down(seq + 700, b)));
     packets.push(pkt(12, Direction::Down, Fate::Forwarded, down(seq + 1400, &big[1400..])));
     packets.push(pkt(60, Direction::Down, Fate::Forwarded, down(seq, a)));
-    let an = analyze(&packets, &keys, SERVER);
+    let an = analyze(&packets, &h.keys, SERVER);
     let c = &an.connections[0];
     assert_eq!((c.protocol, c.undecryptable), (Protocol::H2, 0), "{c:#?}");
     assert!(close(c.stall_ms, 49.0), "{c:#?}");
