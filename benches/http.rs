@@ -1,17 +1,29 @@
 //! HTTP benchmarks, side by side in one run (release build, loopback):
 //!
 //! 1. bulk download over one connection: HTTP/3 vs HTTP/2 vs a raw quinn stream (the ceiling);
+//!    the servers run in this process on their own one-thread runtime, the client on the main
+//!    thread's current-thread runtime;
 //! 2. request rate: 1 KiB responses, 100 concurrent streams on one connection, HTTP/3 vs HTTP/2,
-//!    both driven by this one load generator;
+//!    against a `quiclab serve` child process, each protocol driven by three load generators:
+//!    this project's own client (`quiclab::client`), `oha` (crates.io, built with its `http3`
+//!    feature) and `h2load` (nghttp2, HTTP/2 only); nginx from Debian serves the same 1 KiB over
+//!    HTTP/2 beside it as the anchor. Two layouts: *one core* (server `--threads 1` pinned to
+//!    core 0, generator pinned to core 1; requests per server CPU-second are the figure to
+//!    compare) and *all cores* (server on its default threads, nothing pinned);
 //! 3. server memory per idle HTTP/3 connection at 1,000 connections (RSS delta / N, from /proc,
 //!    of a `quiclab serve` child process).
 //!
-//! The servers of 1 and 2 run in this process on their own one-thread runtime; the client runs
-//! on the main thread's current-thread runtime: one core each. Every figure is the median of
-//! `RUNS` runs, taken in an interleaved order so drift on a shared machine hits all arms alike.
+//! Every figure is the median of `--runs` runs, taken in an interleaved order so drift on a
+//! shared machine hits all arms alike.
 //!
-//! Run: `cargo bench --bench http` (options: `-- --runs 7 --bulk 256M --rate-secs 3`).
-//! Results go to standard output as a Markdown table (copied into docs/BENCHMARKS.md).
+//! Run: `cargo bench --bench http` (options: `-- --runs 7 --bulk 256M --rate-secs 3 --only rate
+//! --oha PATH --nginx PATH --h2load PATH --baseline-bin PATH`; the last measures an earlier
+//! build of `quiclab` beside this one). Results go to standard output as Markdown tables
+//! (copied into docs/BENCHMARKS.md). A missing `oha`, `h2load` or `nginx` stops the rate part
+//! with the command that installs it (`--no-external` measures the own generator only).
+
+#[path = "../tests/common/proc.rs"]
+mod proc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +39,14 @@ use quiclab::tls::{CertStore, Trust};
 struct Opts {
     /// `all`, `bulk`, `rate` or `memory`.
     only: String,
+    oha: String,
+    h2load: String,
+    nginx: String,
+    /// Measure the own generator only (no oha, h2load, nginx).
+    no_external: bool,
+    /// Another `quiclab` binary (an earlier commit's) measured beside this one, as
+    /// "quiclab (baseline)": before/after figures from one run.
+    baseline_bin: Option<String>,
     /// Extra arguments for the `quiclab serve` of the memory measurement.
     serve_args: Vec<String>,
     runs: usize,
@@ -36,8 +56,19 @@ struct Opts {
 }
 
 fn parse_opts() -> Opts {
-    let mut o =
-        Opts { only: "all".into(), serve_args: vec![], runs: 5, bulk: 256 << 20, rate_secs: 3.0, idle_conns: 1000 };
+    let mut o = Opts {
+        only: "all".into(),
+        oha: "oha".into(),
+        h2load: "h2load".into(),
+        nginx: "/usr/sbin/nginx".into(),
+        no_external: false,
+        baseline_bin: None,
+        serve_args: vec![],
+        runs: 5,
+        bulk: 256 << 20,
+        rate_secs: 3.0,
+        idle_conns: 1000,
+    };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -48,6 +79,15 @@ fn parse_opts() -> Opts {
             "--rate-secs" => o.rate_secs = val.parse().expect("--rate-secs S"),
             "--idle-conns" => o.idle_conns = val.parse().expect("--idle-conns N"),
             "--only" => o.only = val,
+            "--oha" => o.oha = val,
+            "--h2load" => o.h2load = val,
+            "--nginx" => o.nginx = val,
+            "--baseline-bin" => o.baseline_bin = Some(val),
+            "--no-external" => {
+                o.no_external = true;
+                i += 1;
+                continue;
+            }
             "--serve-args" => o.serve_args = val.split_whitespace().map(String::from).collect(),
             _ => {
                 i += 1;
@@ -149,8 +189,79 @@ async fn http_download(conn: &HttpConnection, url: &str, n: u64) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Requests per second with `concurrency` requests in flight on one connection for `secs`.
-async fn request_rate(conn: Arc<HttpConnection>, url: &str, concurrency: usize, secs: f64) -> f64 {
+// ---------------------------------------------------------------------------------------------
+// Request rate: server processes, three generators, two layouts.
+
+/// The response every request-rate arm asks for: 1 KiB.
+const RATE_PATH: &str = "/bytes/1k";
+/// Requests in flight on the one connection.
+const RATE_STREAMS: usize = 100;
+/// How long a server process may take to accept connections.
+const READY: Duration = Duration::from_secs(20);
+
+/// Where the server and the generator run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Server `--threads 1` pinned to core 0, generator pinned to core 1.
+    OneCore,
+    /// Server on its default threads (every core), nothing pinned.
+    AllCores,
+}
+
+impl Layout {
+    fn describe(self) -> &'static str {
+        match self {
+            Layout::OneCore => {
+                "one core: server --threads 1 (nginx: worker_processes 1) pinned to core 0, generator pinned to core 1"
+            }
+            Layout::AllCores => {
+                "all cores: server on its default threads (nginx: worker_processes auto), nothing pinned"
+            }
+        }
+    }
+}
+
+/// Which load generator drives an arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gen {
+    Own,
+    Oha,
+    H2load,
+}
+
+impl Gen {
+    fn name(self) -> &'static str {
+        match self {
+            Gen::Own => "quiclab client",
+            Gen::Oha => "oha",
+            Gen::H2load => "h2load",
+        }
+    }
+}
+
+/// One row of the request-rate table and its runs.
+struct RateArm {
+    server: &'static str,
+    h3: bool,
+    gen: Gen,
+    port: u16,
+    /// (requests per second, requests per server CPU-second) of each run.
+    runs: Vec<(f64, f64)>,
+}
+
+impl RateArm {
+    fn protocol(&self) -> &'static str {
+        if self.h3 {
+            "HTTP/3"
+        } else {
+            "HTTP/2"
+        }
+    }
+}
+
+/// Requests done (status 200, 1 KiB each) by the own generator: `concurrency` requests in
+/// flight on one connection for `secs`; returns (requests, seconds).
+async fn request_rate(conn: Arc<HttpConnection>, url: &str, concurrency: usize, secs: f64) -> (u64, f64) {
     let target = Target::parse(url).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -163,6 +274,7 @@ async fn request_rate(conn: Arc<HttpConnection>, url: &str, concurrency: usize, 
             while Instant::now() < deadline {
                 let req = quiclab::client::request(&target, http::Method::GET, Bytes::new()).unwrap();
                 let resp = conn.send(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(body.len(), 1024);
                 done += 1;
@@ -174,7 +286,307 @@ async fn request_rate(conn: Arc<HttpConnection>, url: &str, concurrency: usize, 
     for t in tasks {
         total += t.await.unwrap();
     }
-    total as f64 / start.elapsed().as_secs_f64()
+    (total, start.elapsed().as_secs_f64())
+}
+
+/// oha: one connection, 100 requests in flight, for `secs`; returns (status-200 responses,
+/// oha's own elapsed seconds).
+fn run_oha(bin: &str, cpu: Option<usize>, h3: bool, url: &str, secs: f64) -> (u64, f64) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["-z", &format!("{secs}s"), "-c", "1", "-p", &RATE_STREAMS.to_string()])
+        .args(["--http-version", if h3 { "3" } else { "2" }])
+        // The development certificate's CA is not in oha's store; verification costs nothing
+        // per request on a connection that stays open.
+        .args(["--insecure", "--no-tui", "--output-format", "json", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = proc::spawn_pinned(cmd, cpu, "oha").unwrap().wait_with_output().unwrap();
+    assert!(out.status.success(), "oha failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("oha --output-format json");
+    let ok = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let others: u64 = v["statusCodeDistribution"]
+        .as_object()
+        .map_or(0, |m| m.iter().filter(|(k, _)| k.as_str() != "200").filter_map(|(_, n)| n.as_u64()).sum());
+    assert_eq!(others, 0, "oha saw statuses other than 200: {}", v["statusCodeDistribution"]);
+    (ok, v["summary"]["total"].as_f64().expect("oha's summary.total"))
+}
+
+/// h2load (HTTP/2 only): one connection, 100 streams, for `secs`; returns (succeeded requests,
+/// h2load's own elapsed seconds).
+fn run_h2load(bin: &str, cpu: Option<usize>, url: &str, secs: f64) -> (u64, f64) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["-D", &format!("{}", secs.ceil() as u64), "-c", "1", "-m", &RATE_STREAMS.to_string(), url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = proc::spawn_pinned(cmd, cpu, "h2load").unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 3.00s, 54515.67 req/s, 55.53MB/s" and "requests: N total, ... N succeeded, M failed"
+    let secs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split('s').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("h2load printed no 'finished in': {text}"));
+    let req_line = text.lines().find(|l| l.starts_with("requests:")).expect("h2load's requests line");
+    let field = |name: &str| -> u64 {
+        req_line
+            .split(',')
+            .find_map(|part| part.trim().strip_suffix(name).map(|n| n.trim().trim_start_matches("requests:").trim()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("h2load's '{name}' in: {req_line}"))
+    };
+    assert_eq!(field("failed"), 0, "h2load: {req_line}");
+    assert_eq!(field("errored"), 0, "h2load: {req_line}");
+    (field("succeeded"), secs)
+}
+
+/// User + system CPU seconds of a process and its direct children (nginx's workers).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut total = proc::proc_cpu_seconds(pid).unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        total += proc::proc_cpu_seconds(child).unwrap_or(0.0);
+    }
+    total
+}
+
+/// `quiclab serve` (HTTP/3 and HTTP/2 on one port), ready when its TCP port accepts.
+async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout) -> (proc::ChildServer, u16) {
+    let spawn = || {
+        let port = proc::free_udp_port()?;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--no-mqtt", "--certs"])
+            .arg(certs)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        if layout == Layout::OneCore {
+            cmd.args(["--threads", "1"]);
+        }
+        let cpu = (layout == Layout::OneCore).then_some(0);
+        Ok((proc::spawn_pinned(cmd, cpu, "quiclab serve")?, port))
+    };
+    proc::spawn_ready("quiclab serve", READY, spawn, |port| proc::tcp_accepts(proc::loopback(port))).await.unwrap()
+}
+
+/// nginx serving the same 1 KiB at the same path over HTTP/2 (TLS 1.3, the development
+/// certificate), access log off, no limit on requests per connection (nginx's default of 1,000
+/// would end the one connection with GOAWAY); ready when its port accepts.
+async fn start_nginx(
+    bin: &str,
+    certs: &std::path::Path,
+    layout: Layout,
+) -> (proc::ChildServer, u16, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("quiclab-bench-nginx").tempdir().unwrap();
+    // nginx's workers run as `nobody`: readable copies of the (throwaway) certificate and key.
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(certs.join(f), dir.path().join(f)).unwrap();
+        std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("bytes")).unwrap();
+    std::fs::write(www.join("bytes/1k"), vec![b'x'; 1024]).unwrap();
+    for d in [&www, &www.join("bytes")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let workers = if layout == Layout::OneCore { "1" } else { "auto" };
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    let spawn = || {
+        let port = proc::free_tcp_port()?;
+        std::fs::write(
+            &conf,
+            format!(
+                "# generated by benches/http.rs\n\
+                 worker_processes {workers};\n\
+                 daemon off;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log stderr warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n\
+                 access_log off;\n\
+                 keepalive_requests 1000000000;\n\
+                 keepalive_timeout 300s;\n\
+                 client_body_temp_path {d}/body;\n\
+                 server {{\n\
+                 listen 127.0.0.1:{port} ssl http2;\n\
+                 ssl_certificate {d}/cert.pem;\n\
+                 ssl_certificate_key {d}/key.pem;\n\
+                 ssl_protocols TLSv1.3;\n\
+                 http2_max_concurrent_streams {RATE_STREAMS};\n\
+                 location / {{ root {d}/www; }}\n\
+                 }}\n\
+                 }}\n"
+            ),
+        )
+        .map_err(|source| proc::ProcError::Spawn { what: "nginx (writing its configuration)".into(), source })?;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("-c").arg(&conf).arg("-e").arg("stderr").stdout(std::process::Stdio::null());
+        let cpu = (layout == Layout::OneCore).then_some(0);
+        Ok((proc::spawn_pinned(cmd, cpu, "nginx")?, port))
+    };
+    let (child, port) =
+        proc::spawn_ready("nginx", READY, spawn, |port| proc::tcp_accepts(proc::loopback(port))).await.unwrap();
+    (child, port, dir)
+}
+
+/// A tool the rate part needs, or the command that installs it.
+fn require(tool: &str, install: &str) {
+    let found = if tool.contains('/') {
+        std::path::Path::new(tool).exists()
+    } else {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+    };
+    assert!(found, "{tool} not found: install it with `{install}` (or pass --no-external)");
+}
+
+async fn rate_part(o: &Opts, certs: &std::path::Path) {
+    if !o.no_external {
+        require(&o.oha, "cargo install oha --locked --features http3");
+        require(&o.h2load, "apt-get install -y nghttp2-client");
+        require(&o.nginx, "apt-get install -y nginx");
+    }
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_cpus: Vec<usize> = (0..ncpu).collect();
+    println!(
+        "## Request rate, {RATE_PATH} (1 KiB), {RATE_STREAMS} requests in flight on one connection, {} s x {} runs\n",
+        o.rate_secs, o.runs
+    );
+    for layout in [Layout::OneCore, Layout::AllCores] {
+        if layout == Layout::OneCore && ncpu < 2 {
+            println!("(one-core layout skipped: this machine has one core)\n");
+            continue;
+        }
+        let gen_cpu = (layout == Layout::OneCore).then_some(1);
+        proc::pin_current_thread(if layout == Layout::OneCore { &[1] } else { &all_cpus }).unwrap();
+        let (quiclab, qport) = start_quiclab(env!("CARGO_BIN_EXE_quiclab"), certs, layout).await;
+        let baseline = match &o.baseline_bin {
+            Some(bin) => Some(start_quiclab(bin, certs, layout).await),
+            None => None,
+        };
+        let nginx = if o.no_external { None } else { Some(start_nginx(&o.nginx, certs, layout).await) };
+        let mut arms = vec![
+            RateArm { server: "quiclab", h3: true, gen: Gen::Own, port: qport, runs: vec![] },
+            RateArm { server: "quiclab", h3: false, gen: Gen::Own, port: qport, runs: vec![] },
+        ];
+        if let Some((_, bport)) = &baseline {
+            arms.extend([
+                RateArm { server: "quiclab (baseline)", h3: true, gen: Gen::Own, port: *bport, runs: vec![] },
+                RateArm { server: "quiclab (baseline)", h3: false, gen: Gen::Own, port: *bport, runs: vec![] },
+            ]);
+            if !o.no_external {
+                arms.push(RateArm {
+                    server: "quiclab (baseline)",
+                    h3: true,
+                    gen: Gen::Oha,
+                    port: *bport,
+                    runs: vec![],
+                });
+            }
+        }
+        if let Some((_, nport, _)) = &nginx {
+            arms.extend([
+                RateArm { server: "quiclab", h3: true, gen: Gen::Oha, port: qport, runs: vec![] },
+                RateArm { server: "quiclab", h3: false, gen: Gen::Oha, port: qport, runs: vec![] },
+                RateArm { server: "quiclab", h3: false, gen: Gen::H2load, port: qport, runs: vec![] },
+                RateArm { server: "nginx", h3: false, gen: Gen::Own, port: *nport, runs: vec![] },
+                RateArm { server: "nginx", h3: false, gen: Gen::Oha, port: *nport, runs: vec![] },
+                RateArm { server: "nginx", h3: false, gen: Gen::H2load, port: *nport, runs: vec![] },
+            ]);
+        }
+        let opts = ClientOptions { trust: Trust::CaFile(certs.join("ca.pem")), ..Default::default() };
+        let h3 = Client::new(HttpVersion::H3, &opts).unwrap();
+        let h2 = Client::new(HttpVersion::H2, &opts).unwrap();
+        // The own generator keeps one connection per arm for the whole layout (as oha and
+        // h2load open one per run, their handshake is inside their run: one in ~100k requests).
+        let mut conns = Vec::new();
+        for arm in &arms {
+            let url = format!("https://localhost:{}{RATE_PATH}", arm.port);
+            let conn = if arm.gen == Gen::Own {
+                let client = if arm.h3 { &h3 } else { &h2 };
+                let c = Arc::new(client.connect(&Target::parse(&url).unwrap()).await.unwrap());
+                request_rate(c.clone(), &url, RATE_STREAMS, 0.5).await; // warm-up
+                Some(c)
+            } else {
+                None
+            };
+            conns.push((url, conn));
+        }
+        for _ in 0..o.runs {
+            for (arm, (url, conn)) in arms.iter_mut().zip(&conns) {
+                let server = match arm.server {
+                    "quiclab" => &quiclab,
+                    "nginx" => &nginx.as_ref().unwrap().0,
+                    _ => &baseline.as_ref().unwrap().0,
+                };
+                let cpu0 = tree_cpu_seconds(server.pid());
+                let ip_url = url.replace("localhost", "127.0.0.1");
+                let (n, secs) = match arm.gen {
+                    Gen::Own => request_rate(conn.clone().unwrap(), url, RATE_STREAMS, o.rate_secs).await,
+                    Gen::Oha => run_oha(&o.oha, gen_cpu, arm.h3, &ip_url, o.rate_secs),
+                    Gen::H2load => run_h2load(&o.h2load, gen_cpu, &ip_url, o.rate_secs),
+                };
+                let cpu = tree_cpu_seconds(server.pid()) - cpu0;
+                arm.runs.push((n as f64 / secs, n as f64 / cpu.max(1e-9)));
+            }
+        }
+        println!("### {}\n", layout.describe());
+        println!("| server | protocol | generator | median req/s | req per server CPU-s | runs (req/s) |");
+        println!("|---|---|---|---:|---:|---|");
+        let med = |arm: &RateArm| {
+            (median(arm.runs.iter().map(|r| r.0).collect()), median(arm.runs.iter().map(|r| r.1).collect()))
+        };
+        for arm in &arms {
+            let (rps, per_cpu) = med(arm);
+            let runs = arm.runs.iter().map(|r| format!("{:.1}k", r.0 / 1000.0)).collect::<Vec<_>>().join(", ");
+            println!(
+                "| {} | {} | {} | {:.1}k | {:.1}k | {runs} |",
+                arm.server,
+                arm.protocol(),
+                arm.gen.name(),
+                rps / 1000.0,
+                per_cpu / 1000.0
+            );
+        }
+        let find =
+            |server: &str, h3: bool, gen: Gen| arms.iter().find(|a| a.server == server && a.h3 == h3 && a.gen == gen);
+        println!();
+        for gen in [Gen::Own, Gen::Oha, Gen::H2load] {
+            let pairs = [
+                ("quiclab HTTP/3 / quiclab HTTP/2", ("quiclab", true), ("quiclab", false)),
+                ("quiclab HTTP/3 / nginx HTTP/2", ("quiclab", true), ("nginx", false)),
+                ("quiclab HTTP/2 / nginx HTTP/2", ("quiclab", false), ("nginx", false)),
+                ("quiclab HTTP/3 / baseline HTTP/3", ("quiclab", true), ("quiclab (baseline)", true)),
+                ("quiclab HTTP/2 / baseline HTTP/2", ("quiclab", false), ("quiclab (baseline)", false)),
+            ];
+            for (label, (s1, h1), (s2, h2)) in pairs {
+                if let (Some(a), Some(b)) = (find(s1, h1, gen), find(s2, h2, gen)) {
+                    let (ma, mb) = (med(a), med(b));
+                    println!(
+                        "- {}, {label}: {:.2} in req/s, {:.2} in req per server CPU-s",
+                        gen.name(),
+                        ma.0 / mb.0,
+                        ma.1 / mb.1
+                    );
+                }
+            }
+        }
+        println!();
+        drop(conns);
+        if let Some((mut nginx, _, _dir)) = nginx {
+            // SIGTERM, not the SIGKILL of ChildServer's drop: the master stops its workers.
+            // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+            unsafe { libc::kill(nginx.pid() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while nginx.is_running() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        drop(quiclab);
+        drop(baseline);
+    }
+    proc::pin_current_thread(&all_cpus).unwrap();
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -218,10 +630,10 @@ fn main() {
         let h2c = h2.connect(&Target::parse(&h2_url("/")).unwrap()).await.unwrap();
         let raw = raw_client(raw_addr, &ca).await;
 
-        if o.only != "all" && o.only != "bulk" && o.only != "rate" {
+        if o.only != "all" && o.only != "bulk" {
             return;
         }
-        if o.only == "all" || o.only == "bulk" {
+        {
             println!("## Bulk download, one connection, {} MiB, {} runs (Gbit/s)\n", o.bulk >> 20, o.runs);
             let bulk_path = format!("/bytes/{}", o.bulk);
             // Warm-up: windows and congestion state open up once per connection.
@@ -247,32 +659,13 @@ fn main() {
                 m_h3 / m_h2
             );
         }
-        if o.only != "all" && o.only != "rate" {
-            return;
-        }
-
-        println!(
-            "## Request rate, 1 KiB responses, 100 concurrent streams, one connection, {} s x {} runs\n",
-            o.rate_secs, o.runs
-        );
-        let h3c = Arc::new(h3c);
-        let h2c = Arc::new(h2c);
-        let (mut q3, mut q2) = (vec![], vec![]);
-        request_rate(h3c.clone(), &h3_url("/bytes/1k"), 100, 0.5).await;
-        request_rate(h2c.clone(), &h2_url("/bytes/1k"), 100, 0.5).await;
-        for _ in 0..o.runs {
-            q3.push(request_rate(h3c.clone(), &h3_url("/bytes/1k"), 100, o.rate_secs).await);
-            q2.push(request_rate(h2c.clone(), &h2_url("/bytes/1k"), 100, o.rate_secs).await);
-        }
-        let (m3, m2) = (median(q3.clone()), median(q2.clone()));
-        let fmtk = |v: &[f64]| v.iter().map(|x| format!("{:.1}k", x / 1000.0)).collect::<Vec<_>>().join(", ");
-        println!("| arm | median req/s | runs |\n|---|---|---|");
-        println!("| HTTP/3 | {:.1}k | {} |", m3 / 1000.0, fmtk(&q3));
-        println!("| HTTP/2 | {:.1}k | {} |", m2 / 1000.0, fmtk(&q2));
-        println!("\nHTTP/3 / HTTP/2 = {:.2} (goal >= 0.8); HTTP/3 goal >= 100k req/s\n", m3 / m2);
     });
     drop(raw_ep);
     server_rt.block_on(server.shutdown());
+
+    if o.only == "all" || o.only == "rate" {
+        rt.block_on(rate_part(&o, &certs));
+    }
 
     // Memory per idle HTTP/3 connection: a real `quiclab serve` process.
     if o.only != "all" && o.only != "memory" {

@@ -10,8 +10,10 @@
 //!   (`--broker-cpu`, `sched_setaffinity` before `exec`); the generator runs on one thread pinned
 //!   to the other core (`--load-cpu`) with a single-threaded runtime. quiclab's broker is
 //!   `quiclab mqtt broker` (the same core and transport `quiclab serve` runs; by default the
-//!   binary cargo built beside this bench); mosquitto gets a generated config with
-//!   `set_tcp_nodelay true`. A broker is ready when an MQTT CONNECT succeeds on each of its
+//!   binary cargo built beside this bench); mosquitto runs twice, with a generated config
+//!   each: `mosquitto-nodelay` (`set_tcp_nodelay true`, tuned for latency) and
+//!   `mosquitto-default` (its default, Nagle on, as a new user runs it); the ratios name the
+//!   better of the two in each run. A broker is ready when an MQTT CONNECT succeeds on each of its
 //!   listeners (`tests/common/proc.rs`, shared with the integration tests).
 //! * Broker CPU comes from `/proc/PID/stat` (user + system, all threads), memory from
 //!   `/proc/PID/status` (`VmRSS`), sampled at the edges of the measurement window.
@@ -34,7 +36,7 @@ mod proc;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +44,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
+use proc::{
+    free_tcp_port, free_udp_port, loopback, mqtt_accepts, pin_current_thread, spawn_pinned, spawn_ready, ChildServer,
+    ProcError,
+};
 use quiclab::config::parse_duration;
 use quiclab::lab::report::{md_table, new_histogram, HISTOGRAM_MAX_US};
 use quiclab::mqtt::client::{
@@ -105,8 +110,14 @@ impl BenchTransport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Brokers {
     Quiclab,
+    /// mosquitto as tuned for latency: `set_tcp_nodelay true`.
+    MosquittoNodelay,
+    /// mosquitto in its default configuration (Nagle's algorithm on), as a new user runs it.
+    MosquittoDefault,
+    /// Both mosquitto configurations.
     Mosquitto,
-    Both,
+    /// quiclab and both mosquitto configurations.
+    All,
 }
 
 /// quiclab's MQTT broker against mosquitto, both
@@ -118,7 +129,7 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
     /// Broker(s) to measure.
-    #[arg(long, value_enum, default_value = "both")]
+    #[arg(long, value_enum, default_value = "all")]
     broker: Brokers,
     /// Transports, comma-separated (mosquitto runs tcp and tls only; quic-per-topic is measured
     /// in the throughput scenarios, where it differs from quic).
@@ -293,46 +304,6 @@ struct Report {
 // ---------------------------------------------------------------------------------------------
 // Broker processes: pinning, readiness, CPU and memory from /proc.
 
-fn cpu_set(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: cpu_set_t is a plain bit set; all-zero is a valid (empty) value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is checked against the number of CPUs (far below CPU_SETSIZE) in `main`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    set
-}
-
-/// Pin the calling thread to `cpu`.
-fn pin_current_thread(cpu: usize) -> Result<(), BenchError> {
-    let set = cpu_set(cpu);
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(io_err(format!("pin the generator to cpu {cpu}"))(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Start `cmd` pinned to `cpu` (if any), killed when this process dies.
-fn spawn_pinned(mut cmd: Command, cpu: Option<usize>, what: &str) -> Result<Child, ProcError> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (sched_setaffinity, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(cpu) = cpu {
-                let set = cpu_set(cpu);
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // The broker dies with the benchmark, whatever happens to it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|source| ProcError::Spawn { what: what.to_string(), source })
-}
-
 /// A broker's listeners.
 #[derive(Debug, Clone, Copy)]
 struct Listeners {
@@ -410,7 +381,10 @@ impl BrokerProc {
         Ok(BrokerProc { name: "quiclab", proc, listeners, _dir: None })
     }
 
-    async fn mosquitto(bin: &Path, cpu: Option<usize>, certs: &Path) -> Result<BrokerProc, BenchError> {
+    /// mosquitto with a generated configuration: its defaults but for the listeners, unlimited
+    /// connections, no persistence and (`nodelay`) `set_tcp_nodelay true`.
+    async fn mosquitto(bin: &Path, cpu: Option<usize>, certs: &Path, nodelay: bool) -> Result<BrokerProc, BenchError> {
+        let name = if nodelay { "mosquitto-nodelay" } else { "mosquitto-default" };
         const WHAT: &str = "mosquitto";
         let dir = tempfile::Builder::new()
             .prefix("quiclab-bench-mosquitto")
@@ -437,7 +411,7 @@ impl BrokerProc {
                     "# generated by benches/mqtt.rs\n\
                      per_listener_settings false\n\
                      allow_anonymous true\n\
-                     set_tcp_nodelay true\n\
+                     set_tcp_nodelay {}\n\
                      max_connections -1\n\
                      persistence false\n\
                      log_dest stderr\n\
@@ -447,6 +421,7 @@ impl BrokerProc {
                      listener {} 127.0.0.1\n\
                      certfile {}\n\
                      keyfile {}\n",
+                    nodelay,
                     l.tcp.port(),
                     l.tls.port(),
                     cert.display(),
@@ -459,7 +434,7 @@ impl BrokerProc {
             Ok((spawn_pinned(cmd, cpu, WHAT)?, l))
         };
         let (proc, listeners) = spawn_ready(WHAT, READY_TIMEOUT, spawn, |l| l.accept_mqtt(trust.clone())).await?;
-        Ok(BrokerProc { name: "mosquitto", proc, listeners, _dir: Some(dir) })
+        Ok(BrokerProc { name, proc, listeners, _dir: Some(dir) })
     }
 
     fn cpu(&self) -> Result<f64, BenchError> {
@@ -1022,15 +997,18 @@ async fn start_broker(a: &BenchArgs, which: &str, certs: &Path) -> Result<Broker
             let max_connections = a.idle_clients.max(a.subscribers).max(a.handshake_concurrency) + 1000;
             BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs).await
         }
-        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs).await,
+        "mosquitto-nodelay" => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, true).await,
+        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, false).await,
     }
 }
 
 async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
     let brokers: &[&str] = match a.broker {
         Brokers::Quiclab => &["quiclab"],
-        Brokers::Mosquitto => &["mosquitto"],
-        Brokers::Both => &["quiclab", "mosquitto"],
+        Brokers::MosquittoNodelay => &["mosquitto-nodelay"],
+        Brokers::MosquittoDefault => &["mosquitto-default"],
+        Brokers::Mosquitto => &["mosquitto-nodelay", "mosquitto-default"],
+        Brokers::All => &["quiclab", "mosquitto-nodelay", "mosquitto-default"],
     };
     let scenarios: &[Scenario] = match a.scenario {
         Scenario::All => &[Scenario::P2p, Scenario::Fanout, Scenario::Idle, Scenario::Handshake],
@@ -1051,7 +1029,7 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
         for which in brokers {
             for &t in &a.transport {
                 // mosquitto has no QUIC; per-topic equals single-stream when nothing flows.
-                let skip = (*which == "mosquitto" && t.is_quic())
+                let skip = (which.starts_with("mosquitto") && t.is_quic())
                     || (t == BenchTransport::QuicPerTopic && matches!(s, Scenario::Idle | Scenario::Handshake));
                 if skip {
                     continue;
@@ -1212,9 +1190,15 @@ fn markdown(report: &Report) -> String {
         ]
     };
     let mut ratios = Vec::new();
+    // Against each mosquitto configuration, and marked: the one with more messages per broker
+    // CPU-second in this run, the ratio to quote (issue 17: the anchor at its best).
     for q in report.runs.iter().filter(|r| r.broker == "quiclab") {
-        if let Some(m) = find("mosquitto", &q.transport, q) {
-            ratios.push(ratio_row(format!("quiclab / mosquitto, {}", q.transport), q, m));
+        let ms: Vec<&RunResult> =
+            ["mosquitto-nodelay", "mosquitto-default"].iter().filter_map(|m| find(m, &q.transport, q)).collect();
+        let best = ms.iter().map(|m| m.msgs_per_broker_cpu_s).fold(f64::NAN, f64::max);
+        for m in &ms {
+            let mark = if ms.len() > 1 && m.msgs_per_broker_cpu_s == best { " (the better mosquitto)" } else { "" };
+            ratios.push(ratio_row(format!("quiclab / {}, {}{mark}", m.broker, q.transport), q, m));
         }
     }
     for q in report.runs.iter().filter(|r| r.broker == "quiclab" && r.transport.starts_with("quic")) {
@@ -1282,7 +1266,7 @@ fn run(a: BenchArgs) -> Result<(), BenchError> {
         .name("mqtt-bench".into())
         .spawn(move || -> Result<Report, BenchError> {
             if let Some(cpu) = pin {
-                pin_current_thread(cpu)?;
+                pin_current_thread(&[cpu]).map_err(io_err(format!("pin the generator to cpu {cpu}")))?;
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -21,13 +21,15 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let threads = cli.worker_threads();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quiclab: error: cannot start the async runtime: {}", error_line(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
+    tracing::debug!(threads, "async runtime started");
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -15,6 +15,8 @@ struct Served {
     spki: String,
     /// The MQTT over TLS port from the banner.
     mqtt_tls: Option<u16>,
+    /// The runtime's worker threads from the banner.
+    threads: usize,
 }
 
 impl Drop for Served {
@@ -39,7 +41,7 @@ fn serve_with(certs: &std::path::Path, extra: &[&str]) -> Served {
         .expect("spawn quiclab serve");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut udp, mut tcp, mut spki, mut mqtt_tls) = (None, None, None, None);
+    let (mut udp, mut tcp, mut spki, mut mqtt_tls, mut threads) = (None, None, None, None, None);
     while let Some(Ok(line)) = lines.next() {
         if let Some(rest) = line.split("mqtts://localhost:").nth(1) {
             mqtt_tls = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
@@ -53,6 +55,9 @@ fn serve_with(certs: &std::path::Path, extra: &[&str]) -> Served {
         if let Some(rest) = line.trim().strip_prefix("SPKI sha256") {
             spki = Some(rest.trim().to_string());
         }
+        if let Some(rest) = line.trim().strip_prefix("runtime") {
+            threads = rest.split_whitespace().next().and_then(|n| n.parse::<usize>().ok());
+        }
         if line.starts_with("effective configuration") {
             break;
         }
@@ -61,7 +66,8 @@ fn serve_with(certs: &std::path::Path, extra: &[&str]) -> Served {
     std::thread::spawn(move || for _ in lines {});
     let (udp, tcp) = (udp.expect("banner names the UDP address"), tcp.expect("banner names the TCP address"));
     assert_eq!(udp, tcp, "port 0 picks one port for both transports");
-    Served { child, port: udp, spki: spki.expect("banner prints the SPKI hash"), mqtt_tls }
+    let threads = threads.expect("banner prints the runtime's worker threads");
+    Served { child, port: udp, spki: spki.expect("banner prints the SPKI hash"), mqtt_tls, threads }
 }
 
 #[test]
@@ -148,6 +154,20 @@ fn certs_serve_get_and_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn threads_sets_the_runtime_and_defaults_to_every_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(serve(&certs).threads, cores, "default: every core the process may run on");
+    assert_eq!(serve_with(&certs, &["--threads", "1"]).threads, 1);
+    // Global: also before the subcommand.
+    let out = quiclab().args(["--threads", "0", "serve"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads") && err.contains('0'), "clap names the bad value: {err}");
 }
 
 #[test]

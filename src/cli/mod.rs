@@ -37,8 +37,23 @@ use quiclab::tls::{TlsError, Trust};
 #[command(after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=quiclab=trace); default is info.\n\
                         SSLKEYLOGFILE=FILE writes TLS secrets of every QUIC and TLS/TCP connection for Wireshark/tshark.")]
 pub(crate) struct Cli {
+    /// Worker threads of the async runtime (default: every core this process may run on, as
+    /// `sched_getaffinity` reports them). `--threads 1` with `taskset -c 0` is the one-core
+    /// set-up of the per-CPU-second benchmarks (docs/BENCHMARKS.md).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// The runtime's worker threads: `--threads`, or every core available to the process.
+    pub(crate) fn worker_threads(&self) -> usize {
+        match self.threads {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
 }
 
 /// The subcommands.
@@ -223,6 +238,12 @@ pub(crate) enum CliError {
     /// `mqtt passwd`: the two passwords typed differ.
     #[error("passwords do not match")]
     PasswordMismatch,
+}
+
+/// Worker threads of the runtime this runs on (printed in the banners, so a benchmark's log
+/// says what it measured).
+pub(crate) fn worker_threads_now() -> usize {
+    tokio::runtime::Handle::current().metrics().num_workers()
 }
 
 /// Run a parsed command line; returns the process exit code.

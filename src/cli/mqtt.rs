@@ -745,6 +745,7 @@ async fn broker(a: BrokerArgs) -> Result<i32, CliError> {
     if let Some(q) = quic {
         banner += &format!("mqtt quic {q}\n");
     }
+    banner += &format!("runtime {} worker threads\n", super::worker_threads_now());
     banner += &format!("effective configuration:\n{}", cfg.summary());
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());

@@ -176,6 +176,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<i32, CliError> {
         banner += &format!("  WebSocket echo   ws://localhost:{}/ws  (plaintext listener {a})\n", a.port());
     }
     banner += &format!("  SPKI sha256      {}\n", c.spki_sha256);
+    banner += &format!("  runtime          {} worker threads (--threads)\n", super::worker_threads_now());
     banner += &format!("effective configuration:\n{}", server.config().summary());
     // A closed stdout (a reader that went away) must not stop the server: ignore write errors.
     let mut out = std::io::stdout().lock();

@@ -84,9 +84,12 @@ pub(crate) async fn serve_connection(
                 let early_data = handshake_done.clone().now_or_never().is_none();
                 let info = RequestInfo { conn: conn.clone(), early_data };
                 let site = site.clone();
+                // Both halves boxed: the task's own future stays small, so spawning it and
+                // storing its output copy a few hundred bytes, not the 11 KB the two state
+                // machines take (11 KB before; memcpy was 7% of the server's CPU at 1 KiB responses).
                 requests.spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => serve_request(site, req, stream, info).await,
+                    match Box::pin(resolver.resolve_request()).await {
+                        Ok((req, stream)) => Box::pin(serve_request(site, req, stream, info)).await,
                         Err(e) => log_stream_error("reading request headers", &e),
                     }
                 });

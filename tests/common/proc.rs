@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl};
@@ -226,4 +226,49 @@ fn clock_ticks() -> f64 {
     } else {
         100.0
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinning: the benchmarks give the server and the load generator a core each.
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit set; all-zero is a valid (empty) value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: the callers check `cpu` against the number of CPUs (far below CPU_SETSIZE).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Pin the calling thread to `cpus` (all of the machine's cores to undo a pinning).
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    let set = cpu_set(cpus);
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Start `cmd` pinned to `cpu` (if any), killed when this process dies.
+pub fn spawn_pinned(mut cmd: Command, cpu: Option<usize>, what: &str) -> Result<Child, ProcError> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
+    // calls (sched_setaffinity, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(cpu) = cpu {
+                let set = cpu_set(&[cpu]);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // The server dies with the benchmark, whatever happens to it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| ProcError::Spawn { what: what.to_string(), source })
 }
