@@ -351,7 +351,9 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
 }
 
 /// `quiclab serve` (HTTP/3 and HTTP/2 on one port), ready when its TCP port accepts.
-async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout) -> (proc::ChildServer, u16) {
+/// `--threads 1` in the one-core layout; `baseline` builds predate the flag, and pinned to one
+/// core their runtime starts one worker anyway (tokio counts the cores the process may use).
+async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout, baseline: bool) -> (proc::ChildServer, u16) {
     let spawn = || {
         let port = proc::free_udp_port()?;
         let mut cmd = std::process::Command::new(bin);
@@ -359,7 +361,7 @@ async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout) -> (p
             .arg(certs)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null());
-        if layout == Layout::OneCore {
+        if layout == Layout::OneCore && !baseline {
             cmd.args(["--threads", "1"]);
         }
         let cpu = (layout == Layout::OneCore).then_some(0);
@@ -371,11 +373,7 @@ async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout) -> (p
 /// nginx serving the same 1 KiB at the same path over HTTP/2 (TLS 1.3, the development
 /// certificate), access log off, no limit on requests per connection (nginx's default of 1,000
 /// would end the one connection with GOAWAY); ready when its port accepts.
-async fn start_nginx(
-    bin: &str,
-    certs: &std::path::Path,
-    layout: Layout,
-) -> (proc::ChildServer, u16, tempfile::TempDir) {
+async fn start_nginx(bin: &str, certs: &std::path::Path, layout: Layout) -> (Nginx, u16, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix("quiclab-bench-nginx").tempdir().unwrap();
     // nginx's workers run as `nobody`: readable copies of the (throwaway) certificate and key.
@@ -428,7 +426,22 @@ async fn start_nginx(
     };
     let (child, port) =
         proc::spawn_ready("nginx", READY, spawn, |port| proc::tcp_accepts(proc::loopback(port))).await.unwrap();
-    (child, port, dir)
+    (Nginx(child), port, dir)
+}
+
+/// The nginx master process, stopped with SIGTERM when dropped (also when a run panics): the
+/// SIGKILL of `ChildServer`'s drop would leave its workers running.
+struct Nginx(proc::ChildServer);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        unsafe { libc::kill(self.0.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A tool the rate part needs, or the command that installs it.
@@ -460,9 +473,9 @@ async fn rate_part(o: &Opts, certs: &std::path::Path) {
         }
         let gen_cpu = (layout == Layout::OneCore).then_some(1);
         proc::pin_current_thread(if layout == Layout::OneCore { &[1] } else { &all_cpus }).unwrap();
-        let (quiclab, qport) = start_quiclab(env!("CARGO_BIN_EXE_quiclab"), certs, layout).await;
+        let (quiclab, qport) = start_quiclab(env!("CARGO_BIN_EXE_quiclab"), certs, layout, false).await;
         let baseline = match &o.baseline_bin {
-            Some(bin) => Some(start_quiclab(bin, certs, layout).await),
+            Some(bin) => Some(start_quiclab(bin, certs, layout, true).await),
             None => None,
         };
         let nginx = if o.no_external { None } else { Some(start_nginx(&o.nginx, certs, layout).await) };
@@ -498,34 +511,32 @@ async fn rate_part(o: &Opts, certs: &std::path::Path) {
         let opts = ClientOptions { trust: Trust::CaFile(certs.join("ca.pem")), ..Default::default() };
         let h3 = Client::new(HttpVersion::H3, &opts).unwrap();
         let h2 = Client::new(HttpVersion::H2, &opts).unwrap();
-        // The own generator keeps one connection per arm for the whole layout (as oha and
-        // h2load open one per run, their handshake is inside their run: one in ~100k requests).
-        let mut conns = Vec::new();
-        for arm in &arms {
-            let url = format!("https://localhost:{}{RATE_PATH}", arm.port);
-            let conn = if arm.gen == Gen::Own {
-                let client = if arm.h3 { &h3 } else { &h2 };
-                let c = Arc::new(client.connect(&Target::parse(&url).unwrap()).await.unwrap());
-                request_rate(c.clone(), &url, RATE_STREAMS, 0.5).await; // warm-up
-                Some(c)
-            } else {
-                None
-            };
-            conns.push((url, conn));
-        }
+        // Every generator opens its connection per run, the own one before the run's clock
+        // and CPU reading start (with a 0.3 s warm-up); oha and h2load inside their run (one
+        // handshake in ~100k requests). A connection kept across runs would sit idle past the
+        // 30 s idle timeout while the other arms run.
         for _ in 0..o.runs {
-            for (arm, (url, conn)) in arms.iter_mut().zip(&conns) {
+            for arm in arms.iter_mut() {
                 let server = match arm.server {
                     "quiclab" => &quiclab,
-                    "nginx" => &nginx.as_ref().unwrap().0,
+                    "nginx" => &nginx.as_ref().unwrap().0 .0,
                     _ => &baseline.as_ref().unwrap().0,
                 };
-                let cpu0 = tree_cpu_seconds(server.pid());
+                let url = format!("https://localhost:{}{RATE_PATH}", arm.port);
                 let ip_url = url.replace("localhost", "127.0.0.1");
-                let (n, secs) = match arm.gen {
-                    Gen::Own => request_rate(conn.clone().unwrap(), url, RATE_STREAMS, o.rate_secs).await,
-                    Gen::Oha => run_oha(&o.oha, gen_cpu, arm.h3, &ip_url, o.rate_secs),
-                    Gen::H2load => run_h2load(&o.h2load, gen_cpu, &ip_url, o.rate_secs),
+                let conn = if arm.gen == Gen::Own {
+                    let client = if arm.h3 { &h3 } else { &h2 };
+                    let c = Arc::new(client.connect(&Target::parse(&url).unwrap()).await.unwrap());
+                    request_rate(c.clone(), &url, RATE_STREAMS, 0.3).await;
+                    Some(c)
+                } else {
+                    None
+                };
+                let cpu0 = tree_cpu_seconds(server.pid());
+                let (n, secs) = match (arm.gen, conn) {
+                    (Gen::Own, Some(c)) => request_rate(c, &url, RATE_STREAMS, o.rate_secs).await,
+                    (Gen::Oha, _) => run_oha(&o.oha, gen_cpu, arm.h3, &ip_url, o.rate_secs),
+                    (_, _) => run_h2load(&o.h2load, gen_cpu, &ip_url, o.rate_secs),
                 };
                 let cpu = tree_cpu_seconds(server.pid()) - cpu0;
                 arm.runs.push((n as f64 / secs, n as f64 / cpu.max(1e-9)));
@@ -573,16 +584,7 @@ async fn rate_part(o: &Opts, certs: &std::path::Path) {
             }
         }
         println!();
-        drop(conns);
-        if let Some((mut nginx, _, _dir)) = nginx {
-            // SIGTERM, not the SIGKILL of ChildServer's drop: the master stops its workers.
-            // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
-            unsafe { libc::kill(nginx.pid() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while nginx.is_running() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        drop(nginx);
         drop(quiclab);
         drop(baseline);
     }
@@ -672,14 +674,16 @@ fn main() {
         return;
     }
     println!("## Server memory per idle HTTP/3 connection ({} connections; serve {:?})\n", o.idle_conns, o.serve_args);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quiclab"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-mqtt", "--certs"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quiclab"));
+    // Idle means idle, not closed: the 30 s default idle timeout would end the first of
+    // 10,000 connections before the last is open.
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-mqtt", "--idle-timeout", "600s", "--certs"])
         .arg(&certs)
         .args(&o.serve_args)
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::piped());
+    // Killed with this process, also when a measurement panics.
+    let mut child = proc::spawn_pinned(cmd, None, "quiclab serve").unwrap();
     // Keep reading the child's stdout on a thread, so it never writes into a closed pipe.
     let (port_tx, port_rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().unwrap();
@@ -695,7 +699,8 @@ fn main() {
     let port = port_rx.recv_timeout(Duration::from_secs(30)).expect("quiclab serve prints its port");
     let pid = child.id();
     rt.block_on(async {
-        let opts = ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
+        let mut opts = ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
+        opts.transport.idle_timeout = Duration::from_secs(600);
         let client = Client::new(HttpVersion::H3, &opts).unwrap();
         let target = Target::parse(&format!("https://localhost:{port}/status/200")).unwrap();
         // One connection first so lazily-initialised state is not counted per connection.
@@ -704,11 +709,19 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_kib(pid);
         let mut conns = Vec::with_capacity(o.idle_conns);
-        for _ in 0..o.idle_conns {
-            let c = client.connect(&target).await.unwrap();
-            let r = c.send(quiclab::client::request(&target, http::Method::GET, Bytes::new()).unwrap()).await.unwrap();
-            assert_eq!(r.status(), 200);
-            conns.push(c);
+        // 100 handshakes at a time (one after another, 10,000 took over 10 minutes).
+        let mut left = o.idle_conns;
+        while left > 0 {
+            let batch = left.min(100);
+            let opened = futures_util::future::join_all((0..batch).map(|_| async {
+                let c = client.connect(&target).await.unwrap();
+                let req = quiclab::client::request(&target, http::Method::GET, Bytes::new()).unwrap();
+                assert_eq!(c.send(req).await.unwrap().status(), 200);
+                c
+            }))
+            .await;
+            conns.extend(opened);
+            left -= batch;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(pid);
