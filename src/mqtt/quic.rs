@@ -179,7 +179,15 @@ pub async fn serve_connection(
     att.note_stream_opened();
     let (connected_tx, connected_rx) = watch::channel(false);
     let stream = |channel| StreamTask { att: att.clone(), conn: conn.clone(), info: info.clone(), channel, max_packet };
-    let control = stream(CONTROL_CHANNEL).run(send, recv, Some(connected_tx), None);
+    // The control stream runs in a task of its own, as data streams do: inside this task's
+    // `select!` it was polled with `accept_bi` and `accept_uni` (each taking quinn's connection
+    // lock) on every wake-up. Aborted if this task ends first.
+    let control = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(stream(CONTROL_CHANNEL).run(
+        send,
+        recv,
+        Some(connected_tx),
+        None,
+    )));
     let data = {
         let (conn, att, streams) = (conn.clone(), att.clone(), streams.clone());
         async move {
