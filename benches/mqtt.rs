@@ -542,6 +542,10 @@ struct Shared {
     /// Fan-out closed loop: wake the publisher when `delivered` reaches this.
     wake_at: AtomicU64,
     wake: Notify,
+    /// Publishers' connections after `stop`, kept open until the run is over: dropping the last
+    /// handle of a QUIC connection closes it at once, and what the publisher had written but
+    /// quinn had not yet sent would count as lost (TCP delivers a closed socket's data).
+    parked: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Shared {
@@ -554,7 +558,15 @@ impl Shared {
             published: AtomicU64::new(0),
             wake_at: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
+            parked: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keep `conn` open until the run's `Shared` is dropped (see `parked`).
+    fn park(&self, conn: impl Send + 'static) {
+        if let Ok(mut p) = self.parked.lock() {
+            p.push(Box::new(conn));
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -686,11 +698,12 @@ async fn run_publisher_open(
     size: usize,
     shared: Arc<Shared>,
 ) {
-    let Conn { mut r, mut w, _control, quic: _quic } = conn;
+    let Conn { mut r, mut w, _control, quic } = conn;
     let mut seq = 0u64;
     let mut pid: u16 = 0;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
+            shared.park((r, w, _control, quic));
             return;
         }
         let due = start + interval.mul_f64(seq as f64);
@@ -727,8 +740,15 @@ async fn run_publisher_open(
 }
 
 /// The fan-out publisher, closed loop: at most `window` messages not yet delivered to every
-/// subscriber (counted in aggregate).
-async fn run_fanout_closed(mut w: Writer, topic: TopicName, window: u64, subs: u64, size: usize, shared: Arc<Shared>) {
+/// subscriber (counted in aggregate). Returns the writer, to be parked.
+async fn run_fanout_closed(
+    mut w: Writer,
+    topic: TopicName,
+    window: u64,
+    subs: u64,
+    size: usize,
+    shared: Arc<Shared>,
+) -> Writer {
     let mut k = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let done = shared.delivered.load(Ordering::Relaxed) / subs;
@@ -740,7 +760,7 @@ async fn run_fanout_closed(mut w: Writer, topic: TopicName, window: u64, subs: u
                 shared.published.fetch_add(1, Ordering::Relaxed);
             }
             if w.flush().await.is_err() {
-                return;
+                return w;
             }
             continue;
         }
@@ -754,6 +774,7 @@ async fn run_fanout_closed(mut w: Writer, topic: TopicName, window: u64, subs: u
         }
         shared.wake_at.store(u64::MAX, Ordering::Relaxed);
     }
+    w
 }
 
 struct Window {
@@ -889,8 +910,9 @@ async fn fanout(
         let s = shared.clone();
         let (window, subs, size) = (a.inflight as u64, a.subscribers as u64, a.payload);
         tasks.push(tokio::spawn(async move {
-            let Conn { r: _r, w, _control, quic: _quic } = c;
-            run_fanout_closed(w, topic, window, subs, size, s).await
+            let Conn { r, w, _control, quic } = c;
+            let w = run_fanout_closed(w, topic, window, subs, size, s.clone()).await;
+            s.park((r, w, _control, quic));
         }));
     }
     let mode = if open { "open" } else { "closed" };
