@@ -84,9 +84,10 @@ pub(crate) async fn serve_connection(
                 let early_data = handshake_done.clone().now_or_never().is_none();
                 let info = RequestInfo { conn: conn.clone(), early_data };
                 let site = site.clone();
-                // Both halves boxed: the task's own future stays small, so spawning it and
-                // storing its output copy a few hundred bytes, not the 11 KB the two state
-                // machines take (11 KB before; memcpy was 7% of the server's CPU at 1 KiB responses).
+                // Both halves boxed, so the task's own future is about 1 KB (mostly the
+                // resolver) instead of 11 KB: tokio copies it when spawning and again when
+                // storing the output, and those copies were 4–7% of the server's CPU at 1 KiB
+                // responses (docs/BENCHMARKS.md, flame graphs).
                 requests.spawn(async move {
                     match Box::pin(resolver.resolve_request()).await {
                         Ok((req, stream)) => Box::pin(serve_request(site, req, stream, info)).await,
