@@ -350,21 +350,22 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
     total
 }
 
-/// `quiclab serve` (HTTP/3 and HTTP/2 on one port), ready when its TCP port accepts.
-/// `--threads 1` in the one-core layout; `baseline` builds predate the flag, and pinned to one
-/// core their runtime starts one worker anyway (tokio counts the cores the process may use).
-async fn start_quiclab(bin: &str, certs: &std::path::Path, layout: Layout, baseline: bool) -> (proc::ChildServer, u16) {
+/// `quiclab serve` (HTTP/3 and HTTP/2 on one port) with `extra` arguments, pinned to `cpu` if
+/// given and killed with this process; ready when its TCP port accepts.
+async fn start_quiclab(
+    bin: &str,
+    certs: &std::path::Path,
+    extra: &[String],
+    cpu: Option<usize>,
+) -> (proc::ChildServer, u16) {
     let spawn = || {
         let port = proc::free_udp_port()?;
         let mut cmd = std::process::Command::new(bin);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--no-mqtt", "--certs"])
             .arg(certs)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null());
-        if layout == Layout::OneCore && !baseline {
-            cmd.args(["--threads", "1"]);
-        }
-        let cpu = (layout == Layout::OneCore).then_some(0);
         Ok((proc::spawn_pinned(cmd, cpu, "quiclab serve")?, port))
     };
     proc::spawn_ready("quiclab serve", READY, spawn, |port| proc::tcp_accepts(proc::loopback(port))).await.unwrap()
@@ -473,9 +474,14 @@ async fn rate_part(o: &Opts, certs: &std::path::Path) {
         }
         let gen_cpu = (layout == Layout::OneCore).then_some(1);
         proc::pin_current_thread(if layout == Layout::OneCore { &[1] } else { &all_cpus }).unwrap();
-        let (quiclab, qport) = start_quiclab(env!("CARGO_BIN_EXE_quiclab"), certs, layout, false).await;
+        // One core: `--threads 1` pinned to core 0. Baseline builds may predate the flag; pinned
+        // to one core their runtime starts one worker anyway (tokio counts the usable cores).
+        let server_cpu = (layout == Layout::OneCore).then_some(0);
+        let one_thread: Vec<String> =
+            if layout == Layout::OneCore { vec!["--threads".into(), "1".into()] } else { vec![] };
+        let (quiclab, qport) = start_quiclab(env!("CARGO_BIN_EXE_quiclab"), certs, &one_thread, server_cpu).await;
         let baseline = match &o.baseline_bin {
-            Some(bin) => Some(start_quiclab(bin, certs, layout, true).await),
+            Some(bin) => Some(start_quiclab(bin, certs, &[], server_cpu).await),
             None => None,
         };
         let nginx = if o.no_external { None } else { Some(start_nginx(&o.nginx, certs, layout).await) };
@@ -591,16 +597,6 @@ async fn rate_part(o: &Opts, certs: &std::path::Path) {
     proc::pin_current_thread(&all_cpus).unwrap();
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 fn main() {
     let o = parse_opts();
     let dir = tempfile::tempdir().unwrap();
@@ -674,30 +670,11 @@ fn main() {
         return;
     }
     println!("## Server memory per idle HTTP/3 connection ({} connections; serve {:?})\n", o.idle_conns, o.serve_args);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quiclab"));
     // Idle means idle, not closed: the 30 s default idle timeout would end the first of
     // 10,000 connections before the last is open.
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-mqtt", "--idle-timeout", "600s", "--certs"])
-        .arg(&certs)
-        .args(&o.serve_args)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped());
-    // Killed with this process, also when a measurement panics.
-    let mut child = proc::spawn_pinned(cmd, None, "quiclab serve").unwrap();
-    // Keep reading the child's stdout on a thread, so it never writes into a closed pipe.
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("(UDP ").nth(1) {
-                let port: u16 = rest.trim_end_matches(')').rsplit(':').next().unwrap().parse().unwrap();
-                let _ = port_tx.send(port);
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(30)).expect("quiclab serve prints its port");
-    let pid = child.id();
+    let mut extra = vec!["--idle-timeout".to_string(), "600s".to_string()];
+    extra.extend(o.serve_args.iter().cloned());
+    let (server, port) = rt.block_on(start_quiclab(env!("CARGO_BIN_EXE_quiclab"), &certs, &extra, None));
     rt.block_on(async {
         let mut opts = ClientOptions { trust: Trust::CaFile(ca.clone()), ..Default::default() };
         opts.transport.idle_timeout = Duration::from_secs(600);
@@ -707,7 +684,7 @@ fn main() {
         let warm = client.connect(&target).await.unwrap();
         warm.send(quiclab::client::request(&target, http::Method::GET, Bytes::new()).unwrap()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = rss_kib(pid);
+        let before = server.rss_kib().unwrap();
         let mut conns = Vec::with_capacity(o.idle_conns);
         // 100 handshakes at a time (one after another, 10,000 took over 10 minutes).
         let mut left = o.idle_conns;
@@ -724,13 +701,11 @@ fn main() {
             left -= batch;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = rss_kib(pid);
+        let after = server.rss_kib().unwrap();
         let per = (after as f64 - before as f64) / o.idle_conns as f64;
         println!("| RSS before | RSS after | per connection |\n|---|---|---|");
         println!("| {before} KiB | {after} KiB | {per:.1} KiB |");
         println!("\ngoal <= 32 KiB per idle connection\n");
         drop(conns);
     });
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = child.wait();
 }
