@@ -21,8 +21,12 @@
 //!   one data stream per topic (docs/mqtt-over-quic.md), each against the same broker process in
 //!   the same run. mosquitto serves TCP and TLS (the same development certificate).
 //! * Scenarios: point-to-point (N publishers → N subscribers, one topic each, QoS 1), fan-out
-//!   (1 publisher → M subscribers on one topic, QoS 0), idle clients (RSS delta / N), and
-//!   handshakes (N connections up to CONNACK and closed again, C in flight at a time).
+//!   (1 publisher → M subscribers on one topic, QoS 0), fan-in (N publishers, a topic each → 1
+//!   subscriber of all, QoS 1; in quic-per-topic mode a data stream per topic, so one connection
+//!   has N busy channels), idle clients (RSS delta / N), and handshakes (N connections up to
+//!   CONNACK and closed again, C in flight at a time).
+//! * QUIC rows also report messages delivered per datagram the subscribers received: how much
+//!   the broker batches into each packet.
 //! * Throughput runs are closed loops: each publisher keeps at most `--inflight` messages
 //!   unacknowledged (QoS 1: until PUBACK; fan-out QoS 0: until every subscriber got it, counted
 //!   in aggregate). Latency runs are paced open loops: messages leave on a fixed schedule and
@@ -70,11 +74,16 @@ enum Scenario {
     P2p,
     /// Fan-out: 1 publisher → M subscribers on one topic, QoS 0.
     Fanout,
+    /// Fan-in: N publishers, one topic each → 1 subscriber to all N topics, QoS 1 (in
+    /// quic-per-topic mode on N data streams of one connection: every channel busy at once).
+    /// The closed loop keeps `--inflight` messages in flight end to end, all publishers
+    /// together, so a single-channel subscriber's in-flight window is never overrun.
+    FanIn,
     /// Idle clients: broker RSS delta per connected client.
     Idle,
     /// Handshakes: connections up to CONNACK, then closed, a fixed number in flight.
     Handshake,
-    /// All four.
+    /// p2p, fan-out, idle and handshake (fan-in runs when asked for).
     All,
 }
 
@@ -144,16 +153,20 @@ struct BenchArgs {
     /// Point-to-point: number of publisher/subscriber pairs.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pairs: usize,
+    /// Fan-in: number of publishers (one topic each) into the one subscriber.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    fan_in_topics: usize,
     /// Fan-out: number of subscribers.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     subscribers: usize,
-    /// Closed loop: messages in flight per publisher.
+    /// Closed loop: messages in flight per publisher (fan-in: end to end, all publishers
+    /// together).
     #[arg(long, value_name = "N", default_value_t = 10)]
     inflight: usize,
     /// Payload bytes (at least 16: send time and sequence number).
     #[arg(long, value_name = "BYTES", default_value_t = 16)]
     payload: usize,
-    /// Open loop, point-to-point: messages per second, all publishers together.
+    /// Open loop, point-to-point and fan-in: messages per second, all publishers together.
     #[arg(long, value_name = "MSGS", default_value_t = 20_000)]
     p2p_rate: u64,
     /// Open loop, fan-out: publishes per second (each delivered to every subscriber).
@@ -262,6 +275,9 @@ struct RunResult {
     /// Deliveries expected over the whole run and not seen half a second after publishing
     /// stopped (QoS 0 may be dropped by design; QoS 1 must not be).
     lost: u64,
+    /// QUIC: messages delivered per datagram the subscribers received in the window (how well
+    /// the broker batches; ACK-only datagrams count too).
+    msgs_per_datagram: Option<f64>,
     generator_cpu_s: f64,
 }
 
@@ -546,6 +562,11 @@ struct Shared {
     /// handle of a QUIC connection closes it at once, and what the publisher had written but
     /// quinn had not yet sent would count as lost (TCP delivers a closed socket's data).
     parked: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
+    /// Subscribers' QUIC connections, whose received datagrams are counted.
+    subscribers: Mutex<Vec<quinn::Connection>>,
+    /// Fan-in closed loop: a publisher takes one per message; subscribers give them back as
+    /// messages arrive (the end-to-end window).
+    credits: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -559,6 +580,8 @@ impl Shared {
             wake_at: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             parked: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(Vec::new()),
+            credits: tokio::sync::Semaphore::new(0),
         })
     }
 
@@ -567,6 +590,18 @@ impl Shared {
         if let Ok(mut p) = self.parked.lock() {
             p.push(Box::new(conn));
         }
+    }
+
+    /// Count the datagrams `conn` receives (`msg per datagram` in the report).
+    fn watch_subscriber(&self, conn: quinn::Connection) {
+        if let Ok(mut s) = self.subscribers.lock() {
+            s.push(conn);
+        }
+    }
+
+    /// Datagrams the watched subscribers received so far.
+    fn subscriber_datagrams(&self) -> u64 {
+        self.subscribers.lock().map(|s| s.iter().map(|c| c.stats().udp_rx.datagrams).sum()).unwrap_or(0)
     }
 
     fn now_ns(&self) -> u64 {
@@ -630,6 +665,7 @@ async fn run_subscriber(conn: Conn, shared: Arc<Shared>, hist: Arc<Mutex<Histogr
             next = r.try_next().ok().flatten();
         }
         let total = shared.delivered.fetch_add(n, Ordering::Relaxed) + n;
+        shared.credits.add_permits(n as usize);
         if total >= shared.wake_at.load(Ordering::Relaxed) {
             shared.wake.notify_one();
         }
@@ -682,6 +718,41 @@ async fn run_publisher_closed(conn: Conn, topic: TopicName, window: usize, size:
                 outstanding = outstanding.saturating_sub(1);
             }
             next = r.try_next().ok().flatten();
+        }
+    }
+}
+
+/// A QoS 1 publisher whose window is end to end and shared (`Shared::credits`): it publishes a
+/// message each time it gets a credit, which a subscriber returns when a message arrives.
+async fn run_publisher_credited(conn: Conn, topic: TopicName, size: usize, shared: Arc<Shared>) {
+    let Conn { mut r, mut w, _control, quic } = conn;
+    let mut pid: u16 = 0;
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            credit = shared.credits.acquire() => {
+                let Ok(credit) = credit else { return };
+                credit.forget();
+                if shared.stop.load(Ordering::Relaxed) {
+                    shared.park((r, w, _control, quic));
+                    return;
+                }
+                pid = pid.wrapping_add(1).max(1);
+                seq += 1;
+                let id = Pid::try_from(pid).unwrap_or_default();
+                let p = Publish::new(QosPid::Level1(id), topic.clone(), payload(size, shared.now_ns(), seq));
+                let _ = w.queue(&Packet::Publish(p));
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+            p = r.next() => {
+                if !matches!(p, Ok(Some(_))) {
+                    return;
+                }
+                while let Ok(Some(_)) = r.try_next() {}
+            }
         }
     }
 }
@@ -780,6 +851,7 @@ async fn run_fanout_closed(
 struct Window {
     t: Instant,
     delivered: u64,
+    datagrams: u64,
     broker_cpu: f64,
     own_cpu: f64,
 }
@@ -788,6 +860,7 @@ fn sample(b: &BrokerProc, shared: &Shared) -> Result<Window, BenchError> {
     Ok(Window {
         t: Instant::now(),
         delivered: shared.delivered.load(Ordering::Relaxed),
+        datagrams: shared.subscriber_datagrams(),
         broker_cpu: b.cpu()?,
         own_cpu: proc::proc_cpu_seconds(std::process::id())?,
     })
@@ -842,6 +915,8 @@ async fn measure(
         p99_us: h.value_at_quantile(0.99),
         max_us: h.max(),
         lost: expected.saturating_sub(delivered_total),
+        msgs_per_datagram: (w1.datagrams > w0.datagrams)
+            .then(|| delivered as f64 / (w1.datagrams - w0.datagrams) as f64),
         generator_cpu_s: w1.own_cpu - w0.own_cpu,
     })
 }
@@ -856,26 +931,108 @@ async fn p2p(a: &BenchArgs, b: &BrokerProc, g: &Gen, t: BenchTransport, open: bo
     let mut hists = Vec::new();
     for i in 0..a.pairs {
         let mut c = connect(g, b, t, &format!("bench-sub-{i}"), 0).await?;
+        if let Some(q) = &c.quic {
+            shared.watch_subscriber(q.clone());
+        }
         subscribe(&mut c.r, &mut c.w, &format!("bench/p2p/{i}"), QoS::Level1).await?;
         let h = Arc::new(Mutex::new(new_histogram(HISTOGRAM_MAX_US)));
         hists.push(h.clone());
         tasks.push(tokio::spawn(run_subscriber(c, shared.clone(), h)));
     }
-    let interval = Duration::from_secs_f64(a.pairs as f64 / a.p2p_rate.max(1) as f64);
-    let start = Instant::now() + Duration::from_millis(50);
-    for i in 0..a.pairs {
-        let c = connect(g, b, t, &format!("bench-pub-{i}"), 0).await?;
-        let topic = topic(&format!("bench/p2p/{i}"))?;
-        tasks.push(if open {
-            // Stagger the publishers across one interval.
-            let offset = interval.mul_f64(i as f64 / a.pairs as f64);
-            tokio::spawn(run_publisher_open(c, topic, QoS::Level1, interval, start + offset, a.payload, shared.clone()))
-        } else {
-            tokio::spawn(run_publisher_closed(c, topic, a.inflight, a.payload, shared.clone()))
-        });
-    }
+    let pace = if open { Pace::Open } else { Pace::Closed };
+    spawn_publishers(a, (b, g, t), a.pairs, pace, "bench/p2p", &shared, &mut tasks).await?;
     let mode = if open { "open" } else { "closed" };
     let res = measure(a, b, &shared, &hists, "p2p", (t, mode), 1).await;
+    for t in tasks {
+        t.abort();
+    }
+    res
+}
+
+/// How publishers pace themselves.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    /// Paced at `--p2p-rate` together, staggered across one interval.
+    Open,
+    /// `--inflight` unacknowledged (PUBACK) each.
+    Closed,
+    /// `--inflight` in flight end to end, all publishers together (`Shared::credits`).
+    Credited,
+}
+
+/// `n` QoS 1 publishers, publisher i on `{prefix}/{i}`.
+#[allow(clippy::too_many_arguments)]
+async fn spawn_publishers(
+    a: &BenchArgs,
+    (b, g, t): (&BrokerProc, &Gen, BenchTransport),
+    n: usize,
+    pace: Pace,
+    prefix: &str,
+    shared: &Arc<Shared>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), BenchError> {
+    let interval = Duration::from_secs_f64(n as f64 / a.p2p_rate.max(1) as f64);
+    let start = Instant::now() + Duration::from_millis(50);
+    for i in 0..n {
+        let c = connect(g, b, t, &format!("bench-pub-{i}"), 0).await?;
+        let topic = topic(&format!("{prefix}/{i}"))?;
+        let s = shared.clone();
+        tasks.push(match pace {
+            Pace::Open => {
+                let offset = interval.mul_f64(i as f64 / n as f64);
+                tokio::spawn(run_publisher_open(c, topic, QoS::Level1, interval, start + offset, a.payload, s))
+            }
+            Pace::Closed => tokio::spawn(run_publisher_closed(c, topic, a.inflight, a.payload, s)),
+            Pace::Credited => tokio::spawn(run_publisher_credited(c, topic, a.payload, s)),
+        });
+    }
+    if pace == Pace::Credited {
+        shared.credits.add_permits(a.inflight);
+    }
+    Ok(())
+}
+
+/// Fan-in: `--fan-in-topics` publishers, one topic each, into one subscriber of every topic.
+/// Over quic-per-topic the subscriber opens a data stream per topic, so one connection has that
+/// many busy channels: the case where the broker's writer batches across channels. The closed
+/// loop is credited (`--inflight` in flight end to end, all publishers together): with a window
+/// per publisher, a single-channel subscriber's in-flight limit (`max_inflight`, 20) would be
+/// overrun and the broker would drop at `max_queued_messages`.
+async fn fan_in(
+    a: &BenchArgs,
+    b: &BrokerProc,
+    g: &Gen,
+    t: BenchTransport,
+    open: bool,
+) -> Result<RunResult, BenchError> {
+    let shared = Shared::new();
+    let mut tasks = Vec::new();
+    let h = Arc::new(Mutex::new(new_histogram(HISTOGRAM_MAX_US)));
+    let mut sub = connect(g, b, t, "bench-fan-in-sub", 0).await?;
+    let mut streams = Vec::new();
+    for i in 0..a.fan_in_topics {
+        let filter = format!("bench/fan-in/{i}");
+        match (&sub.quic, t) {
+            (Some(q), BenchTransport::QuicPerTopic) if i > 0 => {
+                let (send, recv) = q.open_bi().await.map_err(BenchError::QuicStream)?;
+                let (mut r, mut w) = boxed(recv, send);
+                subscribe(&mut r, &mut w, &filter, QoS::Level1).await?;
+                streams.push(Conn { r, w, _control: None, quic: None });
+            }
+            _ => subscribe(&mut sub.r, &mut sub.w, &filter, QoS::Level1).await?,
+        }
+    }
+    if let Some(q) = &sub.quic {
+        shared.watch_subscriber(q.clone());
+    }
+    tasks.push(tokio::spawn(run_subscriber(sub, shared.clone(), h.clone())));
+    for c in streams {
+        tasks.push(tokio::spawn(run_subscriber(c, shared.clone(), h.clone())));
+    }
+    let pace = if open { Pace::Open } else { Pace::Credited };
+    spawn_publishers(a, (b, g, t), a.fan_in_topics, pace, "bench/fan-in", &shared, &mut tasks).await?;
+    let mode = if open { "open" } else { "closed" };
+    let res = measure(a, b, &shared, &[h], "fan-in", (t, mode), 1).await;
     for t in tasks {
         t.abort();
     }
@@ -894,6 +1051,9 @@ async fn fanout(
     let mut hists = Vec::new();
     for i in 0..a.subscribers {
         let mut c = connect(g, b, t, &format!("bench-fan-{i}"), 0).await?;
+        if let Some(q) = &c.quic {
+            shared.watch_subscriber(q.clone());
+        }
         subscribe(&mut c.r, &mut c.w, "bench/fan", QoS::Level0).await?;
         let h = Arc::new(Mutex::new(new_histogram(HISTOGRAM_MAX_US)));
         hists.push(h.clone());
@@ -1036,6 +1196,7 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
         Scenario::All => &[Scenario::P2p, Scenario::Fanout, Scenario::Idle, Scenario::Handshake],
         Scenario::P2p => &[Scenario::P2p],
         Scenario::Fanout => &[Scenario::Fanout],
+        Scenario::FanIn => &[Scenario::FanIn],
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Handshake => &[Scenario::Handshake],
     };
@@ -1076,10 +1237,10 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
                     _ => {
                         for open in [false, true] {
                             let b = start_broker(&a, which, certs.path()).await?;
-                            let r = if *s == Scenario::P2p {
-                                p2p(&a, &b, &g, t, open).await?
-                            } else {
-                                fanout(&a, &b, &g, t, open).await?
+                            let r = match s {
+                                Scenario::P2p => p2p(&a, &b, &g, t, open).await?,
+                                Scenario::FanIn => fan_in(&a, &b, &g, t, open).await?,
+                                _ => fanout(&a, &b, &g, t, open).await?,
                             };
                             eprintln!(
                                 "{} {which} {tn} {}: {:.0} msg/s, {:.0} msg per broker CPU-s, p50 {} µs, p99 {} µs",
@@ -1121,6 +1282,7 @@ fn markdown(report: &Report) -> String {
                 ms(r.p50_us as f64),
                 ms(r.p99_us as f64),
                 r.lost.to_string(),
+                r.msgs_per_datagram.map_or("–".into(), |m| format!("{m:.2}")),
             ]
         })
         .collect();
@@ -1136,6 +1298,7 @@ fn markdown(report: &Report) -> String {
             "p50",
             "p99",
             "lost",
+            "msg per datagram to subscribers",
         ],
         &rows,
     );
@@ -1243,6 +1406,7 @@ fn describe(a: &BenchArgs) -> Vec<(String, String)> {
         ("duration".into(), format!("{:?} (+{:?} warm-up)", a.duration, a.warmup)),
         ("p2p pairs".into(), a.pairs.to_string()),
         ("fan-out subscribers".into(), a.subscribers.to_string()),
+        ("fan-in topics (publishers)".into(), a.fan_in_topics.to_string()),
         ("closed-loop inflight per publisher".into(), a.inflight.to_string()),
         ("payload bytes".into(), a.payload.to_string()),
         ("open-loop p2p rate (msg/s)".into(), a.p2p_rate.to_string()),

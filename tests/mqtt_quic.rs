@@ -270,6 +270,38 @@ async fn multi_stream_acks_and_deliveries_follow_their_streams() {
     ts.stop().await;
 }
 
+/// Spec §6.1: a data stream the client finishes is finished back once what was queued on it
+/// is written, also when nothing is queued at the FIN (the writer learns of the end from the
+/// channel's outbox going away), and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_data_stream_is_finished_back_and_the_connection_goes_on() {
+    let ts = TestServer::start().await;
+    let quic = raw_connect(&ts).await;
+    let c = quic.connection();
+    let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
+    ctl_s.write_all(&bytes_of(&[connect_packet("fin-back")])).await.unwrap();
+    assert!(matches!(read_packets(&mut ctl_r, 1).await[0], Packet::Connack(_)));
+    let (mut a_s, mut a_r) = c.open_bi().await.unwrap();
+    let sub =
+        Subscribe::new(Pid::try_from(1).unwrap(), vec![(codec::TopicFilter::try_from("fin/#").unwrap(), QoS::Level1)]);
+    a_s.write_all(&bytes_of(&[Packet::Subscribe(sub)])).await.unwrap();
+    assert!(matches!(read_packets(&mut a_r, 1).await[0], Packet::Suback(_)));
+    // Nothing is queued on A now: its FIN must still be answered with the server's FIN.
+    a_s.finish().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), a_r.read_chunk(1 << 16, true))
+        .await
+        .expect("the server finishes its side within 5 s");
+    assert!(matches!(end, Ok(None)), "the server's side of A ends with a FIN: {end:?}");
+    // The subscription moved to the control stream (spec §6.1); the connection serves on.
+    let publ = Publish::new(QosPid::Level0, codec::TopicName::try_from("fin/x").unwrap(), Bytes::from_static(b"on"));
+    ctl_s.write_all(&bytes_of(&[Packet::Publish(publ)])).await.unwrap();
+    match &read_packets(&mut ctl_r, 1).await[0] {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"on"),
+        other => panic!("expected the delivery on the control stream, got {other:?}"),
+    }
+    ts.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_on_a_data_stream_is_a_protocol_error() {
     let ts = TestServer::start().await;

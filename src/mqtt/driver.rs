@@ -160,9 +160,32 @@ struct Outboxes {
     /// Data channels' outboxes (none for TCP and TLS).
     #[allow(clippy::box_collection)] // one pointer for the common case of no data channels
     data: Option<Box<Vec<(ChannelId, Outbox)>>>,
+    /// For a writer that serves every channel (MQTT over QUIC): which channels it has to look
+    /// at ([`Attachment::poll_ready_channels`]). Made by its first call.
+    ready: Option<Box<ReadySet>>,
+}
+
+/// The channels whose outbox got packets or a close, or that ended, since the connection's
+/// writer last looked (each once), and the writer's waker.
+#[derive(Default)]
+struct ReadySet {
+    channels: Vec<ChannelId>,
+    waker: Option<Waker>,
 }
 
 impl Outboxes {
+    /// Tell the connection's writer, if there is one, that `ch` needs a look.
+    fn mark(&mut self, ch: ChannelId) {
+        if let Some(r) = &mut self.ready {
+            if !r.channels.contains(&ch) {
+                r.channels.push(ch);
+            }
+            if let Some(w) = r.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     /// The outbox of `ch`, if the channel is open (the control channel always is).
     fn outbox(&mut self, ch: ChannelId) -> Option<&mut Outbox> {
         if ch == CONTROL_CHANNEL {
@@ -286,7 +309,9 @@ impl Broker {
                 Action::Send { conn, channel, packet } => {
                     let Some(outboxes) = core.conn_data_mut(conn) else { continue };
                     let Some(outbox) = outboxes.outbox(channel) else { continue };
-                    if !outbox.push(packet, cap) {
+                    let queued = outbox.push(packet, cap);
+                    outboxes.mark(channel);
+                    if !queued {
                         let n = self.inner.dropped_qos0.fetch_add(1, Ordering::Relaxed) + 1;
                         // Counted always; logged at 1, 2, 4, 8, ... drops (broker-wide).
                         if n.is_power_of_two() {
@@ -302,11 +327,17 @@ impl Broker {
                 Action::Close { conn, reason } => {
                     let Some(outboxes) = core.conn_data_mut(conn) else { continue };
                     if let Some(data) = &mut outboxes.data {
-                        for (_, o) in data.iter_mut() {
+                        for (ch, o) in data.iter_mut() {
                             o.close(reason.clone());
+                            if let Some(r) = &mut outboxes.ready {
+                                if !r.channels.contains(ch) {
+                                    r.channels.push(*ch);
+                                }
+                            }
                         }
                     }
                     outboxes.control.close(reason);
+                    outboxes.mark(CONTROL_CHANNEL);
                 }
                 Action::Timer { .. } => wake = true,
             }
@@ -377,6 +408,42 @@ impl Attachment {
         }
     }
 
+    /// For a writer that serves every channel of the connection (MQTT over QUIC), instead of
+    /// [`Attachment::poll_outbox`] per channel: appends to `ready` the channels whose outbox got
+    /// packets or a close, or that ended, since the last call (each once; the first call
+    /// reports every channel with something to write, and the control channel), and is ready
+    /// with `true`; otherwise keeps the task's waker. Ready with `false` once the connection is
+    /// gone: every channel is closed, [`Attachment::drain`] says so. One lock per call,
+    /// whatever the number of channels.
+    pub fn poll_ready_channels(&self, cx: &mut Context<'_>, ready: &mut Vec<ChannelId>) -> Poll<bool> {
+        let mut st = self.broker.lock();
+        let Some(outboxes) = st.core.conn_data_mut(self.conn) else {
+            return Poll::Ready(false);
+        };
+        let set = match &mut outboxes.ready {
+            Some(set) => set,
+            None => {
+                let mut set = Box::<ReadySet>::default();
+                set.channels.push(CONTROL_CHANNEL);
+                for (ch, o) in outboxes.data.iter().flat_map(|d| d.iter()) {
+                    if o.ready() {
+                        set.channels.push(*ch);
+                    }
+                }
+                outboxes.ready.insert(set)
+            }
+        };
+        if set.channels.is_empty() {
+            match &set.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => set.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        ready.append(&mut set.channels);
+        Poll::Ready(true)
+    }
+
     /// Whether `channel` is closing: the core asked for its close (its writer writes what is
     /// queued, then acts on it), or the channel or the connection is gone.
     pub fn is_closing(&self, channel: ChannelId) -> bool {
@@ -420,10 +487,13 @@ impl Attachment {
     pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
         let mut st = self.broker.lock();
         let Some(outboxes) = st.core.conn_data_mut(self.conn) else { return Some(CloseReason::Shutdown) };
-        let reason = match outboxes.outbox(channel) {
-            Some(o) => o.drain(batch, max, WRITE_BUDGET),
+        let (reason, more) = match outboxes.outbox(channel) {
+            Some(o) => (o.drain(batch, max, WRITE_BUDGET), !o.items.is_empty()),
             None => return Some(CloseReason::Shutdown),
         };
+        if more {
+            outboxes.mark(channel); // the rest next time (a connection's writer)
+        }
         if reason.is_some() && channel != CONTROL_CHANNEL {
             if let Some(data) = outboxes.data.as_mut() {
                 data.retain(|(c, _)| *c != channel);
@@ -480,10 +550,17 @@ impl Attachment {
     pub fn close_channel(&self, channel: ChannelId, end: ChannelEnd) {
         let mut st = self.broker.lock();
         if let Some(data) = st.core.conn_data_mut(self.conn).and_then(|o| o.data.as_mut()) {
-            match data.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, o)) if end == ChannelEnd::Finished && o.ready() => o.close(CloseReason::Shutdown),
-                _ => data.retain(|(c, _)| *c != channel),
+            match data.iter().position(|(c, _)| *c == channel) {
+                Some(i) if end == ChannelEnd::Finished && data[i].1.ready() => data[i].1.close(CloseReason::Shutdown),
+                Some(i) => {
+                    // Its writer learns of the end from the outbox being gone: wake it.
+                    data.swap_remove(i).1.wake();
+                }
+                None => {}
             }
+        }
+        if let Some(outboxes) = st.core.conn_data_mut(self.conn) {
+            outboxes.mark(channel);
         }
         let State { core, actions, .. } = &mut *st;
         core.close_channel(self.conn, channel, end, now(), actions);
