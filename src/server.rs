@@ -45,6 +45,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The MQTT broker could not start (its store could not be opened).
+    #[error(transparent)]
+    Mqtt(crate::mqtt::tcp::StartError),
     /// The static-file root (`--root`) cannot be used.
     #[error("cannot serve files from --root {path}")]
     Root {
@@ -363,8 +366,13 @@ impl Server {
         let mqtt = if cfg.mqtt.enabled {
             let clients = crate::mqtt::client_auth(&cfg.mqtt, client_ca.as_ref());
             let mqtt_tls = tls::tcp_server_config_with(&store, &[crate::mqtt::config::ALPN_MQTT], clients)?;
-            let started = crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker)
-                .map_err(|e| ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source })?;
+            let started =
+                crate::mqtt::tcp::start(&cfg.mqtt, Some(mqtt_tls), &shutdown, &tracker).map_err(|e| match e {
+                    crate::mqtt::tcp::StartError::Bind(e) => {
+                        ServerError::Bind { proto: e.proto, addr: e.addr, source: e.source }
+                    }
+                    other => ServerError::Mqtt(other),
+                })?;
             Some(started)
         } else {
             None

@@ -172,9 +172,9 @@ pub(crate) enum CliError {
     /// An MQTT client or the broker failed (`mqtt ...`, the MQTT flags of `serve`).
     #[error(transparent)]
     Mqtt(#[from] MqttError),
-    /// `mqtt broker` could not bind a TCP or TLS listener.
+    /// `mqtt broker` could not bind a TCP or TLS listener or open its store.
     #[error(transparent)]
-    MqttListen(#[from] quiclab::mqtt::tcp::BindError),
+    MqttStart(#[from] quiclab::mqtt::tcp::StartError),
     /// An experiment failed (`lab ...`).
     #[error(transparent)]
     Lab(#[from] LabError),

@@ -406,6 +406,12 @@ pub(crate) struct MqttKnobs {
     /// rules, everything allowed.
     #[arg(long, value_name = "FILE")]
     pub(crate) mqtt_acl_file: Option<PathBuf>,
+    /// Keep what must survive a restart in DIR (one file, DIR/mqtt.redb, created if missing):
+    /// so far the retained messages. A PUBLISH that changes one is acknowledged only once the
+    /// change is on disk (group commits, an fsync each). A file that is not this store is
+    /// refused, never overwritten. Without it nothing is kept (docs/mqtt.md "Persistence").
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 impl MqttKnobs {
@@ -435,6 +441,7 @@ impl MqttKnobs {
         cfg.require_certificate = self.mqtt_require_certificate;
         cfg.client_ca = self.mqtt_client_ca.clone();
         cfg.use_identity_as_username = self.mqtt_use_identity_as_username;
+        cfg.data_dir = self.data_dir.clone();
         Ok(())
     }
 }

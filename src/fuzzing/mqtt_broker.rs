@@ -352,7 +352,7 @@ impl Harness {
     fn channel(&self, i: usize, n: u8) -> ChannelId {
         let c = &self.conns[i];
         let open: Vec<ChannelId> = c.channels.iter().copied().filter(|ch| !c.ended.contains(ch)).collect();
-        if n % 3 == 0 || open.is_empty() {
+        if n.is_multiple_of(3) || open.is_empty() {
             CONTROL_CHANNEL
         } else {
             open[usize::from(n) % open.len()]
@@ -686,7 +686,7 @@ impl Harness {
                 eprintln!("mqtt_broker   -> {a:?}");
             }
             match a {
-                Action::Timer { .. } => {}
+                Action::Timer { .. } | Action::Store(_) => {}
                 Action::Close { conn, reason } => {
                     assert!(!self.gone.contains(&conn), "Close for connection {conn:#x} after it was gone");
                     let c = self.conns.iter_mut().find(|c| c.id == conn);

@@ -18,7 +18,7 @@
 //! counted in [`BrokerStats::reads_paused`]). A writer takes at most `WRITE_BUDGET` bytes of
 //! packets per batch, so what it has encoded but not yet written is bounded too.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -31,6 +31,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
 use super::codec::{self, CodecError, Packet, QosPid};
 use super::config::MqttConfig;
+use super::store::{self, OpenedStore};
 use super::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// Packets waiting to be written on one channel, and whether to close after them. It lives in
@@ -69,6 +70,13 @@ impl Outbox {
         self.items.push_back(p);
         self.wake();
         true
+    }
+
+    /// Queue a packet the store held back: it was emitted before any close, so it goes out
+    /// before the close is acted on.
+    fn push_released(&mut self, p: Packet) {
+        self.items.push_back(p);
+        self.wake();
     }
 
     fn close(&mut self, reason: CloseReason) {
@@ -198,6 +206,10 @@ impl Outboxes {
 struct State {
     core: BrokerCore<Outboxes>,
     actions: Vec<Action>,
+    /// Packets emitted after an [`Action::Store`], per channel, each with the store ticket it
+    /// waits for: they go into their outbox once the store says that ticket is durable. Once a
+    /// channel has one, the channel's later packets wait behind it (order is kept).
+    held: HashMap<(ConnId, ChannelId), VecDeque<(u64, Packet)>>,
 }
 
 struct Inner {
@@ -210,6 +222,8 @@ struct Inner {
     quic_streams: AtomicU64,
     quic_path_changes: AtomicU64,
     reads_paused: AtomicU64,
+    /// The store's commit thread (`--data-dir`); `None`: nothing is stored.
+    store: Option<store::Writer>,
 }
 
 /// A running broker: the sans-IO core behind a mutex, and the task that fires its timers.
@@ -233,20 +247,71 @@ pub(crate) struct TooManyConnections(pub usize);
 impl Broker {
     /// Start a broker. Must be called within a tokio runtime (it spawns the timer task).
     pub fn new(cfg: MqttConfig) -> Broker {
+        match Self::start(cfg, None) {
+            Ok(b) => b,
+            Err(_) => unreachable!("only starting a store's thread can fail"),
+        }
+    }
+
+    /// Start a broker that keeps what must survive a restart in `store` (opened with
+    /// [`store::open`] from [`MqttConfig::data_dir`]) and starts from what it held. Must be
+    /// called within a tokio runtime. Fails only if the store's thread cannot be started.
+    pub fn with_store(cfg: MqttConfig, store: OpenedStore) -> std::io::Result<Broker> {
+        Self::start(cfg, Some(store))
+    }
+
+    fn start(cfg: MqttConfig, opened: Option<OpenedStore>) -> std::io::Result<Broker> {
         let timer_wake = Arc::new(Notify::new());
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State { core: BrokerCore::new(cfg.clone()), actions: Vec::new() }),
-            timer_wake: timer_wake.clone(),
-            slots: Arc::new(Semaphore::new(cfg.max_connections.min(Semaphore::MAX_PERMITS))),
-            cfg,
-            dropped_qos0: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            quic_streams: AtomicU64::new(0),
-            quic_path_changes: AtomicU64::new(0),
-            reads_paused: AtomicU64::new(0),
+        let mut core = BrokerCore::new(cfg.clone());
+        let mut started = Ok(());
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let store = opened.and_then(|mut opened| {
+                let n = core.restore_retained(std::mem::take(&mut opened.recovered.retained));
+                tracing::info!(path = %opened.path.display(), retained = n, "mqtt: store opened");
+                let weak = weak.clone();
+                let durable = move |ticket| {
+                    if let Some(inner) = weak.upgrade() {
+                        Broker { inner }.release(ticket);
+                    }
+                };
+                store::Writer::start(opened, durable).map_err(|e| started = Err(e)).ok()
+            });
+            Inner {
+                state: Mutex::new(State { core, actions: Vec::new(), held: HashMap::new() }),
+                timer_wake: timer_wake.clone(),
+                slots: Arc::new(Semaphore::new(cfg.max_connections.min(Semaphore::MAX_PERMITS))),
+                cfg,
+                dropped_qos0: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                quic_streams: AtomicU64::new(0),
+                quic_path_changes: AtomicU64::new(0),
+                reads_paused: AtomicU64::new(0),
+                store,
+            }
         });
+        started?;
         tokio::spawn(timer_loop(Arc::downgrade(&inner), timer_wake));
-        Broker { inner }
+        Ok(Broker { inner })
+    }
+
+    /// The store made everything up to `ticket` durable: send what waited for it.
+    fn release(&self, ticket: u64) {
+        let mut st = self.lock();
+        let State { core, held, .. } = &mut *st;
+        held.retain(|&(conn, channel), q| {
+            let outboxes = core.conn_data_mut(conn);
+            let mut outboxes = outboxes;
+            while q.front().is_some_and(|(t, _)| *t <= ticket) {
+                let Some((_, p)) = q.pop_front() else { break };
+                if let Some(o) = outboxes.as_deref_mut() {
+                    if let Some(ob) = o.outbox(channel) {
+                        ob.push_released(p);
+                        o.mark(channel);
+                    }
+                }
+            }
+            !q.is_empty()
+        });
     }
 
     pub fn config(&self) -> &MqttConfig {
@@ -285,7 +350,7 @@ impl Broker {
             }
         };
         let mut st = self.lock();
-        let State { core, actions } = &mut *st;
+        let State { core, actions, .. } = &mut *st;
         let conn = core.open(peer, Outboxes::default(), now(), actions);
         self.dispatch(&mut st);
         Ok(Attachment { broker: self.clone(), conn, _permit: permit })
@@ -299,14 +364,27 @@ impl Broker {
         self.dispatch(&mut st);
     }
 
-    /// Route the core's actions: packets into outboxes, closes, timer wake-ups.
+    /// Route the core's actions: packets into outboxes (or held until the store has made what
+    /// came before them durable), closes, timer wake-ups, writes for the store.
     fn dispatch(&self, st: &mut State) {
-        let State { core, actions } = st;
+        let State { core, actions, held } = st;
         let cap = self.inner.cfg.channel_queue;
         let mut wake = false;
+        // The store ticket the packets of this call wait for, once one was put.
+        let mut ticket = None;
         for a in actions.drain(..) {
             match a {
+                Action::Store(op) => {
+                    if let Some(w) = &self.inner.store {
+                        ticket = Some(w.lock().put(op));
+                    }
+                }
                 Action::Send { conn, channel, packet } => {
+                    let behind = held.get(&(conn, channel)).and_then(|q| q.back()).map(|(t, _)| *t);
+                    if let Some(t) = ticket.or(behind) {
+                        held.entry((conn, channel)).or_default().push_back((t, packet));
+                        continue;
+                    }
                     let Some(outboxes) = core.conn_data_mut(conn) else { continue };
                     let Some(outbox) = outboxes.outbox(channel) else { continue };
                     let queued = outbox.push(packet, cap);
@@ -344,6 +422,9 @@ impl Broker {
         }
         if wake {
             self.inner.timer_wake.notify_one();
+        }
+        if let (Some(_), Some(w)) = (ticket, &self.inner.store) {
+            w.notify();
         }
     }
 }
@@ -444,6 +525,16 @@ impl Attachment {
         Poll::Ready(true)
     }
 
+    /// Whether `channel` has `channel_queue` packets or more waiting for the store: the TCP
+    /// transport reads no more input then (the outbox wakes it when they are released).
+    pub fn holding_full(&self, channel: ChannelId) -> bool {
+        if self.broker.inner.store.is_none() {
+            return false; // nothing is ever held
+        }
+        let bound = self.broker.inner.cfg.channel_queue.max(1);
+        self.broker.lock().held.get(&(self.conn, channel)).is_some_and(|q| q.len() >= bound)
+    }
+
     /// Whether `channel` is closing: the core asked for its close (its writer writes what is
     /// queued, then acts on it), or the channel or the connection is gone.
     pub fn is_closing(&self, channel: ChannelId) -> bool {
@@ -461,6 +552,9 @@ impl Attachment {
         let mut paused = false;
         let poll = {
             let mut st = self.broker.lock();
+            // Packets waiting for the store count against the bound too.
+            let held = st.held.get(&(self.conn, channel)).map_or(0, VecDeque::len);
+            let bound = bound.saturating_sub(held).max(usize::from(held == 0));
             match st.core.conn_data_mut(self.conn).and_then(|o| o.outbox(channel)) {
                 Some(o) => o.poll_room(bound, cx, &mut paused),
                 None => Poll::Ready(()),
@@ -486,11 +580,14 @@ impl Attachment {
     /// [`CloseReason::Shutdown`]). A data channel's outbox is freed once it has returned one.
     pub fn drain(&self, channel: ChannelId, batch: &mut Vec<Packet>, max: usize) -> Option<CloseReason> {
         let mut st = self.broker.lock();
+        let holding = st.held.contains_key(&(self.conn, channel));
         let Some(outboxes) = st.core.conn_data_mut(self.conn) else { return Some(CloseReason::Shutdown) };
         let (reason, more) = match outboxes.outbox(channel) {
             Some(o) => (o.drain(batch, max, WRITE_BUDGET), !o.items.is_empty()),
             None => return Some(CloseReason::Shutdown),
         };
+        // Packets the store holds back were emitted before the close: they go first.
+        let reason = if holding { None } else { reason };
         if more {
             outboxes.mark(channel); // the rest next time (a connection's writer)
         }
@@ -562,6 +659,9 @@ impl Attachment {
         if let Some(outboxes) = st.core.conn_data_mut(self.conn) {
             outboxes.mark(channel);
         }
+        if end != ChannelEnd::Finished {
+            st.held.remove(&(self.conn, channel)); // nowhere to write them now
+        }
         let State { core, actions, .. } = &mut *st;
         core.close_channel(self.conn, channel, end, now(), actions);
         self.broker.dispatch(&mut st);
@@ -595,6 +695,8 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut st = self.broker.lock();
+        let conn = self.conn;
+        st.held.retain(|(c, _), _| *c != conn);
         let State { core, actions, .. } = &mut *st;
         core.closed(self.conn, now(), actions);
         self.broker.dispatch(&mut st);

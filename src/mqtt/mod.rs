@@ -11,6 +11,7 @@
 //! | `driver` | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
+//! | [`store`] | what survives a restart (`--data-dir`): one redb file, written by a thread in group commits |
 //! | `ws` | MQTT over WebSocket: the TCP handler run on the byte stream of a WebSocket's binary messages (the handshake is `web::ws`'s) |
 //! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
 //!
@@ -22,10 +23,11 @@ pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
 pub mod client;
 pub(crate) mod driver;
 pub mod quic;
+pub mod store;
 pub mod tcp;
 pub(crate) mod ws;
 
-pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
+pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo, StoreOp};
 pub use client::{Client, ClientOptions, MqttUrl};
 pub use config::MqttConfig;
 pub use driver::{Broker, BrokerStats};

@@ -417,7 +417,11 @@ impl ConnTask {
                 // Bad input and the core has already closed (or is closing) the connection.
                 return Poll::Ready(());
             }
-            // 3. Input. (The outbox waker is registered above.)
+            // 3. Input. (The outbox waker is registered above.) Not while the store holds back
+            //    `channel_queue` answers already: releasing them wakes the outbox.
+            if self.att.holding_full(CONTROL_CHANNEL) {
+                return Poll::Pending;
+            }
             if let Err(e) = ready!(self.wire.poll_read_ready(cx)) {
                 tracing::debug!(conn = self.att.conn_id(), "mqtt: read failed: {e}");
                 return Poll::Ready(());
@@ -466,16 +470,32 @@ pub struct MqttListeners {
     pub tls: Option<SocketAddr>,
 }
 
+/// Why [`start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The store of `cfg.data_dir` could not be opened (it is left as it is).
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    #[error("cannot start the MQTT store's thread")]
+    StoreThread(#[source] io::Error),
+}
+
 /// Start a broker with `cfg` and its listeners: plain TCP on `cfg.tcp_listen`, TLS on
 /// `cfg.tls_listen` with `tls` (e.g. `tls::tcp_server_config(&store, &[ALPN_MQTT])`). Both stop
-/// when `shutdown` is cancelled; connection tasks run on `tracker`. Call within a runtime.
+/// when `shutdown` is cancelled; connection tasks run on `tracker`. With `cfg.data_dir`, the
+/// broker opens its store there first and starts from what it holds. Call within a runtime.
 pub fn start(
     cfg: &super::MqttConfig,
     tls: Option<rustls::ServerConfig>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<MqttListeners, BindError> {
-    let broker = Broker::new(cfg.clone());
+) -> Result<MqttListeners, StartError> {
+    let broker = match &cfg.data_dir {
+        Some(dir) => Broker::with_store(cfg.clone(), super::store::open(dir)?).map_err(StartError::StoreThread)?,
+        None => Broker::new(cfg.clone()),
+    };
     let mut out = MqttListeners { broker: broker.clone(), tcp: None, tls: None };
     let bind_err = |proto, addr| move |source| BindError { proto, addr, source };
     let mut listeners = Vec::new();

@@ -52,7 +52,7 @@ use crate::acl::{ClientAcl, Op};
 use crate::auth::Verdict;
 use crate::codec::{
     CodecError, Connack, Connect, ConnectReturnCode, Encodable, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
-    Subscribe, SubscribeReturnCode, TopicFilter, Unsubscribe,
+    Subscribe, SubscribeReturnCode, TopicFilter, TopicName, Unsubscribe,
 };
 use crate::config::MqttConfig;
 use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId};
@@ -71,6 +71,19 @@ pub enum Action {
     /// than any the driver may know of is created; [`BrokerCore::poll_timeout`] gives the
     /// earliest at any time.
     Timer { at: Instant },
+    /// Make `op` durable (only with [`MqttConfig::data_dir`]). Every packet emitted after it
+    /// in the same call may acknowledge it (a PUBACK after a retained PUBLISH): the driver
+    /// sends those only once it is durable, and keeps each channel's packets in order.
+    Store(StoreOp),
+}
+
+/// A change of what survives a restart ([`Action::Store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// `msg` is now the retained message of its topic.
+    Retain(Message),
+    /// The topic has no retained message any more.
+    Unretain(TopicName),
 }
 
 /// Why the broker closed a connection.
@@ -355,6 +368,30 @@ impl<D> BrokerCore<D> {
     }
 
     /// Counters and gauges now.
+    /// Start from the retained messages a store kept (before any connection). Limits apply
+    /// as for a PUBLISH: what no longer fits `max_retained` or `max_retained_bytes` is left
+    /// out, counted and logged. Returns how many were restored.
+    pub fn restore_retained(&mut self, msgs: impl IntoIterator<Item = Message>) -> usize {
+        let mut ignored = Vec::new();
+        let before = self.stats.dropped_retained;
+        let mut n = 0;
+        for m in msgs {
+            if m.payload.is_empty() {
+                continue;
+            }
+            let had = self.retained.contains(&m.topic);
+            self.retain(&m, &mut ignored);
+            n += usize::from(!had && self.retained.contains(&m.topic));
+        }
+        if self.stats.dropped_retained > before {
+            tracing::warn!(
+                left_out = self.stats.dropped_retained - before,
+                "mqtt: stored retained messages beyond max_retained / max_retained_bytes were left out"
+            );
+        }
+        n
+    }
+
     pub fn stats(&self) -> CoreStats {
         let mut s = self.stats.clone();
         s.connections = self.conns.len();
@@ -1531,7 +1568,7 @@ impl<D> BrokerCore<D> {
     fn route(&mut self, msg: Message, out: &mut Vec<Action>) {
         self.stats.published += 1;
         if msg.retain {
-            self.retain(&msg);
+            self.retain(&msg, out);
         }
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
@@ -1558,13 +1595,17 @@ impl<D> BrokerCore<D> {
 
     /// Store, replace or clear the retained message of `msg`'s topic, within `max_retained`
     /// topics and `max_retained_bytes`.
-    fn retain(&mut self, msg: &Message) {
+    fn retain(&mut self, msg: &Message, out: &mut Vec<Action>) {
         let size = |m: &Message| m.topic.len() + m.payload.len();
+        let persist = self.cfg.data_dir.is_some();
         if msg.payload.is_empty() {
             // MQTT 3.1.1 §3.3.1-10, §3.3.1-11: an empty retained message clears the topic and
             // is not stored.
             if let Some(old) = self.retained.clear(&msg.topic) {
                 self.retained_bytes -= size(&old);
+                if persist {
+                    out.push(Action::Store(StoreOp::Unretain(msg.topic.clone())));
+                }
             }
             return;
         }
@@ -1575,6 +1616,9 @@ impl<D> BrokerCore<D> {
             // MQTT 3.1.1 §3.3.1-5, §3.3.1-7: store (replace), whatever its QoS.
             self.retained.set(&msg.topic, msg.clone());
             self.retained_bytes = bytes;
+            if persist {
+                out.push(Action::Store(StoreOp::Retain(msg.clone())));
+            }
         } else {
             self.stats.dropped_retained += 1;
             let n = self.stats.dropped_retained;

@@ -123,6 +123,11 @@ pub struct MqttConfig {
     /// Use the client certificate's subject CN as the user name (for ACLs), in place of the
     /// user name in CONNECT; as mosquitto's `use_identity_as_username`. Off by default.
     pub use_identity_as_username: bool,
+    /// Where the broker keeps what must survive a restart (`--data-dir`; the driver's store,
+    /// docs/mqtt.md "Persistence"). With it, the core says what changed as
+    /// [`Action::Store`](crate::broker::Action::Store) and puts them before the packets that
+    /// acknowledge them. `None` (the library's default): nothing is stored.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -153,6 +158,7 @@ impl Default for MqttConfig {
             require_certificate: false,
             client_ca: None,
             use_identity_as_username: false,
+            data_dir: None,
         }
     }
 }
@@ -212,6 +218,8 @@ impl MqttConfig {
         };
         line("mqtt_client_ca", &ca);
         line("mqtt_identity_as_user", &self.use_identity_as_username);
+        let data = self.data_dir.as_ref().map(|d| d.display().to_string());
+        line("mqtt_data_dir", &data.as_deref().unwrap_or("(none: nothing survives a restart)"));
         let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
         line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
         line("mqtt_allow_anonymous", &self.anonymous_allowed());

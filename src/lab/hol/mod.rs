@@ -788,7 +788,13 @@ fn analyze_stall(
         out.unreadable_packets += c.undecryptable + c.frame_errors;
         // Request streams only: client-initiated bidirectional QUIC streams (id % 4 == 0: not
         // HTTP/3's control and QPACK streams), odd HTTP/2 streams (not the connection's stream 0).
-        let request = |id: u64| if c.protocol == super::stall::Protocol::H3 { id % 4 == 0 } else { id % 2 == 1 };
+        let request = |id: u64| {
+            if c.protocol == super::stall::Protocol::H3 {
+                id.is_multiple_of(4)
+            } else {
+                !id.is_multiple_of(2)
+            }
+        };
         for st in c.streams.iter().filter(|st| request(st.id)) {
             let in_timed = |t: f64| t >= timed_start_ms && t <= timed_end_ms;
             if st.delivered_bytes == 0 || !st.first_arrival_ms.is_some_and(in_timed) {
