@@ -200,6 +200,15 @@ struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Every generator client connects with clean session 0 (a persistent session), so the
+    /// broker keeps its state as a session it must not lose.
+    #[arg(long)]
+    persistent_sessions: bool,
+    /// The brokers store what they must not lose: quiclab with `--data-dir` (a fresh temporary
+    /// directory per broker process; acknowledgements wait for the fsync), mosquitto with
+    /// `persistence true` (it writes its database on an interval and at exit, not per message).
+    #[arg(long)]
+    persist: bool,
     /// Passed by `cargo bench` to every benchmark binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -373,9 +382,19 @@ impl BrokerProc {
         cpu: Option<usize>,
         max_connections: usize,
         certs: &Path,
+        persist: bool,
     ) -> Result<BrokerProc, BenchError> {
         const WHAT: &str = "quiclab mqtt broker";
         let trust = Trust::CaFile(certs.join("ca.pem"));
+        let data = match persist {
+            true => Some(
+                tempfile::Builder::new()
+                    .prefix("quiclab-bench-data")
+                    .tempdir()
+                    .map_err(io_err("create a data directory for quiclab"))?,
+            ),
+            false => None,
+        };
         let spawn = || {
             let l = Listeners::pick(true)?;
             let mut cmd = Command::new(bin);
@@ -386,20 +405,26 @@ impl BrokerProc {
             cmd.arg("--certs")
                 .arg(certs)
                 .args(["--mqtt-max-connections", &max_connections.to_string()])
-                .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()])
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
+                .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()]);
+            if let Some(d) = &data {
+                cmd.arg("--data-dir").arg(d.path());
+            }
+            cmd.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
             Ok((spawn_pinned(cmd, cpu, WHAT)?, l))
         };
         let (proc, listeners) = spawn_ready(WHAT, READY_TIMEOUT, spawn, |l| l.accept_mqtt(trust.clone())).await?;
-        Ok(BrokerProc { name: "quiclab", proc, listeners, _dir: None })
+        Ok(BrokerProc { name: "quiclab", proc, listeners, _dir: data })
     }
 
     /// mosquitto with a generated configuration: its defaults but for the listeners, unlimited
     /// connections, no persistence and (`nodelay`) `set_tcp_nodelay true`.
-    async fn mosquitto(bin: &Path, cpu: Option<usize>, certs: &Path, nodelay: bool) -> Result<BrokerProc, BenchError> {
+    async fn mosquitto(
+        bin: &Path,
+        cpu: Option<usize>,
+        certs: &Path,
+        nodelay: bool,
+        persist: bool,
+    ) -> Result<BrokerProc, BenchError> {
         let name = if nodelay { "mosquitto-nodelay" } else { "mosquitto-default" };
         const WHAT: &str = "mosquitto";
         let dir = tempfile::Builder::new()
@@ -429,7 +454,8 @@ impl BrokerProc {
                      allow_anonymous true\n\
                      set_tcp_nodelay {}\n\
                      max_connections -1\n\
-                     persistence false\n\
+                     persistence {}\n\
+                     persistence_location {}/\n\
                      log_dest stderr\n\
                      log_type error\n\
                      log_type warning\n\
@@ -438,6 +464,8 @@ impl BrokerProc {
                      certfile {}\n\
                      keyfile {}\n",
                     nodelay,
+                    persist,
+                    dir.path().display(),
                     l.tcp.port(),
                     l.tls.port(),
                     cert.display(),
@@ -484,6 +512,8 @@ struct Gen {
     tls: tokio_rustls::TlsConnector,
     quic: quinn::Endpoint,
     quic_cfg: quinn::ClientConfig,
+    /// Clean session flag of every CONNECT (`--persistent-sessions` clears it).
+    clean: bool,
 }
 
 impl Gen {
@@ -497,7 +527,7 @@ impl Gen {
         let mut quic = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp, Arc::new(quinn::TokioRuntime))
             .map_err(io_err("make the generator's QUIC endpoint"))?;
         quic.set_default_client_config(quic_cfg.clone());
-        Ok(Gen { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), quic, quic_cfg })
+        Ok(Gen { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), quic, quic_cfg, clean: true })
     }
 }
 
@@ -533,7 +563,7 @@ async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive
         }
     };
     let mut c = Connect::new(id.into(), keepalive);
-    c.clean_session = true;
+    c.clean_session = g.clean;
     w.send(&Packet::Connect(c)).await?;
     match r.next().await? {
         Some(Packet::Connack(c)) if c.code == ConnectReturnCode::Accepted => {}
@@ -1177,10 +1207,10 @@ async fn start_broker(a: &BenchArgs, which: &str, certs: &Path) -> Result<Broker
     match which {
         "quiclab" => {
             let max_connections = a.idle_clients.max(a.subscribers).max(a.handshake_concurrency) + 1000;
-            BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs).await
+            BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs, a.persist).await
         }
-        "mosquitto-nodelay" => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, true).await,
-        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, false).await,
+        "mosquitto-nodelay" => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, true, a.persist).await,
+        _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, false, a.persist).await,
     }
 }
 
@@ -1206,7 +1236,8 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
         .tempdir()
         .map_err(io_err("create a directory for the certificates"))?;
     quiclab::tls::CertStore::load_or_create(certs.path())?;
-    let g = Gen::new(certs.path())?;
+    let mut g = Gen::new(certs.path())?;
+    g.clean = !a.persistent_sessions;
     let mut report = Report::default();
     for s in scenarios {
         for which in brokers {
@@ -1423,6 +1454,15 @@ fn describe(a: &BenchArgs) -> Vec<(String, String)> {
             },
         ),
         ("quiclab broker".into(), format!("{} mqtt broker", a.quiclab_bin.display())),
+        ("clean session".into(), (!a.persistent_sessions).to_string()),
+        (
+            "persistence".into(),
+            if a.persist {
+                "quiclab --data-dir (fsync per group commit), mosquitto persistence true (saved on interval)".into()
+            } else {
+                "off".into()
+            },
+        ),
         ("mosquitto".into(), a.mosquitto.display().to_string()),
     ]
 }

@@ -1,6 +1,6 @@
-//! Issue 18, first part: what the broker acknowledged survives `kill -9` (`--data-dir`). So far
-//! the store keeps retained messages; a store that is not the broker's is refused and left as
-//! it is.
+//! Issue 18: what the broker acknowledged survives `kill -9` (`--data-dir`): retained messages,
+//! persistent sessions with their subscriptions, their queued and in-flight messages, inbound
+//! QoS 2 state. A store that is not the broker's is refused and left as it is.
 
 mod common;
 
@@ -9,11 +9,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::mqtt_quic_url;
 use common::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl};
-use quiclab::mqtt::codec::QoS;
+use quiclab::mqtt::codec::{
+    self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName,
+};
 use quiclab::tls::Trust;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `quiclab mqtt broker --data-dir DATA` in its own process, with TCP and QUIC listeners.
 struct Broker {
@@ -94,6 +98,202 @@ async fn acknowledged_retained_messages_survive_kill_9() {
         assert_eq!(got, want, "round {round}: the retained messages after kill -9");
         drop(b);
     }
+}
+
+/// A persistent session (clean session 0) made over TCP or QUIC and its subscriptions (one
+/// added, one removed again) survive kill -9 right after the SUBACK / UNSUBACK: on reconnection
+/// the session is present and a message published after the restart reaches it, while the
+/// unsubscribed filter gets nothing. A clean-session CONNECT then removes it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
+    let b = start(&data, &certs).await;
+    let urls = [("tcp", MqttUrl::tcp(b.tcp)), ("quic", mqtt_quic_url(b.quic.port()))];
+    for (name, url) in &urls {
+        let mut c = Client::connect(url, &persistent(&format!("keeper-{name}"))).await.expect("connect");
+        assert!(!c.session_present(), "a new session");
+        c.subscribe(&[(&format!("sess/{name}/#"), QoS::Level1), (&format!("drop/{name}"), QoS::Level1)])
+            .await
+            .expect("SUBSCRIBE");
+        c.unsubscribe(&[&format!("drop/{name}")]).await.expect("UNSUBSCRIBE");
+        drop(c); // gone without DISCONNECT; the session stays
+    }
+    drop(b); // SIGKILL
+
+    let b = start(&data, &certs).await;
+    let mut p = Client::connect(&MqttUrl::tcp(b.tcp), &opts("publisher", &certs)).await.expect("connect");
+    for name in ["tcp", "quic"] {
+        p.publish(&format!("drop/{name}"), QoS::Level1, false, "unsubscribed").await.expect("PUBLISH");
+        p.publish(&format!("sess/{name}/x"), QoS::Level1, false, "after the restart").await.expect("PUBLISH");
+    }
+    let urls = [("tcp", MqttUrl::tcp(b.tcp)), ("quic", mqtt_quic_url(b.quic.port()))];
+    for (name, url) in &urls {
+        let mut c = Client::connect(url, &persistent(&format!("keeper-{name}"))).await.expect("reconnect");
+        assert!(c.session_present(), "{name}: the session survived kill -9");
+        let m = c.recv_timeout(Duration::from_secs(5)).await.expect("recv").expect("the queued message");
+        assert_eq!((m.topic.to_string(), &m.payload[..]), (format!("sess/{name}/x"), &b"after the restart"[..]));
+        assert!(c.recv_timeout(Duration::from_millis(500)).await.expect("recv").is_none(), "{name}: nothing else");
+    }
+    // A clean-session CONNECT ends the session, durably.
+    let c = Client::connect(&MqttUrl::tcp(b.tcp), &opts("keeper-tcp", &certs)).await.expect("connect clean");
+    drop(c);
+    drop(b);
+    let b = start(&data, &certs).await;
+    let c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("keeper-tcp")).await.expect("connect");
+    assert!(!c.session_present(), "the clean-session CONNECT removed the stored session");
+    let c = Client::connect(&mqtt_quic_url(b.quic.port()), &persistent("keeper-quic")).await.expect("connect");
+    assert!(c.session_present(), "the other session is still there");
+}
+
+/// Messages published at QoS 1 and 2 for an offline persistent session (acknowledged to the
+/// publisher) survive kill -9, come in order after the restart, and arrive once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_of_a_persistent_session_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
+    let b = start(&data, &certs).await;
+    let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("away")).await.expect("connect");
+    c.subscribe(&[("q/#", QoS::Level2)]).await.expect("SUBSCRIBE");
+    drop(c);
+    let mut p = Client::connect(&mqtt_quic_url(b.quic.port()), &opts("pub", &certs)).await.expect("connect");
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let qos = if i % 2 == 0 { QoS::Level1 } else { QoS::Level2 };
+        let body = format!("m{i:02}");
+        p.publish(&format!("q/{}", i % 3), qos, false, body.clone()).await.expect("PUBLISH acknowledged");
+        sent.push(body);
+    }
+    drop(b); // SIGKILL right after the last acknowledgement
+    drop(p);
+    let b = start(&data, &certs).await;
+    let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("away")).await.expect("reconnect");
+    assert!(c.session_present());
+    let mut got = Vec::new();
+    while let Some(m) = c.recv_timeout(Duration::from_secs(3)).await.expect("recv") {
+        got.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    assert_eq!(got, sent, "every acknowledged message, once, in order");
+}
+
+/// A raw MQTT/TCP client: packets out, packets in, nothing automatic.
+struct Raw {
+    sock: tokio::net::TcpStream,
+    dec: Decoder,
+    got: std::collections::VecDeque<Packet>,
+}
+
+impl Raw {
+    /// Connect with clean session 0 as `id`; returns the client and CONNACK's session present.
+    async fn connect(addr: SocketAddr, id: &str) -> (Raw, bool) {
+        let sock = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+        let mut raw = Raw { sock, dec: Decoder::new(1 << 20), got: Default::default() };
+        let mut c = Connect::new(id.into(), 60);
+        c.clean_session = false;
+        raw.send(Packet::Connect(c)).await;
+        match raw.next().await {
+            Some(Packet::Connack(a)) => (raw, a.session_present),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut buf = Vec::new();
+        codec::encode(&p, &mut buf).expect("encode");
+        self.sock.write_all(&buf).await.expect("write");
+    }
+
+    /// The next packet within 5 s; `None` if none came.
+    async fn next(&mut self) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(p) = self.got.pop_front() {
+                return Some(p);
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut buf)).await.ok()?.expect("read");
+            if n == 0 {
+                return None;
+            }
+            let mut out = Vec::new();
+            self.dec.feed(&buf[..n], &mut out).expect("well-formed packets");
+            self.got.extend(out);
+        }
+    }
+}
+
+fn pid(n: u16) -> Pid {
+    Pid::try_from(n).expect("a packet id")
+}
+
+/// Inbound QoS 2 across kill -9: a PUBLISH answered with PUBREC is forwarded once, when its
+/// PUBREL comes after the restart. Outbound in flight across kill -9: a QoS 1 delivery the
+/// subscriber never acknowledged is sent again after the restart, DUP set, same packet id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_and_in_flight_state_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let b = start(&data, &certs).await;
+    // The subscriber: persistent, online, never acknowledging.
+    let (mut sub, _) = Raw::connect(b.tcp, "raw-sub").await;
+    let filter = TopicFilter::try_from("x/#").expect("filter");
+    sub.send(Packet::Subscribe(Subscribe::new(pid(1), vec![(filter, QoS::Level2)]))).await;
+    assert!(matches!(sub.next().await, Some(Packet::Suback(_))));
+    // The publisher: QoS 2, stops after PUBREC.
+    let (mut publ, _) = Raw::connect(b.tcp, "raw-pub").await;
+    let topic = TopicName::try_from("x/once").expect("topic");
+    publ.send(Packet::Publish(Publish::new(QosPid::Level2(pid(5)), topic, Bytes::from_static(b"exactly once")))).await;
+    assert_eq!(publ.next().await, Some(Packet::Pubrec(pid(5))));
+    // A QoS 1 message that reaches the subscriber, which does not acknowledge it.
+    let mut p = Client::connect(&MqttUrl::tcp(b.tcp), &opts("plain", &certs)).await.expect("connect");
+    p.publish("x/unacked", QoS::Level1, false, "again").await.expect("PUBLISH");
+    let first = match sub.next().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected the delivery, got {other:?}"),
+    };
+    assert_eq!((&*first.topic_name, first.dup), ("x/unacked", false));
+    drop(b); // SIGKILL
+    drop((sub, publ, p));
+
+    let b = start(&data, &certs).await;
+    let (mut sub, present) = Raw::connect(b.tcp, "raw-sub").await;
+    assert!(present);
+    match sub.next().await {
+        Some(Packet::Publish(again)) => {
+            assert_eq!((&*again.topic_name, again.qos_pid, again.dup), ("x/unacked", first.qos_pid, true));
+            if let QosPid::Level1(id) = again.qos_pid {
+                sub.send(Packet::Puback(id)).await;
+            }
+        }
+        other => panic!("expected the unacknowledged delivery again, got {other:?}"),
+    }
+    let (mut publ, present) = Raw::connect(b.tcp, "raw-pub").await;
+    assert!(present);
+    publ.send(Packet::Pubrel(pid(5))).await;
+    assert_eq!(publ.next().await, Some(Packet::Pubcomp(pid(5))));
+    // The QoS 2 message reaches the subscriber now, once.
+    let mut deliveries = 0;
+    while let Some(p) = sub.next().await {
+        match p {
+            Packet::Publish(m) if &*m.topic_name == "x/once" => {
+                deliveries += 1;
+                if let QosPid::Level2(id) = m.qos_pid {
+                    sub.send(Packet::Pubrec(id)).await;
+                }
+            }
+            Packet::Pubrel(id) => sub.send(Packet::Pubcomp(id)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+        if deliveries == 1 && sub.got.is_empty() {
+            // Give a second (wrong) delivery a chance to show.
+            if tokio::time::timeout(Duration::from_millis(500), sub.sock.readable()).await.is_err() {
+                break;
+            }
+        }
+    }
+    assert_eq!(deliveries, 1, "the QoS 2 message is forwarded exactly once across the restart");
 }
 
 /// A file at the store's place that is not the store stops the broker with an error naming

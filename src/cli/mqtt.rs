@@ -407,9 +407,10 @@ pub(crate) struct MqttKnobs {
     #[arg(long, value_name = "FILE")]
     pub(crate) mqtt_acl_file: Option<PathBuf>,
     /// Keep what must survive a restart in DIR (one file, DIR/mqtt.redb, created if missing):
-    /// so far the retained messages. A PUBLISH that changes one is acknowledged only once the
-    /// change is on disk (group commits, an fsync each). A file that is not this store is
-    /// refused, never overwritten. Without it nothing is kept (docs/mqtt.md "Persistence").
+    /// retained messages, persistent sessions with their subscriptions and their QoS 1/2
+    /// messages, inbound QoS 2 state. A packet is acknowledged only once what it changed is on
+    /// disk (group commits, an fsync each). A file that is not this store is refused, never
+    /// overwritten. Without it nothing is kept (docs/mqtt.md "Persistence").
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
 }

@@ -267,7 +267,21 @@ impl Broker {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let store = opened.and_then(|mut opened| {
                 let n = core.restore_retained(std::mem::take(&mut opened.recovered.retained));
-                tracing::info!(path = %opened.path.display(), retained = n, "mqtt: store opened");
+                let stored = std::mem::take(&mut opened.recovered.sessions);
+                let total = stored.len();
+                let sessions = stored
+                    .into_iter()
+                    .filter(|s| {
+                        core.restore_session(s.client_id.clone(), &s.subs, s.outbound.clone(), s.inbound.clone())
+                    })
+                    .count();
+                if sessions < total {
+                    tracing::warn!(
+                        left_out = total - sessions,
+                        "mqtt: stored sessions beyond max_sessions were left out (they stay in the store)"
+                    );
+                }
+                tracing::info!(path = %opened.path.display(), retained = n, sessions, "mqtt: store opened");
                 let weak = weak.clone();
                 let durable = move |ticket| {
                     if let Some(inner) = weak.upgrade() {
@@ -352,7 +366,7 @@ impl Broker {
         let mut st = self.lock();
         let State { core, actions, .. } = &mut *st;
         let conn = core.open(peer, Outboxes::default(), now(), actions);
-        self.dispatch(&mut st);
+        self.dispatch(&mut st, Some(conn));
         Ok(Attachment { broker: self.clone(), conn, _permit: permit })
     }
 
@@ -361,27 +375,43 @@ impl Broker {
         let mut st = self.lock();
         let State { core, actions, .. } = &mut *st;
         core.shutdown(actions);
-        self.dispatch(&mut st);
+        self.dispatch(&mut st, None);
     }
 
     /// Route the core's actions: packets into outboxes (or held until the store has made what
     /// came before them durable), closes, timer wake-ups, writes for the store.
-    fn dispatch(&self, st: &mut State) {
+    ///
+    /// `origin`: the connection whose input made these actions (`None`: a timer, a close,
+    /// shutdown). After a store op, every packet to `origin` waits for it (its acknowledgements
+    /// must not come before what they acknowledge is durable), and so does every QoS 2 PUBLISH
+    /// or PUBREL to anyone (a delivery made twice after a crash would break exactly-once).
+    /// QoS 0 and 1 deliveries to other connections go at once: if the broker crashes before
+    /// the store op is durable, the publisher got no acknowledgement and sends again, and a
+    /// second QoS 1 delivery is allowed. So a fast subscriber's acknowledgement often comes
+    /// before the commit, and the message is never written at all (`store::Pending`).
+    fn dispatch(&self, st: &mut State, origin: Option<ConnId>) {
         let State { core, actions, held } = st;
         let cap = self.inner.cfg.channel_queue;
         let mut wake = false;
         // The store ticket the packets of this call wait for, once one was put.
-        let mut ticket = None;
+        let (mut ticket, mut wake_store) = (None, false);
         for a in actions.drain(..) {
             match a {
                 Action::Store(op) => {
                     if let Some(w) = &self.inner.store {
-                        ticket = Some(w.lock().put(op));
+                        let mut p = w.lock();
+                        ticket = Some(p.put(op));
+                        wake_store |= p.thread_idle();
                     }
                 }
                 Action::Send { conn, channel, packet } => {
                     let behind = held.get(&(conn, channel)).and_then(|q| q.back()).map(|(t, _)| *t);
-                    if let Some(t) = ticket.or(behind) {
+                    let waits = |t| {
+                        let exactly_once = matches!(&packet, Packet::Pubrel(_))
+                            || matches!(&packet, Packet::Publish(p) if matches!(p.qos_pid, QosPid::Level2(_)));
+                        (origin.is_none_or(|o| o == conn) || exactly_once).then_some(t)
+                    };
+                    if let Some(t) = ticket.and_then(waits).or(behind) {
                         held.entry((conn, channel)).or_default().push_back((t, packet));
                         continue;
                     }
@@ -423,7 +453,7 @@ impl Broker {
         if wake {
             self.inner.timer_wake.notify_one();
         }
-        if let (Some(_), Some(w)) = (ticket, &self.inner.store) {
+        if let (true, Some(w)) = (wake_store, &self.inner.store) {
             w.notify();
         }
     }
@@ -457,7 +487,7 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
         let mut st = broker.lock();
         let State { core, actions, .. } = &mut *st;
         core.handle_timeout(now(), actions);
-        broker.dispatch(&mut st);
+        broker.dispatch(&mut st, None);
     }
 }
 
@@ -611,7 +641,7 @@ impl Attachment {
         if let Some(e) = err {
             core.malformed(self.conn, channel, e, now, actions);
         }
-        self.broker.dispatch(&mut st);
+        self.broker.dispatch(&mut st, Some(self.conn));
     }
 
     /// Count a QUIC stream the client opened (statistics).
@@ -664,7 +694,7 @@ impl Attachment {
         }
         let State { core, actions, .. } = &mut *st;
         core.close_channel(self.conn, channel, end, now(), actions);
-        self.broker.dispatch(&mut st);
+        self.broker.dispatch(&mut st, Some(self.conn));
     }
 
     /// The client presented a verified certificate naming `identity` (its subject CN); `None`:
@@ -688,7 +718,7 @@ impl Attachment {
         let mut st = self.broker.lock();
         let State { core, actions, .. } = &mut *st;
         core.handshake_complete(self.conn, now(), actions);
-        self.broker.dispatch(&mut st);
+        self.broker.dispatch(&mut st, Some(self.conn));
     }
 }
 
@@ -699,7 +729,7 @@ impl Drop for Attachment {
         st.held.retain(|(c, _), _| *c != conn);
         let State { core, actions, .. } = &mut *st;
         core.closed(self.conn, now(), actions);
-        self.broker.dispatch(&mut st);
+        self.broker.dispatch(&mut st, None);
     }
 }
 

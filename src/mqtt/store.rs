@@ -8,9 +8,10 @@
 //! ticket it reached. So the more arrives while a commit runs, the more the next one carries,
 //! and throughput does not depend on an `fsync` per message.
 //!
-//! Pending writes are kept per key, latest wins (a retained topic set twice before a commit
-//! is written once): what waits is bounded by the broker's own state (`max_retained` topics),
-//! not by how fast peers publish.
+//! Pending writes are kept in order, one per key, latest wins (a retained topic set twice
+//! before a commit is written once; a message queued and acknowledged before a commit is
+//! written as a delete only): what waits is bounded by the broker's own state
+//! (`max_retained` topics, sessions' queues), not by how fast peers publish.
 //!
 //! Why redb, and not a file of our own: an embedded B-tree with checksummed, atomic commits
 //! and one dependency (libc). A probe on this machine (docs/mqtt.md "Persistence") had it keep
@@ -20,18 +21,21 @@
 //! A file that is not redb's, or a redb database that is not this store (no `meta` table
 //! naming [`FORMAT`]), is refused with an error naming the file: never wiped.
 //!
-//! What is stored so far: retained messages. Persistent sessions (subscriptions, queued and
-//! in-flight messages, QoS 2 state) are the next part of issue 18.
+//! What is stored: retained messages; persistent sessions with their subscriptions, their
+//! QoS 1/2 messages queued or in flight, and their inbound QoS 2 messages awaiting PUBREL
+//! (control channel). Not stored: QoS 0 messages queued for an offline session.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+
+use super::codec::TopicFilter;
 use std::time::Duration;
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::broker::StoreOp;
+use super::broker::{OutStage, StoreOp, StoredOutbound};
 use super::codec::{QoS, TopicName};
 use super::session::Message;
 
@@ -43,6 +47,15 @@ pub const FORMAT: &str = "quiclab-mqtt-store/1";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// Topic → [QoS byte][payload].
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Client id of a persistent session → its subscriptions: per filter [QoS byte][u16 BE
+/// length][filter].
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// [u16 BE length][client id][u64 BE seq] → [stage][u16 BE packet id][QoS][retain][u16 BE
+/// topic length][topic][payload]. Stage: 0 queued, 1 awaiting PUBACK, 2 PUBREC, 3 PUBCOMP.
+const OUTBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outbound");
+/// [u16 BE length][client id][u16 BE packet id] → [QoS][retain][u16 BE topic length][topic]
+/// [payload].
+const INBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inbound");
 
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +88,19 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub retained: Vec<Message>,
+    pub sessions: Vec<StoredSession>,
+}
+
+/// A persistent session as the store keeps it.
+#[derive(Debug, Default)]
+pub struct StoredSession {
+    pub client_id: Arc<str>,
+    /// Subscriptions: filter, granted QoS.
+    pub subs: Vec<(TopicFilter, QoS)>,
+    /// QoS 1/2 messages queued or in flight, in sequence order.
+    pub outbound: Vec<StoredOutbound>,
+    /// Inbound QoS 2 messages awaiting PUBREL: packet id, message.
+    pub inbound: Vec<(u16, Message)>,
 }
 
 /// An opened store, before the broker takes it ([`super::Broker::with_store`]).
@@ -119,6 +145,9 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
                     let mut meta = wtx.open_table(META).map_err(|e| redb_err(e.into()))?;
                     meta.insert("format", FORMAT).map_err(|e| redb_err(e.into()))?;
                     wtx.open_table(RETAINED).map_err(|e| redb_err(e.into()))?;
+                    wtx.open_table(SESSIONS).map_err(|e| redb_err(e.into()))?;
+                    wtx.open_table(OUTBOUND).map_err(|e| redb_err(e.into()))?;
+                    wtx.open_table(INBOUND).map_err(|e| redb_err(e.into()))?;
                 }
                 wtx.commit().map_err(|e| redb_err(e.into()))?;
             }
@@ -145,7 +174,157 @@ fn read_all(db: &Database, path: &Path) -> Result<Recovered, StoreError> {
             decode_retained(v.value()).ok_or_else(|| corrupt(format!("retained message of {topic}")))?;
         retained.push(Message { topic, payload, qos, retain: true });
     }
-    Ok(Recovered { retained })
+    let mut sessions = Vec::new();
+    let table = match rtx.open_table(SESSIONS) {
+        Ok(t) => Some(t),
+        // A store of this format written before sessions were kept has no such table yet.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(redb_err(e.into())),
+    };
+    if let Some(table) = table {
+        for entry in table.iter().map_err(|e| redb_err(e.into()))? {
+            let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
+            let subs =
+                decode_subs(v.value()).ok_or_else(|| corrupt(format!("subscriptions of session {:?}", k.value())))?;
+            sessions.push(StoredSession { client_id: Arc::from(k.value()), subs, ..Default::default() });
+        }
+    }
+    // Messages, grouped by client id (keys sort by client, then by seq or packet id).
+    let mut by_client: HashMap<Arc<str>, usize> =
+        sessions.iter().enumerate().map(|(i, s)| (s.client_id.clone(), i)).collect();
+    for (def, inbound) in [(OUTBOUND, false), (INBOUND, true)] {
+        let table = match rtx.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(redb_err(e.into())),
+        };
+        for entry in table.iter().map_err(|e| redb_err(e.into()))? {
+            let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
+            let bad = || corrupt(format!("a {} message record", if inbound { "inbound" } else { "outbound" }));
+            let (client, rest) = split_client(k.value()).ok_or_else(bad)?;
+            // Messages of a session whose record is gone belong to nobody: skipped.
+            let Some(&i) = by_client.get(client) else { continue };
+            if inbound {
+                let pid = u16::from_be_bytes(rest.try_into().map_err(|_| bad())?);
+                let (_, _, msg) = decode_message(v.value(), false).ok_or_else(bad)?;
+                sessions[i].inbound.push((pid, msg));
+            } else {
+                let seq = u64::from_be_bytes(rest.try_into().map_err(|_| bad())?);
+                let (stage, retain, msg) = decode_message(v.value(), true).ok_or_else(bad)?;
+                let stage = stage.ok_or_else(bad)?;
+                sessions[i].outbound.push(StoredOutbound { seq, stage, retain, msg });
+            }
+        }
+    }
+    by_client.clear();
+    Ok(Recovered { retained, sessions })
+}
+
+/// The key prefix of `client`'s message records: [u16 BE length][client id].
+fn client_prefix(client: &str) -> Vec<u8> {
+    let len = u16::try_from(client.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(2 + client.len() + 8);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&client.as_bytes()[..usize::from(len)]);
+    k
+}
+
+fn split_client(key: &[u8]) -> Option<(&str, &[u8])> {
+    let (len, rest) = key.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let client = std::str::from_utf8(rest.get(..len)?).ok()?;
+    Some((client, &rest[len..]))
+}
+
+fn outbound_key(client: &str, seq: u64) -> Vec<u8> {
+    let mut k = client_prefix(client);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn inbound_key(client: &str, pid: u16) -> Vec<u8> {
+    let mut k = client_prefix(client);
+    k.extend_from_slice(&pid.to_be_bytes());
+    k
+}
+
+/// [stage][u16 BE packet id] (outbound records only), then [QoS][retain][u16 BE topic
+/// length][topic][payload].
+fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
+    if let Some(stage) = stage {
+        let (tag, pid) = match stage {
+            OutStage::Queued(_) => (0u8, 0u16),
+            OutStage::AwaitPuback(id) => (1, id),
+            OutStage::AwaitPubrec(id) => (2, id),
+            OutStage::AwaitPubcomp(id) => (3, id),
+        };
+        v.push(tag);
+        v.extend_from_slice(&pid.to_be_bytes());
+    }
+    let qos = match stage {
+        Some(OutStage::Queued(q)) => q,
+        _ => m.qos,
+    };
+    v.push(qos as u8);
+    v.push(u8::from(retain));
+    let len = u16::try_from(m.topic.len()).unwrap_or(u16::MAX);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&m.topic.as_bytes()[..usize::from(len)]);
+    v.extend_from_slice(&m.payload);
+    v
+}
+
+/// The inverse of [`encode_message`]; `staged`: the record has a stage (outbound).
+fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>, bool, Message)> {
+    let (stage_tag, pid, v) = if staged {
+        let (&tag, rest) = v.split_first()?;
+        let (pid, rest) = rest.split_first_chunk::<2>()?;
+        (Some(tag), u16::from_be_bytes(*pid), rest)
+    } else {
+        (None, 0, v)
+    };
+    let (&q, v) = v.split_first()?;
+    let qos = QoS::from_u8(q).ok()?;
+    let (&r, v) = v.split_first()?;
+    let (len, v) = v.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let topic = TopicName::try_from(std::str::from_utf8(v.get(..len)?).ok()?).ok()?;
+    let payload = Bytes::copy_from_slice(&v[len..]);
+    let stage = match stage_tag {
+        None => None,
+        Some(0) => Some(OutStage::Queued(qos)),
+        Some(1) => Some(OutStage::AwaitPuback(pid)),
+        Some(2) => Some(OutStage::AwaitPubrec(pid)),
+        Some(3) => Some(OutStage::AwaitPubcomp(pid)),
+        Some(_) => return None,
+    };
+    Some((stage, r == 1, Message { topic, payload, qos, retain: r == 1 }))
+}
+
+fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (f, q) in subs {
+        // A filter is at most 65,535 bytes (MQTT's string length).
+        let len = u16::try_from(f.len()).unwrap_or(u16::MAX);
+        v.push(*q as u8);
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&f.as_bytes()[..usize::from(len)]);
+    }
+    v
+}
+
+fn decode_subs(mut v: &[u8]) -> Option<Vec<(TopicFilter, QoS)>> {
+    let mut out = Vec::new();
+    while let Some((&q, rest)) = v.split_first() {
+        let qos = QoS::from_u8(q).ok()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let f = std::str::from_utf8(rest.get(..len)?).ok()?;
+        out.push((TopicFilter::try_from(f).ok()?, qos));
+        v = &rest[len..];
+    }
+    Some(out)
 }
 
 fn encode_retained(m: &Message) -> Vec<u8> {
@@ -165,18 +344,48 @@ fn decode_retained(v: &[u8]) -> Option<(QoS, Bytes)> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Retained(TopicName),
+    Session(Arc<str>),
+    Outbound(Arc<str>, u64),
+    Inbound(Arc<str>, u16),
+}
+
+impl Key {
+    fn client(&self) -> Option<&str> {
+        match self {
+            Key::Retained(_) => None,
+            Key::Session(c) | Key::Outbound(c, _) | Key::Inbound(c, _) => Some(c),
+        }
+    }
+}
+
+/// One pending write, in the order the broker made them.
+#[derive(Debug)]
+enum Write {
+    /// Set `Key` to this value, or delete it (`None`). `fresh`: the key's first write here
+    /// created it (a new message's sequence number or packet id), so the file cannot hold it
+    /// yet and a delete cancels the write instead of being written.
+    Key(Key, Option<Vec<u8>>, bool),
+    /// Delete every record of this client's session.
+    DropClient(Arc<str>),
+    /// Replaced by a later write of the same key.
+    Dead,
 }
 
 /// The writes not yet committed, and the ticket they will reach. Shared by the driver (under
 /// the broker's lock, which it takes first) and the store's thread.
 #[derive(Default)]
 pub(crate) struct Pending {
-    writes: HashMap<Key, Option<Vec<u8>>>,
+    writes: Vec<Write>,
+    /// Where in `writes` each key's latest write is.
+    index: HashMap<Key, usize>,
     /// The ticket of the last [`Pending::put`]: once a commit that took it is done, everything
     /// put up to it is durable.
     ticket: u64,
     /// The broker is gone: the thread commits what is left and ends.
     closed: bool,
+    /// The thread waits for writes: a put must wake it. While it commits it takes what came
+    /// meanwhile without a wake-up (a futex wake and a context switch per packet otherwise).
+    idle: bool,
 }
 
 impl Pending {
@@ -185,14 +394,65 @@ impl Pending {
         match op {
             StoreOp::Retain(m) => {
                 let v = encode_retained(&m);
-                self.writes.insert(Key::Retained(m.topic), Some(v));
+                self.set(Key::Retained(m.topic), Some(v), false);
             }
-            StoreOp::Unretain(topic) => {
-                self.writes.insert(Key::Retained(topic), None);
+            StoreOp::Unretain(topic) => self.set(Key::Retained(topic), None, false),
+            StoreOp::Session { client_id, subs } => self.set(Key::Session(client_id), Some(encode_subs(&subs)), false),
+            StoreOp::DropSession { client_id } => {
+                // Everything pending for the client is moot: the drop deletes it all.
+                for w in &mut self.writes {
+                    if matches!(w, Write::Key(k, ..) if k.client() == Some(&*client_id)) {
+                        *w = Write::Dead;
+                    }
+                }
+                self.index.retain(|k, _| k.client() != Some(&*client_id));
+                self.writes.push(Write::DropClient(client_id));
             }
+            StoreOp::Outbound { client_id, seq, stage, retain, msg } => {
+                let v = encode_message(Some(stage), retain, &msg);
+                // Every stage but the PUBREC update starts a new sequence number.
+                let fresh = !matches!(stage, OutStage::AwaitPubcomp(_));
+                self.set(Key::Outbound(client_id, seq), Some(v), fresh);
+            }
+            StoreOp::OutboundDone { client_id, seq } => self.set(Key::Outbound(client_id, seq), None, false),
+            StoreOp::Inbound { client_id, pid, msg } => {
+                let v = encode_message(None, msg.retain, &msg);
+                self.set(Key::Inbound(client_id, pid), Some(v), true);
+            }
+            StoreOp::InboundDone { client_id, pid } => self.set(Key::Inbound(client_id, pid), None, false),
         }
         self.ticket += 1;
         self.ticket
+    }
+
+    fn set(&mut self, key: Key, value: Option<Vec<u8>>, fresh: bool) {
+        match self.index.get(&key).copied() {
+            Some(i) => match self.writes.get_mut(i) {
+                // Made and gone before any commit: nothing to write (a message acknowledged
+                // while its first commit was running).
+                Some(w @ Write::Key(_, _, true)) if value.is_none() => {
+                    *w = Write::Dead;
+                    self.index.remove(&key);
+                }
+                Some(Write::Key(_, v, _)) => *v = value,
+                _ => {}
+            },
+            None => {
+                self.index.insert(key.clone(), self.writes.len());
+                self.writes.push(Write::Key(key, value, fresh));
+            }
+        }
+    }
+
+    /// Whether the thread must be woken ([`Writer::notify`]) for what was put.
+    pub(crate) fn thread_idle(&self) -> bool {
+        self.idle
+    }
+
+    /// Everything pending, in order; `Pending` is empty afterwards.
+    fn take(&mut self) -> Vec<Write> {
+        self.index.clear();
+        std::mem::take(&mut self.writes)
     }
 }
 
@@ -242,9 +502,11 @@ fn commit_loop(db: Database, path: PathBuf, shared: &(Mutex<Pending>, Condvar), 
         let (writes, mut ticket, closing) = {
             let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
             while p.writes.is_empty() && !p.closed {
+                p.idle = true;
                 p = cv.wait(p).unwrap_or_else(|e| e.into_inner());
             }
-            (std::mem::take(&mut p.writes), p.ticket, p.closed)
+            p.idle = false;
+            (p.take(), p.ticket, p.closed)
         };
         if !writes.is_empty() {
             // A failed commit is retried with the same writes (and whatever came meanwhile,
@@ -267,9 +529,7 @@ fn commit_loop(db: Database, path: PathBuf, shared: &(Mutex<Pending>, Condvar), 
                         }
                         std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(50))));
                         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        for (k, v) in std::mem::take(&mut p.writes) {
-                            writes.insert(k, v);
-                        }
+                        writes.extend(p.take());
                         ticket = p.ticket;
                         if p.closed && failures >= 3 {
                             tracing::error!(path = %path.display(), "mqtt store: shutting down with writes not committed");
@@ -286,17 +546,45 @@ fn commit_loop(db: Database, path: PathBuf, shared: &(Mutex<Pending>, Condvar), 
     }
 }
 
-fn commit(db: &Database, writes: &HashMap<Key, Option<Vec<u8>>>) -> Result<(), redb::Error> {
+fn commit(db: &Database, writes: &[Write]) -> Result<(), redb::Error> {
     let wtx = db.begin_write()?;
     {
         let mut retained = wtx.open_table(RETAINED)?;
-        for (k, v) in writes {
-            match (k, v) {
-                (Key::Retained(t), Some(v)) => {
-                    retained.insert(&**t, v.as_slice())?;
+        let mut sessions = wtx.open_table(SESSIONS)?;
+        let mut outbound = wtx.open_table(OUTBOUND)?;
+        let mut inbound = wtx.open_table(INBOUND)?;
+        for w in writes {
+            match w {
+                Write::Dead => {}
+                Write::DropClient(c) => {
+                    sessions.remove(&**c)?;
+                    let from = client_prefix(c);
+                    let mut to = from.clone();
+                    to.extend_from_slice(&[0xff; 8]);
+                    outbound.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
+                    inbound.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
                 }
-                (Key::Retained(t), None) => {
-                    retained.remove(&**t)?;
+                Write::Key(Key::Retained(t), v, _) => match v {
+                    Some(v) => drop(retained.insert(&**t, v.as_slice())?),
+                    None => drop(retained.remove(&**t)?),
+                },
+                Write::Key(Key::Session(c), v, _) => match v {
+                    Some(v) => drop(sessions.insert(&**c, v.as_slice())?),
+                    None => drop(sessions.remove(&**c)?),
+                },
+                Write::Key(Key::Outbound(c, seq), v, _) => {
+                    let k = outbound_key(c, *seq);
+                    match v {
+                        Some(v) => drop(outbound.insert(k.as_slice(), v.as_slice())?),
+                        None => drop(outbound.remove(k.as_slice())?),
+                    }
+                }
+                Write::Key(Key::Inbound(c, pid), v, _) => {
+                    let k = inbound_key(c, *pid);
+                    match v {
+                        Some(v) => drop(inbound.insert(k.as_slice(), v.as_slice())?),
+                        None => drop(inbound.remove(k.as_slice())?),
+                    }
                 }
             }
         }
@@ -340,6 +628,84 @@ mod tests {
         drop(w);
         let again = open(dir.path()).unwrap();
         assert_eq!(again.recovered.retained, vec![msg("a/b", b"two")]);
+    }
+
+    /// Commit everything put so far and wait for it.
+    fn commit_all(w: &Writer, rx: &std::sync::mpsc::Receiver<u64>, ops: Vec<StoreOp>) {
+        let t = {
+            let mut p = w.lock();
+            ops.into_iter().map(|op| p.put(op)).last().unwrap_or(0)
+        };
+        w.notify();
+        while rx.recv_timeout(Duration::from_secs(10)).expect("a commit within 10 s") < t {}
+    }
+
+    fn started(dir: &Path) -> (Writer, std::sync::mpsc::Receiver<u64>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = Writer::start(open(dir).unwrap(), move |t| {
+            let _ = tx.send(t);
+        })
+        .unwrap();
+        (w, rx)
+    }
+
+    #[test]
+    fn session_messages_round_trip_and_a_drop_removes_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, rx) = started(dir.path());
+        let id: Arc<str> = Arc::from("c1");
+        let other: Arc<str> = Arc::from("c10"); // a longer id sharing the first bytes
+        let sub = (TopicFilter::try_from("a/#").unwrap(), QoS::Level2);
+        let out = |client_id: &Arc<str>, seq, stage| StoreOp::Outbound {
+            client_id: client_id.clone(),
+            seq,
+            stage,
+            retain: false,
+            msg: msg("a/b", b"x"),
+        };
+        commit_all(
+            &w,
+            &rx,
+            vec![
+                StoreOp::Session { client_id: id.clone(), subs: vec![sub.clone()] },
+                StoreOp::Session { client_id: other.clone(), subs: vec![] },
+                out(&id, 1, OutStage::Queued(QoS::Level1)),
+                out(&id, 2, OutStage::AwaitPubrec(7)),
+                out(&id, 3, OutStage::Queued(QoS::Level2)),
+                StoreOp::OutboundDone { client_id: id.clone(), seq: 1 },
+                out(&other, 1, OutStage::AwaitPuback(9)),
+                StoreOp::Inbound { client_id: id.clone(), pid: 4, msg: msg("in/q2", b"held") },
+            ],
+        );
+        drop(w);
+        let r = open(dir.path()).unwrap().recovered;
+        let s = r.sessions.iter().find(|s| &*s.client_id == "c1").unwrap();
+        assert_eq!(s.subs, vec![sub]);
+        let stages: Vec<(u64, OutStage)> = s.outbound.iter().map(|o| (o.seq, o.stage)).collect();
+        assert_eq!(stages, vec![(2, OutStage::AwaitPubrec(7)), (3, OutStage::Queued(QoS::Level2))]);
+        assert_eq!(s.inbound.len(), 1);
+        assert_eq!((s.inbound[0].0, &s.inbound[0].1.payload[..]), (4, &b"held"[..]));
+        // Dropping c1 (then making it again, in the same commit) leaves c10 alone.
+        let (w, rx) = started(dir.path());
+        commit_all(
+            &w,
+            &rx,
+            vec![
+                StoreOp::DropSession { client_id: id.clone() },
+                StoreOp::Session { client_id: id.clone(), subs: vec![] },
+                out(&id, 5, OutStage::Queued(QoS::Level1)),
+            ],
+        );
+        drop(w);
+        let r = open(dir.path()).unwrap().recovered;
+        let s = r.sessions.iter().find(|s| &*s.client_id == "c1").unwrap();
+        assert!(s.subs.is_empty() && s.inbound.is_empty());
+        assert_eq!(s.outbound.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![5]);
+        let o = r.sessions.iter().find(|s| &*s.client_id == "c10").unwrap();
+        assert_eq!(
+            o.outbound.iter().map(|o| (o.seq, o.stage)).collect::<Vec<_>>(),
+            vec![(1, OutStage::AwaitPuback(9))]
+        );
     }
 
     #[test]

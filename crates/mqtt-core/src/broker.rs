@@ -84,6 +84,47 @@ pub enum StoreOp {
     Retain(Message),
     /// The topic has no retained message any more.
     Unretain(TopicName),
+    /// The persistent session (clean session 0) of `client_id` exists, with these
+    /// subscriptions (filter, granted QoS; each filter once). Channels are not kept: after a
+    /// restart every subscription is parked on the control channel, as on any resumption.
+    Session { client_id: Arc<str>, subs: Vec<(TopicFilter, QoS)> },
+    /// The persistent session of `client_id` is gone (a clean-session CONNECT replaced it),
+    /// with its messages.
+    DropSession { client_id: Arc<str> },
+    /// A QoS 1/2 message for `client_id`'s persistent session, queued or in flight, under the
+    /// session's sequence number `seq` (its order). `retain`: the RETAIN flag it is sent with.
+    /// For [`OutStage::AwaitPubcomp`] only the topic is kept (the payload is empty).
+    Outbound { client_id: Arc<str>, seq: u64, stage: OutStage, retain: bool, msg: Message },
+    /// The outbound message `seq` is done (acknowledged) or dropped.
+    OutboundDone { client_id: Arc<str>, seq: u64 },
+    /// An inbound QoS 2 message of `client_id` awaiting PUBREL, under its packet id (control
+    /// channel only: a data stream's die with it anyway, docs/mqtt-over-quic.md §6.4).
+    Inbound { client_id: Arc<str>, pid: u16, msg: Message },
+    /// Its PUBREL came (it was forwarded).
+    InboundDone { client_id: Arc<str>, pid: u16 },
+}
+
+/// An outbound message of a persistent session as a store kept it
+/// ([`BrokerCore::restore_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutbound {
+    pub seq: u64,
+    pub stage: OutStage,
+    pub retain: bool,
+    pub msg: Message,
+}
+
+/// Where a stored outbound message is ([`StoreOp::Outbound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutStage {
+    /// Waiting for an in-flight slot or for the client, at this QoS.
+    Queued(QoS),
+    /// QoS 1 sent under this packet id, waiting for PUBACK.
+    AwaitPuback(u16),
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubrec(u16),
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubcomp(u16),
 }
 
 /// Why the broker closed a connection.
@@ -333,6 +374,34 @@ fn qos_from(q: u8) -> QoS {
     }
 }
 
+/// The store op recording in-flight message `id` of session `s` as it stands now, if `s` is
+/// stored (`persist` and clean session 0).
+fn flight_op(s: &Session, id: u16, persist: bool) -> Option<StoreOp> {
+    if !persist || s.clean {
+        return None;
+    }
+    flows_flight_op(s.fr(), &s.client_id, id)
+}
+
+/// [`flight_op`] from the session's flows and client id.
+fn flows_flight_op(f: &Flows, client_id: &Arc<str>, id: u16) -> Option<StoreOp> {
+    let fl = f.inflight.get(&id)?;
+    let (stage, msg) = match &fl.state {
+        OutState::AwaitPuback(m) => (OutStage::AwaitPuback(id), m.clone()),
+        OutState::AwaitPubrec(m) => (OutStage::AwaitPubrec(id), m.clone()),
+        OutState::AwaitPubcomp(t) => (
+            OutStage::AwaitPubcomp(id),
+            Message { topic: t.clone(), payload: bytes::Bytes::new(), qos: QoS::Level2, retain: false },
+        ),
+    };
+    Some(StoreOp::Outbound { client_id: client_id.clone(), seq: fl.seq, stage, retain: fl.retain, msg })
+}
+
+/// The store op saying outbound message `seq` of session `s` is gone, if `s` is stored.
+fn done_op(s: &Session, seq: u64, persist: bool) -> Option<StoreOp> {
+    (persist && !s.clean).then(|| StoreOp::OutboundDone { client_id: s.client_id.clone(), seq })
+}
+
 fn publish_packet(msg: &Message, qos_pid: QosPid, retain: bool, dup: bool) -> Packet {
     Packet::Publish(Publish { dup, retain, qos_pid, topic_name: msg.topic.clone(), payload: msg.payload.clone() })
 }
@@ -368,11 +437,79 @@ impl<D> BrokerCore<D> {
     }
 
     /// Counters and gauges now.
+    /// Say what `sid`'s persistent session now holds ([`StoreOp::Session`]), if the broker
+    /// stores (`data_dir`) and the session is persistent.
+    fn persist_session(&self, sid: SessionId, out: &mut Vec<Action>) {
+        if self.cfg.data_dir.is_none() {
+            return;
+        }
+        let Some(s) = self.sessions.get(sid).filter(|s| !s.clean) else { return };
+        let mut subs: Vec<(TopicFilter, QoS)> = Vec::with_capacity(s.subs.len());
+        for sub in &s.subs {
+            match subs.iter_mut().find(|(f, _)| *f == sub.filter) {
+                Some((_, q)) => *q = (*q).max(sub.qos),
+                None => subs.push((sub.filter.clone(), sub.qos)),
+            }
+        }
+        out.push(Action::Store(StoreOp::Session { client_id: s.client_id.clone(), subs }));
+    }
+
+    /// Start from a persistent session a store kept (before any connection): offline, its
+    /// subscriptions parked on the control channel, as after any disconnection, its queued
+    /// and in-flight messages on the control channel in their order (in-flight ones are sent
+    /// again, DUP set, when the client comes back, §4.4), its inbound QoS 2 messages awaiting
+    /// PUBREL on the control channel. False if `max_sessions` is reached or the client id is
+    /// taken.
+    pub fn restore_session(
+        &mut self,
+        client_id: Arc<str>,
+        subs: &[(TopicFilter, QoS)],
+        mut outbound: Vec<StoredOutbound>,
+        inbound: Vec<(u16, Message)>,
+    ) -> bool {
+        if self.sessions.len() >= self.cfg.max_sessions || self.by_client.contains_key(&client_id) {
+            return false;
+        }
+        let mut session = Session::new(client_id.clone(), false);
+        for (filter, qos) in subs.iter().take(self.cfg.max_subscriptions) {
+            session.park(filter, (*qos).min(self.cfg.max_qos));
+        }
+        outbound.sort_by_key(|o| o.seq);
+        for o in outbound {
+            let f = session.f();
+            f.next_seq = f.next_seq.max(o.seq);
+            let (id, state) = match o.stage {
+                OutStage::Queued(qos) => {
+                    let q = Queued { seq: o.seq, qos, retain: o.retain, msg: o.msg };
+                    f.push_queued(CONTROL_CHANNEL, q);
+                    continue;
+                }
+                OutStage::AwaitPuback(id) => (id, OutState::AwaitPuback(o.msg)),
+                OutStage::AwaitPubrec(id) => (id, OutState::AwaitPubrec(o.msg)),
+                OutStage::AwaitPubcomp(id) => (id, OutState::AwaitPubcomp(o.msg.topic)),
+            };
+            if id != 0 && !f.inflight.contains_key(&id) {
+                f.begin_flight(id, InFlight { seq: o.seq, channel: CONTROL_CHANNEL, retain: o.retain, state });
+            }
+        }
+        for (id, msg) in inbound {
+            session.f().awaiting_rel.insert((CONTROL_CHANNEL, id), msg);
+        }
+        let sid = self.sessions.insert(session);
+        self.by_client.insert(client_id, sid);
+        if let Some(s) = self.sessions.get(sid) {
+            for (filter, _) in subs.iter().take(self.cfg.max_subscriptions) {
+                sync_control_route(&mut self.subs, sid, s, filter);
+            }
+        }
+        true
+    }
+
     /// Start from the retained messages a store kept (before any connection). Limits apply
     /// as for a PUBLISH: what no longer fits `max_retained` or `max_retained_bytes` is left
     /// out, counted and logged. Returns how many were restored.
     pub fn restore_retained(&mut self, msgs: impl IntoIterator<Item = Message>) -> usize {
-        let mut ignored = Vec::new();
+        let mut ignored = Vec::new(); // what was read from the store is there already
         let before = self.stats.dropped_retained;
         let mut n = 0;
         for m in msgs {
@@ -843,7 +980,7 @@ impl<D> BrokerCore<D> {
                 None => false,
             };
             if clean {
-                self.destroy_session(sid);
+                self.destroy_session(sid, out);
             } else {
                 // §6.6: channel numbers mean nothing on the session's next connection.
                 let m = self.relocate(sid, None, None, out);
@@ -887,8 +1024,11 @@ impl<D> BrokerCore<D> {
         }
     }
 
-    fn destroy_session(&mut self, sid: SessionId) {
+    fn destroy_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.remove(sid) else { return };
+        if !s.clean && self.cfg.data_dir.is_some() {
+            out.push(Action::Store(StoreOp::DropSession { client_id: s.client_id.clone() }));
+        }
         for sub in &s.subs {
             self.subs.remove(&sub.filter, SubKey { session: sid, channel: sub.channel });
         }
@@ -1221,7 +1361,7 @@ impl<D> BrokerCore<D> {
         let existing = self.by_client.get(&client_id).copied().filter(|sid| self.sessions.get(*sid).is_some());
         // MQTT 3.1.1 §3.1.2-6: clean session 1 discards any previous session.
         if let (Some(sid), true) = (existing, p.clean_session) {
-            self.destroy_session(sid);
+            self.destroy_session(sid, out);
         }
         let (sid, session_present) = match existing {
             Some(sid) if !p.clean_session => (sid, true),
@@ -1256,6 +1396,10 @@ impl<D> BrokerCore<D> {
             c.last_seen = now;
         }
         self.stats.connects_accepted += 1;
+        if !session_present {
+            // A new persistent session is durable before its CONNACK.
+            self.persist_session(sid, out);
+        }
         tracing::debug!(conn, client_id = &*client_id, clean = p.clean_session, session_present, "mqtt: connected");
         // MQTT 3.1.1 §3.2.2-1..3: session present reflects stored state for clean session 0.
         out.push(Action::Send {
@@ -1334,6 +1478,11 @@ impl<D> BrokerCore<D> {
                     }
                     // MQTT 3.1.1 §4.3.3 method B: store, PUBREC, forward on PUBREL. A duplicate
                     // (DUP=1, same id) before PUBREL is not stored twice.
+                    if ch == CONTROL_CHANNEL && !s.clean && self.cfg.data_dir.is_some() {
+                        // Durable before PUBREC: a restart must not lose it (nor forward it twice).
+                        let op = StoreOp::Inbound { client_id: s.client_id.clone(), pid: id.value(), msg: msg.clone() };
+                        out.push(Action::Store(op));
+                    }
                     s.f().awaiting_rel.insert(key, msg);
                 }
                 out.push(Action::Send { conn, channel: ch, packet: Packet::Pubrec(id) });
@@ -1347,6 +1496,9 @@ impl<D> BrokerCore<D> {
                 return None;
             }
             let m = s.f().awaiting_rel.remove(&(ch, id.value()));
+            if m.is_some() && ch == CONTROL_CHANNEL && !s.clean && self.cfg.data_dir.is_some() {
+                out.push(Action::Store(StoreOp::InboundDone { client_id: s.client_id.clone(), pid: id.value() }));
+            }
             s.shrink();
             m
         });
@@ -1377,7 +1529,10 @@ impl<D> BrokerCore<D> {
     fn on_puback(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         match s.fr().inflight.get(&id.value()) {
-            Some(InFlight { state: OutState::AwaitPuback(_), .. }) => {
+            Some(InFlight { state: OutState::AwaitPuback(_), seq, .. }) => {
+                if let Some(op) = done_op(s, *seq, self.cfg.data_dir.is_some()) {
+                    out.push(Action::Store(op));
+                }
                 let only = Self::complete_flight(s.f(), id.value());
                 self.pump(sid, only, out);
             }
@@ -1403,6 +1558,9 @@ impl<D> BrokerCore<D> {
             OutState::AwaitPubrec(m) => {
                 f.state = OutState::AwaitPubcomp(m.topic.clone());
                 let channel = f.channel;
+                if let Some(op) = flight_op(s, id.value(), self.cfg.data_dir.is_some()) {
+                    out.push(Action::Store(op));
+                }
                 out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
             }
             OutState::AwaitPubcomp(_) => {
@@ -1418,7 +1576,10 @@ impl<D> BrokerCore<D> {
     fn on_pubcomp(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         match s.fr().inflight.get(&id.value()) {
-            Some(InFlight { state: OutState::AwaitPubcomp(_), .. }) => {
+            Some(InFlight { state: OutState::AwaitPubcomp(_), seq, .. }) => {
+                if let Some(op) = done_op(s, *seq, self.cfg.data_dir.is_some()) {
+                    out.push(Action::Store(op));
+                }
                 let only = Self::complete_flight(s.f(), id.value());
                 self.pump(sid, only, out);
             }
@@ -1521,6 +1682,10 @@ impl<D> BrokerCore<D> {
                 granted_all.push((filter.clone(), granted));
             }
         }
+        // Durable before the SUBACK (issue 18).
+        if !granted_all.is_empty() {
+            self.persist_session(sid, out);
+        }
         // MQTT 3.1.1 §3.8.4-1, §3.8.4-5: one SUBACK, same id, one code per filter, in order.
         out.push(Action::Send { conn, channel: ch, packet: Packet::Suback(Suback::new(sub.pid, codes)) });
         // MQTT 3.1.1 §3.3.1-6, §3.8.4-3: send the retained messages that match, RETAIN set.
@@ -1560,6 +1725,7 @@ impl<D> BrokerCore<D> {
                 }
             }
         }
+        self.persist_session(sid, out);
         // MQTT 3.1.1 §3.10.4-4, §3.10.4-5: UNSUBACK even if nothing matched.
         out.push(Action::Send { conn, channel: ch, packet: Packet::Unsuback(u.pid) });
     }
@@ -1652,10 +1818,13 @@ impl<D> BrokerCore<D> {
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
             (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight) => {
                 self.stats.delivered += 1;
-                let packet = Self::start_flight(s.f(), ch, qos, msg, retain);
+                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain);
+                if let Some(op) = flight_op(s, id, self.cfg.data_dir.is_some()) {
+                    out.push(Action::Store(op));
+                }
                 out.push(Action::Send { conn, channel: ch, packet });
             }
-            _ => self.enqueue(sid, ch, qos, retain, msg),
+            _ => self.enqueue(sid, ch, qos, retain, msg, out),
         }
     }
 
@@ -1668,8 +1837,8 @@ impl<D> BrokerCore<D> {
             && f.lane(ch).is_none_or(|l| l.queue.is_empty() && (l.inflight as usize) < max_inflight)
     }
 
-    /// Allocate an id and record the flight on `ch`; returns the PUBLISH to send.
-    fn start_flight(f: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> Packet {
+    /// Allocate an id and record the flight on `ch`; returns the PUBLISH to send and the id.
+    fn start_flight(f: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> (Packet, u16) {
         let id = f.alloc_pid();
         let seq = f.next_seq();
         let (qos_pid, state) = if qos == QoS::Level1 {
@@ -1678,7 +1847,7 @@ impl<D> BrokerCore<D> {
             (QosPid::Level2(pid(id)), OutState::AwaitPubrec(msg.clone()))
         };
         f.begin_flight(id, InFlight { seq, channel: ch, retain, state });
-        publish_packet(&msg, qos_pid, retain, false)
+        (publish_packet(&msg, qos_pid, retain, false), id)
     }
 
     /// The outbound flow `id` is complete (PUBACK, PUBCOMP): forget it. Returns the lane to
@@ -1701,8 +1870,9 @@ impl<D> BrokerCore<D> {
     /// `ch` (ties go against `ch`): over one channel that refuses the new message, and a
     /// stalled channel cannot take the whole bound from the others. Every loss is counted and
     /// logged.
-    fn enqueue(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, retain: bool, msg: Message) {
+    fn enqueue(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, retain: bool, msg: Message, out: &mut Vec<Action>) {
         let cap = self.cfg.max_queued_messages;
+        let persist = self.cfg.data_dir.is_some();
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let f = s.f();
         let q = Queued { seq: f.next_seq(), qos, retain, msg };
@@ -1717,6 +1887,11 @@ impl<D> BrokerCore<D> {
             };
             let lost_ch = victim.map_or(ch, |(i, _)| f.lanes[i].channel);
             f.tidy();
+            if victim.is_some() && lost.qos != QoS::Level0 {
+                if let Some(op) = done_op(s, lost.seq, persist) {
+                    out.push(Action::Store(op));
+                }
+            }
             s.dropped += 1;
             self.stats.dropped_queue_full += 1;
             tracing::warn!(
@@ -1731,6 +1906,17 @@ impl<D> BrokerCore<D> {
                 s.shrink();
                 return;
             }
+        }
+        // QoS 0 deliveries queued for an offline session are not stored (docs/mqtt.md).
+        if q.qos != QoS::Level0 && persist && !s.clean {
+            let op = StoreOp::Outbound {
+                client_id: s.client_id.clone(),
+                seq: q.seq,
+                stage: OutStage::Queued(q.qos),
+                retain: q.retain,
+                msg: q.msg.clone(),
+            };
+            out.push(Action::Store(op));
         }
         s.f().push_queued(ch, q);
     }
@@ -1763,8 +1949,10 @@ impl<D> BrokerCore<D> {
     /// lane stops only itself (docs/mqtt-over-quic.md §6.12).
     fn pump(&mut self, sid: SessionId, only: Option<ChannelId>, out: &mut Vec<Action>) {
         let max_inflight = self.cfg.max_inflight;
+        let persist = self.cfg.data_dir.is_some();
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let Some(conn) = s.conn else { return };
+        let (clean, client_id) = (s.clean, s.client_id.clone());
         if s.fr().queued > 0 {
             let f = s.f();
             let lanes = match only {
@@ -1791,7 +1979,15 @@ impl<D> BrokerCore<D> {
                     let packet = if q.qos == QoS::Level0 {
                         publish_packet(&q.msg, QosPid::Level0, q.retain, false)
                     } else {
-                        Self::start_flight(f, ch, q.qos, q.msg, q.retain)
+                        // Queued (under its old sequence number) → in flight (a new one).
+                        if persist && !clean {
+                            out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
+                        }
+                        let (packet, id) = Self::start_flight(f, ch, q.qos, q.msg, q.retain);
+                        if let Some(op) = (persist && !clean).then(|| flows_flight_op(f, &client_id, id)).flatten() {
+                            out.push(Action::Store(op));
+                        }
+                        packet
                     };
                     out.push(Action::Send { conn, channel: ch, packet });
                 }

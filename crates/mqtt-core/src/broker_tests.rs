@@ -1878,3 +1878,106 @@ fn require_certificate_refuses_connections_without_one() {
     assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
     assert_eq!(h.core.stats().auth_failures, 1);
 }
+
+// ----- Store ops (issue 18): what must survive a restart comes before what acknowledges it.
+
+/// Where in `actions` the first Store op and the first Send to `conn` are.
+fn store_then_send(actions: &[Action], conn: ConnId) -> (Option<usize>, Option<usize>) {
+    let store = actions.iter().position(|a| matches!(a, Action::Store(_)));
+    let send = actions.iter().position(|a| matches!(a, Action::Send { conn: c, .. } if *c == conn));
+    (store, send)
+}
+
+fn stores(actions: &[Action]) -> Vec<StoreOp> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn without_a_data_dir_nothing_is_stored() {
+    let mut h = H::new();
+    let (c, _, out) = h.connect("p", false);
+    let mut all = out;
+    all.extend(h.send(c, subscribe(1, &[("a/#", QoS::Level1)])));
+    all.extend(h.send(c, retained("a/b", QoS::Level1, 2, "x")));
+    assert!(stores(&all).is_empty(), "{all:?}");
+}
+
+#[test]
+fn store_ops_come_before_the_packets_that_acknowledge_them() {
+    let mut h = H::with(|c| c.data_dir = Some("/nonexistent".into()));
+    // A new persistent session is stored before its CONNACK.
+    let (c, present, out) = h.connect("keeper", false);
+    assert!(!present);
+    let (store, send) = store_then_send(&out, c);
+    assert!(store < send && store.is_some(), "{out:?}");
+    assert!(
+        matches!(&stores(&out)[..], [StoreOp::Session { client_id, subs }] if &**client_id == "keeper" && subs.is_empty())
+    );
+    // SUBSCRIBE: the session with its subscriptions, then SUBACK.
+    let out = h.send(c, subscribe(1, &[("a/#", QoS::Level1), ("b", QoS::Level0)]));
+    let (store, send) = store_then_send(&out, c);
+    assert!(store < send && store.is_some(), "{out:?}");
+    match &stores(&out)[..] {
+        [StoreOp::Session { subs, .. }] => {
+            let mut f: Vec<(String, QoS)> = subs.iter().map(|(f, q)| (f.to_string(), *q)).collect();
+            f.sort();
+            assert_eq!(f, vec![("a/#".to_string(), QoS::Level1), ("b".to_string(), QoS::Level0)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A retained QoS 1 PUBLISH: Retain, then PUBACK (and the delivery).
+    let out = h.send(c, retained("a/x", QoS::Level1, 2, "kept"));
+    let (store, send) = store_then_send(&out, c);
+    assert!(store < send && store.is_some(), "{out:?}");
+    // It also matches the client's own a/# (QoS 1): its delivery is stored in flight.
+    let delivered = match &stores(&out)[..] {
+        [StoreOp::Retain(m), StoreOp::Outbound { seq, stage: OutStage::AwaitPuback(id), .. }] if &*m.topic == "a/x" => {
+            (*seq, *id)
+        }
+        other => panic!("{other:?}"),
+    };
+    // Its PUBACK: the delivery is done.
+    let out = h.send(c, Packet::Puback(pid(delivered.1)));
+    assert!(matches!(&stores(&out)[..], [StoreOp::OutboundDone { seq, .. }] if *seq == delivered.0), "{out:?}");
+    // Clearing it: Unretain (and the empty message matches a/#: its delivery, at QoS 1).
+    let out = h.send(c, retained("a/x", QoS::Level1, 3, ""));
+    assert!(matches!(&stores(&out)[..], [StoreOp::Unretain(t), StoreOp::Outbound { .. }] if &**t == "a/x"), "{out:?}");
+    // Inbound QoS 2: stored before PUBREC, done before PUBCOMP.
+    let out = h.send(c, publish("q2/in", QoS::Level2, 9, "once"));
+    let (store, send) = store_then_send(&out, c);
+    assert!(store < send && store.is_some(), "{out:?}");
+    assert!(matches!(&stores(&out)[..], [StoreOp::Inbound { pid: 9, .. }]), "{out:?}");
+    let out = h.send(c, Packet::Pubrel(pid(9)));
+    let (store, send) = store_then_send(&out, c);
+    assert!(store < send && store.is_some(), "{out:?}");
+    assert!(matches!(&stores(&out)[..], [StoreOp::InboundDone { pid: 9, .. }]), "{out:?}");
+    // A clean session's subscriptions are not stored.
+    let (d, _, _) = h.connect("passer-by", true);
+    assert!(stores(&h.send(d, subscribe(1, &[("z", QoS::Level1)]))).is_empty());
+    // A clean-session CONNECT for the persistent client id drops the stored session.
+    let (_, _, out) = h.connect("keeper", true);
+    assert!(
+        stores(&out).iter().any(|op| matches!(op, StoreOp::DropSession { client_id } if &**client_id == "keeper")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_restored_session_is_present_and_receives_what_its_subscriptions_match() {
+    let mut h = H::new();
+    let filter = super::super::codec::TopicFilter::try_from("s/#").unwrap();
+    assert!(h.core.restore_session("back".into(), &[(filter, QoS::Level1)], Vec::new(), Vec::new()));
+    let (p, _, _) = h.connect("pub", true);
+    h.send(p, publish("s/1", QoS::Level1, 1, "while away"));
+    let (c, present, out) = h.connect("back", false);
+    assert!(present, "the restored session is present");
+    let got = publishes(&out, c);
+    assert_eq!(got.len(), 1, "{out:?}");
+    assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("s/1", "while away"));
+}
