@@ -4,55 +4,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::broker::{PersistentBroker, Raw};
 use common::mqtt_quic_url;
-use common::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl};
-use quiclab::mqtt::codec::{
-    self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName,
-};
+use quiclab::mqtt::codec::{Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter, TopicName};
 use quiclab::tls::Trust;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `quiclab mqtt broker --data-dir DATA` in its own process, with TCP and QUIC listeners.
-struct Broker {
-    /// Killed with SIGKILL when dropped.
-    _proc: ChildServer,
-    tcp: SocketAddr,
-    quic: SocketAddr,
-}
-
-async fn start(data: &Path, certs: &Path) -> Broker {
-    const WHAT: &str = "quiclab mqtt broker --data-dir";
-    let spawn = || {
-        let (tcp, quic) = (loopback(free_tcp_port()?), loopback(free_udp_port()?));
-        let child = Command::new(env!("CARGO_BIN_EXE_quiclab"))
-            .args(["mqtt", "broker", "--tcp", &tcp.to_string(), "--quic", &quic.to_string(), "--certs"])
-            .arg(certs)
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| ProcError::Spawn { what: WHAT.into(), source })?;
-        Ok((child, (tcp, quic)))
-    };
-    let trust = Trust::CaFile(certs.join("ca.pem"));
-    let ready = |(tcp, quic): (SocketAddr, SocketAddr)| {
-        let trust = trust.clone();
-        async move {
-            mqtt_accepts(&MqttUrl::tcp(tcp), &trust).await && mqtt_accepts(&mqtt_quic_url(quic.port()), &trust).await
-        }
-    };
-    let (proc, (tcp, quic)) =
-        spawn_ready(WHAT, Duration::from_secs(20), spawn, ready).await.expect("the broker starts");
-    Broker { _proc: proc, tcp, quic }
-}
 
 fn opts(id: &str, certs: &Path) -> ClientOptions {
     ClientOptions { client_id: id.into(), trust: Trust::CaFile(certs.join("ca.pem")), ..Default::default() }
@@ -65,7 +26,7 @@ fn opts(id: &str, certs: &Path) -> ClientOptions {
 async fn acknowledged_retained_messages_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let mut tcp = Client::connect(&MqttUrl::tcp(b.tcp), &opts("pub-tcp", &certs)).await.expect("connect over TCP");
     let mut quic =
         Client::connect(&mqtt_quic_url(b.quic.port()), &opts("pub-quic", &certs)).await.expect("connect over QUIC");
@@ -83,7 +44,7 @@ async fn acknowledged_retained_messages_survive_kill_9() {
     drop((tcp, quic));
 
     for round in 0..2 {
-        let b = start(&data, &certs).await;
+        let b = PersistentBroker::start(&data, &certs).await;
         let mut sub =
             Client::connect(&MqttUrl::tcp(b.tcp), &opts(&format!("sub-{round}"), &certs)).await.expect("connect");
         sub.subscribe(&[("keep/#", QoS::Level2)]).await.expect("SUBSCRIBE");
@@ -109,7 +70,7 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
     let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let urls = [("tcp", MqttUrl::tcp(b.tcp)), ("quic", mqtt_quic_url(b.quic.port()))];
     for (name, url) in &urls {
         let mut c = Client::connect(url, &persistent(&format!("keeper-{name}"))).await.expect("connect");
@@ -122,7 +83,7 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     }
     drop(b); // SIGKILL
 
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let mut p = Client::connect(&MqttUrl::tcp(b.tcp), &opts("publisher", &certs)).await.expect("connect");
     for name in ["tcp", "quic"] {
         p.publish(&format!("drop/{name}"), QoS::Level1, false, "unsubscribed").await.expect("PUBLISH");
@@ -140,7 +101,7 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     let c = Client::connect(&MqttUrl::tcp(b.tcp), &opts("keeper-tcp", &certs)).await.expect("connect clean");
     drop(c);
     drop(b);
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("keeper-tcp")).await.expect("connect");
     assert!(!c.session_present(), "the clean-session CONNECT removed the stored session");
     let c = Client::connect(&mqtt_quic_url(b.quic.port()), &persistent("keeper-quic")).await.expect("connect");
@@ -154,7 +115,7 @@ async fn queued_messages_of_a_persistent_session_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
     let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("away")).await.expect("connect");
     c.subscribe(&[("q/#", QoS::Level2)]).await.expect("SUBSCRIBE");
     drop(c);
@@ -168,7 +129,7 @@ async fn queued_messages_of_a_persistent_session_survive_kill_9() {
     }
     drop(b); // SIGKILL right after the last acknowledgement
     drop(p);
-    let b = start(&data, &certs).await;
+    let b = PersistentBroker::start(&data, &certs).await;
     let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("away")).await.expect("reconnect");
     assert!(c.session_present());
     let mut got = Vec::new();
@@ -176,52 +137,6 @@ async fn queued_messages_of_a_persistent_session_survive_kill_9() {
         got.push(String::from_utf8_lossy(&m.payload).into_owned());
     }
     assert_eq!(got, sent, "every acknowledged message, once, in order");
-}
-
-/// A raw MQTT/TCP client: packets out, packets in, nothing automatic.
-struct Raw {
-    sock: tokio::net::TcpStream,
-    dec: Decoder,
-    got: std::collections::VecDeque<Packet>,
-}
-
-impl Raw {
-    /// Connect with clean session 0 as `id`; returns the client and CONNACK's session present.
-    async fn connect(addr: SocketAddr, id: &str) -> (Raw, bool) {
-        let sock = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
-        let mut raw = Raw { sock, dec: Decoder::new(1 << 20), got: Default::default() };
-        let mut c = Connect::new(id.into(), 60);
-        c.clean_session = false;
-        raw.send(Packet::Connect(c)).await;
-        match raw.next().await {
-            Some(Packet::Connack(a)) => (raw, a.session_present),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut buf = Vec::new();
-        codec::encode(&p, &mut buf).expect("encode");
-        self.sock.write_all(&buf).await.expect("write");
-    }
-
-    /// The next packet within 5 s; `None` if none came.
-    async fn next(&mut self) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(p) = self.got.pop_front() {
-                return Some(p);
-            }
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut buf)).await.ok()?.expect("read");
-            if n == 0 {
-                return None;
-            }
-            let mut out = Vec::new();
-            self.dec.feed(&buf[..n], &mut out).expect("well-formed packets");
-            self.got.extend(out);
-        }
-    }
 }
 
 fn pid(n: u16) -> Pid {
@@ -235,21 +150,24 @@ fn pid(n: u16) -> Pid {
 async fn qos2_and_in_flight_state_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
-    let b = start(&data, &certs).await;
+    let trust = Trust::CaFile(certs.join("ca.pem"));
+    let b = PersistentBroker::start(&data, &certs).await;
     // The subscriber: persistent, online, never acknowledging.
-    let (mut sub, _) = Raw::connect(b.tcp, "raw-sub").await;
+    let (mut sub, _) = Raw::connect(&b.tcp_url(), &trust, "raw-sub", false).await.expect("connect");
     let filter = TopicFilter::try_from("x/#").expect("filter");
-    sub.send(Packet::Subscribe(Subscribe::new(pid(1), vec![(filter, QoS::Level2)]))).await;
-    assert!(matches!(sub.next().await, Some(Packet::Suback(_))));
+    sub.send(Packet::Subscribe(Subscribe::new(pid(1), vec![(filter, QoS::Level2)]))).await.expect("send");
+    assert!(matches!(sub.next(Duration::from_secs(5)).await, Some(Packet::Suback(_))));
     // The publisher: QoS 2, stops after PUBREC.
-    let (mut publ, _) = Raw::connect(b.tcp, "raw-pub").await;
+    let (mut publ, _) = Raw::connect(&b.tcp_url(), &trust, "raw-pub", false).await.expect("connect");
     let topic = TopicName::try_from("x/once").expect("topic");
-    publ.send(Packet::Publish(Publish::new(QosPid::Level2(pid(5)), topic, Bytes::from_static(b"exactly once")))).await;
-    assert_eq!(publ.next().await, Some(Packet::Pubrec(pid(5))));
+    publ.send(Packet::Publish(Publish::new(QosPid::Level2(pid(5)), topic, Bytes::from_static(b"exactly once"))))
+        .await
+        .expect("send");
+    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::Pubrec(pid(5))));
     // A QoS 1 message that reaches the subscriber, which does not acknowledge it.
     let mut p = Client::connect(&MqttUrl::tcp(b.tcp), &opts("plain", &certs)).await.expect("connect");
     p.publish("x/unacked", QoS::Level1, false, "again").await.expect("PUBLISH");
-    let first = match sub.next().await {
+    let first = match sub.next(Duration::from_secs(5)).await {
         Some(Packet::Publish(p)) => p,
         other => panic!("expected the delivery, got {other:?}"),
     };
@@ -257,42 +175,47 @@ async fn qos2_and_in_flight_state_survive_kill_9() {
     drop(b); // SIGKILL
     drop((sub, publ, p));
 
-    let b = start(&data, &certs).await;
-    let (mut sub, present) = Raw::connect(b.tcp, "raw-sub").await;
+    let b = PersistentBroker::start(&data, &certs).await;
+    let (mut sub, present) = Raw::connect(&b.tcp_url(), &trust, "raw-sub", false).await.expect("connect");
     assert!(present);
-    match sub.next().await {
+    match sub.next(Duration::from_secs(5)).await {
         Some(Packet::Publish(again)) => {
             assert_eq!((&*again.topic_name, again.qos_pid, again.dup), ("x/unacked", first.qos_pid, true));
             if let QosPid::Level1(id) = again.qos_pid {
-                sub.send(Packet::Puback(id)).await;
+                sub.send(Packet::Puback(id)).await.expect("send");
             }
         }
         other => panic!("expected the unacknowledged delivery again, got {other:?}"),
     }
-    let (mut publ, present) = Raw::connect(b.tcp, "raw-pub").await;
+    let (mut publ, present) = Raw::connect(&b.tcp_url(), &trust, "raw-pub", false).await.expect("connect");
     assert!(present);
-    publ.send(Packet::Pubrel(pid(5))).await;
-    assert_eq!(publ.next().await, Some(Packet::Pubcomp(pid(5))));
+    publ.send(Packet::Pubrel(pid(5))).await.expect("send");
+    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::Pubcomp(pid(5))));
     // The QoS 2 message reaches the subscriber now, once.
-    let mut deliveries = 0;
-    while let Some(p) = sub.next().await {
+    let (mut deliveries, mut sub_extra) = (0, Vec::new());
+    while let Some(p) = sub.next(Duration::from_secs(5)).await {
         match p {
             Packet::Publish(m) if &*m.topic_name == "x/once" => {
                 deliveries += 1;
                 if let QosPid::Level2(id) = m.qos_pid {
-                    sub.send(Packet::Pubrec(id)).await;
+                    sub.send(Packet::Pubrec(id)).await.expect("send");
                 }
             }
-            Packet::Pubrel(id) => sub.send(Packet::Pubcomp(id)).await,
+            Packet::Pubrel(id) => sub.send(Packet::Pubcomp(id)).await.expect("send"),
             other => panic!("unexpected {other:?}"),
         }
-        if deliveries == 1 && sub.got.is_empty() {
-            // Give a second (wrong) delivery a chance to show.
-            if tokio::time::timeout(Duration::from_millis(500), sub.sock.readable()).await.is_err() {
-                break;
+        if deliveries == 1 && !sub.has_buffered() {
+            // Give a second (wrong) delivery half a second to show.
+            match sub.next(Duration::from_millis(500)).await {
+                Some(p) => sub_extra.push(p),
+                None => break,
             }
         }
     }
+    assert!(
+        sub_extra.iter().all(|p| !matches!(p, Packet::Publish(m) if &*m.topic_name == "x/once")),
+        "a second delivery of the QoS 2 message: {sub_extra:?}"
+    );
     assert_eq!(deliveries, 1, "the QoS 2 message is forwarded exactly once across the restart");
 }
 
