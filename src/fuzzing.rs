@@ -18,7 +18,64 @@ pub use self::http::http_parse;
 pub use self::lab_stall::lab_stall;
 pub use self::mqtt_broker::{mqtt_broker, mqtt_broker_strict};
 pub use self::mqtt_codec::mqtt_codec;
+pub use self::mqtt_store::mqtt_store;
 pub use self::topic_tree::topic_tree;
+
+mod mqtt_store {
+    use super::*;
+    use crate::mqtt::codec::{QoS, TopicName};
+    use crate::mqtt::session::Message;
+    use crate::mqtt::store::{
+        client_prefix, decode_message, decode_retained, decode_subs, encode_message, encode_retained, encode_subs,
+        split_client,
+    };
+
+    /// The MQTT store's record decoders (src/mqtt/store.rs) on arbitrary bytes, as a damaged
+    /// or foreign file would give them: retained values, subscription lists, outbound and
+    /// inbound message records, and message keys. Checks: no panic; what decodes encodes back
+    /// to the same bytes (retained values, subscription lists, keys) or decodes again to the
+    /// same record (messages, whose encoding normalises the unused packet id of a queued
+    /// message and any non-zero retain byte).
+    pub fn mqtt_store(data: &[u8]) {
+        let mut u = Unstructured::new(data);
+        let which = u.int_in_range(0u8..=4).unwrap_or(0);
+        let bytes = u.take_rest();
+        match which {
+            0 => {
+                if let Some((qos, payload)) = decode_retained(bytes) {
+                    let topic = TopicName::try_from("t").expect("a valid topic");
+                    let m = Message { topic, payload, qos, retain: true };
+                    assert_eq!(encode_retained(&m), bytes, "retained value re-encodes differently");
+                }
+            }
+            1 => {
+                if let Some(subs) = decode_subs(bytes) {
+                    assert_eq!(encode_subs(&subs), bytes, "subscription list re-encodes differently");
+                }
+            }
+            2 | 3 => {
+                let staged = which == 2;
+                if let Some((stage, retain, msg)) = decode_message(bytes, staged) {
+                    assert_eq!(stage.is_some(), staged);
+                    let again = encode_message(stage, retain, &msg);
+                    let back = decode_message(&again, staged).expect("an encoded record decodes");
+                    assert_eq!(back.0, stage);
+                    assert_eq!(back.1, retain);
+                    assert_eq!((&back.2.topic, &back.2.payload), (&msg.topic, &msg.payload));
+                    // A queued record keeps the delivery QoS; others the message's.
+                    assert!(matches!(back.2.qos, QoS::Level0 | QoS::Level1 | QoS::Level2));
+                }
+            }
+            _ => {
+                if let Some((client, rest)) = split_client(bytes) {
+                    let mut k = client_prefix(client);
+                    k.extend_from_slice(rest);
+                    assert_eq!(k, bytes, "key re-assembles differently");
+                }
+            }
+        }
+    }
+}
 
 mod mqtt_codec {
     use super::*;

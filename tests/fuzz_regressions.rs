@@ -50,6 +50,11 @@ fn mqtt_codec() {
 }
 
 #[test]
+fn mqtt_store() {
+    replay("mqtt_store", quiclab::fuzzing::mqtt_store);
+}
+
+#[test]
 fn topic_tree() {
     replay("topic_tree", quiclab::fuzzing::topic_tree);
 }

@@ -221,7 +221,7 @@ fn read_all(db: &Database, path: &Path) -> Result<Recovered, StoreError> {
 }
 
 /// The key prefix of `client`'s message records: [u16 BE length][client id].
-fn client_prefix(client: &str) -> Vec<u8> {
+pub(crate) fn client_prefix(client: &str) -> Vec<u8> {
     let len = u16::try_from(client.len()).unwrap_or(u16::MAX);
     let mut k = Vec::with_capacity(2 + client.len() + 8);
     k.extend_from_slice(&len.to_be_bytes());
@@ -229,7 +229,7 @@ fn client_prefix(client: &str) -> Vec<u8> {
     k
 }
 
-fn split_client(key: &[u8]) -> Option<(&str, &[u8])> {
+pub(crate) fn split_client(key: &[u8]) -> Option<(&str, &[u8])> {
     let (len, rest) = key.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
     let client = std::str::from_utf8(rest.get(..len)?).ok()?;
@@ -250,7 +250,7 @@ fn inbound_key(client: &str, pid: u16) -> Vec<u8> {
 
 /// [stage][u16 BE packet id] (outbound records only), then [QoS][retain][u16 BE topic
 /// length][topic][payload].
-fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message) -> Vec<u8> {
+pub(crate) fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
     if let Some(stage) = stage {
         let (tag, pid) = match stage {
@@ -276,7 +276,7 @@ fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message) -> Vec<u8>
 }
 
 /// The inverse of [`encode_message`]; `staged`: the record has a stage (outbound).
-fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>, bool, Message)> {
+pub(crate) fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>, bool, Message)> {
     let (stage_tag, pid, v) = if staged {
         let (&tag, rest) = v.split_first()?;
         let (pid, rest) = rest.split_first_chunk::<2>()?;
@@ -302,7 +302,7 @@ fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>, bool, Mes
     Some((stage, r == 1, Message { topic, payload, qos, retain: r == 1 }))
 }
 
-fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
+pub(crate) fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
     let mut v = Vec::new();
     for (f, q) in subs {
         // A filter is at most 65,535 bytes (MQTT's string length).
@@ -314,7 +314,7 @@ fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
     v
 }
 
-fn decode_subs(mut v: &[u8]) -> Option<Vec<(TopicFilter, QoS)>> {
+pub(crate) fn decode_subs(mut v: &[u8]) -> Option<Vec<(TopicFilter, QoS)>> {
     let mut out = Vec::new();
     while let Some((&q, rest)) = v.split_first() {
         let qos = QoS::from_u8(q).ok()?;
@@ -327,14 +327,14 @@ fn decode_subs(mut v: &[u8]) -> Option<Vec<(TopicFilter, QoS)>> {
     Some(out)
 }
 
-fn encode_retained(m: &Message) -> Vec<u8> {
+pub(crate) fn encode_retained(m: &Message) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + m.payload.len());
     v.push(m.qos as u8);
     v.extend_from_slice(&m.payload);
     v
 }
 
-fn decode_retained(v: &[u8]) -> Option<(QoS, Bytes)> {
+pub(crate) fn decode_retained(v: &[u8]) -> Option<(QoS, Bytes)> {
     let (&q, payload) = v.split_first()?;
     let qos = QoS::from_u8(q).ok()?;
     Some((qos, Bytes::copy_from_slice(payload)))
