@@ -725,9 +725,8 @@ async fn run_publisher_closed(conn: Conn, topic: TopicName, window: usize, size:
     loop {
         if !shared.stop.load(Ordering::Relaxed) {
             while outstanding < window {
-                pid = pid.wrapping_add(1).max(1);
                 seq += 1;
-                let id = Pid::try_from(pid).unwrap_or_default();
+                let id = next_pid(&mut pid);
                 let p = Publish::new(QosPid::Level1(id), topic.clone(), payload(size, shared.now_ns(), seq));
                 let _ = w.queue(&Packet::Publish(p));
                 outstanding += 1;
@@ -752,6 +751,22 @@ async fn run_publisher_closed(conn: Conn, topic: TopicName, window: usize, size:
     }
 }
 
+/// The next packet identifier after `pid` (1..=65,535, wrapping).
+fn next_pid(pid: &mut u16) -> Pid {
+    *pid = pid.wrapping_add(1).max(1);
+    Pid::try_from(*pid).unwrap_or_default()
+}
+
+/// After `first` (what `r.next()` gave), read whatever else has arrived (the broker's acks,
+/// which an end-to-end or paced publisher does not count). False once the connection ended.
+fn drained_acks(first: Result<Option<Packet>, MqttError>, r: &mut Reader) -> bool {
+    if !matches!(first, Ok(Some(_))) {
+        return false;
+    }
+    while let Ok(Some(_)) = r.try_next() {}
+    true
+}
+
 /// A QoS 1 publisher whose window is end to end and shared (`Shared::credits`): it publishes a
 /// message each time it gets a credit, which a subscriber returns when a message arrives.
 async fn run_publisher_credited(conn: Conn, topic: TopicName, size: usize, shared: Arc<Shared>) {
@@ -767,9 +782,8 @@ async fn run_publisher_credited(conn: Conn, topic: TopicName, size: usize, share
                     shared.park((r, w, _control, quic));
                     return;
                 }
-                pid = pid.wrapping_add(1).max(1);
                 seq += 1;
-                let id = Pid::try_from(pid).unwrap_or_default();
+                let id = next_pid(&mut pid);
                 let p = Publish::new(QosPid::Level1(id), topic.clone(), payload(size, shared.now_ns(), seq));
                 let _ = w.queue(&Packet::Publish(p));
                 shared.published.fetch_add(1, Ordering::Relaxed);
@@ -778,10 +792,9 @@ async fn run_publisher_credited(conn: Conn, topic: TopicName, size: usize, share
                 }
             }
             p = r.next() => {
-                if !matches!(p, Ok(Some(_))) {
+                if !drained_acks(p, &mut r) {
                     return;
                 }
-                while let Ok(Some(_)) = r.try_next() {}
             }
         }
     }
@@ -819,8 +832,7 @@ async fn run_publisher_open(
                     let qos_pid = if qos == QoS::Level0 {
                         QosPid::Level0
                     } else {
-                        pid = pid.wrapping_add(1).max(1);
-                        QosPid::Level1(Pid::try_from(pid).unwrap_or_default())
+                        QosPid::Level1(next_pid(&mut pid))
                     };
                     let p = Publish::new(qos_pid, topic.clone(), payload(size, at_ns, seq));
                     let _ = w.queue(&Packet::Publish(p));
@@ -831,10 +843,9 @@ async fn run_publisher_open(
                 }
             }
             p = r.next() => {
-                if !matches!(p, Ok(Some(_))) {
+                if !drained_acks(p, &mut r) {
                     return;
                 }
-                while let Ok(Some(_)) = r.try_next() {}
             }
         }
     }

@@ -313,8 +313,7 @@ impl Broker {
         let mut st = self.lock();
         let State { core, held, .. } = &mut *st;
         held.retain(|&(conn, channel), q| {
-            let outboxes = core.conn_data_mut(conn);
-            let mut outboxes = outboxes;
+            let mut outboxes = core.conn_data_mut(conn);
             while q.front().is_some_and(|(t, _)| *t <= ticket) {
                 let Some((_, p)) = q.pop_front() else { break };
                 if let Some(o) = outboxes.as_deref_mut() {
@@ -584,7 +583,7 @@ impl Attachment {
             let mut st = self.broker.lock();
             // Packets waiting for the store count against the bound too.
             let held = st.held.get(&(self.conn, channel)).map_or(0, VecDeque::len);
-            let bound = bound.saturating_sub(held).max(usize::from(held == 0));
+            let bound = bound.saturating_sub(held);
             match st.core.conn_data_mut(self.conn).and_then(|o| o.outbox(channel)) {
                 Some(o) => o.poll_room(bound, cx, &mut paused),
                 None => Poll::Ready(()),

@@ -290,15 +290,28 @@ impl StreamTask {
         let control = channel == CONTROL_CHANNEL;
         let remote = conn.remote_address();
         let data_closed = quinn::VarInt::from_u32(code::DATA_STREAM_CLOSED);
-        // Only STOP_SENDING counts; the end of a finished stream's data is the writer's business.
-        let stopped = std::pin::pin!(async move {
-            match stopped.await {
-                Ok(Some(_)) => {}
-                _ => std::future::pending().await,
+        // What ends the reading early, whatever it waits for: the channel aborted (the writer
+        // saw STOP_SENDING, or the client reset its other half), or STOP_SENDING noticed here
+        // (only that counts; the end of a finished stream's data is the writer's business).
+        let mut halted = std::pin::pin!(async {
+            tokio::select! {
+                _ = abort.cancelled() => false,
+                r = stopped => match r {
+                    Ok(Some(_)) => true,
+                    _ => {
+                        abort.cancelled().await;
+                        false
+                    }
+                },
             }
         });
-        let mut stopped = stopped;
-        let stopped_by_client = |recv: &mut quinn::RecvStream| {
+        // Act on `halted`'s outcome: `true`, the client stopped this stream (spec §3.1 for the
+        // control stream, §6.1 for a data stream); `false`, the channel was aborted.
+        let halt = |stopped_here: bool, recv: &mut quinn::RecvStream| {
+            if !stopped_here {
+                let _ = recv.stop(data_closed);
+                return;
+            }
             if control {
                 close(&conn, code::CONTROL_STREAM_CLOSED, "control stream stopped");
                 return;
@@ -321,12 +334,8 @@ impl StreamTask {
             loop {
                 tokio::select! {
                     _ = std::future::poll_fn(|cx| att.poll_room(channel, cx)) => {}
-                    _ = abort.cancelled() => {
-                        let _ = recv.stop(data_closed);
-                        return;
-                    }
-                    _ = &mut stopped => {
-                        stopped_by_client(&mut recv);
+                    h = &mut halted => {
+                        halt(h, &mut recv);
                         return;
                     }
                 }
@@ -358,13 +367,8 @@ impl StreamTask {
             packets = Vec::new();
             let read = tokio::select! {
                 r = recv.read_chunk(READ_CHUNK, true) => r,
-                _ = abort.cancelled() => {
-                    // The client stopped reading this stream (spec §6.1).
-                    let _ = recv.stop(data_closed);
-                    return;
-                }
-                _ = &mut stopped => {
-                    stopped_by_client(&mut recv);
+                h = &mut halted => {
+                    halt(h, &mut recv);
                     return;
                 }
             };
