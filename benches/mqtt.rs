@@ -23,8 +23,9 @@
 //! * Scenarios: point-to-point (N publishers → N subscribers, one topic each, QoS 1), fan-out
 //!   (1 publisher → M subscribers on one topic, QoS 0), fan-in (N publishers, a topic each → 1
 //!   subscriber of all, QoS 1; in quic-per-topic mode a data stream per topic, so one connection
-//!   has N busy channels), idle clients (RSS delta / N), and handshakes (N connections up to
-//!   CONNACK and closed again, C in flight at a time).
+//!   has N busy channels), idle clients (RSS delta / N), handshakes (N connections up to
+//!   CONNACK and closed again, C in flight at a time), and the soak (quiclab with its store on,
+//!   every client behaviour at once for `--duration`, checked for loss; `mqtt/soak.rs`).
 //! * QUIC rows also report messages delivered per datagram the subscribers received: how much
 //!   the broker batches into each packet.
 //! * Throughput runs are closed loops: each publisher keeps at most `--inflight` messages
@@ -36,6 +37,8 @@
 
 #[path = "../tests/common/proc.rs"]
 mod proc;
+#[path = "mqtt/soak.rs"]
+mod soak;
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -64,6 +67,9 @@ use quiclab::tls::Trust;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+/// The broker's standard error, in its directory, when it goes to a file (the soak reads it).
+const BROKER_LOG: &str = "broker.log";
+
 /// How long a broker may take to accept its first MQTT CONNECT on every listener.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -83,7 +89,12 @@ enum Scenario {
     Idle,
     /// Handshakes: connections up to CONNACK, then closed, a fixed number in flight.
     Handshake,
-    /// p2p, fan-out, idle and handshake (fan-in runs when asked for).
+    /// The soak (quiclab only, its store on): mixed QoS 0/1/2 over every `--transport` at a
+    /// steady rate, persistent and clean clients connecting and leaving, retained churn and a
+    /// slow subscriber, for `--duration` (e.g. 10m); checks that nothing acknowledged is lost
+    /// and reports the broker's RSS over time (module `soak`).
+    Soak,
+    /// p2p, fan-out, idle and handshake (fan-in and soak run when asked for).
     All,
 }
 
@@ -209,6 +220,14 @@ struct BenchArgs {
     /// `persistence true` (it writes its database on an interval and at exit, not per message).
     #[arg(long)]
     persist: bool,
+    /// With `--persist` (and in the soak): quiclab's `--sync` (`always`, its default, or an
+    /// interval such as `1s`).
+    #[arg(long, value_name = "always|DURATION", default_value = "always")]
+    sync: String,
+    /// Soak: messages per second of the steady publishers, all together (each transport
+    /// carries a publisher at QoS 0, 1 and 2).
+    #[arg(long, value_name = "MSGS", default_value_t = 2000)]
+    soak_rate: u64,
     /// Passed by `cargo bench` to every benchmark binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -257,6 +276,9 @@ enum BenchError {
     /// The JSON report could not be made.
     #[error("cannot encode the JSON report")]
     Json(#[source] serde_json::Error),
+    /// The soak's checks failed (the report above says which).
+    #[error("the soak found {0} problem(s): see its report above")]
+    SoakFailed(u64),
 }
 
 /// [`BenchError::Io`] with what was being done.
@@ -324,6 +346,7 @@ struct Report {
     runs: Vec<RunResult>,
     idle: Vec<IdleResult>,
     handshakes: Vec<HandshakeResult>,
+    soak: Option<soak::SoakResult>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,11 +405,12 @@ impl BrokerProc {
         cpu: Option<usize>,
         max_connections: usize,
         certs: &Path,
-        persist: bool,
+        (persist, sync): (bool, &str),
+        log_to_file: bool,
     ) -> Result<BrokerProc, BenchError> {
         const WHAT: &str = "quiclab mqtt broker";
         let trust = Trust::CaFile(certs.join("ca.pem"));
-        let data = match persist {
+        let data = match persist || log_to_file {
             true => Some(
                 tempfile::Builder::new()
                     .prefix("quiclab-bench-data")
@@ -406,10 +430,21 @@ impl BrokerProc {
                 .arg(certs)
                 .args(["--mqtt-max-connections", &max_connections.to_string()])
                 .args(["--mqtt-max-sessions", &(max_connections * 2).to_string()]);
-            if let Some(d) = &data {
-                cmd.arg("--data-dir").arg(d.path());
-            }
-            cmd.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+            match &data {
+                Some(d) if persist => cmd.arg("--data-dir").arg(d.path()).args(["--sync", sync]),
+                _ => cmd.arg("--no-persist"),
+            };
+            let stderr = match &data {
+                Some(d) if log_to_file => {
+                    let log = d.path().join(BROKER_LOG);
+                    Stdio::from(std::fs::File::create(&log).map_err(|source| ProcError::Spawn {
+                        what: format!("{WHAT} (creating {})", log.display()),
+                        source,
+                    })?)
+                }
+                _ => Stdio::inherit(),
+            };
+            cmd.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
             Ok((spawn_pinned(cmd, cpu, WHAT)?, l))
         };
         let (proc, listeners) = spawn_ready(WHAT, READY_TIMEOUT, spawn, |l| l.accept_mqtt(trust.clone())).await?;
@@ -485,6 +520,11 @@ impl BrokerProc {
         Ok(self.proc.cpu_seconds()?)
     }
 
+    /// quiclab's directory (store and, with `log_to_file`, [`BROKER_LOG`]), if it has one.
+    fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+
     fn rss(&self) -> Result<u64, BenchError> {
         Ok(self.proc.rss_kib()?)
     }
@@ -535,8 +575,21 @@ fn boxed(r: impl ReadStream + 'static, w: impl WriteStream + 'static) -> (Reader
     framed(r, w, 1 << 20)
 }
 
-/// Connect over `t` and complete CONNECT/CONNACK (clean session).
+/// Connect over `t` and complete CONNECT/CONNACK (clean session as `g.clean`).
 async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive: u16) -> Result<Conn, BenchError> {
+    Ok(connect_as(g, b, t, id, keepalive, g.clean).await?.0)
+}
+
+/// Connect over `t` with this clean-session flag and complete CONNECT/CONNACK; returns the
+/// connection and CONNACK's session present.
+async fn connect_as(
+    g: &Gen,
+    b: &BrokerProc,
+    t: BenchTransport,
+    id: &str,
+    keepalive: u16,
+    clean: bool,
+) -> Result<(Conn, bool), BenchError> {
     let addr = b.addr(t).ok_or(BenchError::NoTransport { broker: b.name, transport: t.name() })?;
     let tcp_err = || io_err(format!("connect to {} over {} at {addr}", b.name, t.name()));
     let (mut r, mut w, quic) = match t {
@@ -563,20 +616,20 @@ async fn connect(g: &Gen, b: &BrokerProc, t: BenchTransport, id: &str, keepalive
         }
     };
     let mut c = Connect::new(id.into(), keepalive);
-    c.clean_session = g.clean;
+    c.clean_session = clean;
     w.send(&Packet::Connect(c)).await?;
-    match r.next().await? {
-        Some(Packet::Connack(c)) if c.code == ConnectReturnCode::Accepted => {}
+    let present = match r.next().await? {
+        Some(Packet::Connack(c)) if c.code == ConnectReturnCode::Accepted => c.session_present,
         other => {
             return Err(BenchError::Unexpected { client: id.into(), expected: "CONNACK", got: format!("{other:?}") })
         }
-    }
+    };
     if let (BenchTransport::QuicPerTopic, Some(q)) = (t, &quic) {
         let (send, recv) = q.open_bi().await.map_err(BenchError::QuicStream)?;
         let (dr, dw) = boxed(recv, send);
-        return Ok(Conn { r: dr, w: dw, _control: Some((r, w)), quic });
+        return Ok((Conn { r: dr, w: dw, _control: Some((r, w)), quic }, present));
     }
-    Ok(Conn { r, w, _control: None, quic })
+    Ok((Conn { r, w, _control: None, quic }, present))
 }
 
 struct Shared {
@@ -1218,7 +1271,9 @@ async fn start_broker(a: &BenchArgs, which: &str, certs: &Path) -> Result<Broker
     match which {
         "quiclab" => {
             let max_connections = a.idle_clients.max(a.subscribers).max(a.handshake_concurrency) + 1000;
-            BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs, a.persist).await
+            let soak = a.scenario == Scenario::Soak;
+            let store = (a.persist || soak, a.sync.as_str());
+            BrokerProc::quiclab(&a.quiclab_bin, cpu, max_connections, certs, store, soak).await
         }
         "mosquitto-nodelay" => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, true, a.persist).await,
         _ => BrokerProc::mosquitto(&a.mosquitto, cpu, certs, false, a.persist).await,
@@ -1240,6 +1295,7 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
         Scenario::FanIn => &[Scenario::FanIn],
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Handshake => &[Scenario::Handshake],
+        Scenario::Soak => &[],
     };
     // One development CA and certificate for every broker and transport.
     let certs = tempfile::Builder::new()
@@ -1250,6 +1306,13 @@ async fn bench_all(a: BenchArgs) -> Result<Report, BenchError> {
     let mut g = Gen::new(certs.path())?;
     g.clean = !a.persistent_sessions;
     let mut report = Report::default();
+    if a.scenario == Scenario::Soak {
+        if a.broker != Brokers::Quiclab {
+            eprintln!("soak: runs quiclab only (its store on); --broker {:?} ignored", a.broker);
+        }
+        let b = start_broker(&a, "quiclab", certs.path()).await?;
+        report.soak = Some(soak::run(&a, &b, &g).await?);
+    }
     for s in scenarios {
         for which in brokers {
             for &t in &a.transport {
@@ -1328,22 +1391,25 @@ fn markdown(report: &Report) -> String {
             ]
         })
         .collect();
-    let mut s = md_table(
-        &[
-            "scenario",
-            "loop",
-            "broker",
-            "transport",
-            "delivered msg/s",
-            "broker CPU (cores)",
-            "msg per broker CPU-s",
-            "p50",
-            "p99",
-            "lost",
-            "msg per datagram to subscribers",
-        ],
-        &rows,
-    );
+    let mut s = String::new();
+    if !rows.is_empty() {
+        s += &md_table(
+            &[
+                "scenario",
+                "loop",
+                "broker",
+                "transport",
+                "delivered msg/s",
+                "broker CPU (cores)",
+                "msg per broker CPU-s",
+                "p50",
+                "p99",
+                "lost",
+                "msg per datagram to subscribers",
+            ],
+            &rows,
+        );
+    }
     if !report.idle.is_empty() {
         let rows: Vec<Vec<String>> = report
             .idle
@@ -1437,6 +1503,9 @@ fn markdown(report: &Report) -> String {
         s += "\n";
         s += &md_table(&["ratio", "scenario", "loop", "msg/s", "msg per broker CPU-s", "p99"], &ratios);
     }
+    if let Some(soak) = &report.soak {
+        s += &soak::markdown(soak);
+    }
     s
 }
 
@@ -1449,6 +1518,7 @@ fn describe(a: &BenchArgs) -> Vec<(String, String)> {
         ("p2p pairs".into(), a.pairs.to_string()),
         ("fan-out subscribers".into(), a.subscribers.to_string()),
         ("fan-in topics (publishers)".into(), a.fan_in_topics.to_string()),
+        ("soak rate (msg/s published)".into(), a.soak_rate.to_string()),
         ("closed-loop inflight per publisher".into(), a.inflight.to_string()),
         ("payload bytes".into(), a.payload.to_string()),
         ("open-loop p2p rate (msg/s)".into(), a.p2p_rate.to_string()),
@@ -1468,8 +1538,12 @@ fn describe(a: &BenchArgs) -> Vec<(String, String)> {
         ("clean session".into(), (!a.persistent_sessions).to_string()),
         (
             "persistence".into(),
-            if a.persist {
-                "quiclab --data-dir (fsync per group commit), mosquitto persistence true (saved on interval)".into()
+            if a.persist || a.scenario == Scenario::Soak {
+                format!(
+                    "quiclab --data-dir --sync {} (always: fsync per group commit), mosquitto persistence true \
+                     (saved on interval)",
+                    a.sync
+                )
             } else {
                 "off".into()
             },
@@ -1519,7 +1593,10 @@ fn run(a: BenchArgs) -> Result<(), BenchError> {
         let text = serde_json::to_string_pretty(&report).map_err(BenchError::Json)?;
         std::fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
     }
-    Ok(())
+    match report.soak.as_ref().map(|s| s.problems()) {
+        Some(n) if n > 0 => Err(BenchError::SoakFailed(n)),
+        _ => Ok(()),
+    }
 }
 
 fn main() {

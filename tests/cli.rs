@@ -30,10 +30,14 @@ fn serve(certs: &std::path::Path) -> Served {
     serve_with(certs, &[])
 }
 
+/// `quiclab serve` on free ports with the certificates in `certs` and its store beside them
+/// (`certs/../data`: each test its own, as redb locks the file).
 fn serve_with(certs: &std::path::Path, extra: &[&str]) -> Served {
     let mut child = quiclab()
         .args(["serve", "--listen", "127.0.0.1:0", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-tls", "127.0.0.1:0", "--certs"])
         .arg(certs)
+        .arg("--data-dir")
+        .arg(certs.with_file_name("data"))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -184,6 +188,7 @@ fn serve_reports_a_busy_port() {
             "127.0.0.1:0",
             "--mqtt-tls",
             "127.0.0.1:0",
+            "--no-persist",
             "--certs",
         ])
         .arg(dir.path())
@@ -376,10 +381,11 @@ fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
             "127.0.0.1:0",
             "--mqtt-tls",
             "127.0.0.1:0",
+            "--no-persist",
             "--certs",
             certs,
         ];
-        let broker = ["mqtt", "broker", "--tcp", "127.0.0.1:0"];
+        let broker = ["mqtt", "broker", "--tcp", "127.0.0.1:0", "--no-persist"];
         for args in [&serve[..], &broker[..]] {
             let out = quiclab().args(args).arg(flag).arg(file).output().unwrap();
             assert!(!out.status.success(), "{args:?} {flag}");
@@ -395,7 +401,7 @@ fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("user \"nobody\" not found"));
     let mut child = quiclab()
-        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--mqtt-password-file"])
+        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--no-persist", "--mqtt-password-file"])
         .arg(&pw)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -448,5 +454,71 @@ fn rebind_after_is_one_syntax_for_get_and_mqtt() {
         let out = quiclab().args(sub).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(help.contains("an optional k, M or G suffix") && help.contains("ending in ms or s"), "{sub:?}: {help}");
+    }
+}
+
+/// The broker keeps its store in `data/` under the working directory unless told otherwise;
+/// a second broker on the same store is refused with an error saying why; `--no-persist`
+/// opens no file; `--sync` takes `always` or an interval.
+#[test]
+fn the_store_is_on_by_default_in_data_and_off_with_no_persist() {
+    /// Start `quiclab mqtt broker` in `cwd`, read its banner (up to its last line), return
+    /// the child and the banner.
+    fn broker(cwd: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+        let mut child = quiclab()
+            .args(["mqtt", "broker", "--tcp", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
+        (child, banner.join("\n"))
+    }
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, banner) = broker(dir.path(), &[]);
+    assert!(words(&banner).contains("mqtt_data_dir data"), "{banner}");
+    assert!(words(&banner).contains("mqtt_sync always (an fsync per commit"), "{banner}");
+    assert!(dir.path().join("data/mqtt.redb").is_file(), "the store is created in ./data");
+    let second = quiclab().args(["mqtt", "broker", "--tcp", "127.0.0.1:0"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("mqtt.redb is open in another process") && err.contains("--no-persist"), "{err}");
+    let _ = first.kill();
+    let _ = first.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut off, banner) = broker(dir.path(), &["--no-persist"]);
+    let _ = off.kill();
+    let _ = off.wait();
+    assert!(words(&banner).contains("mqtt_data_dir (none: nothing survives a restart)"), "{banner}");
+    assert!(!words(&banner).contains("mqtt_sync"), "{banner}");
+    assert!(!dir.path().join("data").exists(), "--no-persist opens no file");
+    let (mut every, banner) = broker(dir.path(), &["--data-dir", "elsewhere", "--sync", "250ms"]);
+    let _ = every.kill();
+    let _ = every.wait();
+    assert!(words(&banner).contains("mqtt_sync every 250ms"), "{banner}");
+    assert!(dir.path().join("elsewhere/mqtt.redb").is_file());
+
+    for (args, want) in [
+        (&["--sync", "0s"][..], "an interval of 0 is `always`"),
+        (&["--sync", "often"], "(or `always`)"),
+        (&["--no-persist", "--data-dir", "x"], "cannot be used with"),
+    ] {
+        let out = quiclab()
+            .args(["mqtt", "broker", "--tcp", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: a usage error");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

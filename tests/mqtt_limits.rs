@@ -262,6 +262,8 @@ impl BrokerProcess {
             let child = Command::new(env!("CARGO_BIN_EXE_quiclab"))
                 .args(["mqtt", "broker", "--tcp", &tcp.to_string(), "--quic", &quic.to_string(), "--certs"])
                 .arg(&certs)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

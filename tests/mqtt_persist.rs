@@ -241,3 +241,39 @@ fn a_foreign_store_file_is_refused_and_kept() {
     assert!(err.contains("mqtt.redb") && err.contains("left as it is"), "stderr names the file: {err}");
     assert_eq!(std::fs::read(&file).expect("read back"), content, "the file is untouched");
 }
+
+/// The retained messages a fresh subscriber gets from the broker at `b` (topic, payload),
+/// sorted.
+async fn retained(b: &PersistentBroker, certs: &Path, filter: &str) -> Vec<(String, String)> {
+    let mut sub = Client::connect(&MqttUrl::tcp(b.tcp), &opts("look", certs)).await.expect("connect");
+    sub.subscribe(&[(filter, QoS::Level1)]).await.expect("SUBSCRIBE");
+    let mut got = Vec::new();
+    while let Some(m) = sub.recv_timeout(Duration::from_secs(2)).await.expect("recv") {
+        got.push((m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned()));
+    }
+    got.sort();
+    got
+}
+
+/// `--sync DURATION` trades durability for CPU, as documented: an acknowledged change is
+/// committed in memory only, and a SIGKILL before the next fsync loses it; a clean stop
+/// (SIGTERM) syncs it. (`--sync always`, the default, is what every other test here runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_sync_acknowledges_before_the_disk_and_a_clean_stop_syncs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let b = PersistentBroker::start_with(&data, &certs, &["--sync", "3600s"]).await;
+    let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &opts("pub", &certs)).await.expect("connect");
+    c.publish("sync/lost", QoS::Level1, true, "acked, never synced").await.expect("PUBLISH");
+    drop(b); // SIGKILL within the hour (--sync 3600s)
+    drop(c);
+    let b = PersistentBroker::start_with(&data, &certs, &["--sync", "3600s"]).await;
+    assert_eq!(retained(&b, &certs, "sync/#").await, vec![], "the unsynced change is gone after kill -9");
+    let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &opts("pub", &certs)).await.expect("connect");
+    c.publish("sync/kept", QoS::Level1, true, "synced at the stop").await.expect("PUBLISH");
+    drop(c);
+    b.terminate();
+    let b = PersistentBroker::start(&data, &certs).await;
+    let want = vec![("sync/kept".to_string(), "synced at the stop".to_string())];
+    assert_eq!(retained(&b, &certs, "sync/#").await, want, "SIGTERM syncs before the exit");
+}

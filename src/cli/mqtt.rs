@@ -406,13 +406,25 @@ pub(crate) struct MqttKnobs {
     /// rules, everything allowed.
     #[arg(long, value_name = "FILE")]
     pub(crate) mqtt_acl_file: Option<PathBuf>,
-    /// Keep what must survive a restart in DIR (one file, DIR/mqtt.redb, created if missing):
-    /// retained messages, persistent sessions with their subscriptions and their QoS 1/2
-    /// messages, inbound QoS 2 state. A packet is acknowledged only once what it changed is on
-    /// disk (group commits, an fsync each). A file that is not this store is refused, never
-    /// overwritten. Without it nothing is kept (docs/mqtt.md "Persistence").
-    #[arg(long, value_name = "DIR")]
-    pub(crate) data_dir: Option<PathBuf>,
+    /// Keep what must survive a restart in DIR (one file, DIR/mqtt.redb, created if missing;
+    /// a relative DIR is under the working directory): retained messages, persistent sessions
+    /// with their subscriptions and their QoS 1/2 messages, inbound QoS 2 state. A packet is
+    /// acknowledged only once what it changed is committed (see --sync). A file that is not
+    /// this store, or one another process has open, is refused, never overwritten
+    /// (docs/mqtt.md "Persistence").
+    #[arg(long, value_name = "DIR", default_value = "data", conflicts_with = "no_persist")]
+    pub(crate) data_dir: PathBuf,
+    /// Keep nothing: every session, retained message and queued message is lost when the
+    /// broker stops (no file is opened).
+    #[arg(long)]
+    pub(crate) no_persist: bool,
+    /// When the store reaches the disk: `always` (an fsync per group commit, before the
+    /// acknowledgements it holds: nothing acknowledged is lost to a crash or a power cut), or
+    /// an interval such as `1s` (acknowledged once committed in memory, fsynced every
+    /// interval and at a clean stop: a crash loses up to that much, as mosquitto's
+    /// autosave_interval, for less CPU per message).
+    #[arg(long, value_name = "always|DURATION", value_parser = parse_sync, default_value = "always")]
+    pub(crate) sync: SyncPolicy,
 }
 
 impl MqttKnobs {
@@ -442,8 +454,24 @@ impl MqttKnobs {
         cfg.require_certificate = self.mqtt_require_certificate;
         cfg.client_ca = self.mqtt_client_ca.clone();
         cfg.use_identity_as_username = self.mqtt_use_identity_as_username;
-        cfg.data_dir = self.data_dir.clone();
+        cfg.data_dir = (!self.no_persist).then(|| self.data_dir.clone());
+        cfg.sync_interval = self.sync.0;
         Ok(())
+    }
+}
+
+/// `--sync`: `None` is `always`, else the interval between fsyncs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncPolicy(Option<std::time::Duration>);
+
+fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
+    if s.trim() == "always" {
+        return Ok(SyncPolicy(None));
+    }
+    match quiclab::config::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(SyncPolicy(Some(d))),
+        Ok(_) => Err("an interval of 0 is `always`".into()),
+        Err(e) => Err(format!("{e} (or `always`)")),
     }
 }
 

@@ -288,7 +288,7 @@ impl Broker {
                         Broker { inner }.release(ticket);
                     }
                 };
-                store::Writer::start(opened, durable).map_err(|e| started = Err(e)).ok()
+                store::Writer::start(opened, cfg.sync_interval, durable).map_err(|e| started = Err(e)).ok()
             });
             Inner {
                 state: Mutex::new(State { core, actions: Vec::new(), held: HashMap::new() }),

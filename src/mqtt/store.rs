@@ -6,7 +6,10 @@
 //! it takes everything pending, writes it in one transaction and commits it with redb's default
 //! durability (`Immediate`: one `fsync` per commit, checksummed commit slots), then reports the
 //! ticket it reached. So the more arrives while a commit runs, the more the next one carries,
-//! and throughput does not depend on an `fsync` per message.
+//! and throughput does not depend on an `fsync` per message. With a sync interval
+//! (`MqttConfig::sync_interval`, `--sync 1s`) commits are non-durable (kept in this process's
+//! memory by redb) and reported at once; one is made durable when the interval has passed,
+//! with or without new writes, and at a clean stop.
 //!
 //! Pending writes are kept in order, one per key, latest wins (a retained topic set twice
 //! before a commit is written once; a message queued and acknowledged before a commit is
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::codec::TopicFilter;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -66,7 +69,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the MQTT store {} (not a redb file, damaged, or in use by another process); it was left as it is", .path.display())]
+    #[error("the MQTT store {} is open in another process (another quiclab with the same --data-dir?); give this one its own --data-dir, or --no-persist", .path.display())]
+    InUse { path: PathBuf },
+    #[error("cannot open the MQTT store {} (not a redb file, or damaged); it was left as it is", .path.display())]
     Open {
         path: PathBuf,
         #[source]
@@ -123,7 +128,12 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
     let redb_err = |source: redb::Error| StoreError::Redb { path: path.clone(), source };
     // `create` opens an existing redb file, initialises a missing or empty one, and fails on
     // anything else.
-    let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+    let db = Database::create(&path).map_err(|source| match source {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            StoreError::InUse { path: path.clone() }
+        }
+        source => StoreError::Open { path: path.clone(), source },
+    })?;
     // A new (empty) database gets the format marker; one with tables must carry it.
     {
         let rtx = db.begin_read().map_err(|e| redb_err(e.into()))?;
@@ -464,13 +474,17 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Start the commit thread. `durable(t)` is called after each commit with the ticket it
-    /// reached (from that thread).
-    pub(crate) fn start(store: OpenedStore, durable: impl Fn(u64) + Send + 'static) -> std::io::Result<Writer> {
+    /// reached (from that thread). `sync`: [`MqttConfig::sync_interval`](super::MqttConfig).
+    pub(crate) fn start(
+        store: OpenedStore,
+        sync: Option<Duration>,
+        durable: impl Fn(u64) + Send + 'static,
+    ) -> std::io::Result<Writer> {
         let pending: Arc<(Mutex<Pending>, Condvar)> = Arc::default();
         let shared = pending.clone();
         let thread = std::thread::Builder::new()
             .name("mqtt-store".into())
-            .spawn(move || commit_loop(store.db, store.path, &shared, durable))?;
+            .spawn(move || commit_loop(store.db, store.path, sync, &shared, durable))?;
         Ok(Writer { pending, thread: Some(thread) })
     }
 
@@ -495,49 +509,105 @@ impl Drop for Writer {
     }
 }
 
-fn commit_loop(db: Database, path: PathBuf, shared: &(Mutex<Pending>, Condvar), durable: impl Fn(u64)) {
+/// When commits reach the disk: every commit (`sync` = `None`), or at most every interval.
+struct SyncClock {
+    every: Option<Duration>,
+    /// The last fsynced commit.
+    last: Instant,
+    /// A commit since `last` was not fsynced.
+    behind: bool,
+}
+
+impl SyncClock {
+    /// How long the thread may wait for writes before an fsync is due (`None`: no limit).
+    fn due_in(&self) -> Option<Duration> {
+        match self.every {
+            Some(every) if self.behind => Some((self.last + every).saturating_duration_since(Instant::now())),
+            _ => None,
+        }
+    }
+
+    /// Whether the next commit must be fsynced. (At a clean stop redb would also make a
+    /// pending non-durable commit durable when the database closes; this does not rely on it.)
+    fn immediate(&self, closing: bool) -> bool {
+        match self.every {
+            None => true,
+            Some(every) => closing || self.last.elapsed() >= every,
+        }
+    }
+
+    fn committed(&mut self, immediate: bool) {
+        if immediate {
+            self.last = Instant::now();
+        }
+        self.behind = !immediate;
+    }
+}
+
+fn commit_loop(
+    db: Database,
+    path: PathBuf,
+    sync: Option<Duration>,
+    shared: &(Mutex<Pending>, Condvar),
+    durable: impl Fn(u64),
+) {
     let (lock, cv) = shared;
     let mut failures = 0u32;
+    let mut clock = SyncClock { every: sync, last: Instant::now(), behind: false };
     loop {
         let (writes, mut ticket, closing) = {
             let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
             while p.writes.is_empty() && !p.closed {
                 p.idle = true;
-                p = cv.wait(p).unwrap_or_else(|e| e.into_inner());
+                match clock.due_in() {
+                    None => p = cv.wait(p).unwrap_or_else(|e| e.into_inner()),
+                    Some(left) if left.is_zero() => break,
+                    Some(left) => p = cv.wait_timeout(p, left).unwrap_or_else(|e| e.into_inner()).0,
+                }
             }
             p.idle = false;
             (p.take(), p.ticket, p.closed)
         };
-        if !writes.is_empty() {
-            // A failed commit is retried with the same writes (and whatever came meanwhile,
-            // which is newer and wins): nothing is reported durable until it is.
-            let mut writes = writes;
-            loop {
-                match commit(&db, &writes) {
-                    Ok(()) => {
-                        if failures > 0 {
-                            tracing::info!(path = %path.display(), "mqtt store: commits work again");
-                            failures = 0;
-                        }
-                        break;
+        let immediate = clock.immediate(closing);
+        // Nothing to write: only an fsync that is due (an empty commit makes the last
+        // non-durable ones durable).
+        if writes.is_empty() && !(clock.behind && immediate) {
+            if closing {
+                return;
+            }
+            continue;
+        }
+        // A failed commit is retried with the same writes (and whatever came meanwhile,
+        // which is newer and wins): nothing is reported durable until it is.
+        let mut writes = writes;
+        loop {
+            match commit(&db, &writes, immediate) {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(path = %path.display(), "mqtt store: commits work again");
+                        failures = 0;
                     }
-                    Err(e) => {
-                        failures += 1;
-                        if failures.is_power_of_two() {
-                            tracing::error!(path = %path.display(), error = %e, failures,
-                                "mqtt store: commit failed; acknowledgements wait until it works");
-                        }
-                        std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(50))));
-                        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        writes.extend(p.take());
-                        ticket = p.ticket;
-                        if p.closed && failures >= 3 {
-                            tracing::error!(path = %path.display(), "mqtt store: shutting down with writes not committed");
-                            return;
-                        }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::error!(path = %path.display(), error = %e, failures,
+                            "mqtt store: commit failed; acknowledgements wait until it works");
+                    }
+                    std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(50))));
+                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    writes.extend(p.take());
+                    ticket = p.ticket;
+                    if p.closed && failures >= 3 {
+                        tracing::error!(path = %path.display(), "mqtt store: shutting down with writes not committed");
+                        return;
                     }
                 }
             }
+        }
+        clock.committed(immediate);
+        if !writes.is_empty() {
             durable(ticket);
         }
         if closing {
@@ -546,8 +616,13 @@ fn commit_loop(db: Database, path: PathBuf, shared: &(Mutex<Pending>, Condvar), 
     }
 }
 
-fn commit(db: &Database, writes: &[Write]) -> Result<(), redb::Error> {
-    let wtx = db.begin_write()?;
+/// Write `writes` in one transaction; `immediate`: fsync it (redb's `Durability::Immediate`),
+/// else it lives in this process's memory until the next fsynced commit.
+fn commit(db: &Database, writes: &[Write], immediate: bool) -> Result<(), redb::Error> {
+    let mut wtx = db.begin_write()?;
+    if !immediate {
+        wtx.set_durability(redb::Durability::None)?;
+    }
     {
         let mut retained = wtx.open_table(RETAINED)?;
         let mut sessions = wtx.open_table(SESSIONS)?;
@@ -609,13 +684,7 @@ mod tests {
     #[test]
     fn retained_messages_survive_a_reopen_and_latest_write_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path()).unwrap();
-        assert!(store.recovered.retained.is_empty());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let w = Writer::start(store, move |t| {
-            let _ = tx.send(t);
-        })
-        .unwrap();
+        let (w, rx) = started(dir.path(), None);
         let t = {
             let mut p = w.lock();
             p.put(StoreOp::Retain(msg("a/b", b"one")));
@@ -630,6 +699,19 @@ mod tests {
         assert_eq!(again.recovered.retained, vec![msg("a/b", b"two")]);
     }
 
+    /// With a sync interval a commit is reported before any fsync (the hour never passes
+    /// here), and a clean stop makes it durable. (That an unsynced commit is lost to a crash,
+    /// and a due fsync comes without further writes, is checked with `kill -9` in
+    /// tests/mqtt_persist.rs.)
+    #[test]
+    fn an_interval_sync_reports_commits_and_syncs_at_the_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, rx) = started(dir.path(), Some(Duration::from_secs(3600)));
+        commit_all(&w, &rx, vec![StoreOp::Retain(msg("a", b"kept"))]);
+        drop(w);
+        assert_eq!(open(dir.path()).unwrap().recovered.retained, vec![msg("a", b"kept")]);
+    }
+
     /// Commit everything put so far and wait for it.
     fn commit_all(w: &Writer, rx: &std::sync::mpsc::Receiver<u64>, ops: Vec<StoreOp>) {
         let t = {
@@ -640,9 +722,10 @@ mod tests {
         while rx.recv_timeout(Duration::from_secs(10)).expect("a commit within 10 s") < t {}
     }
 
-    fn started(dir: &Path) -> (Writer, std::sync::mpsc::Receiver<u64>) {
+    fn started(dir: &Path, sync: Option<Duration>) -> (Writer, std::sync::mpsc::Receiver<u64>) {
+        let store = open(dir).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let w = Writer::start(open(dir).unwrap(), move |t| {
+        let w = Writer::start(store, sync, move |t| {
             let _ = tx.send(t);
         })
         .unwrap();
@@ -652,7 +735,7 @@ mod tests {
     #[test]
     fn session_messages_round_trip_and_a_drop_removes_them_all() {
         let dir = tempfile::tempdir().unwrap();
-        let (w, rx) = started(dir.path());
+        let (w, rx) = started(dir.path(), None);
         let id: Arc<str> = Arc::from("c1");
         let other: Arc<str> = Arc::from("c10"); // a longer id sharing the first bytes
         let sub = (TopicFilter::try_from("a/#").unwrap(), QoS::Level2);
@@ -686,7 +769,7 @@ mod tests {
         assert_eq!(s.inbound.len(), 1);
         assert_eq!((s.inbound[0].0, &s.inbound[0].1.payload[..]), (4, &b"held"[..]));
         // Dropping c1 (then making it again, in the same commit) leaves c10 alone.
-        let (w, rx) = started(dir.path());
+        let (w, rx) = started(dir.path(), None);
         commit_all(
             &w,
             &rx,

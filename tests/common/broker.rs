@@ -19,13 +19,18 @@ use super::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_re
 /// `quiclab mqtt broker --data-dir DATA` in its own process, with TCP and QUIC listeners on
 /// fresh ports each start. Dropping it kills the process with SIGKILL.
 pub struct PersistentBroker {
-    _proc: ChildServer,
+    proc: ChildServer,
     pub tcp: SocketAddr,
     pub quic: SocketAddr,
 }
 
 impl PersistentBroker {
     pub async fn start(data: &Path, certs: &Path) -> PersistentBroker {
+        Self::start_with(data, certs, &[]).await
+    }
+
+    /// As [`PersistentBroker::start`], with more flags (e.g. `--sync 3600s`).
+    pub async fn start_with(data: &Path, certs: &Path, extra: &[&str]) -> PersistentBroker {
         const WHAT: &str = "quiclab mqtt broker --data-dir";
         let spawn = || {
             let (tcp, quic) = (loopback(free_tcp_port()?), loopback(free_udp_port()?));
@@ -34,6 +39,7 @@ impl PersistentBroker {
                 .arg(certs)
                 .arg("--data-dir")
                 .arg(data)
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -50,7 +56,13 @@ impl PersistentBroker {
         };
         let (proc, (tcp, quic)) =
             spawn_ready(WHAT, Duration::from_secs(20), spawn, ready).await.expect("the broker starts");
-        PersistentBroker { _proc: proc, tcp, quic }
+        PersistentBroker { proc, tcp, quic }
+    }
+
+    /// Stop the broker with SIGTERM and wait for it to exit 0 (panics otherwise).
+    pub fn terminate(mut self) {
+        let status = self.proc.terminate(Duration::from_secs(15));
+        assert!(status.is_some_and(|s| s.success()), "the broker exits 0 within 15 s of SIGTERM: {status:?}");
     }
 
     pub fn tcp_url(&self) -> MqttUrl {

@@ -128,6 +128,21 @@ impl ChildServer {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Stop the child with SIGTERM (its graceful shutdown) and wait up to `timeout` for it to
+    /// exit; its exit status, or `None` if it is still running then (it is killed on drop).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        // SAFETY: kill(2) on the PID of a child this struct owns and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Resident set size (`VmRSS` of `/proc/PID/status`), KiB.
     pub fn rss_kib(&self) -> Result<u64, ProcError> {
         proc_rss_kib(self.pid())

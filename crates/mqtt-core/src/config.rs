@@ -128,6 +128,12 @@ pub struct MqttConfig {
     /// [`Action::Store`](crate::broker::Action::Store) and puts them before the packets that
     /// acknowledge them. `None` (the library's default): nothing is stored.
     pub data_dir: Option<PathBuf>,
+    /// How often the store is synced to disk (`--sync`). `None` (default): every commit is
+    /// fsynced before the packets it holds back go out, so nothing acknowledged is lost to a
+    /// crash or a power cut. `Some(d)`: commits release their packets once written to memory
+    /// and are fsynced at most every `d` (and at a clean stop); a crash of the process or the
+    /// machine loses up to `d` of acknowledged changes, as mosquitto's `autosave_interval`.
+    pub sync_interval: Option<Duration>,
 }
 
 impl Default for MqttConfig {
@@ -159,6 +165,7 @@ impl Default for MqttConfig {
             client_ca: None,
             use_identity_as_username: false,
             data_dir: None,
+            sync_interval: None,
         }
     }
 }
@@ -220,6 +227,13 @@ impl MqttConfig {
         line("mqtt_identity_as_user", &self.use_identity_as_username);
         let data = self.data_dir.as_ref().map(|d| d.display().to_string());
         line("mqtt_data_dir", &data.as_deref().unwrap_or("(none: nothing survives a restart)"));
+        if self.data_dir.is_some() {
+            let sync = match self.sync_interval {
+                None => "always (an fsync per commit, before its acknowledgements)".to_string(),
+                Some(d) => format!("every {d:?} (acknowledged before the fsync; a crash loses up to that)"),
+            };
+            line("mqtt_sync", &sync);
+        }
         let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
         line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
         line("mqtt_allow_anonymous", &self.anonymous_allowed());
