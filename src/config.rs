@@ -378,17 +378,16 @@ pub fn parse_size(s: &str) -> Result<u64, BadValue> {
     n.checked_mul(mult).ok_or_else(|| BadValue::new("a size that fits in 64 bits", s, "at most 15G or so"))
 }
 
-/// Parse a duration: `250ms`, `2s`, `1.5s`, or a bare number of milliseconds.
+/// Parse a duration: `250ms`, `2s`, `1.5s`, `10m`, `1h`, or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     let s = s.trim();
-    let bad = || BadValue::new("a duration", s, "use e.g. 250ms, 2s");
-    if let Some(ms) = s.strip_suffix("ms") {
-        let v: f64 = ms.trim().parse().map_err(|_| bad())?;
-        return Duration::try_from_secs_f64(v / 1000.0).map_err(|_| bad());
-    }
-    if let Some(sec) = s.strip_suffix('s') {
-        let v: f64 = sec.trim().parse().map_err(|_| bad())?;
-        return Duration::try_from_secs_f64(v).map_err(|_| bad());
+    let bad = || BadValue::new("a duration", s, "use e.g. 250ms, 2s, 10m, 1h");
+    // (suffix, seconds = number * mul / div); "ms" before "s" and "m".
+    for (suffix, mul, div) in [("ms", 1.0, 1000.0), ("s", 1.0, 1.0), ("m", 60.0, 1.0), ("h", 3600.0, 1.0)] {
+        if let Some(v) = s.strip_suffix(suffix) {
+            let v: f64 = v.trim().parse().map_err(|_| bad())?;
+            return Duration::try_from_secs_f64(v * mul / div).map_err(|_| bad());
+        }
     }
     let v: u64 = s.parse().map_err(|_| bad())?;
     Ok(Duration::from_millis(v))
@@ -416,7 +415,11 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0.5m"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-1s").is_err());
     }
 
