@@ -37,6 +37,8 @@
 
 #[path = "../tests/common/proc.rs"]
 mod proc;
+#[path = "../tests/common/rng.rs"]
+mod rng;
 #[path = "mqtt/soak.rs"]
 mod soak;
 

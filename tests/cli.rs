@@ -26,6 +26,22 @@ impl Drop for Served {
     }
 }
 
+/// Start `quiclab mqtt broker --tcp 127.0.0.1:0 EXTRA...` in `cwd` and read its banner up to
+/// its last line; returns the running child and the banner.
+fn broker(cwd: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = quiclab()
+        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
+    (child, banner.join("\n"))
+}
+
 fn serve(certs: &std::path::Path) -> Served {
     serve_with(certs, &[])
 }
@@ -400,18 +416,10 @@ fn bad_auth_files_stop_startup_and_passwd_writes_a_loadable_file() {
     let out = quiclab().args(["mqtt", "passwd", "-D"]).arg(&pw).arg("nobody").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("user \"nobody\" not found"));
-    let mut child = quiclab()
-        .args(["mqtt", "broker", "--tcp", "127.0.0.1:0", "--no-persist", "--mqtt-password-file"])
-        .arg(&pw)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
+    let pw = pw.to_str().unwrap();
+    let (mut child, text) = broker(std::path::Path::new("."), &["--no-persist", "--mqtt-password-file", pw]);
     let _ = child.kill();
     let _ = child.wait();
-    let text = banner.join("\n");
     assert!(text.contains("(1 users)") && text.contains("mqtt_allow_anonymous     false"), "{text}");
 }
 
@@ -462,21 +470,6 @@ fn rebind_after_is_one_syntax_for_get_and_mqtt() {
 /// opens no file; `--sync` takes `always` or an interval.
 #[test]
 fn the_store_is_on_by_default_in_data_and_off_with_no_persist() {
-    /// Start `quiclab mqtt broker` in `cwd`, read its banner (up to its last line), return
-    /// the child and the banner.
-    fn broker(cwd: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
-        let mut child = quiclab()
-            .args(["mqtt", "broker", "--tcp", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(cwd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let banner: Vec<String> = lines.map_while(Result::ok).take_while(|l| !l.contains("mqtt_acl_file")).collect();
-        (child, banner.join("\n"))
-    }
     let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let dir = tempfile::tempdir().unwrap();
     let (mut first, banner) = broker(dir.path(), &[]);

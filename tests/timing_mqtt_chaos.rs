@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::{PersistentBroker, Raw};
+use common::rng::Rng;
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl};
 use quiclab::mqtt::codec::{Packet, Pid, QoS, QosPid, Subscribe, TopicFilter};
 use quiclab::tls::Trust;
@@ -26,18 +27,6 @@ use tokio::sync::watch;
 
 /// Where the broker listens now (`None` while it is down): TCP, QUIC.
 type Addr = watch::Receiver<Option<(MqttUrl, MqttUrl)>>;
-
-/// xorshift64*: a seeded sequence, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
 
 /// One publisher's record: what it sent and what the broker acknowledged.
 #[derive(Default)]
@@ -233,7 +222,7 @@ fn raw_gone(addr: &Addr, url: &MqttUrl) -> bool {
 async fn acknowledged_messages_survive_seeded_kill_9_under_load() {
     let seed = env_or("QUICLAB_CHAOS_SEED", 18);
     let kills = env_or("QUICLAB_CHAOS_KILLS", 50);
-    let mut rng = Rng(seed.max(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, certs): (PathBuf, PathBuf) = (dir.path().join("data"), dir.path().join("certs"));
     let trust = Trust::CaFile(certs.join("ca.pem"));

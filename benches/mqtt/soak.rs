@@ -40,6 +40,7 @@ use quiclab::lab::report::md_table;
 use quiclab::mqtt::codec::{Packet, Pid, Publish, QoS, QosPid, TopicName, Unsubscribe};
 use tokio::time::MissedTickBehavior;
 
+use super::rng::Rng;
 use super::{
     connect_as, mqtt_client, next_pid, payload, subscribe, topic, BenchArgs, BenchError, BenchTransport, BrokerProc,
     Conn, Gen, Reader, Writer, BROKER_LOG,
@@ -234,18 +235,6 @@ type SeenByTopic = Arc<Mutex<HashMap<String, Seen>>>;
 /// The sequence number the bench's payloads carry (bytes 8..16, `super::payload`).
 fn seq_of(p: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(p.get(8..16)?.try_into().ok()?))
-}
-
-/// xorshift64*: the churn's choices, the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
 }
 
 /// What a steady publisher left at the end.
@@ -600,7 +589,7 @@ async fn churn(g: &Gen, b: &BrokerProc, transports: &[BenchTransport], soak: &Ar
             Arc::new(Mutex::new(Churner { id: format!("soak-churn-{i}"), joined: false, last: None, busy: false }))
         })
         .collect();
-    let mut rng = Rng(0x5eed_0018);
+    let mut rng = Rng::new(18);
     let mut turns: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>> = FuturesUnordered::new();
     let mut tick = tokio::time::interval(CHURN_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -422,7 +422,8 @@ pub(crate) struct MqttKnobs {
     /// acknowledgements it holds: nothing acknowledged is lost to a crash or a power cut), or
     /// an interval such as `1s` (acknowledged once committed in memory, fsynced every
     /// interval and at a clean stop: a crash loses up to that much, as mosquitto's
-    /// autosave_interval, for less CPU per message).
+    /// autosave_interval; acknowledgements do not wait for the disk, but the CPU per message
+    /// stays about the same).
     #[arg(long, value_name = "always|DURATION", value_parser = parse_sync, default_value = "always")]
     pub(crate) sync: SyncPolicy,
 }

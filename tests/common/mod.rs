@@ -7,10 +7,12 @@
 //! | this file | [`TestServer`], HTTP requests ([`send`]), URLs, [`wait_until`] |
 //! | [`proc`] | child server processes: free ports, readiness by connecting, `/proc` figures (also used by `benches/mqtt.rs`) |
 //! | [`broker`] | `quiclab mqtt broker --data-dir` as a child to kill and restart, and a raw MQTT client |
+//! | [`rng`] | a seeded pseudo-random sequence for repeatable schedules (also used by `benches/mqtt.rs`) |
 #![allow(dead_code)]
 
 pub mod broker;
 pub mod proc;
+pub mod rng;
 
 use std::time::{Duration, Instant};
 
