@@ -257,7 +257,8 @@ async fn retained(b: &PersistentBroker, certs: &Path, filter: &str) -> Vec<(Stri
 
 /// `--sync DURATION` trades durability for CPU, as documented: an acknowledged change is
 /// committed in memory only, and a SIGKILL before the next fsync loses it; a clean stop
-/// (SIGTERM) syncs it. (`--sync always`, the default, is what every other test here runs.)
+/// (SIGTERM) syncs it. (`--sync always`, the default, is what every other test here runs. The
+/// SIGTERM half cannot tell the store's closing fsync from redb's own at close.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_sync_acknowledges_before_the_disk_and_a_clean_stop_syncs() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -15,8 +15,9 @@
 //! * **Churn**, a client every 100 ms: persistent clients (20 ids over TCP, TLS and QUIC in
 //!   turn) that come back every few seconds, must find their session present and must get
 //!   every message of `soak/churn` (QoS 1, 50 a second) published while they were away, with no
-//!   gap; and clean clients (every transport) that subscribe, read, sometimes unsubscribe, and
-//!   leave, half of them without DISCONNECT.
+//!   gap, and once more at the end, when each must reach the feed's last message; and clean
+//!   clients (every transport) that subscribe, read, sometimes unsubscribe, and leave, half of
+//!   them without DISCONNECT.
 //! * **Retained churn**: 20 retained QoS 1 messages a second over 500 topics, every 7th clearing
 //!   its topic. At the end a new subscriber must find exactly the last acknowledged state.
 //!
@@ -576,7 +577,13 @@ async fn clean_turn(g: &Gen, b: &BrokerProc, t: BenchTransport, n: u64, dwell: D
 
 /// Start a churn client every [`CHURN_EVERY`] until the soak stops, then wait for the running
 /// ones: persistent and clean in turn.
-async fn churn(g: &Gen, b: &BrokerProc, transports: &[BenchTransport], soak: &Arc<Soak>) {
+async fn churn(
+    g: &Gen,
+    b: &BrokerProc,
+    transports: &[BenchTransport],
+    churners: &[Arc<Mutex<Churner>>],
+    soak: &Arc<Soak>,
+) {
     // Persistent churners use the control stream (a session's queued messages come there
     // after a reconnection), so per-topic mode is left to the clean ones.
     let mut lasting: Vec<BenchTransport> =
@@ -584,11 +591,6 @@ async fn churn(g: &Gen, b: &BrokerProc, transports: &[BenchTransport], soak: &Ar
     if lasting.is_empty() {
         lasting.push(BenchTransport::Quic);
     }
-    let churners: Vec<Arc<Mutex<Churner>>> = (0..CHURNERS)
-        .map(|i| {
-            Arc::new(Mutex::new(Churner { id: format!("soak-churn-{i}"), joined: false, last: None, busy: false }))
-        })
-        .collect();
     let mut rng = Rng::new(18);
     let mut turns: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>> = FuturesUnordered::new();
     let mut tick = tokio::time::interval(CHURN_EVERY);
@@ -623,8 +625,15 @@ fn store_bytes(b: &BrokerProc) -> u64 {
     b.dir().and_then(|d| std::fs::metadata(d.join(quiclab::mqtt::store::FILE_NAME)).ok()).map_or(0, |m| m.len())
 }
 
-/// Sample the broker every [`SAMPLE_EVERY`] for `length`, then stop the load.
+/// Sample the broker every [`SAMPLE_EVERY`] for `length`, then stop the load (also when
+/// sampling fails: a broker that died must end the run, not hang it).
 async fn sample(b: &BrokerProc, start: Instant, length: Duration, soak: &Soak) -> Result<Vec<Sample>, BenchError> {
+    let r = sample_for(b, start, length, soak).await;
+    soak.stop.store(true, Ordering::Relaxed);
+    r
+}
+
+async fn sample_for(b: &BrokerProc, start: Instant, length: Duration, soak: &Soak) -> Result<Vec<Sample>, BenchError> {
     let take = || -> Result<Sample, BenchError> {
         Ok(Sample {
             t_s: start.elapsed().as_secs_f64(),
@@ -655,7 +664,6 @@ async fn sample(b: &BrokerProc, start: Instant, length: Duration, soak: &Soak) -
     }
     tokio::time::sleep_until(end.into()).await;
     samples.push(take()?);
-    soak.stop.store(true, Ordering::Relaxed);
     Ok(samples)
 }
 
@@ -709,18 +717,30 @@ pub(super) async fn run(a: &BenchArgs, b: &BrokerProc, g: &Gen) -> Result<SoakRe
     let retained = tokio::spawn(retained_churn(rconn, expected_retained.clone(), soak.clone()));
 
     let start = Instant::now();
-    let (samples, ()) = tokio::join!(sample(b, start, a.duration, &soak), churn(g, b, &transports, &soak));
+    let churners: Vec<Arc<Mutex<Churner>>> = (0..CHURNERS)
+        .map(|i| {
+            Arc::new(Mutex::new(Churner { id: format!("soak-churn-{i}"), joined: false, last: None, busy: false }))
+        })
+        .collect();
+    let (samples, ()) = tokio::join!(sample(b, start, a.duration, &soak), churn(g, b, &transports, &churners, &soak));
     let samples = samples?;
     let seconds = start.elapsed().as_secs_f64();
 
     // Publishing has stopped: collect the publishers' ends, wait for the deliveries.
     let mut finals = Vec::new();
     for p in pubs {
-        if let Ok(f) = p.await {
-            finals.push(f);
+        match p.await {
+            Ok(f) => finals.push(f),
+            Err(e) => soak.error(format!("a publisher's task failed: {e}")),
         }
     }
-    let _ = feed.await;
+    let feed_last = match feed.await {
+        Ok(f) => f.last,
+        Err(e) => {
+            soak.error(format!("the churn feed's task failed: {e}"));
+            0
+        }
+    };
     let _ = retained.await;
     let settle = Instant::now() + DRAIN;
     let missing = |subs: &[(String, SeenByTopic, tokio::task::JoinHandle<()>)], qos: QoS| -> u64 {
@@ -736,6 +756,48 @@ pub(super) async fn run(a: &BenchArgs, b: &BrokerProc, g: &Gen) -> Result<SoakRe
     while (missing(&subs, QoS::Level1) + missing(&subs, QoS::Level2)) > 0 && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Each persistent churner comes back once more and must get the feed up to its last
+    // message: a session that lost its queue or its subscription shows here.
+    let tails = churners.iter().map(|c| {
+        let soak = soak.clone();
+        async move {
+            let Some(id) = c.lock().ok().filter(|c| c.joined).map(|c| c.id.clone()) else { return };
+            let (mut conn, present) = match connect_as(g, b, BenchTransport::Tcp, &id, 60, false).await {
+                Ok(x) => x,
+                Err(e) => return soak.error(format!("{id}, last visit: {e}")),
+            };
+            if !present {
+                soak.error(format!("{id}, last visit: session not present"));
+            }
+            let until = Instant::now() + Duration::from_secs(5);
+            // Where the client was (`None`: nothing came yet; what was published before its
+            // SUBSCRIBE is not owed to it).
+            let mut last = c.lock().ok().and_then(|c| c.last);
+            while last.is_none_or(|l| l < feed_last) && Instant::now() < until {
+                let r = read_for(&mut conn.r, &mut conn.w, Duration::from_millis(200), |seq| {
+                    if let Some(l) = last.filter(|l| seq > l + 1) {
+                        soak.churn_gaps.fetch_add(seq - l - 1, Ordering::Relaxed);
+                        soak.error(format!("{id}: soak/churn {} to {} never arrived", l + 1, seq - 1));
+                    }
+                    last = Some(last.map_or(seq, |l| l.max(seq)));
+                })
+                .await;
+                if let Err(e) = r {
+                    return soak.error(format!("{id}, last visit: {e}"));
+                }
+            }
+            match last {
+                Some(l) if l < feed_last => {
+                    soak.churn_gaps.fetch_add(feed_last - l, Ordering::Relaxed);
+                    soak.error(format!("{id}: soak/churn {} to {feed_last} never arrived", l + 1));
+                }
+                None => soak.error(format!("{id}: no soak/churn message ever arrived")),
+                Some(_) => {}
+            }
+            leave(conn, false).await;
+        }
+    });
+    futures_util::future::join_all(tails).await;
     // QoS 0 stragglers: a moment more (they are not waited for beyond it).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut r = SoakResult {
@@ -750,7 +812,7 @@ pub(super) async fn run(a: &BenchArgs, b: &BrokerProc, g: &Gen) -> Result<SoakRe
     for f in &finals {
         r.published[f.qos as usize] += f.last;
         if f.unacked > 0 {
-            // Already an error; the unacknowledged tail is not counted as missing either.
+            // Already an error (and counted as missing at the subscribers); not published.
             r.published[f.qos as usize] -= f.unacked.min(f.last);
         }
     }

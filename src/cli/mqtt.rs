@@ -424,7 +424,13 @@ pub(crate) struct MqttKnobs {
     /// interval and at a clean stop: a crash loses up to that much, as mosquitto's
     /// autosave_interval; acknowledgements do not wait for the disk, but the CPU per message
     /// stays about the same).
-    #[arg(long, value_name = "always|DURATION", value_parser = parse_sync, default_value = "always")]
+    #[arg(
+        long,
+        value_name = "always|DURATION",
+        value_parser = parse_sync,
+        default_value = "always",
+        conflicts_with = "no_persist"
+    )]
     pub(crate) sync: SyncPolicy,
 }
 
