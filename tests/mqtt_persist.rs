@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,13 +19,20 @@ fn opts(id: &str, certs: &Path) -> ClientOptions {
     ClientOptions { client_id: id.into(), trust: Trust::CaFile(certs.join("ca.pem")), ..Default::default() }
 }
 
+/// A temporary directory (removed when dropped) with the store's and the certificates' paths
+/// in it.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    (dir, data, certs)
+}
+
 /// Retained messages published at QoS 1 and 2 over TCP and QUIC, and one retained message
 /// cleared, are as they were after the broker is killed with SIGKILL right after the last
 /// acknowledgement, and after a second kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_retained_messages_survive_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let (_dir, data, certs) = dirs();
     let b = PersistentBroker::start(&data, &certs).await;
     let mut tcp = Client::connect(&MqttUrl::tcp(b.tcp), &opts("pub-tcp", &certs)).await.expect("connect over TCP");
     let mut quic =
@@ -67,8 +74,7 @@ async fn acknowledged_retained_messages_survive_kill_9() {
 /// unsubscribed filter gets nothing. A clean-session CONNECT then removes it for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let (_dir, data, certs) = dirs();
     let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
     let b = PersistentBroker::start(&data, &certs).await;
     let urls = [("tcp", MqttUrl::tcp(b.tcp)), ("quic", mqtt_quic_url(b.quic.port()))];
@@ -112,8 +118,7 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
 /// publisher) survive kill -9, come in order after the restart, and arrive once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_of_a_persistent_session_survive_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let (_dir, data, certs) = dirs();
     let persistent = |id: &str| ClientOptions { clean_session: false, ..opts(id, &certs) };
     let b = PersistentBroker::start(&data, &certs).await;
     let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &persistent("away")).await.expect("connect");
@@ -148,8 +153,7 @@ fn pid(n: u16) -> Pid {
 /// subscriber never acknowledged is sent again after the restart, DUP set, same packet id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_and_in_flight_state_survive_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let (_dir, data, certs) = dirs();
     let trust = Trust::CaFile(certs.join("ca.pem"));
     let b = PersistentBroker::start(&data, &certs).await;
     // The subscriber: persistent, online, never acknowledging.
@@ -261,8 +265,7 @@ async fn retained(b: &PersistentBroker, certs: &Path, filter: &str) -> Vec<(Stri
 /// SIGTERM half cannot tell the store's closing fsync from redb's own at close.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_sync_acknowledges_before_the_disk_and_a_clean_stop_syncs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, certs) = (dir.path().join("data"), dir.path().join("certs"));
+    let (_dir, data, certs) = dirs();
     let b = PersistentBroker::start_with(&data, &certs, &["--sync", "3600s"]).await;
     let mut c = Client::connect(&MqttUrl::tcp(b.tcp), &opts("pub", &certs)).await.expect("connect");
     c.publish("sync/lost", QoS::Level1, true, "acked, never synced").await.expect("PUBLISH");

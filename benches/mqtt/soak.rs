@@ -373,7 +373,7 @@ async fn subscriber(conn: Conn, name: String, seen: SeenByTopic, soak: Arc<Soak>
 
 /// The slow subscriber: [`SLOW_PER_10MS`] packets every 10 ms, whatever comes, and a PINGREQ
 /// every 30 s (it sends nothing else, and the broker closes a client silent for 1.5 × its
-/// keep-alive of 60 s).
+/// keep-alive of 60 s, MQTT 3.1.1 §3.1.2.10).
 async fn slow_subscriber(conn: Conn, soak: Arc<Soak>) {
     let Conn { mut r, mut w, _control, quic: _quic } = conn;
     let mut tick = tokio::time::interval(Duration::from_millis(10));

@@ -572,7 +572,7 @@ fn commit_loop(
     let mut failures = 0u32;
     let mut clock = SyncClock { every: sync, last: Instant::now(), behind: false };
     loop {
-        let (writes, mut ticket, closing) = {
+        let (mut writes, mut ticket, closing) = {
             let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
             while p.writes.is_empty() && !p.closed {
                 p.idle = true;
@@ -603,7 +603,6 @@ fn commit_loop(
         }
         // A failed commit is retried with the same writes (and whatever came meanwhile,
         // which is newer and wins): nothing is reported durable until it is.
-        let mut writes = writes;
         loop {
             match commit(&db, &writes, immediate) {
                 Ok(()) => {
