@@ -63,7 +63,7 @@ use quiclab::mqtt::client::{
     self as mqtt_client, framed, BoxRead, BoxWrite, Halves, MqttUrl, PacketReader, PacketWriter, QuicConnection,
     ReadStream, Transport, WriteStream,
 };
-use quiclab::mqtt::codec::{Connect, ConnectReturnCode, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicName};
+use quiclab::mqtt::codec::{ConnectReasonCode, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicName};
 use quiclab::mqtt::MqttError;
 use quiclab::tls::Trust;
 use tokio::net::TcpStream;
@@ -617,11 +617,11 @@ async fn connect_as(
             (r, w, Some(conn))
         }
     };
-    let mut c = Connect::new(id.into(), keepalive);
-    c.clean_session = clean;
-    w.send(&Packet::Connect(c)).await?;
+    let mut c = quiclab::mqtt::codec::connect_v3(id, keepalive);
+    c.clean_start = clean;
+    w.send(&Packet::connect(c)).await?;
     let present = match r.next().await? {
-        Some(Packet::Connack(c)) if c.code == ConnectReturnCode::Accepted => c.session_present,
+        Some(Packet::Connack(c)) if c.reason_code == ConnectReasonCode::Success => c.session_present,
         other => {
             return Err(BenchError::Unexpected { client: id.into(), expected: "CONNACK", got: format!("{other:?}") })
         }
@@ -696,7 +696,8 @@ impl Shared {
 
 async fn subscribe(r: &mut Reader, w: &mut Writer, filter: &str, qos: QoS) -> Result<(), BenchError> {
     let f = mqtt_client::filter(filter)?;
-    w.send(&Packet::Subscribe(Subscribe::new(Pid::default(), vec![(f, qos)]))).await?;
+    w.send(&Packet::Subscribe(Subscribe::new(Pid::default(), vec![(f, quiclab::mqtt::codec::v3_options(qos))])))
+        .await?;
     loop {
         match r.next().await? {
             Some(Packet::Suback(_)) => return Ok(()),
@@ -743,7 +744,7 @@ async fn run_subscriber(conn: Conn, shared: Arc<Shared>, hist: Arc<Mutex<Histogr
                     }
                 }
                 if let Some(id) = p.qos_pid.pid() {
-                    let ack = if p.qos_pid.qos() == QoS::Level1 { Packet::Puback(id) } else { Packet::Pubrec(id) };
+                    let ack = if p.qos_pid.qos() == QoS::Level1 { Packet::puback(id) } else { Packet::pubrec(id) };
                     let _ = w.queue(&ack);
                 }
             }

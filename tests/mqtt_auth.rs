@@ -15,7 +15,7 @@ use common::TestServer;
 use quiclab::mqtt::acl::AclFile;
 use quiclab::mqtt::auth::PasswordFile;
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode};
-use quiclab::mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode, TopicName};
+use quiclab::mqtt::codec::{ConnectReasonCode, QoS, SubscribeReasonCode, TopicName};
 use quiclab::mqtt::{Message, MqttError};
 use quiclab::tls::Trust;
 
@@ -98,8 +98,8 @@ async fn login(ts: &TestServer, via: Via, id: &str, user: Option<(&str, Option<&
     Client::connect(&url(ts, via), &opts(ts, via, id, user)).await.unwrap_or_else(|e| panic!("{via:?} {id}: {e}"))
 }
 
-fn codes(v: &[SubscribeReturnCode]) -> Vec<u8> {
-    v.iter().map(|c| if *c == SubscribeReturnCode::Failure { 0x80 } else { *c as u8 }).collect()
+fn codes(v: &[SubscribeReasonCode]) -> Vec<u8> {
+    v.iter().map(|c| if *c == SubscribeReasonCode::NotAuthorized { 0x80 } else { *c as u8 }).collect()
 }
 
 /// Every message arriving until 400 ms pass without one: "topic=payload" (retained marked).
@@ -170,12 +170,8 @@ async fn run(ts: &TestServer, strict: &TestServer, via: Via) -> Outcome {
     // Wills: the first connection of an id is taken over, which publishes its will.
     for (id, topic) in [("w1", "alice/will"), ("w2", "forbidden/will")] {
         let mut o = opts(ts, via, id, ALICE);
-        o.will = Some(Message {
-            topic: TopicName::try_from(topic).unwrap(),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::Level1,
-            retain: false,
-        });
+        o.will =
+            Some(Message::new(TopicName::try_from(topic).unwrap(), Bytes::from_static(b"gone"), QoS::Level1, false));
         let first = Client::connect(&url(ts, via), &o).await.unwrap();
         let second = login(ts, via, id, ALICE).await;
         second.disconnect().await.unwrap();
@@ -210,7 +206,7 @@ async fn same_users_and_acl_same_outcomes_on_every_transport() {
         connect: vec![
             ("alice", 0),
             ("bob", 0),
-            ("alice wrong password", ConnectReturnCode::NotAuthorized as u8),
+            ("alice wrong password", ConnectReasonCode::NotAuthorized as u8),
             ("alice no password", 5),
             ("unknown user", 5),
             ("anonymous, allowed", 0),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quiclab::mqtt::client::{self, connect_raw, Client, ClientOptions, MqttUrl};
-use quiclab::mqtt::codec::{Connect, Packet, Publish, QoS, QosPid, SubscribeReturnCode};
+use quiclab::mqtt::codec::{Packet, Publish, QoS, QosPid, SubscribeReasonCode};
 use quiclab::mqtt::tcp::{self, MqttListeners};
 use quiclab::mqtt::{Message, MqttConfig, MqttError};
 use quiclab::tls::{CertStore, Trust};
@@ -80,7 +80,7 @@ async fn nothing(c: &mut Client) {
 async fn pubsub_all_qos(url: MqttUrl, b: &TestBroker) {
     let mut sub = Client::connect(&url, &b.opts("sub")).await.unwrap();
     let codes = sub.subscribe(&[("a/#", QoS::Level2)]).await.unwrap();
-    assert_eq!(codes, vec![SubscribeReturnCode::MaxLevel2]);
+    assert_eq!(codes, vec![SubscribeReasonCode::GrantedQoS2]);
     let mut publ = Client::connect(&url, &b.opts("pub")).await.unwrap();
     for (i, qos) in [QoS::Level0, QoS::Level1, QoS::Level2].into_iter().enumerate() {
         publ.publish(&format!("a/{i}"), qos, false, format!("m{i}")).await.unwrap();
@@ -187,7 +187,7 @@ async fn unacked_qos1_is_redelivered_with_dup_after_reconnect() {
             assert!(p.dup);
             assert_eq!(p.qos_pid, first.qos_pid);
             assert_eq!(&p.payload[..], b"ack me");
-            w.send(&Packet::Puback(p.qos_pid.pid().unwrap())).await.unwrap();
+            w.send(&Packet::puback(p.qos_pid.pid().unwrap())).await.unwrap();
         }
         other => panic!("{other:?}"),
     }
@@ -200,12 +200,8 @@ async fn will_on_abrupt_close_and_takeover() {
     let mut watch = b.client("watch").await;
     watch.subscribe(&[("status/#", QoS::Level1)]).await.unwrap();
     let mut o = b.opts("dev1");
-    o.will = Some(Message {
-        topic: client::topic("status/dev1").unwrap(),
-        payload: Bytes::from_static(b"offline"),
-        qos: QoS::Level1,
-        retain: false,
-    });
+    o.will =
+        Some(Message::new(client::topic("status/dev1").unwrap(), Bytes::from_static(b"offline"), QoS::Level1, false));
     let dev = Client::connect(&b.tcp_url(), &o).await.unwrap();
     dev.abort();
     let m = recv(&mut watch).await;
@@ -230,13 +226,13 @@ async fn keepalive_expiry_publishes_the_will() {
     watch.subscribe(&[("gone", QoS::Level0)]).await.unwrap();
     // Connect by hand with keepalive 1 s and then stay silent.
     let (mut r, mut w) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
-    let mut c = Connect::new("sleepy".into(), 1);
+    let mut c = quiclab::mqtt::codec::connect_v3("sleepy", 1);
     c.last_will = Some(quiclab::mqtt::codec::LastWill::new(
         QoS::Level0,
         client::topic("gone").unwrap(),
         Bytes::from_static(b"sleepy"),
     ));
-    w.send(&Packet::Connect(c)).await.unwrap();
+    w.send(&Packet::connect(c)).await.unwrap();
     assert!(matches!(r.next().await.unwrap(), Some(Packet::Connack(_))));
     let t0 = std::time::Instant::now();
     // The broker closes after 1.5 × keepalive.
@@ -253,7 +249,7 @@ async fn keepalive_expiry_publishes_the_will() {
 async fn closed_after(b: &TestBroker, connect_first: bool, bytes: &[u8]) {
     let (mut r, mut w) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
     if connect_first {
-        w.send(&Packet::Connect(Connect::new("bad".into(), 0))).await.unwrap();
+        w.send(&Packet::connect(quiclab::mqtt::codec::connect_v3("bad", 0))).await.unwrap();
         assert!(matches!(r.next().await.unwrap(), Some(Packet::Connack(_))));
     }
     w.queue_raw(bytes);
@@ -304,11 +300,12 @@ async fn bad_input_closes_only_that_connection() {
 async fn unsupported_protocol_level_gets_connack_0x01() {
     let b = TestBroker::start().await;
     let (mut r, mut w) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
-    w.queue_raw(&[0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 0, 0, 1, b'x']);
+    // Level 6: no MQTT version this broker speaks (5 is MQTT 5).
+    w.queue_raw(&[0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 0, 0, 1, b'x']);
     w.flush().await.unwrap();
     match r.next().await.unwrap() {
         Some(Packet::Connack(c)) => {
-            assert_eq!(c.code, quiclab::mqtt::codec::ConnectReturnCode::UnacceptableProtocolVersion)
+            assert_eq!(c.reason_code, quiclab::mqtt::codec::ConnectReasonCode::UnsupportedProtocolVersion)
         }
         other => panic!("{other:?}"),
     }
@@ -326,13 +323,13 @@ async fn slow_subscriber_cannot_grow_broker_memory() {
     .await;
     // A subscriber that never reads.
     let (mut r, mut w) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
-    let mut c = Connect::new("stuck".into(), 0);
-    c.clean_session = false;
-    w.send(&Packet::Connect(c)).await.unwrap();
+    let mut c = quiclab::mqtt::codec::connect_v3("stuck", 0);
+    c.clean_start = false;
+    w.send(&Packet::connect(c)).await.unwrap();
     assert!(matches!(r.next().await.unwrap(), Some(Packet::Connack(_))));
     w.send(&Packet::Subscribe(quiclab::mqtt::codec::Subscribe::new(
         quiclab::mqtt::codec::Pid::try_from(1u16).unwrap(),
-        vec![(client::filter("flood/#").unwrap(), QoS::Level1)],
+        vec![(client::filter("flood/#").unwrap(), quiclab::mqtt::codec::v3_options(QoS::Level1))],
     )))
     .await
     .unwrap();
@@ -340,7 +337,7 @@ async fn slow_subscriber_cannot_grow_broker_memory() {
 
     // 20,000 QoS 0 messages of 4 KiB (80 MiB, far beyond the socket buffers) and 300 QoS 1.
     let (mut pr, mut pw) = connect_raw(&b.tcp_url(), &Trust::WebPki, Duration::from_secs(5), 1 << 20).await.unwrap();
-    pw.send(&Packet::Connect(Connect::new("flooder".into(), 0))).await.unwrap();
+    pw.send(&Packet::connect(quiclab::mqtt::codec::connect_v3("flooder", 0))).await.unwrap();
     assert!(matches!(pr.next().await.unwrap(), Some(Packet::Connack(_))));
     let payload = Bytes::from(vec![7u8; 4096]);
     for i in 0..20_000u32 {

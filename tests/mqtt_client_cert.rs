@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{mqtt_quic_url, TestServer};
 use quiclab::client::HttpVersion;
 use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicConnection, QuicSetup};
-use quiclab::mqtt::codec::{Connect, Packet};
+use quiclab::mqtt::codec::Packet;
 use quiclab::mqtt::quic::code;
 use quiclab::tls::{issue_client_cert, ClientIdentity, Trust};
 
@@ -113,9 +113,9 @@ async fn shared_quic_port_closes_with_protocol_error() {
     let quic = QuicConnection::connect(&url, None, &Trust::CaFile(ts.ca())).await.expect("the handshake succeeds");
     // A CONNECT sent anyway is never answered.
     if let Ok((mut send, _recv)) = quic.open_stream().await {
-        let connect = Packet::Connect(Connect::new("sneaky".into(), 60));
+        let connect = Packet::connect(quiclab::mqtt::codec::connect_v3("sneaky", 60));
         let mut buf = Vec::new();
-        quiclab::mqtt::codec::encode(&connect, &mut buf).unwrap();
+        quiclab::mqtt::codec::encode(&connect, quiclab::mqtt::codec::Version::V3, &mut buf).unwrap();
         let _ = send.write_all(&buf).await;
     }
     let closed = tokio::time::timeout(Duration::from_secs(5), quic.connection().closed()).await.expect("closed");

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::proc::{free_tcp_port, free_udp_port, loopback, mqtt_accepts, spawn_ready, ChildServer, ProcError};
 use common::{mqtt_quic_url, TestServer};
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, QuicConnection};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter};
+use quiclab::mqtt::codec::{self, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe, TopicFilter};
 use quiclab::tls::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,15 +33,15 @@ fn deep_topic() -> String {
 fn bytes_of(packets: &[Packet]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in packets {
-        codec::encode(p, &mut out).expect("encodable");
+        codec::encode(p, quiclab::mqtt::codec::Version::V3, &mut out).expect("encodable");
     }
     out
 }
 
 fn connect(id: &str, clean: bool) -> Packet {
-    let mut c = Connect::new(id.into(), 60);
-    c.clean_session = clean;
-    Packet::Connect(c)
+    let mut c = quiclab::mqtt::codec::connect_v3(id, 60);
+    c.clean_start = clean;
+    Packet::connect(c)
 }
 
 fn pid(n: u16) -> Pid {
@@ -49,7 +49,10 @@ fn pid(n: u16) -> Pid {
 }
 
 fn subscribe(filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe::new(pid(1), vec![(TopicFilter::try_from(filter).expect("valid filter"), QoS::Level1)]))
+    Packet::Subscribe(Subscribe::new(
+        pid(1),
+        vec![(TopicFilter::try_from(filter).expect("valid filter"), quiclab::mqtt::codec::v3_options(QoS::Level1))],
+    ))
 }
 
 fn publish(topic: &str, qos: QosPid, retain: bool, payload: &'static [u8]) -> Packet {
@@ -198,7 +201,7 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
         subscribe(&deep),
         publish(&topic, QosPid::Level1(pid(2)), true, b"kept"),
         publish(&topic, QosPid::Level0, true, b""),
-        Packet::Disconnect,
+        Packet::disconnect(quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect),
     ])
     .await;
     let (got, closed) = read_until_closed(tcp.reader()).await;
@@ -213,7 +216,11 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
     assert_eq!(broker.session("deep-tcp").map(|s| s.subscriptions), Some(1));
     // A clean session takes the id over: the old session and its deep subscription go.
     let tcp = RawTcp::connect(&ts).await;
-    tcp.send(&[connect("deep-tcp", true), Packet::Disconnect]).await;
+    tcp.send(&[
+        connect("deep-tcp", true),
+        Packet::disconnect(quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect),
+    ])
+    .await;
     let _ = read_until_closed(tcp.reader()).await;
 
     // QUIC: the same, and the connection's end removes the clean session's subscription.
@@ -223,7 +230,7 @@ async fn the_trie_survives_the_reproduction_without_the_limit() {
         subscribe(&deep),
         publish(&topic, QosPid::Level1(pid(2)), true, b"kept"),
         publish(&topic, QosPid::Level0, true, b""),
-        Packet::Disconnect,
+        Packet::disconnect(quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect),
     ])
     .await;
     let (got, closed) = read_until_closed(quic.reader()).await;

@@ -159,7 +159,9 @@ async fn qos2_and_in_flight_state_survive_kill_9() {
     // The subscriber: persistent, online, never acknowledging.
     let (mut sub, _) = Raw::connect(&b.tcp_url(), &trust, "raw-sub", false).await.expect("connect");
     let filter = TopicFilter::try_from("x/#").expect("filter");
-    sub.send(Packet::Subscribe(Subscribe::new(pid(1), vec![(filter, QoS::Level2)]))).await.expect("send");
+    sub.send(Packet::Subscribe(Subscribe::new(pid(1), vec![(filter, quiclab::mqtt::codec::v3_options(QoS::Level2))])))
+        .await
+        .expect("send");
     assert!(matches!(sub.next(Duration::from_secs(5)).await, Some(Packet::Suback(_))));
     // The publisher: QoS 2, stops after PUBREC.
     let (mut publ, _) = Raw::connect(&b.tcp_url(), &trust, "raw-pub", false).await.expect("connect");
@@ -167,7 +169,7 @@ async fn qos2_and_in_flight_state_survive_kill_9() {
     publ.send(Packet::Publish(Publish::new(QosPid::Level2(pid(5)), topic, Bytes::from_static(b"exactly once"))))
         .await
         .expect("send");
-    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::Pubrec(pid(5))));
+    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::pubrec(pid(5))));
     // A QoS 1 message that reaches the subscriber, which does not acknowledge it.
     let mut p = Client::connect(&MqttUrl::tcp(b.tcp), &opts("plain", &certs)).await.expect("connect");
     p.publish("x/unacked", QoS::Level1, false, "again").await.expect("PUBLISH");
@@ -186,15 +188,15 @@ async fn qos2_and_in_flight_state_survive_kill_9() {
         Some(Packet::Publish(again)) => {
             assert_eq!((&*again.topic_name, again.qos_pid, again.dup), ("x/unacked", first.qos_pid, true));
             if let QosPid::Level1(id) = again.qos_pid {
-                sub.send(Packet::Puback(id)).await.expect("send");
+                sub.send(Packet::puback(id)).await.expect("send");
             }
         }
         other => panic!("expected the unacknowledged delivery again, got {other:?}"),
     }
     let (mut publ, present) = Raw::connect(&b.tcp_url(), &trust, "raw-pub", false).await.expect("connect");
     assert!(present);
-    publ.send(Packet::Pubrel(pid(5))).await.expect("send");
-    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::Pubcomp(pid(5))));
+    publ.send(Packet::pubrel(pid(5))).await.expect("send");
+    assert_eq!(publ.next(Duration::from_secs(5)).await, Some(Packet::pubcomp(pid(5))));
     // The QoS 2 message reaches the subscriber now, once.
     let (mut deliveries, mut sub_extra) = (0, Vec::new());
     while let Some(p) = sub.next(Duration::from_secs(5)).await {
@@ -202,10 +204,10 @@ async fn qos2_and_in_flight_state_survive_kill_9() {
             Packet::Publish(m) if &*m.topic_name == "x/once" => {
                 deliveries += 1;
                 if let QosPid::Level2(id) = m.qos_pid {
-                    sub.send(Packet::Pubrec(id)).await.expect("send");
+                    sub.send(Packet::pubrec(id)).await.expect("send");
                 }
             }
-            Packet::Pubrel(id) => sub.send(Packet::Pubcomp(id)).await.expect("send"),
+            Packet::Pubrel(rel) => sub.send(Packet::pubcomp(rel.pid)).await.expect("send"),
             other => panic!("unexpected {other:?}"),
         }
         if deliveries == 1 && !sub.has_buffered() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::TestServer;
 use quiclab::mqtt::client::{Client, ClientOptions, QuicConnection, StreamMode};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
+use quiclab::mqtt::codec::{self, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::mqtt::quic::code;
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
@@ -87,12 +87,12 @@ async fn will_and_takeover_in_both_stream_modes() {
         let mut watcher = Client::connect(&url, &opts_mode(&ts, &format!("w-{tag}"), mode)).await.unwrap();
         watcher.subscribe(&[(&format!("wills-{tag}/#"), QoS::Level1)]).await.unwrap();
         let mut o = opts_mode(&ts, &format!("dev1-{tag}"), mode);
-        o.will = Some(Message {
-            topic: codec::TopicName::try_from(format!("wills-{tag}/dev1").as_str()).unwrap(),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::Level1,
-            retain: false,
-        });
+        o.will = Some(Message::new(
+            codec::TopicName::try_from(format!("wills-{tag}/dev1").as_str()).unwrap(),
+            Bytes::from_static(b"gone"),
+            QoS::Level1,
+            false,
+        ));
         let mut first = Client::connect(&url, &o).await.unwrap();
         first.subscribe(&[("anything", QoS::Level1)]).await.unwrap();
         // A second connection with the same id takes the session over (§3.1.4-2): the first is
@@ -197,13 +197,13 @@ async fn raw_connect(ts: &TestServer) -> QuicConnection {
 fn bytes_of(packets: &[Packet]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in packets {
-        codec::encode(p, &mut out).unwrap();
+        codec::encode(p, quiclab::mqtt::codec::Version::V3, &mut out).unwrap();
     }
     out
 }
 
 fn connect_packet(id: &str) -> Packet {
-    Packet::Connect(Connect::new(id.into(), 60))
+    Packet::connect(quiclab::mqtt::codec::connect_v3(id, 60))
 }
 
 async fn read_packets(recv: &mut quinn::RecvStream, want: usize) -> Vec<Packet> {
@@ -230,8 +230,10 @@ async fn multi_stream_acks_and_deliveries_follow_their_streams() {
     let (mut ctl_s, mut ctl_r) = c.open_bi().await.unwrap();
     ctl_s.write_all(&bytes_of(&[connect_packet("multi")])).await.unwrap();
     let (mut a_s, mut a_r) = c.open_bi().await.unwrap();
-    let sub =
-        Subscribe::new(Pid::try_from(1).unwrap(), vec![(codec::TopicFilter::try_from("t/#").unwrap(), QoS::Level1)]);
+    let sub = Subscribe::new(
+        Pid::try_from(1).unwrap(),
+        vec![(codec::TopicFilter::try_from("t/#").unwrap(), quiclab::mqtt::codec::v3_options(QoS::Level1))],
+    );
     a_s.write_all(&bytes_of(&[Packet::Subscribe(sub)])).await.unwrap();
     let (mut b_s, mut b_r) = c.open_bi().await.unwrap();
     let publ = Publish::new(
@@ -282,8 +284,10 @@ async fn a_finished_data_stream_is_finished_back_and_the_connection_goes_on() {
     ctl_s.write_all(&bytes_of(&[connect_packet("fin-back")])).await.unwrap();
     assert!(matches!(read_packets(&mut ctl_r, 1).await[0], Packet::Connack(_)));
     let (mut a_s, mut a_r) = c.open_bi().await.unwrap();
-    let sub =
-        Subscribe::new(Pid::try_from(1).unwrap(), vec![(codec::TopicFilter::try_from("fin/#").unwrap(), QoS::Level1)]);
+    let sub = Subscribe::new(
+        Pid::try_from(1).unwrap(),
+        vec![(codec::TopicFilter::try_from("fin/#").unwrap(), quiclab::mqtt::codec::v3_options(QoS::Level1))],
+    );
     a_s.write_all(&bytes_of(&[Packet::Subscribe(sub)])).await.unwrap();
     assert!(matches!(read_packets(&mut a_r, 1).await[0], Packet::Suback(_)));
     // Nothing is queued on A now: its FIN must still be answered with the server's FIN.

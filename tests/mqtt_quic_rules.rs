@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, QuicConnection, StreamEnd, StreamMode};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, QoS, Subscribe};
+use quiclab::mqtt::codec::{self, Decoder, Packet, Pid, QoS, Subscribe};
 use quiclab::mqtt::Message;
 use quiclab::tls::Trust;
 
@@ -228,7 +228,7 @@ impl RawStream {
 
     async fn send(&mut self, p: &Packet) {
         let mut buf = Vec::new();
-        codec::encode(p, &mut buf).unwrap();
+        codec::encode(p, quiclab::mqtt::codec::Version::V3, &mut buf).unwrap();
         self.send.write_all(&buf).await.unwrap();
     }
 
@@ -254,13 +254,15 @@ async fn a_stalled_data_stream_does_not_hold_up_another() {
     let link = QuicConnection::connect(&ts.mqtt_quic_url(), None, &Trust::CaFile(ts.ca())).await.unwrap();
     let conn = link.connection();
     let mut control = RawStream::open(conn).await;
-    control.send(&Packet::Connect(Connect::new("hol-sub".into(), 60))).await;
+    control.send(&Packet::connect(quiclab::mqtt::codec::connect_v3("hol-sub", 60))).await;
     assert!(matches!(control.next(Duration::from_secs(5)).await, Some(Packet::Connack(_))));
     let mut a = RawStream::open(conn).await;
     let mut b = RawStream::open(conn).await;
     for (s, f, id) in [(&mut a, "hol/a", 1u16), (&mut b, "hol/b", 2)] {
-        let sub =
-            Subscribe::new(Pid::try_from(id).unwrap(), vec![(codec::TopicFilter::try_from(f).unwrap(), QoS::Level1)]);
+        let sub = Subscribe::new(
+            Pid::try_from(id).unwrap(),
+            vec![(codec::TopicFilter::try_from(f).unwrap(), quiclab::mqtt::codec::v3_options(QoS::Level1))],
+        );
         s.send(&Packet::Subscribe(sub)).await;
         assert!(matches!(s.next(Duration::from_secs(5)).await, Some(Packet::Suback(_))), "SUBACK on its own stream");
     }
@@ -279,7 +281,7 @@ async fn a_stalled_data_stream_does_not_hold_up_another() {
         match b.next(Duration::from_secs(5)).await {
             Some(Packet::Publish(p)) => {
                 assert_eq!(&p.payload[..], format!("b{i}").as_bytes());
-                b.send(&Packet::Puback(p.qos_pid.pid().unwrap())).await;
+                b.send(&Packet::puback(p.qos_pid.pid().unwrap())).await;
             }
             other => panic!("message b{i} held up behind stream A: {other:?}"),
         }

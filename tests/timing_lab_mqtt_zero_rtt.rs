@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiclab::mqtt::client::{Client, ClientOptions, EarlyData, MqttUrl, QuicSetup, StreamMode, Transport};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
+use quiclab::mqtt::codec::{self, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::tls::Trust;
 use tokio::net::UdpSocket;
 
@@ -199,7 +199,7 @@ const PRE_SHARED_KEY: u16 = 41;
 fn encode(packets: &[Packet]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in packets {
-        codec::encode(p, &mut out).unwrap();
+        codec::encode(p, quiclab::mqtt::codec::Version::V3, &mut out).unwrap();
     }
     out
 }
@@ -262,8 +262,11 @@ fn early_mqtt_packets_follow_the_hold_rules_and_a_replayed_flight_is_refused() {
                     bytes::Bytes::from_static(b"sent in 0-RTT"),
                 );
                 let flight = encode(&[
-                    Packet::Connect(Connect::new("keeper".into(), 60)),
-                    Packet::Subscribe(Subscribe::new(Pid::try_from(1).unwrap(), vec![(filter, QoS::Level1)])),
+                    Packet::connect(quiclab::mqtt::codec::connect_v3("keeper", 60)),
+                    Packet::Subscribe(Subscribe::new(
+                        Pid::try_from(1).unwrap(),
+                        vec![(filter, quiclab::mqtt::codec::v3_options(QoS::Level1))],
+                    )),
                     Packet::Publish(publish),
                 ]);
                 send.write_all(&flight).await.unwrap();
@@ -316,7 +319,11 @@ fn early_mqtt_packets_follow_the_hold_rules_and_a_replayed_flight_is_refused() {
 
                 // The original connection goes, and quinn forgets its Initial connection ID once
                 // it has drained (a replay before that would be routed to it and dropped).
-                send.write_all(&encode(&[Packet::Disconnect])).await.unwrap();
+                send.write_all(&encode(&[Packet::disconnect(
+                    quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect,
+                )]))
+                .await
+                .unwrap();
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 tokio::time::sleep(Duration::from_millis(1500)).await;
 

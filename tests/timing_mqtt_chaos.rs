@@ -153,7 +153,10 @@ async fn subscriber(
         };
         if first {
             let filter = TopicFilter::try_from("chaos/#").expect("filter");
-            let sub = Packet::Subscribe(Subscribe::new(Pid::try_from(1).expect("id"), vec![(filter, QoS::Level2)]));
+            let sub = Packet::Subscribe(Subscribe::new(
+                Pid::try_from(1).expect("id"),
+                vec![(filter, quiclab::mqtt::codec::v3_options(QoS::Level2))],
+            ));
             if raw.send(sub).await.is_err()
                 || !matches!(raw.next(Duration::from_secs(5)).await, Some(Packet::Suback(_)))
             {
@@ -190,14 +193,14 @@ async fn subscriber(
                         }
                     }
                     match m.qos_pid {
-                        QosPid::Level1(pid) => Some(Packet::Puback(pid)),
-                        QosPid::Level2(pid) => Some(Packet::Pubrec(pid)),
+                        QosPid::Level1(pid) => Some(Packet::puback(pid)),
+                        QosPid::Level2(pid) => Some(Packet::pubrec(pid)),
                         QosPid::Level0 => None,
                     }
                 }
                 Packet::Pubrel(pid) => {
-                    awaiting_rel.remove(&pid.value());
-                    Some(Packet::Pubcomp(pid))
+                    awaiting_rel.remove(&pid.pid.value());
+                    Some(Packet::pubcomp(pid.pid))
                 }
                 _ => None,
             };

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use quiclab::mqtt::client::{self, Client, ClientOptions};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
+use quiclab::mqtt::codec::{self, Decoder, Packet, Pid, Publish, QoS, QosPid, Subscribe};
 use quiclab::tls::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -331,7 +331,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsMqtt<S> {
     async fn send(&mut self, packets: &[Packet], split: bool) {
         let mut bytes = Vec::new();
         for p in packets {
-            codec::encode(p, &mut bytes).unwrap();
+            codec::encode(p, quiclab::mqtt::codec::Version::V3, &mut bytes).unwrap();
         }
         if split {
             for b in bytes {
@@ -370,11 +370,17 @@ where
 {
     let mut sub = WsMqtt::new(open().await);
     // CONNECT split over one message per byte (MQTT 3.1.1 §6.0 allows any split).
-    sub.send(&[Packet::Connect(Connect::new("ws-sub".into(), 30))], true).await;
-    assert!(matches!(sub.recv().await, Packet::Connack(c) if c.code == codec::ConnectReturnCode::Accepted));
+    sub.send(&[Packet::connect(quiclab::mqtt::codec::connect_v3("ws-sub", 30))], true).await;
+    assert!(matches!(sub.recv().await, Packet::Connack(c) if c.reason_code == codec::ConnectReasonCode::Success));
     let pid = Pid::try_from(1u16).unwrap();
-    sub.send(&[Packet::Subscribe(Subscribe::new(pid, vec![(client::filter("ws/#").unwrap(), QoS::Level1)]))], false)
-        .await;
+    sub.send(
+        &[Packet::Subscribe(Subscribe::new(
+            pid,
+            vec![(client::filter("ws/#").unwrap(), quiclab::mqtt::codec::v3_options(QoS::Level1))],
+        ))],
+        false,
+    )
+    .await;
     assert!(matches!(sub.recv().await, Packet::Suback(_)));
 
     // From MQTT over TCP, QoS 1.
@@ -385,7 +391,7 @@ where
         Packet::Publish(p) => {
             assert_eq!(&p.payload[..], b"from tcp");
             assert_eq!(&p.topic_name[..], "ws/a");
-            sub.send(&[Packet::Puback(p.qos_pid.pid().expect("QoS 1"))], false).await;
+            sub.send(&[Packet::puback(p.qos_pid.pid().expect("QoS 1"))], false).await;
         }
         other => panic!("expected PUBLISH, got {other:?}"),
     }
@@ -393,14 +399,15 @@ where
     // From another WebSocket: CONNECT, PUBLISH and DISCONNECT in one message.
     let mut publ = WsMqtt::new(open().await);
     let publish = Publish::new(QosPid::Level0, client::topic("ws/b").unwrap(), Bytes::from_static(b"from ws"));
-    publ.send(&[Packet::Connect(Connect::new("ws-pub".into(), 30)), Packet::Publish(publish)], false).await;
+    publ.send(&[Packet::connect(quiclab::mqtt::codec::connect_v3("ws-pub", 30)), Packet::Publish(publish)], false)
+        .await;
     assert!(matches!(publ.recv().await, Packet::Connack(_)));
     match sub.recv().await {
         Packet::Publish(p) => assert_eq!(&p.payload[..], b"from ws"),
         other => panic!("expected PUBLISH, got {other:?}"),
     }
     // DISCONNECT: the broker ends the connection and the WebSocket closes normally.
-    publ.send(&[Packet::Disconnect], false).await;
+    publ.send(&[Packet::disconnect(quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect)], false).await;
     assert_eq!(close_code(&mut publ.ws).await, 1000);
 
     // A text message breaks MQTT 3.1.1 §6.0: 1003.

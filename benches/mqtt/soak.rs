@@ -299,8 +299,8 @@ async fn publisher(
             p = r.next() => {
                 match p {
                     Ok(Some(Packet::Puback(_) | Packet::Pubcomp(_))) => outstanding = outstanding.saturating_sub(1),
-                    Ok(Some(Packet::Pubrec(id))) => {
-                        if w.send(&Packet::Pubrel(id)).await.is_err() {
+                    Ok(Some(Packet::Pubrec(rec))) => {
+                        if w.send(&Packet::pubrel(rec.pid)).await.is_err() {
                             soak.error(format!("{name}: connection lost sending PUBREL"));
                             break;
                         }
@@ -323,11 +323,11 @@ async fn publisher(
 fn receive(w: &mut Writer, p: Packet) -> Option<Publish> {
     let reply = match &p {
         Packet::Publish(p) => match p.qos_pid {
-            QosPid::Level1(id) => Some(Packet::Puback(id)),
-            QosPid::Level2(id) => Some(Packet::Pubrec(id)),
+            QosPid::Level1(id) => Some(Packet::puback(id)),
+            QosPid::Level2(id) => Some(Packet::pubrec(id)),
             QosPid::Level0 => None,
         },
-        Packet::Pubrel(id) => Some(Packet::Pubcomp(*id)),
+        Packet::Pubrel(rel) => Some(Packet::pubcomp(rel.pid)),
         _ => None,
     };
     if let Some(reply) = reply {
@@ -424,7 +424,7 @@ async fn retained_churn(conn: Conn, expected: Arc<Mutex<HashMap<String, Option<u
             return;
         }
         match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
-            Ok(Ok(Some(Packet::Puback(got)))) if got == id => {
+            Ok(Ok(Some(Packet::Puback(got)))) if got.pid == id => {
                 if let Ok(mut e) = expected.lock() {
                     e.insert(name, (seq % 7 != 0).then_some(seq));
                 }
@@ -471,7 +471,7 @@ async fn leave(mut conn: Conn, abrupt: bool) {
             Some((_, control)) => control,
             None => &mut conn.w,
         };
-        let _ = w.send(&Packet::Disconnect).await;
+        let _ = w.send(&Packet::disconnect(quiclab::mqtt::codec::DisconnectReasonCode::NormalDisconnect)).await;
         if let Some(q) = &conn.quic {
             // Let the DISCONNECT go out before the connection closes with the handle.
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use quiclab::client::RebindAfter;
 use quiclab::config::{parse_duration, parse_size};
 use quiclab::mqtt::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
-use quiclab::mqtt::codec::{QoS, SubscribeReturnCode};
+use quiclab::mqtt::codec::{QoS, SubscribeReasonCode};
 use quiclab::mqtt::config::{MqttConfig, ALPN_MQTT};
 use quiclab::mqtt::{Message, MqttError};
 use quiclab::tls::{CertStore, ClientIdentity, Trust};
@@ -150,12 +150,12 @@ impl ConnArgs {
     /// `client_cert`.
     fn options(&self, trust: Trust, client_cert: Option<ClientIdentity>) -> Result<ClientOptions, MqttError> {
         let will = match &self.will_topic {
-            Some(t) => Some(Message {
-                topic: client::topic(t)?,
-                payload: Bytes::from(self.will_payload.clone().into_bytes()),
-                qos: self.will_qos,
-                retain: self.will_retain,
-            }),
+            Some(t) => Some(Message::new(
+                client::topic(t)?,
+                Bytes::from(self.will_payload.clone().into_bytes()),
+                self.will_qos,
+                self.will_retain,
+            )),
             None => None,
         };
         Ok(ClientOptions {
@@ -670,7 +670,7 @@ async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result
     let filters: Vec<(&str, QoS)> = a.topic.iter().map(|t| (t.as_str(), a.qos)).collect();
     let codes = c.subscribe(&filters).await?;
     for (f, code) in a.topic.iter().zip(&codes) {
-        if *code == SubscribeReturnCode::Failure {
+        if *code == SubscribeReasonCode::NotAuthorized {
             return Err(CliError::SubscriptionRefused(f.clone()));
         }
     }

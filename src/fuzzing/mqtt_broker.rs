@@ -8,8 +8,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 
 use crate::mqtt::codec::{
-    Connect, Decoder, LastWill, Packet, Pid, Publish, QoS, QosPid, Subscribe, SubscribeReturnCode, TopicFilter,
-    TopicName, Unsubscribe,
+    v3_options, Connect, Decoder, DisconnectReasonCode, LastWill, Packet, Pid, Protocol, Publish, QoS, QosPid,
+    Subscribe, SubscribeReasonCode, TopicFilter, TopicName, Unsubscribe,
 };
 use crate::mqtt::topic::filter_matches;
 use crate::mqtt::{Action, BrokerCore, ChannelEnd, ChannelId, ConnId, MqttConfig, CONTROL_CHANNEL};
@@ -403,7 +403,8 @@ impl Harness {
                 let Some(i) = self.conn_index(conn) else { return };
                 let cid = CLIENT_IDS[usize::from(client) % CLIENT_IDS.len()];
                 let mut p = Connect::new(cid.into(), u16::from(keep_alive % 6));
-                p.clean_session = clean;
+                p.protocol = Protocol::V311;
+                p.clean_start = clean;
                 if let Some((topic, qos, retain)) = will {
                     let mut name = topic.name();
                     if self.avoid_deep_wills {
@@ -416,7 +417,7 @@ impl Harness {
                         p.last_will = Some(w);
                     }
                 }
-                self.send(i, CONTROL_CHANNEL, Packet::Connect(p));
+                self.send(i, CONTROL_CHANNEL, Packet::connect(p));
             }
             Op::OpenChannel { conn } => {
                 let Some(i) = self.conn_index(conn) else { return };
@@ -469,16 +470,18 @@ impl Harness {
                     return;
                 }
                 if let Ok(pid) = Pid::try_from(p.pid) {
-                    self.send(i, p.ch, Packet::Pubrel(pid));
+                    self.send(i, p.ch, Packet::pubrel(pid));
                 }
             }
             Op::Subscribe { conn, ch, pid, filters } => {
                 let Some(i) = self.conn_index(conn) else { return };
                 let ch = self.channel(i, ch);
-                let topics: Vec<(TopicFilter, QoS)> = filters
+                let topics: Vec<_> = filters
                     .iter()
                     .take(4)
-                    .filter_map(|(f, q)| TopicFilter::try_from(f.filter().as_str()).ok().map(|f| (f, qos_of(*q))))
+                    .filter_map(|(f, q)| {
+                        TopicFilter::try_from(f.filter().as_str()).ok().map(|f| (f, v3_options(qos_of(*q))))
+                    })
                     .collect();
                 let (Ok(pid), false) = (Pid::try_from(pid.max(1)), topics.is_empty()) else { return };
                 self.send(i, ch, Packet::Subscribe(Subscribe::new(pid, topics)));
@@ -511,10 +514,10 @@ impl Harness {
                 let ch = self.channel(i, ch);
                 let Ok(pid) = Pid::try_from(pid.max(1) % 8 + 1) else { return };
                 let p = match kind % 4 {
-                    0 => Packet::Puback(pid),
-                    1 => Packet::Pubrec(pid),
-                    2 => Packet::Pubrel(pid),
-                    _ => Packet::Pubcomp(pid),
+                    0 => Packet::puback(pid),
+                    1 => Packet::pubrec(pid),
+                    2 => Packet::pubrel(pid),
+                    _ => Packet::pubcomp(pid),
                 };
                 self.send(i, ch, p);
             }
@@ -526,7 +529,7 @@ impl Harness {
             Op::Disconnect { conn, ch } => {
                 let Some(i) = self.conn_index(conn) else { return };
                 let ch = self.channel(i, ch);
-                self.send(i, ch, Packet::Disconnect);
+                self.send(i, ch, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
             }
             Op::Wrong { conn, ch } => {
                 let Some(i) = self.conn_index(conn) else { return };
@@ -546,7 +549,7 @@ impl Harness {
                     }
                     if let Packet::Connect(c) = &p {
                         if let Some(w) = &c.last_will {
-                            self.raw_payloads.insert(w.message.clone());
+                            self.raw_payloads.insert(w.payload.clone());
                         }
                     }
                     self.send(i, ch, p);
@@ -623,9 +626,9 @@ impl Harness {
         let c = &self.conns[i];
         let ch = if c.channels.contains(&f.ch) && !c.ended.contains(&f.ch) { f.ch } else { CONTROL_CHANNEL };
         let p = match f.state {
-            Await::Puback => Packet::Puback(id),
-            Await::Pubrec => Packet::Pubrec(id),
-            Await::Pubcomp => Packet::Pubcomp(id),
+            Await::Puback => Packet::puback(id),
+            Await::Pubrec => Packet::pubrec(id),
+            Await::Pubcomp => Packet::pubcomp(id),
         };
         self.send(i, ch, p);
     }
@@ -653,7 +656,9 @@ impl Harness {
                     }
                 }
             }
-            Packet::Puback(pid) | Packet::Pubrec(pid) | Packet::Pubcomp(pid) => {
+            Packet::Puback(crate::mqtt::codec::Puback { pid, .. })
+            | Packet::Pubrec(crate::mqtt::codec::Pubrec { pid, .. })
+            | Packet::Pubcomp(crate::mqtt::codec::Pubcomp { pid, .. }) => {
                 if let Some(cid) = c.connected.clone().or_else(|| c.intended.clone()) {
                     let s = self.sessions.entry(cid).or_default();
                     if !plain {
@@ -725,7 +730,7 @@ impl Harness {
         match packet {
             Packet::Connack(ack) => {
                 assert_eq!(ch, CONTROL_CHANNEL, "CONNACK on a data channel");
-                if ack.code == crate::mqtt::codec::ConnectReturnCode::Accepted {
+                if ack.reason_code == crate::mqtt::codec::ConnectReasonCode::Success {
                     assert!(c.connected.is_none(), "second CONNACK 0x00 on {conn:#x}");
                     let cid = c.intended.clone().unwrap_or_default();
                     c.connected = Some(cid.clone());
@@ -786,7 +791,8 @@ impl Harness {
                     );
                 }
             }
-            Packet::Pubrel(pid) => {
+            Packet::Pubrel(rel) => {
+                let pid = rel.pid;
                 if let Some(cid) = c.connected.clone() {
                     let s = self.sessions.entry(cid).or_default();
                     if let Some(f) = s.flights.get_mut(&pid.value()) {
@@ -799,10 +805,10 @@ impl Harness {
             Packet::Suback(s) => {
                 for code in &s.topics {
                     let granted = match code {
-                        SubscribeReturnCode::MaxLevel0 => QoS::Level0,
-                        SubscribeReturnCode::MaxLevel1 => QoS::Level1,
-                        SubscribeReturnCode::MaxLevel2 => QoS::Level2,
-                        SubscribeReturnCode::Failure => continue,
+                        SubscribeReasonCode::GrantedQoS0 => QoS::Level0,
+                        SubscribeReasonCode::GrantedQoS1 => QoS::Level1,
+                        SubscribeReasonCode::GrantedQoS2 => QoS::Level2,
+                        _ => continue,
                     };
                     assert!(granted <= self.cfg.max_qos, "granted {granted:?} above max_qos");
                 }

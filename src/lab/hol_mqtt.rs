@@ -60,7 +60,9 @@ use super::link::{Link, LinkStats};
 use super::report::{self, Series};
 use super::LabError;
 use crate::mqtt::client::{self as mc, framed, BoxRead, BoxWrite, ClientOptions, PacketReader, PacketWriter};
-use crate::mqtt::codec::{ConnectReturnCode, Packet, Pid, Publish, QoS, QosPid, Subscribe};
+use crate::mqtt::codec::{
+    v3_options, ConnectReasonCode, DisconnectReasonCode, Packet, Pid, Publish, QoS, QosPid, Subscribe,
+};
 use crate::mqtt::MqttError;
 use crate::tls::Trust;
 
@@ -349,7 +351,7 @@ impl Conn {
         };
         c.control.1.send(&connect).await?;
         match c.control.0.next().await? {
-            Some(Packet::Connack(a)) if a.code == ConnectReturnCode::Accepted => Ok(c),
+            Some(Packet::Connack(a)) if a.reason_code == ConnectReasonCode::Success => Ok(c),
             other => Err(LabError::Experiment(format!("expected CONNACK (accepted), got {other:?}"))),
         }
     }
@@ -409,7 +411,7 @@ async fn subscriber_stream(
             let now = Instant::now();
             rec.lock().unwrap_or_else(|e| e.into_inner()).record(&p.payload, now);
             if let QosPid::Level1(pid) = p.qos_pid {
-                w.send(&Packet::Puback(pid)).await?;
+                w.send(&Packet::puback(pid)).await?;
             }
         }
     }
@@ -495,7 +497,8 @@ pub(crate) async fn one_run(
     let qos = QoS::Level1;
     let mut pending: Vec<(usize, Pid)> = Vec::new();
     if !arm.per_topic() {
-        let filters = (0..k).map(|i| Ok((mc::filter(&topic_name(i))?, qos))).collect::<Result<Vec<_>, MqttError>>();
+        let filters =
+            (0..k).map(|i| Ok((mc::filter(&topic_name(i))?, v3_options(qos)))).collect::<Result<Vec<_>, MqttError>>();
         let pid = Pid::try_from(1).unwrap_or_default();
         sub.control.1.send(&Packet::Subscribe(Subscribe::new(pid, filters?))).await?;
         pending.push((usize::MAX, pid));
@@ -503,7 +506,7 @@ pub(crate) async fn one_run(
         for (i, (_, w)) in sub.data.iter_mut().enumerate() {
             let pid = Pid::try_from(1).unwrap_or_default();
             let f = mc::filter(&topic_name(i))?;
-            w.send(&Packet::Subscribe(Subscribe::new(pid, vec![(f, qos)]))).await?;
+            w.send(&Packet::Subscribe(Subscribe::new(pid, vec![(f, v3_options(qos))]))).await?;
             pending.push((i, pid));
         }
     }
@@ -575,14 +578,14 @@ pub(crate) async fn one_run(
 
     // DISCONNECT on the control streams (MQTT 3.1.1 §3.14), then close.
     if let Some((_, w)) = sub_control.as_mut() {
-        let _ = w.send(&Packet::Disconnect).await;
+        let _ = w.send(&Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).await;
     }
     match pub_control.as_mut() {
         Some((_, w)) => {
-            let _ = w.send(&Packet::Disconnect).await;
+            let _ = w.send(&Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).await;
         }
         None => {
-            let _ = streams[0].lock().await.0.send(&Packet::Disconnect).await;
+            let _ = streams[0].lock().await.0.send(&Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).await;
         }
     }
     tasks.abort_all();

@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{
-    self, Connect, ConnectReturnCode, LastWill, Packet, Pid, Publish, QoS, QosPid, Subscribe, SubscribeReturnCode,
-    TopicFilter, TopicName, Unsubscribe,
+    self, Connect, ConnectProperties, ConnectReasonCode, DisconnectReasonCode, LastWill, Packet, Pid, Protocol,
+    Publish, QoS, QosPid, Subscribe, SubscribeReasonCode, TopicFilter, TopicName, Unsubscribe, Version,
 };
 use super::config::{DEFAULT_TCP_PORT, DEFAULT_TLS_PORT};
 use super::session::Message;
@@ -365,11 +365,18 @@ pub struct PacketReader<R> {
     r: R,
     buf: BytesMut,
     max_packet: usize,
+    version: Version,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
+    /// A reader of MQTT 3.1.1 packets.
     pub fn new(r: R, max_packet: usize) -> Self {
-        PacketReader { r, buf: BytesMut::new(), max_packet }
+        PacketReader { r, buf: BytesMut::new(), max_packet, version: Version::V3 }
+    }
+
+    /// Read `version`'s packets from now on.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
     }
 
     /// The underlying reader.
@@ -379,7 +386,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 
     /// A packet already buffered, without reading (`Ok(None)`: none complete yet).
     pub fn try_next(&mut self) -> Result<Option<Packet>, MqttError> {
-        match codec::decode_one(&self.buf, self.max_packet)? {
+        match codec::decode_one(&self.buf, self.max_packet, Some(self.version))? {
             Some((p, n)) => {
                 self.buf.advance(n);
                 Ok(Some(p))
@@ -392,7 +399,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Packet>, MqttError> {
         loop {
-            if let Some((p, n)) = codec::decode_one(&self.buf, self.max_packet)? {
+            if let Some((p, n)) = codec::decode_one(&self.buf, self.max_packet, Some(self.version))? {
                 self.buf.advance(n);
                 return Ok(Some(p));
             }
@@ -414,11 +421,18 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 pub struct PacketWriter<W> {
     w: W,
     buf: Vec<u8>,
+    version: Version,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
+    /// A writer of MQTT 3.1.1 packets.
     pub fn new(w: W) -> Self {
-        PacketWriter { w, buf: Vec::new() }
+        PacketWriter { w, buf: Vec::new(), version: Version::V3 }
+    }
+
+    /// Write `version`'s packets from now on.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
     }
 
     /// The underlying writer.
@@ -428,7 +442,7 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
 
     /// Encode `p` into the write buffer.
     pub fn queue(&mut self, p: &Packet) -> Result<(), MqttError> {
-        codec::encode(p, &mut self.buf).map_err(MqttError::Encode)
+        codec::encode(p, self.version, &mut self.buf).map_err(MqttError::Encode)
     }
 
     /// Queue raw bytes (tests of malformed input).
@@ -509,7 +523,21 @@ pub type Halves = (PacketReader<BoxRead>, PacketWriter<BoxWrite>);
 
 /// Frame and box the two halves of a connection or stream.
 pub fn framed(r: impl ReadStream + 'static, w: impl WriteStream + 'static, max_packet: usize) -> Halves {
-    (PacketReader::new(Box::new(r), max_packet), PacketWriter::new(Box::new(w)))
+    framed_as(r, w, max_packet, Version::V3)
+}
+
+/// [`framed`] for `version`'s packets.
+pub fn framed_as(
+    r: impl ReadStream + 'static,
+    w: impl WriteStream + 'static,
+    max_packet: usize,
+    version: Version,
+) -> Halves {
+    let (mut r, mut w) =
+        (PacketReader::new(Box::new(r) as BoxRead, max_packet), PacketWriter::new(Box::new(w) as BoxWrite));
+    r.set_version(version);
+    w.set_version(version);
+    (r, w)
 }
 
 /// Open the transport and split it into framed halves (no CONNECT sent).
@@ -527,9 +555,16 @@ pub async fn connect_raw(
 /// What a [`Client`] sends in CONNECT, and how it reaches the broker.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Client identifier; empty asks the broker to assign one (needs `clean_session`).
+    /// Client identifier; empty asks the broker to assign one (3.1.1: needs `clean_session`).
     pub client_id: String,
+    /// 3.1.1 clean session; MQTT 5 Clean Start (how long the session lasts is
+    /// `properties.session_expiry_interval`).
     pub clean_session: bool,
+    /// The protocol: 3.1.1 (the default) or MQTT 5.
+    pub version: Version,
+    /// MQTT 5 CONNECT properties (Session Expiry Interval, Receive Maximum, Topic Alias
+    /// Maximum, user properties, ...); ignored for 3.1.1.
+    pub properties: ConnectProperties,
     /// Keepalive, seconds (0: off). The client pings when it has sent nothing for this long.
     pub keep_alive: u16,
     pub will: Option<Message>,
@@ -559,6 +594,8 @@ impl Default for ClientOptions {
         ClientOptions {
             client_id: String::new(),
             clean_session: true,
+            version: Version::V3,
+            properties: ConnectProperties::default(),
             keep_alive: 60,
             will: None,
             username: None,
@@ -579,16 +616,21 @@ impl ClientOptions {
     /// The CONNECT packet for these options.
     pub fn connect_packet(&self) -> Result<Packet, MqttError> {
         let mut c = Connect::new(self.client_id.as_str().into(), self.keep_alive);
-        c.clean_session = self.clean_session;
+        c.clean_start = self.clean_session;
+        match self.version {
+            Version::V3 => c.protocol = Protocol::V311,
+            Version::V5 => c.properties = self.properties.clone(),
+        }
         c.username = self.username.as_deref().map(Into::into);
         c.password = self.password.as_ref().map(|p| Bytes::from(p.clone().into_bytes()));
         c.last_will = self.will.as_ref().map(|w| LastWill {
             qos: w.qos,
             retain: w.retain,
             topic_name: w.topic.clone(),
-            message: w.payload.clone(),
+            payload: w.payload.clone(),
+            properties: Default::default(),
         });
-        Ok(Packet::Connect(c))
+        Ok(Packet::connect(c))
     }
 }
 
@@ -679,6 +721,10 @@ pub struct Client {
     early: EarlyData,
     /// From the start of the connection to CONNACK.
     connack_after: Duration,
+    /// The protocol of the connection.
+    version: Version,
+    /// The broker's CONNACK (its MQTT 5 properties say what it allows).
+    connack: Option<Box<codec::Connack>>,
     closed: bool,
 }
 
@@ -706,7 +752,7 @@ impl Client {
                 )
                 .await?;
                 let (r, w) = tokio::io::split(stream);
-                let mut control = Channel::new(framed(r, w, max), None);
+                let mut control = Channel::new(framed_as(r, w, max, opts.version), None);
                 control.writer.send(&connect).await?;
                 (control, None, EarlyData::Off)
             }
@@ -726,6 +772,8 @@ impl Client {
             session_present: false,
             early,
             connack_after: Duration::ZERO,
+            version: opts.version,
+            connack: None,
             closed: false,
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -738,9 +786,10 @@ impl Client {
             Some(other) => return Err(MqttError::Protocol(format!("expected CONNACK, got {:?}", other.get_type()))),
             None => return Err(MqttError::Closed),
         };
-        if connack.code != ConnectReturnCode::Accepted {
-            return Err(MqttError::Refused(connack.code));
+        if connack.reason_code != ConnectReasonCode::Success {
+            return Err(MqttError::Refused(connack.reason_code));
         }
+        c.connack = Some(connack.clone());
         c.session_present = connack.session_present;
         Ok(c)
     }
@@ -773,7 +822,7 @@ impl Client {
             async move {
                 let (send, recv) = conn.open_bi().await?;
                 let id = u64::from(send.id());
-                Ok::<_, MqttError>(Channel::new(framed(recv, send, opts.max_packet_size), Some(id)))
+                Ok::<_, MqttError>(Channel::new(framed_as(recv, send, opts.max_packet_size, opts.version), Some(id)))
             }
         };
         let mut control = open(&quic).await?;
@@ -798,6 +847,12 @@ impl Client {
     /// The CONNACK's session-present flag.
     pub fn session_present(&self) -> bool {
         self.session_present
+    }
+
+    /// The broker's CONNACK: its MQTT 5 properties (assigned client identifier, Topic Alias
+    /// Maximum, Receive Maximum, ...) say what it allows.
+    pub fn connack(&self) -> Option<&codec::Connack> {
+        self.connack.as_deref()
     }
 
     /// Whether CONNECT went in 0-RTT and was accepted.
@@ -898,7 +953,7 @@ impl Client {
         let quic = self.quic.as_ref().ok_or_else(|| MqttError::Unsupported("per-topic mode without QUIC".into()))?;
         let (send, recv) = quic.open_stream().await?;
         let id = u64::from(send.id());
-        self.channels.push(Channel::new(framed(recv, send, self.max_packet), Some(id)));
+        self.channels.push(Channel::new(framed_as(recv, send, self.max_packet, self.version), Some(id)));
         let i = self.channels.len() - 1;
         self.by_topic.insert(key.to_string(), i);
         tracing::debug!(stream = id, key, "mqtt+quic: data stream opened");
@@ -955,30 +1010,31 @@ impl Client {
             };
             match &p {
                 Packet::Publish(publish) => {
-                    let msg = Message {
-                        topic: publish.topic_name.clone(),
-                        payload: publish.payload.clone(),
-                        qos: publish.qos_pid.qos(),
-                        retain: publish.retain,
-                    };
+                    let mut msg = Message::new(
+                        publish.topic_name.clone(),
+                        publish.payload.clone(),
+                        publish.qos_pid.qos(),
+                        publish.retain,
+                    );
+                    msg.props = publish.props().message.clone();
                     match publish.qos_pid {
                         QosPid::Level0 => self.inbox.push_back((ch, msg)),
                         QosPid::Level1(id) => {
                             self.inbox.push_back((ch, msg));
-                            self.send(ch, &Packet::Puback(id)).await?;
+                            self.send(ch, &Packet::puback(id)).await?;
                         }
                         QosPid::Level2(id) => {
                             // Deliver on first receipt; a DUP before PUBREL is not delivered again.
                             if self.inbound_qos2.insert(id.value()) {
                                 self.inbox.push_back((ch, msg));
                             }
-                            self.send(ch, &Packet::Pubrec(id)).await?;
+                            self.send(ch, &Packet::pubrec(id)).await?;
                         }
                     }
                 }
-                Packet::Pubrel(id) => {
-                    self.inbound_qos2.remove(&id.value());
-                    self.send(ch, &Packet::Pubcomp(*id)).await?;
+                Packet::Pubrel(rel) => {
+                    self.inbound_qos2.remove(&rel.pid.value());
+                    self.send(ch, &Packet::pubcomp(rel.pid)).await?;
                 }
                 _ => {}
             }
@@ -1040,12 +1096,12 @@ impl Client {
         match qos {
             QoS::Level0 => {}
             QoS::Level1 => {
-                self.wait_for("PUBACK", ch, |p| *p == Packet::Puback(pid)).await?;
+                self.wait_for("PUBACK", ch, |p| matches!(p, Packet::Puback(a) if a.pid == pid)).await?;
             }
             QoS::Level2 => {
-                self.wait_for("PUBREC", ch, |p| *p == Packet::Pubrec(pid)).await?;
-                self.send(ch, &Packet::Pubrel(pid)).await?;
-                self.wait_for("PUBCOMP", ch, |p| *p == Packet::Pubcomp(pid)).await?;
+                self.wait_for("PUBREC", ch, |p| matches!(p, Packet::Pubrec(a) if a.pid == pid)).await?;
+                self.send(ch, &Packet::pubrel(pid)).await?;
+                self.wait_for("PUBCOMP", ch, |p| matches!(p, Packet::Pubcomp(a) if a.pid == pid)).await?;
             }
         }
         Ok(())
@@ -1081,8 +1137,11 @@ impl Client {
 
     /// Subscribe; returns the SUBACK's return codes, one per filter. In per-topic mode each
     /// filter gets its own data stream and SUBSCRIBE.
-    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReturnCode>, MqttError> {
-        let topics = filters.iter().map(|(f, q)| Ok((filter(f)?, *q))).collect::<Result<Vec<_>, MqttError>>()?;
+    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReasonCode>, MqttError> {
+        let topics = filters
+            .iter()
+            .map(|(f, q)| Ok((filter(f)?, codec::v3_options(*q))))
+            .collect::<Result<Vec<_>, MqttError>>()?;
         let names: Vec<&str> = filters.iter().map(|(f, _)| *f).collect();
         let sent = self.send_requests(&names, topics, |pid, t| Packet::Subscribe(Subscribe::new(pid, t))).await?;
         let mut codes = Vec::with_capacity(filters.len());
@@ -1100,7 +1159,7 @@ impl Client {
         let topics = filters.iter().map(|f| filter(f)).collect::<Result<Vec<_>, _>>()?;
         let sent = self.send_requests(filters, topics, |pid, t| Packet::Unsubscribe(Unsubscribe::new(pid, t))).await?;
         for (ch, pid) in sent {
-            self.wait_for("UNSUBACK", ch, |p| *p == Packet::Unsuback(pid)).await?;
+            self.wait_for("UNSUBACK", ch, |p| matches!(p, Packet::Unsuback(u) if u.pid == pid)).await?;
         }
         Ok(())
     }
@@ -1141,7 +1200,7 @@ impl Client {
 
     /// Send DISCONNECT and close (the will is discarded by the broker).
     pub async fn disconnect(mut self) -> Result<(), MqttError> {
-        self.send(0, &Packet::Disconnect).await?;
+        self.send(0, &Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).await?;
         for ch in self.channels.iter_mut().rev().filter(|c| c.writable) {
             ch.writer.shutdown().await?;
         }

@@ -119,14 +119,20 @@ impl Outbox {
         Poll::Pending
     }
 
-    fn drain(&mut self, batch: &mut Vec<Packet>, max: usize, budget: usize) -> Option<CloseReason> {
+    fn drain(
+        &mut self,
+        batch: &mut Vec<Packet>,
+        max: usize,
+        budget: usize,
+        version: codec::Version,
+    ) -> Option<CloseReason> {
         let mut bytes = 0;
         let mut n = 0;
         for p in self.items.iter().take(max) {
             if n > 0 && bytes >= budget {
                 break;
             }
-            bytes += codec::wire_len_hint(p);
+            bytes += codec::wire_len_hint(p, version);
             n += 1;
         }
         batch.extend(self.items.drain(..n));
@@ -366,7 +372,7 @@ impl Broker {
         let State { core, actions, .. } = &mut *st;
         let conn = core.open(peer, Outboxes::default(), now(), actions);
         self.dispatch(&mut st, Some(conn));
-        Ok(Attachment { broker: self.clone(), conn, _permit: permit })
+        Ok(Attachment { broker: self.clone(), conn, version: Default::default(), _permit: permit })
     }
 
     /// Close every connection (their transports flush and close). Wills are not published.
@@ -495,10 +501,48 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
 pub(crate) struct Attachment {
     broker: Broker,
     conn: ConnId,
+    /// The connection's packet format, as its CONNECT said: 0 before CONNECT, 1 for 3.1.1, 2
+    /// for MQTT 5. Set by the reader before it hands the CONNECT over, so the CONNACK is
+    /// written in it.
+    version: std::sync::atomic::AtomicU8,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Attachment {
+    /// The packet format to write (and, on QUIC data streams, to read): 3.1.1 until a CONNECT
+    /// says otherwise.
+    pub fn version(&self) -> codec::Version {
+        self.known_version().unwrap_or(codec::Version::V3)
+    }
+
+    /// The version a CONNECT set (`None` before one).
+    pub fn known_version(&self) -> Option<codec::Version> {
+        match self.version.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(codec::Version::V3),
+            2 => Some(codec::Version::V5),
+            _ => None,
+        }
+    }
+
+    /// A decoder for this connection's next bytes: of its version, or one that learns it
+    /// from the CONNECT.
+    pub fn decoder(&self) -> codec::Decoder {
+        let max = self.broker.config().max_packet_size;
+        match self.known_version() {
+            Some(v) => codec::Decoder::with_version(max, v),
+            None => codec::Decoder::new(max),
+        }
+    }
+
+    /// Take the version `decoder` learnt from a CONNECT (call it before handing that CONNECT
+    /// over, so its CONNACK is written in it).
+    pub fn learn_version(&self, decoder: &codec::Decoder) {
+        if let (None, Some(v)) = (self.known_version(), decoder.version()) {
+            let v = if v == codec::Version::V5 { 2 } else { 1 };
+            self.version.store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -612,7 +656,7 @@ impl Attachment {
         let holding = st.held.contains_key(&(self.conn, channel));
         let Some(outboxes) = st.core.conn_data_mut(self.conn) else { return Some(CloseReason::Shutdown) };
         let (reason, more) = match outboxes.outbox(channel) {
-            Some(o) => (o.drain(batch, max, WRITE_BUDGET), !o.items.is_empty()),
+            Some(o) => (o.drain(batch, max, WRITE_BUDGET, self.version()), !o.items.is_empty()),
             None => return Some(CloseReason::Shutdown),
         };
         // Packets the store holds back were emitted before the close: they go first.
@@ -737,7 +781,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::mqtt::codec::Connect;
 
     /// What the writer of `att`'s control channel finds once its outbox wakes it: the packets
     /// and the close reason.
@@ -769,7 +812,7 @@ mod tests {
         let broker = Broker::new(MqttConfig::default());
         let real = std::time::Instant::now();
         let att = broker.attach(None).expect("attached");
-        let mut connect = vec![Packet::Connect(Connect::new("ka".into(), 20))];
+        let mut connect = vec![Packet::connect(crate::mqtt::codec::connect_v3("ka", 20))];
         att.handle(CONTROL_CHANNEL, &mut connect, None);
         let (packets, reason) = control_output(&att).await;
         assert!(matches!(packets.as_slice(), [Packet::Connack(_)]), "{packets:?}");

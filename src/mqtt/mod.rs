@@ -90,7 +90,7 @@ pub enum MqttError {
     Encode(#[source] codec::CodecError),
     /// The broker answered CONNECT with this refusal.
     #[error("connection refused by the broker: CONNACK {0:?}")]
-    Refused(codec::ConnectReturnCode),
+    Refused(codec::ConnectReasonCode),
     /// The peer broke the protocol; the message says how.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -327,7 +327,11 @@ impl StreamTask {
                 return;
             }
         }
-        let mut decoder = Decoder::new(max_packet);
+        // The control stream learns the version from its CONNECT; a data stream opens after it.
+        let mut decoder = match att.known_version() {
+            Some(v) => Decoder::with_version(max_packet, v),
+            None => Decoder::new(max_packet),
+        };
         let mut packets = Vec::new();
         let end = loop {
             // Hand over what was read, a slice at a time, while the outbox has room.
@@ -353,6 +357,9 @@ impl StreamTask {
                     }
                 }
                 let saw_connect = control && packets.iter().any(|p| matches!(p, Packet::Connect(_)));
+                if control {
+                    att.learn_version(&decoder);
+                }
                 att.handle(channel, &mut packets, err.as_ref());
                 if saw_connect {
                     if let Some(tx) = &connected {
@@ -572,7 +579,7 @@ impl Writer {
                 wrote = true;
                 lane.end = self.att.drain(channel, &mut batch, WRITE_BATCH);
                 for p in batch.drain(..) {
-                    if let Err(e) = codec::encode(&p, &mut lane.buf) {
+                    if let Err(e) = codec::encode(&p, self.att.version(), &mut lane.buf) {
                         tracing::warn!(remote = %self.conn.remote_address(), channel, error = %e,
                             "mqtt+quic: cannot encode a packet");
                     }
@@ -677,7 +684,7 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::Connack(_) => "CONNACK",
         Packet::Pingreq => "PINGREQ",
         Packet::Pingresp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
+        Packet::Disconnect(_) => "DISCONNECT",
         _ => "other",
     }
 }

@@ -191,7 +191,7 @@ fn read_all(db: &Database, path: &Path) -> Result<Recovered, StoreError> {
             TopicName::try_from(k.value()).map_err(|e| corrupt(format!("retained topic {:?}: {e}", k.value())))?;
         let (qos, payload) =
             decode_retained(v.value()).ok_or_else(|| corrupt(format!("retained message of {topic}")))?;
-        retained.push(Message { topic, payload, qos, retain: true });
+        retained.push(Message::new(topic, payload, qos, true));
     }
     let mut sessions = Vec::new();
     let table = match rtx.open_table(SESSIONS) {
@@ -318,7 +318,7 @@ pub(crate) fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>
         Some(3) => Some(OutStage::AwaitPubcomp(pid)),
         Some(_) => return None,
     };
-    Some((stage, r == 1, Message { topic, payload, qos, retain: r == 1 }))
+    Some((stage, r == 1, Message::new(topic, payload, qos, r == 1)))
 }
 
 pub(crate) fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
@@ -696,12 +696,7 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Message {
-        Message {
-            topic: TopicName::try_from(topic).unwrap(),
-            payload: Bytes::from_static(payload),
-            qos: QoS::Level1,
-            retain: true,
-        }
+        Message::new(TopicName::try_from(topic).unwrap(), Bytes::from_static(payload), QoS::Level1, true)
     }
 
     #[test]

@@ -326,7 +326,7 @@ impl ConnTask {
         let mut sc = take_scratch();
         let close = self.att.drain(CONTROL_CHANNEL, &mut sc.packets, WRITE_BATCH);
         for p in sc.packets.drain(..) {
-            if let Err(e) = codec::encode(&p, &mut sc.out) {
+            if let Err(e) = codec::encode(&p, self.att.version(), &mut sc.out) {
                 tracing::warn!("mqtt: cannot encode {:?}: {e}", p.get_type());
             }
         }
@@ -357,12 +357,11 @@ impl ConnTask {
 
     /// Read what is available and hand the packets to the broker.
     fn read(&mut self) -> Step {
-        let max = self.att.broker().config().max_packet_size;
         let mut sc = take_scratch();
         // Decode straight from the read buffer; a decoder is kept only for an incomplete frame.
         let mut decoder = match self.bufs.as_mut().and_then(|b| b.decoder.take()) {
             Some(d) => d,
-            None => Decoder::new(max),
+            None => self.att.decoder(),
         };
         let got = self.wire.take(|bytes| decoder.feed(bytes, &mut sc.packets));
         let step = match got {
@@ -374,6 +373,7 @@ impl ConnTask {
                 Step::Done
             }
             Ok(Some((_, decoded))) => {
+                self.att.learn_version(&decoder);
                 let err = decoded.err();
                 if err.is_some() {
                     self.reading = false;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use quiclab::mqtt::client::{connect_stream, BoxStream, MqttUrl};
-use quiclab::mqtt::codec::{self, Connect, Decoder, Packet};
+use quiclab::mqtt::codec::{self, Decoder, Packet};
 use quiclab::tls::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -87,18 +87,21 @@ impl Raw {
     pub async fn connect(url: &MqttUrl, trust: &Trust, id: &str, clean: bool) -> Option<(Raw, bool)> {
         let io = connect_stream(url, trust, Duration::from_secs(5)).await.ok()?;
         let mut raw = Raw { io, dec: Decoder::new(1 << 20), got: VecDeque::new() };
-        let mut c = Connect::new(id.into(), 60);
-        c.clean_session = clean;
-        raw.send(Packet::Connect(c)).await.ok()?;
+        let mut c = quiclab::mqtt::codec::connect_v3(id, 60);
+        c.clean_start = clean;
+        raw.send(Packet::connect(c)).await.ok()?;
         match raw.next(Duration::from_secs(5)).await {
-            Some(Packet::Connack(a)) if a.code == codec::ConnectReturnCode::Accepted => Some((raw, a.session_present)),
+            Some(Packet::Connack(a)) if a.reason_code == codec::ConnectReasonCode::Success => {
+                Some((raw, a.session_present))
+            }
             _ => None,
         }
     }
 
     pub async fn send(&mut self, p: Packet) -> std::io::Result<()> {
         let mut buf = Vec::new();
-        codec::encode(&p, &mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+        codec::encode(&p, quiclab::mqtt::codec::Version::V3, &mut buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.io.write_all(&buf).await?;
         self.io.flush().await
     }

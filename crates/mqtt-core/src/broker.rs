@@ -51,11 +51,12 @@ use std::time::{Duration, Instant};
 use crate::acl::{ClientAcl, Op};
 use crate::auth::Verdict;
 use crate::codec::{
-    CodecError, Connack, Connect, ConnectReturnCode, Encodable, Packet, Pid, Protocol, Publish, QoS, QosPid, Suback,
-    Subscribe, SubscribeReturnCode, TopicFilter, TopicName, Unsubscribe,
+    CodecError, Connect, ConnectReasonCode, DisconnectReasonCode, Encodable, MessageProps, Packet, Pid, Protocol,
+    PubackReasonCode, Publish, PublishProps, QoS, QosPid, RetainHandling, Suback, Subscribe, SubscribeReasonCode,
+    TopicFilter, TopicName, Unsubscribe, UnsubscribeReasonCode, Version,
 };
 use crate::config::MqttConfig;
-use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId};
+use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Will, MAX_SESSION_INFLIGHT};
 use crate::slab::Slab;
 use crate::topic::{filter_matches, RetainTree, SubTree, Subscriber};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
@@ -133,7 +134,7 @@ pub enum CloseReason {
     /// The client sent DISCONNECT (§3.14.4-1).
     Disconnect,
     /// CONNACK with a refusal code was sent (§3.2.2-5).
-    Refused(ConnectReturnCode),
+    Refused(ConnectReasonCode),
     /// A new connection with the same client id took the session over (§3.1.4-2).
     TakenOver,
     /// No packet within 1.5 × keepalive (§3.1.2-24).
@@ -224,6 +225,12 @@ pub struct CoreStats {
     pub limit_early_hold: u64,
     /// CONNECTs refused (0x03) because `max_sessions` sessions existed.
     pub limit_sessions: u64,
+    /// Offline sessions ended by their MQTT 5 Session Expiry Interval.
+    pub sessions_expired: u64,
+    /// Messages not delivered because their MQTT 5 Message Expiry Interval had passed.
+    pub expired_messages: u64,
+    /// PUBLISH packets not sent because they exceeded the client's MQTT 5 Maximum Packet Size.
+    pub dropped_too_large: u64,
     pub connects_accepted: u64,
     pub connects_refused: u64,
     pub takeovers: u64,
@@ -267,7 +274,7 @@ struct Conn<D> {
     expiry_ms: u32,
     /// The deadline this connection has in the timer heap, if any.
     armed: Option<Instant>,
-    will: Option<Box<Message>>,
+    will: Option<Box<Will>>,
     /// A Close was emitted: input is ignored until the driver reports the connection gone.
     closing: bool,
     /// Present while the connection is early (its QUIC handshake has not completed).
@@ -276,8 +283,26 @@ struct Conn<D> {
     /// one ([`BrokerCore::set_cert_identity`]); for `require_certificate` and
     /// `use_identity_as_username`.
     identity: Option<Box<str>>,
+    /// The packet format of the connection: 3.1.1 until a CONNECT says otherwise.
+    version: Version,
+    /// What an MQTT 5 CONNECT negotiated; `None` for 3.1.1.
+    v5: Option<Box<ConnV5>>,
     /// The driver's own data for this connection (its outboxes).
     data: D,
+}
+
+/// What an MQTT 5 connection's CONNECT asked for (§3.1.2.11), and its inbound Topic Aliases.
+#[derive(Debug, Default)]
+struct ConnV5 {
+    /// Request Problem Information (§3.1.2.11.7): reason strings on acknowledgements.
+    problem_info: bool,
+    /// The Session Expiry Interval of the CONNECT (§3.1.2.11.2): a DISCONNECT may not raise it
+    /// from 0 (§3.14.2.2.2).
+    session_expiry: u32,
+    /// Topic Aliases the client set, per channel: an alias names a topic within the ordered
+    /// byte stream it travels on (over TCP the connection, over QUIC one stream,
+    /// docs/mqtt-over-quic.md §2.6). At most `max_topic_alias` per channel.
+    aliases: HashMap<(ChannelId, u16), TopicName>,
 }
 
 /// What an early connection holds until its handshake completes (docs/mqtt-over-quic.md §6.8).
@@ -303,7 +328,9 @@ impl Held {
     fn cost(&self) -> usize {
         let body = match self {
             Held::Packet(_, Packet::Connect(c)) => c.encode_len(),
-            Held::Packet(_, Packet::Publish(p)) => p.encode_len(),
+            Held::Packet(_, Packet::Publish(p)) => {
+                crate::codec::wire_len_hint(&Packet::Publish(p.clone()), Version::V5)
+            }
             Held::Packet(_, Packet::Subscribe(s)) => s.encode_len(),
             Held::Packet(_, Packet::Unsubscribe(u)) => u.encode_len(),
             Held::Packet(_, _) | Held::ChannelEnd(..) => 2,
@@ -312,13 +339,11 @@ impl Held {
     }
 }
 
+/// Longest reason string the broker puts in a DISCONNECT or acknowledgement, bytes.
+const REASON_STRING_MAX: usize = 200;
+
 /// Held bytes allowed beyond one maximum-size packet (§6.10).
 const EARLY_HOLD_SLACK: usize = 64 << 10;
-
-/// Outbound QoS 1/2 messages in flight per session, all channels together: the window is per
-/// channel (docs/mqtt-over-quic.md §6.12), but packet identifiers are per session (§2.6) and
-/// there are 65,535 of them. Beyond this, deliveries wait in their channel's queue.
-const MAX_SESSION_INFLIGHT: usize = 65_000;
 
 /// The broker state machine. See the module documentation. `D` is whatever the driver keeps
 /// per connection (its outboxes, [`BrokerCore::conn_data_mut`]); the core only stores it.
@@ -332,6 +357,12 @@ pub struct BrokerCore<D = ()> {
     /// Bytes of `retained` as counted against `max_retained_bytes`.
     retained_bytes: usize,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Deadlines of offline sessions: their expiry (MQTT 5 Session Expiry Interval) or their
+    /// delayed will (Will Delay Interval), whichever is first ([`Session::deadline`]).
+    session_timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// The latest `now` an entry point was given: the clock of what happens inside a call
+    /// (expiry deadlines, remaining Message Expiry Intervals). `None` before the first.
+    now: Option<Instant>,
     stats: CoreStats,
     assigned_ids: u64,
     scratch: Vec<Subscriber<SubKey>>,
@@ -362,6 +393,15 @@ fn sync_control_route(tree: &mut SubTree<SubKey>, sid: SessionId, s: &Session, f
     }
 }
 
+/// The SUBACK code granting `q`.
+fn granted_code(q: QoS) -> SubscribeReasonCode {
+    match q {
+        QoS::Level0 => SubscribeReasonCode::GrantedQoS0,
+        QoS::Level1 => SubscribeReasonCode::GrantedQoS1,
+        QoS::Level2 => SubscribeReasonCode::GrantedQoS2,
+    }
+}
+
 fn qos_u8(q: QoS) -> u8 {
     q as u8
 }
@@ -389,10 +429,9 @@ fn flows_flight_op(f: &Flows, client_id: &Arc<str>, id: u16) -> Option<StoreOp> 
     let (stage, msg) = match &fl.state {
         OutState::AwaitPuback(m) => (OutStage::AwaitPuback(id), m.clone()),
         OutState::AwaitPubrec(m) => (OutStage::AwaitPubrec(id), m.clone()),
-        OutState::AwaitPubcomp(t) => (
-            OutStage::AwaitPubcomp(id),
-            Message { topic: t.clone(), payload: bytes::Bytes::new(), qos: QoS::Level2, retain: false },
-        ),
+        OutState::AwaitPubcomp(t) => {
+            (OutStage::AwaitPubcomp(id), Message::new(t.clone(), bytes::Bytes::new(), QoS::Level2, false))
+        }
     };
     Some(StoreOp::Outbound { client_id: client_id.clone(), seq: fl.seq, stage, retain: fl.retain, msg })
 }
@@ -402,8 +441,39 @@ fn done_op(s: &Session, seq: u64, persist: bool) -> Option<StoreOp> {
     (persist && !s.clean).then(|| StoreOp::OutboundDone { client_id: s.client_id.clone(), seq })
 }
 
-fn publish_packet(msg: &Message, qos_pid: QosPid, retain: bool, dup: bool) -> Packet {
-    Packet::Publish(Publish { dup, retain, qos_pid, topic_name: msg.topic.clone(), payload: msg.payload.clone() })
+/// The PUBLISH that delivers `msg`: its MQTT 5 properties, and what is left of its Message
+/// Expiry Interval at `now` (§3.3.2-6), at least a second while it has not expired. (A 3.1.1
+/// encoding leaves them out.)
+fn publish_packet(msg: &Message, qos_pid: QosPid, retain: bool, dup: bool, now: Option<Instant>) -> Packet {
+    let message_expiry = msg.expires_at.zip(now).map(|(at, now)| {
+        let left = at.saturating_duration_since(now);
+        u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX).max(1)
+    });
+    let props = (msg.props.is_some() || message_expiry.is_some())
+        .then(|| Box::new(PublishProps { message: msg.props.clone(), message_expiry, ..Default::default() }));
+    Packet::Publish(Publish {
+        dup,
+        retain,
+        qos_pid,
+        topic_name: msg.topic.clone(),
+        payload: msg.payload.clone(),
+        props,
+    })
+}
+
+/// The will of a CONNECT, with its MQTT 5 properties (§3.1.3.2).
+fn will_of(w: crate::codec::LastWill) -> Will {
+    let p = w.properties;
+    let props = MessageProps {
+        payload_utf8: p.payload_is_utf8,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    };
+    let mut msg = Message::new(w.topic_name, w.payload, w.qos, w.retain);
+    msg.props = props.shared();
+    Will { msg, delay: p.delay_interval.unwrap_or(0), expiry: p.message_expiry_interval }
 }
 
 fn pid(v: u16) -> Pid {
@@ -425,6 +495,8 @@ impl<D> BrokerCore<D> {
             retained: RetainTree::new(),
             retained_bytes: 0,
             timers: BinaryHeap::with_capacity(n),
+            session_timers: BinaryHeap::new(),
+            now: None,
             cfg,
             stats: CoreStats::default(),
             assigned_ids: 0,
@@ -567,6 +639,7 @@ impl<D> BrokerCore<D> {
     /// A new network connection: returns its id and arms the CONNECT deadline (§3.1).
     /// (`peer` is only logged: the core keeps no per-connection address.)
     pub fn open(&mut self, peer: Option<SocketAddr>, data: D, now: Instant, out: &mut Vec<Action>) -> ConnId {
+        self.now = Some(now);
         let conn = Conn {
             session: None,
             last_seen: now,
@@ -576,6 +649,8 @@ impl<D> BrokerCore<D> {
             closing: false,
             early: None,
             identity: None,
+            version: Version::V3,
+            v5: None,
             data,
         };
         let id = self.conns.insert(conn);
@@ -614,6 +689,7 @@ impl<D> BrokerCore<D> {
     /// The QUIC handshake of `conn` completed: it is no longer early, and the packets it held
     /// are processed now, in arrival order (docs/mqtt-over-quic.md §6.11).
     pub fn handshake_complete(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        self.now = Some(now);
         let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(early) = c.early.take() else { return };
         if c.closing {
@@ -650,7 +726,8 @@ impl<D> BrokerCore<D> {
             (None, Packet::Connect(p)) => {
                 // An empty id gets a new, unique one (§3.1.3-6): unknown by construction.
                 channel == CONTROL_CHANNEL
-                    && p.clean_session
+                    && p.clean_start
+                    && (p.protocol != Protocol::V500 || p.properties.session_expiry_interval.unwrap_or(0) == 0)
                     && (p.client_id.is_empty() || !self.by_client.contains_key(&*p.client_id))
             }
             (Some(sid), Packet::Pingreq | Packet::Subscribe(_) | Packet::Unsubscribe(_)) => {
@@ -669,8 +746,9 @@ impl<D> BrokerCore<D> {
         if early.bytes.saturating_add(cost) > limit {
             let held = early.held.len();
             self.stats.limit_early_hold += 1;
-            return self.violation(
+            return self.violation_as(
                 conn,
+                DisconnectReasonCode::QuotaExceeded,
                 format!(
                     "more than {limit} bytes of packets ({held} held) before the QUIC handshake completed \
                      (docs/mqtt-over-quic.md §6.10)"
@@ -700,11 +778,61 @@ impl<D> BrokerCore<D> {
 
     /// The earliest deadline; call [`BrokerCore::handle_timeout`] then.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let conn = self.timers.peek().map(|Reverse((t, _))| *t);
+        let session = self.session_timers.peek().map(|Reverse((t, _))| *t);
+        match (conn, session) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Put offline session `sid`'s next deadline ([`Session::deadline`]) in the session timer
+    /// heap, and say so to the driver if it is the earliest of all.
+    fn arm_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
+        let Some(at) = self.sessions.get(sid).and_then(Session::deadline) else { return };
+        let earliest = self.poll_timeout();
+        self.session_timers.push(Reverse((at, sid)));
+        if earliest.is_none_or(|e| at < e) {
+            out.push(Action::Timer { at });
+        }
+    }
+
+    /// Publish the delayed wills that are due and end the sessions that expired, at `now`
+    /// (MQTT 5 §3.1.3.2.2, §3.1.2.11.2). A session's will goes out before it ends.
+    fn expire_sessions(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(Reverse((at, sid))) = self.session_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.session_timers.pop();
+            let Some(s) = self.sessions.get_mut(sid) else { continue };
+            if s.conn.is_some() || s.deadline() != Some(at) {
+                continue; // back online, or superseded by another entry
+            }
+            if let Some((due, _)) = &s.delayed_will {
+                if *due <= now || s.expires_at.is_some_and(|e| e <= now) {
+                    if let Some((_, will)) = s.delayed_will.take() {
+                        let acl = s.acl.clone();
+                        let cid = s.client_id.clone();
+                        self.publish_will(&cid, acl.as_deref(), *will, out);
+                    }
+                }
+            }
+            let Some(s) = self.sessions.get(sid) else { continue };
+            if s.expires_at.is_some_and(|e| e <= now) {
+                self.stats.sessions_expired += 1;
+                tracing::debug!(client_id = &*s.client_id, "mqtt: session expired (Session Expiry Interval)");
+                self.destroy_session(sid, out);
+            } else {
+                self.arm_session(sid, out);
+            }
+        }
     }
 
     /// Expire whatever is due at `now`: CONNECT deadlines and keepalives (§3.1.2-24).
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.now = Some(now);
+        self.expire_sessions(now, out);
         while let Some(Reverse((at, conn))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -748,7 +876,8 @@ impl<D> BrokerCore<D> {
 
     /// The transport is gone (EOF, I/O error, or after a Close). Publishes the will unless the
     /// client sent DISCONNECT (§3.1.2-8, §3.14.4-3).
-    pub fn closed(&mut self, conn: ConnId, _now: Instant, out: &mut Vec<Action>) {
+    pub fn closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        self.now = Some(now);
         let Some(c) = self.conns.get(conn) else { return };
         if !c.closing {
             if let Some(s) = c.session.and_then(|sid| self.sessions.get(sid)) {
@@ -778,9 +907,10 @@ impl<D> BrokerCore<D> {
         conn: ConnId,
         channel: ChannelId,
         end: ChannelEnd,
-        _now: Instant,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.now = Some(now);
         if channel == CONTROL_CHANNEL {
             return;
         }
@@ -808,9 +938,10 @@ impl<D> BrokerCore<D> {
         conn: ConnId,
         channel: ChannelId,
         err: &CodecError,
-        _now: Instant,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.now = Some(now);
         let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
@@ -821,9 +952,9 @@ impl<D> BrokerCore<D> {
             out.push(Action::Send {
                 conn,
                 channel,
-                packet: Packet::Connack(Connack::new(false, ConnectReturnCode::UnacceptableProtocolVersion)),
+                packet: Packet::connack(false, ConnectReasonCode::UnsupportedProtocolVersion),
             });
-            self.close(conn, CloseReason::Refused(ConnectReturnCode::UnacceptableProtocolVersion), false, out);
+            self.close(conn, CloseReason::Refused(ConnectReasonCode::UnsupportedProtocolVersion), false, out);
             return;
         }
         if let CodecError::TooLarge { .. } = err {
@@ -836,11 +967,13 @@ impl<D> BrokerCore<D> {
             why = format!("{why}: {c}");
             cause = c.source();
         }
-        self.violation(conn, format!("malformed packet: {why}"), out);
+        let code = DisconnectReasonCode::from_u8(err.reason_code()).unwrap_or(DisconnectReasonCode::MalformedPacket);
+        self.violation_as(conn, code, format!("malformed packet: {why}"), out);
     }
 
     /// A decoded packet from `channel` of `conn`.
     pub fn handle(&mut self, conn: ConnId, channel: ChannelId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
+        self.now = Some(now);
         let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
@@ -863,14 +996,14 @@ impl<D> BrokerCore<D> {
         c.last_seen = now;
         let Some(sid) = c.session else {
             match packet {
-                Packet::Connect(p) if channel == CONTROL_CHANNEL => self.on_connect(conn, p, now, out),
+                Packet::Connect(p) if channel == CONTROL_CHANNEL => self.on_connect(conn, *p, now, out),
                 Packet::Connect(_) => self.violation(conn, "CONNECT on a data channel".into(), out),
                 // MQTT 3.1.1 §3.1.0-1: the first packet from the client MUST be CONNECT.
                 other => self.violation(conn, format!("{:?} before CONNECT (§3.1.0-1)", other.get_type()), out),
             }
             return;
         };
-        if channel != CONTROL_CHANNEL && matches!(packet, Packet::Pingreq | Packet::Disconnect) {
+        if channel != CONTROL_CHANNEL && matches!(packet, Packet::Pingreq | Packet::Disconnect(_)) {
             // docs/mqtt-over-quic.md §2.1, §2.3: PINGREQ and DISCONNECT only on the control channel.
             let kind = packet.get_type();
             return self.violation(conn, format!("{kind:?} on a data channel"), out);
@@ -879,29 +1012,74 @@ impl<D> BrokerCore<D> {
             // MQTT 3.1.1 §3.1.0-2: a second CONNECT is a protocol violation.
             Packet::Connect(_) => self.violation(conn, "second CONNECT (§3.1.0-2)".into(), out),
             Packet::Publish(p) => self.on_publish(conn, sid, channel, p, out),
-            Packet::Puback(p) => self.on_puback(sid, p, out),
-            Packet::Pubrec(p) => self.on_pubrec(conn, sid, p, out),
-            Packet::Pubrel(p) => self.on_pubrel(conn, sid, channel, p, out),
-            Packet::Pubcomp(p) => self.on_pubcomp(sid, p, out),
+            Packet::Puback(p) => self.on_puback(sid, p.pid, out),
+            Packet::Pubrec(p) => self.on_pubrec(conn, sid, p.pid, out),
+            Packet::Pubrel(p) => self.on_pubrel(conn, sid, channel, p.pid, out),
+            Packet::Pubcomp(p) => self.on_pubcomp(sid, p.pid, out),
             Packet::Subscribe(s) => self.on_subscribe(conn, sid, channel, s, out),
             Packet::Unsubscribe(u) => self.on_unsubscribe(conn, sid, channel, u, out),
             // MQTT 3.1.1 §3.12.4-1: answer PINGREQ with PINGRESP.
             Packet::Pingreq => out.push(Action::Send { conn, channel, packet: Packet::Pingresp }),
-            Packet::Disconnect => {
-                // MQTT 3.1.1 §3.14.4-3: discard the will; §3.14.4-1: close the connection.
-                if let Some(c) = self.conns.get_mut(conn) {
-                    c.will = None;
-                }
-                self.close(conn, CloseReason::Disconnect, false, out);
+            Packet::Disconnect(d) => self.on_disconnect(conn, sid, &d, out),
+            // MQTT 5 §4.12: no authentication method was agreed in CONNECT (one that names one
+            // is refused), so an AUTH is out of place.
+            Packet::Auth(_) => {
+                self.violation(conn, "AUTH without an authentication method in CONNECT (§4.12)".into(), out)
             }
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
-                let kind = packet.get_type();
-                self.violation(conn, format!("{kind:?} is a server-to-client packet"), out)
+                let kind = packet.name();
+                self.violation(conn, format!("{kind} is a server-to-client packet"), out)
             }
         }
     }
 
+    /// The client's DISCONNECT: close, discarding the will (3.1.1 §3.14.4-3), unless an MQTT 5
+    /// client asked for it with 0x04 (§3.14.2.1). MQTT 5 may change the Session Expiry
+    /// Interval here, but not from 0 (§3.14.2.2.2).
+    fn on_disconnect(&mut self, conn: ConnId, sid: SessionId, d: &crate::codec::Disconnect, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let v5 = c.v5.as_deref().map(|v| v.session_expiry);
+        if let (Some(was), Some(now)) = (v5, d.properties.session_expiry_interval) {
+            if was == 0 && now != 0 {
+                return self.violation(
+                    conn,
+                    "DISCONNECT sets a Session Expiry Interval after CONNECT set 0 (§3.14.2.2.2)".into(),
+                    out,
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.expiry = now;
+                s.clean = now == 0;
+            }
+        }
+        let keep_will = v5.is_some() && d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+        if (d.reason_code as u8) >= 0x80 {
+            let cid = self.client_id_of(conn);
+            tracing::info!(
+                conn,
+                client_id = cid.as_deref().unwrap_or(""),
+                code = d.reason_code as u8,
+                reason = d.properties.reason_string.as_deref().unwrap_or(""),
+                "mqtt: client disconnected with an error"
+            );
+        }
+        if !keep_will {
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.will = None;
+            }
+        }
+        // §3.14.4-1: close the connection.
+        self.close(conn, CloseReason::Disconnect, keep_will, out);
+    }
+
+    /// Close `conn` for a protocol violation (MQTT 5: DISCONNECT 0x82 Protocol Error).
     fn violation(&mut self, conn: ConnId, what: String, out: &mut Vec<Action>) {
+        self.violation_as(conn, DisconnectReasonCode::ProtocolError, what, out)
+    }
+
+    /// Close `conn` for a violation an MQTT 5 client is told with `code` (0x81 Malformed Packet,
+    /// 0x93 Receive Maximum exceeded, 0x94 Topic Alias invalid, 0x97 Quota exceeded, ...).
+    fn violation_as(&mut self, conn: ConnId, code: DisconnectReasonCode, what: String, out: &mut Vec<Action>) {
         self.stats.violations += 1;
         let cid = self.client_id_of(conn);
         tracing::warn!(
@@ -910,7 +1088,7 @@ impl<D> BrokerCore<D> {
             "mqtt: {what}; closing the connection"
         );
         // MQTT 3.1.1 §3.1.2-8: a connection closed for a protocol error publishes its will.
-        self.close(conn, CloseReason::Violation(what), true, out);
+        self.close_with(conn, CloseReason::Violation(what), Some(code), true, out);
     }
 
     /// The number of levels of `topic`, if it has more than `max_topic_levels`.
@@ -929,14 +1107,52 @@ impl<D> BrokerCore<D> {
     fn topic_too_deep(&mut self, conn: ConnId, what: &str, levels: usize, out: &mut Vec<Action>) {
         self.stats.limit_topic_levels += 1;
         let max = self.cfg.max_topic_levels;
-        self.violation(conn, format!("{what} has {levels} levels (max_topic_levels {max})"), out);
+        let code = if what.contains("filter") {
+            DisconnectReasonCode::TopicFilterInvalid
+        } else {
+            DisconnectReasonCode::TopicNameInvalid
+        };
+        self.violation_as(conn, code, format!("{what} has {levels} levels (max_topic_levels {max})"), out);
     }
 
-    /// Emit Close, detach the session, publish the will if asked.
+    /// Emit Close, detach the session, publish the will if asked. An MQTT 5 client that got
+    /// its CONNACK is told why first: a DISCONNECT with the reason code of `reason`
+    /// (§3.14, §4.13), unless it sent DISCONNECT itself.
     fn close(&mut self, conn: ConnId, reason: CloseReason, publish_will: bool, out: &mut Vec<Action>) {
+        let code = match &reason {
+            CloseReason::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            CloseReason::KeepaliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+            CloseReason::Violation(_) => Some(DisconnectReasonCode::ProtocolError),
+            CloseReason::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+            CloseReason::Disconnect | CloseReason::Refused(_) | CloseReason::ConnectTimeout => None,
+        };
+        self.close_with(conn, reason, code, publish_will, out)
+    }
+
+    /// [`BrokerCore::close`] with the DISCONNECT reason code given (`None`: no DISCONNECT).
+    fn close_with(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        code: Option<DisconnectReasonCode>,
+        publish_will: bool,
+        out: &mut Vec<Action>,
+    ) {
         let Some(c) = self.conns.get(conn) else { return };
         if c.closing {
             return;
+        }
+        if let (Some(code), Version::V5, Some(_)) = (code, c.version, c.session) {
+            let mut d = crate::codec::Disconnect::new(code);
+            // A reason string is allowed on DISCONNECT whatever Request Problem Information
+            // says (§3.1.2.11.7); kept short so it fits any Maximum Packet Size worth having.
+            let why = reason.to_string();
+            let mut end = why.len().min(REASON_STRING_MAX);
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.properties.reason_string = Some(why[..end].into());
+            out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Disconnect(Box::new(d)) });
         }
         self.detach(conn, publish_will, out);
         out.push(Action::Close { conn, reason });
@@ -944,8 +1160,10 @@ impl<D> BrokerCore<D> {
 
     /// Mark `conn` closing and detach its session: a clean session ends (§3.1.2-6), a
     /// persistent one keeps its state, all of it on the control channel (docs/mqtt-over-quic.md
-    /// §6.6). Held early packets are dropped. Then publish the will if asked, unless the
-    /// connection was still early (§6.11).
+    /// §6.6), and one with a finite MQTT 5 Session Expiry Interval ends when it runs out. Held
+    /// early packets are dropped. Then publish the will if asked, unless the connection was
+    /// still early (§6.11); an MQTT 5 will with a Will Delay Interval waits for it in the
+    /// session, unless the session ends now (§3.1.3.2.2).
     fn detach(&mut self, conn: ConnId, publish_will: bool, out: &mut Vec<Action>) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         c.closing = true;
@@ -957,24 +1175,44 @@ impl<D> BrokerCore<D> {
         // first).
         let will_acl: Option<Arc<ClientAcl>> =
             session.and_then(|sid| self.sessions.get(sid)).and_then(|s| s.acl.clone());
-        let cid = cid.as_deref().unwrap_or("(before CONNECT)");
+        let cid = cid.unwrap_or_else(|| Arc::from("(before CONNECT)"));
         if let Some(e) = &early {
             let held = e.held.iter().filter(|h| matches!(h, Held::Packet(..))).count();
             if held > 0 {
                 self.stats.early_dropped += held as u64;
                 tracing::info!(
                     conn,
-                    client_id = cid,
+                    client_id = &*cid,
                     held,
                     "mqtt: connection closed before its QUIC handshake completed; held packets dropped, \
                      nothing of them applied (docs/mqtt-over-quic.md §6.11)"
                 );
             }
         }
+        let mut will = will.filter(|_| publish_will);
+        if let (Some(_), Some(_)) = (&will, &early) {
+            // Its CONNECT may be a replayed 0-RTT flight (RFC 9001 §9.2).
+            tracing::info!(
+                conn,
+                client_id = &*cid,
+                "mqtt: will not published: the connection closed before its QUIC handshake completed \
+                 (docs/mqtt-over-quic.md §6.11)"
+            );
+            will = None;
+        }
         if let Some(sid) = session {
+            let now = self.now;
             let clean = match self.sessions.get_mut(sid) {
                 Some(s) => {
                     s.conn = None;
+                    if s.expiry != u32::MAX && !s.clean {
+                        s.expires_at = now.map(|n| n + Duration::from_secs(u64::from(s.expiry)));
+                    }
+                    if will.as_ref().is_some_and(|w| w.delay > 0) && !s.clean {
+                        if let (Some(w), Some(n)) = (will.take(), now) {
+                            s.delayed_will = Some((n + Duration::from_secs(u64::from(w.delay)), w));
+                        }
+                    }
                     s.clean
                 }
                 None => false,
@@ -987,7 +1225,7 @@ impl<D> BrokerCore<D> {
                 if m.discarded > 0 {
                     tracing::info!(
                         conn,
-                        client_id = cid,
+                        client_id = &*cid,
                         discarded = m.discarded,
                         "mqtt: data streams' QoS 2 messages awaiting PUBREL discarded with the connection \
                          (undelivered; the client re-sends them, docs/mqtt-over-quic.md §6.4)"
@@ -996,32 +1234,27 @@ impl<D> BrokerCore<D> {
                 if let Some(s) = self.sessions.get_mut(sid) {
                     s.shrink();
                 }
+                self.arm_session(sid, out);
             }
         }
-        if let (true, Some(will)) = (publish_will, will) {
-            if early.is_some() {
-                // Its CONNECT may be a replayed 0-RTT flight (RFC 9001 §9.2).
-                tracing::info!(
-                    conn,
-                    client_id = cid,
-                    "mqtt: will not published: the connection closed before its QUIC handshake completed \
-                     (docs/mqtt-over-quic.md §6.11)"
-                );
-            } else if self.cfg.acl.is_some() && !will_acl.as_deref().is_some_and(|a| a.allows(&will.topic, Op::Write)) {
-                // As mosquitto 2.0.11: a will is checked for write when it is published (the
-                // CONNECT carrying it is accepted).
-                self.stats.acl_denied_will += 1;
-                tracing::info!(
-                    conn,
-                    client_id = cid,
-                    topic = &*will.topic,
-                    "mqtt: will denied by the ACL; not published"
-                );
-            } else {
-                self.stats.wills_published += 1;
-                self.route(*will, out);
-            }
+        if let Some(will) = will {
+            self.publish_will(&cid, will_acl.as_deref(), *will, out);
         }
+    }
+
+    /// Publish `client_id`'s will, if the ACL (the client's, `acl`) lets it write the topic;
+    /// its Message Expiry Interval starts now (MQTT 5 §3.1.3.2.4).
+    fn publish_will(&mut self, client_id: &str, acl: Option<&ClientAcl>, will: Will, out: &mut Vec<Action>) {
+        let will = will.msg.with_expiry(will.expiry, self.now);
+        if self.cfg.acl.is_some() && !acl.is_some_and(|a| a.allows(&will.topic, Op::Write)) {
+            // As mosquitto 2.0.11: a will is checked for write when it is published (the
+            // CONNECT carrying it is accepted).
+            self.stats.acl_denied_will += 1;
+            tracing::info!(client_id, topic = &*will.topic, "mqtt: will denied by the ACL; not published");
+            return;
+        }
+        self.stats.wills_published += 1;
+        self.route(will, None, out);
     }
 
     fn destroy_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
@@ -1168,9 +1401,9 @@ impl<D> BrokerCore<D> {
             for (_, id) in resend {
                 let Some(fl) = f.inflight.get(&id) else { continue };
                 let packet = match &fl.state {
-                    OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true),
-                    OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true),
-                    OutState::AwaitPubcomp(_) => Packet::Pubrel(pid(id)),
+                    OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true, self.now),
+                    OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true, self.now),
+                    OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
                 };
                 if matches!(packet, Packet::Publish(_)) {
                     self.stats.delivered += 1;
@@ -1187,17 +1420,17 @@ impl<D> BrokerCore<D> {
         Some(self.sessions.get(sid)?.client_id.clone())
     }
 
-    fn refuse(&mut self, conn: ConnId, client_id: &str, code: ConnectReturnCode, why: &str, out: &mut Vec<Action>) {
+    fn refuse(&mut self, conn: ConnId, client_id: &str, code: ConnectReasonCode, why: &str, out: &mut Vec<Action>) {
         self.stats.connects_refused += 1;
         tracing::info!(conn, client_id, "mqtt: CONNECT refused with {code:?}: {why}");
         // MQTT 3.1.1 §3.2.2-4: session present 0 with a non-zero return code; §3.2.2-5: then close.
-        out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Connack(Connack::new(false, code)) });
+        out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::connack(false, code) });
         self.close(conn, CloseReason::Refused(code), false, out);
     }
 
     /// Who the client of `p` is, or why it is refused (docs/mqtt.md, "Authentication and
     /// authorization"): `Ok(user name)`, `None` for an anonymous client.
-    fn authenticate(&self, conn: ConnId, p: &Connect) -> Result<Option<Box<str>>, (ConnectReturnCode, String)> {
+    fn authenticate(&self, conn: ConnId, p: &Connect) -> Result<Option<Box<str>>, (ConnectReasonCode, String)> {
         let user = p.username.as_deref();
         let shown = user.unwrap_or("(none)");
         let identity = self.conns.get(conn).and_then(|c| c.identity.clone());
@@ -1206,7 +1439,7 @@ impl<D> BrokerCore<D> {
             // arrives without one came over plain TCP, which cannot carry one. One policy for
             // every listener: refused (mosquitto sets it per listener; docs/mqtt.md).
             return Err((
-                ConnectReturnCode::NotAuthorized,
+                ConnectReasonCode::NotAuthorized,
                 format!("user {shown}: a client certificate is required and this connection has none (plain TCP)"),
             ));
         }
@@ -1217,7 +1450,7 @@ impl<D> BrokerCore<D> {
             return match identity {
                 Some(cn) => Ok(Some(cn)),
                 None => Err((
-                    ConnectReturnCode::BadUserNameOrPassword,
+                    ConnectReasonCode::BadUserNameOrPassword,
                     format!(
                         "user {shown}: no client certificate to take the user name from (use_identity_as_username)"
                     ),
@@ -1226,7 +1459,7 @@ impl<D> BrokerCore<D> {
         }
         // MQTT 3.1.1 §3.1.2.8-9, §3.2.2.3; the codes are mosquitto 2.0.11's: 0x05 for every
         // refusal (missing, unknown or wrong), as checked against it.
-        let refuse = |why: String| Err((ConnectReturnCode::NotAuthorized, why));
+        let refuse = |why: String| Err((ConnectReasonCode::NotAuthorized, why));
         match (user, &self.cfg.password_file) {
             (None, _) if !self.cfg.anonymous_allowed() => refuse("anonymous clients are not allowed".into()),
             (None, _) => Ok(None),
@@ -1291,6 +1524,17 @@ impl<D> BrokerCore<D> {
     }
 
     fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
+        let version = Version::of(p.protocol);
+        let v5 = version == Version::V5;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.version = version;
+        }
+        if let Some(method) = &p.properties.auth_method {
+            // MQTT 5 §4.12: enhanced authentication; no method is offered (docs/mqtt.md).
+            self.stats.auth_failures += 1;
+            let why = format!("authentication method {method:?} is not supported");
+            return self.refuse(conn, &p.client_id, ConnectReasonCode::BadAuthMethod, &why, out);
+        }
         let user = match self.authenticate(conn, &p) {
             Ok(user) => user,
             Err((code, why)) => {
@@ -1303,24 +1547,39 @@ impl<D> BrokerCore<D> {
             if let Some(levels) = self.too_deep(&w.topic_name) {
                 return self.topic_too_deep(conn, "will topic", levels, out);
             }
+            if v5 && w.qos > self.cfg.max_qos {
+                // MQTT 5 §3.2.2-12: a will above the Maximum QoS is refused with 0x9B.
+                let why = format!("will QoS {} above the server's maximum {}", w.qos as u8, self.cfg.max_qos as u8);
+                return self.refuse(conn, &p.client_id, ConnectReasonCode::QoSNotSupported, &why, out);
+            }
         }
         // MQTT 3.1 (the "MQIsdp" protocol) limits client ids to 23 characters.
         if p.protocol == Protocol::V310 && p.client_id.chars().count() > 23 {
             return self.refuse(
                 conn,
                 &p.client_id,
-                ConnectReturnCode::IdentifierRejected,
+                ConnectReasonCode::ClientIdentifierNotValid,
                 "3.1 client id longer than 23",
                 out,
             );
         }
-        let client_id: Arc<str> = if p.client_id.is_empty() {
-            if !p.clean_session {
-                // MQTT 3.1.1 §3.1.3-8: empty id with clean session 0 → 0x02.
+        // How long the session outlives the connection: 3.1.1 clean session 0 keeps it for
+        // good, 1 ends it with the connection; MQTT 5 says it in seconds (§3.1.2.11.2), absent
+        // meaning 0, 0xFFFFFFFF meaning never.
+        let expiry = match (v5, p.clean_start) {
+            (true, _) => p.properties.session_expiry_interval.unwrap_or(0),
+            (false, true) => 0,
+            (false, false) => u32::MAX,
+        };
+        let assigned = p.client_id.is_empty();
+        let client_id: Arc<str> = if assigned {
+            if !v5 && !p.clean_start {
+                // MQTT 3.1.1 §3.1.3-8: empty id with clean session 0 → 0x02. (MQTT 5 assigns
+                // one whatever Clean Start says, §3.1.3-6.)
                 return self.refuse(
                     conn,
                     "",
-                    ConnectReturnCode::IdentifierRejected,
+                    ConnectReasonCode::ClientIdentifierNotValid,
                     "empty client id without clean session (§3.1.3-8)",
                     out,
                 );
@@ -1338,11 +1597,12 @@ impl<D> BrokerCore<D> {
         };
 
         let existing = self.by_client.get(&client_id).copied();
-        let will_create = existing.is_none() || p.clean_session;
-        let freed = existing.is_some() && p.clean_session;
+        let will_create = existing.is_none() || p.clean_start;
+        let freed = existing.is_some() && p.clean_start;
         if will_create && !freed && self.sessions.len() >= self.cfg.max_sessions {
             self.stats.limit_sessions += 1;
-            return self.refuse(conn, &p.client_id, ConnectReturnCode::ServerUnavailable, "max_sessions reached", out);
+            let code = if v5 { ConnectReasonCode::QuotaExceeded } else { ConnectReasonCode::ServerUnavailable };
+            return self.refuse(conn, &p.client_id, code, "max_sessions reached", out);
         }
 
         // MQTT 3.1.1 §3.1.4-2: a connection already using this client id is closed.
@@ -1359,14 +1619,14 @@ impl<D> BrokerCore<D> {
         }
         // The takeover may have ended a clean session; look again.
         let existing = self.by_client.get(&client_id).copied().filter(|sid| self.sessions.get(*sid).is_some());
-        // MQTT 3.1.1 §3.1.2-6: clean session 1 discards any previous session.
-        if let (Some(sid), true) = (existing, p.clean_session) {
+        // MQTT 3.1.1 §3.1.2-6, MQTT 5 §3.1.2-4: Clean Start discards any previous session.
+        if let (Some(sid), true) = (existing, p.clean_start) {
             self.destroy_session(sid, out);
         }
         let (sid, session_present) = match existing {
-            Some(sid) if !p.clean_session => (sid, true),
+            Some(sid) if !p.clean_start => (sid, true),
             _ => {
-                let sid = self.sessions.insert(Session::new(client_id.clone(), p.clean_session));
+                let sid = self.sessions.insert(Session::new(client_id.clone(), expiry == 0));
                 self.by_client.insert(client_id.clone(), sid);
                 (sid, false)
             }
@@ -1374,8 +1634,18 @@ impl<D> BrokerCore<D> {
         let acl = self.cfg.acl.as_ref().map(|a| Arc::new(a.for_client(user.as_deref(), &client_id)));
         if let Some(s) = self.sessions.get_mut(sid) {
             s.conn = Some(conn);
-            s.clean = p.clean_session;
+            s.clean = expiry == 0;
+            s.expiry = expiry;
+            s.expires_at = None;
+            if s.delayed_will.take().is_some() {
+                // MQTT 5 §3.1.3.2.2: back before the Will Delay Interval passed.
+                tracing::debug!(client_id = &*client_id, "mqtt: delayed will dropped: the client is back");
+            }
             s.acl = acl;
+            // MQTT 5 §3.3.4-7: no more in flight than the client's Receive Maximum.
+            let receive_max = p.properties.receive_max.map_or(MAX_SESSION_INFLIGHT, usize::from);
+            s.inflight_cap = receive_max.min(MAX_SESSION_INFLIGHT);
+            s.max_packet = p.properties.max_packet_size;
         }
         // MQTT 3.1.1 §3.1.2-24: keepalive × 1.5; 0 turns it off (unless the server caps it).
         let keepalive = match (p.keep_alive, self.cfg.max_keepalive) {
@@ -1384,34 +1654,61 @@ impl<D> BrokerCore<D> {
             (k, Some(max)) => Some(k.min(max)),
             (k, None) => Some(k),
         };
-        let expiry = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
-        let expiry_ms = expiry.map_or(0, |e| e.as_millis() as u32);
-        let will = p
-            .last_will
-            .map(|w| Box::new(Message { topic: w.topic_name, payload: w.message, qos: w.qos, retain: w.retain }));
+        let expiry_ms_of = keepalive.map(|k| Duration::from_millis(k as u64 * 1500));
+        let keepalive_ms = expiry_ms_of.map_or(0, |e| e.as_millis() as u32);
+        let will = p.last_will.map(|w| Box::new(will_of(w)));
         if let Some(c) = self.conns.get_mut(conn) {
             c.session = Some(sid);
-            c.expiry_ms = expiry_ms;
+            c.expiry_ms = keepalive_ms;
             c.will = will;
             c.last_seen = now;
+            c.v5 = v5.then(|| {
+                Box::new(ConnV5 {
+                    problem_info: p.properties.request_problem_info.unwrap_or(true),
+                    session_expiry: expiry,
+                    aliases: HashMap::new(),
+                })
+            });
         }
         self.stats.connects_accepted += 1;
         if !session_present {
             // A new persistent session is durable before its CONNACK.
             self.persist_session(sid, out);
         }
-        tracing::debug!(conn, client_id = &*client_id, clean = p.clean_session, session_present, "mqtt: connected");
-        // MQTT 3.1.1 §3.2.2-1..3: session present reflects stored state for clean session 0.
-        out.push(Action::Send {
+        tracing::debug!(
             conn,
-            channel: CONTROL_CHANNEL,
-            packet: Packet::Connack(Connack::new(session_present, ConnectReturnCode::Accepted)),
-        });
+            client_id = &*client_id,
+            version = %version,
+            clean_start = p.clean_start,
+            expiry,
+            session_present,
+            "mqtt: connected"
+        );
+        // MQTT 3.1.1 §3.2.2-1..3: session present reflects stored state for clean session 0.
+        let mut connack = crate::codec::Connack::new(session_present, ConnectReasonCode::Success);
+        if v5 {
+            // MQTT 5 §3.2.2.3: what this server allows, where it differs from the defaults.
+            let cp = &mut connack.properties;
+            if assigned {
+                cp.assigned_client_id = Some(client_id.clone());
+            }
+            let receive_max = self.cfg.max_awaiting_rel.clamp(1, usize::from(u16::MAX)) as u16;
+            cp.receive_max = (receive_max < u16::MAX).then_some(receive_max);
+            cp.max_qos = (self.cfg.max_qos < QoS::Level2).then_some(self.cfg.max_qos);
+            cp.max_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
+            cp.topic_alias_max = (self.cfg.max_topic_alias > 0).then_some(self.cfg.max_topic_alias);
+            cp.subscription_id_available = Some(false);
+            cp.shared_subscription_available = Some(false);
+            if keepalive != Some(p.keep_alive) && keepalive.is_some() {
+                cp.server_keep_alive = keepalive;
+            }
+        }
+        out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Connack(Box::new(connack)) });
         if session_present {
             self.retransmit(conn, sid, out);
         }
         self.pump(sid, None, out);
-        if let Some(e) = expiry {
+        if let Some(e) = expiry_ms_of {
             self.arm(conn, now + e, out);
         }
     }
@@ -1424,9 +1721,9 @@ impl<D> BrokerCore<D> {
         flights.sort_by_key(|(_, f)| f.seq);
         for (&id, f) in flights {
             let packet = match &f.state {
-                OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), f.retain, true),
-                OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), f.retain, true),
-                OutState::AwaitPubcomp(_) => Packet::Pubrel(pid(id)),
+                OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), f.retain, true, self.now),
+                OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), f.retain, true, self.now),
+                OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
             };
             if matches!(packet, Packet::Publish(_)) {
                 self.stats.delivered += 1;
@@ -1435,26 +1732,82 @@ impl<D> BrokerCore<D> {
         }
     }
 
-    fn on_publish(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, p: Publish, out: &mut Vec<Action>) {
+    /// The topic of an MQTT 5 PUBLISH on `ch` with Topic Alias `alias` (§3.3.2.3.4): a topic
+    /// with an alias sets it, an empty one looks it up. `Err`: the reason to close.
+    fn resolve_alias(
+        &mut self,
+        conn: ConnId,
+        ch: ChannelId,
+        topic: TopicName,
+        alias: u16,
+    ) -> Result<TopicName, (DisconnectReasonCode, String)> {
+        let max = self.cfg.max_topic_alias;
+        if alias > max {
+            return Err((
+                DisconnectReasonCode::TopicAliasInvalid,
+                format!("Topic Alias {alias} above the Topic Alias Maximum {max} (§3.3.2-9)"),
+            ));
+        }
+        let Some(v5) = self.conns.get_mut(conn).and_then(|c| c.v5.as_deref_mut()) else {
+            return Err((DisconnectReasonCode::ProtocolError, "Topic Alias from a 3.1.1 client".into()));
+        };
+        if topic.is_empty() {
+            return v5.aliases.get(&(ch, alias)).cloned().ok_or_else(|| {
+                (DisconnectReasonCode::ProtocolError, format!("PUBLISH with Topic Alias {alias}, which was never set"))
+            });
+        }
+        v5.aliases.insert((ch, alias), topic.clone());
+        Ok(topic)
+    }
+
+    fn on_publish(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, mut p: Publish, out: &mut Vec<Action>) {
+        if let Some(alias) = p.props().topic_alias {
+            match self.resolve_alias(conn, ch, p.topic_name.clone(), alias) {
+                Ok(t) => p.topic_name = t,
+                Err((code, what)) => return self.violation_as(conn, code, what, out),
+            }
+        }
+        if !p.props().subscription_ids.is_empty() {
+            return self.violation(conn, "PUBLISH from a client with a Subscription Identifier (§3.3.4-6)".into(), out);
+        }
         if let Some(levels) = self.too_deep(&p.topic_name) {
             return self.topic_too_deep(conn, "PUBLISH topic", levels, out);
         }
         let qos = p.qos_pid.qos();
-        let msg = Message { topic: p.topic_name, payload: p.payload, qos, retain: p.retain };
+        let v5 = self.conns.get(conn).and_then(|c| c.v5.as_deref()).map(|v| v.problem_info);
+        if v5.is_some() && qos > self.cfg.max_qos {
+            // MQTT 5 §3.2.2-11: above the Maximum QoS the CONNACK gave.
+            let what = format!("PUBLISH QoS {} above the Maximum QoS {}", qos as u8, self.cfg.max_qos as u8);
+            return self.violation_as(conn, DisconnectReasonCode::QoSNotSupported, what, out);
+        }
+        let expiry = p.props().message_expiry;
+        let mut msg = Message::new(p.topic_name, p.payload, qos, p.retain).with_expiry(expiry, self.now);
+        msg.props = p.props.and_then(|pp| pp.message);
         // A PUBLISH the ACL denies is dropped and acknowledged all the same, as mosquitto does
-        // (3.1.1 has no way to refuse one). QoS 2 is checked on PUBREL, when it would be routed.
+        // (3.1.1 has no way to refuse one; MQTT 5 is told 0x87). QoS 2 is checked on PUBREL,
+        // when it would be routed.
         match p.qos_pid {
             QosPid::Level0 => {
                 if self.may_publish(conn, sid, &msg.topic) {
-                    self.route(msg, out)
+                    self.route(msg, Some(sid), out);
                 }
             }
             QosPid::Level1(id) => {
                 // MQTT 3.1.1 §4.3.2: forward, then PUBACK on the channel it came on.
-                if self.may_publish(conn, sid, &msg.topic) {
-                    self.route(msg, out);
+                let allowed = self.may_publish(conn, sid, &msg.topic);
+                let routed = if allowed { self.route(msg, Some(sid), out) } else { 0 };
+                let code = match (v5, allowed, routed) {
+                    (None, ..) => PubackReasonCode::Success,
+                    (_, false, _) => PubackReasonCode::NotAuthorized,
+                    // MQTT 5 §3.4.2.1: the server may say nobody subscribed.
+                    (_, true, 0) => PubackReasonCode::NoMatchingSubscribers,
+                    _ => PubackReasonCode::Success,
+                };
+                let mut ack = crate::codec::Puback::new(id, code);
+                if code == PubackReasonCode::NotAuthorized && v5 == Some(true) {
+                    ack.properties.reason_string = Some("the ACL denies this client write on the topic".into());
                 }
-                out.push(Action::Send { conn, channel: ch, packet: Packet::Puback(id) });
+                out.push(Action::Send { conn, channel: ch, packet: Packet::Puback(ack) });
             }
             QosPid::Level2(id) => {
                 let Some(s) = self.sessions.get_mut(sid) else { return };
@@ -1463,15 +1816,21 @@ impl<D> BrokerCore<D> {
                     if s.fr().awaiting_rel.len() >= self.cfg.max_awaiting_rel {
                         let n = self.cfg.max_awaiting_rel;
                         self.stats.limit_awaiting_rel += 1;
-                        return self.violation(conn, format!("more than {n} QoS 2 messages awaiting PUBREL"), out);
+                        return self.violation_as(
+                            conn,
+                            DisconnectReasonCode::ReceiveMaximumExceeded,
+                            format!("more than {n} QoS 2 messages awaiting PUBREL (Receive Maximum)"),
+                            out,
+                        );
                     }
                     let size = |m: &Message| m.topic.len() + m.payload.len();
                     let held: usize = s.fr().awaiting_rel.values().map(size).sum();
                     if held + size(&msg) > self.cfg.max_awaiting_rel_bytes {
                         let n = self.cfg.max_awaiting_rel_bytes;
                         self.stats.limit_awaiting_rel += 1;
-                        return self.violation(
+                        return self.violation_as(
                             conn,
+                            DisconnectReasonCode::QuotaExceeded,
                             format!("more than {n} bytes of QoS 2 messages awaiting PUBREL (max_awaiting_rel_bytes)"),
                             out,
                         );
@@ -1485,7 +1844,7 @@ impl<D> BrokerCore<D> {
                     }
                     s.f().awaiting_rel.insert(key, msg);
                 }
-                out.push(Action::Send { conn, channel: ch, packet: Packet::Pubrec(id) });
+                out.push(Action::Send { conn, channel: ch, packet: Packet::pubrec(id) });
             }
         }
     }
@@ -1502,13 +1861,19 @@ impl<D> BrokerCore<D> {
             s.shrink();
             m
         });
+        let v5 = self.conns.get(conn).is_some_and(|c| c.v5.is_some());
+        let mut comp = crate::codec::Pubcomp::new_success(id);
         match msg {
             Some(msg) => {
                 if self.may_publish(conn, sid, &msg.topic) {
-                    self.route(msg, out)
+                    self.route(msg, Some(sid), out);
                 }
             }
             None => {
+                if v5 {
+                    // MQTT 5 §3.7.2.1: 0x92 Packet Identifier not found.
+                    comp.reason_code = crate::codec::PubcompReasonCode::PacketIdentifierNotFound;
+                }
                 let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
                 tracing::info!(
                     conn,
@@ -1523,7 +1888,7 @@ impl<D> BrokerCore<D> {
         }
         // MQTT 3.1.1 §4.3.3: PUBCOMP with the same id, also for an id already released
         // (a retransmitted PUBREL after reconnect) or unknown (docs/mqtt-over-quic.md §6.4).
-        out.push(Action::Send { conn, channel: ch, packet: Packet::Pubcomp(id) });
+        out.push(Action::Send { conn, channel: ch, packet: Packet::Pubcomp(comp) });
     }
 
     fn on_puback(&mut self, sid: SessionId, id: Pid, out: &mut Vec<Action>) {
@@ -1533,7 +1898,8 @@ impl<D> BrokerCore<D> {
                 if let Some(op) = done_op(s, *seq, self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
-                let only = Self::complete_flight(s.f(), id.value());
+                let cap = s.inflight_cap;
+                let only = Self::complete_flight(s.f(), id.value(), cap);
                 self.pump(sid, only, out);
             }
             Some(_) => {
@@ -1561,11 +1927,11 @@ impl<D> BrokerCore<D> {
                 if let Some(op) = flight_op(s, id.value(), self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
-                out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
+                out.push(Action::Send { conn, channel, packet: Packet::pubrel(id) });
             }
             OutState::AwaitPubcomp(_) => {
                 let channel = f.channel;
-                out.push(Action::Send { conn, channel, packet: Packet::Pubrel(id) });
+                out.push(Action::Send { conn, channel, packet: Packet::pubrel(id) });
             }
             OutState::AwaitPuback(_) => {
                 tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: PUBREC for a QoS 1 flow; ignored")
@@ -1580,7 +1946,8 @@ impl<D> BrokerCore<D> {
                 if let Some(op) = done_op(s, *seq, self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
-                let only = Self::complete_flight(s.f(), id.value());
+                let cap = s.inflight_cap;
+                let only = Self::complete_flight(s.f(), id.value(), cap);
                 self.pump(sid, only, out);
             }
             _ => tracing::debug!(client_id = &*s.client_id, id = id.value(), "mqtt: unexpected PUBCOMP; ignored"),
@@ -1612,8 +1979,9 @@ impl<D> BrokerCore<D> {
                 self.stats.limit_subscriptions += 1;
                 let have = s.subs.len();
                 let adding = new;
-                return self.violation(
+                return self.violation_as(
                     conn,
+                    DisconnectReasonCode::QuotaExceeded,
                     format!(
                         "SUBSCRIBE would hold {} subscriptions (max_subscriptions {max}; {have} held, {adding} new)",
                         have + adding
@@ -1623,11 +1991,21 @@ impl<D> BrokerCore<D> {
             }
         }
         let max = self.cfg.max_qos;
+        let v5 = self.conns.get(conn).is_some_and(|c| c.v5.is_some());
         let mut codes = Vec::with_capacity(sub.topics.len());
         let mut granted_all = Vec::with_capacity(sub.topics.len());
         {
             let Some(s) = self.sessions.get_mut(sid) else { return };
             for (i, (filter, requested)) in sub.topics.iter().enumerate() {
+                if v5 && sub.properties.subscription_id.is_some() {
+                    // Not offered in CONNACK (§3.2.2.3.12): refused per filter.
+                    codes.push(SubscribeReasonCode::SubscriptionIdentifiersNotSupported);
+                    continue;
+                }
+                if v5 && filter.is_shared() {
+                    codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
+                    continue;
+                }
                 // ACL: a filter through which nothing could ever be delivered is refused with
                 // 0x80 (§3.9.3), the others granted (docs/mqtt.md: mosquitto grants it and
                 // drops each message instead).
@@ -1641,21 +2019,29 @@ impl<D> BrokerCore<D> {
                             client_id = cid,
                             filter = f,
                             denied_total = n,
-                            "mqtt: SUBSCRIBE denied by the ACL; 0x80"
+                            "mqtt: SUBSCRIBE denied by the ACL; 0x80 (MQTT 5: 0x87)"
                         );
                     } else {
                         tracing::debug!(conn, client_id = cid, filter = f, "mqtt: SUBSCRIBE denied by the ACL; 0x80");
                     }
-                    codes.push(SubscribeReturnCode::Failure);
+                    codes.push(SubscribeReasonCode::NotAuthorized);
                     continue;
                 }
                 // MQTT 3.1.1 §3.8.4-6 / §3.9.3: grant at most the server's maximum.
-                let granted = (*requested).min(max);
+                let granted = requested.max_qos.min(max);
                 if last.get(&**filter) != Some(&i) {
                     // Replaced by a later occurrence in this packet.
-                    codes.push(SubscribeReturnCode::from(granted));
+                    codes.push(granted_code(granted));
                     continue;
                 }
+                // MQTT 5 §3.8.3.1 Retain Handling: 0 send retained messages, 1 only for a new
+                // subscription, 2 never. (3.1.1: always 0.)
+                let existed = s.subs.iter().any(|x| x.filter == *filter && (x.parked || x.channel == ch));
+                let send_retained = match requested.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNotExist => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
                 // docs/mqtt-over-quic.md §6.2: a SUBSCRIBE to a parked subscription's filter
                 // takes it (on a data channel: off the control channel, so nothing is delivered
                 // twice; on the control channel: it is replaced, §3.8.4-3).
@@ -1678,12 +2064,14 @@ impl<D> BrokerCore<D> {
                         sync_control_route(&mut self.subs, sid, s, filter);
                     }
                 }
-                codes.push(SubscribeReturnCode::from(granted));
-                granted_all.push((filter.clone(), granted));
+                codes.push(granted_code(granted));
+                if send_retained {
+                    granted_all.push((filter.clone(), granted));
+                }
             }
         }
         // Durable before the SUBACK (issue 18).
-        if !granted_all.is_empty() {
+        if codes.iter().any(|&c| (c as u8) < 0x80) {
             self.persist_session(sid, out);
         }
         // MQTT 3.1.1 §3.8.4-1, §3.8.4-5: one SUBACK, same id, one code per filter, in order.
@@ -1706,11 +2094,18 @@ impl<D> BrokerCore<D> {
     }
 
     fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, u: Unsubscribe, out: &mut Vec<Action>) {
+        let v5 = self.conns.get(conn).is_some_and(|c| c.v5.is_some());
+        // MQTT 5 §3.11.3: a code per filter (3.1.1's UNSUBACK has none).
+        let mut codes = Vec::with_capacity(if v5 { u.topics.len() } else { 0 });
         if let Some(s) = self.sessions.get_mut(sid) {
             let mut seen = std::collections::HashSet::with_capacity(u.topics.len().min(1024));
             for filter in &u.topics {
                 if !seen.insert(&**filter) {
-                    continue; // repeated in this packet: done already
+                    // Repeated in this packet: done already, nothing left to remove.
+                    if v5 {
+                        codes.push(UnsubscribeReasonCode::NoSubscriptionExisted);
+                    }
+                    continue;
                 }
                 // MQTT 3.1.1 §3.10.4-1: filters compared character by character. An UNSUBSCRIBE
                 // on any channel also removes a parked subscription to the filter
@@ -1723,15 +2118,25 @@ impl<D> BrokerCore<D> {
                 if own && ch != CONTROL_CHANNEL {
                     self.subs.remove(filter, SubKey { session: sid, channel: ch });
                 }
+                if v5 {
+                    codes.push(if own || parked {
+                        UnsubscribeReasonCode::Success
+                    } else {
+                        UnsubscribeReasonCode::NoSubscriptionExisted
+                    });
+                }
             }
         }
         self.persist_session(sid, out);
         // MQTT 3.1.1 §3.10.4-4, §3.10.4-5: UNSUBACK even if nothing matched.
-        out.push(Action::Send { conn, channel: ch, packet: Packet::Unsuback(u.pid) });
+        let ack = crate::codec::Unsuback::new(u.pid, codes);
+        out.push(Action::Send { conn, channel: ch, packet: Packet::Unsuback(ack) });
     }
 
     /// Forward an application message to every matching subscription, and keep it if retained.
-    fn route(&mut self, msg: Message, out: &mut Vec<Action>) {
+    /// Returns how many subscriptions it was delivered or queued to. `_origin`: the session
+    /// that published it (`None`: a will).
+    fn route(&mut self, msg: Message, _origin: Option<SessionId>, out: &mut Vec<Action>) -> usize {
         self.stats.published += 1;
         if msg.retain {
             self.retain(&msg, out);
@@ -1745,18 +2150,21 @@ impl<D> BrokerCore<D> {
             matches.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.qos.cmp(&a.qos)));
             matches.dedup_by_key(|s| s.key);
         }
+        let mut routed = 0;
         for s in &matches {
             // ACL: each delivery is checked for read, as mosquitto does.
             if self.cfg.acl.is_some() && !self.acl_allows(s.key.session, &msg.topic, Op::Read) {
                 self.denied_read(s.key.session, &msg.topic, false);
                 continue;
             }
+            routed += 1;
             // MQTT 3.1.1 §3.8.4: deliver at min(granted, published).
             let qos = qos_from(s.qos).min(msg.qos);
             // §3.3.1-9: RETAIN 0 when forwarding to an established subscription.
             self.deliver(s.key.session, s.key.channel, qos, msg.clone(), false, out);
         }
         self.scratch = matches;
+        routed
     }
 
     /// Store, replace or clear the retained message of `msg`'s topic, within `max_retained`
@@ -1805,20 +2213,24 @@ impl<D> BrokerCore<D> {
     /// `ch`'s lane.
     fn deliver(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, msg: Message, retain: bool, out: &mut Vec<Action>) {
         let max_inflight = self.cfg.max_inflight;
+        let now = self.now;
         let Some(s) = self.sessions.get_mut(sid) else { return };
+        if s.conn.is_some() && Self::undeliverable(&mut self.stats, s, &msg, retain, now) {
+            return;
+        }
         match (s.conn, qos) {
             (Some(conn), QoS::Level0) => {
                 self.stats.delivered += 1;
                 out.push(Action::Send {
                     conn,
                     channel: ch,
-                    packet: publish_packet(&msg, QosPid::Level0, retain, false),
+                    packet: publish_packet(&msg, QosPid::Level0, retain, false, now),
                 });
             }
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
-            (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight) => {
+            (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight, s.inflight_cap) => {
                 self.stats.delivered += 1;
-                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain);
+                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain, now);
                 if let Some(op) = flight_op(s, id, self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
@@ -1831,14 +2243,20 @@ impl<D> BrokerCore<D> {
     /// Whether a QoS 1/2 delivery on `ch` may go in flight now: nothing waits before it on `ch`,
     /// `ch` has fewer than `max_inflight` in flight (the window is per channel,
     /// docs/mqtt-over-quic.md §6.12: another channel's full window is no reason to wait), and
-    /// the session has packet identifiers to spare.
-    fn has_room(f: &Flows, ch: ChannelId, max_inflight: usize) -> bool {
-        f.inflight.len() < MAX_SESSION_INFLIGHT
-            && f.lane(ch).is_none_or(|l| l.queue.is_empty() && (l.inflight as usize) < max_inflight)
+    /// the session is below `cap` in flight (packet identifiers, the client's Receive Maximum).
+    fn has_room(f: &Flows, ch: ChannelId, max_inflight: usize, cap: usize) -> bool {
+        f.inflight.len() < cap && f.lane(ch).is_none_or(|l| l.queue.is_empty() && (l.inflight as usize) < max_inflight)
     }
 
     /// Allocate an id and record the flight on `ch`; returns the PUBLISH to send and the id.
-    fn start_flight(f: &mut Flows, ch: ChannelId, qos: QoS, msg: Message, retain: bool) -> (Packet, u16) {
+    fn start_flight(
+        f: &mut Flows,
+        ch: ChannelId,
+        qos: QoS,
+        msg: Message,
+        retain: bool,
+        now: Option<Instant>,
+    ) -> (Packet, u16) {
         let id = f.alloc_pid();
         let seq = f.next_seq();
         let (qos_pid, state) = if qos == QoS::Level1 {
@@ -1847,14 +2265,43 @@ impl<D> BrokerCore<D> {
             (QosPid::Level2(pid(id)), OutState::AwaitPubrec(msg.clone()))
         };
         f.begin_flight(id, InFlight { seq, channel: ch, retain, state });
-        (publish_packet(&msg, qos_pid, retain, false), id)
+        (publish_packet(&msg, qos_pid, retain, false, now), id)
+    }
+
+    /// Whether `msg` cannot go to session `s` now: its Message Expiry Interval has passed (MQTT
+    /// 5 §3.3.2-5), or its PUBLISH would exceed the client's Maximum Packet Size (§3.1.2-25:
+    /// discarded as if sent). Counted.
+    fn undeliverable(stats: &mut CoreStats, s: &Session, msg: &Message, retain: bool, now: Option<Instant>) -> bool {
+        if now.is_some_and(|n| msg.expired(n)) {
+            stats.expired_messages += 1;
+            return true;
+        }
+        let Some(max) = s.max_packet else { return false };
+        let probe = publish_packet(msg, QosPid::Level1(pid(1)), retain, false, now);
+        let size = crate::codec::wire_len_hint(&probe, Version::V5);
+        if size <= max as usize {
+            return false;
+        }
+        stats.dropped_too_large += 1;
+        let n = stats.dropped_too_large;
+        if n.is_power_of_two() {
+            tracing::info!(
+                client_id = &*s.client_id,
+                topic = &*msg.topic,
+                size,
+                max,
+                dropped_total = n,
+                "mqtt: PUBLISH larger than the client's Maximum Packet Size; not sent (MQTT 5 §3.1.2-25)"
+            );
+        }
+        true
     }
 
     /// The outbound flow `id` is complete (PUBACK, PUBCOMP): forget it. Returns the lane to
     /// pump: the flight's own channel, whose window now has a free slot; `None` (all lanes) if
     /// the session had run out of identifiers, since every lane may have been waiting for one.
-    fn complete_flight(f: &mut Flows, id: u16) -> Option<ChannelId> {
-        let capped = f.inflight.len() >= MAX_SESSION_INFLIGHT;
+    fn complete_flight(f: &mut Flows, id: u16, cap: usize) -> Option<ChannelId> {
+        let capped = f.inflight.len() >= cap;
         let ch = f.end_flight(id);
         if capped {
             None
@@ -1950,9 +2397,37 @@ impl<D> BrokerCore<D> {
     fn pump(&mut self, sid: SessionId, only: Option<ChannelId>, out: &mut Vec<Action>) {
         let max_inflight = self.cfg.max_inflight;
         let persist = self.cfg.data_dir.is_some();
+        let now = self.now;
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let Some(conn) = s.conn else { return };
-        let (clean, client_id) = (s.clean, s.client_id.clone());
+        let (clean, client_id, cap) = (s.clean, s.client_id.clone(), s.inflight_cap);
+        // Queued messages that cannot go (expired, too large): dropped before the pump.
+        if s.fr().queued > 0 && (s.max_packet.is_some() || now.is_some()) {
+            let mut gone = Vec::new();
+            for l in 0..s.fr().lanes.len() {
+                let mut at = 0;
+                while at < s.fr().lanes[l].queue.len() {
+                    let q = &s.fr().lanes[l].queue[at];
+                    let (msg, retain) = (q.msg.clone(), q.retain);
+                    if q.msg.expires_at.is_none() && s.max_packet.is_none() {
+                        at += 1;
+                        continue;
+                    }
+                    if Self::undeliverable(&mut self.stats, s, &msg, retain, now) {
+                        if let Some(q) = s.f().take_queued(l, at) {
+                            gone.push(q);
+                        }
+                    } else {
+                        at += 1;
+                    }
+                }
+            }
+            for q in gone {
+                if persist && !clean && q.qos != QoS::Level0 {
+                    out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
+                }
+            }
+        }
         if s.fr().queued > 0 {
             let f = s.f();
             let lanes = match only {
@@ -1969,21 +2444,20 @@ impl<D> BrokerCore<D> {
                 loop {
                     let lane = &f.lanes[i];
                     let Some(front) = lane.queue.front() else { break };
-                    if front.qos != QoS::Level0
-                        && ((lane.inflight as usize) >= max_inflight || f.inflight.len() >= MAX_SESSION_INFLIGHT)
+                    if front.qos != QoS::Level0 && ((lane.inflight as usize) >= max_inflight || f.inflight.len() >= cap)
                     {
                         break;
                     }
                     let Some(q) = f.take_queued(i, 0) else { break };
                     self.stats.delivered += 1;
                     let packet = if q.qos == QoS::Level0 {
-                        publish_packet(&q.msg, QosPid::Level0, q.retain, false)
+                        publish_packet(&q.msg, QosPid::Level0, q.retain, false, now)
                     } else {
                         // Queued (under its old sequence number) → in flight (a new one).
                         if persist && !clean {
                             out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
                         }
-                        let (packet, id) = Self::start_flight(f, ch, q.qos, q.msg, q.retain);
+                        let (packet, id) = Self::start_flight(f, ch, q.qos, q.msg, q.retain, now);
                         if let Some(op) = (persist && !clean).then(|| flows_flight_op(f, &client_id, id)).flatten() {
                             out.push(Action::Store(op));
                         }

@@ -40,13 +40,17 @@ fn retained(topic: &str, qos: QoS, id: u16, payload: &str) -> Packet {
 fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe::new(
         pid(id),
-        filters.iter().map(|(f, q)| (super::super::codec::TopicFilter::try_from(*f).unwrap(), *q)).collect(),
+        filters
+            .iter()
+            .map(|(f, q)| (super::super::codec::TopicFilter::try_from(*f).unwrap(), crate::codec::v3_options(*q)))
+            .collect(),
     ))
 }
 
 fn connect_packet(id: &str, clean: bool, keepalive: u16) -> Connect {
     let mut c = Connect::new(id.into(), keepalive);
-    c.clean_session = clean;
+    c.protocol = Protocol::V311;
+    c.clean_start = clean;
     c
 }
 
@@ -152,7 +156,7 @@ impl H {
 
     fn connect_with(&mut self, c: Connect) -> (ConnId, Vec<Action>) {
         let conn = self.open();
-        let out = self.send(conn, Packet::Connect(c));
+        let out = self.send(conn, Packet::connect(c));
         (conn, out)
     }
 
@@ -161,7 +165,7 @@ impl H {
         let (conn, out) = self.connect_with(connect_packet(id, clean, 0));
         match packets(&out, conn).first() {
             Some(Packet::Connack(c)) => {
-                assert_eq!(c.code, ConnectReturnCode::Accepted);
+                assert_eq!(c.reason_code, ConnectReasonCode::Success);
                 (conn, c.session_present, out)
             }
             other => panic!("expected CONNACK, got {other:?}"),
@@ -202,12 +206,12 @@ impl H {
         out
     }
 
-    fn refused(&mut self, c: Connect) -> ConnectReturnCode {
+    fn refused(&mut self, c: Connect) -> ConnectReasonCode {
         let (conn, out) = self.connect_with(c);
         let code = match packets(&out, conn).first() {
             Some(Packet::Connack(c)) => {
                 assert!(!c.session_present, "§3.2.2-4");
-                c.code
+                c.reason_code
             }
             other => panic!("expected CONNACK, got {other:?}"),
         };
@@ -225,25 +229,22 @@ fn connack_return_codes() {
     assert_eq!(h.core.stats().sessions, 1);
     let _ = conn;
     // 0x02: empty id with clean session 0 (§3.1.3-8).
-    assert_eq!(h.refused(connect_packet("", false, 0)), ConnectReturnCode::IdentifierRejected);
+    assert_eq!(h.refused(connect_packet("", false, 0)), ConnectReasonCode::ClientIdentifierNotValid);
     // 0x02: MQTT 3.1 id longer than 23 characters.
     let mut c = connect_packet("abcdefghijklmnopqrstuvwxyz", true, 0);
     c.protocol = Protocol::V310;
-    assert_eq!(h.refused(c), ConnectReturnCode::IdentifierRejected);
+    assert_eq!(h.refused(c), ConnectReasonCode::ClientIdentifierNotValid);
     // 0x01: unsupported protocol level, reported by the codec (§3.1.2-2).
     let conn = h.open();
     let mut out = Vec::new();
     h.core.malformed(conn, CONTROL_CHANNEL, &CodecError::UnsupportedProtocolLevel(5), h.now, &mut out);
-    assert_eq!(
-        packets(&out, conn),
-        vec![Packet::Connack(Connack::new(false, ConnectReturnCode::UnacceptableProtocolVersion))]
-    );
+    assert_eq!(packets(&out, conn), vec![Packet::connack(false, ConnectReasonCode::UnsupportedProtocolVersion)]);
     assert!(close_of(&out, conn).is_some());
 
     // 0x03: max_sessions reached.
     let mut h = H::with(|c| c.max_sessions = 1);
     h.connect("a", false);
-    assert_eq!(h.refused(connect_packet("b", true, 0)), ConnectReturnCode::ServerUnavailable);
+    assert_eq!(h.refused(connect_packet("b", true, 0)), ConnectReasonCode::ServerUnavailable);
     // ...but the existing id may come back.
     let (a2, present, _) = h.connect("a", false);
     assert!(present);
@@ -271,10 +272,10 @@ fn login(id: &str, user: Option<&str>, password: Option<&[u8]>) -> Connect {
 
 #[test]
 fn connect_outcomes_with_a_password_file() {
-    use ConnectReturnCode::{Accepted, NotAuthorized};
+    use ConnectReasonCode::{NotAuthorized, Success as Accepted};
     // (allow_anonymous, user, password, outcome): mosquitto 2.0.11 answers 0x05 to each
     // refusal, and so does quiclab.
-    type Row<'a> = (Option<bool>, Option<&'a str>, Option<&'a [u8]>, ConnectReturnCode);
+    type Row<'a> = (Option<bool>, Option<&'a str>, Option<&'a [u8]>, ConnectReasonCode);
     let rows: [Row; 9] = [
         (None, Some("alice"), Some(b"secret"), Accepted),
         (None, Some("bob"), Some(b"p@ss:w0rd"), Accepted),
@@ -293,7 +294,7 @@ fn connect_outcomes_with_a_password_file() {
         });
         let (conn, out) = h.connect_with(login("x", user, pw));
         let code = match packets(&out, conn).first() {
-            Some(Packet::Connack(c)) => c.code,
+            Some(Packet::Connack(c)) => c.reason_code,
             other => panic!("row {i}: {other:?}"),
         };
         assert_eq!(code, want, "row {i}");
@@ -312,12 +313,12 @@ fn connect_outcomes_without_a_password_file() {
     // Default: anyone, user names taken as given.
     let mut h = H::new();
     let (conn, out) = h.connect_with(login("a", Some("anyone"), Some(b"x")));
-    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert_eq!(packets(&out, conn), vec![Packet::connack(false, ConnectReasonCode::Success)]);
     // allow_anonymous false and no file: nothing to check a user against; both refused 0x05
     // (as mosquitto 2.0.11).
     let mut h = H::with(|c| c.allow_anonymous = Some(false));
-    assert_eq!(h.refused(login("a", None, None)), ConnectReturnCode::NotAuthorized);
-    assert_eq!(h.refused(login("b", Some("anyone"), Some(b"x"))), ConnectReturnCode::NotAuthorized);
+    assert_eq!(h.refused(login("a", None, None)), ConnectReasonCode::NotAuthorized);
+    assert_eq!(h.refused(login("b", Some("anyone"), Some(b"x"))), ConnectReasonCode::NotAuthorized);
     assert_eq!(h.core.stats().auth_failures, 2);
 }
 
@@ -331,17 +332,20 @@ fn identity_as_username_replaces_connect_user() {
     });
     // No certificate: 0x04, as mosquitto (CONNACK_REFUSED_BAD_USERNAME_PASSWORD), even with a
     // good user name and password.
-    assert_eq!(h.refused(login("a", Some("alice"), Some(b"secret"))), ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(h.refused(login("a", Some("alice"), Some(b"secret"))), ConnectReasonCode::BadUserNameOrPassword);
     // A certificate: its CN is the user; CONNECT's user and password are not checked.
     let conn = h.open();
     h.core.set_cert_identity(conn, Some("device-7"));
-    let out = h.send(conn, Packet::Connect(login("d7", Some("alice"), Some(b"wrong"))));
-    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    let out = h.send(conn, Packet::connect(login("d7", Some("alice"), Some(b"wrong"))));
+    assert_eq!(packets(&out, conn), vec![Packet::connack(false, ConnectReasonCode::Success)]);
     // ...and the ACL sees the CN, not "alice".
     let out = h.send(conn, subscribe(1, &[("dev/7/#", QoS::Level0), ("alice/#", QoS::Level0)]));
     assert_eq!(
         packets(&out, conn),
-        vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel0, SubscribeReturnCode::Failure]))]
+        vec![Packet::Suback(Suback::new(
+            pid(1),
+            vec![SubscribeReasonCode::GrantedQoS0, SubscribeReasonCode::NotAuthorized]
+        ))]
     );
 }
 
@@ -369,13 +373,13 @@ fn with_acl() -> H {
 
 fn connect_as(h: &mut H, id: &str, user: Option<&str>, password: &[u8]) -> ConnId {
     let (conn, out) = h.connect_with(login(id, user, user.map(|_| password)));
-    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))], "{id}");
+    assert_eq!(packets(&out, conn), vec![Packet::connack(false, ConnectReasonCode::Success)], "{id}");
     conn
 }
 
 #[test]
 fn acl_subscribe_codes_and_deliveries() {
-    use SubscribeReturnCode::{Failure, MaxLevel1};
+    use SubscribeReasonCode::{GrantedQoS1 as MaxLevel1, NotAuthorized as Failure};
     let mut h = with_acl();
     let alice = connect_as(&mut h, "al", Some("alice"), b"secret");
     let bob = connect_as(&mut h, "bo", Some("bob"), b"p@ss:w0rd");
@@ -400,19 +404,19 @@ fn acl_subscribe_codes_and_deliveries() {
     // Alice publishes: allowed topics reach each reader it may read; alice/secret/x is dropped
     // and still acknowledged; public/x is not hers to write.
     let out = h.send(alice, publish("alice/x", QoS::Level1, 5, "a"));
-    assert!(packets(&out, alice).contains(&Packet::Puback(pid(5))));
+    assert!(packets(&out, alice).contains(&Packet::puback(pid(5))));
     assert_eq!(publishes(&out, bob).len(), 1);
     assert_eq!(publishes(&out, anon).len(), 0, "anonymous clients may not read alice/#");
     let out = h.send(alice, publish("alice/secret/x", QoS::Level1, 6, "s"));
-    assert_eq!(packets(&out, alice), vec![Packet::Puback(pid(6))], "denied, acknowledged, delivered to nobody");
+    assert_eq!(packets(&out, alice), vec![Packet::puback(pid(6))], "denied, acknowledged, delivered to nobody");
     assert!(publishes(&out, bob).is_empty());
     let out = h.send(alice, publish("public/x", QoS::Level0, 0, "p"));
     assert!(out.is_empty());
     // QoS 2 denied: PUBREC, then PUBCOMP on PUBREL, nothing delivered.
     let out = h.send(alice, publish("public/x", QoS::Level2, 7, "p2"));
-    assert_eq!(packets(&out, alice), vec![Packet::Pubrec(pid(7))]);
-    let out = h.send(alice, Packet::Pubrel(pid(7)));
-    assert_eq!(packets(&out, alice), vec![Packet::Pubcomp(pid(7))]);
+    assert_eq!(packets(&out, alice), vec![Packet::pubrec(pid(7))]);
+    let out = h.send(alice, Packet::pubrel(pid(7)));
+    assert_eq!(packets(&out, alice), vec![Packet::pubcomp(pid(7))]);
     assert!(publishes(&out, bob).is_empty() && publishes(&out, anon).is_empty());
     assert_eq!(h.core.stats().acl_denied_publish, 3);
     // public/alice: written by alice, read by everyone allowed (anon: public/#; bob: #).
@@ -451,7 +455,7 @@ fn acl_retained_and_wills() {
         let mut c = login(&format!("w-{published}"), Some("alice"), Some(b"secret"));
         c.last_will = Some(LastWill::new(QoS::Level0, tn(topic), Bytes::from_static(b"bye")));
         let (w, out) = h.connect_with(c);
-        assert_eq!(packets(&out, w), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+        assert_eq!(packets(&out, w), vec![Packet::connack(false, ConnectReasonCode::Success)]);
         let out = h.lost(w);
         assert_eq!(publishes(&out, bob).len(), usize::from(published), "{topic}");
     }
@@ -467,10 +471,10 @@ fn anything_before_connect_and_second_connect_close() {
     assert!(matches!(close_of(&out, conn), Some(CloseReason::Violation(_))), "§3.1.0-1");
     assert!(packets(&out, conn).is_empty());
     // Input after close is ignored.
-    assert!(h.send(conn, Packet::Connect(connect_packet("a", true, 0))).is_empty());
+    assert!(h.send(conn, Packet::connect(connect_packet("a", true, 0))).is_empty());
 
     let (conn, _, _) = h.connect("a", true);
-    let out = h.send(conn, Packet::Connect(connect_packet("a", true, 0)));
+    let out = h.send(conn, Packet::connect(connect_packet("a", true, 0)));
     assert!(matches!(close_of(&out, conn), Some(CloseReason::Violation(_))), "§3.1.0-2");
     let (conn, _, _) = h.connect("b", true);
     let out = h.send(conn, Packet::Pingresp);
@@ -503,7 +507,7 @@ fn qos0_qos1_qos2_flows_both_ways() {
     let out = h.send(sub, subscribe(7, &[("t/#", QoS::Level2)]));
     assert_eq!(
         packets(&out, sub),
-        vec![Packet::Suback(Suback::new(pid(7), vec![SubscribeReturnCode::MaxLevel2]))],
+        vec![Packet::Suback(Suback::new(pid(7), vec![SubscribeReasonCode::GrantedQoS2]))],
         "§3.8.4-1"
     );
     let (publ, _, _) = h.connect("pub", true);
@@ -515,18 +519,18 @@ fn qos0_qos1_qos2_flows_both_ways() {
 
     // QoS 1: PUBACK to the publisher, delivery with a broker-chosen id; PUBACK completes it.
     let out = h.send(publ, publish("t/1", QoS::Level1, 11, "one"));
-    assert_eq!(packets(&out, publ), vec![Packet::Puback(pid(11))]);
+    assert_eq!(packets(&out, publ), vec![Packet::puback(pid(11))]);
     let got = publishes(&out, sub);
     assert_eq!(got.len(), 1);
     let out_id = got[0].3.unwrap();
     assert_eq!(got[0].2, 1);
     assert_eq!(h.core.session_state("sub").unwrap().inflight, 1);
-    h.send(sub, Packet::Puback(pid(out_id)));
+    h.send(sub, Packet::puback(pid(out_id)));
     assert_eq!(h.core.session_state("sub").unwrap().inflight, 0);
 
     // QoS 2 inbound, method B: PUBREC, nothing delivered until PUBREL.
     let out = h.send(publ, publish("t/2", QoS::Level2, 22, "two"));
-    assert_eq!(packets(&out, publ), vec![Packet::Pubrec(pid(22))]);
+    assert_eq!(packets(&out, publ), vec![Packet::pubrec(pid(22))]);
     assert!(publishes(&out, sub).is_empty(), "§4.3.3 method B: not forwarded before PUBREL");
     // A duplicate PUBLISH before PUBREL: PUBREC again, still stored once.
     let mut dup = publish("t/2", QoS::Level2, 22, "two");
@@ -534,26 +538,26 @@ fn qos0_qos1_qos2_flows_both_ways() {
         p.dup = true;
     }
     let out = h.send(publ, dup);
-    assert_eq!(packets(&out, publ), vec![Packet::Pubrec(pid(22))]);
+    assert_eq!(packets(&out, publ), vec![Packet::pubrec(pid(22))]);
     assert_eq!(h.core.session_state("pub").unwrap().awaiting_rel, 1);
-    let out = h.send(publ, Packet::Pubrel(pid(22)));
-    assert_eq!(packets(&out, publ), vec![Packet::Pubcomp(pid(22))]);
+    let out = h.send(publ, Packet::pubrel(pid(22)));
+    assert_eq!(packets(&out, publ), vec![Packet::pubcomp(pid(22))]);
     let got = publishes(&out, sub);
     assert_eq!(got.len(), 1, "exactly once");
     assert_eq!((got[0].0.as_str(), got[0].2), ("t/2", 2));
     let out_id = got[0].3.unwrap();
     // A PUBREL repeated (e.g. after a reconnect) gets PUBCOMP and no second delivery.
-    let out = h.send(publ, Packet::Pubrel(pid(22)));
-    assert_eq!(packets(&out, publ), vec![Packet::Pubcomp(pid(22))]);
+    let out = h.send(publ, Packet::pubrel(pid(22)));
+    assert_eq!(packets(&out, publ), vec![Packet::pubcomp(pid(22))]);
     assert!(publishes(&out, sub).is_empty());
 
     // QoS 2 outbound: PUBREC → PUBREL; a repeated PUBREC → PUBREL again; PUBCOMP completes.
-    let out = h.send(sub, Packet::Pubrec(pid(out_id)));
-    assert_eq!(packets(&out, sub), vec![Packet::Pubrel(pid(out_id))]);
-    let out = h.send(sub, Packet::Pubrec(pid(out_id)));
-    assert_eq!(packets(&out, sub), vec![Packet::Pubrel(pid(out_id))]);
+    let out = h.send(sub, Packet::pubrec(pid(out_id)));
+    assert_eq!(packets(&out, sub), vec![Packet::pubrel(pid(out_id))]);
+    let out = h.send(sub, Packet::pubrec(pid(out_id)));
+    assert_eq!(packets(&out, sub), vec![Packet::pubrel(pid(out_id))]);
     assert_eq!(h.core.session_state("sub").unwrap().inflight, 1);
-    h.send(sub, Packet::Pubcomp(pid(out_id)));
+    h.send(sub, Packet::pubcomp(pid(out_id)));
     assert_eq!(h.core.session_state("sub").unwrap().inflight, 0);
 }
 
@@ -565,13 +569,16 @@ fn granted_and_delivered_qos() {
     // §3.9.3: granted = min(requested, server maximum).
     assert_eq!(
         packets(&out, sub),
-        vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel1, SubscribeReturnCode::MaxLevel0]))]
+        vec![Packet::Suback(Suback::new(
+            pid(1),
+            vec![SubscribeReasonCode::GrantedQoS1, SubscribeReasonCode::GrantedQoS0]
+        ))]
     );
     let (p, _, _) = h.connect("p", true);
     // §3.8.4: each delivery uses min(granted, message QoS).
     let out = h.send(p, publish("a", QoS::Level2, 1, "x"));
     assert!(publishes(&out, sub).is_empty()); // method B: on PUBREL
-    let out = h.send(p, Packet::Pubrel(pid(1)));
+    let out = h.send(p, Packet::pubrel(pid(1)));
     assert_eq!(publishes(&out, sub)[0].2, 1);
     let out = h.send(p, publish("b", QoS::Level1, 2, "y"));
     assert_eq!(publishes(&out, sub)[0].2, 0);
@@ -587,7 +594,7 @@ fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     let (p, _, _) = h.connect("p", true);
     let out = h.send(p, publish("a/b", QoS::Level2, 5, "m"));
     assert!(publishes(&out, sub).is_empty());
-    let out = h.send(p, Packet::Pubrel(pid(5)));
+    let out = h.send(p, Packet::pubrel(pid(5)));
     let got = publishes(&out, sub);
     assert_eq!(got.len(), 1, "one delivery: {got:?}");
     assert_eq!(got[0].2, 1, "at the highest granted QoS");
@@ -653,7 +660,7 @@ fn persistent_session_keeps_subscriptions_and_messages_while_offline() {
     let (s, present, _) = h.connect("dev", false);
     assert!(!present);
     h.send(s, subscribe(1, &[("d/#", QoS::Level2)]));
-    let out = h.send(s, Packet::Disconnect);
+    let out = h.send(s, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
     assert_eq!(close_of(&out, s), Some(CloseReason::Disconnect));
     h.lost(s);
     assert!(!h.core.session_state("dev").unwrap().online);
@@ -662,7 +669,7 @@ fn persistent_session_keeps_subscriptions_and_messages_while_offline() {
     h.send(p, publish("d/0", QoS::Level0, 0, "zero"));
     h.send(p, publish("d/1", QoS::Level1, 1, "one"));
     h.send(p, publish("d/2", QoS::Level2, 2, "two"));
-    h.send(p, Packet::Pubrel(pid(2)));
+    h.send(p, Packet::pubrel(pid(2)));
     assert_eq!(h.core.session_state("dev").unwrap().queued, 3);
 
     // §3.2.2-2: session present; queued messages follow the CONNACK in order.
@@ -692,15 +699,15 @@ fn unacknowledged_messages_are_retransmitted_with_dup_on_reconnect() {
     let out = h.send(p, publish("t", QoS::Level1, 1, "q1"));
     let q1 = publishes(&out, s)[0].3.unwrap();
     h.send(p, publish("t", QoS::Level2, 2, "q2"));
-    let out = h.send(p, Packet::Pubrel(pid(2)));
+    let out = h.send(p, Packet::pubrel(pid(2)));
     let q2 = publishes(&out, s)[0].3.unwrap();
     h.send(p, publish("t", QoS::Level2, 3, "q2b"));
-    let out = h.send(p, Packet::Pubrel(pid(3)));
+    let out = h.send(p, Packet::pubrel(pid(3)));
     let q3 = publishes(&out, s)[0].3.unwrap();
     assert!(q1 != q2 && q2 != q3);
     // The subscriber acknowledges the second QoS 2 message's PUBLISH only (PUBREC).
-    let out = h.send(s, Packet::Pubrec(pid(q3)));
-    assert_eq!(packets(&out, s), vec![Packet::Pubrel(pid(q3))]);
+    let out = h.send(s, Packet::pubrec(pid(q3)));
+    assert_eq!(packets(&out, s), vec![Packet::pubrel(pid(q3))]);
     h.lost(s); // connection drops
 
     // §4.4: PUBLISH re-sent with DUP and the same ids, PUBREL re-sent, original order.
@@ -714,7 +721,7 @@ fn unacknowledged_messages_are_retransmitted_with_dup_on_reconnect() {
             Packet::Publish(p) => {
                 (format!("PUBLISH {}", String::from_utf8_lossy(&p.payload)), p.qos_pid.pid().unwrap().value(), p.dup)
             }
-            Packet::Pubrel(id) => ("PUBREL".to_string(), id.value(), false),
+            Packet::Pubrel(r) => ("PUBREL".to_string(), r.pid.value(), false),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -722,10 +729,10 @@ fn unacknowledged_messages_are_retransmitted_with_dup_on_reconnect() {
         rest,
         vec![("PUBLISH q1".into(), q1, true), ("PUBLISH q2".into(), q2, true), ("PUBREL".into(), q3, false)]
     );
-    h.send(s2, Packet::Puback(pid(q1)));
-    h.send(s2, Packet::Pubrec(pid(q2)));
-    h.send(s2, Packet::Pubcomp(pid(q2)));
-    h.send(s2, Packet::Pubcomp(pid(q3)));
+    h.send(s2, Packet::puback(pid(q1)));
+    h.send(s2, Packet::pubrec(pid(q2)));
+    h.send(s2, Packet::pubcomp(pid(q2)));
+    h.send(s2, Packet::pubcomp(pid(q3)));
     assert_eq!(h.core.session_state("s").unwrap().inflight, 0);
 }
 
@@ -747,7 +754,7 @@ fn inbound_qos2_state_survives_reconnect() {
     }
     let out = h.send(p2, dup);
     assert!(publishes(&out, sub).is_empty());
-    let out = h.send(p2, Packet::Pubrel(pid(9)));
+    let out = h.send(p2, Packet::pubrel(pid(9)));
     assert_eq!(publishes(&out, sub).len(), 1);
 }
 
@@ -763,7 +770,7 @@ fn takeover_closes_the_first_connection() {
     let (second, out) = h.connect_with(connect_packet("dup", false, 0));
     // §3.1.4-2: the first connection is closed; the session stays (clean 0) and is resumed.
     assert_eq!(close_of(&out, first), Some(CloseReason::TakenOver));
-    assert_eq!(packets(&out, second), vec![Packet::Connack(Connack::new(true, ConnectReturnCode::Accepted))]);
+    assert_eq!(packets(&out, second), vec![Packet::connack(true, ConnectReasonCode::Success)]);
     assert_eq!(publishes(&out, watch).len(), 1, "the old connection's will");
     assert_eq!(h.core.stats().takeovers, 1);
     // The old connection's late input and loss do not touch the session.
@@ -795,7 +802,7 @@ fn will_on_abnormal_close_not_on_disconnect() {
     assert_eq!(got[0].0, "w/a");
     assert_eq!(h.core.stats().retained, 1, "a retained will is retained");
     let (b, _) = h.connect_with(will("b"));
-    h.send(b, Packet::Disconnect);
+    h.send(b, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
     let out = h.lost(b);
     assert!(publishes(&out, watch).is_empty(), "§3.14.4-3");
     assert_eq!(h.core.stats().wills_published, 1);
@@ -880,7 +887,7 @@ fn inflight_window_queues_and_pumps() {
     // QoS 0 is not held behind the window.
     let out = h.send(p, publish("t", QoS::Level0, 0, "zero"));
     assert_eq!(publishes(&out, s).len(), 1);
-    let out = h.send(s, Packet::Puback(pid(ids[0])));
+    let out = h.send(s, Packet::puback(pid(ids[0])));
     let got = publishes(&out, s);
     assert_eq!(got.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["m3"]);
 }
@@ -911,11 +918,11 @@ fn channels_scope_subscriptions_flows_and_ids() {
     let (sink, _, _) = h.connect("sink", true);
     h.send(sink, subscribe(1, &[("q", QoS::Level2)]));
     let out = h.send_on(c, 1, publish("q", QoS::Level2, 5, "from 1"));
-    assert_eq!(sends(&out, c), vec![(1, Packet::Pubrec(pid(5)))], "ack on the PUBLISH's channel");
+    assert_eq!(sends(&out, c), vec![(1, Packet::pubrec(pid(5)))], "ack on the PUBLISH's channel");
     h.send_on(c, 2, publish("q", QoS::Level2, 5, "from 2"));
     assert_eq!(h.core.session_state("multi").unwrap().awaiting_rel, 2);
-    let out = h.send_on(c, 2, Packet::Pubrel(pid(5)));
-    assert_eq!(sends(&out, c), vec![(2, Packet::Pubcomp(pid(5)))]);
+    let out = h.send_on(c, 2, Packet::pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(2, Packet::pubcomp(pid(5)))]);
     assert_eq!(publishes(&out, sink)[0].1, "from 2");
 
     // Closing channel 1 parks its subscription on the control channel, discards its inbound
@@ -945,7 +952,11 @@ fn unsubscribe_and_ping() {
             ],
         )),
     );
-    assert_eq!(packets(&out, s), vec![Packet::Unsuback(pid(2))], "§3.10.4-4, §3.10.4-5");
+    assert_eq!(
+        packets(&out, s),
+        vec![Packet::Unsuback(crate::codec::Unsuback::new(pid(2), Vec::new()))],
+        "§3.10.4-4, §3.10.4-5"
+    );
     let (p, _, _) = h.connect("p", true);
     assert!(publishes(&h.send(p, publish("a", QoS::Level0, 0, "")), s).is_empty());
     assert_eq!(publishes(&h.send(p, publish("b", QoS::Level0, 0, "")), s).len(), 1);
@@ -979,7 +990,7 @@ fn control_packets_only_on_the_control_channel() {
     assert_eq!(sends(&h.send_on(c, 3, Packet::Pingreq), c), vec![], "no PINGRESP on a data channel");
     assert!(h.send_on(c, 3, Packet::Pingreq).is_empty(), "the connection is closing");
     let (d, _, _) = h.connect("d", true);
-    let out = h.send_on(d, 5, Packet::Disconnect);
+    let out = h.send_on(d, 5, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
     assert!(matches!(close_of(&out, d), Some(CloseReason::Violation(_))));
     let (e, _, _) = h.connect("e", true);
     let out = h.send_on(e, 0, Packet::Pingreq);
@@ -1011,12 +1022,12 @@ fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool)
     };
     let i1 = id_on4(&h.send(p, publish("t/a", QoS::Level1, 1, "m1")));
     h.send(p, publish("t/b", QoS::Level2, 2, "m2"));
-    let i2 = id_on4(&h.send(p, Packet::Pubrel(pid(2))));
+    let i2 = id_on4(&h.send(p, Packet::pubrel(pid(2))));
     h.send(p, publish("t/c", QoS::Level2, 3, "m3"));
-    let i3 = id_on4(&h.send(p, Packet::Pubrel(pid(3))));
+    let i3 = id_on4(&h.send(p, Packet::pubrel(pid(3))));
     assert_eq!(own8.len(), if other { 3 } else { 0 });
-    let out = h.send_on(m, 4, Packet::Pubrec(pid(i3)));
-    assert_eq!(sends(&out, m), vec![(4, Packet::Pubrel(pid(i3)))]);
+    let out = h.send_on(m, 4, Packet::pubrec(pid(i3)));
+    assert_eq!(sends(&out, m), vec![(4, Packet::pubrel(pid(i3)))]);
     let out = h.send(p, publish("t/d", QoS::Level1, 4, "m4"));
     assert!(publishes_on(&out, m).is_empty(), "window full: m4 queued");
     let before = h.core.session_state("m").unwrap();
@@ -1028,7 +1039,7 @@ fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool)
     let expected = vec![
         (to, Packet::Publish(Publish { dup: true, ..publish_of("t/a", QoS::Level1, i1, "m1") })),
         (to, Packet::Publish(Publish { dup: true, ..publish_of("t/b", QoS::Level2, i2, "m2") })),
-        (to, Packet::Pubrel(pid(i3))),
+        (to, Packet::pubrel(pid(i3))),
     ];
     assert_eq!(sends(&out, m), expected, "{end:?}, other streams: {other}");
     // Nothing dropped, nothing lost: same flights, same queue, one parked subscription.
@@ -1042,21 +1053,21 @@ fn outbound_flows_survive_the_end_of_their_channel(end: ChannelEnd, other: bool)
     // channel's window frees. On channel 8 the three moved flights count against its window of
     // three, beside its own three: m4 waits until fewer than three are in flight there (§6.12).
     let mut outs = Vec::new();
-    outs.extend(h.send_on(m, to, Packet::Puback(pid(i1))));
-    let out = h.send_on(m, to, Packet::Pubrec(pid(i2)));
-    assert_eq!(sends(&out, m), vec![(to, Packet::Pubrel(pid(i2)))]);
-    outs.extend(h.send_on(m, to, Packet::Pubcomp(pid(i2))));
-    outs.extend(h.send_on(m, to, Packet::Pubcomp(pid(i3))));
+    outs.extend(h.send_on(m, to, Packet::puback(pid(i1))));
+    let out = h.send_on(m, to, Packet::pubrec(pid(i2)));
+    assert_eq!(sends(&out, m), vec![(to, Packet::pubrel(pid(i2)))]);
+    outs.extend(h.send_on(m, to, Packet::pubcomp(pid(i2))));
+    outs.extend(h.send_on(m, to, Packet::pubcomp(pid(i3))));
     let m4_of = |out: &[Action]| publishes_on(out, m).into_iter().filter(|x| x.1 == "m4").collect::<Vec<_>>();
     let m4 = if other {
         assert!(m4_of(&outs).is_empty(), "channel 8 still has its own three in flight");
-        m4_of(&h.send_on(m, 8, Packet::Puback(pid(own8[0]))))
+        m4_of(&h.send_on(m, 8, Packet::puback(pid(own8[0]))))
     } else {
         m4_of(&outs)
     };
     assert_eq!(m4.len(), 1);
     assert_eq!((m4[0].0, m4[0].4), (to, false), "queued m4 moved to channel {to}");
-    let out = h.send_on(m, to, Packet::Puback(pid(m4[0].3.unwrap())));
+    let out = h.send_on(m, to, Packet::puback(pid(m4[0].3.unwrap())));
     if other {
         // Channel 8's own m4 (queued after channel 4's, which arrived first) follows.
         assert_eq!(m4_of(&out).iter().map(|x| (x.0, x.4)).collect::<Vec<_>>(), vec![(8, false)]);
@@ -1119,7 +1130,7 @@ fn parked_subscription_delivers_on_control_until_a_data_stream_takes_it() {
     let out = h.send(p, publish("a/x", QoS::Level1, 1, "one"));
     let got = publishes_on(&out, c);
     assert_eq!((got.len(), got[0].0, got[0].2), (1, 0, 1));
-    h.send(c, Packet::Puback(pid(got[0].3.unwrap())));
+    h.send(c, Packet::puback(pid(got[0].3.unwrap())));
     // A SUBSCRIBE of the same filter on a data stream takes it: one delivery, on that stream.
     let out = h.send_on(c, 8, subscribe(2, &[("a/#", QoS::Level1)]));
     assert_eq!(sends(&out, c)[0].0, 8, "SUBACK on the new stream");
@@ -1141,7 +1152,7 @@ fn explicit_control_subscription_merges_with_a_parked_one_and_is_not_taken() {
     let out = h.send(p, publish("a", QoS::Level1, 1, "x"));
     let got = publishes_on(&out, c);
     assert_eq!(got.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(0, 1)]);
-    h.send(c, Packet::Puback(pid(got[0].3.unwrap())));
+    h.send(c, Packet::puback(pid(got[0].3.unwrap())));
     // A data stream takes the parked one; the client's own control subscription (QoS 0) stays.
     h.send_on(c, 8, subscribe(2, &[("a", QoS::Level1)]));
     let out = h.send(p, publish("a", QoS::Level1, 2, "y"));
@@ -1160,7 +1171,7 @@ fn unsubscribe_on_any_stream_removes_a_parked_subscription() {
     assert_eq!(h.core.session_state("c").unwrap().parked, 2);
     // On another data stream (which has no subscription of its own to "a").
     let out = h.send_on(c, 8, unsubscribe(3, &["a"]));
-    assert_eq!(sends(&out, c), vec![(8, Packet::Unsuback(pid(3)))]);
+    assert_eq!(sends(&out, c), vec![(8, Packet::Unsuback(crate::codec::Unsuback::new(pid(3), Vec::new())))]);
     // On the control stream.
     h.send(c, unsubscribe(4, &["b"]));
     let info = h.core.session_state("c").unwrap();
@@ -1178,20 +1189,20 @@ fn ended_stream_inbound_qos2_is_discarded_and_a_dup_restart_delivers_once() {
     h.send(sink, subscribe(1, &[("q", QoS::Level2)]));
     let (c, _, _) = h.connect("c", true);
     let out = h.send_on(c, 4, publish("q", QoS::Level2, 5, "once"));
-    assert_eq!(sends(&out, c), vec![(4, Packet::Pubrec(pid(5)))]);
+    assert_eq!(sends(&out, c), vec![(4, Packet::pubrec(pid(5)))]);
     let out = h.end(c, 4, ChannelEnd::Reset);
     assert!(publishes(&out, sink).is_empty(), "§6.4: nothing delivered before PUBREL");
     assert_eq!(h.core.session_state("c").unwrap().awaiting_rel, 0);
     assert_eq!(h.core.stats().discarded_awaiting_rel, 1);
     // The client restarts the flow on a live stream: PUBLISH with DUP, then PUBREL.
     let out = h.send_on(c, 8, with_dup(publish("q", QoS::Level2, 5, "once")));
-    assert_eq!(sends(&out, c), vec![(8, Packet::Pubrec(pid(5)))]);
+    assert_eq!(sends(&out, c), vec![(8, Packet::pubrec(pid(5)))]);
     assert!(publishes(&out, sink).is_empty());
-    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
-    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    let out = h.send_on(c, 8, Packet::pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::pubcomp(pid(5)))]);
     assert_eq!(publishes(&out, sink).len(), 1, "exactly once");
-    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
-    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    let out = h.send_on(c, 8, Packet::pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::pubcomp(pid(5)))]);
     assert!(publishes(&out, sink).is_empty(), "never twice");
 }
 
@@ -1204,11 +1215,11 @@ fn pubrel_for_a_discarded_flow_gets_pubcomp_and_delivers_nothing() {
     h.send_on(c, 4, publish("q", QoS::Level2, 5, "lost"));
     h.end(c, 4, ChannelEnd::Finished);
     // The client merely completes the flow elsewhere (MQTT 3.1.1 §4.3.3): the message is lost.
-    let out = h.send_on(c, 8, Packet::Pubrel(pid(5)));
-    assert_eq!(sends(&out, c), vec![(8, Packet::Pubcomp(pid(5)))]);
+    let out = h.send_on(c, 8, Packet::pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(8, Packet::pubcomp(pid(5)))]);
     assert!(publishes(&out, sink).is_empty());
-    let out = h.send(c, Packet::Pubrel(pid(5)));
-    assert_eq!(sends(&out, c), vec![(0, Packet::Pubcomp(pid(5)))]);
+    let out = h.send(c, Packet::pubrel(pid(5)));
+    assert_eq!(sends(&out, c), vec![(0, Packet::pubcomp(pid(5)))]);
     assert!(publishes(&out, sink).is_empty());
 }
 
@@ -1255,11 +1266,11 @@ fn resumed_persistent_session_delivers_on_control_until_resubscribed_on_a_data_s
     // The control stream's inbound QoS 2 flow survived; stream 4's did not (PUBCOMP anyway).
     let (sink, _, _) = h.connect("sink", true);
     h.send(sink, subscribe(1, &[("x", QoS::Level2)]));
-    assert_eq!(publishes(&h.send(s2, Packet::Pubrel(pid(9))), sink).len(), 1);
-    let out = h.send_on(s2, 4, Packet::Pubrel(pid(7)));
-    assert_eq!((sends(&out, s2), publishes(&out, sink).len()), (vec![(4, Packet::Pubcomp(pid(7)))], 0));
-    h.send(s2, Packet::Puback(pid(i1)));
-    h.send(s2, Packet::Puback(pid(i1 + 1)));
+    assert_eq!(publishes(&h.send(s2, Packet::pubrel(pid(9))), sink).len(), 1);
+    let out = h.send_on(s2, 4, Packet::pubrel(pid(7)));
+    assert_eq!((sends(&out, s2), publishes(&out, sink).len()), (vec![(4, Packet::pubcomp(pid(7)))], 0));
+    h.send(s2, Packet::puback(pid(i1)));
+    h.send(s2, Packet::puback(pid(i1 + 1)));
     assert_eq!(h.core.session_state("dev").unwrap().inflight, 0);
 }
 
@@ -1272,12 +1283,12 @@ fn early_clean_connect_for_an_unknown_id_subscribe_and_ping_act_at_once() {
     for id in ["fresh", ""] {
         let c = h.open_early();
         early.push(c);
-        let out = h.send(c, Packet::Connect(connect_packet(id, true, 0)));
-        assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))], "{id:?}");
+        let out = h.send(c, Packet::connect(connect_packet(id, true, 0)));
+        assert_eq!(packets(&out, c), vec![Packet::connack(false, ConnectReasonCode::Success)], "{id:?}");
         let out = h.send(c, subscribe(1, &[("a", QoS::Level1)]));
-        assert_eq!(packets(&out, c), vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReturnCode::MaxLevel1]))]);
+        assert_eq!(packets(&out, c), vec![Packet::Suback(Suback::new(pid(1), vec![SubscribeReasonCode::GrantedQoS1]))]);
         let out = h.send(c, unsubscribe(2, &["zzz"]));
-        assert_eq!(packets(&out, c), vec![Packet::Unsuback(pid(2))]);
+        assert_eq!(packets(&out, c), vec![Packet::Unsuback(crate::codec::Unsuback::new(pid(2), Vec::new()))]);
         let out = h.send(c, Packet::Pingreq);
         assert_eq!(packets(&out, c), vec![Packet::Pingresp]);
         assert!(h.core.is_early(c));
@@ -1296,7 +1307,7 @@ fn early_publish_at_any_qos_is_held_until_the_handshake_completes() {
     let (watch, _, _) = h.connect("watch", true);
     h.send(watch, subscribe(1, &[("t", QoS::Level2)]));
     let c = h.open_early();
-    h.send(c, Packet::Connect(connect_packet("early", true, 0)));
+    h.send(c, Packet::connect(connect_packet("early", true, 0)));
     for (qos, id) in [(QoS::Level0, 0), (QoS::Level1, 1), (QoS::Level2, 2)] {
         let out = h.send(c, publish("t", qos, id, &format!("q{}", qos as u8)));
         assert!(out.is_empty(), "held: no ack, nothing routed ({qos:?})");
@@ -1305,9 +1316,9 @@ fn early_publish_at_any_qos_is_held_until_the_handshake_completes() {
     assert_eq!(h.core.stats().early_held, 3);
     let out = h.complete(c);
     assert!(!h.core.is_early(c));
-    assert_eq!(packets(&out, c), vec![Packet::Puback(pid(1)), Packet::Pubrec(pid(2))]);
+    assert_eq!(packets(&out, c), vec![Packet::puback(pid(1)), Packet::pubrec(pid(2))]);
     assert_eq!(publishes(&out, watch).iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["q0", "q1"]);
-    let out = h.send(c, Packet::Pubrel(pid(2)));
+    let out = h.send(c, Packet::pubrel(pid(2)));
     assert_eq!(publishes(&out, watch).iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["q2"]);
 }
 
@@ -1315,10 +1326,10 @@ fn early_publish_at_any_qos_is_held_until_the_handshake_completes() {
 fn early_connect_with_clean_session_0_is_held() {
     let mut h = H::new();
     let c = h.open_early();
-    assert!(h.send(c, Packet::Connect(connect_packet("p", false, 0))).is_empty());
+    assert!(h.send(c, Packet::connect(connect_packet("p", false, 0))).is_empty());
     assert!(h.core.session_state("p").is_none(), "no session created before the handshake completes");
     let out = h.complete(c);
-    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert_eq!(packets(&out, c), vec![Packet::connack(false, ConnectReasonCode::Success)]);
     assert!(h.core.session_state("p").unwrap().online);
 }
 
@@ -1327,12 +1338,12 @@ fn early_takeover_is_held_and_the_live_session_is_not_kicked_until_complete() {
     let mut h = H::new();
     let (live, _, _) = h.connect("dup", true);
     let c = h.open_early();
-    assert!(h.send(c, Packet::Connect(connect_packet("dup", true, 0))).is_empty());
+    assert!(h.send(c, Packet::connect(connect_packet("dup", true, 0))).is_empty());
     assert_eq!(packets(&h.send(live, Packet::Pingreq), live), vec![Packet::Pingresp], "still served");
     assert_eq!(h.core.stats().takeovers, 0);
     let out = h.complete(c);
     assert_eq!(close_of(&out, live), Some(CloseReason::TakenOver));
-    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert_eq!(packets(&out, c), vec![Packet::connack(false, ConnectReasonCode::Success)]);
 }
 
 #[test]
@@ -1342,11 +1353,11 @@ fn early_clean_connect_for_a_stored_session_is_held_and_does_not_wipe_it() {
     h.send(s, subscribe(1, &[("d", QoS::Level1)]));
     h.lost(s);
     let c = h.open_early();
-    assert!(h.send(c, Packet::Connect(connect_packet("dev", true, 0))).is_empty());
+    assert!(h.send(c, Packet::connect(connect_packet("dev", true, 0))).is_empty());
     let info = h.core.session_state("dev").unwrap();
     assert_eq!((info.clean, info.subscriptions), (false, 1), "stored session intact");
     let out = h.complete(c);
-    assert_eq!(packets(&out, c), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    assert_eq!(packets(&out, c), vec![Packet::connack(false, ConnectReasonCode::Success)]);
     let info = h.core.session_state("dev").unwrap();
     assert_eq!((info.clean, info.subscriptions), (true, 0), "§3.1.2-6: wiped on completion");
 }
@@ -1355,22 +1366,22 @@ fn early_clean_connect_for_a_stored_session_is_held_and_does_not_wipe_it() {
 fn after_a_held_packet_everything_is_held_in_order() {
     let mut h = H::new();
     let c = h.open_early();
-    h.send(c, Packet::Connect(connect_packet("e", true, 0)));
+    h.send(c, Packet::connect(connect_packet("e", true, 0)));
     assert!(h.send(c, publish("t", QoS::Level1, 1, "x")).is_empty());
     // Would act at once on their own; held behind the PUBLISH.
     assert!(h.send(c, Packet::Pingreq).is_empty());
     assert!(h.send_on(c, 4, subscribe(2, &[("s", QoS::Level1)])).is_empty());
     // A data channel that ends meanwhile ends after its held packets.
     assert!(h.end(c, 4, ChannelEnd::Reset).is_empty());
-    assert!(h.send(c, Packet::Disconnect).is_empty());
+    assert!(h.send(c, Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).is_empty());
     assert_eq!(h.core.stats().early_held, 4);
     let out = h.complete(c);
     assert_eq!(
         sends(&out, c),
         vec![
-            (0, Packet::Puback(pid(1))),
+            (0, Packet::puback(pid(1))),
             (0, Packet::Pingresp),
-            (4, Packet::Suback(Suback::new(pid(2), vec![SubscribeReturnCode::MaxLevel1]))),
+            (4, Packet::Suback(Suback::new(pid(2), vec![SubscribeReasonCode::GrantedQoS1]))),
         ]
     );
     assert_eq!(close_of(&out, c), Some(CloseReason::Disconnect));
@@ -1380,8 +1391,8 @@ fn after_a_held_packet_everything_is_held_in_order() {
 fn early_disconnect_is_held() {
     let mut h = H::new();
     let c = h.open_early();
-    h.send(c, Packet::Connect(connect_packet("e", true, 0)));
-    assert!(h.send(c, Packet::Disconnect).is_empty());
+    h.send(c, Packet::connect(connect_packet("e", true, 0)));
+    assert!(h.send(c, Packet::disconnect(DisconnectReasonCode::NormalDisconnect)).is_empty());
     assert_eq!(close_of(&h.complete(c), c), Some(CloseReason::Disconnect));
 }
 
@@ -1401,7 +1412,7 @@ fn close_while_early_drops_held_packets_publishes_no_will_and_keeps_the_stored_s
     let c = h.open_early();
     let mut connect = connect_packet("dev", false, 0);
     connect.last_will = Some(LastWill::new(QoS::Level1, tn("will/dev"), Bytes::from_static(b"gone")));
-    h.send(c, Packet::Connect(connect));
+    h.send(c, Packet::connect(connect));
     h.send(c, publish("x", QoS::Level1, 1, "never"));
     let out = h.lost(c);
     assert!(out.is_empty(), "nothing published, no will: {out:?}");
@@ -1413,7 +1424,7 @@ fn close_while_early_drops_held_packets_publishes_no_will_and_keeps_the_stored_s
     let e = h.open_early();
     let mut connect = connect_packet("e", true, 0);
     connect.last_will = Some(LastWill::new(QoS::Level1, tn("will/e"), Bytes::from_static(b"gone")));
-    assert_eq!(packets(&h.send(e, Packet::Connect(connect)), e).len(), 1, "CONNACK at once");
+    assert_eq!(packets(&h.send(e, Packet::connect(connect)), e).len(), 1, "CONNACK at once");
     assert!(publishes(&h.lost(e), watch).is_empty());
     assert!(h.core.session_state("e").is_none(), "an early clean session ends with its connection");
     assert_eq!(h.core.stats().wills_published, 0);
@@ -1424,7 +1435,7 @@ fn early_hold_bound_exceeded_closes_the_connection() {
     let mut h = H::with(|c| c.max_packet_size = 4096);
     let limit = h.core.early_hold_limit();
     let c = h.open_early();
-    h.send(c, Packet::Connect(connect_packet("big", false, 0)));
+    h.send(c, Packet::connect(connect_packet("big", false, 0)));
     let payload = "x".repeat(4000);
     let mut closed = None;
     for i in 1..=100u16 {
@@ -1495,16 +1506,16 @@ fn hol_a_stalled_data_channel_does_not_hold_up_another() {
         assert_eq!(got.len(), 1, "b{i} delivered at once on channel 8");
         assert_eq!(got[0].0, format!("b{i}"));
         assert!(on_channel(&out, s, 4).is_empty());
-        h.send_on(s, 8, Packet::Puback(pid(got[0].1.unwrap())));
+        h.send_on(s, 8, Packet::puback(pid(got[0].1.unwrap())));
         assert_eq!(lane_of(&h, "s", 8), (0, 0));
     }
     let info = h.core.session_state("s").unwrap();
     assert_eq!((info.inflight, info.queued, info.dropped), (3, 2, 0), "only channel 4's own wait");
     // Channel 4's acknowledgements release its own queue, in order; an acknowledgement counts
     // on any channel (§6.3), here the control channel.
-    let out = h.send(s, Packet::Puback(pid(a_ids[0])));
+    let out = h.send(s, Packet::puback(pid(a_ids[0])));
     assert_eq!(on_channel(&out, s, 4).iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a4"]);
-    let out = h.send_on(s, 4, Packet::Puback(pid(a_ids[1])));
+    let out = h.send_on(s, 4, Packet::puback(pid(a_ids[1])));
     assert_eq!(on_channel(&out, s, 4).iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a5"]);
     assert_eq!(lane_of(&h, "s", 4), (3, 0));
     assert_eq!(h.core.stats().queued, 0);
@@ -1533,7 +1544,7 @@ fn one_channel_keeps_the_window_then_queues_in_order() {
     // Each acknowledgement lets exactly the next one go, in order.
     let mut k = 0;
     while k < got.len() {
-        let out = h.send(s, Packet::Puback(pid(got[k].1.unwrap())));
+        let out = h.send(s, Packet::puback(pid(got[k].1.unwrap())));
         let next = on_channel(&out, s, CONTROL_CHANNEL);
         assert!(next.len() <= 1);
         got.extend(next);
@@ -1567,7 +1578,7 @@ fn per_topic_order_holds_with_per_channel_queues() {
         let topic = if i % 3 == 0 { "t/a" } else { "t/b" };
         let out = if i % 2 == 0 {
             h.send(p, publish(topic, QoS::Level2, i, &format!("{topic} {i}")));
-            h.send(p, Packet::Pubrel(pid(i)))
+            h.send(p, Packet::pubrel(pid(i)))
         } else {
             h.send(p, publish(topic, QoS::Level1, i, &format!("{topic} {i}")))
         };
@@ -1577,9 +1588,9 @@ fn per_topic_order_holds_with_per_channel_queues() {
         // PUBREC, PUBCOMP), so its own queue grows and drains.
         if i % 2 == 0 && acked8 < on8.len() {
             let id = pid(on8[acked8].1.unwrap());
-            let mut out = h.send_on(s, 8, Packet::Puback(id));
-            out.extend(h.send_on(s, 8, Packet::Pubrec(id)));
-            out.extend(h.send_on(s, 8, Packet::Pubcomp(id)));
+            let mut out = h.send_on(s, 8, Packet::puback(id));
+            out.extend(h.send_on(s, 8, Packet::pubrec(id)));
+            out.extend(h.send_on(s, 8, Packet::pubcomp(id)));
             on8.extend(on_channel(&out, s, 8));
             on4.extend(on_channel(&out, s, 4));
             acked8 += 1;
@@ -1593,9 +1604,9 @@ fn per_topic_order_holds_with_per_channel_queues() {
         for (list, done, ch) in [(&on4, &mut done4, 4), (&on8, &mut acked8, 8)] {
             if *done < list.len() {
                 let id = pid(list[*done].1.unwrap());
-                out.extend(h.send_on(s, ch, Packet::Puback(id)));
-                out.extend(h.send_on(s, ch, Packet::Pubrec(id)));
-                out.extend(h.send_on(s, ch, Packet::Pubcomp(id)));
+                out.extend(h.send_on(s, ch, Packet::puback(id)));
+                out.extend(h.send_on(s, ch, Packet::pubrec(id)));
+                out.extend(h.send_on(s, ch, Packet::pubcomp(id)));
                 *done += 1;
             }
         }
@@ -1674,15 +1685,15 @@ fn session_queue_bound_holds_across_channels_and_a_stalled_channel_gives_way() {
     assert_eq!((queued(&h), dropped(&h)), (4, 4));
     assert_eq!(h.core.stats().dropped_queue_full, 4);
     // Room again (c2 goes in flight): b4 is kept.
-    h.send(s, Packet::Puback(pid(c1[0].1.unwrap())));
+    h.send(s, Packet::puback(pid(c1[0].1.unwrap())));
     publish_to!(h, "b", "b4");
     assert_eq!((queued(&h), dropped(&h)), (4, 4));
     // What each channel gets once it reads: its kept messages, in order.
     for _ in 0..3 {
         let (x, y) = (a.last().unwrap().1.unwrap(), b.last().unwrap().1.unwrap());
-        let out = h.send_on(s, 4, Packet::Puback(pid(x)));
+        let out = h.send_on(s, 4, Packet::puback(pid(x)));
         a.extend(on_channel(&out, s, 4));
-        let out = h.send_on(s, 8, Packet::Puback(pid(y)));
+        let out = h.send_on(s, 8, Packet::puback(pid(y)));
         b.extend(on_channel(&out, s, 8));
     }
     assert_eq!(a.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["a1", "a2", "a3"]);
@@ -1718,7 +1729,7 @@ fn ended_channel_queue_merges_into_the_target_channel_queue_in_order() {
     // Channel 8 reads again: everything comes, each copy of the topic in order.
     let mut k = 0;
     while k < on8.len() {
-        let out = h.send_on(s, 8, Packet::Puback(pid(on8[k].1.unwrap())));
+        let out = h.send_on(s, 8, Packet::puback(pid(on8[k].1.unwrap())));
         on8.extend(on_channel(&out, s, 8));
         k += 1;
     }
@@ -1749,7 +1760,7 @@ fn lost_connection_merges_every_channel_into_control_in_order() {
     let mut all: Vec<_> = on_channel(&out, s, CONTROL_CHANNEL);
     let mut k = 0;
     while k < all.len() {
-        let out = h.send(s, Packet::Puback(pid(all[k].1.unwrap())));
+        let out = h.send(s, Packet::puback(pid(all[k].1.unwrap())));
         all.extend(on_channel(&out, s, CONTROL_CHANNEL));
         k += 1;
     }
@@ -1806,7 +1817,7 @@ fn subscription_limit_per_session() {
         packets(&out, c),
         vec![Packet::Suback(Suback::new(
             pid(1),
-            vec![SubscribeReturnCode::MaxLevel0, SubscribeReturnCode::MaxLevel1, SubscribeReturnCode::MaxLevel2]
+            vec![SubscribeReasonCode::GrantedQoS0, SubscribeReasonCode::GrantedQoS1, SubscribeReasonCode::GrantedQoS2]
         ))]
     );
     assert_eq!(h.core.session_state("c").map(|s| s.subscriptions), Some(2));
@@ -1814,7 +1825,7 @@ fn subscription_limit_per_session() {
     let (p, _, _) = h.connect("p", true);
     let out = h.send(p, publish("a", QoS::Level2, 1, "x"));
     assert_eq!(publishes(&out, c).len(), 0, "QoS 2 from the publisher: delivered on PUBREL");
-    let out = h.send(p, Packet::Pubrel(pid(1)));
+    let out = h.send(p, Packet::pubrel(pid(1)));
     assert_eq!(publishes(&out, c).iter().map(|x| x.2).collect::<Vec<_>>(), vec![2]);
     // Held filters again plus one new: 3, allowed.
     let out = h.send(c, subscribe(2, &[("a", QoS::Level0), ("b", QoS::Level0), ("c", QoS::Level0)]));
@@ -1854,9 +1865,9 @@ fn awaiting_rel_bounded_in_bytes() {
     let mut h = H::with(|c| c.max_awaiting_rel_bytes = 20);
     let (c, _, _) = h.connect("c", true);
     let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // 11 bytes
-    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    assert_eq!(packets(&out, c), vec![Packet::pubrec(pid(1))]);
     let out = h.send(c, publish("t", QoS::Level2, 1, "0123456789")); // a duplicate: not counted twice
-    assert_eq!(packets(&out, c), vec![Packet::Pubrec(pid(1))]);
+    assert_eq!(packets(&out, c), vec![Packet::pubrec(pid(1))]);
     let out = h.send(c, publish("t", QoS::Level2, 2, "0123456789")); // 22 in all: over
     match close_of(&out, c) {
         Some(CloseReason::Violation(v)) => assert!(v.contains("max_awaiting_rel_bytes"), "{v}"),
@@ -1871,11 +1882,11 @@ fn awaiting_rel_bounded_in_bytes() {
 #[test]
 fn require_certificate_refuses_connections_without_one() {
     let mut h = H::with(|c| c.require_certificate = true);
-    assert_eq!(h.refused(connect_packet("tcp", true, 0)), ConnectReturnCode::NotAuthorized);
+    assert_eq!(h.refused(connect_packet("tcp", true, 0)), ConnectReasonCode::NotAuthorized);
     let conn = h.open();
     h.core.set_cert_identity(conn, Some("alice"));
-    let out = h.send(conn, Packet::Connect(connect_packet("tls", true, 0)));
-    assert_eq!(packets(&out, conn), vec![Packet::Connack(Connack::new(false, ConnectReturnCode::Accepted))]);
+    let out = h.send(conn, Packet::connect(connect_packet("tls", true, 0)));
+    assert_eq!(packets(&out, conn), vec![Packet::connack(false, ConnectReasonCode::Success)]);
     assert_eq!(h.core.stats().auth_failures, 1);
 }
 
@@ -1943,7 +1954,7 @@ fn store_ops_come_before_the_packets_that_acknowledge_them() {
         other => panic!("{other:?}"),
     };
     // Its PUBACK: the delivery is done.
-    let out = h.send(c, Packet::Puback(pid(delivered.1)));
+    let out = h.send(c, Packet::puback(pid(delivered.1)));
     assert!(matches!(&stores(&out)[..], [StoreOp::OutboundDone { seq, .. }] if *seq == delivered.0), "{out:?}");
     // Clearing it: Unretain (and the empty message matches a/#: its delivery, at QoS 1).
     let out = h.send(c, retained("a/x", QoS::Level1, 3, ""));
@@ -1953,7 +1964,7 @@ fn store_ops_come_before_the_packets_that_acknowledge_them() {
     let (store, send) = store_then_send(&out, c);
     assert!(store < send && store.is_some(), "{out:?}");
     assert!(matches!(&stores(&out)[..], [StoreOp::Inbound { pid: 9, .. }]), "{out:?}");
-    let out = h.send(c, Packet::Pubrel(pid(9)));
+    let out = h.send(c, Packet::pubrel(pid(9)));
     let (store, send) = store_then_send(&out, c);
     assert!(store < send && store.is_some(), "{out:?}");
     assert!(matches!(&stores(&out)[..], [StoreOp::InboundDone { pid: 9, .. }]), "{out:?}");

@@ -88,6 +88,11 @@ pub struct MqttConfig {
     /// SUBSCRIBE is applied. 1,000: a session's subscriptions are a short list scanned per
     /// SUBSCRIBE; mosquitto and EMQX set no limit by default.
     pub max_subscriptions: usize,
+    /// Topic Aliases an MQTT 5 client may set per stream (the Topic Alias Maximum in CONNACK,
+    /// §3.2.2.3.8); 0 turns them off. A PUBLISH with a larger alias closes the connection with
+    /// DISCONNECT 0x94. 10: mosquitto's `max_topic_alias`; each costs one topic name per
+    /// stream.
+    pub max_topic_alias: u16,
     /// Inbound QoS 2 messages stored per session awaiting PUBREL. A client that exceeds it is
     /// disconnected (3.1.1 has no way to refuse a PUBLISH). 1,000.
     pub max_awaiting_rel: usize,
@@ -158,6 +163,7 @@ impl Default for MqttConfig {
             max_retained_bytes: 256 << 20,
             max_topic_levels: 128,
             max_subscriptions: 1000,
+            max_topic_alias: 10,
             password_file: None,
             allow_anonymous: None,
             acl: None,
@@ -217,6 +223,7 @@ impl MqttConfig {
         line("mqtt_max_awaiting_rel_bytes", &self.max_awaiting_rel_bytes);
         line("mqtt_max_topic_levels", &self.max_topic_levels);
         line("mqtt_max_subscriptions", &self.max_subscriptions);
+        line("mqtt_max_topic_alias", &self.max_topic_alias);
         line("mqtt_require_certificate", &self.require_certificate);
         let ca = match (&self.client_ca, self.require_certificate) {
             (Some(ca), _) => ca.display().to_string(),

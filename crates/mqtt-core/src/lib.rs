@@ -1,5 +1,5 @@
-//! quiclab's MQTT broker core: everything about MQTT 3.1.1 that does not need a socket, a
-//! runtime or a clock.
+//! quiclab's MQTT broker core: everything about MQTT 3.1.1 and 5.0 that does not need a
+//! socket, a runtime or a clock.
 //!
 //! The broker is a sans-IO state machine ([`BrokerCore`]): it is fed `(connection, channel,
 //! packet, now)` and answers with [`Action`]s (packets to write, channels to close, a timer to
@@ -11,7 +11,7 @@
 //!
 //! | module | what it holds |
 //! |--------|---------------|
-//! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s v3.1.1 packets; encoder |
+//! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s 3.1.1 and 5.0 packets, one packet type for both; encoder |
 //! | [`topic`] | the subscription trie and the retained-message trie (`+`, `#`, the `$` rule); iterative, bounded |
 //! | [`session`] | per-client-id state: subscriptions, packet ids, in-flight and queued messages, inbound QoS 2 |
 //! | [`broker`] | [`BrokerCore`]: `(connection, channel, packet, now) → actions` |

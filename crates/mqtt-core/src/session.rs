@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::acl::ClientAcl;
-use crate::codec::{QoS, TopicFilter, TopicName};
+use crate::codec::{MessageProps, QoS, TopicFilter, TopicName};
 use crate::slab::{SlabKey, Slot};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
@@ -30,6 +30,42 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag it was published with.
     pub retain: bool,
+    /// The MQTT 5 properties forwarded with it (content type, response topic, correlation
+    /// data, user properties, payload format), shared by all its deliveries; `None` for a
+    /// 3.1.1 message.
+    pub props: Option<Arc<MessageProps>>,
+    /// When it expires (MQTT 5 Message Expiry Interval, §3.3.2.3.3): not delivered after it,
+    /// and delivered with what is left of the interval. `None`: never.
+    pub expires_at: Option<std::time::Instant>,
+}
+
+impl Message {
+    /// A message without MQTT 5 properties that never expires.
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message { topic, payload, qos, retain, props: None, expires_at: None }
+    }
+
+    /// With a Message Expiry Interval of `secs` from `now` (MQTT 5 §3.3.2.3.3).
+    pub fn with_expiry(mut self, secs: Option<u32>, now: Option<std::time::Instant>) -> Message {
+        self.expires_at = secs.zip(now).map(|(s, n)| n + std::time::Duration::from_secs(u64::from(s)));
+        self
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: std::time::Instant) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+}
+
+/// A client's will (MQTT 3.1.1 §3.1.2.5, MQTT 5 §3.1.3.2): the message, and the two MQTT 5
+/// intervals that start when the connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Will {
+    pub msg: Message,
+    /// Will Delay Interval, seconds (0: published at once).
+    pub delay: u32,
+    /// Message Expiry Interval, seconds, counted from when the will is published.
+    pub expiry: Option<u32>,
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -244,6 +280,11 @@ impl Flows {
     }
 }
 
+/// Outbound QoS 1/2 messages in flight per session, all channels together: the window is per
+/// channel (docs/mqtt-over-quic.md §6.12), but packet identifiers are per session (§2.6) and
+/// there are 65,535 of them. Beyond this, deliveries wait in their channel's queue.
+pub(crate) const MAX_SESSION_INFLIGHT: usize = 65_000;
+
 static NO_FLOWS: std::sync::OnceLock<Flows> = std::sync::OnceLock::new();
 
 /// One subscription of a session.
@@ -264,8 +305,23 @@ pub(crate) struct Sub {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub client_id: Arc<str>,
-    /// Clean session 1: the session ends with its connection (§3.1.2.4).
+    /// The session ends with its connection: 3.1.1 clean session 1 (§3.1.2.4), MQTT 5 Session
+    /// Expiry Interval 0 (§3.1.2.11.2).
     pub clean: bool,
+    /// MQTT 5 Session Expiry Interval, seconds (§3.1.2.11.2): how long the session outlives its
+    /// connection. 0 with `clean`; `u32::MAX` (never expires) for 3.1.1 clean session 0.
+    pub expiry: u32,
+    /// While offline with a finite expiry: when the session ends.
+    pub expires_at: Option<std::time::Instant>,
+    /// While offline: a will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is
+    /// due. Dropped if the client comes back first.
+    pub delayed_will: Option<(std::time::Instant, Box<Will>)>,
+    /// Outbound QoS 1/2 messages in flight at most, all channels: the client's MQTT 5 Receive
+    /// Maximum (§3.3.4-7), within the packet identifiers there are.
+    pub inflight_cap: usize,
+    /// The client's MQTT 5 Maximum Packet Size (§3.1.2.11.4): a PUBLISH larger than this is
+    /// not sent to it (§3.1.2-25).
+    pub max_packet: Option<u32>,
     /// The connection it is attached to.
     pub conn: Option<ConnId>,
     /// Its subscriptions, explicit and parked. A few per client: a vector is smaller than a map
@@ -280,7 +336,20 @@ pub(crate) struct Session {
 
 impl Session {
     pub fn new(client_id: Arc<str>, clean: bool) -> Session {
-        Session { client_id, clean, conn: None, subs: Vec::new(), flows: None, dropped: 0, acl: None }
+        Session {
+            client_id,
+            clean,
+            expiry: if clean { 0 } else { u32::MAX },
+            expires_at: None,
+            delayed_will: None,
+            inflight_cap: MAX_SESSION_INFLIGHT,
+            max_packet: None,
+            conn: None,
+            subs: Vec::new(),
+            flows: None,
+            dropped: 0,
+            acl: None,
+        }
     }
 
     /// The flows, for reading (empty when there are none).
@@ -349,6 +418,14 @@ impl Session {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The next deadline of the session while offline: its delayed will or its expiry.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        match (self.delayed_will.as_ref().map(|(at, _)| *at), self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
