@@ -15,7 +15,7 @@ use common::TestServer;
 use quiclab::mqtt::acl::AclFile;
 use quiclab::mqtt::auth::PasswordFile;
 use quiclab::mqtt::client::{Client, ClientOptions, MqttUrl, StreamMode};
-use quiclab::mqtt::codec::{ConnectReasonCode, QoS, SubscribeReasonCode, TopicName};
+use quiclab::mqtt::codec::{QoS, SubscribeReasonCode, TopicName};
 use quiclab::mqtt::{Message, MqttError};
 use quiclab::tls::Trust;
 
@@ -89,7 +89,7 @@ async fn connect_code(ts: &TestServer, via: Via, id: &str, user: Option<(&str, O
             c.disconnect().await.unwrap();
             0
         }
-        Err(MqttError::Refused(code)) => code as u8,
+        Err(MqttError::Refused(code)) => quiclab::mqtt::codec::v3_return_code(code),
         Err(e) => panic!("{via:?} {id}: {e}"),
     }
 }
@@ -206,7 +206,7 @@ async fn same_users_and_acl_same_outcomes_on_every_transport() {
         connect: vec![
             ("alice", 0),
             ("bob", 0),
-            ("alice wrong password", ConnectReasonCode::NotAuthorized as u8),
+            ("alice wrong password", 5),
             ("alice no password", 5),
             ("unknown user", 5),
             ("anonymous, allowed", 0),
