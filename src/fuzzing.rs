@@ -694,7 +694,7 @@ mod topic_tree {
                     let t = topic.render();
                     let mut out = Vec::new();
                     subs.matches(&t, &mut out);
-                    let got = sorted(out.into_iter().map(|s: Subscriber<u8>| (s.key, s.qos)).collect());
+                    let got = sorted(out.into_iter().map(|s: Subscriber<u8>| (s.key, s.opts)).collect());
                     let want = sorted(
                         model_subs.iter().filter(|(f, _, _)| reference(f, &t)).map(|&(_, k, q)| (k, q)).collect(),
                     );
@@ -758,7 +758,7 @@ mod topic_tree {
         subs.insert(&format!("{}x", level.repeat(levels)), 2, 0);
         let mut out = Vec::new();
         subs.matches(&topic, &mut out);
-        assert_eq!(out, vec![Subscriber { key: 1, qos: 1 }], "deep match ({levels} levels)");
+        assert_eq!(out, vec![Subscriber { key: 1, opts: 1, id: 0 }], "deep match ({levels} levels)");
         assert!(subs.remove(&filter, 1));
         let mut retained: RetainTree<u8> = RetainTree::new();
         retained.set(&topic, 7);

@@ -56,7 +56,9 @@ use crate::codec::{
     TopicFilter, TopicName, Unsubscribe, UnsubscribeReasonCode, Version,
 };
 use crate::config::MqttConfig;
-use crate::session::{Flows, InFlight, Message, OutState, Queued, Session, SessionId, Will, MAX_SESSION_INFLIGHT};
+use crate::session::{
+    Flows, InFlight, Message, OutState, Queued, Session, SessionId, SubIds, SubOpts, Will, MAX_SESSION_INFLIGHT,
+};
 use crate::slab::Slab;
 use crate::topic::{filter_matches, RetainTree, SubTree, Subscriber};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
@@ -383,15 +385,20 @@ struct Relocated {
 /// explicit and parked control-channel subscriptions to it, or remove it when there are none.
 fn sync_control_route(tree: &mut SubTree<SubKey>, sid: SessionId, s: &Session, filter: &TopicFilter) {
     let key = SubKey { session: sid, channel: CONTROL_CHANNEL };
-    match s.control_qos(filter) {
-        Some(q) => {
-            tree.insert(filter, key, qos_u8(q));
+    match s.control_route(filter) {
+        Some((q, o)) => {
+            tree.insert_sub(filter, Subscriber { key, opts: qos_u8(q) | o.flags(), id: o.id });
         }
         None => {
             tree.remove(filter, key);
         }
     }
 }
+
+/// No Local in a [`Subscriber`]'s options byte (MQTT 5 §3.8.3.1).
+const OPT_NO_LOCAL: u8 = 0x04;
+/// Retain As Published in a [`Subscriber`]'s options byte.
+const OPT_RETAIN_AS_PUBLISHED: u8 = 0x08;
 
 /// The SUBACK code granting `q`.
 fn granted_code(q: QoS) -> SubscribeReasonCode {
@@ -444,13 +451,26 @@ fn done_op(s: &Session, seq: u64, persist: bool) -> Option<StoreOp> {
 /// The PUBLISH that delivers `msg`: its MQTT 5 properties, and what is left of its Message
 /// Expiry Interval at `now` (§3.3.2-6), at least a second while it has not expired. (A 3.1.1
 /// encoding leaves them out.)
-fn publish_packet(msg: &Message, qos_pid: QosPid, retain: bool, dup: bool, now: Option<Instant>) -> Packet {
+fn publish_packet(
+    msg: &Message,
+    qos_pid: QosPid,
+    retain: bool,
+    dup: bool,
+    now: Option<Instant>,
+    ids: &SubIds,
+) -> Packet {
     let message_expiry = msg.expires_at.zip(now).map(|(at, now)| {
         let left = at.saturating_duration_since(now);
         u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX).max(1)
     });
-    let props = (msg.props.is_some() || message_expiry.is_some())
-        .then(|| Box::new(PublishProps { message: msg.props.clone(), message_expiry, ..Default::default() }));
+    let props = (msg.props.is_some() || message_expiry.is_some() || ids.is_some()).then(|| {
+        Box::new(PublishProps {
+            message: msg.props.clone(),
+            message_expiry,
+            subscription_ids: ids.as_deref().map(<[u32]>::to_vec).unwrap_or_default(),
+            topic_alias: None,
+        })
+    });
     Packet::Publish(Publish {
         dup,
         retain,
@@ -544,7 +564,7 @@ impl<D> BrokerCore<D> {
         }
         let mut session = Session::new(client_id.clone(), false);
         for (filter, qos) in subs.iter().take(self.cfg.max_subscriptions) {
-            session.park(filter, (*qos).min(self.cfg.max_qos));
+            session.park(filter, (*qos).min(self.cfg.max_qos), SubOpts::default());
         }
         outbound.sort_by_key(|o| o.seq);
         for o in outbound {
@@ -552,7 +572,7 @@ impl<D> BrokerCore<D> {
             f.next_seq = f.next_seq.max(o.seq);
             let (id, state) = match o.stage {
                 OutStage::Queued(qos) => {
-                    let q = Queued { seq: o.seq, qos, retain: o.retain, msg: o.msg };
+                    let q = Queued { seq: o.seq, qos, retain: o.retain, ids: None, msg: o.msg };
                     f.push_queued(CONTROL_CHANNEL, q);
                     continue;
                 }
@@ -561,7 +581,8 @@ impl<D> BrokerCore<D> {
                 OutStage::AwaitPubcomp(id) => (id, OutState::AwaitPubcomp(o.msg.topic)),
             };
             if id != 0 && !f.inflight.contains_key(&id) {
-                f.begin_flight(id, InFlight { seq: o.seq, channel: CONTROL_CHANNEL, retain: o.retain, state });
+                let fl = InFlight { seq: o.seq, channel: CONTROL_CHANNEL, retain: o.retain, ids: None, state };
+                f.begin_flight(id, fl);
             }
         }
         for (id, msg) in inbound {
@@ -1317,16 +1338,16 @@ impl<D> BrokerCore<D> {
         let on = |c: ChannelId| from.map_or(c != CONTROL_CHANNEL, |ch| c == ch);
         let mut r = Relocated::default();
         let Some(s) = self.sessions.get_mut(sid) else { return r };
-        let moving: Vec<(ChannelId, TopicFilter, QoS)> = s
+        let moving: Vec<(ChannelId, TopicFilter, QoS, SubOpts)> = s
             .subs
             .iter()
             .filter(|x| !x.parked && from.is_none_or(|ch| x.channel == ch))
-            .map(|x| (x.channel, x.filter.clone(), x.qos))
+            .map(|x| (x.channel, x.filter.clone(), x.qos, x.opts))
             .collect();
-        for (ch, filter, qos) in &moving {
+        for (ch, filter, qos, opts) in &moving {
             s.remove_sub(*ch, filter);
             self.subs.remove(filter, SubKey { session: sid, channel: *ch });
-            s.park(filter, *qos);
+            s.park(filter, *qos, *opts);
             sync_control_route(&mut self.subs, sid, s, filter);
         }
         r.parked = moving.len();
@@ -1401,8 +1422,12 @@ impl<D> BrokerCore<D> {
             for (_, id) in resend {
                 let Some(fl) = f.inflight.get(&id) else { continue };
                 let packet = match &fl.state {
-                    OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true, self.now),
-                    OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true, self.now),
+                    OutState::AwaitPuback(m) => {
+                        publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true, self.now, &fl.ids)
+                    }
+                    OutState::AwaitPubrec(m) => {
+                        publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true, self.now, &fl.ids)
+                    }
                     OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
                 };
                 if matches!(packet, Packet::Publish(_)) {
@@ -1697,7 +1722,6 @@ impl<D> BrokerCore<D> {
             cp.max_qos = (self.cfg.max_qos < QoS::Level2).then_some(self.cfg.max_qos);
             cp.max_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
             cp.topic_alias_max = (self.cfg.max_topic_alias > 0).then_some(self.cfg.max_topic_alias);
-            cp.subscription_id_available = Some(false);
             cp.shared_subscription_available = Some(false);
             if keepalive != Some(p.keep_alive) && keepalive.is_some() {
                 cp.server_keep_alive = keepalive;
@@ -1721,8 +1745,12 @@ impl<D> BrokerCore<D> {
         flights.sort_by_key(|(_, f)| f.seq);
         for (&id, f) in flights {
             let packet = match &f.state {
-                OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), f.retain, true, self.now),
-                OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), f.retain, true, self.now),
+                OutState::AwaitPuback(m) => {
+                    publish_packet(m, QosPid::Level1(pid(id)), f.retain, true, self.now, &f.ids)
+                }
+                OutState::AwaitPubrec(m) => {
+                    publish_packet(m, QosPid::Level2(pid(id)), f.retain, true, self.now, &f.ids)
+                }
                 OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
             };
             if matches!(packet, Packet::Publish(_)) {
@@ -1996,12 +2024,9 @@ impl<D> BrokerCore<D> {
         let mut granted_all = Vec::with_capacity(sub.topics.len());
         {
             let Some(s) = self.sessions.get_mut(sid) else { return };
+            // MQTT 5 §3.8.2.1.2: one identifier for every filter of the SUBSCRIBE.
+            let id = sub.properties.subscription_id.map_or(0, |v| v.value());
             for (i, (filter, requested)) in sub.topics.iter().enumerate() {
-                if v5 && sub.properties.subscription_id.is_some() {
-                    // Not offered in CONNACK (§3.2.2.3.12): refused per filter.
-                    codes.push(SubscribeReasonCode::SubscriptionIdentifiersNotSupported);
-                    continue;
-                }
                 if v5 && filter.is_shared() {
                     codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
                     continue;
@@ -2055,11 +2080,14 @@ impl<D> BrokerCore<D> {
                     );
                 }
                 // §3.8.4-3: an identical filter replaces the existing subscription.
-                s.upsert_sub(ch, filter, granted);
+                let opts =
+                    SubOpts { no_local: requested.no_local, retain_as_published: requested.retain_as_published, id };
+                s.upsert_sub(ch, filter, granted, opts);
                 if ch == CONTROL_CHANNEL {
                     sync_control_route(&mut self.subs, sid, s, filter);
                 } else {
-                    self.subs.insert(filter, SubKey { session: sid, channel: ch }, qos_u8(granted));
+                    let key = SubKey { session: sid, channel: ch };
+                    self.subs.insert_sub(filter, Subscriber { key, opts: qos_u8(granted) | opts.flags(), id });
                     if taken {
                         sync_control_route(&mut self.subs, sid, s, filter);
                     }
@@ -2078,6 +2106,7 @@ impl<D> BrokerCore<D> {
         out.push(Action::Send { conn, channel: ch, packet: Packet::Suback(Suback::new(sub.pid, codes)) });
         // MQTT 3.1.1 §3.3.1-6, §3.8.4-3: send the retained messages that match, RETAIN set.
         let mut retained = Vec::new();
+        let ids: SubIds = sub.properties.subscription_id.map(|v| Arc::from([v.value()]));
         for (filter, granted) in granted_all {
             retained.clear();
             self.retained.matching(&filter, &mut retained);
@@ -2088,7 +2117,8 @@ impl<D> BrokerCore<D> {
                     continue;
                 }
                 let qos = m.qos.min(granted);
-                self.deliver(sid, ch, qos, m, true, out);
+                // §3.3.1-9 (MQTT 5 §3.3.1.3): retained messages sent at subscribe have RETAIN 1.
+                self.deliver(sid, ch, qos, m, true, ids.clone(), out);
             }
         }
     }
@@ -2134,9 +2164,9 @@ impl<D> BrokerCore<D> {
     }
 
     /// Forward an application message to every matching subscription, and keep it if retained.
-    /// Returns how many subscriptions it was delivered or queued to. `_origin`: the session
-    /// that published it (`None`: a will).
-    fn route(&mut self, msg: Message, _origin: Option<SessionId>, out: &mut Vec<Action>) -> usize {
+    /// Returns how many subscriptions (one per session and channel) it was delivered or queued
+    /// to. `origin`: the session that published it (`None`: a will), for No Local.
+    fn route(&mut self, msg: Message, origin: Option<SessionId>, out: &mut Vec<Action>) -> usize {
         self.stats.published += 1;
         if msg.retain {
             self.retain(&msg, out);
@@ -2144,24 +2174,43 @@ impl<D> BrokerCore<D> {
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
         self.subs.matches(&msg.topic, &mut matches);
+        if let Some(origin) = origin {
+            // MQTT 5 §3.8.3-3: No Local subscriptions do not get their own session's messages.
+            matches.retain(|s| s.opts & OPT_NO_LOCAL == 0 || s.key.session != origin);
+        }
         if matches.len() > 1 {
-            // MQTT 3.1.1 §3.3.5: overlapping subscriptions of one client (here: one channel)
-            // deliver once, at the highest QoS granted among them.
-            matches.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.qos.cmp(&a.qos)));
-            matches.dedup_by_key(|s| s.key);
+            // MQTT 3.1.1 §3.3.5, MQTT 5 §3.3.4: overlapping subscriptions of one client (here:
+            // one channel) deliver once, at the highest QoS granted among them.
+            matches.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.qos().cmp(&a.qos())));
         }
         let mut routed = 0;
-        for s in &matches {
+        let mut i = 0;
+        while i < matches.len() {
+            let first = matches[i];
+            let end = i + matches[i..].iter().take_while(|s| s.key == first.key).count();
+            let group = &matches[i..end];
+            i = end;
             // ACL: each delivery is checked for read, as mosquitto does.
-            if self.cfg.acl.is_some() && !self.acl_allows(s.key.session, &msg.topic, Op::Read) {
-                self.denied_read(s.key.session, &msg.topic, false);
+            if self.cfg.acl.is_some() && !self.acl_allows(first.key.session, &msg.topic, Op::Read) {
+                self.denied_read(first.key.session, &msg.topic, false);
                 continue;
             }
             routed += 1;
             // MQTT 3.1.1 §3.8.4: deliver at min(granted, published).
-            let qos = qos_from(s.qos).min(msg.qos);
-            // §3.3.1-9: RETAIN 0 when forwarding to an established subscription.
-            self.deliver(s.key.session, s.key.channel, qos, msg.clone(), false, out);
+            let qos = qos_from(first.qos()).min(msg.qos);
+            // §3.3.1-9: RETAIN 0 when forwarding to an established subscription, unless (MQTT 5
+            // §3.3.1-13) a matching subscription asked for Retain As Published.
+            let retain = msg.retain && group.iter().any(|s| s.opts & OPT_RETAIN_AS_PUBLISHED != 0);
+            // MQTT 5 §3.3.4-3: the identifiers of every matching subscription that has one.
+            let ids: SubIds = if group.iter().all(|s| s.id == 0) {
+                None
+            } else {
+                let mut v: Vec<u32> = group.iter().map(|s| s.id).filter(|&id| id != 0).collect();
+                v.sort_unstable();
+                v.dedup();
+                Some(v.into())
+            };
+            self.deliver(first.key.session, first.key.channel, qos, msg.clone(), retain, ids, out);
         }
         self.scratch = matches;
         routed
@@ -2211,7 +2260,17 @@ impl<D> BrokerCore<D> {
 
     /// Send `msg` to session `sid` on `ch` at `qos` now if possible, else keep it queued on
     /// `ch`'s lane.
-    fn deliver(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, msg: Message, retain: bool, out: &mut Vec<Action>) {
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        sid: SessionId,
+        ch: ChannelId,
+        qos: QoS,
+        msg: Message,
+        retain: bool,
+        ids: SubIds,
+        out: &mut Vec<Action>,
+    ) {
         let max_inflight = self.cfg.max_inflight;
         let now = self.now;
         let Some(s) = self.sessions.get_mut(sid) else { return };
@@ -2224,19 +2283,19 @@ impl<D> BrokerCore<D> {
                 out.push(Action::Send {
                     conn,
                     channel: ch,
-                    packet: publish_packet(&msg, QosPid::Level0, retain, false, now),
+                    packet: publish_packet(&msg, QosPid::Level0, retain, false, now, &ids),
                 });
             }
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
             (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight, s.inflight_cap) => {
                 self.stats.delivered += 1;
-                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain, now);
+                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain, ids, now);
                 if let Some(op) = flight_op(s, id, self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
                 out.push(Action::Send { conn, channel: ch, packet });
             }
-            _ => self.enqueue(sid, ch, qos, retain, msg, out),
+            _ => self.enqueue(sid, ch, qos, retain, ids, msg, out),
         }
     }
 
@@ -2255,6 +2314,7 @@ impl<D> BrokerCore<D> {
         qos: QoS,
         msg: Message,
         retain: bool,
+        ids: SubIds,
         now: Option<Instant>,
     ) -> (Packet, u16) {
         let id = f.alloc_pid();
@@ -2264,8 +2324,9 @@ impl<D> BrokerCore<D> {
         } else {
             (QosPid::Level2(pid(id)), OutState::AwaitPubrec(msg.clone()))
         };
-        f.begin_flight(id, InFlight { seq, channel: ch, retain, state });
-        (publish_packet(&msg, qos_pid, retain, false, now), id)
+        let packet = publish_packet(&msg, qos_pid, retain, false, now, &ids);
+        f.begin_flight(id, InFlight { seq, channel: ch, retain, ids, state });
+        (packet, id)
     }
 
     /// Whether `msg` cannot go to session `s` now: its Message Expiry Interval has passed (MQTT
@@ -2277,7 +2338,7 @@ impl<D> BrokerCore<D> {
             return true;
         }
         let Some(max) = s.max_packet else { return false };
-        let probe = publish_packet(msg, QosPid::Level1(pid(1)), retain, false, now);
+        let probe = publish_packet(msg, QosPid::Level1(pid(1)), retain, false, now, &None);
         let size = crate::codec::wire_len_hint(&probe, Version::V5);
         if size <= max as usize {
             return false;
@@ -2317,12 +2378,22 @@ impl<D> BrokerCore<D> {
     /// `ch` (ties go against `ch`): over one channel that refuses the new message, and a
     /// stalled channel cannot take the whole bound from the others. Every loss is counted and
     /// logged.
-    fn enqueue(&mut self, sid: SessionId, ch: ChannelId, qos: QoS, retain: bool, msg: Message, out: &mut Vec<Action>) {
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        sid: SessionId,
+        ch: ChannelId,
+        qos: QoS,
+        retain: bool,
+        ids: SubIds,
+        msg: Message,
+        out: &mut Vec<Action>,
+    ) {
         let cap = self.cfg.max_queued_messages;
         let persist = self.cfg.data_dir.is_some();
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let f = s.f();
-        let q = Queued { seq: f.next_seq(), qos, retain, msg };
+        let q = Queued { seq: f.next_seq(), qos, retain, ids, msg };
         if f.queued >= cap {
             let victim = Self::victim(f, ch);
             let lost = match victim {
@@ -2451,13 +2522,13 @@ impl<D> BrokerCore<D> {
                     let Some(q) = f.take_queued(i, 0) else { break };
                     self.stats.delivered += 1;
                     let packet = if q.qos == QoS::Level0 {
-                        publish_packet(&q.msg, QosPid::Level0, q.retain, false, now)
+                        publish_packet(&q.msg, QosPid::Level0, q.retain, false, now, &q.ids)
                     } else {
                         // Queued (under its old sequence number) → in flight (a new one).
                         if persist && !clean {
                             out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
                         }
-                        let (packet, id) = Self::start_flight(f, ch, q.qos, q.msg, q.retain, now);
+                        let (packet, id) = Self::start_flight(f, ch, q.qos, q.msg, q.retain, q.ids, now);
                         if let Some(op) = (persist && !clean).then(|| flows_flight_op(f, &client_id, id)).flatten() {
                             out.push(Action::Store(op));
                         }

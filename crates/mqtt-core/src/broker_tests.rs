@@ -1992,3 +1992,6 @@ fn a_restored_session_is_present_and_receives_what_its_subscriptions_match() {
     assert_eq!(got.len(), 1, "{out:?}");
     assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("s/1", "while away"));
 }
+
+#[path = "broker_v5_tests.rs"]
+mod v5;

@@ -89,8 +89,14 @@ pub(crate) struct InFlight {
     pub channel: ChannelId,
     /// The RETAIN flag of the PUBLISH as sent.
     pub retain: bool,
+    /// The MQTT 5 Subscription Identifiers the PUBLISH carries (sent again with it).
+    pub ids: SubIds,
     pub state: OutState,
 }
+
+/// The Subscription Identifiers of one delivery (MQTT 5 §3.3.4): `None` for none, the common
+/// case, which costs one word.
+pub(crate) type SubIds = Option<Arc<[u32]>>;
 
 /// A delivery waiting for an in-flight slot on its channel or for the client to come back.
 #[derive(Debug, Clone)]
@@ -102,6 +108,7 @@ pub(crate) struct Queued {
     /// QoS of the delivery: min(granted, published) (§3.8.4).
     pub qos: QoS,
     pub retain: bool,
+    pub ids: SubIds,
     pub msg: Message,
 }
 
@@ -295,11 +302,33 @@ pub(crate) struct Sub {
     pub filter: TopicFilter,
     /// The granted QoS.
     pub qos: QoS,
+    /// Its MQTT 5 options beyond the QoS.
+    pub opts: SubOpts,
     /// Parked (docs/mqtt-over-quic.md §6.2, §6.6): made on a data stream that has ended, or on an
     /// earlier connection of a resumed session. Always on [`CONTROL_CHANNEL`]. It may sit beside
     /// an explicit control-channel subscription to the same filter: the two deliver once, at the
     /// higher QoS (one trie entry), and each goes away by its own rules.
     pub parked: bool,
+}
+
+/// The MQTT 5 options of a subscription beyond its QoS (§3.8.3.1, §3.8.2.1.2); all off for
+/// 3.1.1. (Retain Handling acts once, at SUBSCRIBE, and is not kept.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SubOpts {
+    /// No Local: not delivered the messages its own session publishes.
+    pub no_local: bool,
+    /// Retain As Published: forwarded with the RETAIN flag it was published with.
+    pub retain_as_published: bool,
+    /// Subscription Identifier; 0: none.
+    pub id: u32,
+}
+
+impl SubOpts {
+    /// The options byte bits of these (the QoS is added by the caller): No Local bit 2,
+    /// Retain As Published bit 3.
+    pub fn flags(&self) -> u8 {
+        (u8::from(self.no_local) << 2) | (u8::from(self.retain_as_published) << 3)
+    }
 }
 
 #[derive(Debug)]
@@ -371,10 +400,13 @@ impl Session {
     }
 
     /// Add or replace (§3.8.4-3) the explicit subscription to `filter` on `ch`.
-    pub fn upsert_sub(&mut self, ch: ChannelId, filter: &TopicFilter, qos: QoS) {
+    pub fn upsert_sub(&mut self, ch: ChannelId, filter: &TopicFilter, qos: QoS, opts: SubOpts) {
         match self.subs.iter_mut().find(|s| !s.parked && s.channel == ch && s.filter == *filter) {
-            Some(s) => s.qos = qos,
-            None => self.subs.push(Sub { channel: ch, filter: filter.clone(), qos, parked: false }),
+            Some(s) => {
+                s.qos = qos;
+                s.opts = opts;
+            }
+            None => self.subs.push(Sub { channel: ch, filter: filter.clone(), qos, opts, parked: false }),
         }
     }
 
@@ -384,11 +416,14 @@ impl Session {
     }
 
     /// Park a subscription to `filter` at `qos` on the control channel; a parked one to the same
-    /// filter is kept once, at the higher QoS.
-    pub fn park(&mut self, filter: &TopicFilter, qos: QoS) {
+    /// filter is kept once, at the higher QoS, with the options of the latest.
+    pub fn park(&mut self, filter: &TopicFilter, qos: QoS, opts: SubOpts) {
         match self.subs.iter_mut().find(|s| s.parked && s.filter == *filter) {
-            Some(s) => s.qos = s.qos.max(qos),
-            None => self.subs.push(Sub { channel: CONTROL_CHANNEL, filter: filter.clone(), qos, parked: true }),
+            Some(s) => {
+                s.qos = s.qos.max(qos);
+                s.opts = opts;
+            }
+            None => self.subs.push(Sub { channel: CONTROL_CHANNEL, filter: filter.clone(), qos, opts, parked: true }),
         }
     }
 
@@ -397,10 +432,14 @@ impl Session {
         self.remove_where(|s| s.parked && s.filter == *filter)
     }
 
-    /// The QoS the control channel's route for `filter` carries: the highest of its explicit and
-    /// parked subscriptions to it, `None` without either.
-    pub fn control_qos(&self, filter: &TopicFilter) -> Option<QoS> {
-        self.subs.iter().filter(|s| s.channel == CONTROL_CHANNEL && s.filter == *filter).map(|s| s.qos).max()
+    /// What the control channel's route for `filter` carries: the highest QoS of its explicit
+    /// and parked subscriptions to it, and the options of the explicit one if there is one;
+    /// `None` without either.
+    pub fn control_route(&self, filter: &TopicFilter) -> Option<(QoS, SubOpts)> {
+        let on = || self.subs.iter().filter(|s| s.channel == CONTROL_CHANNEL && s.filter == *filter);
+        let qos = on().map(|s| s.qos).max()?;
+        let opts = on().find(|s| !s.parked).or_else(|| on().next()).map(|s| s.opts).unwrap_or_default();
+        Some((qos, opts))
     }
 
     /// How many subscriptions are parked.

@@ -19,11 +19,24 @@
 
 use std::collections::HashMap;
 
-/// One subscriber of a filter: an opaque key and the QoS granted to it.
+/// One subscriber of a filter: an opaque key, the options granted to it, and its MQTT 5
+/// Subscription Identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscriber<K> {
     pub key: K,
-    pub qos: u8,
+    /// The subscription options as granted, laid out as the SUBSCRIBE's options byte (MQTT 5
+    /// §3.8.3.1): the QoS in bits 0-1, No Local in bit 2, Retain As Published in bit 3. A 3.1.1
+    /// subscription has the QoS alone.
+    pub opts: u8,
+    /// The Subscription Identifier (MQTT 5 §3.8.2.1.2); 0: none.
+    pub id: u32,
+}
+
+impl<K> Subscriber<K> {
+    /// The granted QoS (0-2).
+    pub fn qos(&self) -> u8 {
+        self.opts & 0x03
+    }
 }
 
 #[derive(Debug)]
@@ -116,14 +129,14 @@ impl<K> Default for SubTree<K> {
     }
 }
 
-fn upsert<K: Copy + Eq>(list: &mut Vec<Subscriber<K>>, key: K, qos: u8) -> bool {
-    match list.iter_mut().find(|s| s.key == key) {
+fn upsert<K: Copy + Eq>(list: &mut Vec<Subscriber<K>>, sub: Subscriber<K>) -> bool {
+    match list.iter_mut().find(|s| s.key == sub.key) {
         Some(s) => {
-            s.qos = qos;
+            *s = sub;
             true
         }
         None => {
-            list.push(Subscriber { key, qos });
+            list.push(sub);
             false
         }
     }
@@ -156,14 +169,20 @@ impl<K: Copy + Eq> SubTree<K> {
         self.len == 0
     }
 
-    /// Add or replace (MQTT 3.1.1 §3.8.4-3) `key`'s subscription to a valid `filter`.
+    /// Add or replace (MQTT 3.1.1 §3.8.4-3) `key`'s subscription to a valid `filter`, with
+    /// options byte `opts` (a 3.1.1 subscription: its QoS) and no Subscription Identifier.
     /// Returns true if it replaced an existing one.
-    pub fn insert(&mut self, filter: &str, key: K, qos: u8) -> bool {
+    pub fn insert(&mut self, filter: &str, key: K, opts: u8) -> bool {
+        self.insert_sub(filter, Subscriber { key, opts, id: 0 })
+    }
+
+    /// [`SubTree::insert`] with every field of the subscriber given.
+    pub fn insert_sub(&mut self, filter: &str, sub: Subscriber<K>) -> bool {
         let mut node = &mut self.root;
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
-                let replaced = upsert(&mut node.hash, key, qos);
+                let replaced = upsert(&mut node.hash, sub);
                 if !replaced {
                     self.len += 1;
                 }
@@ -175,7 +194,7 @@ impl<K: Copy + Eq> SubTree<K> {
                 node.children.entry(level.into()).or_default()
             };
         }
-        let replaced = upsert(&mut node.here, key, qos);
+        let replaced = upsert(&mut node.here, sub);
         if !replaced {
             self.len += 1;
         }
@@ -438,7 +457,7 @@ mod tests {
     fn matched(t: &SubTree<u32>, topic: &str) -> Vec<(u32, u8)> {
         let mut out = Vec::new();
         t.matches(topic, &mut out);
-        let mut v: Vec<_> = out.into_iter().map(|s| (s.key, s.qos)).collect();
+        let mut v: Vec<_> = out.into_iter().map(|s| (s.key, s.opts)).collect();
         v.sort();
         v
     }

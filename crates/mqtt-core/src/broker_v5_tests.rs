@@ -1,0 +1,382 @@
+//! MQTT 5 flows of the core, with explicit time (a child of `broker_tests`, whose harness it
+//! uses).
+
+use super::*;
+use crate::codec::{
+    v3_options, DisconnectReasonCode, MessageProps, Puback, PubackReasonCode, RetainHandling, SubscriptionOptions,
+    UnsubscribeReasonCode, UserProperty, VarByteInt,
+};
+
+fn connect5(id: &str, clean: bool, expiry: Option<u32>) -> Connect {
+    let mut c = Connect::new(id.into(), 0);
+    c.clean_start = clean;
+    c.properties.session_expiry_interval = expiry;
+    c
+}
+
+impl H {
+    /// An MQTT 5 connection, accepted; returns (conn, its CONNACK).
+    fn connect5(&mut self, c: Connect) -> (ConnId, Box<crate::codec::Connack>) {
+        let (conn, out) = self.connect_with(c);
+        match packets(&out, conn).into_iter().next() {
+            Some(Packet::Connack(a)) if a.reason_code == ConnectReasonCode::Success => (conn, a),
+            other => panic!("expected CONNACK 0x00, got {other:?}"),
+        }
+    }
+}
+
+fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        max_qos: qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    }
+}
+
+fn subscribe5(id: u16, filters: &[(&str, SubscriptionOptions)], sub_id: Option<u32>) -> Packet {
+    let mut s = Subscribe::new(
+        pid(id),
+        filters.iter().map(|(f, o)| (crate::codec::TopicFilter::try_from(*f).unwrap(), *o)).collect(),
+    );
+    s.properties.subscription_id = sub_id.map(|v| VarByteInt::try_from(v).unwrap());
+    Packet::Subscribe(s)
+}
+
+/// The PUBLISH packets sent to `conn`, whole.
+fn publish_packets(actions: &[Action], conn: ConnId) -> Vec<Publish> {
+    packets(actions, conn)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disconnect_code(actions: &[Action], conn: ConnId) -> Option<DisconnectReasonCode> {
+    packets(actions, conn).into_iter().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason_code),
+        _ => None,
+    })
+}
+
+#[test]
+fn connack_says_what_the_server_allows_and_assigns_an_id() {
+    let mut h = H::with(|c| {
+        c.max_keepalive = Some(30);
+        c.max_qos = QoS::Level1;
+    });
+    let mut c = connect5("", false, None);
+    c.keep_alive = 100;
+    let (_, ack) = h.connect5(c);
+    let p = &ack.properties;
+    let id = p.assigned_client_id.as_deref().expect("MQTT 5 §3.2.2.3.7: an assigned identifier");
+    assert!(h.core.session_state(id).is_some());
+    assert_eq!(p.server_keep_alive, Some(30), "the server's keep-alive cap (§3.2.2.3.14)");
+    assert_eq!(p.max_qos, Some(QoS::Level1));
+    assert_eq!(p.topic_alias_max, Some(10));
+    assert_eq!(p.receive_max, Some(1000));
+    assert_eq!(p.max_packet_size, Some(1 << 20));
+    // A 3.1.1 client gets none of it (its CONNACK has no room) and an empty id stays refused
+    // without clean session.
+    assert_eq!(h.refused(connect_packet("", false, 0)), ConnectReasonCode::ClientIdentifierNotValid);
+}
+
+#[test]
+fn a_session_lives_for_its_expiry_interval_after_the_connection() {
+    let mut h = H::new();
+    let (c, _) = h.connect5(connect5("s", true, Some(10)));
+    h.send(c, subscribe5(1, &[("t", opts(QoS::Level1))], None));
+    h.lost(c);
+    assert!(h.core.session_state("s").is_some_and(|s| !s.online));
+    // Messages wait for it meanwhile.
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, publish("t", QoS::Level1, 1, "while away"));
+    h.advance(Duration::from_secs(9));
+    let (c, ack) = h.connect5(connect5("s", false, Some(10)));
+    assert!(ack.session_present);
+    h.lost(c);
+    // Ten seconds after this disconnection it is gone, with what it held.
+    let out = h.advance(Duration::from_secs(10));
+    assert!(out.iter().all(|a| !matches!(a, Action::Send { .. })));
+    assert!(h.core.session_state("s").is_none());
+    assert_eq!(h.core.stats().sessions_expired, 1);
+    let (_, ack) = h.connect5(connect5("s", false, Some(10)));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn expiry_zero_ends_the_session_with_the_connection_even_without_clean_start() {
+    let mut h = H::new();
+    let (c, _) = h.connect5(connect5("z", false, None));
+    h.lost(c);
+    assert!(h.core.session_state("z").is_none());
+}
+
+#[test]
+fn disconnect_may_change_the_expiry_but_not_from_zero() {
+    let mut h = H::new();
+    let (c, _) = h.connect5(connect5("d", true, Some(60)));
+    let mut d = crate::codec::Disconnect::new(DisconnectReasonCode::NormalDisconnect);
+    d.properties.session_expiry_interval = Some(0);
+    h.send(c, Packet::Disconnect(Box::new(d)));
+    assert!(h.core.session_state("d").is_none(), "expiry set to 0 at DISCONNECT");
+
+    let (c, _) = h.connect5(connect5("d", true, None));
+    let mut d = crate::codec::Disconnect::new(DisconnectReasonCode::NormalDisconnect);
+    d.properties.session_expiry_interval = Some(5);
+    let out = h.send(c, Packet::Disconnect(Box::new(d)));
+    assert_eq!(disconnect_code(&out, c), Some(DisconnectReasonCode::ProtocolError), "§3.14.2.2.2");
+}
+
+#[test]
+fn a_delayed_will_waits_and_is_dropped_if_the_client_returns() {
+    let mut h = H::new();
+    let (w, _, _) = h.connect("watcher", true);
+    h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
+    let with_will = |delay: u32| {
+        let mut c = connect5("dev", true, Some(100));
+        let mut will = crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"gone"));
+        will.properties.delay_interval = Some(delay);
+        c.last_will = Some(will);
+        c
+    };
+    let (d, _) = h.connect5(with_will(5));
+    let out = h.lost(d);
+    assert!(publishes(&out, w).is_empty(), "not before its delay");
+    let out = h.advance(Duration::from_secs(5));
+    assert_eq!(publishes(&out, w).len(), 1, "published when the delay passed");
+
+    // Back before the delay: never published.
+    let (d, _) = h.connect5(with_will(5));
+    h.lost(d);
+    h.advance(Duration::from_secs(2));
+    h.connect5(connect5("dev", false, Some(100)));
+    let out = h.advance(Duration::from_secs(10));
+    assert!(publishes(&out, w).is_empty());
+}
+
+#[test]
+fn disconnect_with_will_message_publishes_it() {
+    let mut h = H::new();
+    let (w, _, _) = h.connect("watcher", true);
+    h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
+    let mut c = connect5("dev", true, None);
+    c.last_will = Some(crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"bye")));
+    let (d, _) = h.connect5(c);
+    let out = h.send(d, Packet::disconnect(DisconnectReasonCode::DisconnectWithWillMessage));
+    assert_eq!(publishes(&out, w).len(), 1, "§3.14.2.1: 0x04 asks for the will");
+}
+
+#[test]
+fn messages_expire_and_carry_what_is_left_of_their_interval() {
+    let mut h = H::new();
+    let (s, _) = h.connect5(connect5("sub", true, Some(100)));
+    h.send(s, subscribe5(1, &[("t", opts(QoS::Level1))], None));
+    h.lost(s);
+    let (p, _) = h.connect5(connect5("pub", true, None));
+    let mut short = Publish::new(QosPid::Level1(pid(1)), tn("t"), Bytes::from_static(b"short"));
+    short.props_mut().message_expiry = Some(5);
+    let mut long = Publish::new(QosPid::Level1(pid(2)), tn("t"), Bytes::from_static(b"long"));
+    long.props_mut().message_expiry = Some(60);
+    h.send(p, Packet::Publish(short));
+    h.send(p, Packet::Publish(long));
+    h.now += Duration::from_secs(10);
+    let (s, out) = h.connect_with(connect5("sub", false, Some(100)));
+    // Delivered on reconnect: only the long one, with 50 s left (§3.3.2-6).
+    let got = publish_packets(&out, s);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].payload[..], b"long");
+    assert_eq!(got[0].props().message_expiry, Some(50));
+    assert_eq!(h.core.stats().expired_messages, 1, "the short one expired while queued");
+}
+
+#[test]
+fn message_properties_reach_v5_subscribers_and_not_v3_ones() {
+    let mut h = H::new();
+    let (s5, _) = h.connect5(connect5("s5", true, None));
+    h.send(s5, subscribe5(1, &[("t", opts(QoS::Level0))], None));
+    let (s3, _, _) = h.connect("s3", true);
+    h.send(s3, subscribe(1, &[("t", QoS::Level0)]));
+    let (p, _) = h.connect5(connect5("p", true, None));
+    let mut msg = Publish::new(QosPid::Level0, tn("t"), Bytes::from_static(b"x"));
+    let props = MessageProps {
+        response_topic: Some(tn("reply")),
+        correlation_data: Some(Bytes::from_static(b"42")),
+        user_properties: vec![UserProperty { name: "k".into(), value: "v".into() }],
+        ..Default::default()
+    };
+    msg.props_mut().message = props.clone().shared();
+    let out = h.send(p, Packet::Publish(msg));
+    let got = publish_packets(&out, s5);
+    assert_eq!(got[0].props().message.as_deref(), Some(&props), "forwarded unaltered (§3.3.2.3)");
+    // The core hands the same packet to both; the 3.1.1 encoder leaves the properties out.
+    assert_eq!(publish_packets(&out, s3).len(), 1);
+}
+
+#[test]
+fn topic_aliases_name_topics_per_channel() {
+    let mut h = H::new();
+    let (s, _) = h.connect5(connect5("s", true, None));
+    h.send(s, subscribe5(1, &[("a/#", opts(QoS::Level0))], None));
+    let (p, _) = h.connect5(connect5("p", true, None));
+    let mut first = Publish::new(QosPid::Level0, tn("a/long/topic"), Bytes::from_static(b"1"));
+    first.props_mut().topic_alias = Some(1);
+    let mut second = Publish::new(QosPid::Level0, tn(""), Bytes::from_static(b"2"));
+    second.props_mut().topic_alias = Some(1);
+    h.send(p, Packet::Publish(first));
+    let out = h.send(p, Packet::Publish(second.clone()));
+    assert_eq!(publishes(&out, s)[0].0, "a/long/topic", "the alias resolved");
+    // Another channel has its own table: the alias means nothing there.
+    let out = h.send_on(p, 4, Packet::Publish(second.clone()));
+    assert_eq!(disconnect_code(&out, p), Some(DisconnectReasonCode::ProtocolError));
+    // Above the Topic Alias Maximum: 0x94.
+    let (p, _) = h.connect5(connect5("p2", true, None));
+    let mut big = Publish::new(QosPid::Level0, tn("a/x"), Bytes::new());
+    big.props_mut().topic_alias = Some(11);
+    let out = h.send(p, Packet::Publish(big));
+    assert_eq!(disconnect_code(&out, p), Some(DisconnectReasonCode::TopicAliasInvalid));
+}
+
+#[test]
+fn no_local_retain_as_published_and_subscription_identifiers() {
+    let mut h = H::new();
+    let (c, _) = h.connect5(connect5("me", true, None));
+    let mut nl = opts(QoS::Level0);
+    nl.no_local = true;
+    h.send(c, subscribe5(1, &[("own/#", nl)], Some(7)));
+    let mut rap = opts(QoS::Level0);
+    rap.retain_as_published = true;
+    h.send(c, subscribe5(2, &[("x/+", rap)], Some(8)));
+    h.send(c, subscribe5(3, &[("x/#", opts(QoS::Level0))], Some(9)));
+    // No Local: its own message on own/# does not come back.
+    let out = h.send(c, publish("own/1", QoS::Level0, 0, "mine"));
+    assert!(publish_packets(&out, c).is_empty(), "§3.8.3-3");
+    // Overlapping x/+ and x/#: one delivery, both identifiers, RETAIN kept (Retain As Published).
+    let out = h.send(c, retained("x/y", QoS::Level0, 0, "r"));
+    let got = publish_packets(&out, c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].props().subscription_ids, vec![8, 9], "§3.3.4-3");
+    assert!(got[0].retain, "§3.3.1-13");
+    // A 3.1.1 subscriber still gets RETAIN 0 on a live forward.
+    let (v3, _, _) = h.connect("v3", true);
+    h.send(
+        v3,
+        Packet::Subscribe(Subscribe::new(
+            pid(1),
+            vec![(crate::codec::TopicFilter::try_from("x/#").unwrap(), v3_options(QoS::Level0))],
+        )),
+    );
+    let out = h.send(c, retained("x/z", QoS::Level0, 0, "r2"));
+    assert!(!publish_packets(&out, v3)[0].retain);
+}
+
+#[test]
+fn retain_handling_1_sends_retained_only_to_a_new_subscription_and_2_never() {
+    let mut h = H::new();
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, retained("r/t", QoS::Level0, 0, "kept"));
+    let (c, _) = h.connect5(connect5("c", true, None));
+    let mut once = opts(QoS::Level0);
+    once.retain_handling = RetainHandling::SendAtSubscribeIfNotExist;
+    assert_eq!(publish_packets(&h.send(c, subscribe5(1, &[("r/#", once)], None)), c).len(), 1);
+    assert_eq!(publish_packets(&h.send(c, subscribe5(2, &[("r/#", once)], None)), c).len(), 0);
+    let mut never = opts(QoS::Level0);
+    never.retain_handling = RetainHandling::DoNotSend;
+    assert_eq!(publish_packets(&h.send(c, subscribe5(3, &[("r/+", never)], None)), c).len(), 0);
+}
+
+#[test]
+fn acknowledgements_carry_reason_codes() {
+    let mut h = H::new();
+    let (c, _) = h.connect5(connect5("c", true, None));
+    let out = h.send(c, publish("nobody/here", QoS::Level1, 4, "x"));
+    assert_eq!(
+        packets(&out, c),
+        vec![Packet::Puback(Puback::new(pid(4), PubackReasonCode::NoMatchingSubscribers))],
+        "§3.4.2.1"
+    );
+    let out = h.send(c, unsubscribe(5, &["never/subscribed"]));
+    match &packets(&out, c)[0] {
+        Packet::Unsuback(u) => assert_eq!(u.topics, vec![UnsubscribeReasonCode::NoSubscriptionExisted]),
+        other => panic!("{other:?}"),
+    }
+    let out = h.send(c, Packet::pubrel(pid(9)));
+    match &packets(&out, c)[0] {
+        Packet::Pubcomp(p) => assert_eq!(p.reason_code, crate::codec::PubcompReasonCode::PacketIdentifierNotFound),
+        other => panic!("{other:?}"),
+    }
+    // A 3.1.1 client gets plain acknowledgements (no reason codes in its packets).
+    let (v3, _, _) = h.connect("v3", true);
+    assert_eq!(packets(&h.send(v3, publish("nobody", QoS::Level1, 1, "x")), v3), vec![Packet::puback(pid(1))]);
+}
+
+#[test]
+fn the_server_says_why_it_closes_an_mqtt5_connection() {
+    let mut h = H::new();
+    let (old, _) = h.connect5(connect5("same", true, None));
+    let (_, out) = h.connect_with(connect5("same", true, None));
+    assert_eq!(disconnect_code(&out, old), Some(DisconnectReasonCode::SessionTakenOver));
+    // A 3.1.1 client is closed without a DISCONNECT (it has none from the server).
+    let (v3, _, _) = h.connect("v3same", true);
+    let (_, out) = h.connect_with(connect_packet("v3same", true, 0));
+    assert_eq!(disconnect_code(&out, v3), None);
+    assert_eq!(close_of(&out, v3), Some(CloseReason::TakenOver));
+}
+
+#[test]
+fn receive_maximum_caps_what_is_in_flight_to_the_client() {
+    let mut h = H::new();
+    let mut c = connect5("slow", true, None);
+    c.properties.receive_max = Some(2);
+    let (s, _) = h.connect5(c);
+    h.send(s, subscribe5(1, &[("t", opts(QoS::Level1))], None));
+    let (p, _, _) = h.connect("p", true);
+    let mut out = Vec::new();
+    for i in 0..5 {
+        out.extend(h.send(p, publish("t", QoS::Level1, i + 1, "m")));
+    }
+    let sent = publish_packets(&out, s);
+    assert_eq!(sent.len(), 2, "§3.3.4-7: no more than Receive Maximum in flight");
+    let id = sent[0].qos_pid.pid().unwrap();
+    let out = h.send(s, Packet::puback(id));
+    assert_eq!(publish_packets(&out, s).len(), 1, "one acknowledged, one more sent");
+}
+
+#[test]
+fn a_publish_larger_than_the_client_allows_is_not_sent() {
+    let mut h = H::new();
+    let mut c = connect5("small", true, None);
+    c.properties.max_packet_size = Some(64);
+    let (s, _) = h.connect5(c);
+    h.send(s, subscribe5(1, &[("t", opts(QoS::Level1))], None));
+    let (p, _, _) = h.connect("p", true);
+    let out = h.send(p, publish("t", QoS::Level1, 1, &"x".repeat(100)));
+    assert!(publish_packets(&out, s).is_empty(), "§3.1.2-25");
+    assert_eq!(h.core.stats().dropped_too_large, 1);
+    let out = h.send(p, publish("t", QoS::Level1, 2, "fits"));
+    assert_eq!(publish_packets(&out, s).len(), 1);
+}
+
+#[test]
+fn an_authentication_method_is_refused_and_auth_is_a_protocol_error() {
+    let mut h = H::new();
+    let mut c = connect5("a", true, None);
+    c.properties.auth_method = Some("SCRAM-SHA-1".into());
+    assert_eq!(h.refused(c), ConnectReasonCode::BadAuthMethod);
+    let (c, _) = h.connect5(connect5("b", true, None));
+    let out = h.send(c, Packet::Auth(Box::new(crate::codec::Auth::new_success())));
+    assert_eq!(disconnect_code(&out, c), Some(DisconnectReasonCode::ProtocolError));
+}
+
+#[test]
+fn a_v5_session_with_an_expiry_is_not_acted_on_early() {
+    let mut h = H::new();
+    let conn = h.open_early();
+    let out = h.send(conn, Packet::connect(connect5("e", true, Some(60))));
+    assert!(packets(&out, conn).is_empty(), "its effects outlive the connection: held (§6.7)");
+    let conn = h.open_early();
+    let out = h.send(conn, Packet::connect(connect5("f", true, None)));
+    assert_eq!(packets(&out, conn).len(), 1, "expiry 0 dies with the connection: acted on");
+}
