@@ -59,8 +59,9 @@ use crate::config::MqttConfig;
 use crate::session::{
     Flows, InFlight, Message, OutState, Queued, Session, SessionId, SubIds, SubOpts, Will, MAX_SESSION_INFLIGHT,
 };
+use crate::shared::{match_filter, Routes};
 use crate::slab::Slab;
-use crate::topic::{filter_matches, RetainTree, SubTree, Subscriber};
+use crate::topic::{filter_matches, RetainTree, Subscriber};
 use crate::{ChannelId, ConnId, CONTROL_CHANNEL};
 
 /// What the core asks its driver to do.
@@ -354,7 +355,7 @@ pub struct BrokerCore<D = ()> {
     conns: Slab<ConnId, Conn<D>>,
     sessions: Slab<SessionId, Session>,
     by_client: HashMap<Arc<str>, SessionId>,
-    subs: SubTree<SubKey>,
+    subs: Routes<SubKey>,
     retained: RetainTree<Message>,
     /// Bytes of `retained` as counted against `max_retained_bytes`.
     retained_bytes: usize,
@@ -383,7 +384,7 @@ struct Relocated {
 
 /// Point the control channel's trie entry for `filter` at the highest QoS of the session's
 /// explicit and parked control-channel subscriptions to it, or remove it when there are none.
-fn sync_control_route(tree: &mut SubTree<SubKey>, sid: SessionId, s: &Session, filter: &TopicFilter) {
+fn sync_control_route(tree: &mut Routes<SubKey>, sid: SessionId, s: &Session, filter: &TopicFilter) {
     let key = SubKey { session: sid, channel: CONTROL_CHANNEL };
     match s.control_route(filter) {
         Some((q, o)) => {
@@ -511,7 +512,7 @@ impl<D> BrokerCore<D> {
             conns: Slab::with_capacity(n),
             sessions: Slab::with_capacity(n.min(cfg.max_sessions)),
             by_client: HashMap::with_capacity(n.min(cfg.max_sessions)),
-            subs: SubTree::new(),
+            subs: Routes::new(),
             retained: RetainTree::new(),
             retained_bytes: 0,
             timers: BinaryHeap::with_capacity(n),
@@ -1365,7 +1366,12 @@ impl<D> BrokerCore<D> {
             None => Vec::new(),
         };
         let target = |topic: &str| {
-            targets.iter().filter(|(_, f)| filter_matches(f, topic)).map(|(c, _)| *c).min().unwrap_or(CONTROL_CHANNEL)
+            targets
+                .iter()
+                .filter(|(_, f)| filter_matches(match_filter(f), topic))
+                .map(|(c, _)| *c)
+                .min()
+                .unwrap_or(CONTROL_CHANNEL)
         };
         let f = s.f();
         let before = f.awaiting_rel.len();
@@ -1722,7 +1728,6 @@ impl<D> BrokerCore<D> {
             cp.max_qos = (self.cfg.max_qos < QoS::Level2).then_some(self.cfg.max_qos);
             cp.max_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
             cp.topic_alias_max = (self.cfg.max_topic_alias > 0).then_some(self.cfg.max_topic_alias);
-            cp.shared_subscription_available = Some(false);
             if keepalive != Some(p.keep_alive) && keepalive.is_some() {
                 cp.server_keep_alive = keepalive;
             }
@@ -2002,7 +2007,10 @@ impl<D> BrokerCore<D> {
                 s.subs.iter().filter(|x| x.parked || x.channel == ch).map(|x| &*x.filter).collect();
             // (Filters the ACL refuses are answered 0x80 and not held: they do not count.)
             let acl = s.acl.as_deref();
-            let new = last.keys().filter(|f| !held.contains(*f) && acl.is_none_or(|a| a.may_subscribe(f))).count();
+            let new = last
+                .keys()
+                .filter(|f| !held.contains(*f) && acl.is_none_or(|a| a.may_subscribe(match_filter(f))))
+                .count();
             if s.subs.len() + new > max {
                 self.stats.limit_subscriptions += 1;
                 let have = s.subs.len();
@@ -2019,7 +2027,6 @@ impl<D> BrokerCore<D> {
             }
         }
         let max = self.cfg.max_qos;
-        let v5 = self.conns.get(conn).is_some_and(|c| c.v5.is_some());
         let mut codes = Vec::with_capacity(sub.topics.len());
         let mut granted_all = Vec::with_capacity(sub.topics.len());
         {
@@ -2027,14 +2034,11 @@ impl<D> BrokerCore<D> {
             // MQTT 5 §3.8.2.1.2: one identifier for every filter of the SUBSCRIBE.
             let id = sub.properties.subscription_id.map_or(0, |v| v.value());
             for (i, (filter, requested)) in sub.topics.iter().enumerate() {
-                if v5 && filter.is_shared() {
-                    codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
-                    continue;
-                }
                 // ACL: a filter through which nothing could ever be delivered is refused with
                 // 0x80 (§3.9.3), the others granted (docs/mqtt.md: mosquitto grants it and
                 // drops each message instead).
-                if s.acl.as_deref().is_some_and(|a| !a.may_subscribe(filter)) {
+                // (A shared subscription is checked for its inner filter, as mosquitto does.)
+                if s.acl.as_deref().is_some_and(|a| !a.may_subscribe(match_filter(filter))) {
                     self.stats.acl_denied_subscribe += 1;
                     let n = self.stats.acl_denied_subscribe;
                     let (cid, f) = (&*s.client_id, &**filter);
@@ -2093,7 +2097,8 @@ impl<D> BrokerCore<D> {
                     }
                 }
                 codes.push(granted_code(granted));
-                if send_retained {
+                // MQTT 5 §4.8.2: no retained messages for a shared subscription.
+                if send_retained && !filter.is_shared() {
                     granted_all.push((filter.clone(), granted));
                 }
             }
@@ -2211,6 +2216,23 @@ impl<D> BrokerCore<D> {
                 Some(v.into())
             };
             self.deliver(first.key.session, first.key.channel, qos, msg.clone(), retain, ids, out);
+        }
+        // MQTT 5 §4.8.2: each matching group of shared subscriptions gets one copy, apart
+        // from the plain subscriptions (a client with both gets both).
+        matches.clear();
+        let sessions = &self.sessions;
+        let online = |k: SubKey| sessions.get(k.session).is_some_and(|s| s.conn.is_some());
+        self.subs.pick_shared(&msg.topic, online, &mut matches);
+        for m in &matches {
+            if self.cfg.acl.is_some() && !self.acl_allows(m.key.session, &msg.topic, Op::Read) {
+                self.denied_read(m.key.session, &msg.topic, false);
+                continue;
+            }
+            routed += 1;
+            let qos = qos_from(m.qos()).min(msg.qos);
+            let retain = msg.retain && m.opts & OPT_RETAIN_AS_PUBLISHED != 0;
+            let ids: SubIds = (m.id != 0).then(|| Arc::from([m.id]));
+            self.deliver(m.key.session, m.key.channel, qos, msg.clone(), retain, ids, out);
         }
         self.scratch = matches;
         routed

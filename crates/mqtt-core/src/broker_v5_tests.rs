@@ -380,3 +380,40 @@ fn a_v5_session_with_an_expiry_is_not_acted_on_early() {
     let out = h.send(conn, Packet::connect(connect5("f", true, None)));
     assert_eq!(packets(&out, conn).len(), 1, "expiry 0 dies with the connection: acted on");
 }
+
+#[test]
+fn a_shared_subscription_spreads_messages_over_its_group() {
+    let mut h = H::new();
+    let (p, _, _) = h.connect("p", true);
+    h.send(p, retained("jobs/old", QoS::Level0, 0, "retained"));
+    let mut members = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        let (c, _) = h.connect5(connect5(id, true, None));
+        let out = h.send(c, subscribe5(1, &[("$share/workers/jobs/+", opts(QoS::Level1))], None));
+        assert!(publish_packets(&out, c).is_empty(), "§4.8.2: no retained messages for a shared subscription");
+        members.push(c);
+    }
+    // A 3.1.1 client may join the group too; and one plain subscriber sees everything.
+    let (v3, _, _) = h.connect("w4", true);
+    h.send(v3, subscribe(1, &[("$share/workers/jobs/+", QoS::Level0)]));
+    members.push(v3);
+    let (all, _, _) = h.connect("all", true);
+    h.send(all, subscribe(1, &[("jobs/#", QoS::Level0)]));
+    let mut got = vec![0; members.len()];
+    let mut plain = 0;
+    for i in 0..40u16 {
+        let out = h.send(p, publish("jobs/x", QoS::Level1, i + 1, "job"));
+        for (k, m) in members.iter().enumerate() {
+            got[k] += publish_packets(&out, *m).len();
+        }
+        plain += publish_packets(&out, all).len();
+    }
+    assert_eq!(got, vec![10, 10, 10, 10], "one copy per message, round robin");
+    assert_eq!(plain, 40, "the plain subscription gets its own copy of each");
+    // A member whose session ends leaves the group.
+    h.lost(members[0]);
+    let out = h.send(p, publish("jobs/x", QoS::Level1, 100, "job"));
+    assert!(publish_packets(&out, members[0]).is_empty());
+    assert_eq!(members[1..].iter().map(|m| publish_packets(&out, *m).len()).sum::<usize>(), 1);
+    assert_eq!(h.core.stats().subscriptions, 4, "three members left and the plain one");
+}

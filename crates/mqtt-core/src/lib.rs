@@ -13,6 +13,7 @@
 //! |--------|---------------|
 //! | [`codec`] | framing (fixed header, maximum packet size) in front of `mqtt-proto`'s 3.1.1 and 5.0 packets, one packet type for both; encoder |
 //! | [`topic`] | the subscription trie and the retained-message trie (`+`, `#`, the `$` rule); iterative, bounded |
+//! | `shared` (private) | plain and shared (`$share/{group}/{filter}`) subscriptions: where a message goes, one member per group |
 //! | [`session`] | per-client-id state: subscriptions, packet ids, in-flight and queued messages, inbound QoS 2 |
 //! | [`broker`] | [`BrokerCore`]: `(connection, channel, packet, now) → actions` |
 //! | [`config`] | [`MqttConfig`]: every knob of the broker, its default and the reason for it |
@@ -21,6 +22,7 @@
 //! | `slab` (private) | the generational table of connections and of sessions, one key type each |
 //!
 //! Dependencies inside the crate run one way: `broker` → `session` → `acl` → `topic` → `codec`;
+//! `broker` → `shared` → `topic`;
 //! `broker` and `session` → `slab`; `config` names `auth`, `acl` and `codec` types; `auth`
 //! stands alone.
 
@@ -32,6 +34,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod session;
+mod shared;
 mod slab;
 pub mod topic;
 
