@@ -16,6 +16,7 @@ mod certs;
 mod get;
 mod lab;
 mod mqtt;
+mod mqtt5;
 mod serve;
 mod signal;
 
@@ -223,6 +224,10 @@ pub(crate) enum CliError {
         /// The URL given.
         url: String,
     },
+    /// A flag or `-D` property that cannot be used as given (MQTT 5 options without `-V 5`, a
+    /// property in the wrong packet, ...); the message says which and why.
+    #[error("{0}")]
+    Usage(String),
     /// `mqtt pub` without `-m`, `-f` or `-n`.
     #[error("give a payload with -m TEXT, -f FILE or -n")]
     NoPayload,

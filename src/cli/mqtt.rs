@@ -11,11 +11,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use quiclab::client::RebindAfter;
 use quiclab::config::{parse_duration, parse_size};
 use quiclab::mqtt::client::{self, Client, ClientOptions, MqttUrl, QuicSetup, StreamMode, Transport};
-use quiclab::mqtt::codec::{QoS, SubscribeReasonCode};
+use quiclab::mqtt::codec::{QoS, RetainHandling, SubscribeReasonCode, SubscriptionOptions, Version};
 use quiclab::mqtt::config::{MqttConfig, ALPN_MQTT};
 use quiclab::mqtt::{Message, MqttError};
 use quiclab::tls::{CertStore, ClientIdentity, Trust};
 
+use super::mqtt5::{self, V5Props};
 use super::signal::Signals;
 use super::{client_trust, CliError};
 
@@ -78,6 +79,29 @@ pub(crate) struct ConnArgs {
     /// (QUIC; `quiclab serve` also answers on its HTTP/3 port, 4433).
     #[arg(long, value_name = "URL", default_value = "mqtt://localhost:1883", value_parser = parse_url)]
     pub(crate) url: MqttUrl,
+    /// MQTT version: 3 (3.1.1) or 5 (MQTT 5.0); mosquitto's names (mqttv311, mqttv5) work too.
+    #[arg(long = "protocol", value_name = "VERSION", value_parser = mqtt5::parse_version, default_value = "3")]
+    pub(crate) protocol: Version,
+    /// MQTT 5 Session Expiry Interval in seconds: how long the broker keeps the session after
+    /// the connection ends (4294967295: for ever). Needs --protocol 5 (3.1.1 has --persistent).
+    #[arg(short = 'x', long, value_name = "SECONDS")]
+    pub(crate) session_expiry: Option<u32>,
+    /// An MQTT 5 property, as mosquitto_pub's -D: COMMAND PROPERTY VALUE [VALUE], repeatable.
+    /// connect: session-expiry-interval, receive-maximum, maximum-packet-size,
+    /// topic-alias-maximum, request-problem-information, request-response-information,
+    /// user-property NAME VALUE. publish: message-expiry-interval, topic-alias,
+    /// payload-format-indicator, content-type, response-topic, correlation-data, user-property.
+    /// subscribe: subscription-identifier, user-property. Needs --protocol 5.
+    #[arg(
+        short = 'D',
+        long = "property",
+        value_names = ["COMMAND", "PROPERTY", "VALUE"],
+        num_args = 3..=4,
+        action = clap::ArgAction::Append,
+        value_parser = clap::value_parser!(String),
+        allow_hyphen_values = true
+    )]
+    pub(crate) property: Vec<String>,
     /// MQTT over QUIC: `single` sends every packet on the control stream; `per-topic` opens one
     /// data stream per topic published and per filter subscribed, so a loss on one topic does
     /// not hold up the others (docs/mqtt-over-quic.md §2).
@@ -161,6 +185,7 @@ impl ConnArgs {
         Ok(ClientOptions {
             client_id: self.client_id.clone().unwrap_or_default(),
             clean_session: !self.persistent,
+            version: self.protocol,
             keep_alive: self.keepalive,
             will,
             username: self.username.clone(),
@@ -186,6 +211,11 @@ impl ConnArgs {
             _ => None,
         };
         let mut opts = self.options(trust, client_cert)?;
+        let props = self.v5_props()?;
+        opts.properties = props.connect;
+        if let Some(e) = self.session_expiry {
+            opts.properties.session_expiry_interval = Some(e);
+        }
         let url_flag = |flag, needs| CliError::UrlFlag { flag, needs, url: self.url.to_string() };
         if self.url.transport == Transport::Quic {
             opts.quic = Some(QuicSetup::with_identity(&opts.trust, opts.client_cert.as_ref())?);
@@ -197,6 +227,17 @@ impl ConnArgs {
             return Err(url_flag("--rebind-after", "mqtt+quic://"));
         }
         Ok(opts)
+    }
+}
+
+impl ConnArgs {
+    /// The `-D` properties, checked; they, and `-x`, need `--protocol 5`.
+    fn v5_props(&self) -> Result<V5Props, CliError> {
+        let props = V5Props::parse(&self.property).map_err(CliError::Usage)?;
+        if self.protocol == Version::V3 && (props.any() || self.session_expiry.is_some()) {
+            return Err(CliError::Usage("-D and --session-expiry are MQTT 5 properties: add --protocol 5".into()));
+        }
+        Ok(props)
     }
 }
 
@@ -306,6 +347,16 @@ pub(crate) struct PubArgs {
     /// Publish the message this many times.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) count: u32,
+    /// MQTT 5 Message Expiry Interval, seconds: the broker drops the message if it cannot
+    /// deliver it in time (--protocol 5).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) message_expiry: Option<u32>,
+    /// MQTT 5 Response Topic: where a responder should answer (request/response, --protocol 5).
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) response_topic: Option<String>,
+    /// MQTT 5 Correlation Data, as text: echoed by the responder (--protocol 5).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) correlation_data: Option<String>,
 }
 
 /// `quiclab mqtt sub`.
@@ -328,6 +379,16 @@ pub(crate) struct SubArgs {
     /// Print the payload only (no topic, QoS and retain columns).
     #[arg(long)]
     pub(crate) payload_only: bool,
+    /// MQTT 5 No Local: not the messages this connection publishes (--protocol 5).
+    #[arg(long)]
+    pub(crate) no_local: bool,
+    /// MQTT 5 Retain As Published: keep the RETAIN flag of forwarded messages (--protocol 5).
+    #[arg(long)]
+    pub(crate) retain_as_published: bool,
+    /// MQTT 5 Retain Handling: 0 send retained messages, 1 only for a new subscription, 2 never
+    /// (--protocol 5).
+    #[arg(long, value_name = "0|1|2", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub(crate) retain_handling: u8,
 }
 
 /// Listener and limit flags of the broker, shared by `quiclab serve` and `quiclab mqtt broker`.
@@ -641,12 +702,29 @@ async fn publish(a: PubArgs) -> Result<i32, CliError> {
         (None, None) => return Err(CliError::NoPayload),
     };
     let opts = a.conn.options_for_rounds().await?;
+    let mut v5 = a.conn.v5_props()?;
+    if let Some(e) = a.message_expiry {
+        v5.publish.message_expiry = Some(e);
+    }
+    if let Some(t) = &a.response_topic {
+        v5.message.response_topic =
+            Some(client::topic(t).map_err(|_| CliError::Usage(format!("--response-topic {t:?}: not a topic name")))?);
+    }
+    if let Some(d) = &a.correlation_data {
+        v5.message.correlation_data = Some(Bytes::from(d.clone().into_bytes()));
+    }
+    if a.conn.protocol == Version::V3 && v5.any() {
+        return Err(CliError::Usage(
+            "--message-expiry, --response-topic and --correlation-data are MQTT 5 properties: add --protocol 5".into(),
+        ));
+    }
+    let props = v5.publish_props();
     for round in 0..a.conn.repeat {
         let mut c = connect_round(&a.conn, &opts, round).await?;
         let mut rebind = Rebinder::new(a.conn.rebind_after);
         for k in 0..a.count {
             rebind.check(&c, u64::from(k))?;
-            c.publish(&a.topic, a.qos, a.retain, payload.clone()).await?;
+            c.publish_with(&a.topic, a.qos, a.retain, payload.clone(), props.clone()).await?;
         }
         rebind.report_missed();
         c.disconnect().await?;
@@ -666,12 +744,31 @@ async fn subscribe(a: SubArgs) -> Result<i32, CliError> {
 }
 
 async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result<i32, CliError> {
+    let v5 = a.conn.v5_props()?;
+    let options = SubscriptionOptions {
+        max_qos: a.qos,
+        no_local: a.no_local,
+        retain_as_published: a.retain_as_published,
+        retain_handling: match a.retain_handling {
+            1 => RetainHandling::SendAtSubscribeIfNotExist,
+            2 => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+    };
+    if a.conn.protocol == Version::V3 && (a.no_local || a.retain_as_published || a.retain_handling != 0) {
+        return Err(CliError::Usage(
+            "--no-local, --retain-as-published and --retain-handling are MQTT 5 options: add --protocol 5".into(),
+        ));
+    }
     let mut c = connect_round(&a.conn, opts, round).await?;
-    let filters: Vec<(&str, QoS)> = a.topic.iter().map(|t| (t.as_str(), a.qos)).collect();
-    let codes = c.subscribe(&filters).await?;
+    let filters: Vec<(&str, SubscriptionOptions)> = a.topic.iter().map(|t| (t.as_str(), options)).collect();
+    let codes = c.subscribe_with(&filters, &v5.subscribe).await?;
     for (f, code) in a.topic.iter().zip(&codes) {
-        if *code == SubscribeReasonCode::NotAuthorized {
-            return Err(CliError::SubscriptionRefused(f.clone()));
+        if (*code as u8) >= 0x80 {
+            if *code == SubscribeReasonCode::NotAuthorized || a.conn.protocol == Version::V3 {
+                return Err(CliError::SubscriptionRefused(f.clone()));
+            }
+            return Err(CliError::Usage(format!("subscription to {f:?} refused: SUBACK {:#04x}", *code as u8)));
         }
     }
     let mut seen = 0u64;
@@ -707,7 +804,9 @@ async fn subscribe_once(a: &SubArgs, opts: &ClientOptions, round: u32) -> Result
         let line = if a.payload_only {
             format!("{payload}\n")
         } else {
-            format!("{}\tqos={}\tretain={}\t{payload}\n", &*msg.topic, msg.qos as u8, msg.retain as u8)
+            let props = mqtt5::describe(&msg);
+            let sep = if props.is_empty() { "" } else { "\t" };
+            format!("{}\tqos={}\tretain={}\t{payload}{sep}{props}\n", &*msg.topic, msg.qos as u8, msg.retain as u8)
         };
         // A closed stdout (e.g. `| head`) ends the command quietly.
         if stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).is_err() {

@@ -1036,6 +1036,12 @@ impl Client {
                     self.inbound_qos2.remove(&rel.pid.value());
                     self.send(ch, &Packet::pubcomp(rel.pid)).await?;
                 }
+                // MQTT 5 §3.14: the broker says why it closes.
+                Packet::Disconnect(d) if ch == 0 => {
+                    self.closed = true;
+                    let reason = d.properties.reason_string.as_deref().unwrap_or("").to_string();
+                    return Err(MqttError::Disconnected { code: d.reason_code as u8, reason });
+                }
                 _ => {}
             }
             return Ok((ch, p));
@@ -1082,6 +1088,20 @@ impl Client {
         retain: bool,
         payload: impl Into<Bytes>,
     ) -> Result<(), MqttError> {
+        self.publish_with(topic_name, qos, retain, payload, None).await.map(|_| ())
+    }
+
+    /// [`Client::publish`] with MQTT 5 properties (ignored over 3.1.1). Returns the reason
+    /// code of the PUBACK or PUBREC (MQTT 5: 0x10 says nobody subscribed; 3.1.1 and QoS 0:
+    /// 0); a refusal (0x80 or above) is [`MqttError::Rejected`].
+    pub async fn publish_with(
+        &mut self,
+        topic_name: &str,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Bytes>,
+        props: Option<Box<codec::PublishProps>>,
+    ) -> Result<u8, MqttError> {
         let name = topic(topic_name)?;
         let ch = self.channel_for(topic_name).await?;
         let pid = self.pid();
@@ -1092,19 +1112,33 @@ impl Client {
         };
         let mut p = Publish::new(qos_pid, name, payload.into());
         p.retain = retain;
+        p.props = props;
         self.send(ch, &Packet::Publish(p)).await?;
-        match qos {
-            QoS::Level0 => {}
-            QoS::Level1 => {
-                self.wait_for("PUBACK", ch, |p| matches!(p, Packet::Puback(a) if a.pid == pid)).await?;
-            }
+        let code = match qos {
+            QoS::Level0 => 0,
+            QoS::Level1 => match self.wait_for("PUBACK", ch, |p| matches!(p, Packet::Puback(a) if a.pid == pid)).await?
+            {
+                Packet::Puback(a) => a.reason_code as u8,
+                _ => 0,
+            },
             QoS::Level2 => {
-                self.wait_for("PUBREC", ch, |p| matches!(p, Packet::Pubrec(a) if a.pid == pid)).await?;
-                self.send(ch, &Packet::pubrel(pid)).await?;
-                self.wait_for("PUBCOMP", ch, |p| matches!(p, Packet::Pubcomp(a) if a.pid == pid)).await?;
+                let code = match self.wait_for("PUBREC", ch, |p| matches!(p, Packet::Pubrec(a) if a.pid == pid)).await?
+                {
+                    Packet::Pubrec(a) => a.reason_code as u8,
+                    _ => 0,
+                };
+                // §4.3.3: a PUBREC of 0x80 or above ends the flow.
+                if code < 0x80 {
+                    self.send(ch, &Packet::pubrel(pid)).await?;
+                    self.wait_for("PUBCOMP", ch, |p| matches!(p, Packet::Pubcomp(a) if a.pid == pid)).await?;
+                }
+                code
             }
+        };
+        if code >= 0x80 {
+            return Err(MqttError::Rejected { what: "PUBLISH", code });
         }
-        Ok(())
+        Ok(code)
     }
 
     /// Send a request (SUBSCRIBE or UNSUBSCRIBE) for `items`, one per filter: on the control
@@ -1138,12 +1172,27 @@ impl Client {
     /// Subscribe; returns the SUBACK's return codes, one per filter. In per-topic mode each
     /// filter gets its own data stream and SUBSCRIBE.
     pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Result<Vec<SubscribeReasonCode>, MqttError> {
-        let topics = filters
-            .iter()
-            .map(|(f, q)| Ok((filter(f)?, codec::v3_options(*q))))
-            .collect::<Result<Vec<_>, MqttError>>()?;
+        let with: Vec<(&str, codec::SubscriptionOptions)> =
+            filters.iter().map(|(f, q)| (*f, codec::v3_options(*q))).collect();
+        self.subscribe_with(&with, &codec::SubscribeProperties::default()).await
+    }
+
+    /// [`Client::subscribe`] with MQTT 5 subscription options (No Local, Retain As Published,
+    /// Retain Handling) and properties (Subscription Identifier, user properties); over 3.1.1
+    /// only the QoS is sent.
+    pub async fn subscribe_with(
+        &mut self,
+        filters: &[(&str, codec::SubscriptionOptions)],
+        props: &codec::SubscribeProperties,
+    ) -> Result<Vec<SubscribeReasonCode>, MqttError> {
+        let topics = filters.iter().map(|(f, o)| Ok((filter(f)?, *o))).collect::<Result<Vec<_>, MqttError>>()?;
         let names: Vec<&str> = filters.iter().map(|(f, _)| *f).collect();
-        let sent = self.send_requests(&names, topics, |pid, t| Packet::Subscribe(Subscribe::new(pid, t))).await?;
+        let request = |pid, t| {
+            let mut s = Subscribe::new(pid, t);
+            s.properties = props.clone();
+            Packet::Subscribe(s)
+        };
+        let sent = self.send_requests(&names, topics, request).await?;
         let mut codes = Vec::with_capacity(filters.len());
         for (ch, pid) in sent {
             match self.wait_for("SUBACK", ch, |p| matches!(p, Packet::Suback(s) if s.pid == pid)).await? {

@@ -91,6 +91,9 @@ pub enum MqttError {
     /// The broker answered CONNECT with this refusal.
     #[error("connection refused by the broker: CONNACK {0:?}")]
     Refused(codec::ConnectReasonCode),
+    /// The broker refused a request with an MQTT 5 reason code (0x80 or above).
+    #[error("the broker refused the {what} with reason code {code:#04x}")]
+    Rejected { what: &'static str, code: u8 },
     /// The peer broke the protocol; the message says how.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -106,6 +109,9 @@ pub enum MqttError {
     /// The broker closed the connection.
     #[error("the broker closed the connection")]
     Closed,
+    /// The broker closed an MQTT 5 connection with DISCONNECT, saying why.
+    #[error("the broker disconnected: reason code {code:#04x} {reason}")]
+    Disconnected { code: u8, reason: String },
     /// A QUIC connection could not be started (e.g. an invalid server name).
     #[error("cannot start a QUIC connection")]
     QuicConnect(#[from] quinn::ConnectError),
