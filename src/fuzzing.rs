@@ -23,7 +23,7 @@ pub use self::topic_tree::topic_tree;
 
 mod mqtt_store {
     use super::*;
-    use crate::mqtt::codec::{QoS, TopicName};
+    use crate::mqtt::codec::QoS;
     use crate::mqtt::session::Message;
     use crate::mqtt::store::{
         client_prefix, decode_message, decode_retained, decode_subs, encode_message, encode_retained, encode_subs,
@@ -36,21 +36,39 @@ mod mqtt_store {
     /// to the same bytes (retained values, subscription lists, keys) or decodes again to the
     /// same record (messages, whose encoding normalises the unused packet id of a queued
     /// message and any non-zero retain byte).
+    /// The same message: topic, payload, properties; expiry within a few milliseconds (it is
+    /// kept as wall-clock milliseconds and read back on this process's monotonic clock).
+    fn assert_same(a: &Message, b: &Message) {
+        assert_eq!((&a.topic, &a.payload, &a.props), (&b.topic, &b.payload, &b.props));
+        match (a.expires_at, b.expires_at) {
+            (None, None) => {}
+            (Some(x), Some(y)) => {
+                let d = if x > y { x - y } else { y - x };
+                assert!(d < std::time::Duration::from_millis(50), "expiry moved by {d:?}");
+            }
+            other => panic!("expiry lost: {other:?}"),
+        }
+    }
+
     pub fn mqtt_store(data: &[u8]) {
         let mut u = Unstructured::new(data);
         let which = u.int_in_range(0u8..=4).unwrap_or(0);
         let bytes = u.take_rest();
         match which {
             0 => {
-                if let Some((qos, payload)) = decode_retained(bytes) {
-                    let topic = TopicName::try_from("t").expect("a valid topic");
-                    let m = Message::new(topic, payload, qos, true);
-                    assert_eq!(encode_retained(&m), bytes, "retained value re-encodes differently");
+                if let Some(m) = decode_retained(bytes) {
+                    let again = encode_retained(&m);
+                    if m.expires_at.is_none() && m.props.is_none() {
+                        assert_eq!(again, bytes, "retained value re-encodes differently");
+                    }
+                    let back = decode_retained(&again).expect("an encoded retained value decodes");
+                    assert_same(&back, &m);
                 }
             }
             1 => {
-                if let Some(subs) = decode_subs(bytes) {
-                    assert_eq!(encode_subs(&subs), bytes, "subscription list re-encodes differently");
+                if let Some((expiry, subs)) = decode_subs(bytes) {
+                    let again = encode_subs(expiry, &subs);
+                    assert_eq!(decode_subs(&again), Some((expiry, subs)), "subscription list does not round-trip");
                 }
             }
             2 | 3 => {
@@ -61,7 +79,7 @@ mod mqtt_store {
                     let back = decode_message(&again, staged).expect("an encoded record decodes");
                     assert_eq!(back.0, stage);
                     assert_eq!(back.1, retain);
-                    assert_eq!((&back.2.topic, &back.2.payload), (&msg.topic, &msg.payload));
+                    assert_same(&back.2, &msg);
                     // A queued record keeps the delivery QoS; others the message's.
                     assert!(matches!(back.2.qos, QoS::Level0 | QoS::Level1 | QoS::Level2));
                 }

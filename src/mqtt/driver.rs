@@ -275,12 +275,8 @@ impl Broker {
                 let n = core.restore_retained(std::mem::take(&mut opened.recovered.retained));
                 let stored = std::mem::take(&mut opened.recovered.sessions);
                 let total = stored.len();
-                let sessions = stored
-                    .into_iter()
-                    .filter(|s| {
-                        core.restore_session(s.client_id.clone(), &s.subs, s.outbound.clone(), s.inbound.clone())
-                    })
-                    .count();
+                let now = tokio::time::Instant::now().into_std();
+                let sessions = stored.into_iter().filter(|s| core.restore_session(s.clone(), now)).count();
                 if sessions < total {
                     tracing::warn!(
                         left_out = total - sessions,

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::broker::{OutStage, StoreOp, StoredOutbound};
+use super::broker::{OutStage, StoreOp, StoredOutbound, StoredSub};
+use super::codec::MessageProps;
 use super::codec::{QoS, TopicName};
 use super::session::Message;
 
@@ -57,17 +58,30 @@ pub const FILE_NAME: &str = "mqtt.redb";
 pub const FORMAT: &str = "quiclab-mqtt-store/1";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// Topic → [QoS byte][payload].
+/// Topic → [QoS byte][payload], or with MQTT 5 extras [QoS | 0x80][extras][payload].
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// Client id of a persistent session → its subscriptions: per filter [QoS byte][u16 BE
-/// length][filter].
+/// length][filter] (3.1.1 sessions, which never expire); or [0xFF][u32 BE Session Expiry
+/// Interval] then per filter [options byte][u32 BE Subscription Identifier][u16 BE
+/// length][filter], the options byte laid out as MQTT 5's (QoS, No Local, Retain As Published).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// [u16 BE length][client id][u64 BE seq] → [stage][u16 BE packet id][QoS][retain][u16 BE
 /// topic length][topic][payload]. Stage: 0 queued, 1 awaiting PUBACK, 2 PUBREC, 3 PUBCOMP.
+/// With MQTT 5 extras: [QoS | 0x80][retain][extras] before the topic.
 const OUTBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outbound");
 /// [u16 BE length][client id][u16 BE packet id] → [QoS][retain][u16 BE topic length][topic]
-/// [payload].
+/// [payload], with extras as in `OUTBOUND`.
 const INBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inbound");
+
+// MQTT 5 extras of a message record (its QoS byte has 0x80 set): [flags], then [u64 BE expiry,
+// Unix milliseconds] if flags & 1, then [u32 BE length][properties] if flags & 2, the
+// properties as an MQTT 5 PUBLISH property list (`MessageProps::to_bytes`). Records without
+// them are byte for byte those of earlier versions, so one format name covers both.
+const EXT: u8 = 0x80;
+const EXT_EXPIRY: u8 = 1;
+const EXT_PROPS: u8 = 2;
+/// The first byte of a subscription list with an expiry and MQTT 5 options.
+const SUBS_V5: u8 = 0xff;
 
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -105,17 +119,7 @@ pub struct Recovered {
     pub sessions: Vec<StoredSession>,
 }
 
-/// A persistent session as the store keeps it.
-#[derive(Debug, Default)]
-pub struct StoredSession {
-    pub client_id: Arc<str>,
-    /// Subscriptions: filter, granted QoS.
-    pub subs: Vec<(TopicFilter, QoS)>,
-    /// QoS 1/2 messages queued or in flight, in sequence order.
-    pub outbound: Vec<StoredOutbound>,
-    /// Inbound QoS 2 messages awaiting PUBREL: packet id, message.
-    pub inbound: Vec<(u16, Message)>,
-}
+pub use super::broker::StoredSession;
 
 /// An opened store, before the broker takes it ([`super::Broker::with_store`]).
 pub struct OpenedStore {
@@ -189,9 +193,9 @@ fn read_all(db: &Database, path: &Path) -> Result<Recovered, StoreError> {
         let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
         let topic =
             TopicName::try_from(k.value()).map_err(|e| corrupt(format!("retained topic {:?}: {e}", k.value())))?;
-        let (qos, payload) =
-            decode_retained(v.value()).ok_or_else(|| corrupt(format!("retained message of {topic}")))?;
-        retained.push(Message::new(topic, payload, qos, true));
+        let mut m = decode_retained(v.value()).ok_or_else(|| corrupt(format!("retained message of {topic}")))?;
+        m.topic = topic;
+        retained.push(m);
     }
     let mut sessions = Vec::new();
     let table = match rtx.open_table(SESSIONS) {
@@ -203,9 +207,9 @@ fn read_all(db: &Database, path: &Path) -> Result<Recovered, StoreError> {
     if let Some(table) = table {
         for entry in table.iter().map_err(|e| redb_err(e.into()))? {
             let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
-            let subs =
+            let (expiry, subs) =
                 decode_subs(v.value()).ok_or_else(|| corrupt(format!("subscriptions of session {:?}", k.value())))?;
-            sessions.push(StoredSession { client_id: Arc::from(k.value()), subs, ..Default::default() });
+            sessions.push(StoredSession { client_id: Arc::from(k.value()), expiry, subs, ..Default::default() });
         }
     }
     // Messages, grouped by client id (keys sort by client, then by seq or packet id).
@@ -267,8 +271,64 @@ fn inbound_key(client: &str, pid: u16) -> Vec<u8> {
     k
 }
 
+/// Unix milliseconds of `at`, an instant of this process's monotonic clock.
+fn wall_ms(at: Instant) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let wall = match at.checked_duration_since(Instant::now()) {
+        Some(ahead) => now.saturating_add(ahead),
+        None => now.saturating_sub(Instant::now().saturating_duration_since(at)),
+    };
+    u64::try_from(wall.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The instant of Unix milliseconds `ms` (now, if it has passed).
+fn instant_of(ms: u64) -> Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ahead = Duration::from_millis(ms).saturating_sub(now);
+    Instant::now().checked_add(ahead).unwrap_or_else(Instant::now)
+}
+
+/// The MQTT 5 extras of `m` (see [`EXT`]), if it has any.
+fn encode_ext(m: &Message, v: &mut Vec<u8>) {
+    let props = m.props.as_deref().and_then(|p| p.to_bytes().ok());
+    let flags = if m.expires_at.is_some() { EXT_EXPIRY } else { 0 } | if props.is_some() { EXT_PROPS } else { 0 };
+    v.push(flags);
+    if let Some(at) = m.expires_at {
+        v.extend_from_slice(&wall_ms(at).to_be_bytes());
+    }
+    if let Some(p) = props {
+        v.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+        v.extend_from_slice(&p);
+    }
+}
+
+/// Read extras into `m`; returns the rest of the record.
+fn decode_ext<'a>(v: &'a [u8], m: &mut Message) -> Option<&'a [u8]> {
+    let (&flags, mut v) = v.split_first()?;
+    if flags & !(EXT_EXPIRY | EXT_PROPS) != 0 {
+        return None;
+    }
+    if flags & EXT_EXPIRY != 0 {
+        let (ms, rest) = v.split_first_chunk::<8>()?;
+        m.expires_at = Some(instant_of(u64::from_be_bytes(*ms)));
+        v = rest;
+    }
+    if flags & EXT_PROPS != 0 {
+        let (len, rest) = v.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        m.props = MessageProps::from_bytes(rest.get(..len)?).ok()?.shared();
+        v = &rest[len..];
+    }
+    Some(v)
+}
+
+fn has_ext(m: &Message) -> bool {
+    m.props.is_some() || m.expires_at.is_some()
+}
+
 /// [stage][u16 BE packet id] (outbound records only), then [QoS][retain][u16 BE topic
-/// length][topic][payload].
+/// length][topic][payload]; a message with MQTT 5 properties or an expiry has [QoS | 0x80]
+/// and its extras after the retain byte.
 pub(crate) fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
     if let Some(stage) = stage {
@@ -285,8 +345,12 @@ pub(crate) fn encode_message(stage: Option<OutStage>, retain: bool, m: &Message)
         Some(OutStage::Queued(q)) => q,
         _ => m.qos,
     };
-    v.push(qos as u8);
+    let ext = has_ext(m);
+    v.push(qos as u8 | if ext { EXT } else { 0 });
     v.push(u8::from(retain));
+    if ext {
+        encode_ext(m, &mut v);
+    }
     let len = u16::try_from(m.topic.len()).unwrap_or(u16::MAX);
     v.extend_from_slice(&len.to_be_bytes());
     v.extend_from_slice(&m.topic.as_bytes()[..usize::from(len)]);
@@ -304,12 +368,14 @@ pub(crate) fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>
         (None, 0, v)
     };
     let (&q, v) = v.split_first()?;
-    let qos = QoS::from_u8(q).ok()?;
+    let qos = QoS::from_u8(q & !EXT).ok()?;
     let (&r, v) = v.split_first()?;
+    let mut m = Message::new(TopicName::try_from("").ok()?, Bytes::new(), qos, r == 1);
+    let v = if q & EXT != 0 { decode_ext(v, &mut m)? } else { v };
     let (len, v) = v.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
-    let topic = TopicName::try_from(std::str::from_utf8(v.get(..len)?).ok()?).ok()?;
-    let payload = Bytes::copy_from_slice(&v[len..]);
+    m.topic = TopicName::try_from(std::str::from_utf8(v.get(..len)?).ok()?).ok()?;
+    m.payload = Bytes::copy_from_slice(&v[len..]);
     let stage = match stage_tag {
         None => None,
         Some(0) => Some(OutStage::Queued(qos)),
@@ -318,45 +384,88 @@ pub(crate) fn decode_message(v: &[u8], staged: bool) -> Option<(Option<OutStage>
         Some(3) => Some(OutStage::AwaitPubcomp(pid)),
         Some(_) => return None,
     };
-    Some((stage, r == 1, Message::new(topic, payload, qos, r == 1)))
+    Some((stage, r == 1, m))
 }
 
-pub(crate) fn encode_subs(subs: &[(TopicFilter, QoS)]) -> Vec<u8> {
+/// A session's expiry and subscriptions: 3.1.1's layout when the session never expires and
+/// its subscriptions have no MQTT 5 option, else the MQTT 5 one (see [`SESSIONS`]).
+pub(crate) fn encode_subs(expiry: u32, subs: &[StoredSub]) -> Vec<u8> {
+    let v5 = expiry != u32::MAX || subs.iter().any(|s| s.no_local || s.retain_as_published || s.id != 0);
     let mut v = Vec::new();
-    for (f, q) in subs {
+    if v5 {
+        v.push(SUBS_V5);
+        v.extend_from_slice(&expiry.to_be_bytes());
+    }
+    for s in subs {
         // A filter is at most 65,535 bytes (MQTT's string length).
-        let len = u16::try_from(f.len()).unwrap_or(u16::MAX);
-        v.push(*q as u8);
+        let len = u16::try_from(s.filter.len()).unwrap_or(u16::MAX);
+        let opts = s.qos as u8 | u8::from(s.no_local) << 2 | u8::from(s.retain_as_published) << 3;
+        v.push(opts);
+        if v5 {
+            v.extend_from_slice(&s.id.to_be_bytes());
+        }
         v.extend_from_slice(&len.to_be_bytes());
-        v.extend_from_slice(&f.as_bytes()[..usize::from(len)]);
+        v.extend_from_slice(&s.filter.as_bytes()[..usize::from(len)]);
     }
     v
 }
 
-pub(crate) fn decode_subs(mut v: &[u8]) -> Option<Vec<(TopicFilter, QoS)>> {
+/// The inverse of [`encode_subs`]: (expiry, subscriptions).
+pub(crate) fn decode_subs(v: &[u8]) -> Option<(u32, Vec<StoredSub>)> {
+    let (expiry, mut v, v5) = match v.split_first() {
+        Some((&SUBS_V5, rest)) => {
+            let (e, rest) = rest.split_first_chunk::<4>()?;
+            (u32::from_be_bytes(*e), rest, true)
+        }
+        _ => (u32::MAX, v, false),
+    };
     let mut out = Vec::new();
-    while let Some((&q, rest)) = v.split_first() {
-        let qos = QoS::from_u8(q).ok()?;
+    while let Some((&o, rest)) = v.split_first() {
+        if o & !0x0f != 0 || (!v5 && o > 2) {
+            return None;
+        }
+        let qos = QoS::from_u8(o & 3).ok()?;
+        let (id, rest) = if v5 {
+            let (id, rest) = rest.split_first_chunk::<4>()?;
+            (u32::from_be_bytes(*id), rest)
+        } else {
+            (0, rest)
+        };
         let (len, rest) = rest.split_first_chunk::<2>()?;
         let len = usize::from(u16::from_be_bytes(*len));
         let f = std::str::from_utf8(rest.get(..len)?).ok()?;
-        out.push((TopicFilter::try_from(f).ok()?, qos));
+        out.push(StoredSub {
+            filter: TopicFilter::try_from(f).ok()?,
+            qos,
+            no_local: o & 4 != 0,
+            retain_as_published: o & 8 != 0,
+            id,
+        });
         v = &rest[len..];
     }
-    Some(out)
+    Some((expiry, out))
 }
 
+/// [QoS][payload], or [QoS | 0x80][extras][payload] (see [`EXT`]).
 pub(crate) fn encode_retained(m: &Message) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + m.payload.len());
-    v.push(m.qos as u8);
+    let ext = has_ext(m);
+    v.push(m.qos as u8 | if ext { EXT } else { 0 });
+    if ext {
+        encode_ext(m, &mut v);
+    }
     v.extend_from_slice(&m.payload);
     v
 }
 
-pub(crate) fn decode_retained(v: &[u8]) -> Option<(QoS, Bytes)> {
-    let (&q, payload) = v.split_first()?;
-    let qos = QoS::from_u8(q).ok()?;
-    Some((qos, Bytes::copy_from_slice(payload)))
+/// The inverse of [`encode_retained`]: the message with an empty topic (the key is the topic).
+pub(crate) fn decode_retained(v: &[u8]) -> Option<Message> {
+    let (&q, v) = v.split_first()?;
+    let qos = QoS::from_u8(q & !EXT).ok()?;
+    let mut m = Message::new(TopicName::try_from("").ok()?, Bytes::new(), qos, true);
+    let payload = if q & EXT != 0 { decode_ext(v, &mut m)? } else { v };
+    m.payload = Bytes::copy_from_slice(payload);
+    Some(m)
 }
 
 /// A write waiting for the next commit. Keyed, so a later write of the same key replaces it.
@@ -416,7 +525,9 @@ impl Pending {
                 self.set(Key::Retained(m.topic), Some(v), false);
             }
             StoreOp::Unretain(topic) => self.set(Key::Retained(topic), None, false),
-            StoreOp::Session { client_id, subs } => self.set(Key::Session(client_id), Some(encode_subs(&subs)), false),
+            StoreOp::Session { client_id, expiry, subs } => {
+                self.set(Key::Session(client_id), Some(encode_subs(expiry, &subs)), false)
+            }
             StoreOp::DropSession { client_id } => {
                 // Everything pending for the client is moot: the drop deletes it all.
                 for w in &mut self.writes {
@@ -717,6 +828,60 @@ mod tests {
         assert_eq!(again.recovered.retained, vec![msg("a/b", b"two")]);
     }
 
+    #[test]
+    fn mqtt5_extras_survive_a_reopen_and_3_1_1_records_keep_their_bytes() {
+        use crate::mqtt::codec::UserProperty;
+        // A 3.1.1 message record is byte for byte what earlier versions wrote.
+        let plain = msg("a/b", b"x");
+        assert_eq!(encode_message(None, true, &plain), [1, 1, 0, 3, b'a', b'/', b'b', b'x']);
+        assert_eq!(
+            encode_subs(u32::MAX, &[StoredSub::v3(TopicFilter::try_from("f").unwrap(), QoS::Level1)]),
+            [1, 0, 1, b'f']
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (w, rx) = started(dir.path(), None);
+        let mut rich = msg("r/t", b"v5");
+        rich.props = MessageProps {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![UserProperty { name: "k".into(), value: "v".into() }],
+            ..Default::default()
+        }
+        .shared();
+        rich.expires_at = Some(Instant::now() + Duration::from_secs(3600));
+        let sub = StoredSub {
+            filter: TopicFilter::try_from("x/#").unwrap(),
+            qos: QoS::Level1,
+            no_local: true,
+            retain_as_published: false,
+            id: 9,
+        };
+        let id: Arc<str> = "v5".into();
+        commit_all(
+            &w,
+            &rx,
+            vec![
+                StoreOp::Retain(rich.clone()),
+                StoreOp::Session { client_id: id.clone(), expiry: 300, subs: vec![sub.clone()] },
+                StoreOp::Outbound {
+                    client_id: id.clone(),
+                    seq: 1,
+                    stage: OutStage::Queued(QoS::Level1),
+                    retain: false,
+                    msg: rich.clone(),
+                },
+            ],
+        );
+        drop(w);
+        let r = open(dir.path()).unwrap().recovered;
+        let back = &r.retained[0];
+        assert_eq!((&back.props, &back.payload), (&rich.props, &rich.payload));
+        let left = back.expires_at.unwrap().saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(3590), "the expiry survives ({left:?} left)");
+        let s = &r.sessions[0];
+        assert_eq!((s.expiry, &s.subs), (300, &vec![sub]));
+        assert_eq!(s.outbound[0].msg.props, rich.props);
+    }
+
     /// With a sync interval a commit is reported before any fsync (the hour never passes
     /// here), and a clean stop makes it durable. (That an unsynced commit is lost to a crash
     /// is checked with `kill -9` in tests/mqtt_persist.rs, that a due fsync comes without
@@ -757,7 +922,7 @@ mod tests {
         let (w, rx) = started(dir.path(), None);
         let id: Arc<str> = Arc::from("c1");
         let other: Arc<str> = Arc::from("c10"); // a longer id sharing the first bytes
-        let sub = (TopicFilter::try_from("a/#").unwrap(), QoS::Level2);
+        let sub = StoredSub::v3(TopicFilter::try_from("a/#").unwrap(), QoS::Level2);
         let out = |client_id: &Arc<str>, seq, stage| StoreOp::Outbound {
             client_id: client_id.clone(),
             seq,
@@ -769,8 +934,8 @@ mod tests {
             &w,
             &rx,
             vec![
-                StoreOp::Session { client_id: id.clone(), subs: vec![sub.clone()] },
-                StoreOp::Session { client_id: other.clone(), subs: vec![] },
+                StoreOp::Session { client_id: id.clone(), expiry: u32::MAX, subs: vec![sub.clone()] },
+                StoreOp::Session { client_id: other.clone(), expiry: u32::MAX, subs: vec![] },
                 out(&id, 1, OutStage::Queued(QoS::Level1)),
                 out(&id, 2, OutStage::AwaitPubrec(7)),
                 out(&id, 3, OutStage::Queued(QoS::Level2)),
@@ -794,7 +959,7 @@ mod tests {
             &rx,
             vec![
                 StoreOp::DropSession { client_id: id.clone() },
-                StoreOp::Session { client_id: id.clone(), subs: vec![] },
+                StoreOp::Session { client_id: id.clone(), expiry: u32::MAX, subs: vec![] },
                 out(&id, 5, OutStage::Queued(QoS::Level1)),
             ],
         );

@@ -88,10 +88,11 @@ pub enum StoreOp {
     Retain(Message),
     /// The topic has no retained message any more.
     Unretain(TopicName),
-    /// The persistent session (clean session 0) of `client_id` exists, with these
-    /// subscriptions (filter, granted QoS; each filter once). Channels are not kept: after a
-    /// restart every subscription is parked on the control channel, as on any resumption.
-    Session { client_id: Arc<str>, subs: Vec<(TopicFilter, QoS)> },
+    /// The persistent session (3.1.1 clean session 0, or an MQTT 5 Session Expiry Interval
+    /// above 0) of `client_id` exists, with this expiry (seconds; `u32::MAX`: never) and these
+    /// subscriptions (each filter once). Channels are not kept: after a restart every
+    /// subscription is parked on the control channel, as on any resumption.
+    Session { client_id: Arc<str>, expiry: u32, subs: Vec<StoredSub> },
     /// The persistent session of `client_id` is gone (a clean-session CONNECT replaced it),
     /// with its messages.
     DropSession { client_id: Arc<str> },
@@ -106,6 +107,44 @@ pub enum StoreOp {
     Inbound { client_id: Arc<str>, pid: u16, msg: Message },
     /// Its PUBREL came (it was forwarded).
     InboundDone { client_id: Arc<str>, pid: u16 },
+}
+
+/// A subscription of a persistent session as a store keeps it ([`StoreOp::Session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSub {
+    pub filter: TopicFilter,
+    /// The granted QoS.
+    pub qos: QoS,
+    /// MQTT 5 No Local.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier; 0: none.
+    pub id: u32,
+}
+
+impl StoredSub {
+    /// A 3.1.1 subscription: `filter` at `qos`, no MQTT 5 options.
+    pub fn v3(filter: TopicFilter, qos: QoS) -> StoredSub {
+        StoredSub { filter, qos, no_local: false, retain_as_published: false, id: 0 }
+    }
+
+    fn opts(&self) -> SubOpts {
+        SubOpts { no_local: self.no_local, retain_as_published: self.retain_as_published, id: self.id }
+    }
+}
+
+/// A persistent session as a store kept it ([`BrokerCore::restore_session`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoredSession {
+    pub client_id: Arc<str>,
+    /// Session Expiry Interval, seconds (`u32::MAX`: never; what 3.1.1 sessions have).
+    pub expiry: u32,
+    pub subs: Vec<StoredSub>,
+    /// QoS 1/2 messages queued or in flight, in sequence order.
+    pub outbound: Vec<StoredOutbound>,
+    /// Inbound QoS 2 messages awaiting PUBREL: packet id, message.
+    pub inbound: Vec<(u16, Message)>,
 }
 
 /// An outbound message of a persistent session as a store kept it
@@ -537,35 +576,42 @@ impl<D> BrokerCore<D> {
             return;
         }
         let Some(s) = self.sessions.get(sid).filter(|s| !s.clean) else { return };
-        let mut subs: Vec<(TopicFilter, QoS)> = Vec::with_capacity(s.subs.len());
+        let mut subs: Vec<StoredSub> = Vec::with_capacity(s.subs.len());
         for sub in &s.subs {
-            match subs.iter_mut().find(|(f, _)| *f == sub.filter) {
-                Some((_, q)) => *q = (*q).max(sub.qos),
-                None => subs.push((sub.filter.clone(), sub.qos)),
+            match subs.iter_mut().find(|x| x.filter == sub.filter) {
+                // One filter on several channels: the highest QoS, the options of the first.
+                Some(x) => x.qos = x.qos.max(sub.qos),
+                None => subs.push(StoredSub {
+                    filter: sub.filter.clone(),
+                    qos: sub.qos,
+                    no_local: sub.opts.no_local,
+                    retain_as_published: sub.opts.retain_as_published,
+                    id: sub.opts.id,
+                }),
             }
         }
-        out.push(Action::Store(StoreOp::Session { client_id: s.client_id.clone(), subs }));
+        out.push(Action::Store(StoreOp::Session { client_id: s.client_id.clone(), expiry: s.expiry, subs }));
     }
 
     /// Start from a persistent session a store kept (before any connection): offline, its
     /// subscriptions parked on the control channel, as after any disconnection, its queued
     /// and in-flight messages on the control channel in their order (in-flight ones are sent
     /// again, DUP set, when the client comes back, §4.4), its inbound QoS 2 messages awaiting
-    /// PUBREL on the control channel. False if `max_sessions` is reached or the client id is
-    /// taken.
-    pub fn restore_session(
-        &mut self,
-        client_id: Arc<str>,
-        subs: &[(TopicFilter, QoS)],
-        mut outbound: Vec<StoredOutbound>,
-        inbound: Vec<(u16, Message)>,
-    ) -> bool {
+    /// PUBREL on the control channel. A finite Session Expiry Interval starts over at `now`
+    /// (the time the broker was down does not count: it cannot know it). False if
+    /// `max_sessions` is reached or the client id is taken.
+    pub fn restore_session(&mut self, stored: StoredSession, now: Instant) -> bool {
+        let StoredSession { client_id, expiry, subs, mut outbound, inbound } = stored;
         if self.sessions.len() >= self.cfg.max_sessions || self.by_client.contains_key(&client_id) {
             return false;
         }
         let mut session = Session::new(client_id.clone(), false);
-        for (filter, qos) in subs.iter().take(self.cfg.max_subscriptions) {
-            session.park(filter, (*qos).min(self.cfg.max_qos), SubOpts::default());
+        session.expiry = expiry.max(1);
+        if session.expiry != u32::MAX {
+            session.expires_at = Some(now + Duration::from_secs(u64::from(session.expiry)));
+        }
+        for sub in subs.iter().take(self.cfg.max_subscriptions) {
+            session.park(&sub.filter, sub.qos.min(self.cfg.max_qos), sub.opts());
         }
         outbound.sort_by_key(|o| o.seq);
         for o in outbound {
@@ -592,9 +638,12 @@ impl<D> BrokerCore<D> {
         let sid = self.sessions.insert(session);
         self.by_client.insert(client_id, sid);
         if let Some(s) = self.sessions.get(sid) {
-            for (filter, _) in subs.iter().take(self.cfg.max_subscriptions) {
-                sync_control_route(&mut self.subs, sid, s, filter);
+            for sub in subs.iter().take(self.cfg.max_subscriptions) {
+                sync_control_route(&mut self.subs, sid, s, &sub.filter);
             }
+        }
+        if let Some(at) = self.sessions.get(sid).and_then(Session::deadline) {
+            self.session_timers.push(Reverse((at, sid)));
         }
         true
     }

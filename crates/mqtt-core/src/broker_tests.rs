@@ -1928,7 +1928,7 @@ fn store_ops_come_before_the_packets_that_acknowledge_them() {
     let (store, send) = store_then_send(&out, c);
     assert!(store < send && store.is_some(), "{out:?}");
     assert!(
-        matches!(&stores(&out)[..], [StoreOp::Session { client_id, subs }] if &**client_id == "keeper" && subs.is_empty())
+        matches!(&stores(&out)[..], [StoreOp::Session { client_id, subs, expiry: u32::MAX }] if &**client_id == "keeper" && subs.is_empty())
     );
     // SUBSCRIBE: the session with its subscriptions, then SUBACK.
     let out = h.send(c, subscribe(1, &[("a/#", QoS::Level1), ("b", QoS::Level0)]));
@@ -1936,7 +1936,7 @@ fn store_ops_come_before_the_packets_that_acknowledge_them() {
     assert!(store < send && store.is_some(), "{out:?}");
     match &stores(&out)[..] {
         [StoreOp::Session { subs, .. }] => {
-            let mut f: Vec<(String, QoS)> = subs.iter().map(|(f, q)| (f.to_string(), *q)).collect();
+            let mut f: Vec<(String, QoS)> = subs.iter().map(|s| (s.filter.to_string(), s.qos)).collect();
             f.sort();
             assert_eq!(f, vec![("a/#".to_string(), QoS::Level1), ("b".to_string(), QoS::Level0)]);
         }
@@ -1983,7 +1983,13 @@ fn store_ops_come_before_the_packets_that_acknowledge_them() {
 fn a_restored_session_is_present_and_receives_what_its_subscriptions_match() {
     let mut h = H::new();
     let filter = super::super::codec::TopicFilter::try_from("s/#").unwrap();
-    assert!(h.core.restore_session("back".into(), &[(filter, QoS::Level1)], Vec::new(), Vec::new()));
+    let stored = StoredSession {
+        client_id: "back".into(),
+        expiry: u32::MAX,
+        subs: vec![StoredSub::v3(filter, QoS::Level1)],
+        ..Default::default()
+    };
+    assert!(h.core.restore_session(stored, h.now));
     let (p, _, _) = h.connect("pub", true);
     h.send(p, publish("s/1", QoS::Level1, 1, "while away"));
     let (c, present, out) = h.connect("back", false);

@@ -417,3 +417,34 @@ fn a_shared_subscription_spreads_messages_over_its_group() {
     assert_eq!(members[1..].iter().map(|m| publish_packets(&out, *m).len()).sum::<usize>(), 1);
     assert_eq!(h.core.stats().subscriptions, 4, "three members left and the plain one");
 }
+
+#[test]
+fn a_stored_v5_session_keeps_its_options_and_expires() {
+    let mut h = H::with(|c| c.data_dir = Some("unused".into()));
+    let (c, _) = h.connect5(connect5("keeper5", true, Some(30)));
+    let mut o = opts(QoS::Level1);
+    o.no_local = true;
+    let out = h.send(c, subscribe5(1, &[("k/#", o)], Some(3)));
+    let stored = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Store(StoreOp::Session { client_id, expiry, subs }) => Some(StoredSession {
+                client_id: client_id.clone(),
+                expiry: *expiry,
+                subs: subs.clone(),
+                ..Default::default()
+            }),
+            _ => None,
+        })
+        .expect("the session is stored");
+    assert_eq!(stored.expiry, 30);
+    assert_eq!((stored.subs[0].no_local, stored.subs[0].id), (true, 3));
+    // A new core from the store: the session is back with its options, and expires 30 s on.
+    let mut h2 = H::new();
+    assert!(h2.core.restore_session(stored, h2.now));
+    let (p, _) = h2.connect5(connect5("p", true, None));
+    let out = h2.send(p, publish("k/1", QoS::Level1, 1, "x"));
+    let _ = out;
+    h2.advance(Duration::from_secs(31));
+    assert!(h2.core.session_state("keeper5").is_none(), "expired 30 s after the restart");
+}

@@ -38,7 +38,7 @@ mod shared;
 mod slab;
 pub mod topic;
 
-pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo};
+pub use broker::{Action, BrokerCore, ChannelEnd, CloseReason, CoreStats, SessionInfo, StoredSession, StoredSub};
 pub use config::MqttConfig;
 pub use session::Message;
 

@@ -81,6 +81,37 @@ impl MessageProps {
     pub fn cost(&self) -> usize {
         self.encoded_len()
     }
+
+    /// These as an MQTT 5 PUBLISH property list without its length prefix (§3.3.2.3): what a
+    /// store keeps of them.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
+        let p = Publish {
+            dup: false,
+            retain: false,
+            qos_pid: QosPid::Level0,
+            topic_name: TopicName::try_from("").map_err(|_| CodecError::Malformed("empty topic".into()))?,
+            payload: Bytes::new(),
+            props: Some(Box::new(PublishProps { message: Some(Arc::new(self.clone())), ..Default::default() })),
+        };
+        let mut v = Vec::with_capacity(self.encoded_len() + 8);
+        p.encode(true, &mut v)?;
+        // The frame: type byte, Remaining Length, empty topic (2), property length, properties.
+        let mut r = Reader { buf: &v, off: 1 };
+        r.var_int("Remaining Length")?;
+        r.off += 2;
+        r.var_int("property length")?;
+        Ok(v[r.off..].to_vec())
+    }
+
+    /// The inverse of [`MessageProps::to_bytes`], with the same checks as a PUBLISH's.
+    pub fn from_bytes(b: &[u8]) -> Result<MessageProps, CodecError> {
+        let mut framed = Vec::with_capacity(b.len() + 4);
+        put_var_int(&mut framed, b.len());
+        framed.extend_from_slice(b);
+        let mut r = Reader { buf: &framed, off: 0 };
+        let props = decode_props(&mut r)?;
+        Ok(props.and_then(|p| p.message).map(|m| (*m).clone()).unwrap_or_default())
+    }
 }
 
 static NO_PROPS: OnceLock<PublishProps> = OnceLock::new();
