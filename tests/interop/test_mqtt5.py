@@ -310,6 +310,25 @@ def test_paho_v5_topic_alias(mqtt_server: MqttServer) -> None:
     pub.publish("", b"2", TopicAlias=1)  # the alias alone names the topic
     got = sub.wait_messages(2)
     assert [(m.topic, m.payload) for m in got] == [(f"{t}/a/long/topic/name", b"1"), (f"{t}/a/long/topic/name", b"2")]
+    # The other way: a subscriber that accepts aliases gets the name once with an alias, then
+    # the alias alone. (paho 2.2 hands an aliased message over with an empty topic and the
+    # alias in its properties: the test keeps the map a client would.)
+    asks = Peer(mqtt_server)
+    asks.connect(TopicAliasMaximum=5)
+    asks.subscribe(f"{t}/#")
+    for i in range(3):
+        pub.publish(f"{t}/a/long/topic/name", str(i).encode())
+    got = asks.wait_messages(3)
+    aliases, resolved = {}, []
+    for m in got:
+        alias = getattr(m.properties, "TopicAlias", None)
+        if m.topic:
+            aliases[alias] = m.topic
+        resolved.append((m.topic or aliases[alias], alias, m.payload))
+    name = f"{t}/a/long/topic/name"
+    assert resolved == [(name, 1, b"0"), (name, 1, b"1"), (name, 1, b"2")], resolved
+    assert [m.topic for m in got] == [name, "", ""], "the name once, then the alias alone"
+    asks.disconnect()
     # Above the Topic Alias Maximum (10): DISCONNECT 0x94.
     pub.c.publish(f"{t}/x", b"3", qos=0, properties=_props(PacketTypes.PUBLISH, TopicAlias=11))
     pub.pump(lambda: pub.disconnected is not None, what="the server's DISCONNECT")

@@ -345,6 +345,12 @@ struct ConnV5 {
     /// byte stream it travels on (over TCP the connection, over QUIC one stream,
     /// docs/mqtt-over-quic.md §2.6). At most `max_topic_alias` per channel.
     aliases: HashMap<(ChannelId, u16), TopicName>,
+    /// The client's Topic Alias Maximum (§3.1.2.11.5): aliases the broker may use toward it.
+    client_alias_max: u16,
+    /// The aliases the broker set toward the client, per channel ([`alias_outbound`]).
+    out_aliases: HashMap<(ChannelId, TopicName), u16>,
+    /// Aliases used so far, per channel.
+    out_next: HashMap<ChannelId, u16>,
 }
 
 /// What an early connection holds until its handshake completes (docs/mqtt-over-quic.md §6.8).
@@ -519,6 +525,43 @@ fn publish_packet(
         payload: msg.payload.clone(),
         props,
     })
+}
+
+/// Topic Aliases the broker uses toward one client, per channel, at most: the client's Topic
+/// Alias Maximum, within this (each alias keeps a topic name per channel).
+const OUT_ALIAS_CAP: u16 = 64;
+
+/// Give an outbound PUBLISH to `conn` on `ch` a Topic Alias (MQTT 5 §3.3.2.3.4) when the client
+/// accepts them: a topic with an alias on the channel is sent as the alias alone; a new one gets
+/// the next free alias, sent with its name, but only in a QoS 1/2 PUBLISH (the driver may drop
+/// a QoS 0 one when the channel's queue is full, and an alias must never be used before the
+/// packet that set it arrived). Retransmissions (DUP) are built elsewhere and always carry the
+/// name: they may travel on another channel (docs/mqtt-over-quic.md §6.3).
+fn alias_outbound<D>(conns: &mut Slab<ConnId, Conn<D>>, conn: ConnId, ch: ChannelId, packet: &mut Packet) {
+    let Packet::Publish(p) = packet else { return };
+    let Some(v5) = conns.get_mut(conn).and_then(|c| c.v5.as_deref_mut()) else { return };
+    let max = v5.client_alias_max.min(OUT_ALIAS_CAP);
+    if max == 0 || p.topic_name.is_empty() {
+        return;
+    }
+    if let Some(&alias) = v5.out_aliases.get(&(ch, p.topic_name.clone())) {
+        p.props_mut().topic_alias = Some(alias);
+        if let Ok(empty) = TopicName::try_from("") {
+            p.topic_name = empty;
+        }
+        return;
+    }
+    if p.qos_pid == QosPid::Level0 {
+        return;
+    }
+    let used = v5.out_next.entry(ch).or_insert(0);
+    if *used >= max {
+        return;
+    }
+    *used += 1;
+    let alias = *used;
+    v5.out_aliases.insert((ch, p.topic_name.clone()), alias);
+    p.props_mut().topic_alias = Some(alias);
 }
 
 /// The will of a CONNECT, with its MQTT 5 properties (§3.1.3.2).
@@ -1345,6 +1388,12 @@ impl<D> BrokerCore<D> {
     /// §6.2-6.4): park its subscriptions, move its outbound messages, discard its inbound QoS 2
     /// flows. Logs what moved.
     fn retire_channel(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, end: ChannelEnd, out: &mut Vec<Action>) {
+        // Topic Aliases name topics within one stream: the ended one's go with it.
+        if let Some(v5) = self.conns.get_mut(conn).and_then(|c| c.v5.as_deref_mut()) {
+            v5.aliases.retain(|(c, _), _| *c != ch);
+            v5.out_aliases.retain(|(c, _), _| *c != ch);
+            v5.out_next.remove(&ch);
+        }
         let m = self.relocate(sid, Some(ch), Some(conn), out);
         self.stats.moved_channel_closed += m.moved;
         let cid = self.sessions.get(sid).map(|s| s.client_id.clone());
@@ -1747,6 +1796,9 @@ impl<D> BrokerCore<D> {
                     problem_info: p.properties.request_problem_info.unwrap_or(true),
                     session_expiry: expiry,
                     aliases: HashMap::new(),
+                    client_alias_max: p.properties.topic_alias_max.unwrap_or(0),
+                    out_aliases: HashMap::new(),
+                    out_next: HashMap::new(),
                 })
             });
         }
@@ -2351,19 +2403,18 @@ impl<D> BrokerCore<D> {
         match (s.conn, qos) {
             (Some(conn), QoS::Level0) => {
                 self.stats.delivered += 1;
-                out.push(Action::Send {
-                    conn,
-                    channel: ch,
-                    packet: publish_packet(&msg, QosPid::Level0, retain, false, now, &ids),
-                });
+                let mut packet = publish_packet(&msg, QosPid::Level0, retain, false, now, &ids);
+                alias_outbound(&mut self.conns, conn, ch, &mut packet);
+                out.push(Action::Send { conn, channel: ch, packet });
             }
             (None, QoS::Level0) if !self.cfg.queue_qos0_offline => {}
             (Some(conn), _) if Self::has_room(s.fr(), ch, max_inflight, s.inflight_cap) => {
                 self.stats.delivered += 1;
-                let (packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain, ids, now);
+                let (mut packet, id) = Self::start_flight(s.f(), ch, qos, msg, retain, ids, now);
                 if let Some(op) = flight_op(s, id, self.cfg.data_dir.is_some()) {
                     out.push(Action::Store(op));
                 }
+                alias_outbound(&mut self.conns, conn, ch, &mut packet);
                 out.push(Action::Send { conn, channel: ch, packet });
             }
             _ => self.enqueue(sid, ch, qos, retain, ids, msg, out),
@@ -2605,6 +2656,8 @@ impl<D> BrokerCore<D> {
                         }
                         packet
                     };
+                    let mut packet = packet;
+                    alias_outbound(&mut self.conns, conn, ch, &mut packet);
                     out.push(Action::Send { conn, channel: ch, packet });
                 }
             }

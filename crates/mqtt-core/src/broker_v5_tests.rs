@@ -448,3 +448,35 @@ fn a_stored_v5_session_keeps_its_options_and_expires() {
     h2.advance(Duration::from_secs(31));
     assert!(h2.core.session_state("keeper5").is_none(), "expired 30 s after the restart");
 }
+
+#[test]
+fn the_broker_sets_topic_aliases_in_qos_1_packets_and_uses_them_after() {
+    let mut h = H::new();
+    let mut c = connect5("aliased", true, None);
+    c.properties.topic_alias_max = Some(2);
+    let (s, _) = h.connect5(c);
+    h.send(s, subscribe5(1, &[("t/#", opts(QoS::Level1))], None));
+    let (p, _, _) = h.connect("p", true);
+    let mut got = Vec::new();
+    for (topic, qos, id) in
+        [("t/zero", QoS::Level0, 0), ("t/a", QoS::Level1, 1), ("t/a", QoS::Level0, 0), ("t/a", QoS::Level1, 2)]
+    {
+        got.extend(publish_packets(&h.send(p, publish(topic, qos, id, "x")), s));
+    }
+    let seen: Vec<(String, Option<u16>)> =
+        got.iter().map(|p| (p.topic_name.to_string(), p.props().topic_alias)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("t/zero".into(), None), // QoS 0 sets no alias
+            ("t/a".into(), Some(1)), // QoS 1 sets alias 1 with the name
+            ("".into(), Some(1)),    // then the alias alone, whatever the QoS
+            ("".into(), Some(1)),
+        ]
+    );
+    // A 3.1.1 client or one that did not ask gets names only.
+    let (q, _) = h.connect5(connect5("plain", true, None));
+    h.send(q, subscribe5(1, &[("t/#", opts(QoS::Level1))], None));
+    let out = h.send(p, publish("t/a", QoS::Level1, 3, "x"));
+    assert_eq!(publish_packets(&out, q)[0].props().topic_alias, None);
+}
