@@ -424,6 +424,10 @@ pub(crate) struct MqttKnobs {
     /// Most subscriptions per session; a SUBSCRIBE beyond it closes the client.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub(crate) mqtt_max_subscriptions: usize,
+    /// MQTT 5 Topic Aliases a client may set per stream (the Topic Alias Maximum in CONNACK);
+    /// 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) mqtt_max_topic_alias: u16,
     /// Most retained topics; beyond it retained messages are delivered but not kept.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub(crate) mqtt_max_retained: usize,
@@ -515,6 +519,7 @@ impl MqttKnobs {
         cfg.queue_qos0_offline = !self.mqtt_no_offline_qos0;
         cfg.max_topic_levels = self.mqtt_max_topic_levels as usize;
         cfg.max_subscriptions = self.mqtt_max_subscriptions;
+        cfg.max_topic_alias = self.mqtt_max_topic_alias;
         cfg.max_retained = self.mqtt_max_retained;
         cfg.max_retained_bytes = usize::try_from(self.mqtt_max_retained_bytes).unwrap_or(usize::MAX);
         cfg.max_awaiting_rel = self.mqtt_max_awaiting_rel;
