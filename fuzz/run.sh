@@ -12,7 +12,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-targets="mqtt_codec http_parse topic_tree mqtt_broker lab_stall mqtt_store"
+targets="mqtt_codec http_parse topic_tree mqtt_broker mqtt_broker_v5 lab_stall mqtt_store"
 target="${1:-}"
 if [[ -z "$target" || ! " $targets " == *" $target "* ]]; then
     echo "usage: fuzz/run.sh TARGET [SECONDS|-runs=N] [libFuzzer flags...]; TARGET is one of: $targets" >&2

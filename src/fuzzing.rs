@@ -16,7 +16,7 @@ mod mqtt_broker;
 
 pub use self::http::http_parse;
 pub use self::lab_stall::lab_stall;
-pub use self::mqtt_broker::{mqtt_broker, mqtt_broker_strict};
+pub use self::mqtt_broker::{mqtt_broker, mqtt_broker_strict, mqtt_broker_v5};
 pub use self::mqtt_codec::mqtt_codec;
 pub use self::mqtt_store::mqtt_store;
 pub use self::topic_tree::topic_tree;

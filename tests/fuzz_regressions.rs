@@ -64,6 +64,14 @@ fn mqtt_broker() {
     replay("mqtt_broker", quiclab::fuzzing::mqtt_broker);
 }
 
+/// The same inputs with every client speaking MQTT 5 (the `mqtt_broker_v5` target), plus its own
+/// corpus (fuzz/regressions/mqtt_broker_v5/).
+#[test]
+fn mqtt_broker_v5() {
+    replay("mqtt_broker", quiclab::fuzzing::mqtt_broker_v5);
+    replay("mqtt_broker_v5", quiclab::fuzzing::mqtt_broker_v5);
+}
+
 #[test]
 fn http_parse() {
     replay("http_parse", quiclab::fuzzing::http_parse);

@@ -211,6 +211,10 @@ struct Conn {
     ended_early: HashSet<ChannelId>,
     next_channel: ChannelId,
     decoders: HashMap<ChannelId, Decoder>,
+    /// Topic aliases the broker set toward this client, per channel (MQTT 5 runs).
+    aliases: HashMap<(ChannelId, u16), String>,
+    /// The Receive Maximum its CONNECT asked for (MQTT 5 runs).
+    receive_max: Option<usize>,
     next_pid: u16,
     pending: Vec<Pending>,
     /// An acknowledgement was sent while the connection was early: the core applies it when
@@ -242,6 +246,8 @@ struct SessionModel {
 }
 
 struct Harness {
+    /// Every client speaks MQTT 5 ([`mqtt_broker_v5`]).
+    v5: bool,
     core: BrokerCore<()>,
     cfg: MqttConfig,
     now: Instant,
@@ -282,16 +288,26 @@ enum OpenBug {
 
 /// The campaign's entry point: the harness below, minus the scenarios of `AVOID_OPEN_BUGS`.
 pub fn mqtt_broker(data: &[u8]) {
-    run(data, AVOID_OPEN_BUGS)
+    run(data, AVOID_OPEN_BUGS, false)
 }
 
 /// Every scenario, open bugs included (the `open-` regression tests).
 pub fn mqtt_broker_strict(data: &[u8]) {
-    run(data, &[])
+    run(data, &[], false)
+}
+
+/// The same harness with every client speaking MQTT 5 (the `mqtt_broker_v5` target): CONNECT
+/// carries a Session Expiry Interval, a Receive Maximum and a Topic Alias Maximum drawn from
+/// its keep-alive byte, so sessions expire as time steps pass, windows are bounded by the
+/// client's Receive Maximum, and deliveries carry topic aliases; the model checks, in addition,
+/// that no client ever has more in flight than its Receive Maximum and that every alias-only
+/// PUBLISH uses an alias set before on its channel.
+pub fn mqtt_broker_v5(data: &[u8]) {
+    run(data, AVOID_OPEN_BUGS, true)
 }
 
 /// See the module documentation; checks are `assert!`s.
-fn run(data: &[u8], avoid: &[OpenBug]) {
+fn run(data: &[u8], avoid: &[OpenBug], v5: bool) {
     let mut u = Unstructured::new(data);
     let Ok(cfg) = config(&mut u) else { return };
     if trace() {
@@ -315,6 +331,7 @@ fn run(data: &[u8], avoid: &[OpenBug]) {
         next_payload: 0,
         out: Vec::new(),
         avoid_deep_wills: avoid.contains(&OpenBug::WillTooDeep),
+        v5,
     };
     let mut steps = 0;
     while let Ok(op) = Op::arbitrary(&mut u) {
@@ -393,6 +410,8 @@ impl Harness {
                     ended_early: HashSet::new(),
                     next_channel: 1,
                     decoders: HashMap::new(),
+                    aliases: HashMap::new(),
+                    receive_max: None,
                     next_pid: 0,
                     pending: Vec::new(),
                     acks_held: false,
@@ -403,8 +422,18 @@ impl Harness {
                 let Some(i) = self.conn_index(conn) else { return };
                 let cid = CLIENT_IDS[usize::from(client) % CLIENT_IDS.len()];
                 let mut p = Connect::new(cid.into(), u16::from(keep_alive % 6));
-                p.protocol = Protocol::V311;
                 p.clean_start = clean;
+                if self.v5 {
+                    // Expiry 0, 1 s, 3 s or never; Receive Maximum 1-3; Topic Alias Maximum 0-2.
+                    let k = usize::from(keep_alive >> 3);
+                    p.properties.session_expiry_interval = Some([0, 1, 3, u32::MAX][k % 4]);
+                    let receive_max = 1 + (k / 4 % 3) as u16;
+                    p.properties.receive_max = Some(receive_max);
+                    p.properties.topic_alias_max = Some((k / 12 % 3) as u16);
+                    self.conns[i].receive_max = Some(usize::from(receive_max));
+                } else {
+                    p.protocol = Protocol::V311;
+                }
                 if let Some((topic, qos, retain)) = will {
                     let mut name = topic.name();
                     if self.avoid_deep_wills {
@@ -541,8 +570,9 @@ impl Harness {
                 let ch = self.channel(i, ch);
                 let max = self.cfg.max_packet_size;
                 let mut packets = Vec::new();
-                let res =
-                    self.conns[i].decoders.entry(ch).or_insert_with(|| Decoder::new(max)).feed(&bytes, &mut packets);
+                let v = if self.v5 { crate::mqtt::codec::Version::V5 } else { crate::mqtt::codec::Version::V3 };
+                let fresh = || if ch == CONTROL_CHANNEL { Decoder::new(max) } else { Decoder::with_version(max, v) };
+                let res = self.conns[i].decoders.entry(ch).or_insert_with(fresh).feed(&bytes, &mut packets);
                 for p in packets {
                     if let Packet::Publish(p) = &p {
                         self.raw_payloads.insert(p.payload.clone());
@@ -742,6 +772,14 @@ impl Harness {
             }
             Packet::Publish(p) => {
                 let Some(cid) = c.connected.clone() else { panic!("PUBLISH to {conn:#x} before CONNACK: {p:?}") };
+                if let Some(alias) = p.props().topic_alias {
+                    // MQTT 5 §3.3.2.3.4: an alias names its topic from the packet that set it on.
+                    if p.topic_name.is_empty() {
+                        assert!(c.aliases.contains_key(&(ch, alias)), "alias {alias} used before it was set on {ch}");
+                    } else {
+                        c.aliases.insert((ch, alias), p.topic_name.to_string());
+                    }
+                }
                 if cid.is_empty() {
                     return; // an assigned id: not modelled
                 }
@@ -760,6 +798,11 @@ impl Harness {
                             // docs/mqtt-over-quic.md §6.12: a new flight only within the channel's window.
                             let n = s.flights.values().filter(|f| f.conn == conn && f.ch == ch).count();
                             assert!(n < max_inflight, "{cid}: a new flight on channel {ch} with {n} in flight");
+                            // MQTT 5 §3.3.4-7: within the client's Receive Maximum, all channels.
+                            if let Some(rm) = c.receive_max {
+                                let all = s.flights.values().filter(|f| f.conn == conn).count();
+                                assert!(all < rm, "{cid}: a new flight with {all} in flight, Receive Maximum {rm}");
+                            }
                         }
                     }
                     s.flights.insert(pid.value(), Flight { conn, ch, state });
