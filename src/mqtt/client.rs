@@ -565,6 +565,9 @@ pub struct ClientOptions {
     /// MQTT 5 CONNECT properties (Session Expiry Interval, Receive Maximum, Topic Alias
     /// Maximum, user properties, ...); ignored for 3.1.1.
     pub properties: ConnectProperties,
+    /// MQTT 5: authenticate `username`/`password` with SCRAM-SHA-512 (enhanced authentication,
+    /// §4.12) instead of sending the password; the broker proves it knows it too.
+    pub scram: bool,
     /// Keepalive, seconds (0: off). The client pings when it has sent nothing for this long.
     pub keep_alive: u16,
     pub will: Option<Message>,
@@ -596,6 +599,7 @@ impl Default for ClientOptions {
             clean_session: true,
             version: Version::V3,
             properties: ConnectProperties::default(),
+            scram: false,
             keep_alive: 60,
             will: None,
             username: None,
@@ -623,6 +627,14 @@ impl ClientOptions {
         }
         c.username = self.username.as_deref().map(Into::into);
         c.password = self.password.as_ref().map(|p| Bytes::from(p.clone().into_bytes()));
+        if self.scram {
+            let (Version::V5, Some(user), Some(_)) = (self.version, &self.username, &self.password) else {
+                return Err(MqttError::Unsupported("SCRAM needs MQTT 5, a user name and a password".into()));
+            };
+            c.password = None;
+            c.properties.auth_method = Some(mqtt_core::scram::NAME.into());
+            c.properties.auth_data = Some(Bytes::from(mqtt_core::scram::client_first(user, &self.scram_nonce()?)));
+        }
         c.last_will = self.will.as_ref().map(|w| LastWill {
             qos: w.qos,
             retain: w.retain,
@@ -631,6 +643,17 @@ impl ClientOptions {
             properties: Default::default(),
         });
         Ok(Packet::connect(c))
+    }
+}
+
+impl ClientOptions {
+    /// A fresh SCRAM client nonce.
+    fn scram_nonce(&self) -> Result<String, MqttError> {
+        use base64::Engine as _;
+        let mut n = [0u8; 18];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
+            .map_err(|_| MqttError::Unsupported("no random bytes for a SCRAM nonce".into()))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(n))
     }
 }
 
@@ -780,6 +803,36 @@ impl Client {
         let first = tokio::time::timeout(left, c.channels[0].reader.next())
             .await
             .map_err(|_| MqttError::Timeout(format!("waiting for CONNACK from {url}")))??;
+        let first = match (first, &connect) {
+            // MQTT 5 §4.12: the AUTH exchange before CONNACK (SCRAM: server-first, client-final).
+            (Some(Packet::Auth(a)), Packet::Connect(cp)) if opts.scram => {
+                let client_first = cp.properties.auth_data.as_deref().and_then(|d| std::str::from_utf8(d).ok());
+                let server_first = a.properties.auth_data.as_deref().and_then(|d| std::str::from_utf8(d).ok());
+                let password = opts.password.as_deref().unwrap_or_default();
+                let Some((last, server_final)) = client_first
+                    .zip(server_first)
+                    .and_then(|(cf, sf)| mqtt_core::scram::client_final(cf, sf, password))
+                else {
+                    return Err(MqttError::Protocol("the broker's SCRAM server-first message is malformed".into()));
+                };
+                let mut reply = codec::Auth::new(codec::AuthReasonCode::ContinueAuthentication);
+                reply.properties.auth_method = Some(mqtt_core::scram::NAME.into());
+                reply.properties.auth_data = Some(Bytes::from(last));
+                c.channels[0].writer.send(&Packet::Auth(Box::new(reply))).await?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let next = tokio::time::timeout(left, c.channels[0].reader.next())
+                    .await
+                    .map_err(|_| MqttError::Timeout(format!("waiting for CONNACK from {url}")))??;
+                if let Some(Packet::Connack(ack)) = &next {
+                    let proved = ack.properties.auth_data.as_deref() == Some(server_final.as_bytes());
+                    if ack.reason_code == ConnectReasonCode::Success && !proved {
+                        return Err(MqttError::Protocol("the broker's SCRAM server signature is wrong".into()));
+                    }
+                }
+                next
+            }
+            (first, _) => first,
+        };
         c.connack_after = start.elapsed();
         let connack = match first {
             Some(Packet::Connack(c)) => c,

@@ -7,18 +7,18 @@
 //!
 //! | module | what it holds |
 //! |--------|---------------|
-//! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`] | re-exported from `mqtt_core` |
+//! | [`codec`], [`topic`], [`session`], [`broker`], [`config`], [`auth`], [`acl`], [`scram`] | re-exported from `mqtt_core` |
 //! | `driver` | [`Broker`]: the core behind a mutex, its timer task on tokio's clock, per-channel bounded outboxes |
 //! | [`tcp`] | [`serve_tcp`]: MQTT over TCP and TLS, one task per connection |
 //! | [`quic`] | MQTT over QUIC: the stream mapping of docs/mqtt-over-quic.md on one quinn connection |
 //! | [`store`] | what survives a restart (`--data-dir`): one redb file, written by a thread in group commits |
 //! | `ws` | MQTT over WebSocket: the TCP handler run on the byte stream of a WebSocket's binary messages (the handshake is `web::ws`'s) |
-//! | [`client`] | an async MQTT 3.1.1 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
+//! | [`client`] | an async MQTT 3.1.1 and 5.0 client over TCP, TLS and QUIC ([`client::QuicConnection`]): CLI, tests, lab, benchmark |
 //!
 //! The design notes (channels, QoS flows, memory bounds, what is not done yet) are in
 //! `docs/mqtt.md`.
 
-pub use mqtt_core::{acl, auth, broker, codec, config, session, topic};
+pub use mqtt_core::{acl, auth, broker, codec, config, scram, session, topic};
 
 pub mod client;
 pub(crate) mod driver;

@@ -108,6 +108,34 @@ pub enum PasswordFileError {
     Random,
 }
 
+/// An MQTT 5 enhanced authentication method (§4.12): the core runs the exchange of AUTH
+/// packets, the method decides. `MqttConfig::auth_methods` lists the ones a broker offers;
+/// [`crate::scram::ScramSha512`] is the one quiclab ships.
+pub trait AuthMethod: Send + Sync + fmt::Debug {
+    /// The Authentication Method name a CONNECT asks for (e.g. "SCRAM-SHA-512").
+    fn name(&self) -> &str;
+    /// A new exchange for a CONNECT that names this method, with its Authentication Data.
+    fn start(&self, data: Option<&[u8]>) -> (Box<dyn AuthExchange>, AuthStep);
+}
+
+/// One client's exchange with an [`AuthMethod`].
+pub trait AuthExchange: Send + fmt::Debug {
+    /// The client's next AUTH, with its Authentication Data.
+    fn next(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
+/// What an authentication method answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send this in an AUTH 0x18 (Continue authentication) and wait for the next.
+    Continue(Vec<u8>),
+    /// Authenticated as `user` (for the ACL); `data` goes in the CONNACK (or the AUTH 0x00 of
+    /// a re-authentication).
+    Success { user: Option<String>, data: Option<Vec<u8>> },
+    /// Refused, and why (logged; the client gets 0x87 Not authorized).
+    Failure(String),
+}
+
 /// One user's stored hash.
 #[derive(Clone, PartialEq, Eq)]
 enum Hash {
@@ -272,6 +300,22 @@ impl PasswordFile {
     /// Whether `user` is in the file.
     pub fn contains(&self, user: &str) -> bool {
         self.users.contains_key(user)
+    }
+
+    /// What SCRAM-SHA-512 needs of `user` (RFC 5802 §3): the iteration count, the salt and
+    /// the salted password, which is what a `$7$` entry stores. `None` for an unknown user or a
+    /// `$6$` entry (SCRAM cannot use it).
+    pub(crate) fn scram_secret(&self, user: &str) -> Option<(u32, &[u8], &[u8])> {
+        match self.users.get(user)? {
+            Hash::Pbkdf2 { iterations, salt, hash } => Some((iterations.get(), salt, hash)),
+            Hash::Sha512 { .. } => None,
+        }
+    }
+
+    /// A salt for an unknown user that is the same at every attempt (so its absence does not
+    /// show): an HMAC of the name under this file's secret key.
+    pub(crate) fn decoy_salt(&self, user: &str) -> Vec<u8> {
+        hmac::sign(&self.cmp_key, user.as_bytes()).as_ref()[..SALT_LEN].to_vec()
     }
 
     /// Check `user` and `password` (`None`: the CONNECT carried no password).

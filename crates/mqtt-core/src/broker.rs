@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::acl::{ClientAcl, Op};
-use crate::auth::Verdict;
+use crate::auth::{AuthExchange, AuthStep, Verdict};
 use crate::codec::{
     CodecError, Connect, ConnectReasonCode, DisconnectReasonCode, Encodable, MessageProps, Packet, Pid, Protocol,
     PubackReasonCode, Publish, PublishProps, QoS, QosPid, RetainHandling, Suback, Subscribe, SubscribeReasonCode,
@@ -327,6 +327,8 @@ struct Conn<D> {
     identity: Option<Box<str>>,
     /// The packet format of the connection: 3.1.1 until a CONNECT says otherwise.
     version: Version,
+    /// An enhanced authentication exchange in progress.
+    auth: Option<Box<AuthInProgress>>,
     /// What an MQTT 5 CONNECT negotiated; `None` for 3.1.1.
     v5: Option<Box<ConnV5>>,
     /// The driver's own data for this connection (its outboxes).
@@ -351,6 +353,17 @@ struct ConnV5 {
     out_aliases: HashMap<(ChannelId, TopicName), u16>,
     /// Aliases used so far, per channel.
     out_next: HashMap<ChannelId, u16>,
+    /// The enhanced authentication method of the CONNECT (§4.12), for re-authentication.
+    auth_method: Option<Arc<str>>,
+}
+
+/// An enhanced authentication exchange in progress (MQTT 5 §4.12).
+#[derive(Debug)]
+struct AuthInProgress {
+    method: Arc<str>,
+    exchange: Box<dyn AuthExchange>,
+    /// The CONNECT waiting for the outcome; `None`: a re-authentication.
+    connect: Option<Box<Connect>>,
 }
 
 /// What an early connection holds until its handshake completes (docs/mqtt-over-quic.md §6.8).
@@ -764,6 +777,7 @@ impl<D> BrokerCore<D> {
             early: None,
             identity: None,
             version: Version::V3,
+            auth: None,
             v5: None,
             data,
         };
@@ -842,6 +856,7 @@ impl<D> BrokerCore<D> {
                 channel == CONTROL_CHANNEL
                     && p.clean_start
                     && (p.protocol != Protocol::V500 || p.properties.session_expiry_interval.unwrap_or(0) == 0)
+                    && p.properties.auth_method.is_none()
                     && (p.client_id.is_empty() || !self.by_client.contains_key(&*p.client_id))
             }
             (Some(sid), Packet::Pingreq | Packet::Subscribe(_) | Packet::Unsubscribe(_)) => {
@@ -1110,7 +1125,11 @@ impl<D> BrokerCore<D> {
         c.last_seen = now;
         let Some(sid) = c.session else {
             match packet {
+                Packet::Connect(_) if c.auth.is_some() => {
+                    self.violation(conn, "second CONNECT during authentication (§3.1.0-2)".into(), out)
+                }
                 Packet::Connect(p) if channel == CONTROL_CHANNEL => self.on_connect(conn, *p, now, out),
+                Packet::Auth(a) if channel == CONTROL_CHANNEL && c.auth.is_some() => self.on_auth(conn, *a, now, out),
                 Packet::Connect(_) => self.violation(conn, "CONNECT on a data channel".into(), out),
                 // MQTT 3.1.1 §3.1.0-1: the first packet from the client MUST be CONNECT.
                 other => self.violation(conn, format!("{:?} before CONNECT (§3.1.0-1)", other.get_type()), out),
@@ -1137,9 +1156,7 @@ impl<D> BrokerCore<D> {
             Packet::Disconnect(d) => self.on_disconnect(conn, sid, &d, out),
             // MQTT 5 §4.12: no authentication method was agreed in CONNECT (one that names one
             // is refused), so an AUTH is out of place.
-            Packet::Auth(_) => {
-                self.violation(conn, "AUTH without an authentication method in CONNECT (§4.12)".into(), out)
-            }
+            Packet::Auth(a) => self.on_auth(conn, *a, now, out),
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
                 let kind = packet.name();
                 self.violation(conn, format!("{kind} is a server-to-client packet"), out)
@@ -1653,16 +1670,11 @@ impl<D> BrokerCore<D> {
     }
 
     fn on_connect(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
-        let version = Version::of(p.protocol);
-        let v5 = version == Version::V5;
         if let Some(c) = self.conns.get_mut(conn) {
-            c.version = version;
+            c.version = Version::of(p.protocol);
         }
-        if let Some(method) = &p.properties.auth_method {
-            // MQTT 5 §4.12: enhanced authentication; no method is offered (docs/mqtt.md).
-            self.stats.auth_failures += 1;
-            let why = format!("authentication method {method:?} is not supported");
-            return self.refuse(conn, &p.client_id, ConnectReasonCode::BadAuthMethod, &why, out);
+        if p.properties.auth_method.is_some() {
+            return self.start_auth(conn, p, now, out);
         }
         let user = match self.authenticate(conn, &p) {
             Ok(user) => user,
@@ -1671,6 +1683,106 @@ impl<D> BrokerCore<D> {
                 return self.refuse(conn, &p.client_id, code, &why, out);
             }
         };
+        self.finish_connect(conn, p, user, None, now, out)
+    }
+
+    /// MQTT 5 §4.12: a CONNECT naming an authentication method. A method this broker does not
+    /// offer gets CONNACK 0x8C; an offered one starts its exchange of AUTH packets, and the
+    /// CONNECT waits for its outcome. (A client certificate that is required stays required.)
+    fn start_auth(&mut self, conn: ConnId, p: Connect, now: Instant, out: &mut Vec<Action>) {
+        let name = p.properties.auth_method.clone().unwrap_or_default();
+        let Some(method) = self.cfg.auth_methods.iter().find(|m| m.name() == &*name).cloned() else {
+            self.stats.auth_failures += 1;
+            let why = format!("authentication method {name:?} is not offered");
+            return self.refuse(conn, &p.client_id, ConnectReasonCode::BadAuthMethod, &why, out);
+        };
+        if self.cfg.require_certificate && self.conns.get(conn).is_some_and(|c| c.identity.is_none()) {
+            self.stats.auth_failures += 1;
+            let why = "a client certificate is required and this connection has none (plain TCP)";
+            return self.refuse(conn, &p.client_id, ConnectReasonCode::NotAuthorized, why, out);
+        }
+        let (exchange, step) = method.start(p.properties.auth_data.as_deref());
+        let st = AuthInProgress { method: name, exchange, connect: Some(Box::new(p)) };
+        self.auth_step(conn, st, step, now, out);
+    }
+
+    /// An AUTH from the client (MQTT 5 §4.12): the next step of the exchange in progress
+    /// (0x18), or a re-authentication (0x19) with the method of the connection's CONNECT.
+    fn on_auth(&mut self, conn: ConnId, a: crate::codec::Auth, now: Instant, out: &mut Vec<Action>) {
+        use crate::codec::AuthReasonCode as R;
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let method = a.properties.auth_method.clone();
+        let data = a.properties.auth_data.as_deref();
+        let connected_with = c.v5.as_deref().and_then(|v| v.auth_method.clone());
+        match (c.auth.take(), a.reason_code) {
+            (Some(mut st), R::ContinueAuthentication) if method.as_deref() == Some(&*st.method) => {
+                let step = st.exchange.next(data);
+                self.auth_step(conn, *st, step, now, out);
+            }
+            (None, R::ReAuthentication) if c.session.is_some() && method.is_some() && method == connected_with => {
+                let name = method.unwrap_or_default();
+                let Some(m) = self.cfg.auth_methods.iter().find(|m| m.name() == &*name).cloned() else { return };
+                let (exchange, step) = m.start(data);
+                self.auth_step(conn, AuthInProgress { method: name, exchange, connect: None }, step, now, out);
+            }
+            (st, code) => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.auth = st;
+                }
+                let what = format!("AUTH {:#04x} with method {method:?} out of place (§4.12)", code as u8);
+                self.violation(conn, what, out)
+            }
+        }
+    }
+
+    /// Act on what the authentication method said.
+    fn auth_step(&mut self, conn: ConnId, st: AuthInProgress, step: AuthStep, now: Instant, out: &mut Vec<Action>) {
+        use crate::codec::{Auth, AuthReasonCode};
+        let auth_packet = |code, method: &Arc<str>, data: Option<Vec<u8>>| {
+            let mut a = Auth::new(code);
+            a.properties.auth_method = Some(method.clone());
+            a.properties.auth_data = data.map(bytes::Bytes::from);
+            Packet::Auth(Box::new(a))
+        };
+        match step {
+            AuthStep::Continue(data) => {
+                let packet = auth_packet(AuthReasonCode::ContinueAuthentication, &st.method, Some(data));
+                out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet });
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.auth = Some(Box::new(st));
+                }
+            }
+            AuthStep::Success { user, data } => match st.connect {
+                Some(p) => self.finish_connect(conn, *p, user.map(Into::into), Some((st.method, data)), now, out),
+                None => {
+                    tracing::debug!(conn, method = &*st.method, "mqtt: re-authenticated");
+                    let packet = auth_packet(AuthReasonCode::Success, &st.method, data);
+                    out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet });
+                }
+            },
+            AuthStep::Failure(why) => {
+                self.stats.auth_failures += 1;
+                match st.connect {
+                    Some(p) => self.refuse(conn, &p.client_id, ConnectReasonCode::NotAuthorized, &why, out),
+                    None => self.violation_as(conn, DisconnectReasonCode::NotAuthorized, why, out),
+                }
+            }
+        }
+    }
+
+    /// The rest of CONNECT once the client is authenticated as `user` (`auth`: the enhanced
+    /// authentication method it used, and the data for the CONNACK).
+    fn finish_connect(
+        &mut self,
+        conn: ConnId,
+        p: Connect,
+        user: Option<Box<str>>,
+        auth: Option<(Arc<str>, Option<Vec<u8>>)>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let version = Version::of(p.protocol);
+        let v5 = version == Version::V5;
         // Before any session state is touched (a later close would leave it attached).
         if let Some(w) = &p.last_will {
             if let Some(levels) = self.too_deep(&w.topic_name) {
@@ -1797,6 +1909,7 @@ impl<D> BrokerCore<D> {
                     session_expiry: expiry,
                     aliases: HashMap::new(),
                     client_alias_max: p.properties.topic_alias_max.unwrap_or(0),
+                    auth_method: auth.as_ref().map(|(m, _)| m.clone()),
                     out_aliases: HashMap::new(),
                     out_next: HashMap::new(),
                 })
@@ -1829,6 +1942,10 @@ impl<D> BrokerCore<D> {
             cp.max_qos = (self.cfg.max_qos < QoS::Level2).then_some(self.cfg.max_qos);
             cp.max_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
             cp.topic_alias_max = (self.cfg.max_topic_alias > 0).then_some(self.cfg.max_topic_alias);
+            if let Some((method, data)) = auth {
+                cp.auth_method = Some(method);
+                cp.auth_data = data.map(bytes::Bytes::from);
+            }
             if keepalive != Some(p.keep_alive) && keepalive.is_some() {
                 cp.server_keep_alive = keepalive;
             }

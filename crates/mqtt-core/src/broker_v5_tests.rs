@@ -480,3 +480,77 @@ fn the_broker_sets_topic_aliases_in_qos_1_packets_and_uses_them_after() {
     let out = h.send(p, publish("t/a", QoS::Level1, 3, "x"));
     assert_eq!(publish_packets(&out, q)[0].props().topic_alias, None);
 }
+
+fn auth_packet(code: crate::codec::AuthReasonCode, data: &str) -> Packet {
+    let mut a = crate::codec::Auth::new(code);
+    a.properties.auth_method = Some("SCRAM-SHA-512".into());
+    a.properties.auth_data = Some(Bytes::from(data.to_owned()));
+    Packet::Auth(Box::new(a))
+}
+
+/// The data of the AUTH 0x18 sent to `conn`.
+fn auth_data_sent(actions: &[Action], conn: ConnId) -> String {
+    packets(actions, conn)
+        .into_iter()
+        .find_map(|p| match p {
+            Packet::Auth(a) => Some(String::from_utf8(a.properties.auth_data.unwrap().to_vec()).unwrap()),
+            _ => None,
+        })
+        .expect("an AUTH")
+}
+
+#[test]
+fn scram_sha_512_over_the_password_file() {
+    use crate::codec::AuthReasonCode as R;
+    use crate::scram;
+    let file = passwords().unwrap();
+    let mut h = H::with(|c| {
+        c.password_file = Some(file.clone());
+        c.auth_methods = vec![std::sync::Arc::new(scram::ScramSha512::new(file.clone()))];
+    });
+    let attempt = |h: &mut H, password: &str| {
+        let first = scram::client_first("alice", "cnonce-1");
+        let mut c = connect5("scram", true, None);
+        c.properties.auth_method = Some("SCRAM-SHA-512".into());
+        c.properties.auth_data = Some(Bytes::from(first.clone()));
+        let (conn, out) = h.connect_with(c);
+        assert!(packets(&out, conn).iter().all(|p| !matches!(p, Packet::Connack(_))), "no CONNACK yet");
+        let server_first = auth_data_sent(&out, conn);
+        let (last, server_final) = scram::client_final(&first, &server_first, password).unwrap();
+        (conn, h.send(conn, auth_packet(R::ContinueAuthentication, &last)), server_final)
+    };
+    let (conn, out, server_final) = attempt(&mut h, "secret");
+    match packets(&out, conn).first() {
+        Some(Packet::Connack(a)) => {
+            assert_eq!(a.reason_code, ConnectReasonCode::Success);
+            assert_eq!(a.properties.auth_method.as_deref(), Some("SCRAM-SHA-512"));
+            assert_eq!(a.properties.auth_data.as_deref(), Some(server_final.as_bytes()), "server-final in CONNACK");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Re-authentication on the same connection: AUTH 0x19, 0x18, then AUTH 0x00.
+    let first = scram::client_first("alice", "cnonce-2");
+    let out = h.send(conn, auth_packet(R::ReAuthentication, &first));
+    let (last, server_final) = scram::client_final(&first, &auth_data_sent(&out, conn), "secret").unwrap();
+    let out = h.send(conn, auth_packet(R::ContinueAuthentication, &last));
+    match packets(&out, conn).first() {
+        Some(Packet::Auth(a)) => {
+            assert_eq!(a.reason_code, R::Success);
+            assert_eq!(a.properties.auth_data.as_deref(), Some(server_final.as_bytes()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A wrong password: CONNACK 0x87.
+    let (conn, out, _) = attempt(&mut h, "wrong");
+    assert!(
+        matches!(packets(&out, conn).first(), Some(Packet::Connack(a)) if a.reason_code == ConnectReasonCode::NotAuthorized)
+    );
+    assert!(close_of(&out, conn).is_some());
+    // Anything but AUTH before the exchange ends is a protocol violation.
+    let mut c = connect5("scram2", true, None);
+    c.properties.auth_method = Some("SCRAM-SHA-512".into());
+    c.properties.auth_data = Some(Bytes::from(scram::client_first("alice", "n3")));
+    let (conn, _) = h.connect_with(c);
+    let out = h.send(conn, Packet::Pingreq);
+    assert!(close_of(&out, conn).is_some());
+}

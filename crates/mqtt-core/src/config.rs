@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::acl::AclFile;
-use crate::auth::PasswordFile;
+use crate::auth::{AuthMethod, PasswordFile};
 use crate::codec::QoS;
 
 /// MQTT over TCP: the IANA port (MQTT 3.1.1 §4.2, "TCP port 1883").
@@ -110,6 +110,11 @@ pub struct MqttConfig {
     /// (default): yes without a password file, no with one, as mosquitto 2 with a
     /// `password_file`; see `MqttConfig::anonymous_allowed`. Refused: CONNACK 0x05.
     pub allow_anonymous: Option<bool>,
+    /// MQTT 5 enhanced authentication methods offered (§4.12): a CONNECT naming one runs its
+    /// exchange of AUTH packets instead of the user name and password check; naming another
+    /// gets CONNACK 0x8C. Empty by default; `--mqtt-scram` adds SCRAM-SHA-512 over the password
+    /// file ([`crate::scram`]).
+    pub auth_methods: Vec<Arc<dyn AuthMethod>>,
     /// Topic rules in mosquitto's `acl_file` syntax (`--mqtt-acl-file`). `None` (default):
     /// every client may publish and subscribe to everything.
     pub acl: Option<Arc<AclFile>>,
@@ -166,6 +171,7 @@ impl Default for MqttConfig {
             max_topic_alias: 10,
             password_file: None,
             allow_anonymous: None,
+            auth_methods: Vec::new(),
             acl: None,
             require_certificate: false,
             client_ca: None,
@@ -244,6 +250,8 @@ impl MqttConfig {
         let pw = self.password_file.as_ref().map(|f| format!("{} ({} users)", f.path().display(), f.len()));
         line("mqtt_password_file", &pw.as_deref().unwrap_or("(none)"));
         line("mqtt_allow_anonymous", &self.anonymous_allowed());
+        let methods: Vec<&str> = self.auth_methods.iter().map(|m| m.name()).collect();
+        line("mqtt_auth_methods", &if methods.is_empty() { "(none)".to_string() } else { methods.join(", ") });
         let acl = self.acl.as_ref().map(|f| format!("{} ({} rules)", f.path().display(), f.rules()));
         line("mqtt_acl_file", &acl.as_deref().unwrap_or("(none: all allowed)"));
         s

@@ -18,6 +18,7 @@
 //! | [`broker`] | [`BrokerCore`]: `(connection, channel, packet, now) → actions` |
 //! | [`config`] | [`MqttConfig`]: every knob of the broker, its default and the reason for it |
 //! | [`auth`] | password files in mosquitto's format (`$7$` PBKDF2-SHA512, `$6$`) |
+//! | [`scram`] | SCRAM-SHA-512 as an MQTT 5 enhanced authentication method, over the password file's `$7$` users |
 //! | [`acl`] | access control lists in mosquitto's `acl_file` syntax (`topic`, `user`, `pattern`) |
 //! | `slab` (private) | the generational table of connections and of sessions, one key type each |
 //!
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod scram;
 pub mod session;
 mod shared;
 mod slab;
