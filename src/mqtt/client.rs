@@ -748,6 +748,8 @@ pub struct Client {
     version: Version,
     /// The broker's CONNACK (its MQTT 5 properties say what it allows).
     connack: Option<Box<codec::Connack>>,
+    /// Topic Aliases the broker set, per channel (MQTT 5).
+    aliases: HashMap<(usize, u16), TopicName>,
     closed: bool,
 }
 
@@ -797,6 +799,7 @@ impl Client {
             connack_after: Duration::ZERO,
             version: opts.version,
             connack: None,
+            aliases: HashMap::new(),
             closed: false,
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1061,6 +1064,23 @@ impl Client {
                 self.closed = true;
                 return Err(MqttError::Closed);
             };
+            let mut p = p;
+            if let Packet::Publish(publish) = &mut p {
+                // MQTT 5 §3.3.2.3.4: Topic Aliases from the broker (when CONNECT allowed them),
+                // per stream as docs/mqtt-over-quic.md scopes them.
+                if let Some(alias) = publish.props().topic_alias {
+                    if publish.topic_name.is_empty() {
+                        match self.aliases.get(&(ch, alias)) {
+                            Some(t) => publish.topic_name = t.clone(),
+                            None => {
+                                return Err(MqttError::Protocol(format!("PUBLISH with Topic Alias {alias}, never set")))
+                            }
+                        }
+                    } else {
+                        self.aliases.insert((ch, alias), publish.topic_name.clone());
+                    }
+                }
+            }
             match &p {
                 Packet::Publish(publish) => {
                     let mut msg = Message::new(

@@ -272,10 +272,10 @@ impl Broker {
         let mut started = Ok(());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let store = opened.and_then(|mut opened| {
-                let n = core.restore_retained(std::mem::take(&mut opened.recovered.retained));
+                let now = tokio::time::Instant::now().into_std();
+                let n = core.restore_retained(std::mem::take(&mut opened.recovered.retained), now);
                 let stored = std::mem::take(&mut opened.recovered.sessions);
                 let total = stored.len();
-                let now = tokio::time::Instant::now().into_std();
                 let sessions = stored.into_iter().filter(|s| core.restore_session(s.clone(), now)).count();
                 if sessions < total {
                     tracing::warn!(

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{ChannelEnd, CloseReason};
-use super::codec::{self, Decoder, Packet};
+use super::codec::{self, Packet};
 use super::driver::{Attachment, Broker};
 use super::{ChannelId, CONTROL_CHANNEL};
 use crate::conn::{ConnInfo, HandshakeDone};
@@ -158,7 +158,6 @@ pub async fn serve_connection(
         }
     };
     let limit = broker.config().connect_timeout;
-    let max_packet = broker.config().max_packet_size;
     let streams = Arc::new(AtomicU32::new(0));
     // Refuse unidirectional streams (spec §2.8).
     let uni = {
@@ -184,14 +183,8 @@ pub async fn serve_connection(
     att.note_stream_opened();
     let (connected_tx, connected_rx) = watch::channel(false);
     let hub = Arc::new(Hub::default());
-    let stream = |channel| StreamTask {
-        att: att.clone(),
-        conn: conn.clone(),
-        info: info.clone(),
-        hub: hub.clone(),
-        channel,
-        max_packet,
-    };
+    let stream =
+        |channel| StreamTask { att: att.clone(), conn: conn.clone(), info: info.clone(), hub: hub.clone(), channel };
     // The control stream's reader and the connection's writer (every channel's outbox → its
     // stream) run in a task of their own, as data streams' readers do, so their wake-ups do not
     // also poll `accept_bi` and `accept_uni` in this task's `select!` (each takes quinn's
@@ -268,7 +261,6 @@ struct StreamTask {
     info: Arc<ConnInfo>,
     hub: Arc<Hub>,
     channel: ChannelId,
-    max_packet: usize,
 }
 
 impl StreamTask {
@@ -286,7 +278,7 @@ impl StreamTask {
         connected: Option<watch::Sender<bool>>,
         wait_connected: Option<watch::Receiver<bool>>,
     ) {
-        let StreamTask { att, conn, info, hub, channel, max_packet } = self;
+        let StreamTask { att, conn, info, hub, channel } = self;
         let control = channel == CONTROL_CHANNEL;
         let remote = conn.remote_address();
         let data_closed = quinn::VarInt::from_u32(code::DATA_STREAM_CLOSED);
@@ -328,10 +320,7 @@ impl StreamTask {
             }
         }
         // The control stream learns the version from its CONNECT; a data stream opens after it.
-        let mut decoder = match att.known_version() {
-            Some(v) => Decoder::with_version(max_packet, v),
-            None => Decoder::new(max_packet),
-        };
+        let mut decoder = att.decoder();
         let mut packets = Vec::new();
         let end = loop {
             // Hand over what was read, a slice at a time, while the outbox has room.

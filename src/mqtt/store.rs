@@ -54,8 +54,13 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// The store's file inside the data directory.
 pub const FILE_NAME: &str = "mqtt.redb";
-/// What `meta["format"]` says in a store this version reads and writes.
-pub const FORMAT: &str = "quiclab-mqtt-store/1";
+/// What `meta["format"]` says in a store this version reads and writes. Format 2 adds the MQTT 5
+/// extras (see [`EXT`]) to format 1's records, which it reads unchanged: a format 1 store is
+/// upgraded (its marker rewritten) when opened, and an older binary then refuses it by name
+/// instead of tripping over a record it cannot read.
+pub const FORMAT: &str = "quiclab-mqtt-store/2";
+/// The format before MQTT 5.
+const FORMAT_1: &str = "quiclab-mqtt-store/1";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// Topic → [QoS byte][payload], or with MQTT 5 extras [QoS | 0x80][extras][payload].
@@ -159,6 +164,15 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
         };
         match format {
             Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT_1 => {
+                let wtx = db.begin_write().map_err(|e| redb_err(e.into()))?;
+                {
+                    let mut meta = wtx.open_table(META).map_err(|e| redb_err(e.into()))?;
+                    meta.insert("format", FORMAT).map_err(|e| redb_err(e.into()))?;
+                }
+                wtx.commit().map_err(|e| redb_err(e.into()))?;
+                tracing::info!(path = %path.display(), "mqtt: store upgraded from {FORMAT_1} to {FORMAT}");
+            }
             Some(f) => {
                 return Err(StoreError::Foreign { path, found: format!("format {f:?}, this version reads {FORMAT:?}") })
             }
@@ -1002,5 +1016,31 @@ mod tests {
         let err = open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
         assert!(err.to_string().contains("someone-else"), "{err}");
+    }
+
+    #[test]
+    fn a_format_1_store_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            // A store as the version before MQTT 5 wrote it: its marker and a 3.1.1 session.
+            let db = Database::create(&path).unwrap();
+            let wtx = db.begin_write().unwrap();
+            {
+                wtx.open_table(META).unwrap().insert("format", FORMAT_1).unwrap();
+                wtx.open_table(RETAINED).unwrap().insert("r", &[1u8, b'x'][..]).unwrap();
+                wtx.open_table(SESSIONS).unwrap().insert("old", &[1u8, 0, 1, b'f'][..]).unwrap();
+                wtx.open_table(OUTBOUND).unwrap();
+                wtx.open_table(INBOUND).unwrap();
+            }
+            wtx.commit().unwrap();
+        }
+        let opened = open(dir.path()).unwrap();
+        let s = &opened.recovered.sessions[0];
+        assert_eq!((&*s.client_id, s.expiry, s.subs.len()), ("old", u32::MAX, 1));
+        assert_eq!(&opened.recovered.retained[0].payload[..], b"x");
+        let rtx = opened.db.begin_read().unwrap();
+        let format = rtx.open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
+        assert_eq!(format.as_deref(), Some(FORMAT), "upgraded");
     }
 }

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use crate::acl::{ClientAcl, Op};
 use crate::auth::{AuthExchange, AuthStep, Verdict};
 use crate::codec::{
-    CodecError, Connect, ConnectReasonCode, DisconnectReasonCode, Encodable, MessageProps, Packet, Pid, Protocol,
+    CodecError, Connect, ConnectReasonCode, DisconnectReasonCode, MessageProps, Packet, Pid, Protocol,
     PubackReasonCode, Publish, PublishProps, QoS, QosPid, RetainHandling, Suback, Subscribe, SubscribeReasonCode,
     TopicFilter, TopicName, Unsubscribe, UnsubscribeReasonCode, Version,
 };
@@ -355,6 +355,8 @@ struct ConnV5 {
     out_next: HashMap<ChannelId, u16>,
     /// The enhanced authentication method of the CONNECT (§4.12), for re-authentication.
     auth_method: Option<Arc<str>>,
+    /// The user that method authenticated: a re-authentication must prove the same.
+    auth_user: Option<Box<str>>,
 }
 
 /// An enhanced authentication exchange in progress (MQTT 5 §4.12).
@@ -387,16 +389,12 @@ impl Held {
     /// Bytes charged for holding this: the packet's encoded size plus the memory it takes
     /// decoded, so that many tiny packets are bounded as well as a few big ones.
     fn cost(&self) -> usize {
+        // Every MQTT 5 packet may carry properties: each is charged its full size.
         let body = match self {
-            Held::Packet(_, Packet::Connect(c)) => c.encode_len(),
-            Held::Packet(_, Packet::Publish(p)) => {
-                crate::codec::wire_len_hint(&Packet::Publish(p.clone()), Version::V5)
-            }
-            Held::Packet(_, Packet::Subscribe(s)) => s.encode_len(),
-            Held::Packet(_, Packet::Unsubscribe(u)) => u.encode_len(),
-            Held::Packet(_, _) | Held::ChannelEnd(..) => 2,
+            Held::Packet(_, p) => crate::codec::wire_len_hint(p, Version::V5),
+            Held::ChannelEnd(..) => 2,
         };
-        body + 5 + std::mem::size_of::<Held>()
+        body + std::mem::size_of::<Held>()
     }
 }
 
@@ -540,6 +538,17 @@ fn publish_packet(
     })
 }
 
+/// What re-sends in-flight message `id` (§4.4): its PUBLISH with DUP set and the same
+/// identifier, or the PUBREL of a PUBREC'd QoS 2 flow. Always with the topic name, never an
+/// alias: it may travel on another channel than the first time.
+fn resend_packet(id: u16, fl: &InFlight, now: Option<Instant>) -> Packet {
+    match &fl.state {
+        OutState::AwaitPuback(m) => publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true, now, &fl.ids),
+        OutState::AwaitPubrec(m) => publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true, now, &fl.ids),
+        OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
+    }
+}
+
 /// Topic Aliases the broker uses toward one client, per channel, at most: the client's Topic
 /// Alias Maximum, within this (each alias keeps a topic name per channel).
 const OUT_ALIAS_CAP: u16 = 64;
@@ -627,11 +636,12 @@ impl<D> BrokerCore<D> {
     /// Counters and gauges now.
     /// Say what `sid`'s persistent session now holds ([`StoreOp::Session`]), if the broker
     /// stores (`data_dir`) and the session is persistent.
-    fn persist_session(&self, sid: SessionId, out: &mut Vec<Action>) {
+    fn persist_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
         if self.cfg.data_dir.is_none() {
             return;
         }
-        let Some(s) = self.sessions.get(sid).filter(|s| !s.clean) else { return };
+        let Some(s) = self.sessions.get_mut(sid).filter(|s| !s.clean) else { return };
+        s.stored = true;
         let mut subs: Vec<StoredSub> = Vec::with_capacity(s.subs.len());
         for sub in &s.subs {
             match subs.iter_mut().find(|x| x.filter == sub.filter) {
@@ -698,21 +708,23 @@ impl<D> BrokerCore<D> {
                 sync_control_route(&mut self.subs, sid, s, &sub.filter);
             }
         }
-        if let Some(at) = self.sessions.get(sid).and_then(Session::deadline) {
-            self.session_timers.push(Reverse((at, sid)));
-        }
+        let mut ignored = Vec::new(); // the driver polls the deadline after restoring
+        self.arm_session(sid, &mut ignored);
         true
     }
 
     /// Start from the retained messages a store kept (before any connection). Limits apply
     /// as for a PUBLISH: what no longer fits `max_retained` or `max_retained_bytes` is left
-    /// out, counted and logged. Returns how many were restored.
-    pub fn restore_retained(&mut self, msgs: impl IntoIterator<Item = Message>) -> usize {
+    /// out, counted and logged; so are messages whose MQTT 5 Message Expiry Interval passed by
+    /// `now`. Returns how many were restored.
+    pub fn restore_retained(&mut self, msgs: impl IntoIterator<Item = Message>, now: Instant) -> usize {
         let mut ignored = Vec::new(); // what was read from the store is there already
         let before = self.stats.dropped_retained;
         let mut n = 0;
         for m in msgs {
-            if m.payload.is_empty() {
+            // Expired while the broker was down: not restored (it stays in the store until the
+            // topic is written again).
+            if m.payload.is_empty() || m.expired(now) {
                 continue;
             }
             let had = self.retained.contains(&m.topic);
@@ -918,7 +930,13 @@ impl<D> BrokerCore<D> {
     /// Put offline session `sid`'s next deadline ([`Session::deadline`]) in the session timer
     /// heap, and say so to the driver if it is the earliest of all.
     fn arm_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
-        let Some(at) = self.sessions.get(sid).and_then(Session::deadline) else { return };
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let Some(at) = s.deadline() else { return };
+        if s.timer_armed.is_some_and(|a| a <= at) {
+            return; // an earlier entry is pending; it re-arms when it fires
+        }
+        // At most one entry per session counts: a superseded one is skipped when it pops.
+        s.timer_armed = Some(at);
         let earliest = self.poll_timeout();
         self.session_timers.push(Reverse((at, sid)));
         if earliest.is_none_or(|e| at < e) {
@@ -935,9 +953,22 @@ impl<D> BrokerCore<D> {
             }
             self.session_timers.pop();
             let Some(s) = self.sessions.get_mut(sid) else { continue };
-            if s.conn.is_some() || s.deadline() != Some(at) {
-                continue; // back online, or superseded by another entry
+            if s.timer_armed != Some(at) {
+                continue; // superseded by another entry
             }
+            s.timer_armed = None;
+            if s.conn.is_some() {
+                continue; // back online
+            }
+            match s.deadline() {
+                None => continue,
+                Some(d) if d > now => {
+                    self.arm_session(sid, out);
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let Some(s) = self.sessions.get_mut(sid) else { continue };
             if let Some((due, _)) = &s.delayed_will {
                 if *due <= now || s.expires_at.is_some_and(|e| e <= now) {
                     if let Some((_, will)) = s.delayed_will.take() {
@@ -1130,6 +1161,8 @@ impl<D> BrokerCore<D> {
                 }
                 Packet::Connect(p) if channel == CONTROL_CHANNEL => self.on_connect(conn, *p, now, out),
                 Packet::Auth(a) if channel == CONTROL_CHANNEL && c.auth.is_some() => self.on_auth(conn, *a, now, out),
+                // MQTT 5 §3.1.2-30: before CONNACK a client may send AUTH or DISCONNECT.
+                Packet::Disconnect(_) if c.auth.is_some() => self.close(conn, CloseReason::Disconnect, false, out),
                 Packet::Connect(_) => self.violation(conn, "CONNECT on a data channel".into(), out),
                 // MQTT 3.1.1 §3.1.0-1: the first packet from the client MUST be CONNECT.
                 other => self.violation(conn, format!("{:?} before CONNECT (§3.1.0-1)", other.get_type()), out),
@@ -1154,8 +1187,7 @@ impl<D> BrokerCore<D> {
             // MQTT 3.1.1 §3.12.4-1: answer PINGREQ with PINGRESP.
             Packet::Pingreq => out.push(Action::Send { conn, channel, packet: Packet::Pingresp }),
             Packet::Disconnect(d) => self.on_disconnect(conn, sid, &d, out),
-            // MQTT 5 §4.12: no authentication method was agreed in CONNECT (one that names one
-            // is refused), so an AUTH is out of place.
+            // MQTT 5 §4.12: re-authentication (or an AUTH out of place, which closes).
             Packet::Auth(a) => self.on_auth(conn, *a, now, out),
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
                 let kind = packet.name();
@@ -1182,8 +1214,12 @@ impl<D> BrokerCore<D> {
                 s.expiry = now;
                 s.clean = now == 0;
             }
+            // A new non-zero interval is stored (a zero one ends the session at the close).
+            self.persist_session(sid, out);
         }
-        let keep_will = v5.is_some() && d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+        // MQTT 5 §3.14.4-3: only a Normal disconnection (0x00) discards the will; 0x04 asks for
+        // it, and so does any error code.
+        let keep_will = v5.is_some() && d.reason_code != DisconnectReasonCode::NormalDisconnect;
         if (d.reason_code as u8) >= 0x80 {
             let cid = self.client_id_of(conn);
             tracing::info!(
@@ -1201,6 +1237,13 @@ impl<D> BrokerCore<D> {
         }
         // §3.14.4-1: close the connection.
         self.close(conn, CloseReason::Disconnect, keep_will, out);
+    }
+
+    /// Whether `packet` fits the Maximum Packet Size of session `sid`'s client (MQTT 5
+    /// §3.1.2-24); properties that are allowed to be left out are, when it does not.
+    fn fits(&self, sid: SessionId, packet: &Packet) -> bool {
+        let max = self.sessions.get(sid).and_then(|s| s.max_packet);
+        max.is_none_or(|m| crate::codec::wire_len_hint(packet, Version::V5) <= m as usize)
     }
 
     /// Close `conn` for a protocol violation (MQTT 5: DISCONNECT 0x82 Protocol Error).
@@ -1236,13 +1279,26 @@ impl<D> BrokerCore<D> {
     /// Close `conn` for a topic name or filter deeper than `max_topic_levels` (issue 13: a deep
     /// filter once overflowed the stack in the trie walks; mosquitto closes such clients too).
     fn topic_too_deep(&mut self, conn: ConnId, what: &str, levels: usize, out: &mut Vec<Action>) {
+        let code = DisconnectReasonCode::TopicNameInvalid;
+        self.too_deep_as(conn, code, what, levels, out)
+    }
+
+    /// [`BrokerCore::topic_too_deep`] for a SUBSCRIBE filter (MQTT 5: Topic Filter invalid).
+    fn filter_too_deep(&mut self, conn: ConnId, levels: usize, out: &mut Vec<Action>) {
+        let code = DisconnectReasonCode::TopicFilterInvalid;
+        self.too_deep_as(conn, code, "SUBSCRIBE filter", levels, out)
+    }
+
+    fn too_deep_as(
+        &mut self,
+        conn: ConnId,
+        code: DisconnectReasonCode,
+        what: &str,
+        levels: usize,
+        out: &mut Vec<Action>,
+    ) {
         self.stats.limit_topic_levels += 1;
         let max = self.cfg.max_topic_levels;
-        let code = if what.contains("filter") {
-            DisconnectReasonCode::TopicFilterInvalid
-        } else {
-            DisconnectReasonCode::TopicNameInvalid
-        };
         self.violation_as(conn, code, format!("{what} has {levels} levels (max_topic_levels {max})"), out);
     }
 
@@ -1273,17 +1329,22 @@ impl<D> BrokerCore<D> {
         if c.closing {
             return;
         }
-        if let (Some(code), Version::V5, Some(_)) = (code, c.version, c.session) {
+        if let (Some(code), Version::V5, Some(sid)) = (code, c.version, c.session) {
             let mut d = crate::codec::Disconnect::new(code);
             // A reason string is allowed on DISCONNECT whatever Request Problem Information
-            // says (§3.1.2.11.7); kept short so it fits any Maximum Packet Size worth having.
+            // says (§3.1.2.11.7), and left out if it would exceed the client's Maximum Packet
+            // Size (§3.14.2.2.3).
             let why = reason.to_string();
             let mut end = why.len().min(REASON_STRING_MAX);
             while !why.is_char_boundary(end) {
                 end -= 1;
             }
             d.properties.reason_string = Some(why[..end].into());
-            out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet: Packet::Disconnect(Box::new(d)) });
+            let mut packet = Packet::Disconnect(Box::new(d));
+            if !self.fits(sid, &packet) {
+                packet = Packet::disconnect(code);
+            }
+            out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet });
         }
         self.detach(conn, publish_will, out);
         out.push(Action::Close { conn, reason });
@@ -1389,9 +1450,14 @@ impl<D> BrokerCore<D> {
     }
 
     fn destroy_session(&mut self, sid: SessionId, out: &mut Vec<Action>) {
-        let Some(s) = self.sessions.remove(sid) else { return };
-        if !s.clean && self.cfg.data_dir.is_some() {
+        let Some(mut s) = self.sessions.remove(sid) else { return };
+        if s.stored && self.cfg.data_dir.is_some() {
             out.push(Action::Store(StoreOp::DropSession { client_id: s.client_id.clone() }));
+        }
+        if let Some((_, will)) = s.delayed_will.take() {
+            // MQTT 5 §3.1.3.2.2: the will goes out when its delay passes or the session ends,
+            // whichever is first (here: a Clean Start took the session over).
+            self.publish_will(&s.client_id, s.acl.as_deref(), *will, out);
         }
         for sub in &s.subs {
             self.subs.remove(&sub.filter, SubKey { session: sid, channel: sub.channel });
@@ -1542,15 +1608,7 @@ impl<D> BrokerCore<D> {
             resend.sort_unstable();
             for (_, id) in resend {
                 let Some(fl) = f.inflight.get(&id) else { continue };
-                let packet = match &fl.state {
-                    OutState::AwaitPuback(m) => {
-                        publish_packet(m, QosPid::Level1(pid(id)), fl.retain, true, self.now, &fl.ids)
-                    }
-                    OutState::AwaitPubrec(m) => {
-                        publish_packet(m, QosPid::Level2(pid(id)), fl.retain, true, self.now, &fl.ids)
-                    }
-                    OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
-                };
+                let packet = resend_packet(id, fl, self.now);
                 if matches!(packet, Packet::Publish(_)) {
                     self.stats.delivered += 1;
                 }
@@ -1755,6 +1813,14 @@ impl<D> BrokerCore<D> {
             AuthStep::Success { user, data } => match st.connect {
                 Some(p) => self.finish_connect(conn, *p, user.map(Into::into), Some((st.method, data)), now, out),
                 None => {
+                    // A re-authentication proves the same user again; another is refused (the
+                    // ACL and the session belong to the first).
+                    let was = self.conns.get(conn).and_then(|c| c.v5.as_deref()).and_then(|v| v.auth_user.clone());
+                    if user.as_deref() != was.as_deref() {
+                        self.stats.auth_failures += 1;
+                        let what = format!("re-authentication as {user:?}, connected as {was:?}");
+                        return self.violation_as(conn, DisconnectReasonCode::NotAuthorized, what, out);
+                    }
                     tracing::debug!(conn, method = &*st.method, "mqtt: re-authenticated");
                     let packet = auth_packet(AuthReasonCode::Success, &st.method, data);
                     out.push(Action::Send { conn, channel: CONTROL_CHANNEL, packet });
@@ -1910,15 +1976,25 @@ impl<D> BrokerCore<D> {
                     aliases: HashMap::new(),
                     client_alias_max: p.properties.topic_alias_max.unwrap_or(0),
                     auth_method: auth.as_ref().map(|(m, _)| m.clone()),
+                    auth_user: auth.as_ref().and(user.clone()),
                     out_aliases: HashMap::new(),
                     out_next: HashMap::new(),
                 })
             });
         }
         self.stats.connects_accepted += 1;
-        if !session_present {
-            // A new persistent session is durable before its CONNACK.
-            self.persist_session(sid, out);
+        // A persistent session (new, or resumed with a new expiry) is durable before its CONNACK;
+        // a stored one that is to end with this connection is dropped from the store now, so a
+        // crash cannot bring it back with what this connection acknowledges.
+        let stored_but_clean = self.sessions.get_mut(sid).filter(|s| s.clean && s.stored).map(|s| {
+            s.stored = false;
+            s.client_id.clone()
+        });
+        match stored_but_clean {
+            Some(client_id) if self.cfg.data_dir.is_some() => {
+                out.push(Action::Store(StoreOp::DropSession { client_id }))
+            }
+            _ => self.persist_session(sid, out),
         }
         tracing::debug!(
             conn,
@@ -1967,15 +2043,7 @@ impl<D> BrokerCore<D> {
         let mut flights: Vec<(&u16, &InFlight)> = s.fr().inflight.iter().collect();
         flights.sort_by_key(|(_, f)| f.seq);
         for (&id, f) in flights {
-            let packet = match &f.state {
-                OutState::AwaitPuback(m) => {
-                    publish_packet(m, QosPid::Level1(pid(id)), f.retain, true, self.now, &f.ids)
-                }
-                OutState::AwaitPubrec(m) => {
-                    publish_packet(m, QosPid::Level2(pid(id)), f.retain, true, self.now, &f.ids)
-                }
-                OutState::AwaitPubcomp(_) => Packet::pubrel(pid(id)),
-            };
+            let packet = resend_packet(id, f, self.now);
             if matches!(packet, Packet::Publish(_)) {
                 self.stats.delivered += 1;
             }
@@ -2058,7 +2126,11 @@ impl<D> BrokerCore<D> {
                 if code == PubackReasonCode::NotAuthorized && v5 == Some(true) {
                     ack.properties.reason_string = Some("the ACL denies this client write on the topic".into());
                 }
-                out.push(Action::Send { conn, channel: ch, packet: Packet::Puback(ack) });
+                let mut packet = Packet::Puback(ack);
+                if !self.fits(sid, &packet) {
+                    packet = Packet::Puback(crate::codec::Puback::new(id, code));
+                }
+                out.push(Action::Send { conn, channel: ch, packet });
             }
             QosPid::Level2(id) => {
                 let Some(s) = self.sessions.get_mut(sid) else { return };
@@ -2074,7 +2146,7 @@ impl<D> BrokerCore<D> {
                             out,
                         );
                     }
-                    let size = |m: &Message| m.topic.len() + m.payload.len();
+                    let size = Message::size;
                     let held: usize = s.fr().awaiting_rel.values().map(size).sum();
                     if held + size(&msg) > self.cfg.max_awaiting_rel_bytes {
                         let n = self.cfg.max_awaiting_rel_bytes;
@@ -2208,7 +2280,7 @@ impl<D> BrokerCore<D> {
     fn on_subscribe(&mut self, conn: ConnId, sid: SessionId, ch: ChannelId, sub: Subscribe, out: &mut Vec<Action>) {
         // Limits first: a SUBSCRIBE that breaks one is refused whole, nothing of it applied.
         if let Some(levels) = sub.topics.iter().find_map(|(f, _)| self.too_deep(f)) {
-            return self.topic_too_deep(conn, "SUBSCRIBE filter", levels, out);
+            return self.filter_too_deep(conn, levels, out);
         }
         // A filter repeated within the SUBSCRIBE is applied once, at its last occurrence
         // (§3.8.4-3: the later replaces the earlier), so the work per packet follows its
@@ -2459,7 +2531,7 @@ impl<D> BrokerCore<D> {
     /// Store, replace or clear the retained message of `msg`'s topic, within `max_retained`
     /// topics and `max_retained_bytes`.
     fn retain(&mut self, msg: &Message, out: &mut Vec<Action>) {
-        let size = |m: &Message| m.topic.len() + m.payload.len();
+        let size = Message::size;
         let persist = self.cfg.data_dir.is_some();
         if msg.payload.is_empty() {
             // MQTT 3.1.1 §3.3.1-10, §3.3.1-11: an empty retained message clears the topic and
@@ -2514,7 +2586,8 @@ impl<D> BrokerCore<D> {
         let max_inflight = self.cfg.max_inflight;
         let now = self.now;
         let Some(s) = self.sessions.get_mut(sid) else { return };
-        if s.conn.is_some() && Self::undeliverable(&mut self.stats, s, &msg, retain, now) {
+        if s.conn.is_some() && Self::undeliverable(&mut self.stats, &s.client_id, s.max_packet, &msg, retain, &ids, now)
+        {
             return;
         }
         match (s.conn, qos) {
@@ -2571,14 +2644,24 @@ impl<D> BrokerCore<D> {
     /// Whether `msg` cannot go to session `s` now: its Message Expiry Interval has passed (MQTT
     /// 5 §3.3.2-5), or its PUBLISH would exceed the client's Maximum Packet Size (§3.1.2-25:
     /// discarded as if sent). Counted.
-    fn undeliverable(stats: &mut CoreStats, s: &Session, msg: &Message, retain: bool, now: Option<Instant>) -> bool {
+    fn undeliverable(
+        stats: &mut CoreStats,
+        client_id: &str,
+        max_packet: Option<u32>,
+        msg: &Message,
+        retain: bool,
+        ids: &SubIds,
+        now: Option<Instant>,
+    ) -> bool {
         if now.is_some_and(|n| msg.expired(n)) {
             stats.expired_messages += 1;
             return true;
         }
-        let Some(max) = s.max_packet else { return false };
-        let probe = publish_packet(msg, QosPid::Level1(pid(1)), retain, false, now, &None);
-        let size = crate::codec::wire_len_hint(&probe, Version::V5);
+        let Some(max) = max_packet else { return false };
+        // The PUBLISH as it would go, with a packet id and 3 bytes for a Topic Alias the
+        // broker may add: never more than the client allows, sometimes a few bytes less.
+        let probe = publish_packet(msg, QosPid::Level1(pid(1)), retain, false, now, ids);
+        let size = crate::codec::wire_len_hint(&probe, Version::V5) + 3;
         if size <= max as usize {
             return false;
         }
@@ -2586,7 +2669,7 @@ impl<D> BrokerCore<D> {
         let n = stats.dropped_too_large;
         if n.is_power_of_two() {
             tracing::info!(
-                client_id = &*s.client_id,
+                client_id,
                 topic = &*msg.topic,
                 size,
                 max,
@@ -2711,33 +2794,7 @@ impl<D> BrokerCore<D> {
         let Some(s) = self.sessions.get_mut(sid) else { return };
         let Some(conn) = s.conn else { return };
         let (clean, client_id, cap) = (s.clean, s.client_id.clone(), s.inflight_cap);
-        // Queued messages that cannot go (expired, too large): dropped before the pump.
-        if s.fr().queued > 0 && (s.max_packet.is_some() || now.is_some()) {
-            let mut gone = Vec::new();
-            for l in 0..s.fr().lanes.len() {
-                let mut at = 0;
-                while at < s.fr().lanes[l].queue.len() {
-                    let q = &s.fr().lanes[l].queue[at];
-                    let (msg, retain) = (q.msg.clone(), q.retain);
-                    if q.msg.expires_at.is_none() && s.max_packet.is_none() {
-                        at += 1;
-                        continue;
-                    }
-                    if Self::undeliverable(&mut self.stats, s, &msg, retain, now) {
-                        if let Some(q) = s.f().take_queued(l, at) {
-                            gone.push(q);
-                        }
-                    } else {
-                        at += 1;
-                    }
-                }
-            }
-            for q in gone {
-                if persist && !clean && q.qos != QoS::Level0 {
-                    out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
-                }
-            }
-        }
+        let max_packet = s.max_packet;
         if s.fr().queued > 0 {
             let f = s.f();
             let lanes = match only {
@@ -2759,6 +2816,14 @@ impl<D> BrokerCore<D> {
                         break;
                     }
                     let Some(q) = f.take_queued(i, 0) else { break };
+                    // Expired or too large for the client: dropped here, at the front (checked as
+                    // it would go, so a queue is not rescanned per acknowledgement).
+                    if Self::undeliverable(&mut self.stats, &client_id, max_packet, &q.msg, q.retain, &q.ids, now) {
+                        if persist && !clean && q.qos != QoS::Level0 {
+                            out.push(Action::Store(StoreOp::OutboundDone { client_id: client_id.clone(), seq: q.seq }));
+                        }
+                        continue;
+                    }
                     self.stats.delivered += 1;
                     let packet = if q.qos == QoS::Level0 {
                         publish_packet(&q.msg, QosPid::Level0, q.retain, false, now, &q.ids)

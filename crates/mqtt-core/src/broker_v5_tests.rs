@@ -554,3 +554,69 @@ fn scram_sha_512_over_the_password_file() {
     let out = h.send(conn, Packet::Pingreq);
     assert!(close_of(&out, conn).is_some());
 }
+
+#[test]
+fn review_fixes_wills_store_and_auth_edges() {
+    // DISCONNECT with an error code keeps the will (§3.14.4-3: only 0x00 discards it).
+    let mut h = H::new();
+    let (w, _, _) = h.connect("watcher", true);
+    h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
+    let mut c = connect5("dev", true, None);
+    c.last_will = Some(crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"bye")));
+    let (d, _) = h.connect5(c);
+    let out = h.send(d, Packet::disconnect(DisconnectReasonCode::UnspecifiedError));
+    assert_eq!(publishes(&out, w).len(), 1, "the will of an error DISCONNECT");
+    // A delayed will goes out when a Clean Start ends its session first (§3.1.3.2.2).
+    let mut c = connect5("dev2", true, Some(60));
+    let mut will = crate::codec::LastWill::new(QoS::Level0, tn("will/dev2"), Bytes::from_static(b"gone"));
+    will.properties.delay_interval = Some(30);
+    c.last_will = Some(will);
+    let (d, _) = h.connect5(c);
+    h.lost(d);
+    let (_, out) = h.connect_with(connect5("dev2", true, None));
+    assert_eq!(publishes(&out, w).len(), 1, "the session ended before the delay: the will now");
+
+    // A stored session resumed with expiry 0 is dropped from the store at once.
+    let mut h = H::with(|c| c.data_dir = Some("unused".into()));
+    let (c, _) = h.connect5(connect5("s", true, Some(60)));
+    h.lost(c);
+    let (_, out) = h.connect_with(connect5("s", false, Some(0)));
+    assert!(
+        stores(&out).iter().any(|op| matches!(op, StoreOp::DropSession { client_id } if &**client_id == "s")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn disconnect_during_auth_and_reauthentication_as_someone_else() {
+    use crate::codec::AuthReasonCode as R;
+    use crate::scram;
+    let file = passwords().unwrap();
+    let mut h = H::with(|c| {
+        c.password_file = Some(file.clone());
+        c.auth_methods = vec![std::sync::Arc::new(scram::ScramSha512::new(file.clone()))];
+    });
+    let start = |h: &mut H, user: &str| {
+        let first = scram::client_first(user, "n1");
+        let mut c = connect5(&format!("c-{user}"), true, None);
+        c.properties.auth_method = Some("SCRAM-SHA-512".into());
+        c.properties.auth_data = Some(Bytes::from(first.clone()));
+        let (conn, out) = h.connect_with(c);
+        (conn, first, auth_data_sent(&out, conn))
+    };
+    // DISCONNECT before CONNACK during the exchange: a plain close, no violation (§3.1.2-30).
+    let (conn, _, _) = start(&mut h, "alice");
+    let before = h.core.stats().violations;
+    let out = h.send(conn, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
+    assert_eq!(close_of(&out, conn), Some(CloseReason::Disconnect));
+    assert_eq!(h.core.stats().violations, before);
+    // Connected as alice, re-authenticating as bob is refused.
+    let (conn, first, server_first) = start(&mut h, "alice");
+    let (last, _) = scram::client_final(&first, &server_first, "secret").unwrap();
+    h.send(conn, auth_packet(R::ContinueAuthentication, &last));
+    let first = scram::client_first("bob", "n2");
+    let out = h.send(conn, auth_packet(R::ReAuthentication, &first));
+    let (last, _) = scram::client_final(&first, &auth_data_sent(&out, conn), "p@ss:w0rd").unwrap();
+    let out = h.send(conn, auth_packet(R::ContinueAuthentication, &last));
+    assert_eq!(disconnect_code(&out, conn), Some(DisconnectReasonCode::NotAuthorized));
+}

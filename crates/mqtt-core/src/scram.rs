@@ -42,9 +42,10 @@ impl ScramSha512 {
 fn fields(msg: &str) -> Vec<(char, &str)> {
     msg.split(',')
         .filter_map(|f| {
-            let mut c = f.chars();
-            let k = c.next()?;
-            (c.next() == Some('=')).then(|| (k, &f[2..]))
+            // Attribute names are single ASCII letters (RFC 5802 §5.1); anything else is not a
+            // field (and a multi-byte first character must not be sliced into).
+            let b = f.as_bytes();
+            (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b'=').then(|| (char::from(b[0]), &f[2..]))
         })
         .collect()
 }
@@ -206,8 +207,8 @@ impl AuthExchange for Exchange {
     }
 }
 
-/// The client side of SCRAM-SHA-512, for tests and `quiclab mqtt`: `(client-first, state)`,
-/// then [`client_final`].
+/// The client side of SCRAM-SHA-512, for tests and `quiclab mqtt`: the client-first message
+/// for `user` with nonce `cnonce`; then [`client_final`].
 pub fn client_first(user: &str, cnonce: &str) -> String {
     let name = user.replace('=', "=3D").replace(',', "=2C");
     format!("n,,n={name},r={cnonce}")
@@ -309,6 +310,12 @@ mod tests {
             let (_, step) = method().start(Some(first.as_bytes()));
             assert!(matches!(step, AuthStep::Failure(_)), "{first:?}: {step:?}");
         }
+        // Multi-byte attribute names (found by review: they were sliced mid-character).
+        for first in ["n,,€=a,r=x", "n,,n=a,€=x", "n,,é=a,r=x"] {
+            let (_, step) = method().start(Some(first.as_bytes()));
+            assert!(matches!(step, AuthStep::Failure(_)), "{first:?}: {step:?}");
+        }
+        assert!(client_final("n,,n=a,r=x", "r=x€,€=1,i=1", "pw").is_none());
         let (mut ex, _) = method().start(Some(client_first("alice", "n1").as_bytes()));
         assert!(matches!(ex.next(Some(b"c=biws,r=other,p=AAAA")), AuthStep::Failure(_)));
         assert!(matches!(ex.next(Some(b"c=biws,r=n1,p=AAAA")), AuthStep::Failure(_)), "one try only");

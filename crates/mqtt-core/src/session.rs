@@ -51,6 +51,12 @@ impl Message {
         self
     }
 
+    /// What it costs against the byte bounds (`max_retained_bytes`, `max_awaiting_rel_bytes`):
+    /// topic, payload and MQTT 5 properties.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.props.as_deref().map_or(0, MessageProps::cost)
+    }
+
     /// Whether it has expired at `now`.
     pub fn expired(&self, now: std::time::Instant) -> bool {
         self.expires_at.is_some_and(|e| e <= now)
@@ -345,6 +351,11 @@ pub(crate) struct Session {
     /// While offline: a will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is
     /// due. Dropped if the client comes back first.
     pub delayed_will: Option<(std::time::Instant, Box<Will>)>,
+    /// The deadline this session has in the core's session timer heap, if any (at most one
+    /// entry counts, so a client that comes and goes does not grow the heap).
+    pub timer_armed: Option<std::time::Instant>,
+    /// Its state is in the store (a `StoreOp::Session` was emitted and no `DropSession` since).
+    pub stored: bool,
     /// Outbound QoS 1/2 messages in flight at most, all channels: the client's MQTT 5 Receive
     /// Maximum (§3.3.4-7), within the packet identifiers there are.
     pub inflight_cap: usize,
@@ -371,6 +382,8 @@ impl Session {
             expiry: if clean { 0 } else { u32::MAX },
             expires_at: None,
             delayed_will: None,
+            timer_armed: None,
+            stored: false,
             inflight_cap: MAX_SESSION_INFLIGHT,
             max_packet: None,
             conn: None,

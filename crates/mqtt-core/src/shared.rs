@@ -47,6 +47,8 @@ pub(crate) struct Routes<K> {
     tree: SubTree<u32>,
     /// Members of all groups.
     shared: usize,
+    /// The groups a topic matched (kept between calls: no allocation per message).
+    found: Vec<Subscriber<u32>>,
 }
 
 impl<K: Copy + Eq + Ord> Routes<K> {
@@ -58,6 +60,7 @@ impl<K: Copy + Eq + Ord> Routes<K> {
             by_name: HashMap::new(),
             tree: SubTree::new(),
             shared: 0,
+            found: Vec::new(),
         }
     }
 
@@ -133,9 +136,10 @@ impl<K: Copy + Eq + Ord> Routes<K> {
         if self.by_name.is_empty() {
             return;
         }
-        let mut found = Vec::new();
+        let mut found = std::mem::take(&mut self.found);
+        found.clear();
         self.tree.matches(topic, &mut found);
-        for f in found {
+        for f in &found {
             let Some(g) = self.groups.get_mut(f.key as usize).and_then(Option::as_mut) else { continue };
             let n = g.members.len();
             if n == 0 {
@@ -146,6 +150,7 @@ impl<K: Copy + Eq + Ord> Routes<K> {
             out.push(g.members[pick]);
             g.next = (pick + 1) % n;
         }
+        self.found = found;
     }
 
     /// The full filters of the groups (tests).

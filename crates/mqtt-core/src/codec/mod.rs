@@ -237,8 +237,9 @@ pub enum CodecError {
 }
 
 impl CodecError {
-    /// The MQTT 5 reason code a DISCONNECT (or CONNACK) names this with (§2.4): 0x81 Malformed
-    /// Packet, 0x82 Protocol Error, 0x95 Packet too large, or the one the error carries.
+    /// The MQTT 5 reason code that names this (§2.4): 0x81 Malformed Packet, 0x82 Protocol
+    /// Error, 0x95 Packet too large, or the one the error carries. A protocol name or level is
+    /// wrong only in a CONNECT, where it is CONNACK's 0x84 (DISCONNECT has no such code).
     pub fn reason_code(&self) -> u8 {
         match self {
             CodecError::TooLarge { .. } => 0x95,
@@ -324,6 +325,18 @@ pub fn frame_head(buf: &[u8], max_packet: usize) -> Result<Option<FrameHead>, Co
         }
     }
     Err(CodecError::BadRemainingLength)
+}
+
+/// MQTT 3.1.1 §3.1.2-15, MQTT 5 §3.1.2-13: Will Retain is 0 when the Will Flag is 0
+/// (`mqtt-proto` only checks the Will QoS bits). The flags follow the protocol name and level.
+fn check_will_retain_flag(body: &[u8]) -> Result<(), CodecError> {
+    let name_len = body.get(..2).map_or(0, |n| u16::from_be_bytes([n[0], n[1]]) as usize);
+    if let Some(&flags) = body.get(2 + name_len + 1) {
+        if flags & 0x04 == 0 && flags & 0x20 != 0 {
+            return Err(CodecError::Malformed("CONNECT with Will Retain but no Will Flag (§3.1.2-15)".into()));
+        }
+    }
+    Ok(())
 }
 
 /// The version a CONNECT frame asks for, from its protocol level (the byte after the protocol
@@ -534,8 +547,18 @@ fn put_pid(out: &mut Vec<u8>, first: u8, pid: Pid) {
 
 /// Append the encoding of `p` for a peer of `version`. For 3.1.1 the MQTT 5 parts (properties,
 /// reason codes the 3.1.1 packet has no room for) are left out; AUTH has no 3.1.1 form. A
-/// CONNECT is written in the version its protocol names.
+/// CONNECT is written in the version its protocol names. On an error nothing is appended (a
+/// half-written packet would corrupt the stream).
 pub fn encode(p: &Packet, version: Version, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    let res = encode_inner(p, version, out);
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
+fn encode_inner(p: &Packet, version: Version, out: &mut Vec<u8>) -> Result<(), CodecError> {
     match p {
         Packet::Publish(p) => p.encode(version == Version::V5, out),
         Packet::Pingreq => {

@@ -71,7 +71,7 @@ pub(super) fn decode(body: &[u8], head: FrameHead) -> Result<Packet, CodecError>
             let c = v3::Connect::decode(body, &mut off).map_err(pe)?;
             // MQTT 3.1.1 §3.1.2-15: Will Retain is 0 when the Will Flag is 0 (mqtt-proto only
             // checks the Will QoS bits). The flags follow the protocol name and level.
-            super::v5::check_will_retain_flag(body)?;
+            super::check_will_retain_flag(body)?;
             check_connect(&c)?;
             Packet::connect(lift_connect(c))
         }

@@ -13,8 +13,8 @@ use mqtt_proto::v5::{ErrorV5, Header};
 
 use super::publish::Publish;
 use super::{
-    check_strings, put_body, Auth, CodecError, Connack, Connect, Disconnect, FrameHead, Packet, PacketType, Puback,
-    Pubcomp, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
+    check_strings, check_will_retain_flag, put_body, Auth, CodecError, Connack, Connect, Disconnect, FrameHead, Packet,
+    PacketType, Puback, Pubcomp, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
 };
 
 /// Decode the body of one MQTT 5 frame.
@@ -93,18 +93,6 @@ fn from_v5(kind: PacketType, e: ErrorV5) -> CodecError {
         ErrorV5::InvalidProperty(_, p) => CodecError::Malformed(format!("{p} is not a property of {name} (§2.2.2.2)")),
         ErrorV5::InvalidWillProperty(p) => CodecError::Malformed(format!("{p} is not a will property (§3.1.3.2)")),
     }
-}
-
-/// MQTT 3.1.1 §3.1.2-15, MQTT 5 §3.1.2-13: Will Retain is 0 when the Will Flag is 0
-/// (`mqtt-proto` only checks the Will QoS bits). The flags follow the protocol name and level.
-pub(super) fn check_will_retain_flag(body: &[u8]) -> Result<(), CodecError> {
-    let name_len = body.get(..2).map_or(0, |n| u16::from_be_bytes([n[0], n[1]]) as usize);
-    if let Some(&flags) = body.get(2 + name_len + 1) {
-        if flags & 0x04 == 0 && flags & 0x20 != 0 {
-            return Err(CodecError::Malformed("CONNECT with Will Retain but no Will Flag (§3.1.2-15)".into()));
-        }
-    }
-    Ok(())
 }
 
 /// MQTT 5 rules on CONNECT that `mqtt-proto` does not check. (Unlike 3.1.1, a password without
