@@ -158,15 +158,22 @@ fn a_delayed_will_waits_and_is_dropped_if_the_client_returns() {
 }
 
 #[test]
-fn disconnect_with_will_message_publishes_it() {
-    let mut h = H::new();
-    let (w, _, _) = h.connect("watcher", true);
-    h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
-    let mut c = connect5("dev", true, None);
-    c.last_will = Some(crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"bye")));
-    let (d, _) = h.connect5(c);
-    let out = h.send(d, Packet::disconnect(DisconnectReasonCode::DisconnectWithWillMessage));
-    assert_eq!(publishes(&out, w).len(), 1, "§3.14.2.1: 0x04 asks for the will");
+fn only_a_normal_disconnect_discards_the_will() {
+    // §3.14.4-3: 0x00 discards it; 0x04 asks for it (§3.14.2.1), and an error code keeps it.
+    for (code, wills) in [
+        (DisconnectReasonCode::NormalDisconnect, 0),
+        (DisconnectReasonCode::DisconnectWithWillMessage, 1),
+        (DisconnectReasonCode::UnspecifiedError, 1),
+    ] {
+        let mut h = H::new();
+        let (w, _, _) = h.connect("watcher", true);
+        h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
+        let mut c = connect5("dev", true, None);
+        c.last_will = Some(crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"bye")));
+        let (d, _) = h.connect5(c);
+        let out = h.send(d, Packet::disconnect(code));
+        assert_eq!(publishes(&out, w).len(), wills, "{code:?}");
+    }
 }
 
 #[test]
@@ -556,16 +563,10 @@ fn scram_sha_512_over_the_password_file() {
 }
 
 #[test]
-fn review_fixes_wills_store_and_auth_edges() {
-    // DISCONNECT with an error code keeps the will (§3.14.4-3: only 0x00 discards it).
+fn a_clean_start_publishes_a_delayed_will_and_drops_a_stored_session() {
     let mut h = H::new();
     let (w, _, _) = h.connect("watcher", true);
     h.send(w, subscribe(1, &[("will/#", QoS::Level0)]));
-    let mut c = connect5("dev", true, None);
-    c.last_will = Some(crate::codec::LastWill::new(QoS::Level0, tn("will/dev"), Bytes::from_static(b"bye")));
-    let (d, _) = h.connect5(c);
-    let out = h.send(d, Packet::disconnect(DisconnectReasonCode::UnspecifiedError));
-    assert_eq!(publishes(&out, w).len(), 1, "the will of an error DISCONNECT");
     // A delayed will goes out when a Clean Start ends its session first (§3.1.3.2.2).
     let mut c = connect5("dev2", true, Some(60));
     let mut will = crate::codec::LastWill::new(QoS::Level0, tn("will/dev2"), Bytes::from_static(b"gone"));
