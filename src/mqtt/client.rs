@@ -617,6 +617,15 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
+    /// A fresh SCRAM client nonce.
+    fn scram_nonce(&self) -> Result<String, MqttError> {
+        use base64::Engine as _;
+        let mut n = [0u8; 18];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
+            .map_err(|_| MqttError::Unsupported("no random bytes for a SCRAM nonce".into()))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(n))
+    }
+
     /// The CONNECT packet for these options.
     pub fn connect_packet(&self) -> Result<Packet, MqttError> {
         let mut c = Connect::new(self.client_id.as_str().into(), self.keep_alive);
@@ -643,17 +652,6 @@ impl ClientOptions {
             properties: Default::default(),
         });
         Ok(Packet::connect(c))
-    }
-}
-
-impl ClientOptions {
-    /// A fresh SCRAM client nonce.
-    fn scram_nonce(&self) -> Result<String, MqttError> {
-        use base64::Engine as _;
-        let mut n = [0u8; 18];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
-            .map_err(|_| MqttError::Unsupported("no random bytes for a SCRAM nonce".into()))?;
-        Ok(base64::engine::general_purpose::STANDARD.encode(n))
     }
 }
 

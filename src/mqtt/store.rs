@@ -413,8 +413,7 @@ pub(crate) fn encode_subs(expiry: u32, subs: &[StoredSub]) -> Vec<u8> {
     for s in subs {
         // A filter is at most 65,535 bytes (MQTT's string length).
         let len = u16::try_from(s.filter.len()).unwrap_or(u16::MAX);
-        let opts = s.qos as u8 | u8::from(s.no_local) << 2 | u8::from(s.retain_as_published) << 3;
-        v.push(opts);
+        v.push(s.options_byte());
         if v5 {
             v.extend_from_slice(&s.id.to_be_bytes());
         }
@@ -435,10 +434,10 @@ pub(crate) fn decode_subs(v: &[u8]) -> Option<(u32, Vec<StoredSub>)> {
     };
     let mut out = Vec::new();
     while let Some((&o, rest)) = v.split_first() {
-        if o & !0x0f != 0 || (!v5 && o > 2) {
+        // A 3.1.1 record has the QoS alone (checked with the rest of the byte below).
+        if !v5 && o > 2 {
             return None;
         }
-        let qos = QoS::from_u8(o & 3).ok()?;
         let (id, rest) = if v5 {
             let (id, rest) = rest.split_first_chunk::<4>()?;
             (u32::from_be_bytes(*id), rest)
@@ -448,13 +447,7 @@ pub(crate) fn decode_subs(v: &[u8]) -> Option<(u32, Vec<StoredSub>)> {
         let (len, rest) = rest.split_first_chunk::<2>()?;
         let len = usize::from(u16::from_be_bytes(*len));
         let f = std::str::from_utf8(rest.get(..len)?).ok()?;
-        out.push(StoredSub {
-            filter: TopicFilter::try_from(f).ok()?,
-            qos,
-            no_local: o & 4 != 0,
-            retain_as_published: o & 8 != 0,
-            id,
-        });
+        out.push(StoredSub::from_options_byte(TopicFilter::try_from(f).ok()?, o, id)?);
         v = &rest[len..];
     }
     Some((expiry, out))

@@ -58,6 +58,7 @@ use crate::codec::{
 use crate::config::MqttConfig;
 use crate::session::{
     Flows, InFlight, Message, OutState, Queued, Session, SessionId, SubIds, SubOpts, Will, MAX_SESSION_INFLIGHT,
+    OPT_NO_LOCAL, OPT_RETAIN_AS_PUBLISHED,
 };
 use crate::shared::{match_filter, Routes};
 use crate::slab::Slab;
@@ -131,6 +132,22 @@ impl StoredSub {
 
     fn opts(&self) -> SubOpts {
         SubOpts { no_local: self.no_local, retain_as_published: self.retain_as_published, id: self.id }
+    }
+
+    /// The SUBSCRIBE options byte (MQTT 5 §3.8.3.1) of this subscription: QoS, No Local, Retain
+    /// As Published. What a store keeps.
+    pub fn options_byte(&self) -> u8 {
+        self.qos as u8 | self.opts().flags()
+    }
+
+    /// The subscription of options byte `o` (QoS 3 or reserved bits: `None`) with identifier `id`.
+    pub fn from_options_byte(filter: TopicFilter, o: u8, id: u32) -> Option<StoredSub> {
+        if o & !(0x03 | OPT_NO_LOCAL | OPT_RETAIN_AS_PUBLISHED) != 0 {
+            return None;
+        }
+        let qos = QoS::from_u8(o & 0x03).ok()?;
+        let SubOpts { no_local, retain_as_published, id } = SubOpts::from_byte(o, id);
+        Some(StoredSub { filter, qos, no_local, retain_as_published, id })
     }
 }
 
@@ -451,11 +468,6 @@ fn sync_control_route(tree: &mut Routes<SubKey>, sid: SessionId, s: &Session, fi
         }
     }
 }
-
-/// No Local in a [`Subscriber`]'s options byte (MQTT 5 §3.8.3.1).
-const OPT_NO_LOCAL: u8 = 0x04;
-/// Retain As Published in a [`Subscriber`]'s options byte.
-const OPT_RETAIN_AS_PUBLISHED: u8 = 0x08;
 
 /// The SUBACK code granting `q`.
 fn granted_code(q: QoS) -> SubscribeReasonCode {

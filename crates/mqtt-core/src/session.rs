@@ -329,11 +329,21 @@ pub(crate) struct SubOpts {
     pub id: u32,
 }
 
+/// No Local in a SUBSCRIBE's options byte (MQTT 5 §3.8.3.1), as the trie and the store keep it.
+pub(crate) const OPT_NO_LOCAL: u8 = 0x04;
+/// Retain As Published in the options byte.
+pub(crate) const OPT_RETAIN_AS_PUBLISHED: u8 = 0x08;
+
 impl SubOpts {
-    /// The options byte bits of these (the QoS is added by the caller): No Local bit 2,
-    /// Retain As Published bit 3.
+    /// The options byte bits of these (the QoS, bits 0-1, is added by the caller).
     pub fn flags(&self) -> u8 {
-        (u8::from(self.no_local) << 2) | (u8::from(self.retain_as_published) << 3)
+        (if self.no_local { OPT_NO_LOCAL } else { 0 })
+            | (if self.retain_as_published { OPT_RETAIN_AS_PUBLISHED } else { 0 })
+    }
+
+    /// The options of an options byte `o` (its QoS bits are the caller's), with identifier `id`.
+    pub fn from_byte(o: u8, id: u32) -> SubOpts {
+        SubOpts { no_local: o & OPT_NO_LOCAL != 0, retain_as_published: o & OPT_RETAIN_AS_PUBLISHED != 0, id }
     }
 }
 
