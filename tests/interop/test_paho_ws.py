@@ -24,14 +24,14 @@ TIMEOUT_S = 15
 class Peer:
     """A paho client on its own network thread, and what its callbacks saw."""
 
-    def __init__(self, client_id: str, server: Server, websocket: bool, plain: bool = False):
+    def __init__(self, client_id: str, server: Server, websocket: bool, plain: bool = False, v5: bool = False):
         if paho is None:
             pytest.fail(f"paho-mqtt is not installed; install it with: {PIP_HINT}", pytrace=False)
         self.server = server
         self.c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv311,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             transport="websockets" if websocket else "tcp",
         )
         self.websocket = websocket
@@ -144,3 +144,36 @@ def test_plaintext_websocket_listener(server: Server):
         "ws/paho/plain",
         b"wss to ws",
     )
+
+
+def test_mqtt5_over_websocket(server: Server):
+    """MQTT 5 on the WebSocket transport (docs/mqtt.md, "MQTT 5"): a user property and a
+    correlation data published over wss reach an MQTT 5 subscriber on wss; a 3.1.1 subscriber
+    on TCP gets the same message without them."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    sub5 = Peer("paho-ws5-sub", server, websocket=True, v5=True)
+    sub3 = Peer("paho-tcp3-sub", server, websocket=False)
+    pub5 = Peer("paho-ws5-pub", server, websocket=True, v5=True)
+    for p in (sub5, sub3, pub5):
+        p.connect()
+    try:
+        for s in (sub5, sub3):
+            s.subscribed.clear()
+            s.c.subscribe("ws/paho/v5", qos=1)
+            s.wait(s.subscribed, "SUBACK")
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("via", "wss")]
+        props.CorrelationData = b"c-1"
+        pub5.c.publish("ws/paho/v5", b"five", qos=1, properties=props)
+        pub5.wait(pub5.published, "PUBACK")
+        sub5.wait(sub5.got, "the message (MQTT 5)")
+        sub3.wait(sub3.got, "the message (3.1.1)")
+        got5, got3 = sub5.messages[0], sub3.messages[0]
+        assert got5.payload == got3.payload == b"five"
+        assert ("via", "wss") in got5.properties.UserProperty and got5.properties.CorrelationData == b"c-1"
+        assert got3.properties is None or not hasattr(got3.properties, "UserProperty")
+    finally:
+        for p in (pub5, sub3, sub5):
+            p.stop()
