@@ -515,3 +515,45 @@ fn the_store_is_on_by_default_in_data_and_off_with_no_persist() {
         );
     }
 }
+
+/// `quiclab mqtt pub|sub --protocol 5` against `quiclab mqtt broker`: a message with `-D`
+/// properties reaches the subscriber, which prints them; `-D` without `--protocol 5` is refused.
+#[test]
+fn mqtt_pub_sub_protocol_5_with_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner) = broker(dir.path(), &["--no-persist"]);
+    let addr = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("mqtt tcp "))
+        .unwrap_or_else(|| panic!("no MQTT/TCP address in the banner:\n{banner}"));
+    let url = format!("mqtt://{addr}");
+    let mut sub = quiclab()
+        .args(["mqtt", "sub", "--url", &url, "--protocol", "5", "-t", "v5/#", "-q", "1", "-C", "1", "-W", "20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    // Retained, so the message reaches the subscriber whether it subscribed before or after.
+    let out = quiclab()
+        .args(["mqtt", "pub", "--url", &url, "--protocol", "5", "-t", "v5/x", "-m", "hello", "-q", "1", "-r"])
+        .args(["--response-topic", "v5/reply", "-D", "publish", "user-property", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pub: {}", String::from_utf8_lossy(&out.stderr));
+    let line = lines.next().expect("a line").unwrap();
+    assert!(line.starts_with("v5/x\tqos=1\tretain="), "{line}");
+    assert!(
+        line.contains("\thello\t") && line.contains("response-topic=v5/reply") && line.contains("user-property=k:v"),
+        "{line}"
+    );
+    assert!(sub.wait().unwrap().success());
+    let out = quiclab()
+        .args(["mqtt", "pub", "--url", &url, "-t", "v5/x", "-m", "y", "-D", "publish", "user-property", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--protocol 5"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -621,3 +621,27 @@ fn disconnect_during_auth_and_reauthentication_as_someone_else() {
     let out = h.send(conn, auth_packet(R::ContinueAuthentication, &last));
     assert_eq!(disconnect_code(&out, conn), Some(DisconnectReasonCode::NotAuthorized));
 }
+
+#[test]
+fn reason_strings_only_when_problem_information_is_requested() {
+    // §3.1.2.11.7: with Request Problem Information 0, no reason string on a PUBACK.
+    let mut h = H::with(|c| {
+        c.acl = Some(std::sync::Arc::new(
+            crate::acl::AclFile::parse(std::path::Path::new("acl"), "topic read #\n").unwrap(),
+        ));
+    });
+    for (ask, want) in [(None, true), (Some(true), true), (Some(false), false)] {
+        let mut c = connect5("rpi", true, None);
+        c.properties.request_problem_info = ask;
+        let (conn, _) = h.connect5(c);
+        let out = h.send(conn, publish("denied", QoS::Level1, 1, "x"));
+        match &packets(&out, conn)[..] {
+            [Packet::Puback(a)] => {
+                assert_eq!(a.reason_code, PubackReasonCode::NotAuthorized);
+                assert_eq!(a.properties.reason_string.is_some(), want, "{ask:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        h.send(conn, Packet::disconnect(DisconnectReasonCode::NormalDisconnect));
+    }
+}
